@@ -1,0 +1,38 @@
+# Two commands on a fresh Debian 12 machine (as root): `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SYSTEM_PACKAGES := openssh-server openssh-client git age util-linux python3-venv
+
+.PHONY: demo test lint system venv clean
+
+demo: system venv  ## a local Git remote, 5 real SSH hosts, a real `controller sync`
+	VENV=$(VENV) demo/run.sh
+
+test: system venv  ## lint, type-check, then the whole test suite against real hosts
+	$(VENV)/bin/ruff check controller lab tests
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest
+
+lint: venv
+	$(VENV)/bin/ruff check controller lab tests
+	$(VENV)/bin/mypy
+
+system:  ## the Debian packages the controller and the lab need
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[fast,dev]'
+	touch $@
+
+clean:
+	-[ -d .demo/lab ] && $(PY) -m lab down --dir .demo/lab
+	rm -rf $(VENV) .demo

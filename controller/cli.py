@@ -1,0 +1,219 @@
+"""The ``controller`` command: sync, check, status, history, show."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from controller import __version__
+from controller.config import Config, find_config, load_config
+from controller.errors import ControllerError
+from controller.interrupt import Cancel
+from controller.lock import hold
+from controller.outcomes import ExitCode, Outcome, Reason
+from controller.reconcile import Request, reconcile
+from controller.render import history_text, result_json, result_text, run_text, status_text
+from controller.runner import TaskResult
+from controller.state import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES = """\b
+Exit codes:
+  0   check: in sync; sync: converged (or nothing to do)
+  1   error: nothing was applied (config, Git, secrets, syntax check)
+  2   check: drift found; sync: drift remains (policy detect, a host failed or was unreachable)
+  64  usage error
+  70  internal error (a bug: the traceback is printed)
+  75  another run holds the lock (try again later, or use --wait)"""
+
+
+def config_option(func: F) -> F:
+    return click.option("--config", "config_path", metavar="FILE", envvar="CONTROLLER_CONFIG",
+                        help="Bastion config (default: $CONTROLLER_CONFIG, ./controller.yml, "
+                             "/etc/controller/controller.yml).")(func)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")(func)
+
+
+def reconcile_options(func: F) -> F:
+    for option in reversed([
+        click.option("--app", metavar="NAME", help="Only this app from gitops.yml."),
+        click.option("--revision", metavar="SHA", help="Reconcile this commit (or branch) instead of the "
+                     "branch head, e.g. to preview a pull request."),
+        click.option("--wait", type=float, default=0, metavar="SECONDS",
+                     help="Wait this long for another run to finish (default: do not wait)."),
+        click.option("--progress/--no-progress", default=None,
+                     help="Show live progress on stderr (default: when stderr is a terminal)."),
+        click.option("--trigger", default="manual", hidden=True),
+        json_option,
+        config_option,
+    ]):
+        func = option(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="controller")
+def cli() -> None:
+    """GitOps for plain servers: converge hosts over SSH to what Git says, with Ansible.
+
+    \b
+    The controller fetches the watched branch, decrypts its SOPS files into a
+    private tmpfs workspace, syntax-checks each app's playbook, runs it in
+    check+diff mode to find drift, and (sync) applies it, recording every run.
+
+    \b
+    Typical use:
+      controller sync                 converge every app to the branch head
+      controller check                report drift, change nothing (for cron)
+      controller sync --dry-run       the same as check, as a sync would see it
+      controller status               applied revision and drift state per app
+      controller history              recent runs
+      controller show RUN             one run's drift report with diffs
+    """
+
+
+@cli.command(epilog=EXIT_CODES)
+@reconcile_options
+@click.option("--dry-run", is_flag=True, help="Check only: report what sync would change, change nothing.")
+@click.option("--allow-rewrite", is_flag=True,
+              help="Apply a revision that does not descend from the last applied one (rewrite, rollback).")
+def sync(**options: Any) -> None:
+    """Converge the servers to the branch head (apps with policy apply).
+
+    Each app is checked first; it is applied when the revision is new or drift
+    was found. Apps with policy detect are only checked.
+    """
+    _reconcile("sync", **options)
+
+
+@cli.command(epilog=EXIT_CODES)
+@reconcile_options
+def check(**options: Any) -> None:
+    """Report drift between Git and the servers; change nothing.
+
+    Runs every app in check+diff mode and shows, per host and task, what an
+    apply would change. Schedule it from cron: exit code 2 means drift.
+    """
+    _reconcile("check", dry_run=False, allow_rewrite=False, **options)
+
+
+def _reconcile(mode: str, *, config_path: str | None, as_json: bool, app: str | None, revision: str | None,
+               wait: float, progress: bool | None, trigger: str, dry_run: bool, allow_rewrite: bool) -> None:
+    config = _config(config_path)
+    show = sys.stderr.isatty() if progress is None else progress
+    cancel = Cancel()
+    cancel.install()
+    request = Request(mode, app, revision, dry_run, allow_rewrite, trigger)
+    with hold(config.state_path / "controller.lock", wait):
+        store = Store(config.state_path / "state.db")
+        try:
+            result = reconcile(config, request, store, TerminalProgress(show), cancel)
+        finally:
+            store.close()
+    if as_json:
+        click.echo(json.dumps(result_json(result), indent=2))
+    else:
+        click.echo(result_text(result), nl=False)
+        # a pipeline-level failure is the same message for every app: say it once
+        for message in dict.fromkeys(a.message for a in result.apps if a.outcome is Outcome.FAILED):
+            click.echo(f"controller: {message}", err=True)
+    sys.exit(int(result.exit_code))
+
+
+class TerminalProgress:
+    """Live progress on stderr: each step, and each task result that is not plain ok."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def step(self, message: str) -> None:
+        if self.enabled:
+            click.echo(f"==> {message}", err=True)
+
+    def task(self, app: str, phase: str, result: TaskResult) -> None:
+        if self.enabled and result.status != "ok":
+            click.echo(f"    [{app} {phase}] {result.host}: {result.status}  {result.task}", err=True)
+
+
+@cli.command()
+@config_option
+@json_option
+def status(config_path: str | None, as_json: bool) -> None:
+    """Each app's applied revision, last run and drift state."""
+    with _store(config_path) as store:
+        rows = store.status()
+    click.echo(json.dumps(rows, indent=2) if as_json else status_text(rows), nl=as_json)
+
+
+@cli.command()
+@config_option
+@json_option
+@click.option("--app", metavar="NAME", help="Only this app's runs.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True, help="How many runs.")
+def history(config_path: str | None, as_json: bool, app: str | None, limit: int) -> None:
+    """Recent runs, newest first."""
+    with _store(config_path) as store:
+        runs = store.runs(app, limit)
+    click.echo(json.dumps(runs, indent=2) if as_json else history_text(runs), nl=as_json)
+
+
+@cli.command()
+@config_option
+@json_option
+@click.argument("run_id", metavar="RUN", type=int)
+def show(config_path: str | None, as_json: bool, run_id: int) -> None:
+    """One run: its outcome, per-host results and drift report with diffs."""
+    with _store(config_path) as store:
+        run = store.run(run_id)
+    if run is None:
+        raise ControllerError(Reason.NOT_FOUND, f"no run {run_id} in the state store (see `controller history`)")
+    click.echo(json.dumps(run, indent=2) if as_json else run_text(run), nl=as_json)
+
+
+class _store:
+    """Open the configured state store read-mostly for the inspection commands."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config = _config(config_path)
+
+    def __enter__(self) -> Store:
+        self.store = Store(self.config.state_path / "state.db")
+        return self.store
+
+    def __exit__(self, *exc: object) -> None:
+        self.store.close()
+
+
+def _config(config_path: str | None) -> Config:
+    return load_config(find_config(config_path) if config_path is None else Path(config_path))
+
+
+def main() -> None:
+    """Entry point: user errors are one line on stderr; bugs keep their traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except ControllerError as error:
+        click.echo(f"controller: {error.message}", err=True)
+        sys.exit(ExitCode.LOCKED if error.reason is Reason.LOCK_BUSY else ExitCode.ERROR)
+    except click.exceptions.Abort:
+        click.echo("controller: aborted", err=True)
+        sys.exit(ExitCode.ERROR)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(64)
+    except SystemExit:
+        raise
+    except BaseException:
+        traceback.print_exc()
+        click.echo("controller: internal error (a bug); please report it with the traceback above", err=True)
+        sys.exit(ExitCode.BUG)

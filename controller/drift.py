@@ -1,0 +1,72 @@
+"""What a run found, per host: the drift report of a check, the convergence of an apply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controller.outcomes import Outcome, Reason
+from controller.runner import PlayRun, TaskResult
+
+
+@dataclass(frozen=True)
+class HostState:
+    """One host after a run: ``changed`` means drifted (check) or corrected (apply)."""
+
+    host: str
+    status: str  # ok | changed | failed | unreachable
+    changed: int
+    unverified: int
+
+
+@dataclass(frozen=True)
+class Report:
+    """Per-host states and the tasks worth showing (changed, failed, unreachable, unverified)."""
+
+    hosts: tuple[HostState, ...]
+    tasks: tuple[TaskResult, ...]
+
+    def with_status(self, status: str) -> list[str]:
+        return [h.host for h in self.hosts if h.status == status]
+
+    @property
+    def drifted(self) -> bool:
+        return any(h.status == "changed" for h in self.hosts)
+
+    @property
+    def broken(self) -> Reason | None:
+        """Why some hosts could not be checked or converged, if any could not."""
+        if self.with_status("unreachable"):
+            return Reason.HOST_UNREACHABLE
+        if self.with_status("failed"):
+            return Reason.TASK_FAILED
+        return None
+
+
+def report(run: PlayRun) -> Report:
+    """Summarise a PlayRun per host."""
+    unverified: dict[str, int] = {}
+    for task in run.tasks:
+        if task.status == "unverified":
+            unverified[task.host] = unverified.get(task.host, 0) + 1
+    hosts = []
+    for summary in run.hosts:
+        if summary.unreachable:
+            status = "unreachable"
+        elif summary.failed:
+            status = "failed"
+        elif summary.changed:
+            status = "changed"
+        else:
+            status = "ok"
+        hosts.append(HostState(summary.host, status, summary.changed, unverified.get(summary.host, 0)))
+    return Report(tuple(hosts), run.tasks)
+
+
+def decide(check: Report, applied: Report | None) -> tuple[Outcome, Reason | None]:
+    """The app's outcome from its check report and, when it ran, its apply report."""
+    if applied is not None:
+        broken = applied.broken
+        return (Outcome.PARTIAL, broken) if broken else (Outcome.CONVERGED, None)
+    if check.broken:
+        return Outcome.PARTIAL, check.broken
+    return (Outcome.DRIFTED, None) if check.drifted else (Outcome.IN_SYNC, None)

@@ -1,0 +1,43 @@
+"""SIGTERM and Ctrl-C: stop the playbook that is running, then unwind so cleanup runs."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from controller.errors import ControllerError
+from controller.outcomes import Reason
+
+
+class Cancel:
+    """A cancellation flag; ansible-runner polls it while a playbook runs."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._deferring = False
+
+    def __call__(self) -> bool:
+        return self.event.is_set()
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """While inside, a signal only sets the flag: ansible-runner then stops its child itself."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+
+    def request(self, signum: int, frame: FrameType | None = None) -> None:
+        """Signal handler: set the flag, and raise at once unless a playbook is running."""
+        self.event.set()
+        if not self._deferring:
+            raise ControllerError(Reason.INTERRUPTED, f"interrupted by {signal.Signals(signum).name}")
+
+    def install(self) -> None:
+        """Route SIGTERM and SIGINT here (main thread only)."""
+        signal.signal(signal.SIGTERM, self.request)
+        signal.signal(signal.SIGINT, self.request)

@@ -1,0 +1,203 @@
+"""The pipeline: fetch -> snapshot -> decrypt -> gate -> check -> report -> apply -> record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from controller.apps import App, load_apps
+from controller.config import Config
+from controller.drift import Report, decide, report
+from controller.errors import ControllerError
+from controller.interrupt import Cancel
+from controller.outcomes import ExitCode, Outcome, Reason
+from controller.redact import Redactor
+from controller.runner import TaskResult, ansible_env, run_playbook, syntax_check
+from controller.secrets import decrypt_in_place, find_encrypted
+from controller.source import Revision, Source
+from controller.state import Store
+from controller.workspace import Workspace, workspace
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to reconcile: ``check`` never applies; ``sync`` applies under policy ``apply``."""
+
+    mode: str
+    app: str | None = None
+    revision: str | None = None
+    dry_run: bool = False
+    allow_rewrite: bool = False
+    trigger: str = "manual"
+
+    @property
+    def applies(self) -> bool:
+        return self.mode == "sync" and not self.dry_run
+
+
+@dataclass(frozen=True)
+class AppResult:
+    """How one app's run ended, with the reports it produced."""
+
+    app: str
+    policy: str
+    run_id: int
+    outcome: Outcome
+    reason: Reason | None
+    message: str
+    check: Report | None = None
+    applied: Report | None = None
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.outcome is Outcome.FAILED:
+            return ExitCode.LOCKED if self.reason is Reason.LOCK_BUSY else ExitCode.ERROR
+        return ExitCode.DRIFT if self.outcome in (Outcome.DRIFTED, Outcome.PARTIAL) else ExitCode.OK
+
+
+@dataclass(frozen=True)
+class Result:
+    """The whole reconcile: the revision and every app's result."""
+
+    request: Request
+    revision: Revision | None
+    apps: tuple[AppResult, ...]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        codes = {a.exit_code for a in self.apps}
+        for code in (ExitCode.LOCKED, ExitCode.ERROR, ExitCode.DRIFT):
+            if code in codes:
+                return code
+        return ExitCode.OK
+
+
+class Progress(Protocol):
+    """Where live progress goes (the terminal, a log, nowhere)."""
+
+    def step(self, message: str) -> None: ...
+
+    def task(self, app: str, phase: str, result: TaskResult) -> None: ...
+
+
+def source_of(config: Config) -> Source:
+    """The configured Git source with its cache under the state directory."""
+    return Source(config.source.url, config.source.branch, config.state_path / "cache" / "source.git",
+                  timeout=config.source.fetch_timeout)
+
+
+def reconcile(config: Config, request: Request, store: Store, progress: Progress, cancel: Cancel) -> Result:
+    """Run the pipeline once; every outcome, failures included, is recorded in ``store``."""
+    revision: Revision | None = None
+    apps: tuple[App, ...] = ()
+    try:
+        source = source_of(config)
+        progress.step(f"fetching {config.source.branch} from {config.source.url}")
+        head = source.fetch()
+        revision = source.resolve(request.revision) if request.revision else head
+        store.record_revision(revision)
+        with workspace(Path(config.workspace_dir)) as space:
+            progress.step(f"revision {revision.short} {revision.subject!r}")
+            source.extract(revision.sha, space.project)
+            apps = _select(load_apps(space.project), request.app)
+            encrypted = find_encrypted(space.project)
+            progress.step(f"decrypting {len(encrypted)} SOPS file(s) into {space.root}")
+            redactor = decrypt_in_place(space.project, encrypted, config.sops.age_key_file)
+            env = ansible_env(config, space.project, scratch=_scratch(space))
+            for app in apps:
+                progress.step(f"syntax check of {app.name}: {app.playbook}")
+                syntax_check(app, space.project, env, redactor)
+            results = []
+            for app in apps:
+                if cancel():
+                    break
+                results.append(_reconcile_app(app, request, revision, source, space, env, redactor,
+                                              store, progress, cancel))
+            return Result(request, revision, tuple(results))
+    except ControllerError as error:
+        names = [a.name for a in apps] or [request.app or "*"]
+        return Result(request, revision, tuple(
+            _failed(store, name, request, revision, error) for name in names))
+
+
+def _reconcile_app(app: App, request: Request, revision: Revision, source: Source, space: Workspace,
+                   env: dict[str, str], redactor: Redactor, store: Store, progress: Progress,
+                   cancel: Cancel) -> AppResult:
+    run_id = store.start_run(app.name, revision.sha, request.mode, request.trigger)
+    applying = request.applies and app.policy == "apply"
+    try:
+        last = store.last_applied(app.name)
+        if applying and last and last != revision.sha and not request.allow_rewrite \
+                and not source.descends(last, revision.sha):
+            raise ControllerError(
+                Reason.HISTORY_REWRITTEN,
+                f"app {app.name}: revision {revision.short} does not descend from the last applied "
+                f"{last[:12]} (history rewritten or a rollback); pass --allow-rewrite to apply it")
+
+        def play(check: bool) -> Report:
+            phase = "check" if check else "apply"
+            progress.step(f"{app.name}: {phase} ({app.playbook} on {app.inventory})")
+            played = run_playbook(app, space.project, space.runner / phase, env, check=check,
+                                  redactor=redactor, cancel=cancel,
+                                  on_task=lambda task: progress.task(app.name, phase, task))
+            found = report(played)
+            store.add_report(run_id, phase, found)
+            return found
+
+        checked = play(check=True)
+        applied = play(check=False) if applying and (last != revision.sha or checked.drifted) else None
+        outcome, reason = decide(checked, applied)
+        message = _message(app, checked, applied, applying)
+        store.finish_run(run_id, outcome, reason, message, applied is not None,
+                         _summary(checked, applied))
+        return AppResult(app.name, app.policy, run_id, outcome, reason, message, checked, applied)
+    except ControllerError as error:
+        store.finish_run(run_id, Outcome.FAILED, error.reason, error.message, False, {})
+        return AppResult(app.name, app.policy, run_id, Outcome.FAILED, error.reason, error.message)
+
+
+def _failed(store: Store, app: str, request: Request, revision: Revision | None,
+            error: ControllerError) -> AppResult:
+    run_id = store.start_run(app, revision.sha if revision else None, request.mode, request.trigger)
+    store.finish_run(run_id, Outcome.FAILED, error.reason, error.message, False, {})
+    return AppResult(app, "", run_id, Outcome.FAILED, error.reason, error.message)
+
+
+def _select(apps: tuple[App, ...], name: str | None) -> tuple[App, ...]:
+    if name is None:
+        return apps
+    chosen = tuple(a for a in apps if a.name == name)
+    if not chosen:
+        raise ControllerError(Reason.NOT_FOUND,
+                              f"no app {name!r} in gitops.yml (apps: {', '.join(a.name for a in apps)})")
+    return chosen
+
+
+def _scratch(space: Workspace) -> Path:
+    scratch = space.root / "tmp"
+    scratch.mkdir(mode=0o700, exist_ok=True)
+    return scratch
+
+
+def _message(app: App, checked: Report, applied: Report | None, applying: bool) -> str:
+    final = applied or checked
+    parts = []
+    for status, label in (("changed", "corrected" if applied else "drifted"),
+                          ("failed", "failed"), ("unreachable", "unreachable")):
+        hosts = final.with_status(status)
+        if hosts:
+            parts.append(f"{label}: {', '.join(hosts)}")
+    if applied is None and checked.drifted and not applying:
+        parts.append("not applied (" + ("policy detect" if app.policy == "detect" else "check only") + ")")
+    return "; ".join(parts) or f"{len(final.hosts)} host(s) in sync"
+
+
+def _summary(checked: Report, applied: Report | None) -> dict[str, list[str]]:
+    summary = {"drifted": checked.with_status("changed")}
+    final = applied or checked
+    if applied is not None:
+        summary["corrected"] = applied.with_status("changed")
+    summary["failed"] = final.with_status("failed")
+    summary["unreachable"] = final.with_status("unreachable")
+    return summary

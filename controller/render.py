@@ -1,0 +1,114 @@
+"""Turning results into output: a summary with diffs for people, one JSON document for machines."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from controller.drift import Report
+from controller.reconcile import AppResult, Result
+from controller.runner import TaskResult
+
+SHOWN = ("changed", "failed", "unreachable", "unverified")
+
+
+def result_json(result: Result) -> dict[str, Any]:
+    """The reconcile result as one JSON-ready document."""
+    revision = asdict(result.revision) if result.revision else None
+    return {
+        "command": result.request.mode,
+        "dry_run": result.request.dry_run,
+        "revision": revision,
+        "exit_code": int(result.exit_code),
+        "apps": [_app_json(a) for a in result.apps],
+    }
+
+
+def _app_json(app: AppResult) -> dict[str, Any]:
+    return {
+        "name": app.app, "policy": app.policy, "run_id": app.run_id, "outcome": app.outcome.value,
+        "reason": app.reason.value if app.reason else None, "message": app.message,
+        "check": _report_json(app.check), "apply": _report_json(app.applied),
+    }
+
+
+def _report_json(report: Report | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    return {"hosts": [asdict(h) for h in report.hosts], "tasks": [asdict(t) for t in report.tasks]}
+
+
+def result_text(result: Result) -> str:
+    """The reconcile result for a terminal: revision, one line per app, then drift and failures."""
+    lines = []
+    if result.revision:
+        rev = result.revision
+        lines.append(f"revision {rev.short}  {rev.subject}  ({rev.author}, {rev.committed_at})")
+    width = max((len(a.app) for a in result.apps), default=4)
+    for app in result.apps:
+        reason = f" [{app.reason.value}]" if app.reason else ""
+        lines.append(f"  {app.app:<{width}}  {app.outcome.value:<9}  {app.message}{reason}  (run {app.run_id})")
+    for app in result.apps:
+        for phase, report in (("drift", app.check), ("apply", app.applied)):
+            if report is not None:
+                lines.extend(_tasks_text(f"{app.app} {phase}", report.tasks, diffs=phase == "drift"))
+    return "\n".join(lines) + "\n"
+
+
+def _tasks_text(title: str, tasks: tuple[TaskResult, ...] | list[TaskResult], diffs: bool) -> list[str]:
+    shown = [t for t in tasks if t.status in SHOWN and (diffs or t.status != "changed")]
+    if not shown:
+        return []
+    lines = ["", f"{title}:"]
+    for task in shown:
+        detail = f": {task.message}" if task.message else ""
+        lines.append(f"  {task.host}  {task.status}  {task.task} ({task.action}){detail}")
+        if diffs and task.diff:
+            lines.extend(f"      {line}" for line in task.diff.rstrip("\n").splitlines())
+    return lines
+
+
+def run_text(run: dict[str, Any]) -> str:
+    """One stored run with its drift report (``controller show``)."""
+    lines = [
+        f"run {run['id']}  app {run['app']}  {run['mode']} ({run['trigger']})",
+        f"revision  {run['revision'] or '-'}",
+        f"started   {run['started']}   finished {run['finished'] or '-'}",
+        f"outcome   {run['outcome'] or 'running'}" + (f" [{run['reason']}]" if run["reason"] else ""),
+        f"message   {run['message']}",
+    ]
+    for phase in ("check", "apply"):
+        hosts = [h for h in run.get("hosts", []) if h["phase"] == phase]
+        if hosts:
+            lines.append(f"{phase}: " + ", ".join(f"{h['host']} {h['status']}" for h in hosts))
+    for phase, title, diffs in (("check", "drift report", True), ("apply", "apply", False)):
+        tasks = [_stored_task(t) for t in run.get("tasks", []) if t["phase"] == phase]
+        lines.extend(_tasks_text(title, tasks, diffs=diffs))
+    return "\n".join(lines) + "\n"
+
+
+def _stored_task(row: dict[str, Any]) -> TaskResult:
+    return TaskResult(**{k: row[k] for k in ("host", "task", "action", "status", "diff", "message")})
+
+
+def history_text(runs: list[dict[str, Any]]) -> str:
+    """Recent runs, newest first (``controller history``)."""
+    if not runs:
+        return "no runs recorded yet\n"
+    lines = [f"{'RUN':>5}  {'APP':<12} {'MODE':<6} {'TRIGGER':<8} {'REVISION':<12} {'STARTED':<25} OUTCOME"]
+    for run in runs:
+        outcome = (run["outcome"] or "running") + (f" [{run['reason']}]" if run["reason"] else "")
+        lines.append(f"{run['id']:>5}  {run['app']:<12} {run['mode']:<6} {run['trigger']:<8} "
+                     f"{(run['revision'] or '-')[:12]:<12} {run['started']:<25} {outcome}")
+    return "\n".join(lines) + "\n"
+
+
+def status_text(rows: list[dict[str, Any]]) -> str:
+    """Each app's applied revision, last check and drift state (``controller status``)."""
+    if not rows:
+        return "no app has been reconciled yet: run `controller sync` or `controller check`\n"
+    lines = [f"{'APP':<12} {'APPLIED':<12} {'LAST RUN':<25} {'STATE':<10} DETAIL"]
+    for row in rows:
+        lines.append(f"{row['app']:<12} {(row['applied_revision'] or '-')[:12]:<12} "
+                     f"{row['last_run'] or '-':<25} {row['state']:<10} {row['detail']}")
+    return "\n".join(lines) + "\n"

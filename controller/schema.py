@@ -1,0 +1,102 @@
+"""Load YAML into frozen dataclasses, with one-line errors naming the file and the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from controller.errors import ControllerError
+from controller.outcomes import Reason
+
+T = TypeVar("T")
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """Parse a YAML file; a missing or malformed file is a ConfigInvalid error."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise ControllerError(Reason.CONFIG_INVALID, f"{path}: {what} not found") from exc
+    except OSError as exc:
+        raise ControllerError(Reason.CONFIG_INVALID, f"{path}: cannot read {what}: {exc.strerror}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ControllerError(Reason.CONFIG_INVALID, f"{path}:{where}: {problem}") from exc
+
+
+def build(cls: type[T], data: Any, *, file: Path, key: str = "") -> T:
+    """Build dataclass ``cls`` from parsed YAML, rejecting unknown keys and wrong types."""
+    value = _convert(cls, data, file, key)
+    return typing.cast(T, value)
+
+
+def _fail(file: Path, key: str, message: str) -> ControllerError:
+    return ControllerError(Reason.CONFIG_INVALID, f"{file}: {key or '(top level)'}: {message}")
+
+
+def _convert(tp: Any, data: Any, file: Path, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if data is None:
+            return None
+        return _convert(options[0], data, file, key)
+    if dataclasses.is_dataclass(tp):
+        return _dataclass(typing.cast(type, tp), data, file, key)
+    if origin is tuple:
+        if not isinstance(data, list):
+            raise _fail(file, key, f"expected a list, got {_kind(data)}")
+        item = typing.get_args(tp)[0]
+        return tuple(_convert(item, v, file, f"{key}[{i}]") for i, v in enumerate(data))
+    if tp is float and isinstance(data, int) and not isinstance(data, bool):
+        return float(data)
+    if tp in (str, int, float, bool):
+        if not isinstance(data, tp) or (tp is int and isinstance(data, bool)):
+            raise _fail(file, key, f"expected {_NAMES[tp]}, got {_kind(data)}")
+        return data
+    raise TypeError(f"schema cannot convert to {tp!r}")
+
+
+def _dataclass(cls: type, data: Any, file: Path, key: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise _fail(file, key, f"expected a mapping, got {_kind(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise _fail(file, _join(key, str(unknown[0])),
+                    f"unknown key (expected one of: {', '.join(sorted(fields))})")
+    values = {}
+    for name, field in fields.items():
+        if name in data:
+            values[name] = _convert(hints[name], data[name], file, _join(key, name))
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise _fail(file, _join(key, name), "missing required key")
+    return cls(**values)
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _kind(data: Any) -> str:
+    if data is None:
+        return "nothing"
+    for tp, name in _NAMES.items():
+        if isinstance(data, tp):
+            return name
+    return {dict: "a mapping", list: "a list"}.get(type(data), type(data).__name__)
+
+
+_NAMES: dict[type, str] = {bool: "true/false", str: "a string", int: "a whole number", float: "a number"}
