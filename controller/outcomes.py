@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """How one app's run ended."""
 
     IN_SYNC = "in-sync"        # the check found nothing to change
@@ -14,11 +14,8 @@ class Outcome(str, Enum):
     PARTIAL = "partial"        # some hosts converged or were checked, others failed or were unreachable
     FAILED = "failed"          # stopped before anything was applied, or the run itself failed
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Why a run did not simply succeed; declared once, used in output, the store and JSON."""
 
     CONFIG_INVALID = "ConfigInvalid"
@@ -35,9 +32,6 @@ class Reason(str, Enum):
     RUNNER_FAILED = "RunnerFailed"
     INTERRUPTED = "Interrupted"
     NOT_FOUND = "NotFound"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class ExitCode(IntEnum):

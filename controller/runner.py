@@ -10,10 +10,9 @@ import os
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-
 
 from ansible_runner.config.runner import RunnerConfig
 from ansible_runner.runner import Runner
@@ -31,6 +30,8 @@ from controller.redact import Redactor
 PASSED_THROUGH = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SSH_AUTH_SOCK")
 
 STATUSES = ("ok", "changed", "failed", "unreachable", "skipped", "unverified")
+PLUGINS = Path(__file__).parent / "ansible_plugins"
+UNVERIFIED_MARKER = "CONTROLLER-UNVERIFIED"
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,11 @@ def ansible_env(config: Config, project: Path, scratch: Path) -> dict[str, str]:
     if config.ssh.known_hosts_file:
         default("ssh_connection", "ssh_common_args", "ANSIBLE_SSH_COMMON_ARGS",
                 f"-o UserKnownHostsFile={config.ssh.known_hosts_file}")
+    # our callback marks tasks that check mode skipped; added to whatever the repository enables
+    enabled = repo_cfg.get("defaults", "callbacks_enabled", fallback="")
+    env["ANSIBLE_CALLBACKS_ENABLED"] = ",".join(filter(None, (enabled, "controller_unverified")))
+    env["ANSIBLE_CALLBACK_PLUGINS"] = ":".join(filter(None, (
+        repo_cfg.get("defaults", "callback_plugins", fallback=""), str(PLUGINS / "callback"))))
     strategy = _strategy(settings.strategy)
     if strategy == "mitogen_linear" and not repo_cfg.has_option("defaults", "strategy"):
         env.setdefault("ANSIBLE_STRATEGY_PLUGINS", str(mitogen_strategy_dir()))
@@ -191,6 +197,7 @@ class _Collector:
         self.project = project
         self.on_task = on_task
         self.tasks: list[TaskResult] = []
+        self.skipped: dict[tuple[str, str], int] = {}  # (host, task uuid) -> index in tasks
         self.stats: tuple[HostSummary, ...] | None = None
         self.tail: deque[str] = deque(maxlen=3)
 
@@ -201,9 +208,16 @@ class _Collector:
             self.stats = _summaries(data)
         elif kind in _STATUS_OF:
             result = self._result(kind, data)
+            if result.status == "skipped":
+                self.skipped[(result.host, str(data.get("task_uuid")))] = len(self.tasks)
             if result.status != "ok":
                 self.tasks.append(result)
             self.on_task(result)
+        elif kind == "verbose" and event.get("stdout", "").startswith(UNVERIFIED_MARKER):
+            _, host, uuid = event["stdout"].strip().split("\t")
+            index = self.skipped.pop((host, uuid), None)
+            if index is not None:
+                self.tasks[index] = replace(self.tasks[index], status="unverified")
         elif kind == "verbose" and "ERROR" in event.get("stdout", ""):
             self.tail.append(_relative(self.redactor.text(event["stdout"].strip()), self.project))
         return False  # never write job_events to disk: they hold diffs and secrets
@@ -215,8 +229,6 @@ class _Collector:
             status = "changed"
         elif status == "failed" and data.get("ignore_errors"):
             status = "ok"
-        elif status == "skipped" and self.check and "check mode" in str(res.get("msg", "")):
-            status = "unverified"
         message = "" if status in ("ok", "changed") else str(res.get("msg", ""))
         task = data.get("task", "")
         return TaskResult(
@@ -234,7 +246,7 @@ _STATUS_OF = {"runner_on_ok": "ok", "runner_on_failed": "failed",
 
 
 def _summaries(stats: dict[str, Any]) -> tuple[HostSummary, ...]:
-    hosts = set()
+    hosts: set[str] = set()
     for key in ("ok", "changed", "failures", "dark", "skipped", "processed"):
         hosts.update((stats.get(key) or {}).keys())
 

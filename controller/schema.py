@@ -96,7 +96,9 @@ def _kind(data: Any) -> str:
     for tp, name in _NAMES.items():
         if isinstance(data, tp):
             return name
-    return {dict: "a mapping", list: "a list"}.get(type(data), type(data).__name__)
+    if isinstance(data, dict):
+        return "a mapping"
+    return "a list" if isinstance(data, list) else type(data).__name__
 
 
 _NAMES: dict[type, str] = {bool: "true/false", str: "a string", int: "a whole number", float: "a number"}

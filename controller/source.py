@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tarfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import git
@@ -105,9 +105,11 @@ class Source:
 
     def _revision(self, rev: str) -> Revision:
         try:
-            commit = self.repo.commit(rev)
+            # rev-parse --verify checks existence; GitPython's commit() is lazy for full SHAs
+            sha = self.repo.git.rev_parse("--verify", "--quiet", f"{rev}^{{commit}}")
+            commit = self.repo.commit(sha)
         except (git.BadName, ValueError, git.GitCommandError) as exc:
             raise ControllerError(Reason.REVISION_NOT_FOUND, f"revision {rev!r} not found") from exc
-        when = datetime.fromtimestamp(commit.committed_date, tz=timezone.utc).isoformat()
+        when = datetime.fromtimestamp(commit.committed_date, tz=UTC).isoformat()
         subject = str(commit.message).splitlines()[0] if commit.message else ""
         return Revision(commit.hexsha, subject, str(commit.author.name), when)

@@ -6,7 +6,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ MIGRATIONS = (
 
 def now() -> str:
     """The current UTC time as stored and shown."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class Store:
@@ -128,7 +128,7 @@ class Store:
         for table in ("host_results", "task_results"):
             rows = self.db.execute(f"SELECT * FROM {table} WHERE run_id = ? ORDER BY rowid", (run_id,))
             run[table.split("_")[0] + "s"] = [
-                {k: r[k] for k in r.keys() if k not in ("run_id", "id")} for r in rows]
+                {k: v for k, v in dict(r).items() if k not in ("run_id", "id")} for r in rows]
         return run
 
     def apps(self) -> list[str]:

@@ -8,12 +8,14 @@ of that host, so no ssh ControlMaster can reuse a dead host's processes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +76,9 @@ class Lab:
         ]
         self.private_key = self.directory / "id_ed25519"
         self.known_hosts = self.directory / "known_hosts"
-        self.control_dir = self.directory / "cp"
+        # ssh ControlPath sockets must fit in 108 bytes: a short directory per lab
+        digest = hashlib.sha256(str(self.directory).encode()).hexdigest()[:10]
+        self.control_dir = Path(tempfile.gettempdir()) / f"lab-cp-{digest}"
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- lifecycle ---------------------------------------------------------
@@ -107,6 +111,7 @@ class Lab:
             proc.wait()
         self._procs.clear()
         (self.directory / "lab.json").unlink(missing_ok=True)
+        shutil.rmtree(self.control_dir, ignore_errors=True)
 
     def stop_host(self, name: str) -> None:
         """Take one host down (its listener and every session it had)."""
@@ -149,7 +154,7 @@ class Lab:
     def _prepare(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
-        self.control_dir.mkdir(exist_ok=True)
+        self.control_dir.mkdir(mode=0o700, exist_ok=True)
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation dir
         Path(MANAGED_PATH).mkdir(exist_ok=True)
         host_key = self.directory / "ssh_host_ed25519_key"

@@ -1,0 +1,177 @@
+"""Shared fixtures: real age keys, real lab hosts, a real bare Git remote holding the example fleet."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lab import Lab
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+EXAMPLE = ("ansible.cfg", "gitops.yml", ".sops.yaml", "playbooks", "roles", "inventories")
+TEST_PREFIX = "127.0.2"
+
+# Every plaintext secret a test encrypts; test_zz_no_leaks searches the disk for them at the end.
+PLAINTEXTS: list[str] = []
+
+
+def secret(label: str) -> str:
+    """A unique plaintext secret value, remembered for the leak search."""
+    value = f"{label}-{uuid.uuid4().hex[:12]}-plaintext"
+    PLAINTEXTS.append(value)
+    return value
+
+
+@dataclass(frozen=True)
+class AgeKey:
+    path: Path
+    recipient: str
+
+
+def make_age_key(directory: Path) -> AgeKey:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "age.key"
+    subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
+    recipient = subprocess.run(["age-keygen", "-y", str(path)], check=True, capture_output=True,
+                               text=True).stdout.strip()
+    return AgeKey(path, recipient)
+
+
+@pytest.fixture(scope="session")
+def age_key(tmp_path_factory: pytest.TempPathFactory) -> AgeKey:
+    return make_age_key(tmp_path_factory.mktemp("age"))
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    """Three fresh hosts per test (starting one takes milliseconds), always stopped."""
+    with Lab(tmp_path / "lab", 3, prefix=TEST_PREFIX) as running:
+        yield running
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid",
+                           *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def sops_encrypt(config: Path, target: str, plaintext: str) -> str:
+    """Encrypt from stdin so the plaintext never touches a disk."""
+    return subprocess.run([str(BIN / "sops"), "--config", str(config), "encrypt", "--filename-override",
+                           target], input=plaintext, check=True, capture_output=True, text=True).stdout
+
+
+@dataclass
+class Fleet:
+    """The example repository in a bare remote, a working clone to push from, and a bastion config."""
+
+    root: Path
+    lab: Lab
+    key: AgeKey
+    secrets: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def remote(self) -> Path:
+        return self.root / "remote.git"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "controller.yml"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    def host_file(self, host: str, path: str) -> Path:
+        """A managed file (``/srv/...``) on lab host ``h1``/``h2``/``h3``, seen from outside."""
+        return self.lab.host(host).path(path)
+
+    def write(self, relative: str, content: str) -> None:
+        target = self.work / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+
+    def push(self, message: str, *, ref: str = "main", force: bool = False) -> str:
+        git(self.work, "add", "-A")
+        git(self.work, "commit", "-q", "--allow-empty", "-m", message)
+        git(self.work, "push", "-q", *(["--force"] if force else []), "origin", f"HEAD:{ref}")
+        return git(self.work, "rev-parse", "HEAD")
+
+    def encrypt(self, relative: str, values: dict[str, str]) -> None:
+        self.write(relative, sops_encrypt(self.work / ".sops.yaml", relative, yaml.safe_dump(values)))
+
+    def controller(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run the real ``controller`` command against this fleet."""
+        env = {**os.environ, "CONTROLLER_CONFIG": str(self.config)}
+        return subprocess.run([str(BIN / "controller"), *args], env=env, capture_output=True,
+                              text=True, timeout=timeout, check=False)
+
+    def controller_json(self, *args: str) -> tuple[int, dict[str, Any]]:
+        done = self.controller(*args, "--json")
+        return done.returncode, json.loads(done.stdout)
+
+    def runs(self) -> list[dict[str, Any]]:
+        done = self.controller("history", "--json", "--limit", "1000")
+        assert done.returncode == 0, done.stderr
+        return list(json.loads(done.stdout))
+
+
+def build_fleet(root: Path, lab: Lab, key: AgeKey, apps: tuple[str, ...] = ("staging",)) -> Fleet:
+    """The example repository on the test lab: staging on h1, h2; production on h3."""
+    fleet = Fleet(root, lab, key)
+    root.mkdir(parents=True, exist_ok=True)
+    git(root, "init", "-q", "--bare", "-b", "main", str(fleet.remote))
+    fleet.work.mkdir()
+    for name in EXAMPLE:
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, fleet.work / name)
+    sops_config = fleet.work / ".sops.yaml"
+    sops_config.write_text(sops_config.read_text().replace("REPLACE_WITH_YOUR_AGE_RECIPIENT", key.recipient))
+    placement = {"staging": {"web1.staging": "h1", "web2.staging": "h2"}, "production": {"web1.prod": "h3"}}
+    gitops = yaml.safe_load((ROOT / "gitops.yml").read_text())
+    gitops["apps"] = [a for a in gitops["apps"] if a["name"] in apps]
+    fleet.write("gitops.yml", yaml.safe_dump(gitops))
+    for env, hosts in placement.items():
+        inventory = {"all": {"children": {"web": {"hosts": {
+            name: {"ansible_host": lab.host(h).address} for name, h in hosts.items()}}}}}
+        fleet.write(f"inventories/{env}/hosts.yml", yaml.safe_dump(inventory))
+        fleet.secrets[env] = secret(f"{env}-db")
+        fleet.encrypt(f"inventories/{env}/group_vars/all/secrets.sops.yml",
+                      {"app_db_password": fleet.secrets[env], "app_api_token": secret(f"{env}-token")})
+    git(fleet.work, "init", "-q", "-b", "main")
+    git(fleet.work, "remote", "add", "origin", str(fleet.remote))
+    fleet.push("Example fleet")
+    write_config(fleet)
+    return fleet
+
+
+def write_config(fleet: Fleet, **overrides: Any) -> None:
+    config: dict[str, Any] = {
+        "source": {"url": str(fleet.remote), "branch": "main"},
+        "state_dir": str(fleet.state),
+        "sops": {"age_key_file": str(fleet.key.path)},
+        "ssh": {"private_key_file": str(fleet.lab.private_key),
+                "known_hosts_file": str(fleet.lab.known_hosts)},
+    }
+    config.update(overrides)
+    fleet.config.write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, lab: Lab, age_key: AgeKey) -> Fleet:
+    return build_fleet(tmp_path / "fleet", lab, age_key)

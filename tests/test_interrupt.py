@@ -1,0 +1,39 @@
+"""SIGTERM in the middle of a playbook: the run stops, is recorded, and leaves no secrets behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import BIN, Fleet
+
+
+def workspaces() -> set[Path]:
+    return {p for p in Path("/dev/shm").glob("controller-*") if not p.name.startswith("controller-cp-")}
+
+
+def test_sigterm_mid_run_stops_cleanly(fleet: Fleet) -> None:
+    before = workspaces()
+    env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config)}
+    proc = subprocess.Popen([str(BIN / "controller"), "sync"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    running: set[Path] = set()
+    while time.monotonic() < deadline and not running:
+        running = {p for p in workspaces() - before if (p / "runner" / "check").exists()}
+        time.sleep(0.05)
+    assert running, "the check never started"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "interrupted" in stdout + stderr
+    assert workspaces() - before == set()
+    leftovers = subprocess.run(["pgrep", "-f", str(next(iter(running)))], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == ""
+    [run] = json.loads(fleet.controller("history", "--json").stdout)
+    assert (run["outcome"], run["reason"]) == ("failed", "Interrupted")

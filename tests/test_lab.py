@@ -1,0 +1,121 @@
+"""The lab: real sshd hosts, isolated /srv per host, and cleanup that survives abuse."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import Lab, LabError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def lab_processes(directory: Path) -> list[int]:
+    """PIDs of every process whose command line names this lab's directory."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+                state = (proc / "status").read_text()
+            except OSError:
+                continue
+            if str(directory) in cmdline and "State:\tZ" not in state:
+                found.append(int(proc.name))
+    return found
+
+
+def test_ten_hosts_come_up_fast_each_with_its_own_srv(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "lab", 10, prefix="127.0.3")
+    started = time.monotonic()
+    with lab:
+        took = time.monotonic() - started
+        assert took < 5, f"10 hosts took {took:.1f}s"
+        for host in lab.hosts[:3]:
+            done = lab.ssh(host, f"echo {host.name} > /srv/whoami && cat /srv/whoami")
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.strip() == host.name
+        for host in lab.hosts[:3]:
+            assert host.path("/srv/whoami").read_text().strip() == host.name
+        assert not lab.hosts[3].path("/srv/whoami").exists()
+        assert not Path("/srv/whoami").exists()  # the machine's own /srv is untouched
+    assert lab_processes(lab.directory) == []
+
+
+def test_starting_twice_and_stopping_a_host_leave_nothing_behind(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "lab", 3, prefix="127.0.3")
+    try:
+        lab.start()
+        first = set(lab_processes(lab.directory))
+        lab.start()  # again: the old hosts are replaced, not duplicated
+        second = set(lab_processes(lab.directory))
+        assert len(second) == len(first) and not first & second
+
+        h2 = lab.host("h2")
+        assert lab.ssh(h2, "echo kept > /srv/file").returncode == 0
+        session = subprocess.Popen(["ssh", *lab.ssh_args(), "-p", str(h2.port), f"root@{h2.address}",
+                                    "sleep 60"])
+        time.sleep(0.5)
+        lab.stop_host("h2")
+        assert session.wait(timeout=10) != 0  # its live session died with it
+        down = lab.ssh(h2, "true")
+        assert down.returncode == 255 and "refused" in down.stderr
+        assert lab.ssh(lab.host("h1"), "true").returncode == 0
+
+        lab.start_host("h2")
+        assert lab.ssh(h2, "cat /srv/file").stdout.strip() == "kept"
+
+        other = Lab(tmp_path / "other", 1, prefix="127.0.3")
+        with pytest.raises(LabError, match="already in use"):
+            other.start()
+    finally:
+        lab.stop()
+    assert lab_processes(lab.directory) == []
+
+
+@pytest.mark.parametrize("how", ["exception", "sigkill"])
+def test_a_test_that_dies_half_way_leaves_no_stray_sshd(tmp_path: Path, how: str) -> None:
+    directory = tmp_path / "lab"
+    ending = "raise RuntimeError('half-way')" if how == "exception" else "os.kill(os.getpid(), 9)"
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from lab import Lab
+        with Lab({str(directory)!r}, 2, prefix="127.0.3"):
+            print("up", flush=True)
+            {ending}
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip() == "up"
+    assert done.returncode != 0
+    deadline = time.monotonic() + 5
+    while lab_processes(directory) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lab_processes(directory) == []
+    fresh = Lab(directory, 2, prefix="127.0.3")  # the addresses are free again
+    with fresh:
+        assert fresh.ssh(fresh.host("h1"), "true").returncode == 0
+
+
+def test_the_lab_command_line(tmp_path: Path) -> None:
+    directory = tmp_path / "cli"
+    args = [sys.executable, "-m", "lab"]
+    up = subprocess.run([*args, "up", "--dir", str(directory), "--hosts", "2", "--prefix", "127.0.3"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=30)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "h2 127.0.3.2:2222" in up.stdout
+        status = subprocess.run([*args, "status", "--dir", str(directory)], cwd=ROOT, capture_output=True,
+                                text=True)
+        assert status.stdout.strip() == "running"
+        assert lab_processes(directory)
+    finally:
+        down = subprocess.run([*args, "down", "--dir", str(directory)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=30)
+    assert down.returncode == 0
+    assert lab_processes(directory) == []

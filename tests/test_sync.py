@@ -1,0 +1,322 @@
+"""`controller sync` and `controller check` end to end: a bare remote, real sops, real sshd hosts."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from lab import Lab
+from tests.conftest import Fleet, build_fleet, git, secret, write_config
+
+APP_YML = "/srv/opt/shop/conf/app.yml"
+VERSION = "/srv/opt/shop/VERSION"
+
+
+def bump_version(fleet: Fleet, version: str, *, ref: str = "main", force: bool = False) -> str:
+    defaults = fleet.work / "roles/app/defaults/main.yml"
+    text = defaults.read_text()
+    defaults.write_text("\n".join(
+        f'app_version: "{version}"' if line.startswith("app_version:") else line
+        for line in text.splitlines()) + "\n")
+    return fleet.push(f"Release {version}", ref=ref, force=force)
+
+
+def test_sync_applies_a_pushed_commit_then_has_nothing_to_do(fleet: Fleet) -> None:
+    first = fleet.controller("sync")
+    assert first.returncode == 0, first.stderr
+    for host in ("h1", "h2"):
+        assert fleet.host_file(host, VERSION).read_text() == "1.0.0\n"
+        config = fleet.host_file(host, APP_YML).read_text()
+        assert f'password: "{fleet.secrets["staging"]}"' in config  # the secret reached the host
+    assert fleet.secrets["staging"] not in first.stdout + first.stderr
+    assert "[redacted]" in first.stdout
+    assert not fleet.host_file("h3", VERSION).exists()  # h3 is production, not in this repository's apps
+
+    sha = bump_version(fleet, "2.0.0")
+    second = fleet.controller("sync")
+    assert second.returncode == 0, second.stderr
+    assert sha[:12] in second.stdout
+    assert fleet.host_file("h1", VERSION).read_text() == "2.0.0\n"
+    assert "+2.0.0" in second.stdout  # the diff of what was corrected
+
+    third = fleet.controller("sync")
+    assert third.returncode == 0, third.stderr
+    assert "in-sync" in third.stdout
+    runs = fleet.runs()
+    assert [(r["outcome"], r["applied"]) for r in runs] == [
+        ("in-sync", False), ("converged", True), ("converged", True)]
+    assert {r["revision"] for r in runs[:2]} == {sha}
+
+
+def test_check_reports_a_manual_change_and_sync_puts_it_back(fleet: Fleet) -> None:
+    assert fleet.controller("sync").returncode == 0
+    app_yml = fleet.host_file("h2", APP_YML)
+    app_yml.write_text(app_yml.read_text().replace("workers: 2", "workers: 64"))
+    before = app_yml.read_text()
+
+    code, report = fleet.controller_json("check")
+    assert code == 2
+    [app] = report["apps"]
+    assert app["outcome"] == "drifted"
+    drifted = [t for t in app["check"]["tasks"] if t["status"] == "changed"]
+    assert {(t["host"], t["task"]) for t in drifted} >= {("web2.staging", "app : Render the application configuration")}
+    assert all(t["host"] == "web2.staging" for t in drifted)
+    [diff] = [t["diff"] for t in drifted if t["task"].endswith("configuration")]
+    assert "-workers: 64" in diff and "+workers: 2" in diff
+    assert app_yml.read_text() == before  # check changed nothing
+
+    text = fleet.controller("check")
+    assert text.returncode == 2
+    assert "web2.staging" in text.stdout and "-workers: 64" in text.stdout
+
+    fixed = fleet.controller("sync")
+    assert fixed.returncode == 0, fixed.stderr
+    assert "workers: 2" in app_yml.read_text()
+    assert fleet.controller("check").returncode == 0
+
+    shown = fleet.controller("show", str(report["apps"][0]["run_id"]))
+    assert shown.returncode == 0 and "-workers: 64" in shown.stdout and "drifted" in shown.stdout
+
+
+def test_one_host_down_the_others_converge_and_the_run_is_partial(fleet: Fleet) -> None:
+    fleet.lab.stop_host("h2")
+    code, report = fleet.controller_json("sync")
+    assert code == 2
+    [app] = report["apps"]
+    assert app["outcome"] == "partial" and app["reason"] == "HostUnreachable"
+    assert fleet.host_file("h1", VERSION).read_text() == "1.0.0\n"
+    assert not fleet.host_file("h2", VERSION).exists()
+    statuses = {h["host"]: h["status"] for h in app["apply"]["hosts"]}
+    assert statuses["web2.staging"] == "unreachable"
+
+    fleet.lab.start_host("h2")  # back: the same revision is applied again, since it was only partial
+    again = fleet.controller("sync")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert fleet.host_file("h2", VERSION).read_text() == "1.0.0\n"
+
+
+def assert_refused(fleet: Fleet, args: tuple[str, ...], reason: str, *needles: str) -> None:
+    """Exit 1, one line on stderr naming the problem, nothing applied, earlier history intact."""
+    history = fleet.runs()
+    versions = {h: fleet.host_file(h, VERSION).read_text() for h in ("h1", "h2")}
+    done = fleet.controller(*args)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    for needle in needles:
+        assert needle in lines[0]
+    assert {h: fleet.host_file(h, VERSION).read_text() for h in ("h1", "h2")} == versions
+    after = fleet.runs()
+    assert after[len(after) - len(history):] == history
+    if len(after) > len(history):
+        assert after[0]["outcome"] == "failed" and after[0]["reason"] == reason
+
+
+def test_bad_commits_are_refused_before_anything_is_applied(fleet: Fleet, lab: Lab) -> None:
+    assert fleet.controller("sync").returncode == 0
+    good = git(fleet.work, "rev-parse", "HEAD")
+
+    # a syntax error, with the new version in the same commit: nothing of it may land
+    fleet.write("playbooks/site.yml", (fleet.work / "playbooks/site.yml").read_text() + "- hosts: [\n")
+    bump_version(fleet, "9.9.9")
+    assert_refused(fleet, ("sync",), "SyntaxCheckFailed", "playbooks/site.yml", "syntax check")
+    git(fleet.work, "revert", "--no-edit", "HEAD")
+
+    # a tampered SOPS file: one encrypted value replaced by another file's ciphertext
+    path = "inventories/staging/group_vars/all/secrets.sops.yml"
+    text = (fleet.work / path).read_text().splitlines()
+    token = next(i for i, line in enumerate(text) if line.startswith("app_api_token:"))
+    password = next(i for i, line in enumerate(text) if line.startswith("app_db_password:"))
+    text[token] = "app_api_token:" + text[password].split(":", 1)[1]
+    fleet.write(path, "\n".join(text) + "\n")
+    fleet.push("Tamper")
+    assert_refused(fleet, ("sync",), "DecryptionFailed", path)
+
+    # a SOPS file encrypted for a key the bastion does not have
+    from tests.conftest import make_age_key
+
+    stranger = make_age_key(fleet.root / "stranger")
+    sops_yaml = fleet.work / ".sops.yaml"
+    sops_yaml.write_text(sops_yaml.read_text().replace(fleet.key.recipient, stranger.recipient))
+    fleet.encrypt(path, {"app_db_password": secret("stranger"), "app_api_token": secret("stranger")})
+    fleet.push("Re-encrypt for someone else")
+    assert_refused(fleet, ("sync",), "DecryptionFailed", path, "cannot decrypt")
+
+    # a plaintext file where .sops.yaml says secrets live
+    fleet.write(path, f"app_db_password: {secret('plain')}\n")
+    fleet.push("Oops, plaintext")
+    assert_refused(fleet, ("sync",), "DecryptionFailed", path, "not encrypted")
+
+    # a symlink that leaves the repository
+    git(fleet.work, "reset", "-q", "--hard", good)
+    os.symlink("/etc/shadow", fleet.work / "roles/app/templates/leak.j2")
+    fleet.push("Link out", force=True)
+    assert_refused(fleet, ("sync", "--allow-rewrite"), "SnapshotFailed", "leak.j2")
+    git(fleet.work, "reset", "-q", "--hard", good)
+    git(fleet.work, "push", "-q", "--force", "origin", "HEAD:main")
+
+    # the watched branch is missing, the remote is unreachable, the key file is gone
+    write_config(fleet, source={"url": str(fleet.remote), "branch": "nope"})
+    assert_refused(fleet, ("sync",), "RevisionNotFound", "'nope'")
+    write_config(fleet, source={"url": str(fleet.root / "gone.git"), "branch": "main"})
+    assert_refused(fleet, ("sync",), "FetchFailed", "cannot fetch", "gone.git")
+    write_config(fleet, sops={"age_key_file": str(fleet.root / "missing.key")})
+    assert_refused(fleet, ("sync",), "DecryptionFailed", "missing.key")
+
+    assert fleet.host_file("h1", VERSION).read_text() == "1.0.0\n"
+    assert all(r["revision"] == good or r["outcome"] == "failed" for r in fleet.runs())
+
+
+def test_a_bad_config_is_one_line_naming_file_and_key(fleet: Fleet) -> None:
+    history = fleet.runs()
+    cases = {
+        "source: {url: x, branchh: main}\n": "source.branchh: unknown key",
+        "source: {url: x, branch: 3}\n": "source.branch: expected a string, got a whole number",
+        "state_dir: /tmp\n": "source: missing required key",
+        "source: {url: x}\nansible: {forks: many}\n": "ansible.forks: expected a whole number",
+        "source: [\n": "controller.yml: line",
+    }
+    for text, needle in cases.items():
+        fleet.config.write_text(text)
+        done = fleet.controller("sync")
+        assert done.returncode == 1
+        assert done.stderr.count("\n") == 1 and needle in done.stderr, (text, done.stderr)
+        assert str(fleet.config) in done.stderr
+    write_config(fleet)
+    assert fleet.runs() == history
+    missing = fleet.controller("--help")
+    assert missing.returncode == 0
+    nowhere = fleet.controller("check", "--config", str(fleet.root / "nope.yml"))
+    assert nowhere.returncode == 1 and "nope.yml: configuration file not found" in nowhere.stderr
+
+
+def test_a_rewritten_history_is_refused_unless_allowed(fleet: Fleet) -> None:
+    assert fleet.controller("sync").returncode == 0
+    applied = git(fleet.work, "rev-parse", "HEAD")
+    git(fleet.work, "commit", "-q", "--amend", "-m", "Rewritten")
+    bump_version(fleet, "3.0.0", force=True)
+    refused = fleet.controller("sync")
+    assert refused.returncode == 1
+    assert "does not descend from the last applied" in refused.stderr and applied[:12] in refused.stderr
+    assert fleet.host_file("h1", VERSION).read_text() == "1.0.0\n"
+    assert fleet.controller("check").returncode == 2  # a check is still allowed: it changes nothing
+    allowed = fleet.controller("sync", "--allow-rewrite")
+    assert allowed.returncode == 0, allowed.stderr
+    assert fleet.host_file("h1", VERSION).read_text() == "3.0.0\n"
+
+
+def test_preview_a_revision_dry_run_and_detect_policy_change_nothing(fleet: Fleet) -> None:
+    assert fleet.controller("sync").returncode == 0
+    git(fleet.work, "checkout", "-q", "-b", "pr-7")
+    pr = bump_version(fleet, "7.0.0", ref="pr-7")
+    git(fleet.work, "checkout", "-q", "main")
+
+    code, preview = fleet.controller_json("check", "--revision", pr)
+    assert code == 2 and preview["revision"]["sha"] == pr
+    assert any("+7.0.0" in t["diff"] for t in preview["apps"][0]["check"]["tasks"])
+    dry = fleet.controller("sync", "--dry-run", "--revision", pr)
+    assert dry.returncode == 2 and "check only" in dry.stdout
+    assert fleet.host_file("h1", VERSION).read_text() == "1.0.0\n"
+
+    gitops = fleet.work / "gitops.yml"
+    gitops.write_text(gitops.read_text().replace("policy: apply", "policy: detect"))
+    bump_version(fleet, "8.0.0")
+    code, detect = fleet.controller_json("sync")
+    assert code == 2 and detect["apps"][0]["outcome"] == "drifted"
+    assert "policy detect" in detect["apps"][0]["message"]
+    assert fleet.host_file("h1", VERSION).read_text() == "1.0.0\n"
+
+    missing = fleet.controller("check", "--revision", "0" * 40)
+    assert missing.returncode == 1 and "not found" in missing.stderr
+    unknown = fleet.controller("check", "--app", "nope")
+    assert unknown.returncode == 1 and "no app 'nope'" in unknown.stderr
+
+
+def test_status_history_show_and_json_tell_the_same_story(fleet: Fleet) -> None:
+    code, result = fleet.controller_json("sync")
+    assert code == 0 and result["exit_code"] == 0
+    [app] = result["apps"]
+    status = json.loads(fleet.controller("status", "--json").stdout)
+    assert status == [{
+        "app": "staging", "applied_revision": result["revision"]["sha"], "last_run": status[0]["last_run"],
+        "last_run_id": app["run_id"], "state": "converged", "reason": None, "detail": app["message"]}]
+    shown = json.loads(fleet.controller("show", str(app["run_id"]), "--json").stdout)
+    assert shown["outcome"] == "converged" and shown["applied"] is True
+    assert {h["host"] for h in shown["hosts"] if h["phase"] == "apply"} == {"web1.staging", "web2.staging"}
+    text = fleet.controller("history")
+    assert text.returncode == 0 and f"{app['run_id']:>5}  staging" in text.stdout
+    assert fleet.controller("show", "999").returncode == 1
+
+
+def test_the_lock_keeps_two_runs_apart(fleet: Fleet) -> None:
+    from controller.lock import hold
+
+    with hold(fleet.state / "controller.lock"):
+        started = time.monotonic()
+        busy = fleet.controller("sync", "--wait", "1")
+        assert time.monotonic() - started >= 1
+    assert busy.returncode == 75
+    assert "another run holds" in busy.stderr and busy.stderr.count("\n") == 1
+    assert fleet.runs() == []
+    assert not fleet.host_file("h1", VERSION).exists()
+    assert fleet.controller("sync").returncode == 0
+
+
+def test_any_reasonable_repository_works(tmp_path: Path, lab: Lab, age_key: object) -> None:
+    """No gitops.yml, playbook and inventory at the root, a command task check mode cannot verify."""
+    repo = tmp_path / "plain"
+    repo.mkdir()
+    (repo / "site.yml").write_text(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n"
+        "    - name: Motto\n      ansible.builtin.copy: {content: \"{{ motto }}\\n\", dest: /srv/motto}\n"
+        "    - name: Migrate\n      ansible.builtin.command: touch /srv/migrated\n      changed_when: true\n")
+    (repo / "hosts").write_text(f"box ansible_host={lab.host('h1').address} ansible_port={lab.port}\n")
+    motto = "literal {{ not_a_variable }} text"
+    (repo / "group_vars").mkdir()
+    (repo / "group_vars/all.yml").write_text(f"motto: !unsafe '{motto}'\nansible_user: root\n"
+                                             "ansible_python_interpreter: /usr/bin/python3\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "Plain repository")
+    fleet = Fleet(tmp_path, lab, age_key)  # type: ignore[arg-type]
+    write_config(fleet, source={"url": str(repo), "branch": "main"}, sops={})
+    code, result = fleet.controller_json("check")
+    assert code == 2
+    [app] = result["apps"]
+    assert app["name"] == "site"
+    statuses = {t["task"]: t["status"] for t in app["check"]["tasks"]}
+    assert statuses == {"Motto": "changed", "Migrate": "unverified"}
+    assert not lab.host("h1").path("/srv/migrated").exists()
+    assert fleet.controller("sync").returncode == 0
+    assert lab.host("h1").path("/srv/motto").read_text() == motto + "\n"
+    assert lab.host("h1").path("/srv/migrated").exists()
+
+
+def test_a_secret_with_template_syntax_is_deployed_literally(fleet: Fleet) -> None:
+    tricky = secret("{{ lookup('env', 'HOME') }}")
+    fleet.encrypt("inventories/staging/group_vars/all/secrets.sops.yml",
+                  {"app_db_password": tricky, "app_api_token": secret("token")})
+    fleet.push("Tricky secret")
+    done = fleet.controller("sync")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f'password: "{tricky}"' in fleet.host_file("h1", APP_YML).read_text()
+
+
+def test_secrets_are_only_decrypted_onto_tmpfs(fleet: Fleet) -> None:
+    write_config(fleet, workspace_dir=str(fleet.root))
+    refused = fleet.controller("sync")
+    assert refused.returncode == 1 and "not tmpfs" in refused.stderr
+    assert not fleet.host_file("h1", VERSION).exists()
+
+
+def test_workspaces_are_wiped_after_every_run(tmp_path: Path, lab: Lab, age_key: object) -> None:
+    fleet = build_fleet(tmp_path / "fleet", lab, age_key)  # type: ignore[arg-type]
+    before = set(Path("/dev/shm").glob("controller-*"))
+    assert fleet.controller("sync").returncode == 0
+    fleet.write("playbooks/site.yml", "- hosts: [\n")
+    fleet.push("Broken")
+    assert fleet.controller("sync").returncode == 1
+    left = {p for p in set(Path("/dev/shm").glob("controller-*")) - before if not p.name.startswith("controller-cp-")}
+    assert left == set()
