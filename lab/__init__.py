@@ -245,12 +245,19 @@ def _kill_namespace(pid: int) -> None:
     # SIGKILL on unshare makes --kill-child kill sshd, PID 1 of the namespace, and the
     # kernel then kills every session in it. unshare ignores SIGTERM while it waits.
     try:
+        # the namespace's PID 1 (sshd) can outlive unshare for a moment: wait for it too,
+        # or a restart's readiness probe could be answered by the dying listener
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.01)
+    for waited in [pid, *map(int, children)]:
+        while time.monotonic() < deadline and _alive(waited):
+            time.sleep(0.01)
 
 
 def _alive(pid: int) -> bool:

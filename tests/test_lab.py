@@ -30,6 +30,12 @@ def lab_processes(directory: Path) -> list[int]:
     return found
 
 
+def namespaces(directory: Path) -> list[int]:
+    """The long-lived unshare parent of each host (sshd forks short-lived children per connection)."""
+    return [pid for pid in lab_processes(directory)
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"unshare")]
+
+
 def test_ten_hosts_come_up_fast_each_with_its_own_srv(tmp_path: Path) -> None:
     lab = Lab(tmp_path / "lab", 10, prefix="127.0.3")
     started = time.monotonic()
@@ -51,10 +57,10 @@ def test_starting_twice_and_stopping_a_host_leave_nothing_behind(tmp_path: Path)
     lab = Lab(tmp_path / "lab", 3, prefix="127.0.3")
     try:
         lab.start()
-        first = set(lab_processes(lab.directory))
+        first = set(namespaces(lab.directory))
         lab.start()  # again: the old hosts are replaced, not duplicated
-        second = set(lab_processes(lab.directory))
-        assert len(second) == len(first) and not first & second
+        second = set(namespaces(lab.directory))
+        assert len(first) == len(second) == 3 and not first & second
 
         h2 = lab.host("h2")
         assert lab.ssh(h2, "echo kept > /srv/file").returncode == 0

@@ -281,7 +281,8 @@ def test_any_reasonable_repository_works(tmp_path: Path, lab: Lab, age_key: obje
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "Plain repository")
     fleet = Fleet(tmp_path, lab, age_key)  # type: ignore[arg-type]
-    write_config(fleet, source={"url": str(repo), "branch": "main"}, sops={})
+    # and without mitogen: the linear strategy with pipelining and ControlPersist is the fallback
+    write_config(fleet, source={"url": str(repo), "branch": "main"}, sops={}, ansible={"strategy": "linear"})
     code, result = fleet.controller_json("check")
     assert code == 2
     [app] = result["apps"]
@@ -306,8 +307,9 @@ def test_a_secret_with_template_syntax_is_deployed_literally(fleet: Fleet) -> No
 
 def test_secrets_are_only_decrypted_onto_tmpfs(fleet: Fleet) -> None:
     write_config(fleet, workspace_dir=str(fleet.root))
-    refused = fleet.controller("sync")
+    refused = fleet.controller("sync", "--progress")
     assert refused.returncode == 1 and "not tmpfs" in refused.stderr
+    assert "==> fetching main" in refused.stderr  # live progress, on stderr
     assert not fleet.host_file("h1", VERSION).exists()
 
 
