@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
@@ -180,22 +180,18 @@ def show(config_path: str | None, as_json: bool, run_id: int) -> None:
     click.echo(json.dumps(run, indent=2) if as_json else run_text(run), nl=as_json)
 
 
-class _store:
-    """Open the configured state store read-mostly for the inspection commands."""
-
-    def __init__(self, config_path: str | None) -> None:
-        self.config = _config(config_path)
-
-    def __enter__(self) -> Store:
-        self.store = Store(self.config.state_path / "state.db")
-        return self.store
-
-    def __exit__(self, *exc: object) -> None:
-        self.store.close()
+@contextmanager
+def _store(config_path: str | None) -> Iterator[Store]:
+    """Open the configured state store for the inspection commands."""
+    store = Store(_config(config_path).state_path / "state.db")
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _config(config_path: str | None) -> Config:
-    return load_config(find_config(config_path) if config_path is None else Path(config_path))
+    return load_config(find_config(config_path))
 
 
 def main() -> None:
