@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
 from controller import __version__
 from controller.config import Config, find_config, load_config
+from controller.cycle import run_cycle
 from controller.errors import ControllerError
 from controller.interrupt import Cancel
-from controller.lock import hold
 from controller.outcomes import ExitCode, Outcome, Reason
-from controller.reconcile import Request, reconcile
+from controller.reconcile import Request
 from controller.render import history_text, result_json, result_text, run_text, status_text
 from controller.runner import TaskResult
 from controller.state import Store
+from controller.watch import Watch
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -75,10 +76,12 @@ def cli() -> None:
     Typical use:
       controller sync                 converge every app to the branch head
       controller check                report drift, change nothing (for cron)
+      controller watch                the daemon: webhooks, pushes, polls, drift schedule
       controller sync --dry-run       the same as check, as a sync would see it
       controller status               applied revision and drift state per app
       controller history              recent runs
       controller show RUN             one run's drift report with diffs
+      controller suspend APP          leave an app alone (resume APP to undo)
     """
 
 
@@ -87,11 +90,15 @@ def cli() -> None:
 @click.option("--dry-run", is_flag=True, help="Check only: report what sync would change, change nothing.")
 @click.option("--allow-rewrite", is_flag=True,
               help="Apply a revision that does not descend from the last applied one (rewrite, rollback).")
+@click.option("--only-if-changed", is_flag=True,
+              help="Return at once (exit 0) when the branch has not moved since the last sync and no drift "
+                   "check is due (watch.drift_check_interval): the fast path for cron.")
 def sync(**options: Any) -> None:
     """Converge the servers to the branch head (apps with policy apply).
 
     Each app is checked first; it is applied when the revision is new or drift
-    was found. Apps with policy detect are only checked.
+    was found. Apps with policy detect are only checked; suspended apps
+    (`controller suspend`) are skipped, and the output says so.
     """
     _reconcile("sync", **options)
 
@@ -104,22 +111,18 @@ def check(**options: Any) -> None:
     Runs every app in check+diff mode and shows, per host and task, what an
     apply would change. Schedule it from cron: exit code 2 means drift.
     """
-    _reconcile("check", dry_run=False, allow_rewrite=False, **options)
+    _reconcile("check", dry_run=False, allow_rewrite=False, only_if_changed=False, **options)
 
 
 def _reconcile(mode: str, *, config_path: str | None, as_json: bool, app: str | None, revision: str | None,
-               wait: float, progress: bool | None, trigger: str, dry_run: bool, allow_rewrite: bool) -> None:
+               wait: float, progress: bool | None, trigger: str, dry_run: bool, allow_rewrite: bool,
+               only_if_changed: bool) -> None:
     config = _config(config_path)
     show = sys.stderr.isatty() if progress is None else progress
     cancel = Cancel()
     cancel.install()
-    request = Request(mode, app, revision, dry_run, allow_rewrite, trigger)
-    with hold(config.state_path / "controller.lock", wait):
-        store = Store(config.state_path / "state.db")
-        try:
-            result = reconcile(config, request, store, TerminalProgress(show), cancel)
-        finally:
-            store.close()
+    request = Request(mode, app, revision, dry_run, allow_rewrite, trigger, only_if_changed=only_if_changed)
+    result = run_cycle(config, request, TerminalProgress(show), cancel, wait)
     if as_json:
         click.echo(json.dumps(result_json(result), indent=2))
     else:
@@ -127,6 +130,8 @@ def _reconcile(mode: str, *, config_path: str | None, as_json: bool, app: str | 
         # a pipeline-level failure is the same message for every app: say it once
         for message in dict.fromkeys(a.message for a in result.apps if a.outcome is Outcome.FAILED):
             click.echo(f"controller: {message}", err=True)
+        for suspended in (a for a in result.apps if a.outcome is Outcome.SUSPENDED):
+            click.echo(f"controller: app {suspended.app} is {suspended.message}", err=True)
     sys.exit(int(result.exit_code))
 
 
@@ -180,14 +185,65 @@ def show(config_path: str | None, as_json: bool, run_id: int) -> None:
     click.echo(json.dumps(run, indent=2) if as_json else run_text(run), nl=as_json)
 
 
-@contextmanager
-def _store(config_path: str | None) -> Iterator[Store]:
+@cli.command(epilog="""\b
+Exit codes:
+  0   stopped by SIGTERM or SIGINT (a run in progress is stopped and unwound first)
+  1   configuration error (bad config, listener address in use, unreadable webhook secret)
+  70  internal error (a bug: the traceback is printed)""")
+@config_option
+@click.option("-v", "--verbose", is_flag=True, help="Also log every HTTP request.")
+def watch(config_path: str | None, verbose: bool) -> None:
+    """Keep the servers matching Git until stopped: the daemon for systemd.
+
+    \b
+    Reconciles (the same cycle as `sync`, under the same lock) when:
+      - a signed push webhook arrives (watch.listen: POST /hooks/github,
+        /hooks/gitlab, /hooks/generic; secret in watch.webhook_secret_file),
+      - the source is a bare repository on this host and its branch moves,
+      - every watch.poll_interval seconds the branch has moved,
+      - an app's scheduled drift check is due (watch.drift_check_interval or
+        watch.drift_check_cron): drift is corrected (policy apply) or reported.
+    Pushes arriving together make one run; a failing cycle is retried with
+    backoff; suspended apps are left alone. GET /healthz and /metrics
+    (Prometheus) are served on the same listener. Logs go to stderr.
+    """
+    config = _config(config_path)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", force=True,
+                        level=logging.DEBUG if verbose else logging.INFO)
+    cancel = Cancel()
+    cancel.install()
+    Watch(config, cancel).run()
+
+
+@cli.command()
+@config_option
+@click.argument("app")
+@click.option("--reason", default="", metavar="TEXT", help="Why (shown by status and sync).")
+def suspend(config_path: str | None, app: str, reason: str) -> None:
+    """Stop reconciling APP: watch leaves it alone and sync skips it (check still reports)."""
+    with _store(config_path) as store:
+        known = store.apps()
+        if known and app not in known:
+            raise ControllerError(Reason.NOT_FOUND, f"no app {app!r} has been reconciled here (apps: "
+                                  f"{', '.join(known)}); check the name")
+        store.suspend(app, reason)
+    click.echo(f"suspended {app}: `controller resume {app}` to reconcile it again")
+
+
+@cli.command()
+@config_option
+@click.argument("app")
+def resume(config_path: str | None, app: str) -> None:
+    """Reconcile APP again after `controller suspend` (at the next sync or watch cycle)."""
+    with _store(config_path) as store:
+        if not store.resume(app):
+            raise ControllerError(Reason.NOT_FOUND, f"app {app!r} is not suspended")
+    click.echo(f"resumed {app}")
+
+
+def _store(config_path: str | None) -> Store:
     """Open the configured state store for the inspection commands."""
-    store = Store(_config(config_path).state_path / "state.db")
-    try:
-        yield store
-    finally:
-        store.close()
+    return Store(_config(config_path).state_path / "state.db")
 
 
 def _config(config_path: str | None) -> Config:
@@ -196,6 +252,7 @@ def _config(config_path: str | None) -> Config:
 
 def main() -> None:
     """Entry point: user errors are one line on stderr; bugs keep their traceback."""
+    logging.basicConfig(format="controller: %(message)s", level=logging.WARNING)
     try:
         cli.main(standalone_mode=False)
     except ControllerError as error:

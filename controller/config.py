@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
+from cronsim import CronSim, CronSimError
+
 from controller.errors import ControllerError
-from controller.outcomes import Reason
+from controller.outcomes import EVENTS, Reason
 from controller.schema import build, read_yaml
 
 SEARCH_PATH = (Path("controller.yml"), Path("/etc/controller/controller.yml"))
@@ -49,6 +52,32 @@ class AnsibleConfig:
 
 
 @dataclass(frozen=True)
+class WatchConfig:
+    """``controller watch``: its triggers, schedule and listener; drift schedule also for --only-if-changed."""
+
+    poll_interval: float = 60            # seconds between fetches; 0 turns polling off
+    listen: str | None = None            # HOST:PORT for webhooks, /healthz and /metrics
+    webhook_secret_file: str | None = None
+    max_body_bytes: int = 1_048_576      # bigger webhook bodies get 413
+    drift_check_interval: float = 900    # seconds between scheduled drift checks per app; 0: off
+    drift_check_cron: str | None = None  # a cron expression instead of the interval
+    debounce: float = 0.5                # wait this long after a trigger so a burst makes one run
+    backoff: float = 10                  # first retry after a failing cycle; doubles up to backoff_max
+    backoff_max: float = 600
+    watch_local: bool = True             # react to pushes into a bare source repository on this host
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """Where notifications go: a generic JSON webhook or a Slack-compatible incoming webhook."""
+
+    format: str = "json"                 # json | slack
+    url: str | None = None
+    url_file: str | None = None          # the URL kept in a file (it is a secret for Slack)
+    events: tuple[str, ...] = ()         # empty: every event
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole bastion configuration, paths made absolute relative to the file."""
 
@@ -58,6 +87,8 @@ class Config:
     sops: SopsConfig = field(default_factory=SopsConfig)
     ssh: SshConfig = field(default_factory=SshConfig)
     ansible: AnsibleConfig = field(default_factory=AnsibleConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    notify: tuple[NotifyTarget, ...] = ()
 
     @property
     def state_path(self) -> Path:
@@ -65,6 +96,7 @@ class Config:
 
 
 STRATEGIES = ("auto", "mitogen", "linear", "free")
+FORMATS = ("json", "slack")
 
 
 def find_config(explicit: str | None) -> Path:
@@ -89,6 +121,9 @@ def load_config(path: Path) -> Config:
                               f"{path}: ansible.strategy: must be one of {', '.join(STRATEGIES)}")
     if config.ansible.forks < 1:
         raise ControllerError(Reason.CONFIG_INVALID, f"{path}: ansible.forks: must be at least 1")
+    _check_watch(config.watch, path)
+    for number, target in enumerate(config.notify):
+        _check_target(target, path, f"notify[{number}]")
     base = path.resolve().parent
 
     def absolute(value: str | None) -> str | None:
@@ -104,4 +139,37 @@ def load_config(path: Path) -> Config:
         workspace_dir=str(absolute(config.workspace_dir)),
         sops=SopsConfig(absolute(config.sops.age_key_file)),
         ssh=SshConfig(absolute(config.ssh.private_key_file), absolute(config.ssh.known_hosts_file)),
+        watch=replace(config.watch, webhook_secret_file=absolute(config.watch.webhook_secret_file)),
+        notify=tuple(replace(t, url_file=absolute(t.url_file)) for t in config.notify),
     )
+
+
+def _check_watch(watch: WatchConfig, path: Path) -> None:
+    def fail(key: str, message: str) -> ControllerError:
+        return ControllerError(Reason.CONFIG_INVALID, f"{path}: watch.{key}: {message}")
+
+    for key in ("poll_interval", "drift_check_interval", "debounce", "backoff", "backoff_max"):
+        if getattr(watch, key) < 0:
+            raise fail(key, "must not be negative")
+    if watch.listen is not None:
+        host, _, port = watch.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise fail("listen", f"expected HOST:PORT such as 127.0.0.1:8080, got {watch.listen!r}")
+    if watch.drift_check_cron is not None:
+        try:
+            CronSim(watch.drift_check_cron, datetime.now(UTC))
+        except CronSimError as exc:
+            raise fail("drift_check_cron", f"not a cron expression ({exc})") from None
+
+
+def _check_target(target: NotifyTarget, path: Path, key: str) -> None:
+    def fail(message: str) -> ControllerError:
+        return ControllerError(Reason.CONFIG_INVALID, f"{path}: {key}: {message}")
+
+    if target.format not in FORMATS:
+        raise fail(f"format: must be one of {', '.join(FORMATS)}")
+    if (target.url is None) == (target.url_file is None):
+        raise fail("set exactly one of url and url_file")
+    unknown = sorted(set(target.events) - set(EVENTS))
+    if unknown:
+        raise fail(f"events: unknown event {unknown[0]!r} (events: {', '.join(EVENTS)})")

@@ -13,6 +13,7 @@ class Outcome(StrEnum):
     CONVERGED = "converged"    # applied, every host converged
     PARTIAL = "partial"        # some hosts converged or were checked, others failed or were unreachable
     FAILED = "failed"          # stopped before anything was applied, or the run itself failed
+    SUSPENDED = "suspended"    # not reconciled: `controller suspend` (not recorded as a run)
 
 
 class Reason(StrEnum):
@@ -42,3 +43,16 @@ class ExitCode(IntEnum):
     DRIFT = 2       # check: drift found; sync: drift remains (detect policy, a host failed or was unreachable)
     BUG = 70        # an internal error; the traceback is printed
     LOCKED = 75     # another run holds the lock (EX_TEMPFAIL: try again later)
+
+
+class Event(StrEnum):
+    """What a notification announces: a change in an app's state, never the same state twice."""
+
+    DRIFT_FOUND = "drift-found"
+    DRIFT_CORRECTED = "drift-corrected"
+    REVISION_APPLIED = "revision-applied"
+    RUN_FAILED = "run-failed"
+    RECOVERED = "recovered"
+
+
+EVENTS = tuple(e.value for e in Event)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -14,10 +16,14 @@ from controller.interrupt import Cancel
 from controller.outcomes import ExitCode, Outcome, Reason
 from controller.redact import Redactor
 from controller.runner import TaskResult, ansible_env, run_playbook, syntax_check
+from controller.schedule import DriftSchedule, parse_time
 from controller.secrets import decrypt_in_place, find_encrypted
 from controller.source import Revision, Source
 from controller.state import Store
 from controller.workspace import Workspace, workspace
+
+# outcomes a sync can be left in until Git or the schedule says otherwise (drifted: policy detect)
+SETTLED = (Outcome.IN_SYNC, Outcome.CONVERGED, Outcome.DRIFTED)
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,8 @@ class Request:
     dry_run: bool = False
     allow_rewrite: bool = False
     trigger: str = "manual"
+    fetch: bool = True               # False: use the branch head as last fetched (scheduled drift checks)
+    only_if_changed: bool = False    # return at once when nothing moved and no drift check is due
 
     @property
     def applies(self) -> bool:
@@ -42,12 +50,15 @@ class AppResult:
 
     app: str
     policy: str
-    run_id: int
+    run_id: int | None               # None: nothing was run (suspended)
     outcome: Outcome
     reason: Reason | None
     message: str
     check: Report | None = None
     applied: Report | None = None
+    previous: str | None = None      # the revision applied before this run
+    revision: str | None = None
+    seconds: float = 0.0
 
     @property
     def exit_code(self) -> ExitCode:
@@ -63,6 +74,7 @@ class Result:
     request: Request
     revision: Revision | None
     apps: tuple[AppResult, ...]
+    idle: str | None = None          # why nothing ran (--only-if-changed)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -93,9 +105,12 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
     apps: tuple[App, ...] = ()
     try:
         source = source_of(config)
-        progress.step(f"fetching {config.source.branch} from {config.source.url}")
-        head = source.fetch()
+        if request.fetch:
+            progress.step(f"fetching {config.source.branch} from {config.source.url}")
+        head = source.fetch() if request.fetch else source.head()
         revision = source.resolve(request.revision) if request.revision else head
+        if request.only_if_changed and (idle := _idle(config, store, revision)):
+            return Result(request, revision, (), idle)
         store.record_revision(revision)
         with workspace(Path(config.workspace_dir)) as space:
             progress.step(f"revision {revision.short} {revision.subject!r}")
@@ -109,9 +124,13 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                 progress.step(f"syntax check of {app.name}: {app.playbook}")
                 syntax_check(app, space.project, env, redactor)
             results = []
+            suspended = store.suspensions() if request.applies else {}
             for app in apps:
                 if cancel():
                     break
+                if app.name in suspended:
+                    results.append(_suspended(app, suspended[app.name]))
+                    continue
                 results.append(_reconcile_app(app, request, revision, source, space, env, redactor,
                                               store, progress, cancel))
             return Result(request, revision, tuple(results))
@@ -126,8 +145,9 @@ def _reconcile_app(app: App, request: Request, revision: Revision, source: Sourc
                    cancel: Cancel) -> AppResult:
     run_id = store.start_run(app.name, revision.sha, request.mode, request.trigger)
     applying = request.applies and app.policy == "apply"
+    started = time.monotonic()
+    last = store.last_applied(app.name)
     try:
-        last = store.last_applied(app.name)
         if applying and last and last != revision.sha and not request.allow_rewrite \
                 and not source.descends(last, revision.sha):
             raise ControllerError(
@@ -151,17 +171,43 @@ def _reconcile_app(app: App, request: Request, revision: Revision, source: Sourc
         message = _message(app, checked, applied, applying)
         store.finish_run(run_id, outcome, reason, message, applied is not None,
                          _summary(checked, applied))
-        return AppResult(app.name, app.policy, run_id, outcome, reason, message, checked, applied)
+        return AppResult(app.name, app.policy, run_id, outcome, reason, message, checked, applied,
+                         last, revision.sha, time.monotonic() - started)
     except ControllerError as error:
         store.finish_run(run_id, Outcome.FAILED, error.reason, error.message, False, {})
-        return AppResult(app.name, app.policy, run_id, Outcome.FAILED, error.reason, error.message)
+        return AppResult(app.name, app.policy, run_id, Outcome.FAILED, error.reason, error.message,
+                         previous=last, revision=revision.sha, seconds=time.monotonic() - started)
 
 
 def _failed(store: Store, app: str, request: Request, revision: Revision | None,
             error: ControllerError) -> AppResult:
     run_id = store.start_run(app, revision.sha if revision else None, request.mode, request.trigger)
     store.finish_run(run_id, Outcome.FAILED, error.reason, error.message, False, {})
-    return AppResult(app, "", run_id, Outcome.FAILED, error.reason, error.message)
+    return AppResult(app, "", run_id, Outcome.FAILED, error.reason, error.message,
+                     previous=store.last_applied(app), revision=revision.sha if revision else None)
+
+
+def _suspended(app: App, suspension: dict[str, str]) -> AppResult:
+    why = f": {suspension['reason']}" if suspension["reason"] else ""
+    return AppResult(app.name, app.policy, None, Outcome.SUSPENDED, None,
+                     f"suspended since {suspension['since']}{why}; not applied (`controller resume {app.name}`)")
+
+
+def _idle(config: Config, store: Store, head: Revision) -> str | None:
+    """Why a sync can return at once: every app's last sync was at ``head``, fine, and no check is due."""
+    suspended = store.suspensions()
+    apps = [a for a in store.apps() if a not in suspended]
+    schedule = DriftSchedule.of(config.watch)
+    now = datetime.now(UTC)
+    for app in apps:
+        latest = store.latest(app)
+        if latest is None or latest["mode"] != "sync" or latest["revision"] != head.sha \
+                or latest["outcome"] not in SETTLED or schedule.due(parse_time(latest["started"]), now):
+            return None
+    if not apps:
+        return None
+    return (f"nothing to do: {config.source.branch} is still at {head.short}, already synced "
+            f"({', '.join(apps)}), and no drift check is due")
 
 
 def _select(apps: tuple[App, ...], name: str | None) -> tuple[App, ...]:

@@ -20,6 +20,7 @@ def result_json(result: Result) -> dict[str, Any]:
         "dry_run": result.request.dry_run,
         "revision": revision,
         "exit_code": int(result.exit_code),
+        "idle": result.idle,
         "apps": [_app_json(a) for a in result.apps],
     }
 
@@ -28,6 +29,7 @@ def _app_json(app: AppResult) -> dict[str, Any]:
     return {
         "name": app.app, "policy": app.policy, "run_id": app.run_id, "outcome": app.outcome.value,
         "reason": app.reason.value if app.reason else None, "message": app.message,
+        "previous_revision": app.previous, "seconds": round(app.seconds, 2),
         "check": _report_json(app.check), "apply": _report_json(app.applied),
     }
 
@@ -44,10 +46,13 @@ def result_text(result: Result) -> str:
     if result.revision:
         rev = result.revision
         lines.append(f"revision {rev.short}  {rev.subject}  ({rev.author}, {rev.committed_at})")
+    if result.idle:
+        lines.append(result.idle)
     width = max((len(a.app) for a in result.apps), default=4)
     for app in result.apps:
         reason = f" [{app.reason.value}]" if app.reason else ""
-        lines.append(f"  {app.app:<{width}}  {app.outcome.value:<9}  {app.message}{reason}  (run {app.run_id})")
+        run = f"  (run {app.run_id})" if app.run_id else ""
+        lines.append(f"  {app.app:<{width}}  {app.outcome.value:<9}  {app.message}{reason}{run}")
     for app in result.apps:
         for phase, report in (("drift", app.check), ("apply", app.applied)):
             if report is not None:
@@ -109,6 +114,7 @@ def status_text(rows: list[dict[str, Any]]) -> str:
         return "no app has been reconciled yet: run `controller sync` or `controller check`\n"
     lines = [f"{'APP':<12} {'APPLIED':<12} {'LAST RUN':<25} {'STATE':<10} DETAIL"]
     for row in rows:
+        detail = ("SUSPENDED; " if row["suspended"] else "") + row["detail"]
         lines.append(f"{row['app']:<12} {(row['applied_revision'] or '-')[:12]:<12} "
-                     f"{row['last_run'] or '-':<25} {row['state']:<10} {row['detail']}")
+                     f"{row['last_run'] or '-':<25} {row['state']:<10} {detail}")
     return "\n".join(lines) + "\n"

@@ -65,9 +65,12 @@ class Source:
         except git.GitCommandError as exc:
             raise ControllerError(Reason.FETCH_FAILED,
                                   f"cannot fetch {self.url}: {first_line(str(exc.stderr)) or exc}") from exc
-        ref = f"refs/remotes/origin/{self.branch}"
+        return self.head()
+
+    def head(self) -> Revision:
+        """The watched branch's head as last fetched."""
         try:
-            return self._revision(ref)
+            return self._revision(f"refs/remotes/origin/{self.branch}")
         except ControllerError:
             raise ControllerError(Reason.REVISION_NOT_FOUND,
                                   f"branch {self.branch!r} not found in {self.url}") from None

@@ -37,6 +37,10 @@ MIGRATIONS = (
         status TEXT NOT NULL, diff TEXT NOT NULL, message TEXT NOT NULL);
     CREATE INDEX task_results_run ON task_results (run_id);
     """,
+    """
+    CREATE TABLE suspensions (app TEXT PRIMARY KEY, since TEXT NOT NULL, reason TEXT NOT NULL);
+    CREATE TABLE conditions (app TEXT PRIMARY KEY, condition TEXT NOT NULL, since TEXT NOT NULL);
+    """,
 )
 
 
@@ -61,6 +65,12 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -108,7 +118,27 @@ class Store:
             (now(), outcome.value, reason.value if reason else None, message, int(applied),
              json.dumps(summary), run_id))
 
+    def suspend(self, app: str, reason: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO suspensions VALUES (?, ?, ?)", (app, now(), reason))
+
+    def resume(self, app: str) -> bool:
+        """Lift a suspension; False when the app was not suspended."""
+        return self.db.execute("DELETE FROM suspensions WHERE app = ?", (app,)).rowcount > 0
+
+    def set_condition(self, app: str, condition: str) -> None:
+        """Remember what was last announced for ``app``, so the same state is not announced twice."""
+        self.db.execute("INSERT OR REPLACE INTO conditions VALUES (?, ?, ?)", (app, condition, now()))
+
     # -- reading -------------------------------------------------------------
+    def suspensions(self) -> dict[str, dict[str, str]]:
+        """Suspended apps, with since when and why."""
+        return {r["app"]: {"since": r["since"], "reason": r["reason"]}
+                for r in self.db.execute("SELECT * FROM suspensions ORDER BY app")}
+
+    def condition(self, app: str) -> str | None:
+        row = self.db.execute("SELECT condition FROM conditions WHERE app = ?", (app,)).fetchone()
+        return row["condition"] if row else None
+
     def last_applied(self, app: str) -> str | None:
         """The revision of the app's last sync that left every host converged."""
         row = self.db.execute(
@@ -142,11 +172,13 @@ class Store:
     def status(self) -> list[dict[str, Any]]:
         """Per app: applied revision, last run, and the state that run left."""
         rows = []
+        suspended = self.suspensions()
         for app in self.apps():
             latest = self.latest(app)
             assert latest is not None
             rows.append({
                 "app": app,
+                "suspended": app in suspended,
                 "applied_revision": self.last_applied(app),
                 "last_run": latest["started"],
                 "last_run_id": latest["id"],

@@ -23,6 +23,9 @@ BIN = Path(sys.executable).parent
 EXAMPLE = ("ansible.cfg", "gitops.yml", ".sops.yaml", "playbooks", "roles", "inventories")
 TEST_PREFIX = "127.0.2"
 
+APP_YML = "/srv/opt/shop/conf/app.yml"
+VERSION = "/srv/opt/shop/VERSION"
+
 # Every plaintext secret a test encrypts; test_zz_no_leaks searches the disk for them at the end.
 PLAINTEXTS: list[str] = []
 
@@ -175,3 +178,13 @@ def write_config(fleet: Fleet, **overrides: Any) -> None:
 @pytest.fixture
 def fleet(tmp_path: Path, lab: Lab, age_key: AgeKey) -> Fleet:
     return build_fleet(tmp_path / "fleet", lab, age_key)
+
+
+def bump_version(fleet: Fleet, version: str, *, ref: str = "main", force: bool = False) -> str:
+    """Commit and push a new ``app_version`` (deployed to ``VERSION`` on every host)."""
+    defaults = fleet.work / "roles/app/defaults/main.yml"
+    text = defaults.read_text()
+    defaults.write_text("\n".join(
+        f'app_version: "{version}"' if line.startswith("app_version:") else line
+        for line in text.splitlines()) + "\n")
+    return fleet.push(f"Release {version}", ref=ref, force=force)

@@ -8,19 +8,7 @@ import time
 from pathlib import Path
 
 from lab import Lab
-from tests.conftest import Fleet, build_fleet, git, secret, write_config
-
-APP_YML = "/srv/opt/shop/conf/app.yml"
-VERSION = "/srv/opt/shop/VERSION"
-
-
-def bump_version(fleet: Fleet, version: str, *, ref: str = "main", force: bool = False) -> str:
-    defaults = fleet.work / "roles/app/defaults/main.yml"
-    text = defaults.read_text()
-    defaults.write_text("\n".join(
-        f'app_version: "{version}"' if line.startswith("app_version:") else line
-        for line in text.splitlines()) + "\n")
-    return fleet.push(f"Release {version}", ref=ref, force=force)
+from tests.conftest import APP_YML, VERSION, Fleet, build_fleet, bump_version, git, secret, write_config
 
 
 def test_sync_applies_a_pushed_commit_then_has_nothing_to_do(fleet: Fleet) -> None:
