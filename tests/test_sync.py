@@ -165,6 +165,11 @@ def test_a_bad_config_is_one_line_naming_file_and_key(fleet: Fleet) -> None:
         "state_dir: /tmp\n": "source: missing required key",
         "source: {url: x}\nansible: {forks: many}\n": "ansible.forks: expected a whole number",
         "source: [\n": "controller.yml: line",
+        "source: {url: x}\nwatch: {listen: localhost}\n": "watch.listen: expected HOST:PORT",
+        "source: {url: x}\nwatch: {drift_check_cron: 'every day'}\n": "watch.drift_check_cron: not a cron",
+        "source: {url: x}\nwatch: {poll_interval: -1}\n": "watch.poll_interval: must not be negative",
+        "source: {url: x}\nnotify: [{format: json}]\n": "notify[0]: set exactly one of url and url_file",
+        "source: {url: x}\nnotify: [{url: 'http://x', events: [boom]}]\n": "notify[0]: events: unknown event",
     }
     for text, needle in cases.items():
         fleet.config.write_text(text)
@@ -310,3 +315,26 @@ def test_workspaces_are_wiped_after_every_run(tmp_path: Path, lab: Lab, age_key:
     assert fleet.controller("sync").returncode == 1
     left = {p for p in set(Path("/dev/shm").glob("controller-*")) - before if not p.name.startswith("controller-cp-")}
     assert left == set()
+
+
+def test_only_if_changed_returns_at_once_until_the_branch_moves_or_a_check_is_due(fleet: Fleet) -> None:
+    assert fleet.controller("sync").returncode == 0
+    idle = fleet.controller("sync", "--only-if-changed")
+    assert idle.returncode == 0, idle.stderr
+    assert "nothing to do: main is still at" in idle.stdout
+    assert len(fleet.runs()) == 1
+    code, document = fleet.controller_json("sync", "--only-if-changed")
+    assert code == 0 and document["apps"] == [] and "no drift check is due" in document["idle"]
+
+    sha = bump_version(fleet, "2.0.0")
+    moved = fleet.controller("sync", "--only-if-changed")
+    assert moved.returncode == 0 and fleet.runs()[0]["revision"] == sha
+    assert fleet.host_file("h1", VERSION).read_text() == "2.0.0\n"
+
+    assert fleet.controller("check").returncode == 0  # a check is not a sync: the fast path does not count it
+    assert fleet.controller("sync", "--only-if-changed").stdout.count("nothing to do") == 0
+    write_config(fleet, watch={"drift_check_interval": 1})
+    time.sleep(1.2)
+    due = fleet.controller("sync", "--only-if-changed")
+    assert due.returncode == 0 and "in-sync" in due.stdout
+    assert len(fleet.runs()) == 5
