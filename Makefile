@@ -4,18 +4,26 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := openssh-server openssh-client git age util-linux python3-venv
 
-.PHONY: demo test lint system venv clean
+.PHONY: demo test lint bench bench-quick system venv clean
 
 demo: system venv  ## a local Git remote, 5 real SSH hosts, a real `controller sync`
 	VENV=$(VENV) demo/run.sh
 
 test: system venv  ## lint, type-check, then the whole test suite against real hosts
-	$(VENV)/bin/ruff check controller lab tests
+	$(VENV)/bin/ruff check controller lab tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
 
+bench: system venv  ## measure against plain Ansible at 10 and 50 hosts (about an hour); writes docs/benchmarks.*
+	$(VENV)/bin/pip install -q -e '.[fast,dev,bench]'
+	$(PY) -m bench
+
+bench-quick: system venv  ## the same at 3 and 10 hosts, one repetition (a few minutes)
+	$(VENV)/bin/pip install -q -e '.[fast,dev,bench]'
+	$(PY) -m bench --quick --out .bench-quick
+
 lint: venv
-	$(VENV)/bin/ruff check controller lab tests
+	$(VENV)/bin/ruff check controller lab tests bench
 	$(VENV)/bin/mypy
 
 system:  ## the Debian packages the controller and the lab need
@@ -35,4 +43,4 @@ $(VENV)/.installed: pyproject.toml
 
 clean:
 	-[ -d .demo/lab ] && $(PY) -m lab down --dir .demo/lab
-	rm -rf $(VENV) .demo
+	rm -rf $(VENV) .demo .bench-quick

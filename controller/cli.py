@@ -21,7 +21,6 @@ from controller.reconcile import Request
 from controller.render import history_text, result_json, result_text, run_text, status_text
 from controller.runner import TaskResult
 from controller.state import Store
-from controller.watch import Watch
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -207,6 +206,8 @@ def watch(config_path: str | None, verbose: bool) -> None:
     backoff; suspended apps are left alone. GET /healthz and /metrics
     (Prometheus) are served on the same listener. Logs go to stderr.
     """
+    from controller.watch import Watch  # the daemon's HTTP and watchdog imports stay out of cron's fast path
+
     config = _config(config_path)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", force=True,
                         level=logging.DEBUG if verbose else logging.INFO)

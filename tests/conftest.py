@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from lab import Lab
+from lab.repository import AgeKey, git, make_age_key, sops_encrypt
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -37,21 +38,6 @@ def secret(label: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class AgeKey:
-    path: Path
-    recipient: str
-
-
-def make_age_key(directory: Path) -> AgeKey:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "age.key"
-    subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
-    recipient = subprocess.run(["age-keygen", "-y", str(path)], check=True, capture_output=True,
-                               text=True).stdout.strip()
-    return AgeKey(path, recipient)
-
-
 @pytest.fixture(scope="session")
 def age_key(tmp_path_factory: pytest.TempPathFactory) -> AgeKey:
     return make_age_key(tmp_path_factory.mktemp("age"))
@@ -62,17 +48,6 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     """Three fresh hosts per test (starting one takes milliseconds), always stopped."""
     with Lab(tmp_path / "lab", 3, prefix=TEST_PREFIX) as running:
         yield running
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid",
-                           *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def sops_encrypt(config: Path, target: str, plaintext: str) -> str:
-    """Encrypt from stdin so the plaintext never touches a disk."""
-    return subprocess.run([str(BIN / "sops"), "--config", str(config), "encrypt", "--filename-override",
-                           target], input=plaintext, check=True, capture_output=True, text=True).stdout
 
 
 @dataclass

@@ -1,0 +1,88 @@
+"""The ways of checking a fleet that the benchmark compares, each timed as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.fleet import BenchFleet
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One measured process: wall time, exit code and the peak RSS of the process itself (MiB)."""
+
+    seconds: float
+    code: int
+    peak_mib: float
+    output: str
+
+
+def timed(argv: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 3600) -> Timing:
+    """Run ``argv`` and time it, sampling its VmHWM (peak RSS) until it exits."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        status = Path(f"/proc/{proc.pid}/status")
+        while not done.is_set():
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak[0] = max(peak[0], int(line.split()[1]) / 1024)
+            except (OSError, ValueError):
+                return
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = proc.communicate(timeout=timeout)
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    return Timing(seconds, proc.returncode, peak[0], output)
+
+
+def base_env() -> dict[str, str]:
+    keep = ("HOME", "LANG", "LC_ALL", "TERM", "USER")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env["PATH"] = f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    env.setdefault("LANG", "C.UTF-8")
+    return env
+
+
+def ansible_playbook(fleet: BenchFleet, project: Path, *, pipelining: bool) -> Timing:
+    """``ansible-playbook --check --diff`` with Ansible's defaults (forks 5, linear, no pipelining)."""
+    cfg = project.parent / "defaults.cfg"
+    cfg.write_text(
+        f"[defaults]\nroles_path = {project / 'roles'}\ninterpreter_python = /usr/bin/python3\n"
+        f"retry_files_enabled = False\ngathering = explicit\nprivate_key_file = {fleet.lab.private_key}\n")
+    env = {**base_env(), "ANSIBLE_CONFIG": str(cfg),
+           "ANSIBLE_SSH_EXTRA_ARGS": f"-o UserKnownHostsFile={fleet.lab.known_hosts}",
+           "ANSIBLE_SSH_CONTROL_PATH_DIR": str(project.parent / "cp")}
+    if pipelining:
+        env["ANSIBLE_PIPELINING"] = "True"
+    return timed([str(BIN / "ansible-playbook"), "--check", "--diff", "-i", "inventories/bench",
+                  "playbooks/bench.yml"], env, cwd=project)
+
+
+def raw_runner(fleet: BenchFleet, project: Path) -> Timing:
+    """ansible-runner's Python API with the controller's exact settings, no pipeline around it."""
+    env = {**base_env(), "PYTHONPATH": str(ROOT)}
+    return timed([sys.executable, "-m", "bench.raw_runner", str(fleet.config), str(project)], env)
+
+
+def controller(fleet: BenchFleet, *args: str) -> Timing:
+    """The real ``controller`` command against the fleet's config."""
+    env = {**base_env(), "CONTROLLER_CONFIG": str(fleet.config)}
+    return timed([str(BIN / "controller"), *args], env)
