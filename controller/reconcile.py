@@ -197,6 +197,8 @@ def _idle(config: Config, store: Store, head: Revision) -> str | None:
     """Why a sync can return at once: every app's last sync was at ``head``, fine, and no check is due."""
     suspended = store.suspensions()
     apps = [a for a in store.apps() if a not in suspended]
+    if not apps:
+        return None
     schedule = DriftSchedule.of(config.watch)
     now = datetime.now(UTC)
     for app in apps:
@@ -204,8 +206,6 @@ def _idle(config: Config, store: Store, head: Revision) -> str | None:
         if latest is None or latest["mode"] != "sync" or latest["revision"] != head.sha \
                 or latest["outcome"] not in SETTLED or schedule.due(parse_time(latest["started"]), now):
             return None
-    if not apps:
-        return None
     return (f"nothing to do: {config.source.branch} is still at {head.short}, already synced "
             f"({', '.join(apps)}), and no drift check is due")
 

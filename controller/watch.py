@@ -19,7 +19,7 @@ from controller.interrupt import Cancel
 from controller.listener import Listener, Routes
 from controller.metrics import Metrics
 from controller.outcomes import Outcome, Reason
-from controller.reconcile import Request, Result
+from controller.reconcile import AppResult, Request, Result
 from controller.refwatch import RefWatcher, local_bare_repository
 from controller.runner import TaskResult
 from controller.schedule import DriftSchedule, parse_time
@@ -212,6 +212,12 @@ class Watch:
         log.info("cycle: %s %s (%s)", request.mode, target, request.trigger)
         try:
             result = run_cycle(self.config, request, LogProgress(), self.cancel, wait=LOCK_WAIT)
+        except ControllerError as error:
+            if error.reason is Reason.INTERRUPTED:
+                raise
+            # outside the pipeline (the state store, the lock): not recorded as a run, but retried all the same
+            log.error("cycle failed: %s", error.message)
+            result = Result(request, None, (AppResult("*", "", None, Outcome.FAILED, error.reason, error.message),))
         finally:
             self.health.running = None
         self.metrics.observe(result)

@@ -164,6 +164,15 @@ def test_signed_webhook_applies_the_push_and_forgeries_trigger_nothing(fleet: Fl
 
         status, answer = watch.request("POST", "/hooks/github", body, signed)  # redelivery
         assert status == 200 and "already received" in json.loads(answer)["ignored"]
+        # GitLab and generic senders are accepted too; the branch has not moved, so nothing runs
+        gitlab = {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": SECRET.decode(), "X-Gitlab-Event-UUID": "g1"}
+        assert watch.hook("gitlab", {"ref": "refs/heads/main", "checkout_sha": sha}, gitlab)[0] == 202
+        generic = json.dumps({"branch": "main", "revision": sha}).encode()
+        status, _ = watch.request("POST", "/hooks/generic", generic, {"X-Signature-256": sign(generic, SECRET)})
+        assert status == 202
+        time.sleep(1)
+        wait_for("the cycle to finish", watch.settled)
+        assert "nothing to do: main is still at" in watch.log()
 
         status, health = watch.request("GET", "/healthz")
         assert status == 200
