@@ -2,10 +2,10 @@
 
 Each host is one ``sshd`` listening on its own loopback address, running as PID 1
 of its own PID and mount namespace, with a per-host directory bind-mounted over
-the managed path (``/srv``) and another over root's home, so a host neither shares
-``~/.ansible`` with its neighbours nor runs this machine's ``~/.bashrc`` (which sshd's
-bash sources, and which may hang: a stale pyenv rehash lock did). Killing the namespace's parent kills every session
-of that host, so no ssh ControlMaster can reuse a dead host's processes.
+the managed path (``/srv``), and ``/dev/null`` over root's ``~/.bashrc``: bash sources
+it for every ssh command, and this machine's may hang (a stale pyenv rehash lock did).
+Killing the namespace's parent kills every session of that host, so no ssh
+ControlMaster can reuse a dead host's processes.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 SSHD = "/usr/sbin/sshd"
 MANAGED_PATH = "/srv"
 DEFAULT_PORT = 2222
-ROOT_HOME = pwd.getpwnam("root").pw_dir  # where sshd starts root's sessions
+BASHRC = Path(pwd.getpwnam("root").pw_dir) / ".bashrc"
 
 SSHD_CONFIG = """\
 ListenAddress {address}:{port}
@@ -172,14 +172,13 @@ class Lab:
             "".join(f"[{h.address}]:{h.port} {' '.join(public)}\n" for h in self.hosts))
         for host in self.hosts:
             host.root.mkdir(parents=True, exist_ok=True)
-            self._home(host).mkdir(parents=True, exist_ok=True)
             (self.directory / f"sshd_{host.name}.conf").write_text(SSHD_CONFIG.format(
                 address=host.address, port=host.port, host_key=host_key,
                 authorized_keys=self.directory / "authorized_keys"))
 
     def _spawn(self, host: Host) -> None:
         config = self.directory / f"sshd_{host.name}.conf"
-        script = (f"mount --bind '{self._home(host)}' {ROOT_HOME} && "
+        script = (f"{{ [ ! -f {BASHRC} ] || mount --bind /dev/null {BASHRC}; }} && "
                   f"mount --bind '{host.root}' {MANAGED_PATH} && exec {SSHD} -D -e -f '{config}'")
         log = open(self.directory / f"sshd_{host.name}.log", "ab")  # noqa: SIM115 - owned by sshd
         with log:
@@ -190,9 +189,6 @@ class Lab:
                 start_new_session=True,
                 preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
-
-    def _home(self, host: Host) -> Path:
-        return self.directory / "homes" / host.name
 
     def _wait_listening(self, hosts: list[Host], timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

