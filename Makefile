@@ -14,7 +14,7 @@ test: system venv  ## lint, type-check, then the whole test suite against real h
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
 
-bench: system venv  ## measure against plain Ansible at 10 and 50 hosts (about an hour); writes docs/benchmarks.*
+bench: system venv  ## measure against plain Ansible at 10 and 50 hosts (about 80 minutes); writes docs/benchmarks.*
 	$(VENV)/bin/pip install -q -e '.[fast,dev,bench]'
 	$(PY) -m bench
 
