@@ -1,8 +1,10 @@
 # Two commands on a fresh Debian 12 machine (as root): `make demo` and `make test`.
 SHELL := /bin/bash
 VENV ?= .venv
+# Debian 12's own interpreter (3.11.2) is what a bastion has; a newer python3 earlier on PATH hides what breaks there
+PYTHON ?= /usr/bin/python3
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := openssh-server openssh-client git age util-linux python3-venv
+SYSTEM_PACKAGES := openssh-server openssh-client git age gnupg util-linux python3-venv
 
 .PHONY: demo test lint bench bench-quick system venv clean
 
@@ -36,7 +38,7 @@ system:  ## the Debian packages the controller and the lab need
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[fast,dev]'
 	touch $@

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ansible_runner import Runner, RunnerConfig
 
+from controller.ansible_config import job_settings
 from controller.apps import load_apps
 from controller.config import load_config
-from controller.runner import ansible_env
 
 
 def main(config_path: str, project_dir: str) -> int:
@@ -22,11 +22,12 @@ def main(config_path: str, project_dir: str) -> int:
     project = Path(project_dir)
     scratch = Path(tempfile.mkdtemp(prefix="bench-raw-", dir=config.workspace_dir))
     try:
-        env = ansible_env(config, project, scratch)
+        job = job_settings(config, project, scratch)
         [app] = load_apps(project)
         runner_config = RunnerConfig(
             private_data_dir=str(scratch / "runner"), project_dir=str(project), playbook=app.playbook,
-            inventory=str(project / app.inventory), cmdline="--check --diff", envvars=env, ident="check",
+            inventory=str(project / app.inventory), cmdline=f"--check --diff {job.cmdline}", envvars=job.env,
+            ident="check",
             quiet=True, suppress_output_file=True, suppress_ansible_output=True)
         runner_config.prepare()
         runner = Runner(runner_config, event_handler=lambda event: False)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
 
 from controller import __version__
 from controller.config import Config, find_config, load_config
-from controller.cycle import run_cycle
+from controller.cycle import recover, run_cycle
 from controller.errors import ControllerError
 from controller.interrupt import Cancel
 from controller.outcomes import ExitCode, Outcome, Reason
@@ -127,7 +129,8 @@ def _reconcile(mode: str, *, config_path: str | None, as_json: bool, app: str | 
     else:
         click.echo(result_text(result), nl=False)
         # a pipeline-level failure is the same message for every app: say it once
-        for message in dict.fromkeys(a.message for a in result.apps if a.outcome is Outcome.FAILED):
+        for message in dict.fromkeys(a.message for a in result.apps
+                                     if a.outcome in (Outcome.FAILED, Outcome.INTERRUPTED)):
             click.echo(f"controller: {message}", err=True)
         for suspended in (a for a in result.apps if a.outcome is Outcome.SUSPENDED):
             click.echo(f"controller: app {suspended.app} is {suspended.message}", err=True)
@@ -147,6 +150,9 @@ class TerminalProgress:
     def task(self, app: str, phase: str, result: TaskResult) -> None:
         if self.enabled and result.status != "ok":
             click.echo(f"    [{app} {phase}] {result.host}: {result.status}  {result.task}", err=True)
+
+    def notice(self, message: str) -> None:
+        click.echo(f"controller: note: {message}", err=True)
 
 
 @cli.command()
@@ -242,9 +248,13 @@ def resume(config_path: str | None, app: str) -> None:
     click.echo(f"resumed {app}")
 
 
-def _store(config_path: str | None) -> Store:
-    """Open the configured state store for the inspection commands."""
-    return Store(_config(config_path).state_path / "state.db")
+@contextmanager
+def _store(config_path: str | None) -> Iterator[Store]:
+    """Open the configured state store for the inspection commands, after cleaning up a killed run."""
+    config = _config(config_path)
+    with Store(config.state_path / "state.db") as store:
+        recover(config, store)
+        yield store
 
 
 def _config(config_path: str | None) -> Config:
@@ -254,6 +264,7 @@ def _config(config_path: str | None) -> Config:
 def main() -> None:
     """Entry point: user errors are one line on stderr; bugs keep their traceback."""
     logging.basicConfig(format="controller: %(message)s", level=logging.WARNING)
+    os.umask(0o077)  # state, cache, lock, known_hosts: nobody else's to read, whatever the caller's umask
     try:
         cli.main(standalone_mode=False)
     except ControllerError as error:

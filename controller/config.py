@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cronsim import CronSim, CronSimError
 
@@ -17,12 +18,22 @@ SEARCH_PATH = (Path("controller.yml"), Path("/etc/controller/controller.yml"))
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    """Which commits must carry a good signature by a trusted key before anything is extracted."""
+
+    mode: str = "off"                    # off | head (the commit reconciled) | all (every commit since the last)
+    allowed_signers: str | None = None   # SSH signing keys, in git's allowed-signers format
+    gpg_keyring: str | None = None       # OpenPGP public keys (binary or armored export)
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     """The Git repository and branch that hold the desired state."""
 
     url: str
     branch: str = "main"
     fetch_timeout: int = 120
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
 
 
 @dataclass(frozen=True)
@@ -37,7 +48,8 @@ class SshConfig:
     """How the bastion reaches its servers, when the repository's ansible.cfg does not say."""
 
     private_key_file: str | None = None
-    known_hosts_file: str | None = None
+    known_hosts_file: str | None = None     # default: known_hosts in the state directory
+    host_key_checking: str = "accept-new"   # strict | accept-new | off; the repository cannot weaken it
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,8 @@ class AnsibleConfig:
     pipelining: bool = True
     control_persist: int = 60       # seconds an idle SSH master connection is kept
     timeout: int = 10               # SSH connect timeout, seconds
+    task_timeout: int = 300         # a host that answers no task for this long is cut off (timed out)
+    run_timeout: int = 3600         # a deadline for one playbook run (check or apply) as a whole
 
 
 @dataclass(frozen=True)
@@ -94,9 +108,16 @@ class Config:
     def state_path(self) -> Path:
         return Path(self.state_dir)
 
+    @property
+    def known_hosts(self) -> Path:
+        """Where host keys are checked (and, under accept-new, recorded)."""
+        return Path(self.ssh.known_hosts_file or self.state_path / "known_hosts")
+
 
 STRATEGIES = ("auto", "mitogen", "linear", "free")
+HOST_KEY_CHECKING = ("strict", "accept-new", "off")
 FORMATS = ("json", "slack")
+VERIFY_MODES = ("off", "head", "all")
 
 
 def find_config(explicit: str | None) -> Path:
@@ -115,12 +136,18 @@ def find_config(explicit: str | None) -> Path:
 
 def load_config(path: Path) -> Config:
     """Read and validate the bastion config file."""
-    config = build(Config, read_yaml(path, "configuration file"), file=path)
+    config = build(Config, _verify_off(read_yaml(path, "configuration file")), file=path)
     if config.ansible.strategy not in STRATEGIES:
         raise ControllerError(Reason.CONFIG_INVALID,
                               f"{path}: ansible.strategy: must be one of {', '.join(STRATEGIES)}")
     if config.ansible.forks < 1:
         raise ControllerError(Reason.CONFIG_INVALID, f"{path}: ansible.forks: must be at least 1")
+    for key in ("task_timeout", "run_timeout"):
+        if getattr(config.ansible, key) < 1:
+            raise ControllerError(Reason.CONFIG_INVALID, f"{path}: ansible.{key}: must be at least 1 (seconds)")
+    if config.ssh.host_key_checking not in HOST_KEY_CHECKING:
+        raise ControllerError(Reason.CONFIG_INVALID,
+                              f"{path}: ssh.host_key_checking: must be one of {', '.join(HOST_KEY_CHECKING)}")
     _check_watch(config.watch, path)
     for number, target in enumerate(config.notify):
         _check_target(target, path, f"notify[{number}]")
@@ -132,13 +159,17 @@ def load_config(path: Path) -> Config:
     url = config.source.url
     if "://" not in url and ":" not in url.split("/")[0] and not url.startswith("/"):
         url = str(absolute(url))  # a relative local path
+    verify = replace(config.source.verify, allowed_signers=absolute(config.source.verify.allowed_signers),
+                     gpg_keyring=absolute(config.source.verify.gpg_keyring))
+    _check_verify(verify, path)
     return replace(
         config,
-        source=replace(config.source, url=url),
+        source=replace(config.source, url=url, verify=verify),
         state_dir=str(absolute(config.state_dir)),
         workspace_dir=str(absolute(config.workspace_dir)),
         sops=SopsConfig(absolute(config.sops.age_key_file)),
-        ssh=SshConfig(absolute(config.ssh.private_key_file), absolute(config.ssh.known_hosts_file)),
+        ssh=replace(config.ssh, private_key_file=absolute(config.ssh.private_key_file),
+                    known_hosts_file=absolute(config.ssh.known_hosts_file)),
         watch=replace(config.watch, webhook_secret_file=absolute(config.watch.webhook_secret_file)),
         notify=tuple(replace(t, url_file=absolute(t.url_file)) for t in config.notify),
     )
@@ -160,6 +191,35 @@ def _check_watch(watch: WatchConfig, path: Path) -> None:
             CronSim(watch.drift_check_cron, datetime.now(UTC))
         except CronSimError as exc:
             raise fail("drift_check_cron", f"not a cron expression ({exc})") from None
+
+
+def _verify_off(data: Any) -> Any:
+    """YAML 1.1 reads an unquoted ``mode: off`` as false; it means the mode named off."""
+    source = data.get("source") if isinstance(data, dict) else None
+    verify = source.get("verify") if isinstance(source, dict) else None
+    if isinstance(verify, dict) and verify.get("mode") is False:
+        verify["mode"] = "off"
+    return data
+
+
+def _check_verify(verify: VerifyConfig, path: Path) -> None:
+    def fail(key: str, message: str) -> ControllerError:
+        return ControllerError(Reason.CONFIG_INVALID, f"{path}: source.verify.{key}: {message}")
+
+    if verify.mode not in VERIFY_MODES:
+        raise fail("mode", f"must be one of {', '.join(VERIFY_MODES)}, got {verify.mode!r}")
+    if verify.mode == "off":
+        return
+    if verify.allowed_signers is None and verify.gpg_keyring is None:
+        raise fail("mode", f"{verify.mode} needs trusted keys: set allowed_signers (SSH) or gpg_keyring "
+                           "(OpenPGP), or both")
+    for key in ("allowed_signers", "gpg_keyring"):
+        file = getattr(verify, key)
+        try:
+            with open(file or os.devnull, "rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            raise fail(key, f"cannot read {file}: {exc.strerror}") from None
 
 
 def _check_target(target: NotifyTarget, path: Path, key: str) -> None:

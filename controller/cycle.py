@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from controller.config import Config
+from controller.errors import ControllerError
 from controller.interrupt import Cancel
 from controller.lock import hold
 from controller.notify import announce
+from controller.outcomes import Reason
 from controller.reconcile import Progress, Request, Result, reconcile
 from controller.state import Store
+from controller.workspace import sweep
 
 
 def run_cycle(config: Config, request: Request, progress: Progress, cancel: Cancel, wait: float = 0) -> Result:
     """Hold the lock (waiting up to ``wait`` s), reconcile, and notify what changed."""
-    with hold(config.state_path / "controller.lock", wait), Store(config.state_path / "state.db") as store:
+    with hold(lock_path(config), wait), Store(config.state_path / "state.db") as store:
+        recover(config, store, locked=True)
         result = reconcile(config, request, store, progress, cancel)
         announce(config.notify, store, result)
     return result
+
+
+def lock_path(config: Config) -> Path:
+    """The lock every reconcile of this state directory holds."""
+    return config.state_path / "controller.lock"
+
+
+def recover(config: Config, store: Store, locked: bool = False) -> None:
+    """Clean up after a controller that was killed: wipe its workspaces, mark its runs interrupted.
+
+    Every command calls this first. Runs are only marked when no run can be in progress:
+    under the lock, or when the lock is free right now.
+    """
+    sweep(Path(config.workspace_dir))
+    if locked:
+        store.interrupt_unfinished()
+        return
+    try:
+        with hold(lock_path(config)):
+            store.interrupt_unfinished()
+    except ControllerError as error:
+        if error.reason is not Reason.LOCK_BUSY:
+            raise

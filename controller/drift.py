@@ -45,12 +45,15 @@ class Report:
 def report(run: PlayRun) -> Report:
     """Summarise a PlayRun per host."""
     unverified: dict[str, int] = {}
+    cut_off: set[str] = set()  # timed out or refused for its host key: reported as a failed task by Ansible
     for task in run.tasks:
         if task.status == "unverified":
             unverified[task.host] = unverified.get(task.host, 0) + 1
+        elif task.status == "unreachable":
+            cut_off.add(task.host)
     hosts = []
     for summary in run.hosts:
-        if summary.unreachable:
+        if summary.unreachable or summary.host in cut_off:
             status = "unreachable"
         elif summary.failed:
             status = "failed"

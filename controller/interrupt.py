@@ -32,9 +32,13 @@ class Cancel:
             self._deferring = False
 
     def request(self, signum: int, frame: FrameType | None = None) -> None:
-        """Signal handler: set the flag, and raise at once unless a playbook is running."""
+        """Signal handler: set the flag, and raise at once unless a playbook is running.
+
+        Only the first signal raises: a second Ctrl-C must not cut the unwinding (recording, wiping) short.
+        """
+        first = not self.event.is_set()
         self.event.set()
-        if not self._deferring:
+        if first and not self._deferring:
             raise ControllerError(Reason.INTERRUPTED, f"interrupted by {signal.Signals(signum).name}")
 
     def install(self) -> None:

@@ -1,29 +1,54 @@
-"""The watch daemon's HTTP listener: push webhooks, /healthz and /metrics."""
+"""The watch daemon's HTTP listener: push webhooks, /healthz and /metrics.
+
+It is built to stay up under a flood. One thread runs an asyncio loop that serves every connection, so a slow
+client costs a socket and a few kilobytes, never a thread. What a client can make it hold is bounded:
+``max_connections`` open at once (beyond that, a fast 503), one deadline for the whole request however slowly it
+trickles in, headers of at most ``HEADER_LIMIT`` bytes, and ``BODY_BUDGET`` bytes of bodies read at once. Whatever
+can be refused from the headers alone is refused before a byte of the body is read.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import http.client
+import io
 import json
 import logging
+import re
+import resource
+import socket
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, NamedTuple
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from controller.errors import ControllerError
 from controller.outcomes import Reason
-from controller.webhooks import PROVIDERS, Deliveries, Rejected, verify
+from controller.webhooks import PROVIDERS, Deliveries, Rejected, authenticate, verify
 
 log = logging.getLogger("controller")
 
-READ_TIMEOUT = 10.0  # seconds a client may take to send its request
+BACKLOG = 1024                # connections the kernel queues for a burst while the loop accepts them
+MAX_CONNECTIONS = 512         # served at once; each holds at most a socket and 2 * HEADER_LIMIT of buffer
+REQUEST_DEADLINE = 10.0       # seconds for a whole request, headers and body, however it trickles in
+LINGER = 2.0                  # seconds to drain a client still sending after its answer (see _linger)
+HEADER_LIMIT = 16 * 1024      # request line and headers; a webhook's are about 2 KiB
+BODY_BUDGET = 32 * 1024 ** 2  # bytes of request bodies being read at once, all connections together
+SUMMARY_WINDOW = 10.0         # seconds between summaries of refused requests
+FULL_LINES = 5                # refusals logged one by one in each window before only counting them
+SERVER = "gitops-controller"
+_LENGTH = re.compile(r"[0-9]{1,15}")
 
 
 @dataclass(frozen=True)
 class Routes:
-    """What the listener serves; the daemon supplies the callbacks."""
+    """What the listener serves; the daemon supplies the callbacks, which must be quick (they run on the loop)."""
 
     branch: str
     secret: bytes | None
@@ -34,103 +59,312 @@ class Routes:
 
 
 class Listener:
-    """A threaded HTTP server on ``HOST:PORT`` (port 0 picks a free one)."""
+    """An HTTP server on ``HOST:PORT`` (port 0 picks a free one), served from one thread."""
 
-    def __init__(self, address: str, routes: Routes) -> None:
+    def __init__(self, address: str, routes: Routes, *, max_connections: int = MAX_CONNECTIONS,
+                 deadline: float = REQUEST_DEADLINE) -> None:
         host, _, port = address.rpartition(":")
-        deliveries = Deliveries()
-
-        class Handler(_Handler):
-            pass
-
-        Handler.routes, Handler.deliveries = routes, deliveries
+        where = (host.strip("[]"), int(port))
+        sock = socket.socket(socket.AF_INET6 if ":" in where[0] else socket.AF_INET)
         try:
-            self.server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
+            sock.bind(where)
+            sock.listen(BACKLOG)
         except OSError as exc:
+            sock.close()
             raise ControllerError(Reason.CONFIG_INVALID, f"cannot listen on {address}: {exc.strerror}") from exc
-        self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever, name="listener", daemon=True)
+        # served and turned away, the listener holds up to twice the bound in sockets: under a low descriptor
+        # limit (systemd's default soft limit is 1024) that leaves half for everything else
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY:
+            max_connections = min(max_connections, soft // 4)
+        self.server = Server(sock, routes, max_connections, deadline)
+        self._thread = threading.Thread(target=self.server.run, name="listener", daemon=True)
 
     @property
     def port(self) -> int:
         return int(self.server.server_address[1])
 
     def start(self) -> None:
+        """Serve in the background; connections made before this wait in the backlog."""
         self._thread.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        """Stop listening and drop the connections still open."""
+        if self._thread.is_alive():
+            self.server.shutdown()
+            self._thread.join(timeout=10)
+        self.server.sock.close()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    routes: Routes
-    deliveries: Deliveries
-    server_version = "gitops-controller"
-    timeout = READ_TIMEOUT
+class Server:
+    """The asyncio side of the listener: accept within the bound, read under the deadline, answer, close."""
 
-    def do_GET(self) -> None:
-        if self.path == "/healthz":
-            status, body = self.routes.health()
-            self._send(status, body)
-        elif self.path == "/metrics":
-            self._send_bytes(200, self.routes.metrics(), CONTENT_TYPE_LATEST)
-        else:
-            self._send(404, {"error": "not found (GET /healthz, /metrics; POST /hooks/github|gitlab|generic)"})
+    def __init__(self, sock: socket.socket, routes: Routes, max_connections: int, deadline: float) -> None:
+        self.sock = sock
+        self.server_address: tuple[str, int] = sock.getsockname()[:2]
+        self.routes = routes
+        self.max_connections = max_connections
+        self.deadline = deadline
+        self.deliveries = Deliveries()
+        self.refusals = Refusals()
+        # only touched on the loop's thread, so no locks
+        self.connections = 0  # being served
+        self.turned_away = 0  # over the bound, being told 503
+        self.body_bytes = 0
+        self.body_budget = max(BODY_BUDGET, routes.max_body)
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
 
-    def do_POST(self) -> None:
-        provider = self.path.removeprefix("/hooks/")
-        if not self.path.startswith("/hooks/") or provider not in PROVIDERS:
-            self._send(404, {"error": f"no such hook (POST /hooks/{'|'.join(PROVIDERS)})"})
-            return
+    def run(self) -> None:
+        """Serve until ``shutdown()``; runs on the listener's thread."""
+        asyncio.run(self._serve())
+
+    def shutdown(self) -> None:
+        """Ask the loop to stop (from any thread)."""
+        if self._ready.wait(timeout=10) and self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+
+    async def _serve(self) -> None:
+        self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
+        self._ready.set()
+        # backlog again: create_server calls listen() once more, with 100 unless told
+        server = await asyncio.start_server(self._connection, sock=self.sock, backlog=BACKLOG, limit=HEADER_LIMIT)
+        summaries = asyncio.create_task(self._summaries())
+        async with server:
+            await self._stopping.wait()
+        summaries.cancel()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self.refusals.flush()
+
+    async def _summaries(self) -> None:
+        while True:
+            await asyncio.sleep(SUMMARY_WINDOW)
+            self.refusals.flush()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = str((writer.get_extra_info("peername") or ("?",))[0])
+        self._writers.add(writer)
         try:
-            self._send(*self._hook(provider))
-        except Rejected as rejected:
-            log.warning("webhook %s from %s refused (%d): %s", provider, self.client_address[0],
-                        rejected.status, rejected.message)
-            self._send(rejected.status, {"error": rejected.message})
+            if self.connections < self.max_connections:
+                self.connections += 1
+                try:
+                    await self._exchange(reader, writer, client)
+                finally:
+                    self.connections -= 1
+            elif self.turned_away < self.max_connections:
+                # answered before reading anything; the socket stays only while the 503 is delivered
+                self.turned_away += 1
+                try:
+                    await self._send(reader, writer, self._refusal(_Request(client, label="connection"),
+                                                                   Rejected(503, "busy: too many connections")))
+                finally:
+                    self.turned_away -= 1
+            else:
+                self.refusals.add(503)  # past both bounds: not even an answer
+                writer.transport.abort()
+        finally:
+            self._writers.discard(writer)
+            # close() would wait for a client that never reads to take the rest of the answer
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()
+            else:
+                writer.transport.close()
 
-    def _hook(self, provider: str) -> tuple[int, dict[str, Any]]:
-        routes = self.routes
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise Rejected(411, "Content-Length required")
-        if int(length) > routes.max_body:
-            self._drain(int(length))
-            raise Rejected(413, f"body of {length} bytes is over the limit of {routes.max_body}")
-        body = self.rfile.read(int(length))
-        if routes.secret is None:
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
+        request = _Request(client)
+        try:
+            answer = await self._answer(request, reader, writer)
+        except Rejected as rejected:
+            reply = self._refusal(request, rejected)
+        except ConnectionError:
+            return  # the client left
+        except Exception:
+            if self.refusals.add(500):
+                log.exception("%s from %s failed", request.label, client)
+            reply = _Reply.error(500, "internal error (see the controller's log)").encode()
+        else:
+            log.debug("http %s %s %s %d", client, request.method, request.path, answer.status)
+            reply = answer.encode()
+        await self._send(reader, writer, reply)
+
+    async def _send(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: bytes) -> None:
+        writer.write(reply)
+        try:
+            async with asyncio.timeout(LINGER):
+                await writer.drain()
+                await _linger(reader, writer, 8 * self.routes.max_body)
+        except (ConnectionError, TimeoutError):
+            pass  # the client left, or would not read its answer
+
+    async def _answer(self, request: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Reply:
+        """The reply to one request, read and handled within the deadline."""
+        try:
+            async with asyncio.timeout(self.deadline):
+                return await self._handle(request, reader, writer)
+        except TimeoutError:
+            raise Rejected(408, f"request not complete within {self.deadline:g}s") from None
+        except asyncio.IncompleteReadError as incomplete:
+            if not incomplete.partial and request.method is None:
+                raise ConnectionAbortedError("connected and left without a word (a port probe)") from None
+            raise Rejected(400, "connection closed before the request was complete") from None
+
+    async def _handle(self, request: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Reply:
+        await request.read_head(reader)
+        if request.method == "GET":
+            return self._get(request.path)
+        if request.method != "POST":
+            raise Rejected(405, "method not allowed (GET, POST)")
+        provider = request.path.removeprefix("/hooks/")
+        if not request.path.startswith("/hooks/") or provider not in PROVIDERS:
+            raise Rejected(404, f"no such hook (POST /hooks/{'|'.join(PROVIDERS)})")
+        length = self._admit(provider, request.headers)
+        if request.headers.get("expect", "").lower() == "100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for this before sending a big body
+        body = await self._body(reader, length)
+        return self._hook(provider, request.headers, body)
+
+    def _get(self, path: str) -> _Reply:
+        if path == "/healthz":
+            return _Reply.json(*self.routes.health())
+        if path == "/metrics":
+            return _Reply(200, self.routes.metrics(), CONTENT_TYPE_LATEST)
+        raise Rejected(404, "not found (GET /healthz, /metrics; POST /hooks/github|gitlab|generic)")
+
+    def _admit(self, provider: str, headers: dict[str, str]) -> int:
+        """Everything that can be refused from the headers alone; the body's length if nothing is."""
+        if self.routes.secret is None:
             raise Rejected(403, "webhooks are off: set watch.webhook_secret_file")
-        push = verify(provider, {k.lower(): v for k, v in self.headers.items()}, body, routes.secret)
+        # authentication before size, so a client without the secret learns nothing about the limits
+        authenticate(provider, headers, self.routes.secret)
+        length = headers.get("content-length")
+        if length is None or not _LENGTH.fullmatch(length):
+            raise Rejected(411, "Content-Length required")
+        if int(length) > self.routes.max_body:
+            raise Rejected(413, f"body of {length} bytes is over the limit of {self.routes.max_body}")
+        return int(length)
+
+    async def _body(self, reader: asyncio.StreamReader, length: int) -> bytes:
+        if self.body_bytes + length > self.body_budget:
+            raise Rejected(503, "busy: too many request bodies being read")
+        self.body_bytes += length
+        try:
+            return await reader.readexactly(length)
+        finally:
+            self.body_bytes -= length
+
+    def _hook(self, provider: str, headers: dict[str, str], body: bytes) -> _Reply:
+        routes = self.routes
+        assert routes.secret is not None  # _admit refused the request otherwise
+        push = verify(provider, headers, body, routes.secret)
         if push is None:
-            return 200, {"ignored": "not a push event"}
+            return _Reply.json(200, {"ignored": "not a push event"})
         if push.branch != routes.branch:
-            return 200, {"ignored": f"push to {push.branch!r}, watching {routes.branch!r}"}
+            return _Reply.json(200, {"ignored": f"push to {push.branch!r}, watching {routes.branch!r}"})
         if not self.deliveries.first_time(push.delivery):
-            return 200, {"ignored": f"delivery {push.delivery} already received"}
+            return _Reply.json(200, {"ignored": f"delivery {push.delivery} already received"})
         log.info("webhook %s: push to %s (%s)", provider, push.branch, (push.sha or "?")[:12])
         routes.on_push(provider)
-        return 202, {"accepted": True, "branch": push.branch, "revision": push.sha}
+        return _Reply.json(202, {"accepted": True, "branch": push.branch, "revision": push.sha})
 
-    def _drain(self, length: int) -> None:
-        # read (a bounded amount of) what the client is still sending, so it gets to see our 413
-        remaining = min(length, 8 * self.routes.max_body)
-        while remaining > 0:
-            chunk = self.rfile.read(min(remaining, 65536))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-        self.close_connection = True
+    def _refusal(self, request: _Request, rejected: Rejected) -> bytes:
+        """The answer to a refused request, logged (or counted, under a flood)."""
+        if self.refusals.add(rejected.status):
+            log.warning("%s from %s refused (%d): %s", request.label, request.client, rejected.status,
+                        rejected.message)
+        return _Reply.error(rejected.status, rejected.message).encode()
 
-    def _send(self, status: int, body: dict[str, Any]) -> None:
-        self._send_bytes(status, (json.dumps(body) + "\n").encode(), "application/json")
 
-    def _send_bytes(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int) -> None:
+    """Half-close, then drop what the client still sends until it closes too.
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http %s " + format, self.client_address[0], *args)
+    Closing a socket with unread input makes the kernel send a reset, and a client still sending a body we
+    refused could lose our answer to it; so read and discard (a bounded amount, for at most LINGER seconds).
+    """
+    if writer.can_write_eof():
+        writer.write_eof()
+    dropped = 0
+    while dropped <= limit and (chunk := await reader.read(65536)):
+        dropped += len(chunk)
+
+
+class _Request:
+    """What has been read of one request so far (for the answer and the log line)."""
+
+    def __init__(self, client: str, label: str = "request") -> None:
+        self.client = client
+        self.label = label
+        self.method: str | None = None
+        self.path = ""
+        self.headers: dict[str, str] = {}
+
+    async def read_head(self, reader: asyncio.StreamReader) -> None:
+        """Read and parse the request line and headers (header names lower-cased)."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            raise Rejected(431, f"request line and headers over {HEADER_LIMIT} bytes") from None
+        line, _, rest = head.partition(b"\r\n")
+        parts = line.decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            raise Rejected(400, "malformed request line")
+        self.method, self.path = parts[0], parts[1].partition("?")[0]
+        hook = self.path.startswith("/hooks/")
+        label = f"webhook {self.path.removeprefix('/hooks/')}" if hook else f"{self.method} {self.path}"
+        # the client chose these characters: none may move the terminal's cursor or fake a log line
+        self.label = "".join(c if c.isprintable() else "?" for c in label[:80])
+        try:
+            message = http.client.parse_headers(io.BytesIO(rest))
+        except http.client.HTTPException:
+            raise Rejected(400, "malformed headers") from None
+        # the first of repeated headers wins, as with http.server
+        for name, value in reversed(message.items()):
+            self.headers[name.lower()] = value
+
+
+class _Reply(NamedTuple):
+    status: int
+    body: bytes
+    content_type: str
+
+    @classmethod
+    def json(cls, status: int, payload: dict[str, Any]) -> _Reply:
+        return cls(status, (json.dumps(payload) + "\n").encode(), "application/json")
+
+    @classmethod
+    def error(cls, status: int, message: str) -> _Reply:
+        return cls.json(status, {"error": message})
+
+    def encode(self) -> bytes:
+        """The whole response; every connection carries one request, so it always ends with the connection."""
+        retry = "Retry-After: 1\r\n" if self.status == 503 else ""
+        head = (f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}\r\nServer: {SERVER}\r\n"
+                f"Date: {formatdate(usegmt=True)}\r\nContent-Type: {self.content_type}\r\n"
+                f"Content-Length: {len(self.body)}\r\n{retry}Connection: close\r\n\r\n")
+        return head.encode("latin-1") + self.body
+
+
+class Refusals:
+    """Refused requests for the log: the first few of each window one by one, then one summary for the window."""
+
+    def __init__(self, first: int = FULL_LINES) -> None:
+        self.first = first
+        self.counts: Counter[int] = Counter()
+        self.since = time.monotonic()
+
+    def add(self, status: int) -> bool:
+        """Count one refusal; whether to log it in full."""
+        self.counts[status] += 1
+        return self.counts.total() <= self.first
+
+    def flush(self) -> None:
+        """Log a summary if the window had refusals that were only counted, and start a new window."""
+        total, now = self.counts.total(), time.monotonic()
+        if total > self.first:
+            statuses = ", ".join(f"{status}: {count}" for status, count in sorted(self.counts.items()))
+            log.warning("refused %d requests in the last %.0fs (%s)", total, now - self.since, statuses)
+        self.counts.clear()
+        self.since = now

@@ -23,10 +23,10 @@ log = logging.getLogger("controller")
 TIMEOUT = 5.0
 OK = "ok"
 ICONS = {Event.DRIFT_FOUND: ":warning:", Event.DRIFT_CORRECTED: ":wrench:", Event.REVISION_APPLIED: ":rocket:",
-         Event.RUN_FAILED: ":x:", Event.RECOVERED: ":white_check_mark:"}
+         Event.RUN_FAILED: ":x:", Event.RECOVERED: ":white_check_mark:", Event.VERIFICATION_FAILED: ":lock:"}
 TITLES = {Event.DRIFT_FOUND: "drift found", Event.DRIFT_CORRECTED: "drift corrected",
           Event.REVISION_APPLIED: "new revision applied", Event.RUN_FAILED: "run failed",
-          Event.RECOVERED: "recovered"}
+          Event.RECOVERED: "recovered", Event.VERIFICATION_FAILED: "revision refused (commit signatures)"}
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def notices(app: AppResult, before: str | None) -> list[Notice]:
         if after.startswith("drifted:"):
             found.append(Event.DRIFT_FOUND)
         elif after.startswith("failed:"):
-            found.append(Event.RUN_FAILED)
+            found.append(Event.VERIFICATION_FAILED if app.reason is Reason.VERIFICATION_FAILED else Event.RUN_FAILED)
         elif before is not None and before.startswith("failed:"):
             found.append(Event.RECOVERED)
     return [Notice(event, app) for event in found]

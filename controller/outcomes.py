@@ -13,7 +13,13 @@ class Outcome(StrEnum):
     CONVERGED = "converged"    # applied, every host converged
     PARTIAL = "partial"        # some hosts converged or were checked, others failed or were unreachable
     FAILED = "failed"          # stopped before anything was applied, or the run itself failed
+    INTERRUPTED = "interrupted"  # stopped by a signal, or its controller was killed (found at the next start)
     SUSPENDED = "suspended"    # not reconciled: `controller suspend` (not recorded as a run)
+
+
+def failure(reason: Reason) -> Outcome:
+    """The outcome of a run that raised an error with ``reason``."""
+    return Outcome.INTERRUPTED if reason is Reason.INTERRUPTED else Outcome.FAILED
 
 
 class Reason(StrEnum):
@@ -32,7 +38,9 @@ class Reason(StrEnum):
     TASK_FAILED = "TaskFailed"
     RUNNER_FAILED = "RunnerFailed"
     INTERRUPTED = "Interrupted"
+    TIMED_OUT = "TimedOut"
     NOT_FOUND = "NotFound"
+    VERIFICATION_FAILED = "VerificationFailed"
 
 
 class ExitCode(IntEnum):
@@ -53,6 +61,7 @@ class Event(StrEnum):
     REVISION_APPLIED = "revision-applied"
     RUN_FAILED = "run-failed"
     RECOVERED = "recovered"
+    VERIFICATION_FAILED = "verification-failed"
 
 
 EVENTS = tuple(e.value for e in Event)

@@ -1,13 +1,31 @@
-"""The one place that runs subprocesses and turns their failures into our errors."""
+"""The one place that runs subprocesses and turns their failures into our errors.
+
+Every tool runs under ``reaper.py``: whatever it starts dies with it, and with the controller.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from controller.errors import ControllerError
 from controller.outcomes import Reason
+
+REAPER = Path(__file__).with_name("reaper.py")
+NOT_FOUND = 127
+STOP_GRACE = 5.0  # seconds the reaper gets to kill its tree before it is killed itself
+
+
+def reaped(argv: Sequence[str]) -> list[str]:
+    """``argv`` run under the reaper, for callers that spawn it themselves (ansible-runner)."""
+    return [sys.executable, "-I", "-S", str(REAPER), *argv]
 
 
 def run(argv: Sequence[str], *, reason: Reason, what: str, env: Mapping[str, str],
@@ -18,18 +36,103 @@ def run(argv: Sequence[str], *, reason: Reason, what: str, env: Mapping[str, str
     stdout is returned untouched (it may hold decrypted data); stderr is redacted before
     it reaches any message, because tools have echoed plaintext in their errors.
     """
+    with _spawn(argv, env, cwd, stdout=subprocess.PIPE) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ControllerError(reason, f"{what}: {argv[0]} did not finish within {timeout:.0f}s") from None
+    return _checked(argv, proc.returncode, out, err, reason=reason, what=what, redact=redact).decode(
+        errors="replace")
+
+
+@contextmanager
+def stream(argv: Sequence[str], *, env: Mapping[str, str],
+           cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` with its stdout as a pipe to read; leaving early (or an exception) kills it at once."""
+    with _spawn(argv, env, cwd, stdout=subprocess.PIPE) as proc:
+        yield proc
+
+
+def finish(proc: subprocess.Popen[bytes], argv: Sequence[str], *, reason: Reason, what: str,
+           timeout: float = 60) -> None:
+    """Wait for a streamed command that was read to its end; raise like :func:`run` when it failed."""
+    assert proc.stderr is not None
+    err = proc.stderr.read()
     try:
-        done = subprocess.run(list(argv), env=dict(env), cwd=cwd, capture_output=True,
-                              timeout=timeout, check=False, stdin=subprocess.DEVNULL)
-    except FileNotFoundError as exc:
-        raise ControllerError(reason, f"{what}: {argv[0]} is not installed") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise ControllerError(reason, f"{what}: {argv[0]} did not finish within {timeout:.0f}s") from exc
-    if done.returncode != 0:
-        detail = first_line(redact(done.stderr.decode(errors="replace")))
-        raise ControllerError(reason, f"{what}: {detail or f'exit status {done.returncode}'}",
-                              ) from _ExitStatus(done.returncode)
-    return done.stdout.decode(errors="replace")
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise ControllerError(reason, f"{what}: {argv[0]} did not finish within {timeout:.0f}s") from None
+    _checked(argv, code, b"", err, reason=reason, what=what, redact=lambda text: text)
+
+
+@contextmanager
+def _spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None,
+           stdout: int) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(reaped(argv), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=stdout, stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def stop_reapers() -> None:
+    """Ask every reaper this process started (ansible-runner's among them) to kill its tree; wait for it."""
+    mine = [pid for pid in _children() if str(REAPER) in _cmdline(pid)]
+    for pid in mine:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE
+    while time.monotonic() < deadline and any(_running(pid) for pid in mine):
+        time.sleep(0.02)
+
+
+def _children() -> list[int]:
+    pid = os.getpid()
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as children:
+            found.extend(int(k) for k in children.read().split())
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (our zombies are reaped by whoever spawned them)."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Ask a reaper to kill its tree and exit; kill it if it does not within the grace period."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _checked(argv: Sequence[str], code: int, out: bytes, err: bytes, *, reason: Reason, what: str,
+             redact: Callable[[str], str]) -> bytes:
+    if code == NOT_FOUND and err.decode(errors="replace").startswith(f"{argv[0]}: "):
+        raise ControllerError(reason, f"{what}: {argv[0]} is not installed")
+    if code != 0:
+        detail = first_line(redact(err.decode(errors="replace")))
+        raise ControllerError(reason, f"{what}: {detail or f'exit status {code}'}") from _ExitStatus(code)
+    return out
 
 
 class _ExitStatus(Exception):

@@ -8,16 +8,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from controller.ansible_config import Job, job_settings
 from controller.apps import App, load_apps
 from controller.config import Config
 from controller.drift import Report, decide, report
 from controller.errors import ControllerError
 from controller.interrupt import Cancel
-from controller.outcomes import ExitCode, Outcome, Reason
+from controller.outcomes import ExitCode, Outcome, Reason, failure
 from controller.redact import Redactor
-from controller.runner import TaskResult, ansible_env, run_playbook, syntax_check
+from controller.runner import TaskResult, run_playbook, syntax_check
 from controller.schedule import DriftSchedule, parse_time
 from controller.secrets import decrypt_in_place, find_encrypted
+from controller.signatures import refused_head, verify_revision
 from controller.source import Revision, Source
 from controller.state import Store
 from controller.workspace import Workspace, workspace
@@ -62,7 +64,7 @@ class AppResult:
 
     @property
     def exit_code(self) -> ExitCode:
-        if self.outcome is Outcome.FAILED:
+        if self.outcome in (Outcome.FAILED, Outcome.INTERRUPTED):
             return ExitCode.LOCKED if self.reason is Reason.LOCK_BUSY else ExitCode.ERROR
         return ExitCode.DRIFT if self.outcome in (Outcome.DRIFTED, Outcome.PARTIAL) else ExitCode.OK
 
@@ -92,6 +94,8 @@ class Progress(Protocol):
 
     def task(self, app: str, phase: str, result: TaskResult) -> None: ...
 
+    def notice(self, message: str) -> None: ...
+
 
 def source_of(config: Config) -> Source:
     """The configured Git source with its cache under the state directory."""
@@ -106,12 +110,13 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
     try:
         source = source_of(config)
         if request.fetch:
-            progress.step(f"fetching {config.source.branch} from {config.source.url}")
+            progress.step(f"fetching {config.source.branch} from {source.url.shown}")
         head = source.fetch() if request.fetch else source.head()
         revision = source.resolve(request.revision) if request.revision else head
         if request.only_if_changed and (idle := _idle(config, store, revision)):
             return Result(request, revision, (), idle)
         store.record_revision(revision)
+        verify_revision(config, store, revision, request.app, progress.step)  # before anything is extracted
         with workspace(Path(config.workspace_dir)) as space:
             progress.step(f"revision {revision.short} {revision.subject!r}")
             source.extract(revision.sha, space.project)
@@ -119,10 +124,12 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             encrypted = find_encrypted(space.project)
             progress.step(f"decrypting {len(encrypted)} SOPS file(s) into {space.root}")
             redactor = decrypt_in_place(space.project, encrypted, config.sops.age_key_file)
-            env = ansible_env(config, space.project, scratch=_scratch(space))
+            job = job_settings(config, space.project, space.job)
+            for notice in job.notices:
+                progress.notice(notice)
             for app in apps:
                 progress.step(f"syntax check of {app.name}: {app.playbook}")
-                syntax_check(app, space.project, env, redactor)
+                syntax_check(app, space.project, job, redactor)
             results = []
             suspended = store.suspensions() if request.applies else {}
             for app in apps:
@@ -131,17 +138,20 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                 if app.name in suspended:
                     results.append(_suspended(app, suspended[app.name]))
                     continue
-                results.append(_reconcile_app(app, request, revision, source, space, env, redactor,
+                results.append(_reconcile_app(app, request, revision, source, space, job, redactor,
                                               store, progress, cancel))
             return Result(request, revision, tuple(results))
     except ControllerError as error:
         names = [a.name for a in apps] or [request.app or "*"]
+        if error.reason is Reason.VERIFICATION_FAILED and names == ["*"]:
+            # refused before gitops.yml is read: record it against the apps it holds back, for status
+            names = [a for a in store.apps() if a not in store.suspensions()] or names
         return Result(request, revision, tuple(
             _failed(store, name, request, revision, error) for name in names))
 
 
 def _reconcile_app(app: App, request: Request, revision: Revision, source: Source, space: Workspace,
-                   env: dict[str, str], redactor: Redactor, store: Store, progress: Progress,
+                   job: Job, redactor: Redactor, store: Store, progress: Progress,
                    cancel: Cancel) -> AppResult:
     run_id = store.start_run(app.name, revision.sha, request.mode, request.trigger)
     applying = request.applies and app.policy == "apply"
@@ -158,7 +168,7 @@ def _reconcile_app(app: App, request: Request, revision: Revision, source: Sourc
         def play(check: bool) -> Report:
             phase = "check" if check else "apply"
             progress.step(f"{app.name}: {phase} ({app.playbook} on {app.inventory})")
-            played = run_playbook(app, space.project, space.runner / phase, env, check=check,
+            played = run_playbook(app, space.project, space.runner / phase, job, check=check,
                                   redactor=redactor, cancel=cancel,
                                   on_task=lambda task: progress.task(app.name, phase, task))
             found = report(played)
@@ -174,16 +184,16 @@ def _reconcile_app(app: App, request: Request, revision: Revision, source: Sourc
         return AppResult(app.name, app.policy, run_id, outcome, reason, message, checked, applied,
                          last, revision.sha, time.monotonic() - started)
     except ControllerError as error:
-        store.finish_run(run_id, Outcome.FAILED, error.reason, error.message, False, {})
-        return AppResult(app.name, app.policy, run_id, Outcome.FAILED, error.reason, error.message,
+        store.finish_run(run_id, failure(error.reason), error.reason, error.message, False, {})
+        return AppResult(app.name, app.policy, run_id, failure(error.reason), error.reason, error.message,
                          previous=last, revision=revision.sha, seconds=time.monotonic() - started)
 
 
 def _failed(store: Store, app: str, request: Request, revision: Revision | None,
             error: ControllerError) -> AppResult:
     run_id = store.start_run(app, revision.sha if revision else None, request.mode, request.trigger)
-    store.finish_run(run_id, Outcome.FAILED, error.reason, error.message, False, {})
-    return AppResult(app, "", run_id, Outcome.FAILED, error.reason, error.message,
+    store.finish_run(run_id, failure(error.reason), error.reason, error.message, False, {})
+    return AppResult(app, "", run_id, failure(error.reason), error.reason, error.message,
                      previous=store.last_applied(app), revision=revision.sha if revision else None)
 
 
@@ -195,6 +205,9 @@ def _suspended(app: App, suspension: dict[str, str]) -> AppResult:
 
 def _idle(config: Config, store: Store, head: Revision) -> str | None:
     """Why a sync can return at once: every app's last sync was at ``head``, fine, and no check is due."""
+    if config.source.verify.mode != "off" and refused_head(store, head.sha):
+        return (f"nothing to do: {config.source.branch} is still at {head.short}, which was refused for its "
+                "signatures; waiting for a new commit")
     suspended = store.suspensions()
     apps = [a for a in store.apps() if a not in suspended]
     if not apps:
@@ -218,12 +231,6 @@ def _select(apps: tuple[App, ...], name: str | None) -> tuple[App, ...]:
         raise ControllerError(Reason.NOT_FOUND,
                               f"no app {name!r} in gitops.yml (apps: {', '.join(a.name for a in apps)})")
     return chosen
-
-
-def _scratch(space: Workspace) -> Path:
-    scratch = space.root / "tmp"
-    scratch.mkdir(mode=0o700, exist_ok=True)
-    return scratch
 
 
 def _message(app: App, checked: Report, applied: Report | None, applying: bool) -> str:

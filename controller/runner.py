@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import configparser
 import difflib
-import hashlib
-import importlib.util
 import os
-import sys
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -17,21 +14,21 @@ from typing import Any
 from ansible_runner.config.runner import RunnerConfig
 from ansible_runner.runner import Runner
 
+from controller.ansible_config import Job
 from controller.apps import App
-from controller.config import Config
 from controller.errors import ControllerError
 from controller.interrupt import Cancel
 from controller.outcomes import Reason
-from controller.process import run
+from controller.process import reaped, run, stop_reapers
 from controller.redact import Redactor
 
-# What ansible-runner may take from the controller's own environment; everything else
-# (SOPS_AGE_KEY, tokens, webhook secrets) stays out of the job and its artifacts.
-PASSED_THROUGH = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SSH_AUTH_SOCK")
-
 STATUSES = ("ok", "changed", "failed", "unreachable", "skipped", "unverified")
-PLUGINS = Path(__file__).parent / "ansible_plugins"
 UNVERIFIED_MARKER = "CONTROLLER-UNVERIFIED"
+POLL_SECONDS = 0.5  # how often ansible-runner asks whether to stop (its default, 5 s, delays a SIGTERM)
+# what ssh and ansible say when a host cannot be trusted or stops answering
+HOST_KEY_MISMATCH = ("host key verification failed", "remote host identification has changed",
+                     "unrecognized or mismatching host key")
+TASK_TIMED_OUT = ("failed to execute in the expected time frame", "timed out after", "connection timed out")
 
 
 @dataclass(frozen=True)
@@ -70,103 +67,34 @@ class PlayRun:
     error: str = ""
 
 
-def ansible_env(config: Config, project: Path, scratch: Path) -> dict[str, str]:
-    """The job's environment: the repository's ansible.cfg wins, our fast defaults fill the gaps."""
-    settings = config.ansible
-    repo_cfg = configparser.ConfigParser(interpolation=None)
-    cfg_path = project / "ansible.cfg"
-    try:
-        repo_cfg.read(cfg_path)
-    except configparser.Error as exc:
-        raise ControllerError(Reason.CONFIG_INVALID, f"ansible.cfg: {exc.message.splitlines()[0]}") from exc
-
-    env = {key: os.environ[key] for key in PASSED_THROUGH if key in os.environ}
-    env.update({k: v for k, v in os.environ.items() if k.startswith("ANSIBLE_")})
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
-    env.setdefault("LANG", "C.UTF-8")
-    env.update({
-        "ANSIBLE_CONFIG": str(cfg_path),
-        # the template module renders files (secrets included) in the local temp dir
-        "ANSIBLE_LOCAL_TEMP": str(scratch),
-        "ANSIBLE_RETRY_FILES_ENABLED": "False",
-        "ANSIBLE_NOCOLOR": "1",
-    })
-
-    def default(section: str, key: str, var: str, value: str | None) -> None:
-        if value is not None and not repo_cfg.has_option(section, key) and var not in env:
-            env[var] = value
-
-    control_dir = control_path_dir(config)
-    default("defaults", "forks", "ANSIBLE_FORKS", str(settings.forks))
-    default("defaults", "timeout", "ANSIBLE_TIMEOUT", str(settings.timeout))
-    default("defaults", "private_key_file", "ANSIBLE_PRIVATE_KEY_FILE", config.ssh.private_key_file)
-    default("ssh_connection", "pipelining", "ANSIBLE_PIPELINING", str(settings.pipelining))
-    default("ssh_connection", "control_path_dir", "ANSIBLE_SSH_CONTROL_PATH_DIR", str(control_dir))
-    default("ssh_connection", "ssh_args", "ANSIBLE_SSH_ARGS",
-            f"-o ControlMaster=auto -o ControlPersist={settings.control_persist}s -o BatchMode=yes")
-    if config.ssh.known_hosts_file:
-        default("ssh_connection", "ssh_common_args", "ANSIBLE_SSH_COMMON_ARGS",
-                f"-o UserKnownHostsFile={config.ssh.known_hosts_file}")
-    # our callback marks tasks that check mode skipped; added to whatever the repository enables
-    enabled = repo_cfg.get("defaults", "callbacks_enabled", fallback="")
-    env["ANSIBLE_CALLBACKS_ENABLED"] = ",".join(filter(None, (enabled, "controller_unverified")))
-    env["ANSIBLE_CALLBACK_PLUGINS"] = ":".join(filter(None, (
-        repo_cfg.get("defaults", "callback_plugins", fallback=""), str(PLUGINS / "callback"))))
-    strategy = _strategy(settings.strategy)
-    if strategy == "mitogen_linear" and not repo_cfg.has_option("defaults", "strategy"):
-        env.setdefault("ANSIBLE_STRATEGY_PLUGINS", str(mitogen_strategy_dir()))
-    default("defaults", "strategy", "ANSIBLE_STRATEGY", strategy)
-    return env
-
-
-def control_path_dir(config: Config) -> Path:
-    """A short per-state-dir directory for SSH master sockets (socket paths are limited to 108 bytes)."""
-    digest = hashlib.sha256(config.state_dir.encode()).hexdigest()[:10]
-    path = Path(config.workspace_dir) / f"controller-cp-{digest}"
-    path.mkdir(mode=0o700, exist_ok=True)
-    return path
-
-
-def mitogen_strategy_dir() -> Path | None:
-    """Where mitogen's strategy plugins are, when mitogen is installed."""
-    spec = importlib.util.find_spec("ansible_mitogen")
-    if spec is None or spec.origin is None:
-        return None
-    return Path(spec.origin).parent / "plugins" / "strategy"
-
-
-def _strategy(setting: str) -> str:
-    if setting == "mitogen" or (setting == "auto" and mitogen_strategy_dir() is not None):
-        if mitogen_strategy_dir() is None:
-            raise ControllerError(Reason.CONFIG_INVALID,
-                                  "ansible.strategy is mitogen but mitogen is not installed (pip install mitogen)")
-        return "mitogen_linear"
-    return "linear" if setting == "auto" else setting
-
-
-def syntax_check(app: App, project: Path, env: Mapping[str, str], redactor: Redactor) -> None:
+def syntax_check(app: App, project: Path, job: Job, redactor: Redactor) -> None:
     """``ansible-playbook --syntax-check`` of the app's playbook; raise SyntaxCheckFailed with the cause."""
     try:
         run(["ansible-playbook", "--syntax-check", "-i", app.inventory, app.playbook],
             reason=Reason.SYNTAX_CHECK_FAILED, what=f"app {app.name}: {app.playbook} failed the syntax check",
-            env=env, cwd=project, redact=lambda text: _relative(redactor.text(text), project),
+            env=job.env, cwd=project, redact=lambda text: _relative(redactor.text(text), project),
             timeout=300)
     except ControllerError as exc:
         raise ControllerError(exc.reason, exc.message) from None
 
 
-def run_playbook(app: App, project: Path, private_dir: Path, env: Mapping[str, str], *, check: bool,
-                 redactor: Redactor, on_task: Callable[[TaskResult], None], cancel: Cancel) -> PlayRun:
-    """Run the app's playbook in check+diff or apply mode, streaming each task result to ``on_task``."""
-    collector = _Collector(check=check, redactor=redactor, project=project, on_task=on_task)
+def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check: bool, redactor: Redactor,
+                 on_task: Callable[[TaskResult], None], cancel: Cancel, limit: str | None = None) -> PlayRun:
+    """Run the app's playbook in check+diff or apply mode, streaming each task result to ``on_task``.
+
+    ``limit`` narrows the app's own limit further (hosts that need an apply).
+    """
+    collector = _Collector(check=check, redactor=redactor, project=project, on_task=on_task,
+                           task_timeout=job.env.get("ANSIBLE_TASK_TIMEOUT", "?"))
+    stop = _Stop(cancel, job.run_timeout)
     config = RunnerConfig(
         private_data_dir=str(private_dir),
         project_dir=str(project),
         playbook=app.playbook,
         inventory=str(project / app.inventory),
-        limit=app.limit,
-        cmdline="--check --diff" if check else "--diff",
-        envvars=dict(env),
+        limit=_narrow(app.limit, limit),
+        cmdline=" ".join(("--check --diff" if check else "--diff", job.cmdline)),
+        envvars=dict(job.env),
         ident="check" if check else "apply",
         quiet=True,
         suppress_output_file=True,
@@ -174,12 +102,19 @@ def run_playbook(app: App, project: Path, private_dir: Path, env: Mapping[str, s
     )
     config.prepare()
     # ansible-runner seeds the job env from os.environ and stores it in the "command" artifact
-    config.env = {k: v for k, v in config.env.items() if k not in os.environ or k in env}
-    runner = Runner(config, event_handler=collector.handle, cancel_callback=cancel)
+    config.env = {k: v for k, v in config.env.items() if k not in os.environ or k in job.env}
+    # the playbook and all it starts (workers, mitogen, ssh masters) die with us, SIGKILL included
+    config.command = reaped(config.command)
+    config.pexpect_timeout = POLL_SECONDS
+    runner = Runner(config, event_handler=collector.handle, cancel_callback=stop)
     with cancel.deferred():
         runner.run()
     if cancel():
         raise ControllerError(Reason.INTERRUPTED, f"app {app.name}: interrupted, the playbook was stopped")
+    if stop.expired:
+        phase = "check" if check else "apply"
+        raise ControllerError(Reason.TIMED_OUT, f"app {app.name}: the {phase} did not finish within "
+                              f"ansible.run_timeout ({job.run_timeout:.0f}s) and was stopped")
     if collector.stats is None:
         detail = " ".join(collector.tail) or f"ansible-runner ended {runner.status} (rc {runner.rc})"
         raise ControllerError(Reason.RUNNER_FAILED, f"app {app.name}: {detail}")
@@ -191,8 +126,9 @@ class _Collector:
     """Turns ansible-runner events into TaskResults as they stream; keeps no raw event."""
 
     def __init__(self, *, check: bool, redactor: Redactor, project: Path,
-                 on_task: Callable[[TaskResult], None]) -> None:
+                 on_task: Callable[[TaskResult], None], task_timeout: str) -> None:
         self.check = check
+        self.task_timeout = task_timeout
         self.redactor = redactor
         self.project = project
         self.on_task = on_task
@@ -230,15 +166,52 @@ class _Collector:
         elif status == "failed" and data.get("ignore_errors"):
             status = "ok"
         message = "" if status in ("ok", "changed") else str(res.get("msg", ""))
+        if status in ("failed", "unreachable"):
+            items = " ".join(str(r.get("msg", "")) for r in res.get("results", []) if isinstance(r, dict))
+            status, message = self._classify(status, message, f"{message} {items}")
         task = data.get("task", "")
         return TaskResult(
             host=str(data.get("host", "")),
-            task=f"{data['role']} : {task}" if data.get("role") else str(task),
+            task=self.redactor.text(f"{data['role']} : {task}" if data.get("role") else str(task)),
             action=str(data.get("task_action", "")),
             status=status,
-            diff=self.redactor.text(render_diff(res)) if status == "changed" else "",
+            diff=_relative(self.redactor.text(render_diff(res)), self.project) if status == "changed" else "",
             message=_relative(self.redactor.text(message), self.project)[:2000],
         )
+
+
+    def _classify(self, status: str, message: str, everything: str) -> tuple[str, str]:
+        """A host that cannot be trusted or stopped answering is unreachable, said in plain words."""
+        lowered = everything.lower()
+        if any(sign in lowered for sign in HOST_KEY_MISMATCH):
+            return "unreachable", "host key mismatch: its key is not the one in known_hosts; nothing was sent"
+        if any(sign in lowered for sign in TASK_TIMED_OUT):
+            return "unreachable", f"timed out: no answer within ansible.task_timeout ({self.task_timeout}s)"
+        return status, message
+
+
+class _Stop:
+    """ansible-runner's cancel callback: a signal, or the run's deadline; stops the playbook's tree first."""
+
+    def __init__(self, cancel: Cancel, seconds: float) -> None:
+        self.cancel = cancel
+        self.deadline = time.monotonic() + seconds
+        self.expired = False
+
+    def __call__(self) -> bool:
+        self.expired = self.expired or time.monotonic() > self.deadline
+        if self.cancel() or self.expired:
+            # ansible-runner SIGKILLs the process group; the reaper must get to kill the rest first
+            stop_reapers()
+            return True
+        return False
+
+
+def _narrow(own: str | None, extra: str | None) -> str | None:
+    """The app's limit intersected with an extra one (Ansible's ``a:&b``)."""
+    if own and extra:
+        return f"{own}:&{extra}"
+    return own or extra
 
 
 _STATUS_OF = {"runner_on_ok": "ok", "runner_on_failed": "failed",

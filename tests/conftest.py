@@ -22,7 +22,8 @@ from lab.repository import AgeKey, git, make_age_key, sops_encrypt
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 EXAMPLE = ("ansible.cfg", "gitops.yml", ".sops.yaml", "playbooks", "roles", "inventories")
-TEST_PREFIX = "127.0.2"
+# tests of one run share this /24; a second run beside it (another checkout) picks another
+TEST_PREFIX = os.environ.get("CONTROLLER_TEST_PREFIX", "127.0.2")
 
 APP_YML = "/srv/opt/shop/conf/app.yml"
 VERSION = "/srv/opt/shop/VERSION"

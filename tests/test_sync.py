@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
 from lab import Lab
-from tests.conftest import APP_YML, VERSION, Fleet, build_fleet, bump_version, git, secret, write_config
+from tests.conftest import APP_YML, BIN, VERSION, Fleet, build_fleet, bump_version, git, secret, write_config
+from tests.test_interrupt import workspaces
 
 
 def test_sync_applies_a_pushed_commit_then_has_nothing_to_do(fleet: Fleet) -> None:
@@ -309,13 +311,15 @@ def test_secrets_are_only_decrypted_onto_tmpfs(fleet: Fleet) -> None:
 
 def test_workspaces_are_wiped_after_every_run(tmp_path: Path, lab: Lab, age_key: object) -> None:
     fleet = build_fleet(tmp_path / "fleet", lab, age_key)  # type: ignore[arg-type]
-    before = set(Path("/dev/shm").glob("controller-*"))
-    assert fleet.controller("sync").returncode == 0
+    env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config)}
+    ok = subprocess.run([str(BIN / "controller"), "sync"], env=env, capture_output=True, check=False)
+    assert ok.returncode == 0
     fleet.write("playbooks/site.yml", "- hosts: [\n")
     fleet.push("Broken")
-    assert fleet.controller("sync").returncode == 1
-    left = {p for p in set(Path("/dev/shm").glob("controller-*")) - before if not p.name.startswith("controller-cp-")}
-    assert left == set()
+    broken = subprocess.Popen([str(BIN / "controller"), "sync"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    assert broken.wait(timeout=300) == 1
+    assert workspaces(broken.pid) == set()
 
 
 def test_only_if_changed_returns_at_once_until_the_branch_moves_or_a_check_is_due(fleet: Fleet) -> None:
@@ -339,3 +343,14 @@ def test_only_if_changed_returns_at_once_until_the_branch_moves_or_a_check_is_du
     due = fleet.controller("sync", "--only-if-changed")
     assert due.returncode == 0 and "in-sync" in due.stdout
     assert len(fleet.runs()) == 5
+
+
+def test_state_is_private_whatever_the_umask(fleet: Fleet) -> None:
+    env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config)}
+    done = subprocess.run(["sh", "-c", f"umask 000 && exec {BIN / 'controller'} sync"], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert fleet.state.stat().st_mode & 0o777 == 0o700
+    for path in fleet.state.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert path.stat().st_mode & 0o077 == 0, path

@@ -324,14 +324,13 @@ def test_failing_cycle_is_retried_then_recovers_and_sigterm_mid_run_exits_cleanl
             wait_for("the recovery notice", lambda: receiver.events("staging")[-1:] == ["recovered"])
             assert receiver.events("staging") == ["run-failed", "recovered"]
 
-            before = workspaces()
             bump_version(fleet, "4.0.0")
             wait_for("a playbook to be running", lambda: any(
-                (p / "runner").is_dir() and any((p / "runner").iterdir()) for p in workspaces() - before))
+                (p / "runner").is_dir() and any((p / "runner").iterdir()) for p in workspaces(watch.proc.pid)))
             started = time.monotonic()
             assert watch.stop() == 0
             assert time.monotonic() - started < 30
-            assert workspaces() - before == set()
+            assert workspaces(watch.proc.pid) == set()
     finally:
         receiver.server.shutdown()
     with open(fleet.state / "controller.lock") as lock:

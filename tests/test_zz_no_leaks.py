@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.conftest import PLAINTEXTS, Fleet
 
-SEARCHED = ("/tmp", "/dev/shm", "/var/log", "/root/.ansible", "/var/tmp")
+SEARCHED = ("/tmp", "/dev/shm", "/var/log", str(Path.home() / ".ansible"), "/var/tmp")
 
 
 def files_containing(needles: list[bytes]) -> list[str]:

@@ -1,0 +1,174 @@
+"""What an Ansible job is told: the bastion's safety settings over the repository, fast defaults under it.
+
+The repository's ``ansible.cfg`` is reviewed code and wins for speed and behaviour (forks,
+strategy, pipelining). It does not win where it would weaken what the bastion promises:
+host keys are checked as ``ssh.host_key_checking`` says, and nothing writes the run's
+output (diffs, secrets) to disk. Each such override is reported once per run.
+"""
+
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from controller.config import Config
+from controller.errors import ControllerError
+from controller.outcomes import Reason
+
+# What the job may take from the controller's own environment; everything else
+# (SOPS_AGE_KEY, tokens, webhook secrets) stays out of the job and its artifacts.
+PASSED_THROUGH = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SSH_AUTH_SOCK")
+PLUGINS = Path(__file__).parent / "ansible_plugins"
+OUR_CALLBACK = "controller_unverified"
+HOST_KEY_OPTIONS = {
+    "strict": ("StrictHostKeyChecking=yes",),
+    "accept-new": ("StrictHostKeyChecking=accept-new",),
+    "off": ("StrictHostKeyChecking=no",),
+}
+# Settings that would send a run's output, diffs and secrets included, to a persistent disk.
+NO_OUTPUT_TO_DISK = {
+    "ANSIBLE_LOG_PATH": "/dev/null",              # empty would mean the current directory
+    "ANSIBLE_KEEP_REMOTE_FILES": "False",
+    "ANSIBLE_RETRY_FILES_ENABLED": "False",
+    "ANSIBLE_CACHE_PLUGIN": "memory",           # facts stay in the run, not in a jsonfile cache
+    "ANSIBLE_DEBUG": "False",
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """How every ansible-playbook of a run is started, and which repository settings were overridden."""
+
+    env: dict[str, str]
+    args: tuple[str, ...]
+    notices: tuple[str, ...]
+    run_timeout: float              # seconds one playbook run (check or apply) may take as a whole
+
+    @property
+    def cmdline(self) -> str:
+        return shlex.join(self.args)
+
+
+def job_settings(config: Config, project: Path, private: Path) -> Job:
+    """The job for a checkout at ``project``; ``private`` is a 0700 tmpfs directory for this run."""
+    repo = _read_cfg(project / "ansible.cfg")
+    notices: list[str] = []
+    env = {key: os.environ[key] for key in PASSED_THROUGH if key in os.environ}
+    env.update({k: v for k, v in os.environ.items() if k.startswith("ANSIBLE_")})
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+    env.setdefault("LANG", "C.UTF-8")
+    scratch = _private_dir(private / "tmp")
+    env.update({
+        "ANSIBLE_CONFIG": str(project / "ansible.cfg"),
+        # the template module renders files (secrets included) in the local temp dir
+        "ANSIBLE_LOCAL_TEMP": str(scratch),
+        "ANSIBLE_NOCOLOR": "1",
+    })
+
+    def default(section: str, key: str, var: str, value: str | None) -> None:
+        if value is not None and not repo.has_option(section, key) and var not in env:
+            env[var] = value
+
+    settings = config.ansible
+    default("defaults", "forks", "ANSIBLE_FORKS", str(settings.forks))
+    default("defaults", "timeout", "ANSIBLE_TIMEOUT", str(settings.timeout))
+    default("defaults", "private_key_file", "ANSIBLE_PRIVATE_KEY_FILE", config.ssh.private_key_file)
+    default("ssh_connection", "pipelining", "ANSIBLE_PIPELINING", str(settings.pipelining))
+    strategy = _strategy(settings.strategy)
+    if strategy == "mitogen_linear" and not repo.has_option("defaults", "strategy"):
+        env.setdefault("ANSIBLE_STRATEGY_PLUGINS", str(mitogen_strategy_dir()))
+    default("defaults", "strategy", "ANSIBLE_STRATEGY", strategy)
+    # a host that stops answering must not hold the run (and the lock) for ever
+    env["ANSIBLE_TASK_TIMEOUT"] = str(settings.task_timeout)
+
+    host_keys, ssh = _host_keys(config, repo, private, notices)
+    env.update(host_keys)
+    # ssh_args come first on ssh's, sftp's and scp's command lines, and ssh takes the first value given
+    repo_ssh_args = repo.get("ssh_connection", "ssh_args", fallback=None)
+    persist = f"-o ControlMaster=auto -o ControlPersist={settings.control_persist}s -o BatchMode=yes"
+    env["ANSIBLE_SSH_ARGS"] = " ".join((_host_key_args(config), repo_ssh_args if repo_ssh_args is not None
+                                        else env.get("ANSIBLE_SSH_ARGS", persist)))
+    # ssh master sockets live in this run's private directory, never at a predictable shared path
+    env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(_private_dir(private / "cp"))
+    env.update(_no_output_to_disk(repo, notices))
+    return Job(env, ("-e", f"ansible_ssh_executable={ssh}"), tuple(notices), settings.run_timeout)
+
+
+def _read_cfg(path: Path) -> configparser.ConfigParser:
+    repo = configparser.ConfigParser(interpolation=None)
+    try:
+        repo.read(path)
+    except configparser.Error as exc:
+        raise ControllerError(Reason.CONFIG_INVALID, f"ansible.cfg: {exc.message.splitlines()[0]}") from exc
+    return repo
+
+
+def _host_key_args(config: Config) -> str:
+    known = "/dev/null" if config.ssh.host_key_checking == "off" else str(config.known_hosts)
+    options = (*HOST_KEY_OPTIONS[config.ssh.host_key_checking], f"UserKnownHostsFile={known}",
+               "GlobalKnownHostsFile=/dev/null")
+    return " ".join(f"-o {shlex.quote(option)}" for option in options)
+
+
+def _host_keys(config: Config, repo: configparser.ConfigParser, private: Path,
+               notices: list[str]) -> tuple[dict[str, str], Path]:
+    """Host key checking as the bastion says, for Ansible's ssh connection and for mitogen alike.
+
+    ansible-runner turns checking off unless the job says otherwise, and mitogen then uses
+    /dev/null as known_hosts; an ssh wrapper that puts our options first (ssh keeps the first
+    value of an option) holds whatever the repository or a strategy adds after them.
+    """
+    weakened = repo.get("defaults", "host_key_checking", fallback="true").strip().lower() in ("false", "no", "0")
+    for key in ("ssh_args", "ssh_common_args", "ssh_extra_args"):
+        value = repo.get("ssh_connection", key, fallback="")
+        weakened = weakened or "stricthostkeychecking" in value.lower() or "userknownhostsfile" in value.lower()
+    if weakened and config.ssh.host_key_checking != "off":
+        notices.append(f"the repository's ansible.cfg turns host key checking off or changes it; ignored: "
+                       f"ssh.host_key_checking is {config.ssh.host_key_checking} on this bastion")
+    config.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = private / "ssh"
+    wrapper.write_text(f"#!/bin/sh\nexec ssh {_host_key_args(config)} \"$@\"\n")
+    wrapper.chmod(0o700)
+    checking = "False" if config.ssh.host_key_checking == "off" else "True"
+    return {"ANSIBLE_HOST_KEY_CHECKING": checking, "ANSIBLE_SSH_EXECUTABLE": str(wrapper)}, wrapper
+
+
+def _no_output_to_disk(repo: configparser.ConfigParser, notices: list[str]) -> dict[str, str]:
+    """Override every repository setting that would write the run's output to disk; only our callback runs."""
+    overridden = [key for section, key, harmless in (
+        ("defaults", "log_path", ""), ("defaults", "keep_remote_files", "false"),
+        ("defaults", "callbacks_enabled", ""), ("defaults", "callback_whitelist", ""),
+        ("defaults", "callback_plugins", ""), ("defaults", "fact_caching", "memory"),
+    ) if repo.get(section, key, fallback=harmless).strip().lower() not in (harmless, "")]
+    if overridden:
+        notices.append(f"the repository's ansible.cfg sets {', '.join(overridden)}; ignored: no run output "
+                       "(diffs, secrets) may be written to disk or to other callbacks")
+    return {**NO_OUTPUT_TO_DISK, "ANSIBLE_CALLBACKS_ENABLED": OUR_CALLBACK,
+            "ANSIBLE_CALLBACK_PLUGINS": str(PLUGINS / "callback")}
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def mitogen_strategy_dir() -> Path | None:
+    """Where mitogen's strategy plugins are, when mitogen is installed."""
+    spec = importlib.util.find_spec("ansible_mitogen")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "plugins" / "strategy"
+
+
+def _strategy(setting: str) -> str:
+    if setting == "mitogen" or (setting == "auto" and mitogen_strategy_dir() is not None):
+        if mitogen_strategy_dir() is None:
+            raise ControllerError(Reason.CONFIG_INVALID,
+                                  "ansible.strategy is mitogen but mitogen is not installed (pip install mitogen)")
+        return "mitogen_linear"
+    return "linear" if setting == "auto" else setting

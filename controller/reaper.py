@@ -1,0 +1,109 @@
+"""Run one command so that it, and everything it starts, dies with the controller.
+
+The controller starts every tool (git, sops, ansible-playbook) through this script. It
+becomes a child subreaper, so descendants that detach (ssh ControlPersist masters,
+mitogen's multiplexer) are re-parented here instead of to init, and it kills them all
+when the command ends, when it is told to stop (SIGTERM, SIGINT, SIGHUP), or when the
+controller dies, SIGKILL included (PR_SET_PDEATHSIG). Standard library only: it runs as
+``python -I -S reaper.py COMMAND...``, so it starts in milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import time
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+NOT_FOUND = 127
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _prctl(option: int, value: int) -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, read from /proc (children before grandchildren)."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as children:
+                    kids = [int(k) for k in children.read().split()]
+            except OSError:
+                continue
+            found.extend(kids)
+            pending.extend(kids)
+    return found
+
+
+def kill_all() -> None:
+    """SIGKILL every descendant until none is left (they may fork while we kill)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        pids = descendants(os.getpid())
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _reap()
+        time.sleep(0.01)
+
+
+def _reap() -> None:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def _stop(signum: int, frame: object) -> None:
+    kill_all()
+    os._exit(128 + signum)
+
+
+def main(argv: list[str]) -> int:
+    """Run ``argv`` as a child; return its exit status once every descendant is gone."""
+    if not argv:
+        print("usage: reaper.py COMMAND [ARG...]", file=sys.stderr)
+        return 64
+    parent = os.getppid()
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _stop)
+    if os.getppid() != parent:
+        return 128 + signal.SIGTERM  # the controller died before the death signal was armed
+    child = os.fork()
+    if child == 0:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # should this reaper itself be killed
+        try:
+            os.execvp(argv[0], argv)
+        except OSError as exc:
+            os.write(2, f"{argv[0]}: {exc.strerror}\n".encode())
+        os._exit(NOT_FOUND)
+    while True:
+        pid, status = os.waitpid(-1, 0)
+        if pid == child:
+            break
+    kill_all()
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

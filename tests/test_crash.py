@@ -1,0 +1,136 @@
+"""Crash safety: SIGKILL, SIGTERM at every stage, a host that freezes mid-run. Nothing is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import BIN, VERSION, Fleet, write_config
+
+STAGES = ("fetching", "revision", "decrypting", "syntax check", "staging: check", "staging: apply")
+
+
+def start_sync(fleet: Fleet) -> subprocess.Popen[str]:
+    env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config)}
+    return subprocess.Popen([str(BIN / "controller"), "sync", "--progress"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_stage(proc: subprocess.Popen[str], stage: str, timeout: float = 60) -> None:
+    """Read the progress on stderr until ``stage`` starts."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            raise AssertionError(f"the run ended before {stage!r}")
+        if line.startswith(f"==> {stage}"):
+            return
+    raise AssertionError(f"{stage!r} did not start within {timeout}s")
+
+
+def leftovers(fleet: Fleet, pid: int) -> list[str]:
+    """Processes still working for the controller ``pid``: in its workspace, its state, or ssh to the lab."""
+    marks = (f"controller-{pid}-", str(fleet.state))
+    addresses = [h.address for h in fleet.lab.hosts]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+            zombie = "State:\tZ" in (entry / "status").read_text()
+        except OSError:
+            continue
+        if zombie or cmdline.startswith(("unshare", "sshd", "/usr/sbin/sshd")):
+            continue  # the lab hosts themselves
+        if any(mark in cmdline or mark in cwd for mark in marks) or (
+                "ssh" in cmdline.split(" ")[0] and any(a in cmdline for a in addresses)):
+            found.append(f"{entry.name}: {cmdline[:200]}")
+    return found
+
+
+def workspaces_of(pid: int) -> list[Path]:
+    return list(Path("/dev/shm").glob(f"controller-{pid}-*"))
+
+
+def lock_is_free(fleet: Fleet) -> bool:
+    probe = subprocess.run(["flock", "--nonblock", str(fleet.state / "controller.lock"), "true"], check=False)
+    return probe.returncode == 0
+
+
+def test_sigterm_at_every_stage_ends_within_10s_and_leaves_nothing(fleet: Fleet) -> None:
+    for stage in STAGES:
+        proc = start_sync(fleet)
+        wait_for_stage(proc, stage)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        proc.wait(timeout=10)
+        assert time.monotonic() - started < 10, stage
+        assert proc.returncode == 1, stage
+        assert leftovers(fleet, proc.pid) == [], stage
+        assert workspaces_of(proc.pid) == [], stage
+        assert lock_is_free(fleet), stage
+        run = fleet.runs()[0]
+        assert run["outcome"] == "interrupted" and run["reason"] == "Interrupted", (stage, run)
+        assert proc.stderr is not None and proc.stdout is not None
+        assert "interrupted" in proc.stdout.read() + proc.stderr.read()
+
+
+def test_random_sigkills_leave_no_process_workspace_or_running_run(fleet: Fleet) -> None:
+    seed = int(os.environ.get("CONTROLLER_TEST_SEED", time.time()))
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    for attempt in range(20):
+        proc = start_sync(fleet)
+        wait_for_stage(proc, rng.choice(STAGES))
+        time.sleep(rng.uniform(0, 1.5))
+        proc.kill()
+        proc.wait()
+        time.sleep(1)
+        assert leftovers(fleet, proc.pid) == [], f"attempt {attempt} (seed {seed})"
+        status = fleet.controller("status", "--json")  # any command cleans up after a killed one
+        assert status.returncode == 0, status.stderr
+        assert workspaces_of(proc.pid) == [], f"attempt {attempt} (seed {seed})"
+        assert all(row["state"] != "running" for row in json.loads(status.stdout))
+        assert all(run["outcome"] is not None for run in fleet.runs())
+    with sqlite3.connect(fleet.state / "state.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    final = fleet.controller("sync")
+    assert final.returncode == 0, final.stdout + final.stderr
+    for host in ("h1", "h2"):
+        assert fleet.host_file(host, VERSION).read_text() == "1.0.0\n"
+    assert "interrupted" in {run["outcome"] for run in fleet.runs()}
+
+
+def test_a_host_that_freezes_mid_check_costs_a_bounded_time(fleet: Fleet) -> None:
+    write_config(fleet, ssh={"private_key_file": str(fleet.lab.private_key),
+                             "known_hosts_file": str(fleet.lab.known_hosts)},
+                 ansible={"task_timeout": 5, "timeout": 5})
+    proc = start_sync(fleet)
+    try:
+        wait_for_stage(proc, "staging: check")
+        time.sleep(1.5)  # connected, tasks running
+        frozen = fleet.lab.freeze_host("h2")
+        assert frozen
+        started = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=90)
+        took = time.monotonic() - started
+    finally:
+        fleet.lab.thaw_host("h2")
+    print(f"frozen host cost {took:.1f}s")
+    assert proc.returncode == 2, stdout + stderr
+    assert took < 60
+    assert fleet.host_file("h1", VERSION).read_text() == "1.0.0\n"
+    run = fleet.runs()[0]
+    assert run["outcome"] == "partial"
+    shown = fleet.controller("show", str(run["id"]))
+    assert "web2.staging  unreachable" in shown.stdout
+    assert lock_is_free(fleet)
