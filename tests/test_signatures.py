@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from controller.config import load_config
-from tests.conftest import BIN, VERSION, Fleet, git, write_config
+from lab.repository import git
+from tests.conftest import BIN, VERSION, Fleet, write_config
 from tests.test_watch import Receiver, daemon, wait_for
 
 EMAIL = "dev@example.invalid"
-WORKSPACE = re.compile(r"controller-[a-z0-9_]{8}$")  # what workspace() makes (mkdtemp's 8 random characters)
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def reset(fleet: Fleet, sha: str) -> None:
 
 
 class Workspaces:
-    """Every workspace that appears in ``space`` while it is watched (polled every few milliseconds)."""
+    """Whatever appears in the private workspace_dir ``space`` while watched (polled every few milliseconds)."""
 
     def __init__(self, space: Path) -> None:
         self.space = space
@@ -155,7 +155,7 @@ class Workspaces:
 
     def _watch(self) -> None:
         while not self._stop.is_set():
-            self.seen.update(e.name for e in os.scandir(self.space) if WORKSPACE.match(e.name))
+            self.seen.update(e.name for e in os.scandir(self.space))
             time.sleep(0.002)
 
     def __enter__(self) -> Workspaces:
@@ -203,8 +203,10 @@ def test_head_mode_applies_ssh_signed_commits_and_refuses_unsigned_unknown_and_t
     allowed.write_text(dev_line)
     configure(fleet, space, mode="head", allowed_signers=str(allowed))
     good = commit(fleet, "1.1.0", dev)  # on the unsigned "Example fleet": head mode looks at the head only
-    first = fleet.controller("sync", "--progress")
+    with Workspaces(space) as watched:
+        first = fleet.controller("sync", "--progress")
     assert first.returncode == 0, first.stdout + first.stderr
+    assert watched.seen  # the watcher does see a workspace when there is one
     assert "1 commit(s) carry good signatures" in first.stderr
     assert versions(fleet) == {"h1": "1.1.0\n", "h2": "1.1.0\n"}
 
