@@ -18,22 +18,17 @@ from controller.config import Config, find_config, load_config
 from controller.cycle import recover, run_cycle
 from controller.errors import ControllerError
 from controller.interrupt import Cancel
-from controller.outcomes import ExitCode, Outcome, Reason
-from controller.reconcile import Request
-from controller.render import history_text, result_json, result_text, run_text, status_text
+from controller.outcomes import EXIT_CODE_MEANINGS, ExitCode, Outcome, Reason
+from controller.render import history_text, hosts_text, result_json, result_text, run_text, status_text
+from controller.results import Request
 from controller.runner import TaskResult
 from controller.state import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_CODES = """\b
-Exit codes:
-  0   check: in sync; sync: converged (or nothing to do)
-  1   error: nothing was applied (config, Git, secrets, syntax check)
-  2   check: drift found; sync: drift remains (policy detect, a host failed or was unreachable)
-  64  usage error
-  70  internal error (a bug: the traceback is printed)
-  75  another run holds the lock (try again later, or use --wait)"""
+EXIT_CODES = "\b\nExit codes (check / sync):\n" + "\n".join(
+    f"  {int(code):<3} {check}" + ("" if sync == "same" else f" / {sync}")
+    for code, (check, sync) in EXIT_CODE_MEANINGS.items())
 
 
 def config_option(func: F) -> F:
@@ -55,6 +50,8 @@ def reconcile_options(func: F) -> F:
                      help="Wait this long for another run to finish (default: do not wait)."),
         click.option("--progress/--no-progress", default=None,
                      help="Show live progress on stderr (default: when stderr is a terminal)."),
+        click.option("--accept-unverified", is_flag=True,
+                     help="Exit 0, not 3, when the only open items are tasks check mode cannot verify."),
         click.option("--trigger", default="manual", hidden=True),
         json_option,
         config_option,
@@ -94,12 +91,17 @@ def cli() -> None:
 @click.option("--only-if-changed", is_flag=True,
               help="Return at once (exit 0) when the branch has not moved since the last sync and no drift "
                    "check is due (watch.drift_check_interval): the fast path for cron.")
+@click.option("--force", is_flag=True, help="Apply to every host of the app, whatever the check found.")
 def sync(**options: Any) -> None:
     """Converge the servers to the branch head (apps with policy apply).
 
-    Each app is checked first; it is applied when the revision is new or drift
-    was found. Apps with policy detect are only checked; suspended apps
-    (`controller suspend`) are skipped, and the output says so.
+    Each app is checked first; the apply then runs on the hosts that need it:
+    those the revision is new for (a new commit, or a host that missed a
+    rollout), and those whose check found a change or a failure. Apps with
+    policy detect are only checked; suspended apps (`controller suspend`) are
+    skipped, and the output says so. With --revision (other than the branch
+    head) or --dry-run it is a preview: checked and recorded, never applied,
+    never the app's state.
     """
     _reconcile("sync", **options)
 
@@ -110,19 +112,22 @@ def check(**options: Any) -> None:
     """Report drift between Git and the servers; change nothing.
 
     Runs every app in check+diff mode and shows, per host and task, what an
-    apply would change. Schedule it from cron: exit code 2 means drift.
+    apply would change. Schedule it from cron: exit code 2 means drift, 3
+    means only tasks that check mode cannot verify are open. With --revision
+    (a pull request's commit or branch) it is a preview: never the app's state.
     """
-    _reconcile("check", dry_run=False, allow_rewrite=False, only_if_changed=False, **options)
+    _reconcile("check", dry_run=False, allow_rewrite=False, only_if_changed=False, force=False, **options)
 
 
 def _reconcile(mode: str, *, config_path: str | None, as_json: bool, app: str | None, revision: str | None,
                wait: float, progress: bool | None, trigger: str, dry_run: bool, allow_rewrite: bool,
-               only_if_changed: bool) -> None:
+               only_if_changed: bool, force: bool, accept_unverified: bool) -> None:
     config = _config(config_path)
     show = sys.stderr.isatty() if progress is None else progress
     cancel = Cancel()
     cancel.install()
-    request = Request(mode, app, revision, dry_run, allow_rewrite, trigger, only_if_changed=only_if_changed)
+    request = Request(mode, app, revision, dry_run, allow_rewrite, trigger, only_if_changed=only_if_changed,
+                      force=force, accept_unverified=accept_unverified)
     result = run_cycle(config, request, TerminalProgress(show), cancel, wait)
     if as_json:
         click.echo(json.dumps(result_json(result), indent=2))
@@ -158,11 +163,21 @@ class TerminalProgress:
 @cli.command()
 @config_option
 @json_option
-def status(config_path: str | None, as_json: bool) -> None:
-    """Each app's applied revision, last run and drift state."""
+@click.option("--hosts", "per_host", is_flag=True, help="One line per host: its revision, state and since when.")
+def status(config_path: str | None, as_json: bool, per_host: bool) -> None:
+    """Each app's applied revision, hosts at it, state, and the newest failure.
+
+    \b
+    A line reads like: staging  4e8d883a12f4  9/10  converged  ...  web3 at
+    1a2b3c4d5e6f: unreachable since 10:42. When the newest revision was
+    refused or failed, that is said beside the last good state.
+    """
     with _store(config_path) as store:
         rows = store.status()
-    click.echo(json.dumps(rows, indent=2) if as_json else status_text(rows), nl=as_json)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(hosts_text(rows) if per_host else status_text(rows), nl=False)
 
 
 @cli.command()
@@ -275,7 +290,7 @@ def main() -> None:
         sys.exit(ExitCode.ERROR)
     except click.ClickException as error:
         error.show()
-        sys.exit(64)
+        sys.exit(ExitCode.USAGE)
     except SystemExit:
         raise
     except BaseException:

@@ -10,7 +10,8 @@ from controller.interrupt import Cancel
 from controller.lock import hold
 from controller.notify import announce
 from controller.outcomes import Reason
-from controller.reconcile import Progress, Request, Result, reconcile
+from controller.reconcile import reconcile
+from controller.results import Progress, Request, Result
 from controller.state import Store
 from controller.workspace import sweep
 

@@ -66,10 +66,39 @@ def report(run: PlayRun) -> Report:
 
 
 def decide(check: Report, applied: Report | None) -> tuple[Outcome, Reason | None]:
-    """The app's outcome from its check report and, when it ran, its apply report."""
+    """The app's outcome: each host as the apply left it, or as the check found it where no apply ran."""
+    final = merged(check, applied)
+    if final.broken:
+        return Outcome.PARTIAL, final.broken
     if applied is not None:
-        broken = applied.broken
-        return (Outcome.PARTIAL, broken) if broken else (Outcome.CONVERGED, None)
-    if check.broken:
-        return Outcome.PARTIAL, check.broken
-    return (Outcome.DRIFTED, None) if check.drifted else (Outcome.IN_SYNC, None)
+        return Outcome.CONVERGED, None
+    if check.drifted:
+        return Outcome.DRIFTED, None
+    if any(h.unverified for h in check.hosts):
+        return Outcome.UNVERIFIED, None
+    return Outcome.IN_SYNC, None
+
+
+def merged(check: Report, applied: Report | None) -> Report:
+    """Per host, the apply's result where it ran on that host, else the check's."""
+    if applied is None:
+        return check
+    ran = {h.host for h in applied.hosts}
+    return Report(tuple([*applied.hosts, *(h for h in check.hosts if h.host not in ran)]),
+                  tuple([*applied.tasks, *(t for t in check.tasks if t.host not in ran)]))
+
+
+def host_states(check: Report, applied: Report | None) -> dict[str, str]:
+    """Each host's state for the state store: in-sync, drifted, unverified, failed or unreachable."""
+    ran = {h.host for h in applied.hosts} if applied else set()
+    states = {}
+    for host in merged(check, applied).hosts:
+        if host.status in ("failed", "unreachable"):
+            states[host.host] = host.status
+        elif host.host in ran:
+            states[host.host] = "in-sync"  # the apply converged it (its "changed" is the correction)
+        elif host.status == "changed":
+            states[host.host] = "drifted"
+        else:
+            states[host.host] = "unverified" if host.unverified else "in-sync"
+    return states

@@ -14,8 +14,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from controller.config import NotifyTarget
-from controller.outcomes import Event, Outcome, Reason
-from controller.reconcile import AppResult, Result
+from controller.drift import merged
+from controller.outcomes import Event, Kind, Outcome, Reason
+from controller.results import AppResult, Result
 from controller.state import Store, now
 
 log = logging.getLogger("controller")
@@ -62,10 +63,10 @@ class Notice:
 
 def condition(app: AppResult) -> str | None:
     """The app's state as far as notifications care; the same state is announced only once."""
-    final = app.applied or app.check
-    if app.outcome is Outcome.SUSPENDED or app.reason is Reason.INTERRUPTED:
-        return None  # a stop (a restart of the daemon, Ctrl-C) is not news
-    if app.outcome in (Outcome.FAILED, Outcome.PARTIAL):
+    if app.outcome in (Outcome.SUSPENDED, Outcome.INTERRUPTED) or app.run_id is None:
+        return None  # a stop (a restart of the daemon, Ctrl-C) is not news, nor is a run that never ran
+    if app.outcome.troubled:
+        final = merged(app.check, app.applied) if app.check else None
         hosts = sorted(final.with_status("failed") + final.with_status("unreachable")) if final else []
         detail = ",".join(hosts) if hosts else app.message
         return f"failed:{app.reason}:{_digest(detail)}"
@@ -75,13 +76,14 @@ def condition(app: AppResult) -> str | None:
     return OK
 
 
-def notices(app: AppResult, before: str | None) -> list[Notice]:
-    """What to announce about ``app`` given the state announced before."""
+def notices(app: AppResult, before: str | None, new_revision: bool) -> list[Notice]:
+    """What to announce about ``app`` given the state announced before; ``new_revision``: its revision was
+    applied and not announced yet (a partial apply retried is the same revision, announced once)."""
     after = condition(app)
     if after is None:
         return []
     found = []
-    if app.applied is not None and app.revision != app.previous:
+    if app.applied is not None and new_revision:
         found.append(Event.REVISION_APPLIED)
     elif app.applied is not None and app.check is not None and app.check.drifted:
         found.append(Event.DRIFT_CORRECTED)
@@ -97,10 +99,13 @@ def notices(app: AppResult, before: str | None) -> list[Notice]:
 
 def announce(targets: tuple[NotifyTarget, ...], store: Store, result: Result) -> list[Notice]:
     """Send what changed to every target (best effort: a failed notification is only logged)."""
-    sent = []
+    sent: list[Notice] = []
+    if result.kind is Kind.PREVIEW:
+        return sent  # a preview never becomes the app's state, so it is never news
     for app in result.apps:
         before = store.condition(app.app)
-        found = notices(app, before)
+        new_revision = bool(app.applied is not None and app.revision and store.announce_revision(app.app, app.revision))
+        found = notices(app, before, new_revision)
         for notice in found:
             for target in targets:
                 if not target.events or notice.event.value in target.events:

@@ -5,16 +5,41 @@ from __future__ import annotations
 from enum import IntEnum, StrEnum
 
 
+class Kind(StrEnum):
+    """What a run was asked to do; only a ``sync`` that ran the apply changes what is applied where."""
+
+    CHECK = "check"        # check+diff of the branch head; becomes the app's (and its hosts') state
+    PREVIEW = "preview"    # --revision other than the head, or --dry-run: recorded, never the app's state
+    SYNC = "sync"          # check, then apply where needed (policy apply)
+
+
 class Outcome(StrEnum):
     """How one app's run ended."""
 
-    IN_SYNC = "in-sync"        # the check found nothing to change
-    DRIFTED = "drifted"        # drift found and left in place (check, dry run, detect policy)
-    CONVERGED = "converged"    # applied, every host converged
-    PARTIAL = "partial"        # some hosts converged or were checked, others failed or were unreachable
-    FAILED = "failed"          # stopped before anything was applied, or the run itself failed
+    IN_SYNC = "in-sync"          # the check found nothing to change and nothing it could not verify
+    CONVERGED = "converged"      # applied where needed, every host converged
+    DRIFTED = "drifted"          # drift found and left in place (check, preview, policy detect)
+    PARTIAL = "partial"          # some hosts converged or were checked, others failed or were unreachable
+    UNVERIFIED = "unverified"    # nothing changed, but tasks check mode cannot verify were not applied
+    FAILED = "failed"            # stopped before anything was applied, or the run itself failed
     INTERRUPTED = "interrupted"  # stopped by a signal, or its controller was killed (found at the next start)
-    SUSPENDED = "suspended"    # not reconciled: `controller suspend` (not recorded as a run)
+    SUSPENDED = "suspended"      # not reconciled: `controller suspend` (not recorded as a run)
+
+    def exit_code(self, accept_unverified: bool = False) -> ExitCode:
+        """The exit code this outcome stands for (``--accept-unverified`` makes unverified 0)."""
+        if self is Outcome.UNVERIFIED and accept_unverified:
+            return ExitCode.OK
+        return _EXIT_CODES[self]
+
+    @property
+    def troubled(self) -> bool:
+        """A failure to announce and retry (an interruption is not one: it is a stop)."""
+        return self in (Outcome.FAILED, Outcome.PARTIAL)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing left for a sync to do at this revision until Git or the schedule says otherwise."""
+        return self in (Outcome.IN_SYNC, Outcome.CONVERGED, Outcome.DRIFTED, Outcome.UNVERIFIED)
 
 
 def failure(reason: Reason) -> Outcome:
@@ -46,11 +71,35 @@ class Reason(StrEnum):
 class ExitCode(IntEnum):
     """Documented, stable exit codes for cron and CI."""
 
-    OK = 0          # check: in sync; sync: converged
-    ERROR = 1       # nothing was applied because something was wrong (config, Git, secrets, syntax)
-    DRIFT = 2       # check: drift found; sync: drift remains (detect policy, a host failed or was unreachable)
-    BUG = 70        # an internal error; the traceback is printed
-    LOCKED = 75     # another run holds the lock (EX_TEMPFAIL: try again later)
+    OK = 0
+    ERROR = 1
+    DRIFT = 2
+    UNVERIFIED = 3
+    USAGE = 64
+    BUG = 70
+    LOCKED = 75     # EX_TEMPFAIL: try again later
+
+
+_EXIT_CODES = {
+    Outcome.IN_SYNC: ExitCode.OK, Outcome.CONVERGED: ExitCode.OK, Outcome.SUSPENDED: ExitCode.OK,
+    Outcome.DRIFTED: ExitCode.DRIFT, Outcome.PARTIAL: ExitCode.DRIFT,
+    Outcome.UNVERIFIED: ExitCode.UNVERIFIED,
+    Outcome.FAILED: ExitCode.ERROR, Outcome.INTERRUPTED: ExitCode.ERROR,
+}
+
+# What each exit code means to `check` and to `sync`: the README's table and --help are made from this.
+EXIT_CODE_MEANINGS: dict[ExitCode, tuple[str, str]] = {
+    ExitCode.OK: ("in sync", "converged, or nothing to do"),
+    ExitCode.ERROR: ("error (config, Git, signatures, secrets, syntax check) or interrupted; nothing applied",
+                     "same; an interrupted apply may have changed some hosts (see `controller show`)"),
+    ExitCode.DRIFT: ("drift found, or a host could not be checked", "drift remains: policy `detect`, or a host "
+                     "failed or was unreachable (the others converged; the run is `partial`)"),
+    ExitCode.UNVERIFIED: ("in sync as far as check mode can tell, but tasks it cannot verify (`command`, "
+                          "`shell`, no check mode) are open; 0 with `--accept-unverified`", "same"),
+    ExitCode.USAGE: ("usage error", "same"),
+    ExitCode.BUG: ("internal error (a bug; traceback printed)", "same"),
+    ExitCode.LOCKED: ("another run holds the lock (`--wait` to queue)", "same"),
+}
 
 
 class Event(StrEnum):

@@ -6,7 +6,8 @@ from dataclasses import asdict
 from typing import Any
 
 from controller.drift import Report
-from controller.reconcile import AppResult, Result
+from controller.outcomes import EXIT_CODE_MEANINGS
+from controller.results import AppResult, Result
 from controller.runner import TaskResult
 
 SHOWN = ("changed", "failed", "unreachable", "unverified")
@@ -17,6 +18,7 @@ def result_json(result: Result) -> dict[str, Any]:
     revision = asdict(result.revision) if result.revision else None
     return {
         "command": result.request.mode,
+        "kind": result.kind.value,
         "dry_run": result.request.dry_run,
         "revision": revision,
         "exit_code": int(result.exit_code),
@@ -30,6 +32,8 @@ def _app_json(app: AppResult) -> dict[str, Any]:
         "name": app.app, "policy": app.policy, "run_id": app.run_id, "outcome": app.outcome.value,
         "reason": app.reason.value if app.reason else None, "message": app.message,
         "previous_revision": app.previous, "seconds": round(app.seconds, 2),
+        "exit_code": int(app.exit_code()), "hosts_behind": app.behind,
+        "applied_to": app.plan.why if app.plan else None,
         "check": _report_json(app.check), "apply": _report_json(app.applied),
     }
 
@@ -109,12 +113,44 @@ def history_text(runs: list[dict[str, Any]]) -> str:
 
 
 def status_text(rows: list[dict[str, Any]]) -> str:
-    """Each app's applied revision, last check and drift state (``controller status``)."""
+    """Each app: its revision and hosts at it, its state, and what is wrong where (``controller status``)."""
     if not rows:
         return "no app has been reconciled yet: run `controller sync` or `controller check`\n"
-    lines = [f"{'APP':<12} {'APPLIED':<12} {'LAST RUN':<25} {'STATE':<10} DETAIL"]
+    lines = [f"{'APP':<12} {'REVISION':<12} {'HOSTS':<7} {'STATE':<11} {'LAST RUN':<25} DETAIL"]
     for row in rows:
-        detail = ("SUSPENDED; " if row["suspended"] else "") + row["detail"]
-        lines.append(f"{row['app']:<12} {(row['applied_revision'] or '-')[:12]:<12} "
-                     f"{row['last_run'] or '-':<25} {row['state']:<10} {detail}")
+        revision = row["applied_revision"]
+        details = ["SUSPENDED"] if row["suspended"] else []
+        details.extend(f"{h['host']} at {(h['revision'] or 'nothing')[:12]}: {h['state']} since {_hhmm(h['since'])}"
+                       for h in row["hosts"] if h["revision"] != revision or h["state"] != "in-sync")
+        failure = row["failure"]
+        if failure:
+            verb = "refused" if failure["reason"] == "VerificationFailed" else failure["outcome"]
+            details.append(f"{(failure['revision'] or 'newest revision')[:12]} {verb}: {failure['message']}")
+        if not details:
+            details.append(row["detail"])
+        hosts = f"{row['hosts_at_revision']}/{row['hosts_total']}"
+        lines.append(f"{row['app']:<12} {(revision or '-')[:12]:<12} {hosts:<7} {row['state']:<11} "
+                     f"{row['last_run']:<25} {'; '.join(details)}")
     return "\n".join(lines) + "\n"
+
+
+def hosts_text(rows: list[dict[str, Any]]) -> str:
+    """One line per host of every app (``controller status --hosts``)."""
+    lines = [f"{'APP':<12} {'HOST':<24} {'REVISION':<12} {'APPLIED':<25} {'STATE':<11} SINCE"]
+    for row in rows:
+        for host in row["hosts"]:
+            lines.append(f"{row['app']:<12} {host['host']:<24} {(host['revision'] or '-')[:12]:<12} "
+                         f"{host['applied_at'] or '-':<25} {host['state']:<11} {host['since']}")
+    return "\n".join(lines) + "\n"
+
+
+def exit_codes_markdown() -> str:
+    """The README's exit-code table, made from the one declaration in outcomes.py."""
+    lines = ["| code | `check` | `sync` |", "| --- | --- | --- |"]
+    lines.extend(f"| {int(code)} | {check} | {sync} |" for code, (check, sync) in EXIT_CODE_MEANINGS.items())
+    return "\n".join(lines) + "\n"
+
+
+def _hhmm(stamp: str) -> str:
+    """``2026-11-23T10:42:05+00:00`` as ``2026-11-23 10:42`` (UTC, as stored)."""
+    return stamp[:16].replace("T", " ")

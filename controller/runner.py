@@ -67,6 +67,14 @@ class PlayRun:
     error: str = ""
 
 
+class Stopped(ControllerError):
+    """The playbook was stopped (a signal, the run's deadline); ``partial`` holds what it had done by then."""
+
+    def __init__(self, reason: Reason, message: str, partial: PlayRun) -> None:
+        super().__init__(reason, message)
+        self.partial = partial
+
+
 def syntax_check(app: App, project: Path, job: Job, redactor: Redactor) -> None:
     """``ansible-playbook --syntax-check`` of the app's playbook; raise SyntaxCheckFailed with the cause."""
     try:
@@ -92,7 +100,7 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
         project_dir=str(project),
         playbook=app.playbook,
         inventory=str(project / app.inventory),
-        limit=_narrow(app.limit, limit),
+        limit=limit or app.limit,  # a plan's hosts come from a check that already honoured app.limit
         cmdline=" ".join(("--check --diff" if check else "--diff", job.cmdline)),
         envvars=dict(job.env),
         ident="check" if check else "apply",
@@ -109,17 +117,18 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
     runner = Runner(config, event_handler=collector.handle, cancel_callback=stop)
     with cancel.deferred():
         runner.run()
+    partial = PlayRun(check=check, status=str(runner.status), rc=int(runner.rc or 0),
+                      tasks=tuple(collector.tasks), hosts=collector.stats or ())
     if cancel():
-        raise ControllerError(Reason.INTERRUPTED, f"app {app.name}: interrupted, the playbook was stopped")
+        raise Stopped(Reason.INTERRUPTED, f"app {app.name}: interrupted, the playbook was stopped", partial)
     if stop.expired:
         phase = "check" if check else "apply"
-        raise ControllerError(Reason.TIMED_OUT, f"app {app.name}: the {phase} did not finish within "
-                              f"ansible.run_timeout ({job.run_timeout:.0f}s) and was stopped")
+        raise Stopped(Reason.TIMED_OUT, f"app {app.name}: the {phase} did not finish within "
+                      f"ansible.run_timeout ({job.run_timeout:.0f}s) and was stopped", partial)
     if collector.stats is None:
         detail = " ".join(collector.tail) or f"ansible-runner ended {runner.status} (rc {runner.rc})"
         raise ControllerError(Reason.RUNNER_FAILED, f"app {app.name}: {detail}")
-    return PlayRun(check=check, status=str(runner.status), rc=int(runner.rc or 0),
-                   tasks=tuple(collector.tasks), hosts=collector.stats)
+    return partial
 
 
 class _Collector:
@@ -205,13 +214,6 @@ class _Stop:
             stop_reapers()
             return True
         return False
-
-
-def _narrow(own: str | None, extra: str | None) -> str | None:
-    """The app's limit intersected with an extra one (Ansible's ``a:&b``)."""
-    if own and extra:
-        return f"{own}:&{extra}"
-    return own or extra
 
 
 _STATUS_OF = {"runner_on_ok": "ok", "runner_on_failed": "failed",

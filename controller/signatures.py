@@ -12,7 +12,7 @@ from pathlib import Path
 
 from controller.config import Config, VerifyConfig
 from controller.errors import ControllerError
-from controller.outcomes import Reason
+from controller.outcomes import Kind, Reason
 from controller.process import run
 from controller.source import Revision
 from controller.state import Store
@@ -106,7 +106,7 @@ def last_applied(store: Store, app: str | None) -> list[str]:
 
 def refused_head(store: Store, sha: str) -> bool:
     """Whether the newest sync refused exactly ``sha`` for its signatures (polls wait for the branch to move)."""
-    latest = [row for app in [*store.apps(), "*"] if (row := store.latest(app, "sync"))]
+    latest = [row for app in [*store.apps(), "*"] if (row := store.latest(app, Kind.SYNC))]
     newest = max(latest, key=lambda row: int(row["id"]), default=None)
     return newest is not None and newest["revision"] == sha \
         and newest["reason"] == Reason.VERIFICATION_FAILED.value

@@ -12,7 +12,7 @@ from typing import Any
 
 from controller.drift import Report
 from controller.errors import ControllerError
-from controller.outcomes import Outcome, Reason
+from controller.outcomes import Kind, Outcome, Reason
 from controller.source import Revision
 
 # Numbered migrations: the schema is a contract; append, never edit.
@@ -41,7 +41,24 @@ MIGRATIONS = (
     CREATE TABLE suspensions (app TEXT PRIMARY KEY, since TEXT NOT NULL, reason TEXT NOT NULL);
     CREATE TABLE conditions (app TEXT PRIMARY KEY, condition TEXT NOT NULL, since TEXT NOT NULL);
     """,
+    # 3: per-host state and applied revision, retired apps, the revision last announced as applied.
+    # runs.mode now holds the run's kind (check, preview, sync); older dry runs stay recorded as sync.
+    """
+    CREATE TABLE hosts (
+        app TEXT NOT NULL, host TEXT NOT NULL,
+        revision TEXT, applied_at TEXT,
+        state TEXT NOT NULL, since TEXT NOT NULL, run_id INTEGER,
+        PRIMARY KEY (app, host));
+    CREATE TABLE retired (app TEXT PRIMARY KEY, since TEXT NOT NULL, revision TEXT NOT NULL);
+    ALTER TABLE conditions ADD COLUMN revision TEXT;
+    INSERT OR IGNORE INTO hosts (app, host, revision, applied_at, state, since, run_id)
+        SELECT r.app, h.host, r.revision, r.finished, 'in-sync', r.finished, r.id
+        FROM runs r JOIN host_results h ON h.run_id = r.id
+        WHERE r.id IN (SELECT MAX(id) FROM runs WHERE mode = 'sync' AND outcome IN ('converged', 'in-sync')
+                       GROUP BY app);
+    """,
 )
+STATES = ("in-sync", "drifted", "failed", "unreachable", "unverified")  # a host's state, as status shows it
 
 
 def private_directory(path: Path) -> None:
@@ -59,6 +76,7 @@ class Store:
     """A thin typed layer over the SQLite file; every value it holds is already redacted."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         private_directory(path.parent)
         try:
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
@@ -71,6 +89,9 @@ class Store:
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise ControllerError(Reason.CONFIG_INVALID, f"state store {path}: {exc}") from exc
+        except ControllerError:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -93,6 +114,10 @@ class Store:
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise ControllerError(Reason.CONFIG_INVALID,
+                                  f"state store {self.path} has schema {version}, newer than this controller "
+                                  f"knows ({len(MIGRATIONS)}): upgrade the controller, or point state_dir elsewhere")
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             with self._transaction() as db:
                 for statement in filter(str.strip, script.split(";")):
@@ -134,6 +159,37 @@ class Store:
             (now(), Outcome.INTERRUPTED.value, Reason.INTERRUPTED.value,
              "the controller was killed before this run finished; its workspace was wiped")).rowcount
 
+    def record_hosts(self, app: str, run_id: int, states: dict[str, str], applied: list[str],
+                     revision: str) -> None:
+        """Each host's state after a check or sync; ``applied`` hosts now run ``revision``."""
+        stamp = now()
+        with self._transaction() as db:
+            for host, state in states.items():
+                db.execute(
+                    "INSERT INTO hosts (app, host, state, since, run_id) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (app, host) DO UPDATE SET run_id = excluded.run_id,"
+                    " since = CASE WHEN state = excluded.state THEN since ELSE excluded.since END,"
+                    " state = excluded.state", (app, host, state, stamp, run_id))
+            db.executemany("UPDATE hosts SET revision = ?, applied_at = ? WHERE app = ? AND host = ?",
+                           [(revision, stamp, app, host) for host in applied])
+
+    def retire_missing(self, present: list[str], revision: str) -> list[str]:
+        """Retire the apps no longer in gitops.yml at ``revision`` (history stays); return them."""
+        gone = [app for app in self.apps() if app not in present]
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO retired VALUES (?, ?, ?)", [(a, now(), revision) for a in gone])
+            db.executemany("DELETE FROM retired WHERE app = ?", [(a,) for a in present])
+        return gone
+
+    def announce_revision(self, app: str, revision: str) -> bool:
+        """Remember ``revision`` as announced for ``app``; False when it already was."""
+        row = self.db.execute("SELECT revision FROM conditions WHERE app = ?", (app,)).fetchone()
+        if row is not None and row["revision"] == revision:
+            return False
+        self.db.execute("INSERT INTO conditions (app, condition, since, revision) VALUES (?, 'ok', ?, ?)"
+                        " ON CONFLICT (app) DO UPDATE SET revision = excluded.revision", (app, now(), revision))
+        return True
+
     def suspend(self, app: str, reason: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO suspensions VALUES (?, ?, ?)", (app, now(), reason))
 
@@ -143,7 +199,9 @@ class Store:
 
     def set_condition(self, app: str, condition: str) -> None:
         """Remember what was last announced for ``app``, so the same state is not announced twice."""
-        self.db.execute("INSERT OR REPLACE INTO conditions VALUES (?, ?, ?)", (app, condition, now()))
+        self.db.execute("INSERT INTO conditions (app, condition, since) VALUES (?, ?, ?) ON CONFLICT (app)"
+                        " DO UPDATE SET condition = excluded.condition, since = excluded.since",
+                        (app, condition, now()))
 
     # -- reading -------------------------------------------------------------
     def suspensions(self) -> dict[str, dict[str, str]]:
@@ -156,11 +214,16 @@ class Store:
         return row["condition"] if row else None
 
     def last_applied(self, app: str) -> str | None:
-        """The revision of the app's last sync that left every host converged."""
-        row = self.db.execute(
-            "SELECT revision FROM runs WHERE app = ? AND mode = 'sync' AND outcome IN ('converged', 'in-sync')"
-            " ORDER BY id DESC LIMIT 1", (app,)).fetchone()
+        """The revision last applied successfully to any host of the app (the newest such apply)."""
+        row = self.db.execute("SELECT revision FROM hosts WHERE app = ? AND revision IS NOT NULL"
+                              " ORDER BY applied_at DESC, run_id DESC LIMIT 1", (app,)).fetchone()
         return row["revision"] if row else None
+
+    def hosts(self, app: str) -> list[dict[str, Any]]:
+        """Every host of the app: its applied revision and when, its state and since when."""
+        return [dict(r) for r in self.db.execute(
+            "SELECT host, revision, applied_at, state, since, run_id FROM hosts WHERE app = ? ORDER BY host",
+            (app,))]
 
     def runs(self, app: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         query = "SELECT * FROM runs" + (" WHERE app = ?" if app else "") + " ORDER BY id DESC LIMIT ?"
@@ -178,31 +241,54 @@ class Store:
         return run
 
     def apps(self) -> list[str]:
-        return [r["app"] for r in self.db.execute("SELECT DISTINCT app FROM runs WHERE app != '*' ORDER BY app")]
+        """Apps reconciled here (previews do not count) and not retired from gitops.yml."""
+        return [r["app"] for r in self.db.execute(
+            "SELECT DISTINCT app FROM runs WHERE app != '*' AND mode != ? AND app NOT IN (SELECT app FROM retired)"
+            " ORDER BY app", (Kind.PREVIEW.value,))]
 
-    def latest(self, app: str, mode: str | None = None) -> dict[str, Any] | None:
-        query = "SELECT * FROM runs WHERE app = ?" + (" AND mode = ?" if mode else "") + " ORDER BY id DESC LIMIT 1"
-        row = self.db.execute(query, (app, mode) if mode else (app,)).fetchone()
+    def latest(self, app: str, *kinds: Kind) -> dict[str, Any] | None:
+        """The app's newest run of one of ``kinds`` (any kind but previews when none is given)."""
+        wanted = [k.value for k in kinds] or [Kind.CHECK.value, Kind.SYNC.value]
+        row = self.db.execute(f"SELECT * FROM runs WHERE app = ? AND mode IN ({','.join('?' * len(wanted))})"
+                              " ORDER BY id DESC LIMIT 1", (app, *wanted)).fetchone()
         return self._run(row) if row else None
 
     def status(self) -> list[dict[str, Any]]:
-        """Per app: applied revision, last run, and the state that run left."""
+        """Per app: its applied revision and hosts at it, its state, and the newest failure if it is newer."""
         rows = []
         suspended = self.suspensions()
         for app in self.apps():
             latest = self.latest(app)
             assert latest is not None
+            good = self._latest_good(app) or latest
+            failure = latest if latest["outcome"] in (Outcome.FAILED, Outcome.INTERRUPTED) else None
+            hosts = self.hosts(app)
+            revision = self.last_applied(app)
             rows.append({
                 "app": app,
                 "suspended": app in suspended,
-                "applied_revision": self.last_applied(app),
+                "applied_revision": revision,
+                "hosts_at_revision": sum(1 for h in hosts if revision and h["revision"] == revision),
+                "hosts_total": len(hosts),
+                "state": good["outcome"] or "running",
+                "reason": good["reason"],
+                "detail": good["message"],
                 "last_run": latest["started"],
                 "last_run_id": latest["id"],
-                "state": latest["outcome"] or "running",
-                "reason": latest["reason"],
-                "detail": latest["message"],
+                "failure": None if failure is None or good is failure else {
+                    "revision": failure["revision"], "outcome": failure["outcome"], "reason": failure["reason"],
+                    "message": failure["message"], "run_id": failure["id"], "started": failure["started"]},
+                "hosts": hosts,
             })
         return rows
+
+    def _latest_good(self, app: str) -> dict[str, Any] | None:
+        """The newest check or sync that did not fail outright: what the hosts are known to look like."""
+        row = self.db.execute(
+            "SELECT * FROM runs WHERE app = ? AND mode != ? AND outcome IS NOT NULL AND outcome NOT IN (?, ?)"
+            " ORDER BY id DESC LIMIT 1",
+            (app, Kind.PREVIEW.value, Outcome.FAILED.value, Outcome.INTERRUPTED.value)).fetchone()
+        return self._run(row) if row else None
 
     def revision(self, sha: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM revisions WHERE sha = ?", (sha,)).fetchone()

@@ -19,8 +19,8 @@ from controller.interrupt import Cancel
 from controller.listener import Listener, Routes
 from controller.metrics import Metrics
 from controller.outcomes import Outcome, Reason, failure
-from controller.reconcile import AppResult, Request, Result
 from controller.refwatch import RefWatcher, local_bare_repository
+from controller.results import AppResult, Request, Result
 from controller.runner import TaskResult
 from controller.schedule import DriftSchedule, parse_time
 from controller.state import Store
@@ -184,7 +184,7 @@ class Watch:
             trigger = next(k for k in TRIGGER_ORDER if k in kinds)
             # a retry runs everything again; other triggers only when the branch moved or a check is due
             self._cycle(Request("sync", trigger=trigger, only_if_changed=trigger != "retry"))
-        for app in due_apps:
+        for app in due_apps if self.retry_at == math.inf else ():  # while backing off, the retry comes first
             if self.cancel():
                 return
             self._cycle(Request("sync", app=app, trigger="schedule", fetch=False))
@@ -226,6 +226,8 @@ class Watch:
             self.health.running = None
         self.metrics.observe(result)
         self._settle(result)
+        with self._store() as store:
+            self.metrics.keep_only(set(store.apps()))
 
     def _settle(self, result: Result) -> None:
         """Log the result, and schedule a retry with backoff when the cycle failed."""

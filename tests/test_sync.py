@@ -212,7 +212,7 @@ def test_preview_a_revision_dry_run_and_detect_policy_change_nothing(fleet: Flee
     assert code == 2 and preview["revision"]["sha"] == pr
     assert any("+7.0.0" in t["diff"] for t in preview["apps"][0]["check"]["tasks"])
     dry = fleet.controller("sync", "--dry-run", "--revision", pr)
-    assert dry.returncode == 2 and "check only" in dry.stdout
+    assert dry.returncode == 2 and "not applied (preview)" in dry.stdout
     assert fleet.host_file("h1", VERSION).read_text() == "1.0.0\n"
 
     gitops = fleet.work / "gitops.yml"
@@ -233,11 +233,13 @@ def test_status_history_show_and_json_tell_the_same_story(fleet: Fleet) -> None:
     code, result = fleet.controller_json("sync")
     assert code == 0 and result["exit_code"] == 0
     [app] = result["apps"]
-    status = json.loads(fleet.controller("status", "--json").stdout)
-    assert status == [{
+    [status] = json.loads(fleet.controller("status", "--json").stdout)
+    assert {k: v for k, v in status.items() if k not in ("last_run", "hosts")} == {
         "app": "staging", "suspended": False, "applied_revision": result["revision"]["sha"],
-        "last_run": status[0]["last_run"],
-        "last_run_id": app["run_id"], "state": "converged", "reason": None, "detail": app["message"]}]
+        "hosts_at_revision": 2, "hosts_total": 2, "last_run_id": app["run_id"], "state": "converged",
+        "reason": None, "detail": app["message"], "failure": None}
+    assert [(h["host"], h["revision"], h["state"]) for h in status["hosts"]] == [
+        ("web1.staging", result["revision"]["sha"], "in-sync"), ("web2.staging", result["revision"]["sha"], "in-sync")]
     shown = json.loads(fleet.controller("show", str(app["run_id"]), "--json").stdout)
     assert shown["outcome"] == "converged" and shown["applied"] is True
     assert {h["host"] for h in shown["hosts"] if h["phase"] == "apply"} == {"web1.staging", "web2.staging"}

@@ -1,0 +1,216 @@
+"""The state model: run kinds, per-host applied revisions, apply only where needed, apps that come and go."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controller.drift import HostState, Report
+from controller.errors import ControllerError
+from controller.metrics import Metrics
+from controller.outcomes import Kind, Outcome
+from controller.results import AppResult, Request, Result
+from controller.state import Store
+from lab import Lab
+from lab.repository import AgeKey
+from tests.conftest import APP_YML, TEST_PREFIX, VERSION, Fleet, build_fleet, bump_version, git, write_config
+from tests.test_watch import Receiver
+
+BANNER = "/srv/etc/motd"
+DATA = Path(__file__).parent / "data"
+
+
+def status(fleet: Fleet) -> list[dict[str, object]]:
+    done = fleet.controller("status", "--json")
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def with_notifications(fleet: Fleet) -> Receiver:
+    receiver = Receiver()
+    write_config(fleet, notify=[{"url": receiver.url}])
+    return receiver
+
+
+def test_previews_never_become_state_and_a_dry_run_does_not_count_as_applied(fleet: Fleet) -> None:
+    receiver = with_notifications(fleet)
+    assert fleet.controller("sync").returncode == 0
+    before = status(fleet)
+    events = list(receiver.bodies)
+
+    # a pull request that is never merged: a preview of it, as a check and as a dry run
+    git(fleet.work, "checkout", "-q", "-b", "pr-9")
+    pr = bump_version(fleet, "9.0.0", ref="pr-9")
+    git(fleet.work, "checkout", "-q", "main")
+    assert fleet.controller("check", "--revision", pr).returncode == 2
+    assert fleet.controller("sync", "--dry-run", "--revision", pr).returncode == 2
+    assert status(fleet) == before
+    assert receiver.bodies == events
+    assert {r["mode"] for r in fleet.runs()[:2]} == {"preview"}
+
+    # a new commit whose only change check mode cannot see: a dry run must not mark it applied
+    tasks = fleet.work / "roles/app/tasks/main.yml"
+    tasks.write_text(tasks.read_text() + "\n- name: Record the release by a command\n"
+                     "  ansible.builtin.command: touch /srv/opt/shop/released-by-command\n")
+    fleet.push("A command task")
+    dry = fleet.controller("sync", "--dry-run", "--json")
+    assert dry.returncode == 3, dry.stdout + dry.stderr  # unverified: not in sync, not drift
+    [app] = json.loads(dry.stdout)["apps"]
+    assert app["outcome"] == "unverified"
+    assert [t["status"] for t in app["check"]["tasks"]] == ["unverified", "unverified"]
+    assert status(fleet) == before
+    assert fleet.controller("sync", "--dry-run", "--accept-unverified").returncode == 0
+
+    done = fleet.controller("sync")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for host in ("h1", "h2"):
+        assert fleet.host_file(host, "/srv/opt/shop/released-by-command").exists()
+    revision = git(fleet.work, "rev-parse", "HEAD")
+    [row] = status(fleet)
+    assert row["applied_revision"] == revision and row["hosts_at_revision"] == 2
+    assert [b["event"] for b in receiver.bodies[len(events):]] == ["revision-applied"]
+    receiver.server.shutdown()
+
+
+def test_a_host_that_missed_a_rollout_is_caught_up_alone(fleet: Fleet) -> None:
+    assert fleet.controller("sync").returncode == 0
+    first = git(fleet.work, "rev-parse", "HEAD")
+    fleet.lab.stop_host("h2")
+    second = bump_version(fleet, "2.0.0")
+    assert fleet.controller("sync").returncode == 2
+    [row] = status(fleet)
+    assert row["applied_revision"] == second and (row["hosts_at_revision"], row["hosts_total"]) == (1, 2)
+    hosts = {h["host"]: h for h in row["hosts"]}  # type: ignore[attr-defined]
+    assert hosts["web2.staging"]["revision"] == first and hosts["web2.staging"]["state"] == "unreachable"
+    text = fleet.controller("status").stdout
+    assert f"web2.staging at {first[:12]}: unreachable since" in text and "1/2" in text
+    assert "web2.staging" in fleet.controller("status", "--hosts").stdout
+
+    fleet.lab.start_host("h2")
+    untouched = fleet.host_file("h1", VERSION).stat().st_mtime_ns
+    code, result = fleet.controller_json("sync")  # the branch has not moved
+    assert code == 0, result
+    [app] = result["apps"]
+    assert app["applied_to"] == {"web2.staging": "new revision"}
+    assert fleet.host_file("h2", VERSION).read_text() == "2.0.0\n"
+    assert fleet.host_file("h1", VERSION).stat().st_mtime_ns == untouched
+    assert status(fleet)[0]["hosts_at_revision"] == 2
+
+
+def test_a_change_plus_a_check_mode_failure_converges_in_one_sync(fleet: Fleet) -> None:
+    tasks = fleet.work / "roles/app/tasks/main.yml"
+    tasks.write_text(tasks.read_text() + "\n- name: Write the feature flags\n  ansible.builtin.copy:\n"
+                     "    content: \"# flags\\n\"\n    dest: /srv/opt/shop/flags.conf\n    mode: '0644'\n"
+                     "    force: false\n"
+                     "- name: Turn the cache on\n  ansible.builtin.lineinfile:\n"
+                     "    path: /srv/opt/shop/flags.conf\n    line: cache=on\n")
+    fleet.push("Feature flags")
+    assert fleet.controller("sync").returncode == 0
+    flags = fleet.host_file("h1", "/srv/opt/shop/flags.conf")
+    flags.unlink()  # by hand: the check now shows a change, and a failure that only follows from it
+    code, result = fleet.controller_json("sync")
+    assert code == 0, result
+    [app] = result["apps"]
+    assert {(h["host"], h["status"]) for h in app["check"]["hosts"]} == {
+        ("web1.staging", "failed"), ("web2.staging", "ok")}
+    assert app["applied_to"] == {"web1.staging": "failed in check"}
+    assert app["outcome"] == "converged"
+    assert flags.read_text() == "# flags\ncache=on\n"
+
+
+def test_sync_force_applies_everywhere(fleet: Fleet) -> None:
+    assert fleet.controller("sync").returncode == 0
+    code, result = fleet.controller_json("sync", "--force")
+    assert code == 0
+    assert result["apps"][0]["applied_to"] == {"web1.staging": "forced", "web2.staging": "forced"}
+
+
+def test_apps_come_and_go_with_git(tmp_path: Path, lab: Lab, age_key: AgeKey) -> None:
+    fleet = build_fleet(tmp_path / "fleet", lab, age_key, apps=("staging", "production"))
+    assert fleet.controller("sync").returncode == 0
+    runs = len(fleet.runs())
+    nosuch = fleet.controller("check", "--app", "nosuch")
+    assert nosuch.returncode == 1 and "no app 'nosuch'" in nosuch.stderr
+    assert len(fleet.runs()) == runs  # nothing recorded
+    assert [r["app"] for r in status(fleet)] == ["production", "staging"]
+
+    gitops = yaml.safe_load((fleet.work / "gitops.yml").read_text())
+    gitops["apps"] = [a for a in gitops["apps"] if a["name"] != "production"]
+    fleet.write("gitops.yml", yaml.safe_dump(gitops))
+    fleet.push("Production moves elsewhere")
+    done = fleet.controller("sync")
+    assert done.returncode == 0 and "app production is no longer in gitops.yml" in done.stderr
+    assert [r["app"] for r in status(fleet)] == ["staging"]
+    assert any(r["app"] == "production" for r in fleet.runs())  # its history stays readable
+    idle = fleet.controller("sync", "--only-if-changed")
+    assert idle.returncode == 0 and "nothing to do" in idle.stdout
+
+
+def test_drift_on_one_host_of_ten_is_applied_there_alone(tmp_path: Path, age_key: AgeKey) -> None:
+    prefix = TEST_PREFIX.rsplit(".", 1)[0] + f".{int(TEST_PREFIX.rsplit('.', 1)[1]) + 100}"
+    with Lab(tmp_path / "lab10", 10, prefix=prefix) as lab:
+        fleet = build_fleet(tmp_path / "fleet", lab, age_key)
+        inventory = {"all": {"children": {"web": {"hosts": {
+            f"web{i}.staging": {"ansible_host": lab.host(f"h{i}").address} for i in range(1, 11)}}}}}
+        fleet.write("inventories/staging/hosts.yml", yaml.safe_dump(inventory))
+        fleet.push("Ten web servers")
+        assert fleet.controller("sync").returncode == 0
+        mtimes = {h.name: lab.host(h.name).path(VERSION).stat().st_mtime_ns for h in lab.hosts}
+        app_yml = lab.host("h7").path(APP_YML)
+        app_yml.write_text(app_yml.read_text().replace("workers: 2", "workers: 64"))
+
+        code, result = fleet.controller_json("sync")
+        assert code == 0, result
+        [app] = result["apps"]
+        assert app["applied_to"] == {"web7.staging": "drifted"}
+        assert {h["host"] for h in app["apply"]["hosts"]} == {"web7.staging"}
+        assert "workers: 2" in app_yml.read_text()
+        assert {h.name: lab.host(h.name).path(VERSION).stat().st_mtime_ns for h in lab.hosts} == mtimes
+        assert fleet.host_file("h1", BANNER).exists()
+
+
+def test_a_database_from_the_previous_release_migrates_and_keeps_its_history(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.executescript((DATA / "state-0.1.0.sql").read_text())
+    with sqlite3.connect(path) as db:
+        old_runs = db.execute("SELECT id, app, revision, mode, outcome, message FROM runs ORDER BY id").fetchall()
+    with Store(path) as store:
+        assert [(r["id"], r["app"], r["revision"], r["mode"], r["outcome"], r["message"])
+                for r in reversed(store.runs(limit=100))] == old_runs
+        assert store.suspensions()["production"]["reason"] == "change freeze"
+        assert store.last_applied("staging") == "2" * 40  # the newest converged sync, per host
+        assert {h["host"] for h in store.hosts("staging")} == {"web1.staging", "web2.staging"}
+        assert [r["app"] for r in store.status()] == ["production", "staging"]
+        assert store.run(3)["tasks"][0]["diff"] == "-workers: 64\n+workers: 2\n"  # type: ignore[index]
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(ControllerError, match="schema 99, newer than this controller"):
+        Store(path)
+
+
+def test_previews_leave_metrics_alone() -> None:
+    metrics = Metrics()
+    report = Report((HostState("web1", "changed", 1, 0),), ())
+    before = metrics.render()
+    preview = AppResult("staging", "apply", 1, Outcome.DRIFTED, None, "drifted", report, kind=Kind.PREVIEW)
+    metrics.observe(Result(Request("check", revision="abc"), None, (preview,), kind=Kind.PREVIEW))
+    assert metrics.render() == before
+    check = AppResult("staging", "apply", 2, Outcome.DRIFTED, None, "drifted", report, kind=Kind.CHECK, behind=1)
+    metrics.observe(Result(Request("check"), None, (check,), kind=Kind.CHECK))
+    rendered = metrics.render().decode()
+    assert 'controller_host_drifted{app="staging",host="web1"} 1.0' in rendered
+    assert 'controller_hosts_behind{app="staging"} 1.0' in rendered
+    metrics.keep_only(set())
+    assert "web1" not in metrics.render().decode()
+
+
+def test_the_readme_exit_codes_are_the_declared_ones() -> None:
+    from controller.render import exit_codes_markdown
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert exit_codes_markdown() in readme
