@@ -10,6 +10,7 @@ from controller.interrupt import Cancel
 from controller.lock import hold
 from controller.notify import announce
 from controller.outcomes import Reason
+from controller.process import stop_children
 from controller.reconcile import reconcile
 from controller.results import Progress, Request, Result
 from controller.state import Store
@@ -20,7 +21,10 @@ def run_cycle(config: Config, request: Request, progress: Progress, cancel: Canc
     """Hold the lock (waiting up to ``wait`` s), reconcile, and notify what changed."""
     with hold(lock_path(config), wait), Store(config.state_path / "state.db") as store:
         recover(config, store, locked=True)
-        result = reconcile(config, request, store, progress, cancel)
+        try:
+            result = reconcile(config, request, store, progress, cancel)
+        finally:
+            stop_children()  # a tool whose start a signal interrupted (a git fetch) must not outlive the run
         announce(config.notify, store, result)
     return result
 

@@ -25,7 +25,7 @@ STOP_GRACE = 5.0  # seconds the reaper gets to kill its tree before it is killed
 
 def reaped(argv: Sequence[str]) -> list[str]:
     """``argv`` run under the reaper, for callers that spawn it themselves (ansible-runner)."""
-    return [sys.executable, "-I", "-S", str(REAPER), *argv]
+    return [sys.executable, "-I", "-S", str(REAPER), str(os.getpid()), *argv]
 
 
 def run(argv: Sequence[str], *, reason: Reason, what: str, env: Mapping[str, str],
@@ -80,15 +80,23 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None,
                 pipe.close()
 
 
-def stop_reapers() -> None:
-    """Ask every reaper this process started (ansible-runner's among them) to kill its tree; wait for it."""
-    mine = [pid for pid in _children() if str(REAPER) in _cmdline(pid)]
+def stop_children() -> None:
+    """Ask every process this one started (all are reapers) to kill its tree, and wait until they are gone.
+
+    Also catches a child whose Popen a signal interrupted (so nobody holds its handle), and one
+    still between fork and exec: the SIGTERM stays pending across exec and ends it there.
+    """
+    mine = _children()
     for pid in mine:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE
     while time.monotonic() < deadline and any(_running(pid) for pid in mine):
         time.sleep(0.02)
+    for pid in mine:
+        if _running(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _children() -> list[int]:
@@ -98,13 +106,6 @@ def _children() -> list[int]:
         with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as children:
             found.extend(int(k) for k in children.read().split())
     return found
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _running(pid: int) -> bool:

@@ -5,7 +5,7 @@ becomes a child subreaper, so descendants that detach (ssh ControlPersist master
 mitogen's multiplexer) are re-parented here instead of to init, and it kills them all
 when the command ends, when it is told to stop (SIGTERM, SIGINT, SIGHUP), or when the
 controller dies, SIGKILL included (PR_SET_PDEATHSIG). Standard library only: it runs as
-``python -I -S reaper.py COMMAND...``, so it starts in milliseconds.
+``python -I -S reaper.py PARENT_PID COMMAND...``, so it starts in milliseconds.
 """
 
 from __future__ import annotations
@@ -76,11 +76,12 @@ def _stop(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Run ``argv`` as a child; return its exit status once every descendant is gone."""
-    if not argv:
-        print("usage: reaper.py COMMAND [ARG...]", file=sys.stderr)
+    """``PARENT_PID COMMAND...``: run COMMAND as a child; return its status once every descendant is gone."""
+    if len(argv) < 2 or not argv[0].isdigit():
+        print("usage: reaper.py PARENT_PID COMMAND [ARG...]", file=sys.stderr)
         return 64
-    parent = os.getppid()
+    # the PID the controller passed, not getppid(): the controller may already be gone by now
+    parent, argv = int(argv[0]), argv[1:]
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     for signum in STOP_SIGNALS:

@@ -19,7 +19,7 @@ from controller.apps import App
 from controller.errors import ControllerError
 from controller.interrupt import Cancel
 from controller.outcomes import Reason
-from controller.process import reaped, run, stop_reapers
+from controller.process import reaped, run, stop_children
 from controller.redact import Redactor
 
 STATUSES = ("ok", "changed", "failed", "unreachable", "skipped", "unverified")
@@ -211,7 +211,7 @@ class _Stop:
         self.expired = self.expired or time.monotonic() > self.deadline
         if self.cancel() or self.expired:
             # ansible-runner SIGKILLs the process group; the reaper must get to kill the rest first
-            stop_reapers()
+            stop_children()
             return True
         return False
 

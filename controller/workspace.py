@@ -13,6 +13,7 @@ from pathlib import Path
 
 from controller.errors import ControllerError
 from controller.outcomes import Reason
+from controller.process import stop_children
 
 MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
 PREFIX = "controller-"
@@ -53,6 +54,7 @@ def workspace(base: Path) -> Iterator[Workspace]:
             directory.mkdir(mode=0o700)
         yield space
     finally:
+        stop_children()  # nothing may still be writing into it (a sops interrupted mid-decryption)
         _wipe(root)
 
 

@@ -77,11 +77,16 @@ def test_previews_never_become_state_and_a_dry_run_does_not_count_as_applied(fle
 
 
 def test_a_host_that_missed_a_rollout_is_caught_up_alone(fleet: Fleet) -> None:
+    receiver = with_notifications(fleet)
     assert fleet.controller("sync").returncode == 0
     first = git(fleet.work, "rev-parse", "HEAD")
     fleet.lab.stop_host("h2")
     second = bump_version(fleet, "2.0.0")
     assert fleet.controller("sync").returncode == 2
+    assert fleet.controller("sync").returncode == 2  # retried while h2 is still down
+    # the partial rollout is announced once, not once per retry
+    assert [b["event"] for b in receiver.bodies] == ["revision-applied", "revision-applied", "run-failed"]
+    receiver.server.shutdown()
     [row] = status(fleet)
     assert row["applied_revision"] == second and (row["hosts_at_revision"], row["hosts_total"]) == (1, 2)
     hosts = {h["host"]: h for h in row["hosts"]}  # type: ignore[attr-defined]
@@ -214,3 +219,16 @@ def test_the_readme_exit_codes_are_the_declared_ones() -> None:
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert exit_codes_markdown() in readme
+
+
+def test_status_says_when_the_newest_revision_failed_beside_the_last_good_state(fleet: Fleet) -> None:
+    assert fleet.controller("sync").returncode == 0
+    good = git(fleet.work, "rev-parse", "HEAD")
+    fleet.write("playbooks/site.yml", (fleet.work / "playbooks/site.yml").read_text() + "- hosts: [\n")
+    broken = fleet.push("Broken playbook")
+    assert fleet.controller("sync").returncode == 1
+    [row] = status(fleet)
+    assert (row["state"], row["applied_revision"]) == ("converged", good)
+    assert row["failure"]["revision"] == broken and row["failure"]["reason"] == "SyntaxCheckFailed"  # type: ignore[index]
+    line = fleet.controller("status").stdout.splitlines()[1]
+    assert "converged" in line and f"{broken[:12]} failed: app staging: playbooks/site.yml failed the syntax" in line
