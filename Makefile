@@ -17,11 +17,11 @@ test: system venv  ## lint, type-check, then the whole test suite against real h
 	$(VENV)/bin/pytest
 
 bench: system venv  ## measure against plain Ansible at 10 and 50 hosts (about 80 minutes); writes docs/benchmarks.*
-	$(VENV)/bin/pip install -q -e '.[fast,dev,bench]'
+	$(VENV)/bin/pip install -q -e '.[dev,bench]'
 	$(PY) -m bench
 
 bench-quick: system venv  ## the same at 3 and 10 hosts, one repetition (a few minutes)
-	$(VENV)/bin/pip install -q -e '.[fast,dev,bench]'
+	$(VENV)/bin/pip install -q -e '.[dev,bench]'
 	$(PY) -m bench --quick --out .bench-quick
 
 lint: venv
@@ -40,7 +40,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[fast,dev]'
+	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
 clean:

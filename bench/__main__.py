@@ -31,6 +31,7 @@ WAYS: dict[str, str] = {
     "ansible-playbook+pipelining": "the same with pipelining",
     "ansible-runner": "ansible-runner API, the controller's settings",
     "controller check": "controller check (fetch, decrypt, syntax check, check)",
+    "controller check, CPU pinned": "the same with mitogen's own CPU pinning (ansible.cpu_pinning: true)",
 }
 
 
@@ -96,11 +97,13 @@ def run(tmp: Path, sizes: list[int], reps: int, slow_reps: int, *, quick: bool) 
 def checks(fleet: BenchFleet, reps: int, slow_reps: int) -> dict[str, list[dict[str, float]]]:
     """Every way of checking the converged fleet, interleaved so that noise hits them all alike."""
     project = fleet.plaintext_project()
+    pinned = fleet.variant("pinned", cpu_pinning=True)
     ways: dict[str, Callable[[], Timing]] = {
         "ansible-playbook": lambda: ansible_playbook(fleet, project, pipelining=False),
         "ansible-playbook+pipelining": lambda: ansible_playbook(fleet, project, pipelining=True),
         "ansible-runner": lambda: raw_runner(fleet, project),
         "controller check": lambda: controller(fleet, "check"),
+        "controller check, CPU pinned": lambda: controller(fleet, "check", "--config", str(pinned)),
     }
     measured: dict[str, list[dict[str, float]]] = {name: [] for name in ways}
     try:

@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -100,6 +101,14 @@ class BenchFleet:
             "sops": {"age_key_file": str(self.key.path)},
             "ssh": {"private_key_file": str(self.lab.private_key), "known_hosts_file": str(self.lab.known_hosts)},
         }))
+
+    def variant(self, name: str, **ansible: Any) -> Path:
+        """A copy of the bastion config with other ``ansible`` settings, sharing the state directory."""
+        path = self.root / f"controller-{name}.yml"
+        config = yaml.safe_load(self.config.read_text())
+        config["ansible"] = {**config.get("ansible", {}), **ansible}
+        path.write_text(yaml.safe_dump(config))
+        return path
 
     def write(self, relative: str, text: str) -> None:
         target = self.work / relative

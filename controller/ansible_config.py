@@ -9,6 +9,7 @@ output (diffs, secrets) to disk. Each such override is reported once per run.
 from __future__ import annotations
 
 import configparser
+import functools
 import importlib.util
 import os
 import shlex
@@ -79,10 +80,12 @@ def job_settings(config: Config, project: Path, private: Path) -> Job:
     default("defaults", "timeout", "ANSIBLE_TIMEOUT", str(settings.timeout))
     default("defaults", "private_key_file", "ANSIBLE_PRIVATE_KEY_FILE", config.ssh.private_key_file)
     default("ssh_connection", "pipelining", "ANSIBLE_PIPELINING", str(settings.pipelining))
-    strategy = _strategy(settings.strategy)
-    if strategy == "mitogen_linear" and not repo.has_option("defaults", "strategy"):
-        env.setdefault("ANSIBLE_STRATEGY_PLUGINS", str(mitogen_strategy_dir()))
-    default("defaults", "strategy", "ANSIBLE_STRATEGY", strategy)
+    if not repo.has_option("defaults", "strategy") and "ANSIBLE_STRATEGY" not in env:
+        strategy, plugins = _strategy("mitogen" if settings.cpu_pinning and settings.strategy == "auto"
+                                      else settings.strategy, notices)
+        env["ANSIBLE_STRATEGY"] = strategy
+        if plugins:
+            env.setdefault("ANSIBLE_STRATEGY_PLUGINS", plugins)
     # a host that stops answering must not hold the run (and the lock) for ever
     env["ANSIBLE_TASK_TIMEOUT"] = str(settings.task_timeout)
 
@@ -157,18 +160,30 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
-def mitogen_strategy_dir() -> Path | None:
-    """Where mitogen's strategy plugins are, when mitogen is installed."""
-    spec = importlib.util.find_spec("ansible_mitogen")
-    if spec is None or spec.origin is None:
-        return None
-    return Path(spec.origin).parent / "plugins" / "strategy"
+@functools.cache
+def mitogen_refused() -> str | None:
+    """Why mitogen cannot run here (not installed, or refused by this ansible-core), or None when it can."""
+    try:
+        import ansible_mitogen.loaders  # noqa: F401
+        import ansible_mitogen.strategy  # noqa: F401
+    except Exception as exc:  # mitogen refuses unsupported ansible-core versions with its own errors
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'cannot be imported'}"[:200]
+    return None
 
 
-def _strategy(setting: str) -> str:
-    if setting == "mitogen" or (setting == "auto" and mitogen_strategy_dir() is not None):
-        if mitogen_strategy_dir() is None:
-            raise ControllerError(Reason.CONFIG_INVALID,
-                                  "ansible.strategy is mitogen but mitogen is not installed (pip install mitogen)")
-        return "mitogen_linear"
-    return "linear" if setting == "auto" else setting
+def _strategy(setting: str, notices: list[str]) -> tuple[str, str | None]:
+    """The strategy to run, and the directory its plugin lives in (None: one that ships with Ansible)."""
+    if setting in ("linear", "free"):
+        return setting, None
+    refused = mitogen_refused()
+    if refused is None:
+        if setting == "mitogen":
+            spec = importlib.util.find_spec("ansible_mitogen")
+            assert spec is not None and spec.origin is not None
+            return "mitogen_linear", str(Path(spec.origin).parent / "plugins" / "strategy")
+        return "controller_linear", str(PLUGINS / "strategy")
+    if setting == "mitogen":
+        raise ControllerError(Reason.CONFIG_INVALID, f"ansible.strategy is mitogen, but mitogen cannot run: {refused}")
+    notices.append(f"mitogen cannot run here ({refused}); falling back to the linear strategy with pipelining "
+                   "and ControlPersist, several times slower")
+    return "linear", None

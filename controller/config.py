@@ -56,8 +56,9 @@ class SshConfig:
 class AnsibleConfig:
     """Speed settings; each applies only where the repository's ansible.cfg does not set it."""
 
-    forks: int = 20
-    strategy: str = "auto"          # auto: mitogen_linear when mitogen is installed, else linear
+    forks: int = 50                 # Ansible starts at most one worker per host: every host of a usual fleet at once
+    strategy: str = "auto"          # auto: mitogen (unpinned) when it can run, else linear; mitogen | linear | free
+    cpu_pinning: bool = False       # mitogen's own CPU placement (measured slower on small machines)
     pipelining: bool = True
     control_persist: int = 60       # seconds an idle SSH master connection is kept
     timeout: int = 10               # SSH connect timeout, seconds

@@ -11,10 +11,10 @@ from controller.ansible_config import job_settings
 from controller.config import AnsibleConfig, Config, SourceConfig, SshConfig
 
 
-def config(tmp_path: Path, strategy: str = "auto", checking: str = "accept-new") -> Config:
+def config(tmp_path: Path, strategy: str = "auto", checking: str = "accept-new", pinning: bool = False) -> Config:
     return Config(source=SourceConfig("unused"), state_dir=str(tmp_path / "state"), workspace_dir="/dev/shm",
                   ssh=SshConfig("/keys/id", str(tmp_path / "known_hosts"), checking),
-                  ansible=AnsibleConfig(strategy=strategy, task_timeout=42))
+                  ansible=AnsibleConfig(strategy=strategy, task_timeout=42, cpu_pinning=pinning))
 
 
 def private(tmp_path: Path) -> Path:
@@ -29,11 +29,11 @@ def test_defaults_apply_where_the_repository_is_silent(tmp_path: Path) -> None:
     env = job.env
     assert env["ANSIBLE_CONFIG"] == str(tmp_path / "ansible.cfg")
     assert env["ANSIBLE_PIPELINING"] == "True"
-    assert env["ANSIBLE_FORKS"] == "20"
+    assert env["ANSIBLE_FORKS"] == "50"
     assert "ControlPersist=60s" in env["ANSIBLE_SSH_ARGS"]
     assert env["ANSIBLE_PRIVATE_KEY_FILE"] == "/keys/id"
-    assert env["ANSIBLE_STRATEGY"] == "mitogen_linear"  # mitogen is installed with the [fast] extra
-    assert Path(env["ANSIBLE_STRATEGY_PLUGINS"], "mitogen_linear.py").exists()
+    assert env["ANSIBLE_STRATEGY"] == "controller_linear"  # mitogen, a dependency, with CPU placement unpinned
+    assert Path(env["ANSIBLE_STRATEGY_PLUGINS"], "controller_linear.py").exists()
     assert env["ANSIBLE_LOCAL_TEMP"] == str(tmp_path / "job" / "tmp")
     assert env["ANSIBLE_SSH_CONTROL_PATH_DIR"] == str(tmp_path / "job" / "cp")  # private, per run
     assert env["ANSIBLE_TASK_TIMEOUT"] == "42"
@@ -99,3 +99,10 @@ def test_linear_fallback_and_no_secret_from_the_environment(tmp_path: Path, monk
     assert env["ANSIBLE_STRATEGY"] == "linear" and "ANSIBLE_STRATEGY_PLUGINS" not in env
     assert "SOPS_AGE_KEY" not in env and "SLACK_WEBHOOK_URL" not in env
     assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+
+
+def test_cpu_pinning_means_mitogens_own_strategy(tmp_path: Path) -> None:
+    (tmp_path / "ansible.cfg").write_text("")
+    env = job_settings(config(tmp_path, pinning=True), tmp_path, private(tmp_path)).env
+    assert env["ANSIBLE_STRATEGY"] == "mitogen_linear"
+    assert Path(env["ANSIBLE_STRATEGY_PLUGINS"], "mitogen_linear.py").exists()

@@ -356,3 +356,19 @@ def test_state_is_private_whatever_the_umask(fleet: Fleet) -> None:
     for path in fleet.state.rglob("*"):
         if path.is_file() and not path.is_symlink():
             assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_when_mitogen_cannot_load_the_linear_fallback_converges_the_same_fleet(fleet: Fleet) -> None:
+    # a mitogen that refuses to load, as it does on an ansible-core it does not support: a real import failure
+    shadow = fleet.root / "shadow" / "ansible_mitogen"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('this ansible-core is not supported')\n")
+    env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config), "PYTHONPATH": str(shadow.parent)}
+    done = subprocess.run([str(BIN / "controller"), "sync"], env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr.count("falling back to the linear strategy") == 1
+    assert "this ansible-core is not supported" in done.stderr
+    for host in ("h1", "h2"):
+        assert fleet.host_file(host, VERSION).read_text() == "1.0.0\n"
+    assert fleet.controller("check").returncode == 0  # and the default strategy agrees: nothing to change
