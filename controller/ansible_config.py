@@ -77,7 +77,7 @@ def job_settings(config: Config, project: Path, private: Path) -> Job:
 
     settings = config.ansible
     default("defaults", "forks", "ANSIBLE_FORKS", str(settings.forks))
-    default("defaults", "timeout", "ANSIBLE_TIMEOUT", str(settings.timeout))
+    default("defaults", "timeout", "ANSIBLE_TIMEOUT", str(round(settings.timeout)))
     default("defaults", "private_key_file", "ANSIBLE_PRIVATE_KEY_FILE", config.ssh.private_key_file)
     default("ssh_connection", "pipelining", "ANSIBLE_PIPELINING", str(settings.pipelining))
     if not repo.has_option("defaults", "strategy") and "ANSIBLE_STRATEGY" not in env:
@@ -87,13 +87,13 @@ def job_settings(config: Config, project: Path, private: Path) -> Job:
         if plugins:
             env.setdefault("ANSIBLE_STRATEGY_PLUGINS", plugins)
     # a host that stops answering must not hold the run (and the lock) for ever
-    env["ANSIBLE_TASK_TIMEOUT"] = str(settings.task_timeout)
+    env["ANSIBLE_TASK_TIMEOUT"] = str(max(1, round(settings.task_timeout)))
 
     host_keys, ssh = _host_keys(config, repo, private, notices)
     env.update(host_keys)
     # ssh_args come first on ssh's, sftp's and scp's command lines, and ssh takes the first value given
     repo_ssh_args = repo.get("ssh_connection", "ssh_args", fallback=None)
-    persist = f"-o ControlMaster=auto -o ControlPersist={settings.control_persist}s -o BatchMode=yes"
+    persist = f"-o ControlMaster=auto -o ControlPersist={round(settings.control_persist)}s -o BatchMode=yes"
     env["ANSIBLE_SSH_ARGS"] = " ".join((_host_key_args(config), repo_ssh_args if repo_ssh_args is not None
                                         else env.get("ANSIBLE_SSH_ARGS", persist)))
     # ssh master sockets live in this run's private directory, never at a predictable shared path
@@ -164,7 +164,7 @@ def _private_dir(path: Path) -> Path:
 def mitogen_refused() -> str | None:
     """Why mitogen cannot run here (not installed, or refused by this ansible-core), or None when it can."""
     try:
-        import ansible_mitogen.loaders  # noqa: F401
+        import ansible_mitogen.loaders
         import ansible_mitogen.strategy  # noqa: F401
     except Exception as exc:  # mitogen refuses unsupported ansible-core versions with its own errors
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'cannot be imported'}"[:200]

@@ -31,10 +31,12 @@ EXIT_CODES = "\b\nExit codes (check / sync):\n" + "\n".join(
     for code, (check, sync) in EXIT_CODE_MEANINGS.items())
 
 
+CONFIG_HELP = "Bastion config (default: $CONTROLLER_CONFIG, ./controller.yml, /etc/controller/controller.yml)."
+
+
 def config_option(func: F) -> F:
-    return click.option("--config", "config_path", metavar="FILE", envvar="CONTROLLER_CONFIG",
-                        help="Bastion config (default: $CONTROLLER_CONFIG, ./controller.yml, "
-                             "/etc/controller/controller.yml).")(func)
+    # no envvar here: find_config reads $CONTROLLER_CONFIG after `controller --config FILE` is considered
+    return click.option("--config", "config_path", metavar="FILE", help=CONFIG_HELP)(func)
 
 
 def json_option(func: F) -> F:
@@ -62,7 +64,9 @@ def reconcile_options(func: F) -> F:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="controller")
-def cli() -> None:
+@click.option("--config", "config_path", metavar="FILE", help=CONFIG_HELP)
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
     """GitOps for plain servers: converge hosts over SSH to what Git says, with Ansible.
 
     \b
@@ -81,6 +85,7 @@ def cli() -> None:
       controller show RUN             one run's drift report with diffs
       controller suspend APP          leave an app alone (resume APP to undo)
     """
+    ctx.obj = {"config": config_path}  # `controller --config FILE sync` as well as `sync --config FILE`
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -273,7 +278,8 @@ def _store(config_path: str | None) -> Iterator[Store]:
 
 
 def _config(config_path: str | None) -> Config:
-    return load_config(find_config(config_path))
+    given = config_path or (click.get_current_context().find_root().obj or {}).get("config")
+    return load_config(find_config(given))
 
 
 def main() -> None:

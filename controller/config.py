@@ -12,7 +12,7 @@ from cronsim import CronSim, CronSimError
 
 from controller.errors import ControllerError
 from controller.outcomes import EVENTS, Reason
-from controller.schema import build, read_yaml
+from controller.schema import Seconds, build, read_yaml
 
 SEARCH_PATH = (Path("controller.yml"), Path("/etc/controller/controller.yml"))
 
@@ -32,7 +32,7 @@ class SourceConfig:
 
     url: str
     branch: str = "main"
-    fetch_timeout: int = 120
+    fetch_timeout: Seconds = Seconds(120)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
 
 
@@ -60,25 +60,25 @@ class AnsibleConfig:
     strategy: str = "auto"          # auto: mitogen (unpinned) when it can run, else linear; mitogen | linear | free
     cpu_pinning: bool = False       # mitogen's own CPU placement (measured slower on small machines)
     pipelining: bool = True
-    control_persist: int = 60       # seconds an idle SSH master connection is kept
-    timeout: int = 10               # SSH connect timeout, seconds
-    task_timeout: int = 300         # a host that answers no task for this long is cut off (timed out)
-    run_timeout: int = 3600         # a deadline for one playbook run (check or apply) as a whole
+    control_persist: Seconds = Seconds(60)   # how long an idle SSH master connection is kept
+    timeout: Seconds = Seconds(10)           # SSH connect timeout
+    task_timeout: Seconds = Seconds(300)     # a host that answers no task for this long is cut off (timed out)
+    run_timeout: Seconds = Seconds(3600)     # a deadline for one playbook run (check or apply) as a whole
 
 
 @dataclass(frozen=True)
 class WatchConfig:
     """``controller watch``: its triggers, schedule and listener; drift schedule also for --only-if-changed."""
 
-    poll_interval: float = 60            # seconds between fetches; 0 turns polling off
+    poll_interval: Seconds = Seconds(60)           # between fetches; 0 turns polling off
     listen: str | None = None            # HOST:PORT for webhooks, /healthz and /metrics
     webhook_secret_file: str | None = None
     max_body_bytes: int = 1_048_576      # bigger webhook bodies get 413
-    drift_check_interval: float = 900    # seconds between scheduled drift checks per app; 0: off
+    drift_check_interval: Seconds = Seconds(900)   # between scheduled drift checks per app; 0: off
     drift_check_cron: str | None = None  # a cron expression instead of the interval
-    debounce: float = 0.5                # wait this long after a trigger so a burst makes one run
-    backoff: float = 10                  # first retry after a failing cycle; doubles up to backoff_max
-    backoff_max: float = 600
+    debounce: Seconds = Seconds(0.5)               # wait this long after a trigger so a burst makes one run
+    backoff: Seconds = Seconds(10)                 # first retry after a failing cycle; doubles up to backoff_max
+    backoff_max: Seconds = Seconds(600)
     watch_local: bool = True             # react to pushes into a bare source repository on this host
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -14,6 +15,20 @@ from controller.errors import ControllerError
 from controller.outcomes import Reason
 
 T = TypeVar("T")
+DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+class Seconds(float):
+    """A duration in the config: a number of seconds, or ``30s``, ``5m``, ``1h30m`` as Flux and Argo CD take."""
+
+
+def parse_duration(text: str) -> float | None:
+    """``1h30m`` -> 5400.0; None when ``text`` is not a duration."""
+    match = DURATION.fullmatch(text.strip())
+    if not text.strip() or match is None or not any(match.groups()):
+        return None
+    hours, minutes, secs = match.groups()
+    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
 
 
 def read_yaml(path: Path, what: str) -> Any:
@@ -57,6 +72,13 @@ def _convert(tp: Any, data: Any, file: Path, key: str) -> Any:
             raise _fail(file, key, f"expected a list, got {_kind(data)}")
         item = typing.get_args(tp)[0]
         return tuple(_convert(item, v, file, f"{key}[{i}]") for i, v in enumerate(data))
+    if tp is Seconds:
+        if isinstance(data, (int, float)) and not isinstance(data, bool):
+            return Seconds(data)
+        duration = parse_duration(data) if isinstance(data, str) else None
+        if duration is None:
+            raise _fail(file, key, f"expected a duration such as 30, 30s, 5m or 1h30m, got {data!r}")
+        return Seconds(duration)
     if tp is float and isinstance(data, int) and not isinstance(data, bool):
         return float(data)
     if tp in (str, int, float, bool):

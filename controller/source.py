@@ -70,7 +70,7 @@ class RemoteUrl:
 class Source:
     """A full (non-shallow) bare cache of the remote under the state directory."""
 
-    def __init__(self, url: str, branch: str, cache: Path, timeout: int = 120) -> None:
+    def __init__(self, url: str, branch: str, cache: Path, timeout: float = 120) -> None:
         self.url = RemoteUrl.parse(url)
         self.branch = branch
         self.cache = cache

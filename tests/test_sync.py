@@ -172,6 +172,9 @@ def test_a_bad_config_is_one_line_naming_file_and_key(fleet: Fleet) -> None:
         "source: {url: x}\nwatch: {poll_interval: -1}\n": "watch.poll_interval: must not be negative",
         "source: {url: x}\nnotify: [{format: json}]\n": "notify[0]: set exactly one of url and url_file",
         "source: {url: x}\nnotify: [{url: 'http://x', events: [boom]}]\n": "notify[0]: events: unknown event",
+        "source: {url: x}\nwatch: {poll_interval: 5 minutes}\n":
+            "watch.poll_interval: expected a duration such as 30, 30s, 5m or 1h30m, got '5 minutes'",
+        "source: {url: x}\nssh: {host_key_checking: maybe}\n": "ssh.host_key_checking: must be one of",
     }
     for text, needle in cases.items():
         fleet.config.write_text(text)
@@ -185,6 +188,30 @@ def test_a_bad_config_is_one_line_naming_file_and_key(fleet: Fleet) -> None:
     assert missing.returncode == 0
     nowhere = fleet.controller("check", "--config", str(fleet.root / "nope.yml"))
     assert nowhere.returncode == 1 and "nope.yml: configuration file not found" in nowhere.stderr
+    before = nowhere.stderr
+    nowhere = fleet.controller("--config", str(fleet.root / "nope.yml"), "status")  # before the command too
+    assert nowhere.returncode == 1 and nowhere.stderr == before.replace("check", "status")
+
+
+def test_durations_as_people_type_them_and_config_before_the_command(fleet: Fleet) -> None:
+    write_config(fleet, watch={"poll_interval": "5m", "drift_check_interval": "1h30m", "debounce": "0.5s"},
+                 ansible={"task_timeout": "2m", "timeout": 10},
+                 source={"url": str(fleet.remote), "fetch_timeout": "90s"})
+    elsewhere = fleet.root / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([str(BIN / "controller"), "--config", str(fleet.config), "sync"], cwd=elsewhere,
+                          env={k: v for k, v in os.environ.items() if k != "CONTROLLER_CONFIG"},
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    status = subprocess.run([str(BIN / "controller"), "--config", str(fleet.config), "status"], cwd=elsewhere,
+                            env={k: v for k, v in os.environ.items() if k != "CONTROLLER_CONFIG"},
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert status.returncode == 0 and "staging" in status.stdout
+
+    from controller.config import load_config
+    config = load_config(fleet.config)
+    assert (config.watch.poll_interval, config.watch.drift_check_interval, config.watch.debounce) == (300, 5400, 0.5)
+    assert (config.ansible.task_timeout, config.source.fetch_timeout) == (120, 90)
 
 
 def test_a_rewritten_history_is_refused_unless_allowed(fleet: Fleet) -> None:
