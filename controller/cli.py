@@ -9,6 +9,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -21,6 +22,7 @@ from controller.interrupt import Cancel
 from controller.outcomes import EXIT_CODE_MEANINGS, ExitCode, Outcome, Reason
 from controller.render import history_text, hosts_text, result_json, result_text, run_text, status_text
 from controller.results import Request
+from controller.review import review_markdown
 from controller.runner import TaskResult
 from controller.state import Store
 
@@ -37,6 +39,15 @@ CONFIG_HELP = "Bastion config (default: $CONTROLLER_CONFIG, ./controller.yml, /e
 def config_option(func: F) -> F:
     # no envvar here: find_config reads $CONTROLLER_CONFIG after `controller --config FILE` is considered
     return click.option("--config", "config_path", metavar="FILE", help=CONFIG_HELP)(func)
+
+
+def output_options(func: F) -> F:
+    """--format and --output, for the commands that reconcile."""
+    func = click.option("--output", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+                        help="Write the report to FILE instead of stdout (e.g. a pull-request comment).")(func)
+    return click.option("--format", "output_format", type=click.Choice(["text", "json", "markdown"]),
+                        default=None, help="text (default), json (as --json), or markdown: a review comment "
+                        "for a pull request, cut to 60,000 characters.")(func)
 
 
 def json_option(func: F) -> F:
@@ -56,6 +67,7 @@ def reconcile_options(func: F) -> F:
                      help="Exit 0, not 3, when the only open items are tasks check mode cannot verify."),
         click.option("--trigger", default="manual", hidden=True),
         json_option,
+        output_options,
         config_option,
     ]):
         func = option(func)
@@ -124,9 +136,10 @@ def check(**options: Any) -> None:
     _reconcile("check", dry_run=False, allow_rewrite=False, only_if_changed=False, force=False, **options)
 
 
-def _reconcile(mode: str, *, config_path: str | None, as_json: bool, app: str | None, revision: str | None,
-               wait: float, progress: bool | None, trigger: str, dry_run: bool, allow_rewrite: bool,
-               only_if_changed: bool, force: bool, accept_unverified: bool) -> None:
+def _reconcile(mode: str, *, config_path: str | None, as_json: bool, output_format: str | None, output: str | None,
+               app: str | None, revision: str | None, wait: float, progress: bool | None, trigger: str,
+               dry_run: bool, allow_rewrite: bool, only_if_changed: bool, force: bool,
+               accept_unverified: bool) -> None:
     config = _config(config_path)
     show = sys.stderr.isatty() if progress is None else progress
     cancel = Cancel()
@@ -134,10 +147,14 @@ def _reconcile(mode: str, *, config_path: str | None, as_json: bool, app: str | 
     request = Request(mode, app, revision, dry_run, allow_rewrite, trigger, only_if_changed=only_if_changed,
                       force=force, accept_unverified=accept_unverified)
     result = run_cycle(config, request, TerminalProgress(show), cancel, wait)
-    if as_json:
-        click.echo(json.dumps(result_json(result), indent=2))
+    shape = "json" if as_json else output_format or "text"
+    report = {"json": lambda: json.dumps(result_json(result), indent=2) + "\n", "text": lambda: result_text(result),
+              "markdown": lambda: review_markdown(result)}[shape]()
+    if output:
+        Path(output).write_text(report)
     else:
-        click.echo(result_text(result), nl=False)
+        click.echo(report, nl=False)
+    if shape != "json":
         # a pipeline-level failure is the same message for every app: say it once
         for message in dict.fromkeys(a.message for a in result.apps
                                      if a.outcome in (Outcome.FAILED, Outcome.INTERRUPTED)):
