@@ -20,6 +20,7 @@ from pathlib import Path
 from controller.config import Config
 from controller.errors import ControllerError
 from controller.outcomes import Reason
+from controller.vault import vault_args
 
 # What the job may take from the controller's own environment; everything else
 # (SOPS_AGE_KEY, tokens, webhook secrets) stays out of the job and its artifacts.
@@ -99,7 +100,8 @@ def job_settings(config: Config, project: Path, private: Path) -> Job:
     # ssh master sockets live in this run's private directory, never at a predictable shared path
     env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(_private_dir(private / "cp"))
     env.update(_no_output_to_disk(repo, notices))
-    return Job(env, ("-e", f"ansible_ssh_executable={ssh}"), tuple(notices), settings.run_timeout)
+    return Job(env, ("-e", f"ansible_ssh_executable={ssh}", *vault_args(settings)), tuple(notices),
+               settings.run_timeout)
 
 
 def _read_cfg(path: Path) -> configparser.ConfigParser:

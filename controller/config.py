@@ -53,12 +53,22 @@ class SshConfig:
 
 
 @dataclass(frozen=True)
+class VaultId:
+    """One Ansible Vault identity: its label and the file holding its password."""
+
+    id: str
+    password_file: str
+
+
+@dataclass(frozen=True)
 class AnsibleConfig:
     """Speed settings; each applies only where the repository's ansible.cfg does not set it."""
 
     forks: int = 50                 # Ansible starts at most one worker per host: every host of a usual fleet at once
     strategy: str = "auto"          # auto: mitogen (unpinned) when it can run, else linear; mitogen | linear | free
     cpu_pinning: bool = False       # mitogen's own CPU placement (measured slower on small machines)
+    vault_password_file: str | None = None   # Ansible Vault's default identity
+    vault_ids: tuple[VaultId, ...] = ()      # more identities: [{id: prod, password_file: ...}]
     pipelining: bool = True
     control_persist: Seconds = Seconds(60)   # how long an idle SSH master connection is kept
     timeout: Seconds = Seconds(10)           # SSH connect timeout
@@ -169,6 +179,9 @@ def load_config(path: Path) -> Config:
         state_dir=str(absolute(config.state_dir)),
         workspace_dir=str(absolute(config.workspace_dir)),
         sops=SopsConfig(absolute(config.sops.age_key_file)),
+        ansible=replace(config.ansible, vault_password_file=absolute(config.ansible.vault_password_file),
+                        vault_ids=tuple(VaultId(v.id, str(absolute(v.password_file)))
+                                        for v in config.ansible.vault_ids)),
         ssh=replace(config.ssh, private_key_file=absolute(config.ssh.private_key_file),
                     known_hosts_file=absolute(config.ssh.known_hosts_file)),
         watch=replace(config.watch, webhook_secret_file=absolute(config.watch.webhook_secret_file)),

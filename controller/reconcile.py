@@ -19,6 +19,7 @@ from controller.secrets import decrypt_in_place, find_encrypted
 from controller.signatures import refused_head, verify_revision
 from controller.source import Revision, Source
 from controller.state import Store
+from controller.vault import learn_vaulted
 from controller.workspace import workspace
 
 
@@ -55,6 +56,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             encrypted = find_encrypted(space.project)
             progress.step(f"decrypting {len(encrypted)} SOPS file(s) into {space.root}")
             redactor = decrypt_in_place(space.project, encrypted, config.sops.age_key_file)
+            redactor = redactor + learn_vaulted(space.project, config.ansible)
             job = job_settings(config, space.project, space.job)
             for notice in job.notices:
                 progress.notice(notice)

@@ -78,7 +78,7 @@ class Stopped(ControllerError):
 def syntax_check(app: App, project: Path, job: Job, redactor: Redactor) -> None:
     """``ansible-playbook --syntax-check`` of the app's playbook; raise SyntaxCheckFailed with the cause."""
     try:
-        run(["ansible-playbook", "--syntax-check", "-i", app.inventory, app.playbook],
+        run(["ansible-playbook", "--syntax-check", *job.args, "-i", app.inventory, app.playbook],
             reason=Reason.SYNTAX_CHECK_FAILED, what=f"app {app.name}: {app.playbook} failed the syntax check",
             env=job.env, cwd=project, redact=lambda text: _relative(redactor.text(text), project),
             timeout=300)

@@ -106,13 +106,13 @@ def literal(relative: str, plaintext: bytes) -> tuple[list[str], str | None]:
 def _yaml(text: str) -> tuple[list[str], str | None]:
     data = yaml.safe_load(text)
     unsafe = _map_strings(data, _Unsafe)
-    return _scalars(data), yaml.dump(unsafe, Dumper=_UnsafeDumper, default_flow_style=False, sort_keys=False)
+    return scalars(data), yaml.dump(unsafe, Dumper=_UnsafeDumper, default_flow_style=False, sort_keys=False)
 
 
 def _json(text: str) -> tuple[list[str], str | None]:
     data = json.loads(text)
     unsafe = _map_strings(data, lambda value: {"__ansible_unsafe": value})
-    return _scalars(data), json.dumps(unsafe, indent=2) + "\n"
+    return scalars(data), json.dumps(unsafe, indent=2) + "\n"
 
 
 def _env(text: str) -> tuple[list[str], str | None]:
@@ -143,12 +143,12 @@ def _unquoted(value: str) -> str:
     return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"`" else value
 
 
-def _scalars(data: Any) -> list[str]:
+def scalars(data: Any) -> list[str]:
     """Every leaf value as text; numbers included (a PIN is a secret), booleans and nulls not."""
     if isinstance(data, dict):
-        return [text for value in data.values() for text in _scalars(value)]
+        return [text for value in data.values() for text in scalars(value)]
     if isinstance(data, list):
-        return [text for value in data for text in _scalars(value)]
+        return [text for value in data for text in scalars(value)]
     return [] if data is None or isinstance(data, bool) else [str(data)]
 
 

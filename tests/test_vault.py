@@ -1,0 +1,61 @@
+"""Ansible Vault: vaulted values are deployed, masked everywhere, and a wrong password applies nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+
+from tests.conftest import BIN, VERSION, Fleet, bump_version, secret, write_config
+from tests.test_secrets import ProcWatch
+
+DEPLOYED = "/srv/opt/shop/conf/vaulted.txt"
+
+
+def vault(fleet: Fleet, *args: str) -> str:
+    password = fleet.root / "vault.pass"
+    return subprocess.run([str(BIN / "ansible-vault"), *args, "--vault-password-file", str(password)],
+                          cwd=fleet.work, capture_output=True, text=True, check=True).stdout
+
+
+def test_vaulted_values_are_deployed_and_masked_and_a_wrong_password_is_refused(fleet: Fleet) -> None:
+    password, token, note = secret("vault-password"), secret("vault-inline"), secret("vault-file")
+    (fleet.root / "vault.pass").write_text(password + "\n")
+    group_vars = "inventories/staging/group_vars/all"
+    fleet.write(f"{group_vars}/vault.yml", vault(fleet, "encrypt_string", token, "--name", "app_feature_token"))
+    fleet.write(f"{group_vars}/vaulted.yml", f"app_vault_note: {note}\n")
+    vault(fleet, "encrypt", f"{group_vars}/vaulted.yml")
+    tasks = fleet.work / "roles/app/tasks/main.yml"
+    tasks.write_text(tasks.read_text() + "\n- name: Write the vaulted values\n  ansible.builtin.copy:\n"
+                     "    content: \"{{ app_feature_token }}\\n{{ app_vault_note }}\\n\"\n"
+                     f"    dest: {DEPLOYED}\n    mode: '0600'\n")
+    fleet.push("Vaulted values")
+    write_config(fleet, ansible={"vault_password_file": str(fleet.root / "vault.pass")})
+
+    watch = ProcWatch([password, token, note])
+    watch.start()
+    done = fleet.controller("sync")
+    watch.done.set()
+    watch.join()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ansible-playbook" in watch.programs and watch.found == set()  # no password or value in argv or env
+    for host in ("h1", "h2"):
+        assert fleet.host_file(host, DEPLOYED).read_text() == f"{token}\n{note}\n"
+
+    fleet.host_file("h1", DEPLOYED).write_text("edited by hand\n")
+    drift = fleet.controller("check")
+    assert drift.returncode == 2
+    assert "+[redacted]" in drift.stdout
+    outputs = drift.stdout + drift.stderr + done.stdout + done.stderr + fleet.controller("show", "2").stdout
+    with sqlite3.connect(fleet.state / "state.db") as db:
+        stored = "\n".join(db.iterdump())
+    for plaintext in (password, token, note):
+        assert plaintext not in outputs and plaintext not in stored
+
+    (fleet.root / "vault.pass").write_text("not-the-password\n")
+    bump_version(fleet, "6.6.6")
+    refused = fleet.controller("sync")
+    assert refused.returncode == 1
+    [line] = refused.stderr.strip().splitlines()
+    assert "cannot decrypt with the vault password" in line and "group_vars/all/va" in line
+    assert fleet.host_file("h1", VERSION).read_text() == "1.0.0\n"
+    assert fleet.host_file("h1", DEPLOYED).read_text() == "edited by hand\n"
