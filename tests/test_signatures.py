@@ -214,8 +214,11 @@ def test_head_mode_applies_ssh_signed_commits_and_refuses_unsigned_unknown_and_t
     done = refused(fleet, space, ("sync",), unsigned, "'Release 2.0.0'", "is not signed")
     assert "VerificationFailed" in done.stdout
     [status] = json.loads(fleet.controller("status", "--json").stdout)
-    assert (status["state"], status["reason"], status["applied_revision"]) == ("failed", "VerificationFailed", good)
-    assert unsigned[:12] in status["detail"]
+    # the last good state, with the refusal of the newest revision beside it
+    assert (status["state"], status["applied_revision"]) == ("converged", good)
+    assert (status["failure"]["reason"], status["failure"]["revision"]) == ("VerificationFailed", unsigned)
+    assert unsigned[:12] in status["failure"]["message"]
+    assert f"{unsigned[:12]} refused: " in fleet.controller("status").stdout
     assert "failed [VerificationFailed]" in fleet.controller("history").stdout
     assert "is not signed" in fleet.controller("status").stdout
     count = len(fleet.runs())
@@ -312,7 +315,7 @@ def test_watch_keeps_the_last_good_revision_and_does_not_retry_a_refused_one(
     finally:
         receiver.server.shutdown()
     [status] = json.loads(fleet.controller("status", "--json").stdout)
-    assert (status["state"], status["reason"]) == ("failed", "VerificationFailed")
+    assert (status["state"], status["failure"]["reason"]) == ("converged", "VerificationFailed")
     assert receiver.events("staging")[-1:] == ["verification-failed"]
     assert receiver.events("*") == ["verification-failed"]
 
