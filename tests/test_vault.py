@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+import uuid
 
 from tests.conftest import BIN, VERSION, Fleet, bump_version, secret, write_config
 from tests.test_secrets import ProcWatch
@@ -11,19 +12,21 @@ from tests.test_secrets import ProcWatch
 DEPLOYED = "/srv/opt/shop/conf/vaulted.txt"
 
 
-def vault(fleet: Fleet, *args: str) -> str:
+def vault(fleet: Fleet, plaintext: str, *args: str) -> str:
+    """``ansible-vault`` reading the plaintext from stdin, so it never lies in a file or an argv."""
     password = fleet.root / "vault.pass"
     return subprocess.run([str(BIN / "ansible-vault"), *args, "--vault-password-file", str(password)],
-                          cwd=fleet.work, capture_output=True, text=True, check=True).stdout
+                          input=plaintext, cwd=fleet.work, capture_output=True, text=True, check=True).stdout
 
 
 def test_vaulted_values_are_deployed_and_masked_and_a_wrong_password_is_refused(fleet: Fleet) -> None:
-    password, token, note = secret("vault-password"), secret("vault-inline"), secret("vault-file")
+    # the password lives in a file on the bastion, like the age key: not one of the sweep's plaintexts
+    password = f"vault-password-{uuid.uuid4().hex}"
+    token, note = secret("vault-inline"), secret("vault-file")
     (fleet.root / "vault.pass").write_text(password + "\n")
     group_vars = "inventories/staging/group_vars/all"
-    fleet.write(f"{group_vars}/vault.yml", vault(fleet, "encrypt_string", token, "--name", "app_feature_token"))
-    fleet.write(f"{group_vars}/vaulted.yml", f"app_vault_note: {note}\n")
-    vault(fleet, "encrypt", f"{group_vars}/vaulted.yml")
+    fleet.write(f"{group_vars}/vault.yml", vault(fleet, token, "encrypt_string", "--stdin-name", "app_feature_token"))
+    fleet.write(f"{group_vars}/vaulted.yml", vault(fleet, f"app_vault_note: {note}\n", "encrypt", "--output", "-"))
     tasks = fleet.work / "roles/app/tasks/main.yml"
     tasks.write_text(tasks.read_text() + "\n- name: Write the vaulted values\n  ansible.builtin.copy:\n"
                      "    content: \"{{ app_feature_token }}\\n{{ app_vault_note }}\\n\"\n"
