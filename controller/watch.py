@@ -23,6 +23,7 @@ from controller.refwatch import RefWatcher, local_bare_repository
 from controller.results import AppResult, Request, Result
 from controller.runner import TaskResult
 from controller.schedule import DriftSchedule, parse_time
+from controller.source import RemoteUrl
 from controller.state import Store
 
 log = logging.getLogger("controller")
@@ -151,7 +152,7 @@ class Watch:
         poll = f"every {self.settings.poll_interval:g}s" if self.settings.poll_interval else "off"
         drift = self.settings.drift_check_cron or (
             f"every {self.settings.drift_check_interval:g}s" if self.settings.drift_check_interval else "off")
-        log.info("watching %s (%s); polling %s; drift checks %s", self.config.source.url,
+        log.info("watching %s (%s); polling %s; drift checks %s", RemoteUrl.parse(self.config.source.url).shown,
                  self.config.source.branch, poll, drift)
 
     def _secret(self) -> bytes | None:

@@ -281,7 +281,8 @@ def timed_request(url: str, body: bytes | None = None, headers: dict[str, str] |
         return response.status, time.monotonic() - started
 
 
-def test_signed_push_goes_through_a_flood_of_forgeries_and_trickling_clients(fleet: Fleet) -> None:
+def test_signed_push_goes_through_a_flood_of_forgeries_and_trickling_clients(
+        fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
     fleet.root.joinpath("webhook.secret").write_bytes(SECRET + b"\n")
     port = free_port()
     watch_config(fleet, listen=f"127.0.0.1:{port}", webhook_secret_file="webhook.secret")
@@ -314,14 +315,17 @@ def test_signed_push_goes_through_a_flood_of_forgeries_and_trickling_clients(fle
         new = runs(fleet)[: len(runs(fleet)) - count]
         log = watch.log()
         refusal_lines = [line for line in log.splitlines() if " refused " in line]
-        print(f"\nflood: {flood.sent} forged requests in {flood.seconds:.1f}s ({flood.sent / flood.seconds:.0f}/s), "
-              f"answers {dict(flood.answers)}, {flood.failed} failed; {TRICKLERS} trickling clients made "
-              f"{flood.trickle_connections} connections, cut by the server with {dict(flood.trickles_cut)}")
-        print(f"signed push: {push_status} in {push_seconds:.3f}s; /healthz: {health_status} in {health_seconds:.3f}s; "
-              f"runs started: {len(new)}")
-        print(f"daemon: VmRSS {before['rss_kb'] / 1024:.1f} MiB before, {during['rss_kb'] / 1024:.1f} during, "
-              f"{peak['rss_kb'] / 1024:.1f} peak, {after['rss_kb'] / 1024:.1f} after; threads {before['threads']} "
-              f"before, {peak['threads']} peak, {after['threads']} after; {len(refusal_lines)} refusal log lines")
+        with capsys.disabled():  # the figures belong in every run's output, not only a failing one's
+            print(f"\nflood: {flood.sent} forged requests in {flood.seconds:.1f}s "
+                  f"({flood.sent / flood.seconds:.0f}/s), "
+                  f"answers {dict(flood.answers)}, {flood.failed} failed; {TRICKLERS} trickling clients made "
+                  f"{flood.trickle_connections} connections, cut by the server with {dict(flood.trickles_cut)}")
+            print(f"signed push: {push_status} in {push_seconds:.3f}s; "
+                  f"/healthz: {health_status} in {health_seconds:.3f}s; "
+                  f"runs started: {len(new)}")
+            print(f"daemon: VmRSS {before['rss_kb'] / 1024:.1f} MiB before, {during['rss_kb'] / 1024:.1f} during, "
+                  f"{peak['rss_kb'] / 1024:.1f} peak, {after['rss_kb'] / 1024:.1f} after; threads {before['threads']} "
+                  f"before, {peak['threads']} peak, {after['threads']} after; {len(refusal_lines)} refusal log lines")
 
         assert push_status == 202 and push_seconds < 2
         assert health_status == 200 and health_seconds < 2
