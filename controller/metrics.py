@@ -22,9 +22,10 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.runs = Counter("controller_runs", "Runs per app, kind (check, sync) and outcome.",
                             ["app", "mode", "outcome"], registry=self.registry)
-        self.drifted = Gauge("controller_drifted_hosts", "Hosts that differed from Git at the last check.",
+        self.drifted = Gauge("controller_drifted_hosts", "Hosts left differing from Git by the last check or sync.",
                              ["app"], registry=self.registry)
-        self.host_drifted = Gauge("controller_host_drifted", "1 when the host differed from Git at the last check.",
+        self.host_drifted = Gauge("controller_host_drifted", "1 when the last check or sync left the host differing "
+                                  "from Git.",
                                   ["app", "host"], registry=self.registry)
         self.behind = Gauge("controller_hosts_behind", "Hosts of the app not at the revision last reconciled.",
                             ["app"], registry=self.registry)

@@ -157,7 +157,7 @@ def test_apps_come_and_go_with_git(tmp_path: Path, lab: Lab, age_key: AgeKey) ->
 
 def test_drift_on_one_host_of_ten_is_applied_there_alone(tmp_path: Path, age_key: AgeKey) -> None:
     prefix = TEST_PREFIX.rsplit(".", 1)[0] + f".{int(TEST_PREFIX.rsplit('.', 1)[1]) + 100}"
-    with Lab(tmp_path / "lab10", 10, prefix=prefix) as lab:
+    with Lab(tmp_path / "lab", 10, prefix=prefix) as lab:  # the leak sweep knows */lab/hosts/* are servers
         fleet = build_fleet(tmp_path / "fleet", lab, age_key)
         inventory = {"all": {"children": {"web": {"hosts": {
             f"web{i}.staging": {"ansible_host": lab.host(f"h{i}").address} for i in range(1, 11)}}}}}

@@ -183,7 +183,10 @@ def test_signed_webhook_applies_the_push_and_forgeries_trigger_nothing(fleet: Fl
         assert 'controller_runs_total{app="staging",mode="sync",outcome="converged"} 2.0' in text
         assert f'controller_applied_revision_info{{app="staging",revision="{sha}"}} 1.0' in text
         assert 'controller_run_duration_seconds_count{app="staging",mode="sync"} 2.0' in text
-        assert 'controller_drifted_hosts{app="staging"} 2.0' in text  # the version file differed on both
+        # the version file differed on both before the apply; drift is what is left afterwards: none
+        assert 'controller_drifted_hosts{app="staging"} 0.0' in text
+        assert 'controller_host_drifted{app="staging",host="web1.staging"} 0.0' in text
+        assert 'controller_hosts_behind{app="staging"} 0.0' in text
         assert watch.stop() == 0
     assert len(runs(fleet)) == 2
     assert "refused (401)" in watch.log() and SECRET.decode() not in watch.log()
