@@ -37,7 +37,6 @@ NO_OUTPUT_TO_DISK = {
     "ANSIBLE_LOG_PATH": "/dev/null",              # empty would mean the current directory
     "ANSIBLE_KEEP_REMOTE_FILES": "False",
     "ANSIBLE_RETRY_FILES_ENABLED": "False",
-    "ANSIBLE_CACHE_PLUGIN": "memory",           # facts stay in the run, not in a jsonfile cache
     "ANSIBLE_DEBUG": "False",
 }
 
@@ -90,7 +89,7 @@ def job_settings(config: Config, project: Path, private: Path) -> Job:
     # a host that stops answering must not hold the run (and the lock) for ever
     env["ANSIBLE_TASK_TIMEOUT"] = str(max(1, round(settings.task_timeout)))
 
-    host_keys, ssh = _host_keys(config, repo, private, notices)
+    host_keys, wrappers = _host_keys(config, repo, private, notices)
     env.update(host_keys)
     # ssh_args come first on ssh's, sftp's and scp's command lines, and ssh takes the first value given
     repo_ssh_args = repo.get("ssh_connection", "ssh_args", fallback=None)
@@ -100,7 +99,9 @@ def job_settings(config: Config, project: Path, private: Path) -> Job:
     # ssh master sockets live in this run's private directory, never at a predictable shared path
     env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(_private_dir(private / "cp"))
     env.update(_no_output_to_disk(repo, notices))
-    return Job(env, ("-e", f"ansible_ssh_executable={ssh}", *vault_args(settings)), tuple(notices),
+    # extra vars beat inventory vars: a repository's ansible_ssh_executable cannot route around the wrappers
+    extra = [("-e", f"ansible_{tool}_executable={path}") for tool, path in wrappers.items()]
+    return Job(env, (*(arg for pair in extra for arg in pair), *vault_args(settings)), tuple(notices),
                settings.run_timeout)
 
 
@@ -121,7 +122,7 @@ def _host_key_args(config: Config) -> str:
 
 
 def _host_keys(config: Config, repo: configparser.ConfigParser, private: Path,
-               notices: list[str]) -> tuple[dict[str, str], Path]:
+               notices: list[str]) -> tuple[dict[str, str], dict[str, Path]]:
     """Host key checking as the bastion says, for Ansible's ssh connection and for mitogen alike.
 
     ansible-runner turns checking off unless the job says otherwise, and mitogen then uses
@@ -136,11 +137,17 @@ def _host_keys(config: Config, repo: configparser.ConfigParser, private: Path,
         notices.append(f"the repository's ansible.cfg turns host key checking off or changes it; ignored: "
                        f"ssh.host_key_checking is {config.ssh.host_key_checking} on this bastion")
     config.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = private / "ssh"
-    wrapper.write_text(f"#!/bin/sh\nexec ssh {_host_key_args(config)} \"$@\"\n")
-    wrapper.chmod(0o700)
+    # sftp and scp (the ssh connection's file transfers) take the same options, so they get wrappers too
+    wrappers = {}
+    for tool in ("ssh", "sftp", "scp"):
+        wrapper = private / tool
+        wrapper.write_text(f"#!/bin/sh\nexec {tool} {_host_key_args(config)} \"$@\"\n")
+        wrapper.chmod(0o700)
+        wrappers[tool] = wrapper
     checking = "False" if config.ssh.host_key_checking == "off" else "True"
-    return {"ANSIBLE_HOST_KEY_CHECKING": checking, "ANSIBLE_SSH_EXECUTABLE": str(wrapper)}, wrapper
+    env = {"ANSIBLE_HOST_KEY_CHECKING": checking, "ANSIBLE_SSH_EXECUTABLE": str(wrappers["ssh"]),
+           "ANSIBLE_SFTP_EXECUTABLE": str(wrappers["sftp"]), "ANSIBLE_SCP_EXECUTABLE": str(wrappers["scp"])}
+    return env, wrappers
 
 
 def _no_output_to_disk(repo: configparser.ConfigParser, notices: list[str]) -> dict[str, str]:

@@ -153,9 +153,11 @@ def load_config(path: Path) -> Config:
                               f"{path}: ansible.strategy: must be one of {', '.join(STRATEGIES)}")
     if config.ansible.forks < 1:
         raise ControllerError(Reason.CONFIG_INVALID, f"{path}: ansible.forks: must be at least 1")
-    for key in ("task_timeout", "run_timeout"):
-        if getattr(config.ansible, key) < 1:
-            raise ControllerError(Reason.CONFIG_INVALID, f"{path}: ansible.{key}: must be at least 1 (seconds)")
+    for key in ("task_timeout", "run_timeout", "timeout", "control_persist"):
+        if getattr(config.ansible, key) < 1:  # 0 would mean "at once" or, to ssh, "for ever"
+            raise ControllerError(Reason.CONFIG_INVALID, f"{path}: ansible.{key}: must be at least 1s")
+    if config.source.fetch_timeout < 1:
+        raise ControllerError(Reason.CONFIG_INVALID, f"{path}: source.fetch_timeout: must be at least 1s")
     if config.ssh.host_key_checking not in HOST_KEY_CHECKING:
         raise ControllerError(Reason.CONFIG_INVALID,
                               f"{path}: ssh.host_key_checking: must be one of {', '.join(HOST_KEY_CHECKING)}")

@@ -70,13 +70,12 @@ def decide(check: Report, applied: Report | None) -> tuple[Outcome, Reason | Non
     final = merged(check, applied)
     if final.broken:
         return Outcome.PARTIAL, final.broken
-    if applied is not None:
-        return Outcome.CONVERGED, None
-    if check.drifted:
+    if applied is None and check.drifted:
         return Outcome.DRIFTED, None
-    if any(h.unverified for h in check.hosts):
+    ran = {h.host for h in applied.hosts} if applied else set()
+    if any(h.unverified for h in check.hosts if h.host not in ran):  # an apply ran those tasks where it ran
         return Outcome.UNVERIFIED, None
-    return Outcome.IN_SYNC, None
+    return (Outcome.CONVERGED, None) if applied is not None else (Outcome.IN_SYNC, None)
 
 
 def merged(check: Report, applied: Report | None) -> Report:

@@ -104,7 +104,8 @@ def announce(targets: tuple[NotifyTarget, ...], store: Store, result: Result) ->
         return sent  # a preview never becomes the app's state, so it is never news
     for app in result.apps:
         before = store.condition(app.app)
-        new_revision = bool(app.applied is not None and app.revision and store.announce_revision(app.app, app.revision))
+        reached = app.applied is not None and bool(app.applied.with_status("ok") + app.applied.with_status("changed"))
+        new_revision = bool(reached and app.revision and store.announce_revision(app.app, app.revision))
         found = notices(app, before, new_revision)
         for notice in found:
             for target in targets:

@@ -50,7 +50,7 @@ def descendants(pid: int) -> list[int]:
 
 def kill_all() -> None:
     """SIGKILL every descendant until none is left (they may fork while we kill)."""
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 2  # well inside the controller's grace (process.STOP_GRACE) before it kills us
     while time.monotonic() < deadline:
         pids = descendants(os.getpid())
         if not pids:
@@ -88,11 +88,14 @@ def main(argv: list[str]) -> int:
         signal.signal(signum, _stop)
     if os.getppid() != parent:
         return 128 + signal.SIGTERM  # the controller died before the death signal was armed
+    reaper = os.getpid()
     child = os.fork()
     if child == 0:
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # should this reaper itself be killed
+        if os.getppid() != reaper:
+            os._exit(128 + signal.SIGKILL)  # it was, before the death signal was armed
         try:
             os.execvp(argv[0], argv)
         except OSError as exc:

@@ -41,6 +41,10 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
         head = source.fetch() if request.fetch else source.head()
         revision = source.resolve(request.revision) if request.revision else head
         kind = request.kind(revision.sha, head.sha)
+        if kind is Kind.PREVIEW and revision.sha != head.sha and config.source.verify.mode == "off":
+            progress.notice(f"previewing {revision.short}, which no signature check vouches for (source.verify is "
+                            "off): its plugins and local tasks run on this bastion, its check_mode: false tasks "
+                            "on the hosts")
         if request.only_if_changed and (idle := _idle(config, store, revision)):
             return Result(request, revision, (), idle, kind)
         store.record_revision(revision)
@@ -50,9 +54,6 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             source.extract(revision.sha, space.project)
             every = load_apps(space.project)
             apps = _select(every, request.app)
-            if kind is Kind.SYNC and request.app is None:
-                for gone in store.retire_missing([a.name for a in every], revision.sha):
-                    progress.notice(f"app {gone} is no longer in gitops.yml at {revision.short}: retired")
             encrypted = find_encrypted(space.project)
             progress.step(f"decrypting {len(encrypted)} SOPS file(s) into {space.root}")
             redactor = decrypt_in_place(space.project, encrypted, config.sops.age_key_file)
@@ -63,6 +64,9 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             for app in apps:
                 progress.step(f"syntax check of {app.name}: {app.playbook}")
                 syntax_check(app, space.project, job, redactor)
+            if kind is Kind.SYNC and request.app is None:  # only a revision that passed every gate retires apps
+                for gone in store.retire_missing([a.name for a in every], revision.sha):
+                    progress.notice(f"app {gone} is no longer in gitops.yml at {revision.short}: retired")
             results = []
             suspended = store.suspensions() if kind is Kind.SYNC else {}
             for app in apps:

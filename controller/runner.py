@@ -107,6 +107,7 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
         quiet=True,
         suppress_output_file=True,
         suppress_ansible_output=True,
+        fact_cache_type="memory",  # facts stay in the run (ansible-runner would set a jsonfile cache)
     )
     config.prepare()
     # ansible-runner seeds the job env from os.environ and stores it in the "command" artifact

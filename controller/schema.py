@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -73,10 +74,10 @@ def _convert(tp: Any, data: Any, file: Path, key: str) -> Any:
         item = typing.get_args(tp)[0]
         return tuple(_convert(item, v, file, f"{key}[{i}]") for i, v in enumerate(data))
     if tp is Seconds:
-        if isinstance(data, (int, float)) and not isinstance(data, bool):
-            return Seconds(data)
         duration = parse_duration(data) if isinstance(data, str) else None
-        if duration is None:
+        if isinstance(data, (int, float)) and not isinstance(data, bool):
+            duration = float(data)
+        if duration is None or not math.isfinite(duration) or duration < 0:
             raise _fail(file, key, f"expected a duration such as 30, 30s, 5m or 1h30m, got {data!r}")
         return Seconds(duration)
     if tp is float and isinstance(data, int) and not isinstance(data, bool):

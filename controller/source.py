@@ -8,7 +8,7 @@ import tarfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from controller.errors import ControllerError
 from controller.outcomes import Reason
@@ -58,13 +58,16 @@ class RemoteUrl:
         host = parts.hostname or ""
         netloc = f"{host}:{parts.port}" if parts.port else host
         bare = urlunsplit(parts._replace(netloc=netloc))
-        user = f"{parts.username}:{MASK}@" if parts.password is not None else f"{parts.username}@"
-        return cls(urlunsplit(parts._replace(netloc=user + netloc)), bare, parts.username, parts.password)
+        user = f"{parts.username}:{MASK}@" if parts.password is not None else f"{MASK}@"
+        password = unquote(parts.password) if parts.password is not None else None
+        return cls(urlunsplit(parts._replace(netloc=user + netloc)), bare, unquote(parts.username), password)
 
     def mask(self, text: str) -> str:
         """``text`` with the credentials masked (git may echo them); a lone user name is a token too."""
         secret = self.password if self.password is not None else self.username
-        return text.replace(secret, MASK) if secret else text
+        for form in {secret, quote(secret, safe="")} if secret else ():
+            text = text.replace(form, MASK)
+        return text
 
 
 class Source:

@@ -54,7 +54,7 @@ MIGRATIONS = (
     INSERT OR IGNORE INTO hosts (app, host, revision, applied_at, state, since, run_id)
         SELECT r.app, h.host, r.revision, r.finished, 'in-sync', r.finished, r.id
         FROM runs r JOIN host_results h ON h.run_id = r.id
-        WHERE r.id IN (SELECT MAX(id) FROM runs WHERE mode = 'sync' AND outcome IN ('converged', 'in-sync')
+        WHERE r.id IN (SELECT MAX(id) FROM runs WHERE mode = 'sync' AND applied = 1 AND outcome = 'converged'
                        GROUP BY app);
     """,
 )
@@ -161,9 +161,12 @@ class Store:
 
     def record_hosts(self, app: str, run_id: int, states: dict[str, str], applied: list[str],
                      revision: str) -> None:
-        """Each host's state after a check or sync; ``applied`` hosts now run ``revision``."""
+        """Each host's state after a check or sync of the whole inventory; ``applied`` hosts now run
+        ``revision``. Hosts no longer in the inventory are forgotten."""
         stamp = now()
         with self._transaction() as db:
+            known = {r["host"] for r in db.execute("SELECT host FROM hosts WHERE app = ?", (app,))}
+            db.executemany("DELETE FROM hosts WHERE app = ? AND host = ?", [(app, h) for h in known - set(states)])
             for host, state in states.items():
                 db.execute(
                     "INSERT INTO hosts (app, host, state, since, run_id) VALUES (?, ?, ?, ?, ?)"

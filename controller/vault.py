@@ -21,7 +21,7 @@ from controller.redact import Redactor
 from controller.secrets import scalars
 
 HEADER = b"$ANSIBLE_VAULT;"
-TEXT_SUFFIXES = ("", ".yml", ".yaml", ".json")
+YAML_SUFFIXES = ("", ".yml", ".yaml", ".json")  # where inline !vault values can be
 DEFAULT_ID = "default"
 
 
@@ -77,11 +77,16 @@ def _password(label: str, path: str) -> bytes:
 
 
 def _candidates(project: Path) -> Iterator[Path]:
+    """Every vaulted file whatever its name (a copy source, a template, a key), and YAML that may hold !vault."""
     for directory, dirnames, filenames in os.walk(project):
         dirnames[:] = [d for d in dirnames if d != ".git"]
         for name in filenames:
             path = Path(directory, name)
-            if path.suffix in TEXT_SUFFIXES and not path.is_symlink():
+            if path.is_symlink() or not path.is_file():
+                continue
+            with path.open("rb") as head:
+                vaulted = head.read(64).lstrip().startswith(HEADER)
+            if vaulted or path.suffix in YAML_SUFFIXES:
                 yield path
 
 

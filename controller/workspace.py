@@ -54,8 +54,10 @@ def workspace(base: Path) -> Iterator[Workspace]:
             directory.mkdir(mode=0o700)
         yield space
     finally:
-        stop_children()  # nothing may still be writing into it (a sops interrupted mid-decryption)
-        _wipe(root)
+        try:
+            stop_children()  # nothing may still be writing into it (a sops interrupted mid-decryption)
+        finally:
+            _wipe(root)
 
 
 def sweep(base: Path) -> list[Path]:
@@ -81,10 +83,14 @@ def _alive(pid: int) -> bool:
 
 
 def _wipe(root: Path) -> None:
-    # a SIGTERM or Ctrl-C arriving now waits until the secrets are gone
+    # a SIGTERM or Ctrl-C arriving now waits until the secrets are gone; in `watch` another thread
+    # may take the signal and Python then raises in this one, so a cut-short wipe is finished first
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
         shutil.rmtree(root, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)  # only the first signal raises (interrupt.Cancel)
+        raise
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 

@@ -54,6 +54,10 @@ def test_host_keys_are_checked_whatever_the_repository_says(tmp_path: Path) -> N
     wrapper = Path(job.env["ANSIBLE_SSH_EXECUTABLE"])  # what mitogen runs, with its own options after ours
     assert wrapper.read_text().startswith("#!/bin/sh\nexec ssh -o StrictHostKeyChecking=accept-new")
     assert f"ansible_ssh_executable={wrapper}" in job.cmdline  # extra vars beat inventory vars
+    for tool in ("sftp", "scp"):  # the ssh connection's file transfers
+        transfer = Path(job.env[f"ANSIBLE_{tool.upper()}_EXECUTABLE"])
+        assert transfer.read_text().startswith(f"#!/bin/sh\nexec {tool} -o StrictHostKeyChecking=accept-new")
+        assert f"ansible_{tool}_executable={transfer}" in job.cmdline
     [notice] = job.notices
     assert "host key checking" in notice and "accept-new" in notice
 
@@ -76,7 +80,6 @@ def test_the_repository_cannot_send_output_to_disk(tmp_path: Path) -> None:
     assert env["ANSIBLE_LOG_PATH"] == "/dev/null"
     assert env["ANSIBLE_CALLBACKS_ENABLED"] == "controller_unverified"
     assert env["ANSIBLE_KEEP_REMOTE_FILES"] == "False"
-    assert env["ANSIBLE_CACHE_PLUGIN"] == "memory"
     [notice] = job.notices
     assert "log_path, keep_remote_files, callbacks_enabled, fact_caching" in notice
 

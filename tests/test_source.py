@@ -129,3 +129,17 @@ def test_credentials_in_the_source_url_reach_git_only_through_askpass(fleet: Fle
     assert not [text for text in everything if TOKEN in text or TOKEN[::-1] in text]
     stored = subprocess.run(["grep", "-rl", TOKEN, str(fleet.state)], capture_output=True, text=True, check=False)
     assert stored.stdout == ""  # not in the Git cache's config, the state store or anything else there
+
+
+def test_a_token_in_the_user_name_or_percent_encoded_is_masked_too() -> None:
+    from controller.source import RemoteUrl
+
+    lone = RemoteUrl.parse("https://ghp_canary0123456789@github.example/org/fleet.git")
+    assert lone.shown == "https://[redacted]@github.example/org/fleet.git"
+    assert lone.bare == "https://github.example/org/fleet.git"
+    assert lone.mask("fatal: ghp_canary0123456789 denied") == "fatal: [redacted] denied"
+    encoded = RemoteUrl.parse("https://deploy:p%40ss%2Fword@git.example/fleet.git")
+    assert encoded.password == "p@ss/word" and encoded.shown == "https://deploy:[redacted]@git.example/fleet.git"
+    assert encoded.mask("p@ss/word and p%40ss%2Fword") == "[redacted] and [redacted]"
+    ssh = RemoteUrl.parse("ssh://git@git.example/fleet.git")
+    assert ssh.shown == ssh.bare == "ssh://git@git.example/fleet.git"  # git@ is no secret

@@ -232,3 +232,21 @@ def test_status_says_when_the_newest_revision_failed_beside_the_last_good_state(
     assert row["failure"]["revision"] == broken and row["failure"]["reason"] == "SyntaxCheckFailed"  # type: ignore[index]
     line = fleet.controller("status").stdout.splitlines()[1]
     assert "converged" in line and f"{broken[:12]} failed: app staging: playbooks/site.yml failed the syntax" in line
+
+
+def test_hosts_outside_the_apply_with_unverified_tasks_keep_the_run_unverified() -> None:
+    from controller.drift import decide
+
+    check = Report((HostState("web1", "changed", 1, 0), HostState("web2", "ok", 0, 1)), ())
+    applied = Report((HostState("web1", "changed", 1, 0),), ())
+    assert decide(check, applied) == (Outcome.UNVERIFIED, None)
+    everywhere = Report((HostState("web1", "changed", 1, 0), HostState("web2", "ok", 0, 0)), ())
+    assert decide(check, everywhere) == (Outcome.CONVERGED, None)
+
+
+def test_hosts_taken_out_of_the_inventory_are_forgotten(tmp_path: Path) -> None:
+    with Store(tmp_path / "state.db") as store:
+        store.record_hosts("staging", 1, {"web1": "in-sync", "web2": "in-sync"}, ["web1", "web2"], "a" * 40)
+        store.record_hosts("staging", 2, {"web1": "drifted"}, [], "a" * 40)
+        assert [(h["host"], h["state"], h["revision"]) for h in store.hosts("staging")] == [
+            ("web1", "drifted", "a" * 40)]

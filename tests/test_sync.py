@@ -175,6 +175,9 @@ def test_a_bad_config_is_one_line_naming_file_and_key(fleet: Fleet) -> None:
         "source: {url: x}\nwatch: {poll_interval: 5 minutes}\n":
             "watch.poll_interval: expected a duration such as 30, 30s, 5m or 1h30m, got '5 minutes'",
         "source: {url: x}\nssh: {host_key_checking: maybe}\n": "ssh.host_key_checking: must be one of",
+        "source: {url: x}\nwatch: {backoff: .nan}\n": "watch.backoff: expected a duration",
+        "source: {url: x}\nwatch: {debounce: -1s}\n": "watch.debounce: expected a duration",
+        "source: {url: x}\nansible: {control_persist: 0}\n": "ansible.control_persist: must be at least 1s",
     }
     for text, needle in cases.items():
         fleet.config.write_text(text)

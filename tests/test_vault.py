@@ -10,6 +10,7 @@ from tests.conftest import BIN, VERSION, Fleet, bump_version, secret, write_conf
 from tests.test_secrets import ProcWatch
 
 DEPLOYED = "/srv/opt/shop/conf/vaulted.txt"
+KEY = "/srv/opt/shop/conf/service.key"
 
 
 def vault(fleet: Fleet, plaintext: str, *args: str) -> str:
@@ -22,19 +23,23 @@ def vault(fleet: Fleet, plaintext: str, *args: str) -> str:
 def test_vaulted_values_are_deployed_and_masked_and_a_wrong_password_is_refused(fleet: Fleet) -> None:
     # the password lives in a file on the bastion, like the age key: not one of the sweep's plaintexts
     password = f"vault-password-{uuid.uuid4().hex}"
-    token, note = secret("vault-inline"), secret("vault-file")
+    token, note, key = secret("vault-inline"), secret("vault-file"), secret("vault-copy-source")
     (fleet.root / "vault.pass").write_text(password + "\n")
     group_vars = "inventories/staging/group_vars/all"
     fleet.write(f"{group_vars}/vault.yml", vault(fleet, token, "encrypt_string", "--stdin-name", "app_feature_token"))
     fleet.write(f"{group_vars}/vaulted.yml", vault(fleet, f"app_vault_note: {note}\n", "encrypt", "--output", "-"))
+    # a vaulted file under any name, copied as it is: Ansible decrypts copy sources too
+    fleet.write("roles/app/files/service.key", vault(fleet, f"{key}\n", "encrypt", "--output", "-"))
     tasks = fleet.work / "roles/app/tasks/main.yml"
     tasks.write_text(tasks.read_text() + "\n- name: Write the vaulted values\n  ansible.builtin.copy:\n"
                      "    content: \"{{ app_feature_token }}\\n{{ app_vault_note }}\\n\"\n"
-                     f"    dest: {DEPLOYED}\n    mode: '0600'\n")
+                     f"    dest: {DEPLOYED}\n    mode: '0600'\n"
+                     f"- name: Install the service key\n  ansible.builtin.copy:\n    src: service.key\n"
+                     f"    dest: {KEY}\n    mode: '0600'\n")
     fleet.push("Vaulted values")
     write_config(fleet, ansible={"vault_password_file": str(fleet.root / "vault.pass")})
 
-    watch = ProcWatch([password, token, note])
+    watch = ProcWatch([password, token, note, key])
     watch.start()
     done = fleet.controller("sync")
     watch.done.set()
@@ -43,15 +48,18 @@ def test_vaulted_values_are_deployed_and_masked_and_a_wrong_password_is_refused(
     assert "ansible-playbook" in watch.programs and watch.found == set()  # no password or value in argv or env
     for host in ("h1", "h2"):
         assert fleet.host_file(host, DEPLOYED).read_text() == f"{token}\n{note}\n"
+        assert fleet.host_file(host, KEY).read_text() == f"{key}\n"
 
     fleet.host_file("h1", DEPLOYED).write_text("edited by hand\n")
+    fleet.host_file("h1", KEY).write_text("another key\n")
     drift = fleet.controller("check")
     assert drift.returncode == 2
     assert "+[redacted]" in drift.stdout
     outputs = drift.stdout + drift.stderr + done.stdout + done.stderr + fleet.controller("show", "2").stdout
     with sqlite3.connect(fleet.state / "state.db") as db:
         stored = "\n".join(db.iterdump())
-    for plaintext in (password, token, note):
+    assert drift.stdout.count("+[redacted]") >= 3  # the two values and the key, each masked in its diff
+    for plaintext in (password, token, note, key):
         assert plaintext not in outputs and plaintext not in stored
 
     (fleet.root / "vault.pass").write_text("not-the-password\n")
@@ -59,6 +67,7 @@ def test_vaulted_values_are_deployed_and_masked_and_a_wrong_password_is_refused(
     refused = fleet.controller("sync")
     assert refused.returncode == 1
     [line] = refused.stderr.strip().splitlines()
-    assert "cannot decrypt with the vault password" in line and "group_vars/all/va" in line
+    assert "cannot decrypt with the vault password" in line
+    assert any(name in line for name in ("group_vars/all/vault", "files/service.key"))  # names the file
     assert fleet.host_file("h1", VERSION).read_text() == "1.0.0\n"
     assert fleet.host_file("h1", DEPLOYED).read_text() == "edited by hand\n"
