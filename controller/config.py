@@ -195,9 +195,6 @@ def _check_watch(watch: WatchConfig, path: Path) -> None:
     def fail(key: str, message: str) -> ControllerError:
         return ControllerError(Reason.CONFIG_INVALID, f"{path}: watch.{key}: {message}")
 
-    for key in ("poll_interval", "drift_check_interval", "debounce", "backoff", "backoff_max"):
-        if getattr(watch, key) < 0:
-            raise fail(key, "must not be negative")
     if watch.listen is not None:
         host, _, port = watch.listen.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:

@@ -77,7 +77,9 @@ def _convert(tp: Any, data: Any, file: Path, key: str) -> Any:
         duration = parse_duration(data) if isinstance(data, str) else None
         if isinstance(data, (int, float)) and not isinstance(data, bool):
             duration = float(data)
-        if duration is None or not math.isfinite(duration) or duration < 0:
+        if duration is not None and duration < 0:
+            raise _fail(file, key, "must not be negative")
+        if duration is None or not math.isfinite(duration):
             raise _fail(file, key, f"expected a duration such as 30, 30s, 5m or 1h30m, got {data!r}")
         return Seconds(duration)
     if tp is float and isinstance(data, int) and not isinstance(data, bool):

@@ -177,6 +177,7 @@ def test_a_bad_config_is_one_line_naming_file_and_key(fleet: Fleet) -> None:
         "source: {url: x}\nssh: {host_key_checking: maybe}\n": "ssh.host_key_checking: must be one of",
         "source: {url: x}\nwatch: {backoff: .nan}\n": "watch.backoff: expected a duration",
         "source: {url: x}\nwatch: {debounce: -1s}\n": "watch.debounce: expected a duration",
+        "source: {url: x, fetch_timeout: -5}\n": "source.fetch_timeout: must not be negative",
         "source: {url: x}\nansible: {control_persist: 0}\n": "ansible.control_persist: must be at least 1s",
     }
     for text, needle in cases.items():
