@@ -37,6 +37,17 @@ def sops_format(name: str) -> str:
     return next((fmt for suffix, fmt in FORMATS.items() if name.endswith(suffix)), "binary")
 
 
+def read_secret_file(path: str, what: str, reason: Reason) -> bytes:
+    """A secret the bastion keeps in a file (a password, a webhook secret); one line when missing or empty."""
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ControllerError(reason, f"{what} {path}: {exc.strerror}") from None
+    if not secret:
+        raise ControllerError(reason, f"{what} {path} is empty")
+    return secret
+
+
 def find_encrypted(project: Path) -> list[Path]:
     """SOPS files by name, plus every file a ``.sops.yaml`` creation rule covers."""
     rules = _creation_rule_patterns(project)

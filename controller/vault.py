@@ -18,7 +18,7 @@ from controller.config import AnsibleConfig
 from controller.errors import ControllerError
 from controller.outcomes import Reason
 from controller.redact import Redactor
-from controller.secrets import scalars
+from controller.secrets import read_secret_file, scalars
 
 HEADER = b"$ANSIBLE_VAULT;"
 YAML_SUFFIXES = ("", ".yml", ".yaml", ".json")  # where inline !vault values can be
@@ -39,7 +39,8 @@ def learn_vaulted(project: Path, settings: AnsibleConfig) -> Redactor:
     from ansible.errors import AnsibleError  # Ansible's import is slow: only when a vault is configured
     from ansible.parsing.vault import VaultLib, VaultSecret
 
-    secrets = [(label, VaultSecret(_password(label, path))) for label, path in ids]
+    secrets = [(label, VaultSecret(read_secret_file(path, f"vault password file (vault id {label})",
+                                                    Reason.DECRYPTION_FAILED))) for label, path in ids]
     vault = VaultLib(secrets)
     values: list[str] = []
     for path in _candidates(project):
@@ -63,17 +64,6 @@ def learn_vaulted(project: Path, settings: AnsibleConfig) -> Redactor:
 def _identities(settings: AnsibleConfig) -> list[tuple[str, str]]:
     ids = [(DEFAULT_ID, settings.vault_password_file)] if settings.vault_password_file else []
     return ids + [(v.id, v.password_file) for v in settings.vault_ids]
-
-
-def _password(label: str, path: str) -> bytes:
-    try:
-        password = Path(path).read_bytes().strip()
-    except OSError as exc:
-        raise ControllerError(Reason.DECRYPTION_FAILED,
-                              f"vault password file {path} (vault id {label}): {exc.strerror}") from None
-    if not password:
-        raise ControllerError(Reason.DECRYPTION_FAILED, f"vault password file {path} (vault id {label}) is empty")
-    return password
 
 
 def _candidates(project: Path) -> Iterator[Path]:

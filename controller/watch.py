@@ -9,7 +9,6 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from controller.config import Config
@@ -23,6 +22,7 @@ from controller.refwatch import RefWatcher, local_bare_repository
 from controller.results import AppResult, Request, Result
 from controller.runner import TaskResult
 from controller.schedule import DriftSchedule, parse_time
+from controller.secrets import read_secret_file
 from controller.source import RemoteUrl
 from controller.state import Store
 
@@ -160,14 +160,7 @@ class Watch:
         if path is None:
             log.warning("watch.webhook_secret_file is not set: webhooks are refused (403)")
             return None
-        try:
-            secret = Path(path).read_bytes().strip()
-        except OSError as exc:
-            raise ControllerError(Reason.CONFIG_INVALID,
-                                  f"watch.webhook_secret_file {path}: {exc.strerror}") from exc
-        if not secret:
-            raise ControllerError(Reason.CONFIG_INVALID, f"watch.webhook_secret_file {path} is empty")
-        return secret
+        return read_secret_file(path, "watch.webhook_secret_file", Reason.CONFIG_INVALID)
 
     def _turn(self) -> None:
         due_apps, next_check = self._drift_due()

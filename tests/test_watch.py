@@ -340,3 +340,14 @@ def test_failing_cycle_is_retried_then_recovers_and_sigterm_mid_run_exits_cleanl
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released: this would raise if still held
     assert runs(fleet)[0]["reason"] == "Interrupted"
     assert "run-failed" not in receiver.events("staging")[2:]  # a stop is not announced as a failure
+
+
+def test_an_unreadable_or_empty_webhook_secret_is_one_line(fleet: Fleet) -> None:
+    watch_config(fleet, listen=f"127.0.0.1:{free_port()}", webhook_secret_file="missing.secret")
+    missing = fleet.controller("watch", timeout=60)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().endswith("missing.secret: No such file or directory")
+    (fleet.root / "empty.secret").write_text("\n")
+    watch_config(fleet, listen=f"127.0.0.1:{free_port()}", webhook_secret_file="empty.secret")
+    empty = fleet.controller("watch", timeout=60)
+    assert empty.returncode == 1 and empty.stderr.strip().endswith("empty.secret is empty")
