@@ -89,12 +89,13 @@ def job_settings(config: Config, project: Path, private: Path) -> Job:
     # a host that stops answering must not hold the run (and the lock) for ever
     env["ANSIBLE_TASK_TIMEOUT"] = str(max(1, round(settings.task_timeout)))
 
-    host_keys, wrappers = _host_keys(config, repo, private, notices)
+    options = _host_key_args(config)
+    host_keys, wrappers = _host_keys(config, options, repo, private, notices)
     env.update(host_keys)
     # ssh_args come first on ssh's, sftp's and scp's command lines, and ssh takes the first value given
     repo_ssh_args = repo.get("ssh_connection", "ssh_args", fallback=None)
     persist = f"-o ControlMaster=auto -o ControlPersist={round(settings.control_persist)}s -o BatchMode=yes"
-    env["ANSIBLE_SSH_ARGS"] = " ".join((_host_key_args(config), repo_ssh_args if repo_ssh_args is not None
+    env["ANSIBLE_SSH_ARGS"] = " ".join((options, repo_ssh_args if repo_ssh_args is not None
                                         else env.get("ANSIBLE_SSH_ARGS", persist)))
     # ssh master sockets live in this run's private directory, never at a predictable shared path
     env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(_private_dir(private / "cp"))
@@ -121,7 +122,7 @@ def _host_key_args(config: Config) -> str:
     return " ".join(f"-o {shlex.quote(option)}" for option in options)
 
 
-def _host_keys(config: Config, repo: configparser.ConfigParser, private: Path,
+def _host_keys(config: Config, options: str, repo: configparser.ConfigParser, private: Path,
                notices: list[str]) -> tuple[dict[str, str], dict[str, Path]]:
     """Host key checking as the bastion says, for Ansible's ssh connection and for mitogen alike.
 
@@ -141,12 +142,12 @@ def _host_keys(config: Config, repo: configparser.ConfigParser, private: Path,
     wrappers = {}
     for tool in ("ssh", "sftp", "scp"):
         wrapper = private / tool
-        wrapper.write_text(f"#!/bin/sh\nexec {tool} {_host_key_args(config)} \"$@\"\n")
+        wrapper.write_text(f"#!/bin/sh\nexec {tool} {options} \"$@\"\n")
         wrapper.chmod(0o700)
         wrappers[tool] = wrapper
     checking = "False" if config.ssh.host_key_checking == "off" else "True"
-    env = {"ANSIBLE_HOST_KEY_CHECKING": checking, "ANSIBLE_SSH_EXECUTABLE": str(wrappers["ssh"]),
-           "ANSIBLE_SFTP_EXECUTABLE": str(wrappers["sftp"]), "ANSIBLE_SCP_EXECUTABLE": str(wrappers["scp"])}
+    env = {"ANSIBLE_HOST_KEY_CHECKING": checking,
+           **{f"ANSIBLE_{tool.upper()}_EXECUTABLE": str(path) for tool, path in wrappers.items()}}
     return env, wrappers
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from controller.errors import ControllerError
 from controller.outcomes import Reason
+from controller.reaper import children
 
 REAPER = Path(__file__).with_name("reaper.py")
 NOT_FOUND = 127
@@ -86,7 +87,7 @@ def stop_children() -> None:
     Also catches a child whose Popen a signal interrupted (so nobody holds its handle), and one
     still between fork and exec: the SIGTERM stays pending across exec and ends it there.
     """
-    mine = _children()
+    mine = children(os.getpid())
     for pid in mine:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -97,15 +98,6 @@ def stop_children() -> None:
         if _running(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def _children() -> list[int]:
-    pid = os.getpid()
-    found: list[int] = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as children:
-            found.extend(int(k) for k in children.read().split())
-    return found
 
 
 def _running(pid: int) -> bool:

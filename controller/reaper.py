@@ -27,24 +27,27 @@ def _prctl(option: int, value: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
 
 
+def children(pid: int) -> list[int]:
+    """The live children of ``pid`` (of all its threads), read from /proc."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as listed:
+            found.extend(int(k) for k in listed.read().split())
+    return found
+
+
 def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid``, read from /proc (children before grandchildren)."""
+    """Every live descendant of ``pid`` (children before grandchildren)."""
     found: list[int] = []
     pending = [pid]
     while pending:
-        parent = pending.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                with open(f"/proc/{parent}/task/{task}/children") as children:
-                    kids = [int(k) for k in children.read().split()]
-            except OSError:
-                continue
-            found.extend(kids)
-            pending.extend(kids)
+        kids = children(pending.pop())
+        found.extend(kids)
+        pending.extend(kids)
     return found
 
 

@@ -48,7 +48,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
         if request.only_if_changed and (idle := _idle(config, store, revision)):
             return Result(request, revision, (), idle, kind)
         store.record_revision(revision)
-        verify_revision(config, store, revision, request.app, progress.step)  # before anything is extracted
+        verify_revision(config, store, source, revision, request.app, progress.step)  # before anything is extracted
         with workspace(Path(config.workspace_dir)) as space:
             progress.step(f"revision {revision.short} {revision.subject!r}")
             source.extract(revision.sha, space.project)

@@ -90,7 +90,7 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
                  on_task: Callable[[TaskResult], None], cancel: Cancel, limit: str | None = None) -> PlayRun:
     """Run the app's playbook in check+diff or apply mode, streaming each task result to ``on_task``.
 
-    ``limit`` narrows the app's own limit further (hosts that need an apply).
+    ``limit`` replaces the app's own limit: the hosts that need an apply, found by a check under that limit.
     """
     collector = _Collector(check=check, redactor=redactor, project=project, on_task=on_task,
                            task_timeout=job.env.get("ANSIBLE_TASK_TIMEOUT", "?"))

@@ -14,7 +14,7 @@ from controller.config import Config, VerifyConfig
 from controller.errors import ControllerError
 from controller.outcomes import Kind, Reason
 from controller.process import run
-from controller.source import Revision
+from controller.source import Revision, Source
 from controller.state import Store
 
 # one commit per line: sha, git's verdict (%G?), the signing key, subject (the only field that may hold \x1f)
@@ -57,25 +57,24 @@ class Verdict:
         return f"has a signature that cannot be checked (git says {self.status!r})"
 
 
-def verify_revision(config: Config, store: Store, revision: Revision, app: str | None,
+def verify_revision(config: Config, store: Store, source: Source, revision: Revision, app: str | None,
                     step: Callable[[str], None]) -> None:
     """Refuse ``revision`` unless the commits ``source.verify`` covers carry good signatures by trusted keys."""
     settings = config.source.verify
     if settings.mode == "off":
         return
-    cache = config.state_path / "cache" / "source.git"
     bases = last_applied(store, app) if settings.mode == "all" else []
     since = f" since {', '.join(b[:12] for b in bases)}" if bases else (
         " (nothing applied yet: the head only)" if settings.mode == "all" else "")
     step(f"verifying commit signatures ({settings.mode}) of {revision.short}{since}")
     with _trusting(settings, config.state_path) as (options, env):
         def log(*revs: str) -> list[Verdict]:
-            out = run(["git", "--git-dir", str(cache), *options, "log", "--reverse", "--topo-order", FORMAT,
-                       *revs, "--"], reason=Reason.SNAPSHOT_FAILED,
-                      what=f"reading the signatures of {revision.short}", env=env, timeout=TIMEOUT)
+            out = source.git(*options, "log", "--reverse", "--topo-order", FORMAT, *revs, "--",
+                             reason=Reason.SNAPSHOT_FAILED, what=f"reading the signatures of {revision.short}",
+                             env=env, timeout=TIMEOUT)
             return [Verdict(*line.split("\x1f", 3)) for line in out.splitlines() if line]
 
-        present = [b for b in bases if _exists(cache, b, env)]
+        present = [b for b in bases if source.has_commit(b)]
         if bases and not present:
             raise ControllerError(
                 Reason.VERIFICATION_FAILED,
@@ -133,12 +132,3 @@ def _trusting(settings: VerifyConfig, scratch: Path) -> Iterator[tuple[list[str]
                "-c", "gpg.ssh.program=ssh-keygen"], env
     finally:
         shutil.rmtree(home, ignore_errors=True)
-
-
-def _exists(cache: Path, sha: str, env: dict[str, str]) -> bool:
-    try:
-        run(["git", "--git-dir", str(cache), "cat-file", "-e", f"{sha}^{{commit}}"], reason=Reason.SNAPSHOT_FAILED,
-            what="looking up the last applied revision", env=env, timeout=60)
-    except ControllerError:
-        return False
-    return True

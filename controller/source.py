@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,14 +81,14 @@ class Source:
         self.timeout = timeout
         if not (cache / "HEAD").exists():
             cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._git("init", "--quiet", "--bare", str(cache), what=f"cannot create the Git cache {cache}",
+            self.git("init", "--quiet", "--bare", str(cache), what=f"cannot create the Git cache {cache}",
                       reason=Reason.FETCH_FAILED, git_dir=False)
 
     def fetch(self) -> Revision:
         """Fetch every branch from the remote and return the watched branch's head."""
-        self._git("fetch", "--no-recurse-submodules", "--prune", "--no-tags", "--quiet", self.url.bare,
-                  f"+refs/heads/*:{REMOTE_REFS}/*", what=f"cannot fetch {self.url.shown}",
-                  reason=Reason.FETCH_FAILED, timeout=self.timeout, env=self._fetch_env())
+        self.git("fetch", "--no-recurse-submodules", "--prune", "--no-tags", "--quiet", self.url.bare,
+                 f"+refs/heads/*:{REMOTE_REFS}/*", what=f"cannot fetch {self.url.shown}",
+                 reason=Reason.FETCH_FAILED, timeout=self.timeout, env=self._credentials())
         return self.head()
 
     def head(self) -> Revision:
@@ -111,7 +112,7 @@ class Source:
     def descends(self, ancestor: str, sha: str) -> bool:
         """Whether ``sha`` is ``ancestor`` or a descendant of it (a fast-forward)."""
         try:
-            self._git("merge-base", "--is-ancestor", ancestor, sha, what="merge-base", reason=Reason.FETCH_FAILED)
+            self.git("merge-base", "--is-ancestor", ancestor, sha, what="merge-base", reason=Reason.FETCH_FAILED)
         except ControllerError as exc:
             if exit_status(exc) == 1:
                 return False
@@ -140,9 +141,9 @@ class Source:
 
     def _revision(self, rev: str) -> Revision:
         # rev-parse --verify checks existence; ^{commit} refuses trees and blobs
-        out = self._git("log", "-1", "--no-show-signature", "--format=%H%x00%s%x00%an%x00%ct",
-                        f"{rev}^{{commit}}", "--", what=f"revision {rev!r} not found",
-                        reason=Reason.REVISION_NOT_FOUND)
+        out = self.git("log", "-1", "--no-show-signature", "--format=%H%x00%s%x00%an%x00%ct",
+                       f"{rev}^{{commit}}", "--", what=f"revision {rev!r} not found",
+                       reason=Reason.REVISION_NOT_FOUND)
         sha, subject, author, stamp = out.rstrip("\n").split("\x00")
         when = datetime.fromtimestamp(int(stamp), tz=UTC).isoformat()
         return Revision(sha, subject, author, when)
@@ -151,27 +152,35 @@ class Source:
         config = [item for pair in HARDENING for item in ("-c", pair)]
         return ["git", *config, *([f"--git-dir={self.cache}"] if git_dir else []), *args]
 
-    def _git(self, *args: str, what: str, reason: Reason, timeout: float = 60, git_dir: bool = True,
-             env: dict[str, str] | None = None) -> str:
-        return run(self._argv(*args, git_dir=git_dir), env=env or self._env(), reason=reason, what=what,
-                   timeout=timeout, redact=self.url.mask)
+    def git(self, *args: str, what: str, reason: Reason, timeout: float = 60, git_dir: bool = True,
+            env: Mapping[str, str] | None = None) -> str:
+        """Run git on the cache, hardened, with ``env`` added to its environment; its stdout."""
+        return run(self._argv(*args, git_dir=git_dir), env={**self._env(), **(env or {})}, reason=reason,
+                   what=what, timeout=timeout, redact=self.url.mask)
+
+    def has_commit(self, sha: str) -> bool:
+        """Whether the cache holds commit ``sha``."""
+        try:
+            self.git("cat-file", "-e", f"{sha}^{{commit}}", what=f"looking up {sha[:12]}", reason=Reason.FETCH_FAILED)
+        except ControllerError:
+            return False
+        return True
 
     def _env(self) -> dict[str, str]:
         return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
                 "GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
                 "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"}
 
-    def _fetch_env(self) -> dict[str, str]:
-        """The environment of a fetch: credentials reach git through askpass, never through argv."""
-        env = self._env()
-        if self.url.username is not None:
-            helper = self.cache.parent / "git-askpass"  # holds no secret: it prints the two variables
-            if not helper.exists() or helper.read_text() != ASKPASS:
-                helper.write_text(ASKPASS)
-            helper.chmod(0o700)
-            env.update(GIT_ASKPASS=str(helper), CONTROLLER_GIT_USERNAME=self.url.username,
-                       CONTROLLER_GIT_PASSWORD=self.url.password or "")
-        return env
+    def _credentials(self) -> dict[str, str]:
+        """What a fetch adds to git's environment: credentials reach git through askpass, never argv."""
+        if self.url.username is None:
+            return {}
+        helper = self.cache.parent / "git-askpass"  # holds no secret: it prints the two variables
+        if not helper.exists() or helper.read_text() != ASKPASS:
+            helper.write_text(ASKPASS)
+        helper.chmod(0o700)
+        return {"GIT_ASKPASS": str(helper), "CONTROLLER_GIT_USERNAME": self.url.username,
+                "CONTROLLER_GIT_PASSWORD": self.url.password or ""}
 
 
 class _Refused(Exception):

@@ -58,7 +58,6 @@ MIGRATIONS = (
                        GROUP BY app);
     """,
 )
-STATES = ("in-sync", "drifted", "failed", "unreachable", "unverified")  # a host's state, as status shows it
 
 
 def private_directory(path: Path) -> None:

@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.reaper import children, descendants
+
 SSHD = "/usr/sbin/sshd"
 MANAGED_PATH = "/srv"
 DEFAULT_PORT = 2222
@@ -133,14 +135,14 @@ class Lab:
 
     def freeze_host(self, name: str) -> list[int]:
         """Stop every process of a host (SIGSTOP), as a hung disk or a stalled VM would; return them."""
-        pids = _descendants(self._procs[name].pid)
+        pids = descendants(self._procs[name].pid)
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         return pids
 
     def thaw_host(self, name: str) -> None:
         """Let a frozen host run again."""
-        for pid in _descendants(self._procs[name].pid):
+        for pid in descendants(self._procs[name].pid):
             os.kill(pid, signal.SIGCONT)
 
     def host(self, name: str) -> Host:
@@ -234,19 +236,6 @@ class Lab:
         return [pid for pid in pids if pid not in own and _is_lab_process(pid, self.directory)]
 
 
-def _descendants(pid: int) -> list[int]:
-    found, pending = [], [pid]
-    while pending:
-        try:
-            children = Path(f"/proc/{pending.pop()}/task").glob("*/children")
-            kids = [int(k) for path in children for k in path.read_text().split()]
-        except OSError:
-            continue
-        found.extend(kids)
-        pending.extend(kids)
-    return found
-
-
 def _answers(host: Host) -> bool:
     try:
         with socket.create_connection((host.address, host.port), timeout=0.2):
@@ -274,18 +263,15 @@ def _is_lab_process(pid: int, directory: Path) -> bool:
 def _kill_namespace(pid: int) -> None:
     # SIGKILL on unshare makes --kill-child kill sshd, PID 1 of the namespace, and the
     # kernel then kills every session in it. unshare ignores SIGTERM while it waits.
-    try:
-        # the namespace's PID 1 (sshd) can outlive unshare for a moment: wait for it too,
-        # or a restart's readiness probe could be answered by the dying listener
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
+    # the namespace's PID 1 (sshd) can outlive unshare for a moment: wait for it too,
+    # or a restart's readiness probe could be answered by the dying listener
+    sshd = children(pid)
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + 5
-    for waited in [pid, *map(int, children)]:
+    for waited in [pid, *sshd]:
         while time.monotonic() < deadline and _alive(waited):
             time.sleep(0.01)
 
