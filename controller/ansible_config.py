@@ -26,7 +26,7 @@ from controller.vault import vault_args
 # (SOPS_AGE_KEY, tokens, webhook secrets) stays out of the job and its artifacts.
 PASSED_THROUGH = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SSH_AUTH_SOCK")
 PLUGINS = Path(__file__).parent / "ansible_plugins"
-OUR_CALLBACK = "controller_unverified"
+OUR_CALLBACKS = "controller_unverified,controller_connections"
 HOST_KEY_OPTIONS = {
     "strict": ("StrictHostKeyChecking=yes",),
     "accept-new": ("StrictHostKeyChecking=accept-new",),
@@ -115,11 +115,15 @@ def _read_cfg(path: Path) -> configparser.ConfigParser:
     return repo
 
 
-def _host_key_args(config: Config) -> str:
+def host_key_options(config: Config) -> tuple[str, ...]:
+    """ssh ``-o`` options that check host keys as the bastion says (Ansible's runs and verify's alike)."""
     known = "/dev/null" if config.ssh.host_key_checking == "off" else str(config.known_hosts)
-    options = (*HOST_KEY_OPTIONS[config.ssh.host_key_checking], f"UserKnownHostsFile={known}",
-               "GlobalKnownHostsFile=/dev/null")
-    return " ".join(f"-o {shlex.quote(option)}" for option in options)
+    return (*HOST_KEY_OPTIONS[config.ssh.host_key_checking], f"UserKnownHostsFile={known}",
+            "GlobalKnownHostsFile=/dev/null")
+
+
+def _host_key_args(config: Config) -> str:
+    return " ".join(f"-o {shlex.quote(option)}" for option in host_key_options(config))
 
 
 def _host_keys(config: Config, options: str, repo: configparser.ConfigParser, private: Path,
@@ -161,7 +165,7 @@ def _no_output_to_disk(repo: configparser.ConfigParser, notices: list[str]) -> d
     if overridden:
         notices.append(f"the repository's ansible.cfg sets {', '.join(overridden)}; ignored: no run output "
                        "(diffs, secrets) may be written to disk or to other callbacks")
-    return {**NO_OUTPUT_TO_DISK, "ANSIBLE_CALLBACKS_ENABLED": OUR_CALLBACK,
+    return {**NO_OUTPUT_TO_DISK, "ANSIBLE_CALLBACKS_ENABLED": OUR_CALLBACKS,
             "ANSIBLE_CALLBACK_PLUGINS": str(PLUGINS / "callback")}
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from controller.ansible_config import Job
 from controller.apps import App
+from controller.config import Config
 from controller.drift import Report, decide, host_states, merged, report
 from controller.errors import ControllerError
 from controller.interrupt import Cancel
@@ -14,9 +16,10 @@ from controller.outcomes import Kind, Reason, failure
 from controller.plan import Plan, plan_apply
 from controller.redact import Redactor
 from controller.results import AppResult, Progress, Request
-from controller.runner import Stopped, run_playbook
+from controller.runner import PlayRun, Stopped, run_playbook
 from controller.source import Revision, Source
 from controller.state import Store
+from controller.verify import Verdict, manifests_after, verified_report, verify_hosts
 from controller.workspace import Workspace
 
 
@@ -31,6 +34,9 @@ class AppRun:
     store: Store
     progress: Progress
     cancel: Cancel
+    config: Config
+    digest: str                     # of everything a host manifest derives from (controller.manifest)
+    relook: set[str] = field(default_factory=set)  # hosts whose manifest is made afresh after this run
 
     def reconcile(self, source: Source, space: Workspace, job: Job, redactor: Redactor) -> AppResult:
         """Check, then (a sync under policy apply) apply where the plan says; failures become the result."""
@@ -46,27 +52,54 @@ class AppRun:
             def play(check: bool, limit: str | None = None) -> Report:
                 return self._play(run_id, space, job, redactor, check=check, limit=limit)
 
-            checked = play(check=True)
+            verdicts: list[Verdict] = []
+            if self.request.verifying:
+                verdicts, checked = self._verify(play)
+            else:
+                checked = play(check=True)
             plan = None
             if applying:
                 applied_at = {h["host"]: h["revision"] for h in store.hosts(app.name)}
                 plan = plan_apply(checked, applied_at, self.revision.sha, force=self.request.force)
             applied = play(check=False, limit=plan.limit) if plan and plan.hosts else None
             outcome, reason = decide(checked, applied)
-            message = _message(app, checked, applied, plan, self.kind)
-            store.finish_run(run_id, outcome, reason, message, applied is not None, _summary(checked, applied, plan))
+            message = _message(app, checked, applied, plan, self.kind, verdicts)
+            summary = _summary(checked, applied, plan, verdicts)
+            store.finish_run(run_id, outcome, reason, message, applied is not None, summary,
+                             verified=sum(1 for v in verdicts if v.verified))
             behind = 0
             if self.kind is not Kind.PREVIEW:  # a preview never becomes the app's (or a host's) state
                 converged = [h.host for h in (applied.hosts if applied else ()) if h.status in ("ok", "changed")]
                 store.record_hosts(app.name, run_id, host_states(checked, applied), converged, self.revision.sha)
                 behind = sum(1 for h in store.hosts(app.name) if h["revision"] != self.revision.sha)
             return AppResult(app.name, app.policy, run_id, outcome, reason, message, checked, applied, last,
-                             self.revision.sha, time.monotonic() - started, self.kind, plan, behind)
+                             self.revision.sha, time.monotonic() - started, self.kind, plan, behind,
+                             tuple(verdicts))
         except ControllerError as error:
             store.finish_run(run_id, failure(error.reason), error.reason, error.message, False, {})
             return AppResult(app.name, app.policy, run_id, failure(error.reason), error.reason, error.message,
                              previous=last, revision=self.revision.sha, seconds=time.monotonic() - started,
                              kind=self.kind)
+
+    def _verify(self, play: Callable[[bool, str | None], Report]) -> tuple[list[Verdict], Report]:
+        """Compare the hosts with their manifests; fully check only those that differ (every host when
+        there is no manifest or the inputs changed: new hosts may have joined)."""
+        self.progress.step(f"{self.app.name}: verifying the hosts against their manifests (one look each)")
+        verdicts = verify_hosts(self.config, self.store, self.app.name, self.digest)
+        # a host that differed is looked at again after its full check, even if Ansible finds it in sync:
+        # the manifest then takes what Ansible does not manage (an owner no task sets) as it is now
+        self.relook = {v.host for v in verdicts if not v.verified}
+        if not verdicts:
+            self.progress.notice(f"{self.app.name}: no host has a manifest yet; a full check of every host "
+                                 "records them")
+        for verdict in verdicts:
+            if not verdict.verified:
+                self.progress.notice(f"{self.app.name}: {verdict.host} needs a full check: {verdict.why}")
+        rechecked = [v.host for v in verdicts if not v.verified]
+        if not verdicts or any(v.manifest is None or v.manifest.digest != self.digest for v in verdicts):
+            return verdicts, play(True, None)
+        full = play(True, ",".join(rechecked)) if rechecked else None
+        return verdicts, verified_report(verdicts, full)
 
     def _refuse_rewrite(self, source: Source, last: str | None) -> None:
         revision = self.revision
@@ -91,11 +124,30 @@ class AppRun:
             raise
         found = report(played)
         self.store.add_report(run_id, phase, found)
+        if self.kind is not Kind.PREVIEW:
+            self._record_manifests(played, found, every_host=limit is None)
         return found
 
+    def _record_manifests(self, played: PlayRun, found: Report, *, every_host: bool) -> None:
+        # a check's in-sync hosts, an apply's converged ones: what they have now is what Git says
+        wanted = ("ok",) if played.check else ("ok", "changed")
+        in_sync = {h.host for h in found.hosts if h.status in wanted}
+        previous = {h: m for h, m in self.store.manifests(self.app.name).items() if h not in self.relook}
+        manifests = manifests_after(self.config, played, in_sync, self.digest, self.revision.sha, previous)
+        # an apply only runs where needed: the hosts it skipped keep the check's manifests
+        self.store.record_manifests(self.app.name, manifests, every_host=every_host and played.check)
 
-def _message(app: App, checked: Report, applied: Report | None, plan: Plan | None, kind: Kind) -> str:
+
+def _message(app: App, checked: Report, applied: Report | None, plan: Plan | None, kind: Kind,
+             verdicts: list[Verdict]) -> str:
     parts = []
+    verified = [v for v in verdicts if v.verified]
+    if verified:
+        covered = sum(v.manifest.covered for v in verified if v.manifest)
+        parts.append(f"{len(verified)} host(s) verified against their manifests ({covered} task results covered)")
+    rechecked = [v.host for v in verdicts if not v.verified]
+    if rechecked:
+        parts.append(f"fully checked: {', '.join(rechecked)}")
     if applied is not None:
         corrected = applied.with_status("changed")
         if corrected:
@@ -117,8 +169,12 @@ def _message(app: App, checked: Report, applied: Report | None, plan: Plan | Non
     return "; ".join(parts) or f"{len(checked.hosts)} host(s) in sync"
 
 
-def _summary(checked: Report, applied: Report | None, plan: Plan | None) -> dict[str, list[str]]:
+def _summary(checked: Report, applied: Report | None, plan: Plan | None,
+             verdicts: list[Verdict]) -> dict[str, list[str]]:
     summary = {"drifted": checked.with_status("changed")}
+    if verdicts:
+        summary["verified"] = [v.host for v in verdicts if v.verified]
+        summary["rechecked"] = [f"{v.host}: {v.why}" for v in verdicts if not v.verified]
     if applied is not None:
         summary["corrected"] = applied.with_status("changed")
         summary["applied_to"] = plan.hosts if plan else []

@@ -90,6 +90,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     Typical use:
       controller sync                 converge every app to the branch head
       controller check                report drift, change nothing (for cron)
+      controller verify               one SSH look per host against its manifest
       controller watch                the daemon: webhooks, pushes, polls, drift schedule
       controller sync --dry-run       the same as check, as a sync would see it
       controller status               applied revision and drift state per app
@@ -109,6 +110,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
               help="Return at once (exit 0) when the branch has not moved since the last sync and no drift "
                    "check is due (watch.drift_check_interval): the fast path for cron.")
 @click.option("--force", is_flag=True, help="Apply to every host of the app, whatever the check found.")
+@click.option("--verify-first", is_flag=True,
+              help="Compare each host with its manifest first (as `controller verify`) and fully check only "
+                   "the hosts that differ; at an unchanged revision a matching host needs no playbook run.")
 def sync(**options: Any) -> None:
     """Converge the servers to the branch head (apps with policy apply).
 
@@ -133,19 +137,51 @@ def check(**options: Any) -> None:
     means only tasks that check mode cannot verify are open. With --revision
     (a pull request's commit or branch) it is a preview: never the app's state.
     """
-    _reconcile("check", dry_run=False, allow_rewrite=False, only_if_changed=False, force=False, **options)
+    _reconcile("check", dry_run=False, allow_rewrite=False, only_if_changed=False, force=False, verify_first=False,
+               **options)
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.option("--app", metavar="NAME", help="Only this app from gitops.yml.")
+@click.option("--wait", type=float, default=0, metavar="SECONDS",
+              help="Wait this long for another run to finish (default: do not wait).")
+@click.option("--progress/--no-progress", default=None,
+              help="Show live progress on stderr (default: when stderr is a terminal).")
+@click.option("--accept-unverified", is_flag=True,
+              help="Exit 0, not 3, when the only open items are tasks check mode cannot verify.")
+@click.option("--trigger", default="manual", hidden=True)
+@json_option
+@config_option
+def verify(**options: Any) -> None:
+    """Look at every host in one SSH round trip; fully check only where needed.
+
+    Every full check or apply that finds a host in sync records its manifest:
+    each path a file-type task (file, copy, template, lineinfile, ...) manages,
+    with its checksum, mode, owner and group. verify fetches the branch and
+    compares every host with its manifest in a single ssh command per host (no
+    Ansible task, no module upload). A host that matches is *verified*: the
+    output says how many tasks its manifest covers, and which tasks (packages,
+    services, commands) only the last full check, at the time shown, has seen.
+    A host that differs, has no manifest, or whose inputs changed (a new
+    revision, the bastion config, vars or secrets, the Ansible version) gets a
+    full check, limited to it, with Ansible's own diff, exactly as `check`
+    reports it. verify never changes a host. Run it every few seconds from
+    `watch` (watch.verify_interval) and keep a full check on a slower schedule.
+    """
+    _reconcile("verify", revision=None, output_format=None, output=None, dry_run=False, allow_rewrite=False,
+               only_if_changed=False, force=False, verify_first=False, **options)
 
 
 def _reconcile(mode: str, *, config_path: str | None, as_json: bool, output_format: str | None, output: str | None,
                app: str | None, revision: str | None, wait: float, progress: bool | None, trigger: str,
                dry_run: bool, allow_rewrite: bool, only_if_changed: bool, force: bool,
-               accept_unverified: bool) -> None:
+               accept_unverified: bool, verify_first: bool) -> None:
     config = _config(config_path)
     show = sys.stderr.isatty() if progress is None else progress
     cancel = Cancel()
     cancel.install()
     request = Request(mode, app, revision, dry_run, allow_rewrite, trigger, only_if_changed=only_if_changed,
-                      force=force, accept_unverified=accept_unverified)
+                      force=force, accept_unverified=accept_unverified, verify_first=verify_first)
     result = run_cycle(config, request, TerminalProgress(show), cancel, wait)
     shape = "json" if as_json else output_format or "text"
     report = {"json": lambda: json.dumps(result_json(result), indent=2) + "\n", "text": lambda: result_text(result),

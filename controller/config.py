@@ -86,6 +86,7 @@ class WatchConfig:
     max_body_bytes: int = 1_048_576      # bigger webhook bodies get 413
     drift_check_interval: Seconds = Seconds(900)   # between scheduled drift checks per app; 0: off
     drift_check_cron: str | None = None  # a cron expression instead of the interval
+    verify_interval: Seconds = Seconds(0)          # between verifies of every host against its manifest; 0: off
     debounce: Seconds = Seconds(0.5)               # wait this long after a trigger so a burst makes one run
     backoff: Seconds = Seconds(10)                 # first retry after a failing cycle; doubles up to backoff_max
     backoff_max: Seconds = Seconds(600)

@@ -11,6 +11,7 @@ class Kind(StrEnum):
     CHECK = "check"        # check+diff of the branch head; becomes the app's (and its hosts') state
     PREVIEW = "preview"    # --revision other than the head, or --dry-run: recorded, never the app's state
     SYNC = "sync"          # check, then apply where needed (policy apply)
+    VERIFY = "verify"      # hosts compared with their manifests; a full check only where they differ
 
 
 class Outcome(StrEnum):

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from controller.errors import ControllerError
@@ -44,6 +45,33 @@ def run(argv: Sequence[str], *, reason: Reason, what: str, env: Mapping[str, str
             raise ControllerError(reason, f"{what}: {argv[0]} did not finish within {timeout:.0f}s") from None
     return _checked(argv, proc.returncode, out, err, reason=reason, what=what, redact=redact).decode(
         errors="replace")
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How one of several commands run side by side ended: exit status (None: timed out) and output."""
+
+    code: int | None
+    out: str
+    err: str
+
+
+def run_side_by_side(commands: Mapping[str, Sequence[str]], *, env: Mapping[str, str],
+                     timeout: float) -> dict[str, Finished]:
+    """Run every command at once and wait for all (at most ``timeout`` seconds in all); never raises
+    for a command's failure: each caller tells its own failures apart."""
+    deadline = time.monotonic() + timeout
+    finished: dict[str, Finished] = {}
+    with contextlib.ExitStack() as stack:
+        procs = {key: stack.enter_context(_spawn(argv, env, None, stdout=subprocess.PIPE))
+                 for key, argv in commands.items()}
+        for key, proc in procs.items():
+            try:
+                out, err = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+                finished[key] = Finished(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+            except subprocess.TimeoutExpired:
+                finished[key] = Finished(None, "", f"no answer within {timeout:.0f}s")
+    return finished
 
 
 @contextmanager

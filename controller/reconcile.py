@@ -11,6 +11,7 @@ from controller.apps import App, load_apps
 from controller.config import Config
 from controller.errors import ControllerError
 from controller.interrupt import Cancel
+from controller.manifest import inputs_digest
 from controller.outcomes import Kind, Outcome, Reason, failure
 from controller.results import AppResult, Progress, Request, Result
 from controller.runner import syntax_check
@@ -20,6 +21,7 @@ from controller.signatures import refused_head, verify_revision
 from controller.source import Revision, Source
 from controller.state import Store
 from controller.vault import learn_vaulted
+from controller.verify import trusted
 from controller.workspace import workspace
 
 
@@ -61,9 +63,12 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             job = job_settings(config, space.project, space.job)
             for notice in job.notices:
                 progress.notice(notice)
+            digests = {app.name: inputs_digest(config, revision.sha, app, space.project) for app in apps}
             for app in apps:
-                progress.step(f"syntax check of {app.name}: {app.playbook}")
-                syntax_check(app, space.project, job, redactor)
+                # a verify that trusts every host's manifest runs no playbook: these inputs passed before
+                if not (request.verifying and trusted(store, app.name, digests[app.name])):
+                    progress.step(f"syntax check of {app.name}: {app.playbook}")
+                    syntax_check(app, space.project, job, redactor)
             if kind is Kind.SYNC and request.app is None:  # only a revision that passed every gate retires apps
                 for gone in store.retire_missing([a.name for a in every], revision.sha):
                     progress.notice(f"app {gone} is no longer in gitops.yml at {revision.short}: retired")
@@ -75,7 +80,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                 if app.name in suspended:
                     results.append(_suspended(app, suspended[app.name]))
                     continue
-                run = AppRun(app, request, kind, revision, store, progress, cancel)
+                run = AppRun(app, request, kind, revision, store, progress, cancel, config, digests[app.name])
                 results.append(run.reconcile(source, space, job, redactor))
             return Result(request, revision, tuple(results), kind=kind)
     except ControllerError as error:
@@ -123,10 +128,10 @@ def _idle(config: Config, store: Store, head: Revision) -> str | None:
     schedule = DriftSchedule.of(config.watch)
     now = datetime.now(UTC)
     for app in apps:
-        latest = store.latest(app)
-        if latest is None or latest["mode"] != Kind.SYNC or latest["revision"] != head.sha \
+        latest, full = store.latest(app), store.latest(app, full=True)
+        if latest is None or full is None or latest["mode"] != Kind.SYNC or latest["revision"] != head.sha \
                 or not Outcome(latest["outcome"] or "failed").settled \
-                or schedule.due(parse_time(latest["started"]), now):
+                or schedule.due(parse_time(full["started"]), now):
             return None
     return (f"nothing to do: {config.source.branch} is still at {head.short}, already synced "
             f"({', '.join(apps)}), and no drift check is due")

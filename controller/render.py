@@ -35,6 +35,7 @@ def _app_json(app: AppResult) -> dict[str, Any]:
         "exit_code": int(app.exit_code()), "hosts_behind": app.behind,
         "applied_to": app.plan.why if app.plan else None,
         "check": _report_json(app.check), "apply": _report_json(app.applied),
+        "verify": [v.to_json() for v in app.verdicts] or None,
     }
 
 
@@ -58,10 +59,28 @@ def result_text(result: Result) -> str:
         run = f"  (run {app.run_id})" if app.run_id else ""
         lines.append(f"  {app.app:<{width}}  {app.outcome.value:<9}  {app.message}{reason}{run}")
     for app in result.apps:
+        lines.extend(_verdicts_text(app))
         for phase, report in (("drift", app.check), ("apply", app.applied)):
             if report is not None:
                 lines.extend(_tasks_text(f"{app.app} {phase}", report.tasks, diffs=phase == "drift"))
     return "\n".join(lines) + "\n"
+
+
+def _verdicts_text(app: AppResult) -> list[str]:
+    """Per host: verified (what the manifest covers, what only the last full check saw), or why not."""
+    if not app.verdicts:
+        return []
+    lines = ["", f"{app.app} verify:"]
+    for verdict in app.verdicts:
+        found = verdict.manifest
+        if verdict.verified and found is not None:
+            lines.append(f"  {verdict.host}  verified  {len(found.entries)} path(s) of {found.covered} task "
+                         f"result(s) as the full check at {found.checked_at} left them")
+            if found.uncovered:
+                lines.append(f"      covered only by that full check: {', '.join(found.uncovered)}")
+        else:
+            lines.append(f"  {verdict.host}  full check  {verdict.why}")
+    return lines
 
 
 def _tasks_text(title: str, tasks: tuple[TaskResult, ...] | list[TaskResult], diffs: bool) -> list[str]:

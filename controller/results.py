@@ -10,6 +10,7 @@ from controller.outcomes import ExitCode, Kind, Outcome, Reason
 from controller.plan import Plan
 from controller.runner import TaskResult
 from controller.source import Revision
+from controller.verify import Verdict
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,18 @@ class Request:
     only_if_changed: bool = False    # return at once when nothing moved and no drift check is due
     force: bool = False              # apply to every host, whatever the check found
     accept_unverified: bool = False  # exit 0 for unverified
+    verify_first: bool = False       # verify hosts against their manifests; full check only where needed
 
     def kind(self, revision: str | None = None, head: str | None = None) -> Kind:
         """A preview when it is a dry run or not of the branch head; otherwise what the command says."""
         if self.dry_run or (self.revision is not None and (revision is None or revision != head)):
             return Kind.PREVIEW
         return Kind(self.mode)
+
+    @property
+    def verifying(self) -> bool:
+        """Hosts are compared with their manifests before any full check (verify, sync --verify-first)."""
+        return self.mode == Kind.VERIFY or self.verify_first
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class AppResult:
     kind: Kind = Kind.CHECK
     plan: Plan | None = None         # where the apply ran and why
     behind: int = 0                  # hosts not at this revision after the run
+    verdicts: tuple[Verdict, ...] = ()  # verify: each host's verdict against its manifest
 
     def exit_code(self, accept_unverified: bool = False) -> ExitCode:
         if self.reason is Reason.LOCK_BUSY:

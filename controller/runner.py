@@ -18,12 +18,14 @@ from controller.ansible_config import Job
 from controller.apps import App
 from controller.errors import ControllerError
 from controller.interrupt import Cancel
+from controller.manifest import Connection, paths_of
 from controller.outcomes import Reason
 from controller.process import reaped, run, stop_children
 from controller.redact import Redactor
 
 STATUSES = ("ok", "changed", "failed", "unreachable", "skipped", "unverified")
 UNVERIFIED_MARKER = "CONTROLLER-UNVERIFIED"
+CONNECTION_MARKER = "CONTROLLER-CONNECTION"
 POLL_SECONDS = 0.5  # how often ansible-runner asks whether to stop (its default, 5 s, delays a SIGTERM)
 # what ssh and ansible say when a host cannot be trusted or stops answering
 HOST_KEY_MISMATCH = ("host key verification failed", "remote host identification has changed",
@@ -41,6 +43,16 @@ class TaskResult:
     status: str
     diff: str = ""
     message: str = ""
+
+
+@dataclass(frozen=True)
+class Touched:
+    """A task that ran (ok or changed) on a host, and the paths its result names (file-type tasks)."""
+
+    host: str
+    task: str
+    action: str
+    paths: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,8 @@ class PlayRun:
     tasks: tuple[TaskResult, ...]
     hosts: tuple[HostSummary, ...]
     error: str = ""
+    touched: tuple[Touched, ...] = ()
+    connections: Mapping[str, Connection] | None = None   # how Ansible reached each host
 
 
 class Stopped(ControllerError):
@@ -119,7 +133,8 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
     with cancel.deferred():
         runner.run()
     partial = PlayRun(check=check, status=str(runner.status), rc=int(runner.rc or 0),
-                      tasks=tuple(collector.tasks), hosts=collector.stats or ())
+                      tasks=tuple(collector.tasks), hosts=collector.stats or (),
+                      touched=tuple(collector.touched), connections=collector.connections)
     if cancel():
         raise Stopped(Reason.INTERRUPTED, f"app {app.name}: interrupted, the playbook was stopped", partial)
     if stop.expired:
@@ -145,6 +160,8 @@ class _Collector:
         self.tasks: list[TaskResult] = []
         self.skipped: dict[tuple[str, str], int] = {}  # (host, task uuid) -> index in tasks
         self.stats: tuple[HostSummary, ...] | None = None
+        self.touched: list[Touched] = []
+        self.connections: dict[str, Connection] = {}
         self.tail: deque[str] = deque(maxlen=3)
 
     def handle(self, event: dict[str, Any]) -> bool:
@@ -158,7 +175,13 @@ class _Collector:
                 self.skipped[(result.host, str(data.get("task_uuid")))] = len(self.tasks)
             if result.status != "ok":
                 self.tasks.append(result)
+            if result.status in ("ok", "changed"):
+                paths = paths_of(result.action, data.get("res") or {})
+                self.touched.append(Touched(result.host, result.task, result.action, paths))
             self.on_task(result)
+        elif kind == "verbose" and event.get("stdout", "").startswith(CONNECTION_MARKER):
+            _, host, address, port, user = event["stdout"].rstrip("\n").split("\t")
+            self.connections[host] = Connection(address, int(port) if port.isdigit() else None, user or None)
         elif kind == "verbose" and event.get("stdout", "").startswith(UNVERIFIED_MARKER):
             _, host, uuid = event["stdout"].strip().split("\t")
             index = self.skipped.pop((host, uuid), None)

@@ -12,6 +12,7 @@ from typing import Any
 
 from controller.drift import Report
 from controller.errors import ControllerError
+from controller.manifest import Manifest
 from controller.outcomes import Kind, Outcome, Reason
 from controller.source import Revision
 
@@ -56,6 +57,14 @@ MIGRATIONS = (
         FROM runs r JOIN host_results h ON h.run_id = r.id
         WHERE r.id IN (SELECT MAX(id) FROM runs WHERE mode = 'sync' AND applied = 1 AND outcome = 'converged'
                        GROUP BY app);
+    """,
+    # 4: each host's manifest from the last full run (``body`` NULL: that run did not find it in sync);
+    # runs.verified counts the hosts a run verified against their manifests instead of fully checking
+    """
+    CREATE TABLE manifests (
+        app TEXT NOT NULL, host TEXT NOT NULL, digest TEXT NOT NULL, recorded TEXT NOT NULL, body TEXT,
+        PRIMARY KEY (app, host));
+    ALTER TABLE runs ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
     """,
 )
 
@@ -144,12 +153,12 @@ class Store:
                 [(run_id, phase, t.host, t.task, t.action, t.status, t.diff, t.message) for t in report.tasks])
 
     def finish_run(self, run_id: int, outcome: Outcome, reason: Reason | None, message: str,
-                   applied: bool, summary: dict[str, Any]) -> None:
+                   applied: bool, summary: dict[str, Any], verified: int = 0) -> None:
         self.db.execute(
-            "UPDATE runs SET finished = ?, outcome = ?, reason = ?, message = ?, applied = ?, summary = ?"
-            " WHERE id = ?",
+            "UPDATE runs SET finished = ?, outcome = ?, reason = ?, message = ?, applied = ?, summary = ?,"
+            " verified = ? WHERE id = ?",
             (now(), outcome.value, reason.value if reason else None, message, int(applied),
-             json.dumps(summary), run_id))
+             json.dumps(summary), verified, run_id))
 
     def interrupt_unfinished(self) -> int:
         """Mark runs left running by a controller that was killed; only call while holding the lock."""
@@ -174,6 +183,16 @@ class Store:
                     " state = excluded.state", (app, host, state, stamp, run_id))
             db.executemany("UPDATE hosts SET revision = ?, applied_at = ? WHERE app = ? AND host = ?",
                            [(revision, stamp, app, host) for host in applied])
+
+    def record_manifests(self, app: str, manifests: dict[str, Manifest | None], *, every_host: bool) -> None:
+        """Each host's manifest after a full run (None: not in sync, nothing to trust); a run of the whole
+        inventory (``every_host``) also forgets the hosts it did not see."""
+        with self._transaction() as db:
+            if every_host:
+                db.execute("DELETE FROM manifests WHERE app = ?", (app,))
+            db.executemany("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?, ?)", [
+                (app, host, m.digest if m else "", now(), m.to_json() if m else None)
+                for host, m in manifests.items()])
 
     def retire_missing(self, present: list[str], revision: str) -> list[str]:
         """Retire the apps no longer in gitops.yml at ``revision`` (history stays); return them."""
@@ -227,6 +246,11 @@ class Store:
             "SELECT host, revision, applied_at, state, since, run_id FROM hosts WHERE app = ? ORDER BY host",
             (app,))]
 
+    def manifests(self, app: str) -> dict[str, Manifest | None]:
+        """The hosts of the app's last full runs and their manifests (None: not found in sync)."""
+        return {r["host"]: Manifest.from_json(r["body"]) if r["body"] else None
+                for r in self.db.execute("SELECT host, body FROM manifests WHERE app = ?", (app,))}
+
     def runs(self, app: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         query = "SELECT * FROM runs" + (" WHERE app = ?" if app else "") + " ORDER BY id DESC LIMIT ?"
         return [self._run(row) for row in self.db.execute(query, (app, limit) if app else (limit,))]
@@ -248,11 +272,13 @@ class Store:
             "SELECT DISTINCT app FROM runs WHERE app != '*' AND mode != ? AND app NOT IN (SELECT app FROM retired)"
             " ORDER BY app", (Kind.PREVIEW.value,))]
 
-    def latest(self, app: str, *kinds: Kind) -> dict[str, Any] | None:
-        """The app's newest run of one of ``kinds`` (any kind but previews when none is given)."""
+    def latest(self, app: str, *kinds: Kind, full: bool = False) -> dict[str, Any] | None:
+        """The app's newest run of one of ``kinds`` (checks and syncs when none is given); ``full``: only
+        a run that fully checked every host (the drift schedule's clock)."""
         wanted = [k.value for k in kinds] or [Kind.CHECK.value, Kind.SYNC.value]
         row = self.db.execute(f"SELECT * FROM runs WHERE app = ? AND mode IN ({','.join('?' * len(wanted))})"
-                              " ORDER BY id DESC LIMIT 1", (app, *wanted)).fetchone()
+                              + (" AND verified = 0" if full else "") + " ORDER BY id DESC LIMIT 1",
+                              (app, *wanted)).fetchone()
         return self._run(row) if row else None
 
     def status(self) -> list[dict[str, Any]]:

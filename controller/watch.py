@@ -117,6 +117,7 @@ class Watch:
         self.failures = 0
         self.retry_at = math.inf
         self.next_poll = time.monotonic()  # the first cycle runs at once
+        self.next_verify = self._after(self.settings.verify_interval)
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT; a cycle in progress is stopped and unwound first."""
@@ -152,8 +153,9 @@ class Watch:
         poll = f"every {self.settings.poll_interval:g}s" if self.settings.poll_interval else "off"
         drift = self.settings.drift_check_cron or (
             f"every {self.settings.drift_check_interval:g}s" if self.settings.drift_check_interval else "off")
-        log.info("watching %s (%s); polling %s; drift checks %s", RemoteUrl.parse(self.config.source.url).shown,
-                 self.config.source.branch, poll, drift)
+        verify = f"every {self.settings.verify_interval:g}s" if self.settings.verify_interval else "off"
+        log.info("watching %s (%s); polling %s; drift checks %s; verify %s",
+                 RemoteUrl.parse(self.config.source.url).shown, self.config.source.branch, poll, drift, verify)
 
     def _secret(self) -> bytes | None:
         path = self.settings.webhook_secret_file
@@ -165,13 +167,12 @@ class Watch:
     def _turn(self) -> None:
         due_apps, next_check = self._drift_due()
         # with checks due, only collect what has already arrived; otherwise sleep until something is due
-        deadline = time.monotonic() if due_apps else min(self.next_poll, self.retry_at, next_check)
+        deadline = time.monotonic() if due_apps else min(self.next_poll, self.retry_at, next_check, self.next_verify)
         kinds = self.triggers.take(deadline)
         now = time.monotonic()
         if now >= self.next_poll:
             kinds.add("poll")
-            interval = self.settings.poll_interval
-            self.next_poll = now + interval if interval > 0 else math.inf
+            self.next_poll = self._after(self.settings.poll_interval)
         if now >= self.retry_at:
             kinds.add("retry")
         if kinds:
@@ -182,6 +183,15 @@ class Watch:
             if self.cancel():
                 return
             self._cycle(Request("sync", app=app, trigger="schedule", fetch=False))
+        if not kinds and not due_apps and self.retry_at == math.inf and time.monotonic() >= self.next_verify:
+            # one look per host; a full check (and, under policy apply, an apply) only where one differs
+            self._cycle(Request("sync", trigger="verify", fetch=False, verify_first=True))
+            self.next_verify = self._after(self.settings.verify_interval)
+
+    @staticmethod
+    def _after(interval: float) -> float:
+        """The monotonic time ``interval`` seconds from now; never when it is 0."""
+        return time.monotonic() + interval if interval > 0 else math.inf
 
     def _drift_due(self) -> tuple[list[str], float]:
         """Apps whose scheduled drift check is due now, and the monotonic time of the next one."""
@@ -190,7 +200,7 @@ class Watch:
         with self._store() as store:
             suspended = store.suspensions()
             for app in sorted(self.known_apps or set(store.apps())):
-                latest = store.latest(app)
+                latest = store.latest(app, full=True)
                 if app in suspended or latest is None or latest["finished"] is None:
                     continue
                 when = self.schedule.next_check(parse_time(latest["started"]))

@@ -94,9 +94,10 @@ class Fleet:
     def encrypt(self, relative: str, values: dict[str, str]) -> None:
         self.write(relative, sops_encrypt(self.work / ".sops.yaml", relative, yaml.safe_dump(values)))
 
-    def controller(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """Run the real ``controller`` command against this fleet."""
-        env = {**os.environ, "CONTROLLER_CONFIG": str(self.config)}
+    def controller(self, *args: str, timeout: float = 300,
+                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the real ``controller`` command against this fleet (``env``: variables to add)."""
+        env = {**os.environ, "CONTROLLER_CONFIG": str(self.config), **(env or {})}
         return subprocess.run([str(BIN / "controller"), *args], env=env, capture_output=True,
                               text=True, timeout=timeout, check=False)
 

@@ -78,7 +78,7 @@ def test_the_repository_cannot_send_output_to_disk(tmp_path: Path) -> None:
     job = job_settings(config(tmp_path), tmp_path, private(tmp_path))
     env = job.env
     assert env["ANSIBLE_LOG_PATH"] == "/dev/null"
-    assert env["ANSIBLE_CALLBACKS_ENABLED"] == "controller_unverified"
+    assert env["ANSIBLE_CALLBACKS_ENABLED"] == "controller_unverified,controller_connections"
     assert env["ANSIBLE_KEEP_REMOTE_FILES"] == "False"
     [notice] = job.notices
     assert "log_path, keep_remote_files, callbacks_enabled, fact_caching" in notice

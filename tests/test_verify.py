@@ -1,0 +1,189 @@
+"""`controller verify`: one ssh round trip per host against its manifest, a full check only where needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import APP_YML, VERSION, Fleet, secret, write_config
+from tests.test_watch import daemon, wait_for, watch_config
+
+COMMAND_TASK = ("\n- name: Read the kernel release\n  ansible.builtin.command: uname -r\n"
+                "  check_mode: false\n  changed_when: false\n")
+
+
+def counting_ssh(tmp: Path) -> tuple[dict[str, str], Path]:
+    """An ``ssh`` first on PATH that counts its invocations (one per connection: verify uses no master)."""
+    bin_dir, log = tmp / "counting-bin", tmp / "ssh-calls"
+    bin_dir.mkdir(exist_ok=True)
+    real = shutil.which("ssh")
+    wrapper = bin_dir / "ssh"
+    # one line per connection: the destination (the argument after "--")
+    wrapper.write_text(f'#!/bin/sh\nprev=\nfor arg in "$@"; do [ "$prev" = -- ] && echo "$arg" >> {log}; '
+                       f'prev="$arg"; done\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}, log
+
+
+def verify(fleet: Fleet, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    done = fleet.controller("verify", "--json", *args, env=env)
+    assert done.stdout, done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def verdicts(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    [app] = result["apps"]
+    return {v["host"]: v for v in app["verify"]}
+
+
+def test_an_unchanged_fleet_verifies_with_one_ssh_connection_per_host_and_no_playbook(fleet: Fleet,
+                                                                                   tmp_path: Path) -> None:
+    assert fleet.controller("sync").returncode == 0
+    env, calls = counting_ssh(tmp_path)
+    code, result = verify(fleet, env=env)
+    assert code == 0, result
+    found = verdicts(result)
+    assert set(found) == {"web1.staging", "web2.staging"}
+    assert all(v["verified"] for v in found.values()), found
+    # every managed path of the example (directories, templates, copies, lineinfile) is covered
+    assert all(v["covered_tasks"] >= 8 and v["paths"] >= 12 for v in found.values()), found
+    assert all(v["last_full_check"] for v in found.values())
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 2, lines  # one connection per host, nothing else (no Ansible, no module upload)
+    assert sorted(lines) == [fleet.lab.host("h1").address, fleet.lab.host("h2").address]
+    [app] = result["apps"]
+    assert app["outcome"] == "in-sync" and app["check"]["tasks"] == []
+    run = fleet.runs()[0]
+    assert run["mode"] == "verify" and run["summary"]["verified"] == ["web1.staging", "web2.staging"]
+
+    text = fleet.controller("verify")
+    assert text.returncode == 0
+    assert "web1.staging  verified" in text.stdout and "as the full check at" in text.stdout
+
+
+def test_each_kind_of_hand_change_is_caught_and_reported_with_the_full_checks_diff(fleet: Fleet) -> None:
+    tasks = fleet.work / "roles/app/tasks/main.yml"
+    tasks.write_text(tasks.read_text().replace('dest: "{{ app_root }}/VERSION"\n',
+                                               'dest: "{{ app_root }}/VERSION"\n    owner: root\n'))
+    fleet.push("The version file belongs to root")
+    assert fleet.controller("sync").returncode == 0
+    app_yml = fleet.host_file("h1", APP_YML)
+    version = fleet.host_file("h1", VERSION)
+    changes: list[tuple[str, Callable[[], None], str]] = [
+        ("a hand edit of a templated file", lambda: app_yml.write_text(app_yml.read_text() + "debug: true\n"),
+         f"{APP_YML}: content changed"),
+        ("a mode change", lambda: version.chmod(0o600), f"{VERSION}: mode 0644 -> 0600"),
+        ("an owner change", lambda: os.chown(version, 4242, 4242), f"{VERSION}: owner root -> 4242"),
+        ("a deleted managed file", version.unlink, f"{VERSION}: was a file, now gone"),
+        ("a file replaced by a symlink", lambda: (version.unlink(), version.symlink_to("/etc/hostname")),
+         f"{VERSION}: was a file, now a link"),
+    ]
+    for what, change, said in changes:
+        change()
+        code, result = verify(fleet)
+        assert code == 2, (what, result)
+        found = verdicts(result)
+        assert found["web2.staging"]["verified"], what
+        assert not found["web1.staging"]["verified"] and said in found["web1.staging"]["why"], (what, found)
+        [app] = result["apps"]
+        # the full check ran on web1 only, and its drift is Ansible's own
+        assert {h["host"]: h["status"] for h in app["check"]["hosts"]} == {"web1.staging": "changed",
+                                                                           "web2.staging": "ok"}, what
+        changed = [t for t in app["check"]["tasks"] if t["status"] == "changed"]
+        assert changed and all(t["host"] == "web1.staging" for t in changed), what
+        if what == "a hand edit of a templated file":
+            assert any("-debug: true" in t["diff"] for t in changed), changed
+        # the same hand change seen by a sync that verifies first: corrected on web1 only
+        done = fleet.controller("sync", "--verify-first", "--json")
+        assert done.returncode == 0, (what, done.stdout, done.stderr)
+        [synced] = json.loads(done.stdout)["apps"]
+        assert synced["applied_to"] == {"web1.staging": "drifted"}, what
+        assert verify(fleet)[0] == 0, what
+    assert "debug: true" not in app_yml.read_text() and version.stat().st_mode & 0o777 == 0o644
+
+    # what no task manages (app.yml's owner): flagged once, found in sync by the full check, then taken as is
+    os.chown(app_yml, 4242, 4242)
+    code, result = verify(fleet)
+    assert code == 0 and "owner root -> 4242" in verdicts(result)["web1.staging"]["why"], result
+    code, result = verify(fleet)
+    assert code == 0 and verdicts(result)["web1.staging"]["verified"], result
+
+
+def test_changed_inputs_make_verify_fully_check_every_host(fleet: Fleet) -> None:
+    assert fleet.controller("sync").returncode == 0
+
+    def falls_back(expected_code: int) -> None:
+        code, result = verify(fleet)
+        assert code == expected_code, result
+        found = verdicts(result)
+        assert all(not v["verified"] and "inputs changed" in v["why"] for v in found.values()), found
+        [app] = result["apps"]
+        assert {h["host"] for h in app["check"]["hosts"]} == {"web1.staging", "web2.staging"}
+        assert fleet.controller("sync").returncode == 0
+        assert verify(fleet)[0] == 0
+
+    # a changed group var: a new revision, the template it feeds has drifted on every host
+    group_vars = fleet.work / "inventories/staging/group_vars/all/main.yml"
+    group_vars.write_text(group_vars.read_text() + "\napp_log_level: debug\n")
+    fleet.push("A group var")
+    falls_back(2)
+    # a changed secret
+    fleet.encrypt("inventories/staging/group_vars/all/secrets.sops.yml",
+                  {"app_db_password": secret("rotated-db"), "app_api_token": secret("rotated-token")})
+    fleet.push("Rotate the secrets")
+    falls_back(2)
+    # a changed bastion config, and no new commit at all
+    write_config(fleet, ansible={"timeout": "11s"})
+    falls_back(0)
+
+
+def test_tasks_the_manifest_cannot_cover_are_listed_with_the_last_full_check(fleet: Fleet) -> None:
+    tasks = fleet.work / "roles/app/tasks/main.yml"
+    tasks.write_text(tasks.read_text() + COMMAND_TASK)
+    fleet.push("A command task")
+    # no manifest yet: verify is a full check of every host, which records them
+    done = fleet.controller("verify", "--json")
+    assert done.returncode == 2, done.stdout  # nothing was applied yet: drift everywhere
+    assert "no host has a manifest yet" in done.stderr
+    [app] = json.loads(done.stdout)["apps"]
+    assert app["verify"] is None and len(app["check"]["hosts"]) == 2
+    assert fleet.controller("sync").returncode == 0
+    checked_at = {h: v for h, v in verdicts(verify(fleet)[1]).items()}
+    for verdict in checked_at.values():
+        assert verdict["verified"]
+        assert verdict["uncovered_tasks"] == ["app : Read the kernel release"], verdict
+        assert verdict["last_full_check"]
+    text = fleet.controller("verify").stdout
+    assert "covered only by that full check: app : Read the kernel release" in text
+
+
+def test_verify_config_and_watch_interval_are_read(fleet: Fleet) -> None:
+    config = yaml.safe_load(fleet.config.read_text())
+    config["watch"] = {"verify_interval": "-5s"}
+    fleet.config.write_text(yaml.safe_dump(config))
+    done = fleet.controller("verify")
+    assert done.returncode == 1 and "watch.verify_interval" in done.stderr
+
+
+def test_watch_verifies_on_its_interval_and_corrects_a_hand_edit(fleet: Fleet) -> None:
+    watch_config(fleet, verify_interval="1s", drift_check_interval="1h")
+    version = fleet.host_file("h1", VERSION)
+    with daemon(fleet) as watch:
+        wait_for("the first sync", lambda: any(r["trigger"] == "poll" and r["finished"] for r in fleet.runs()))
+        wait_for("a quiet verify", lambda: any(r["trigger"] == "verify" and r["verified"] == 2
+                                               for r in fleet.runs()))
+        version.write_text("hand edit\n")
+        wait_for("the correction", lambda: any(r["trigger"] == "verify" and r["applied"] and r["finished"]
+                                               for r in fleet.runs()), timeout=60)
+        assert watch.stop() == 0
+    assert version.read_text() != "hand edit\n"
+    corrected = [r for r in fleet.runs() if r["trigger"] == "verify" and r["applied"]]
+    assert corrected and corrected[0]["summary"]["applied_to"] == ["web1.staging"], corrected
+    assert corrected[0]["summary"]["verified"] == ["web2.staging"]
+    assert "verify every 1s" in watch.log()
