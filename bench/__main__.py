@@ -26,14 +26,6 @@ from lab.repository import make_age_key
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "127.0.5"  # the tests use 127.0.2-127.0.6's low addresses; keep benchmarks apart
 
-WAYS: dict[str, str] = {
-    "ansible-playbook": "ansible-playbook --check --diff, Ansible's defaults",
-    "ansible-playbook+pipelining": "the same with pipelining",
-    "ansible-runner": "ansible-runner API, the controller's settings",
-    "controller check": "controller check (fetch, decrypt, syntax check, check)",
-    "controller check, CPU pinned": "the same with mitogen's own CPU pinning (ansible.cpu_pinning: true)",
-}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -76,6 +68,8 @@ def run(tmp: Path, sizes: list[int], reps: int, slow_reps: int, *, quick: bool) 
             size["only_if_changed"] = [
                 _expect(controller(fleet, "sync", "--only-if-changed"), 0, "sync --only-if-changed",
                         needle="nothing to do").seconds for _ in range(reps)]
+            _say(f"{hosts} hosts: hand edit to detected and corrected, watch verifying every 10 s")
+            size["verify_latency"] = latency.verify_latency(fleet, reps=max(reps, 3), interval=2 if quick else 10)
             if hosts == sizes[0]:
                 _say(f"{hosts} hosts: watch latency")
                 results["watch"] = latency.watch_latency(fleet, reps=max(reps, 3))
@@ -104,6 +98,8 @@ def checks(fleet: BenchFleet, reps: int, slow_reps: int) -> dict[str, list[dict[
         "ansible-runner": lambda: raw_runner(fleet, project),
         "controller check": lambda: controller(fleet, "check"),
         "controller check, CPU pinned": lambda: controller(fleet, "check", "--config", str(pinned)),
+        "controller verify": lambda: controller(fleet, "verify"),
+        "controller sync --verify-first": lambda: controller(fleet, "sync", "--verify-first"),
     }
     measured: dict[str, list[dict[str, float]]] = {name: [] for name in ways}
     try:

@@ -103,10 +103,12 @@ class BenchFleet:
         }))
 
     def variant(self, name: str, **ansible: Any) -> Path:
-        """A copy of the bastion config with other ``ansible`` settings, sharing the state directory."""
+        """A copy of the bastion config with other ``ansible`` settings and a state directory of its own
+        (its runs would otherwise replace the host manifests that `controller verify` compares with)."""
         path = self.root / f"controller-{name}.yml"
         config = yaml.safe_load(self.config.read_text())
         config["ansible"] = {**config.get("ansible", {}), **ansible}
+        config["state_dir"] = str(self.root / f"state-{name}")
         path.write_text(yaml.safe_dump(config))
         return path
 

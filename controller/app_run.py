@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from controller.ansible_config import Job
 from controller.apps import App
 from controller.config import Config
 from controller.drift import Report, decide, host_states, merged, report
@@ -14,13 +13,12 @@ from controller.errors import ControllerError
 from controller.interrupt import Cancel
 from controller.outcomes import Kind, Reason, failure
 from controller.plan import Plan, plan_apply
-from controller.redact import Redactor
+from controller.preparation import Preparation
 from controller.results import AppResult, Progress, Request
 from controller.runner import PlayRun, Stopped, run_playbook
 from controller.source import Revision, Source
 from controller.state import Store
 from controller.verify import Verdict, manifests_after, verified_report, verify_hosts
-from controller.workspace import Workspace
 
 
 @dataclass
@@ -38,7 +36,7 @@ class AppRun:
     digest: str                     # of everything a host manifest derives from (controller.manifest)
     relook: set[str] = field(default_factory=set)  # hosts whose manifest is made afresh after this run
 
-    def reconcile(self, source: Source, space: Workspace, job: Job, redactor: Redactor) -> AppResult:
+    def reconcile(self, source: Source, prepared: Preparation) -> AppResult:
         """Check, then (a sync under policy apply) apply where the plan says; failures become the result."""
         app, store = self.app, self.store
         run_id = store.start_run(app.name, self.revision.sha, self.kind, self.request.trigger)
@@ -50,7 +48,7 @@ class AppRun:
                 self._refuse_rewrite(source, last)
 
             def play(check: bool, limit: str | None = None) -> Report:
-                return self._play(run_id, space, job, redactor, check=check, limit=limit)
+                return self._play(run_id, prepared, check=check, limit=limit)
 
             verdicts: list[Verdict] = []
             if self.request.verifying:
@@ -109,9 +107,9 @@ class AppRun:
                 f"app {self.app.name}: revision {revision.short} does not descend from the last applied "
                 f"{last[:12]} (history rewritten or a rollback); pass --allow-rewrite to apply it")
 
-    def _play(self, run_id: int, space: Workspace, job: Job, redactor: Redactor, *, check: bool,
-              limit: str | None) -> Report:
-        app, phase = self.app, "check" if check else "apply"
+    def _play(self, run_id: int, prepared: Preparation, *, check: bool, limit: str | None) -> Report:
+        app, phase, space = self.app, "check" if check else "apply", prepared.space
+        job, redactor = prepared.ready(app)
         where = f" on {limit}" if limit else ""
         self.progress.step(f"{app.name}: {phase} ({app.playbook} on {app.inventory}{where})")
         try:

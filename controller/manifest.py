@@ -132,7 +132,11 @@ class Coverage:
 
 def inputs_digest(config: Config, revision: str, app: App, project: Path) -> str:
     """A digest of everything a manifest derives from: the revision, the bastion config, the app's
-    inventory and vars as decrypted in ``project``, and the Ansible and controller versions."""
+    inventory and vars in ``project``, and the Ansible and controller versions.
+
+    The files are taken as committed, SOPS files still encrypted: a changed secret is a changed
+    ciphertext, so nothing has to be decrypted to tell, and no hash of a plaintext is ever stored.
+    """
     digest = hashlib.sha256()
     for part in (revision, repr(app), repr(config), version("ansible-core"), version("gitops-controller")):
         digest.update(part.encode() + b"\0")

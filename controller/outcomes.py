@@ -90,7 +90,7 @@ _EXIT_CODES = {
 
 # What each exit code means to `check` and to `sync`: the README's table and --help are made from this.
 EXIT_CODE_MEANINGS: dict[ExitCode, tuple[str, str]] = {
-    ExitCode.OK: ("in sync", "converged, or nothing to do"),
+    ExitCode.OK: ("in sync (verify: every host verified or, fully checked, in sync)", "converged, or nothing to do"),
     ExitCode.ERROR: ("error (config, Git, signatures, secrets, syntax check) or interrupted; nothing applied",
                      "same; an interrupted apply may have changed some hosts (see `controller show`)"),
     ExitCode.DRIFT: ("drift found, or a host could not be checked", "drift remains: policy `detect`, or a host "

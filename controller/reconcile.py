@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from controller.ansible_config import job_settings
 from controller.app_run import AppRun
 from controller.apps import App, load_apps
 from controller.config import Config
@@ -13,15 +12,12 @@ from controller.errors import ControllerError
 from controller.interrupt import Cancel
 from controller.manifest import inputs_digest
 from controller.outcomes import Kind, Outcome, Reason, failure
+from controller.preparation import Preparation
 from controller.results import AppResult, Progress, Request, Result
-from controller.runner import syntax_check
 from controller.schedule import DriftSchedule, parse_time
-from controller.secrets import decrypt_in_place, find_encrypted
 from controller.signatures import refused_head, verify_revision
 from controller.source import Revision, Source
 from controller.state import Store
-from controller.vault import learn_vaulted
-from controller.verify import trusted
 from controller.workspace import workspace
 
 
@@ -56,20 +52,14 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             source.extract(revision.sha, space.project)
             every = load_apps(space.project)
             apps = _select(every, request.app)
-            encrypted = find_encrypted(space.project)
-            progress.step(f"decrypting {len(encrypted)} SOPS file(s) into {space.root}")
-            redactor = decrypt_in_place(space.project, encrypted, config.sops.age_key_file)
-            redactor = redactor + learn_vaulted(space.project, config.ansible)
-            job = job_settings(config, space.project, space.job)
-            for notice in job.notices:
-                progress.notice(notice)
+            # of the files as committed: a changed secret is a changed ciphertext, and nothing is decrypted yet
             digests = {app.name: inputs_digest(config, revision.sha, app, space.project) for app in apps}
-            for app in apps:
-                # a verify that trusts every host's manifest runs no playbook: these inputs passed before
-                if not (request.verifying and trusted(store, app.name, digests[app.name])):
-                    progress.step(f"syntax check of {app.name}: {app.playbook}")
-                    syntax_check(app, space.project, job, redactor)
-            if kind is Kind.SYNC and request.app is None:  # only a revision that passed every gate retires apps
+            prepared = Preparation(config, space, progress)
+            if not request.verifying:  # a verify prepares only if a host needs a full check
+                for app in apps:
+                    prepared.ready(app)
+            if kind is Kind.SYNC and request.app is None and not request.verifying:
+                # only a revision that passed every gate retires apps
                 for gone in store.retire_missing([a.name for a in every], revision.sha):
                     progress.notice(f"app {gone} is no longer in gitops.yml at {revision.short}: retired")
             results = []
@@ -81,7 +71,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                     results.append(_suspended(app, suspended[app.name]))
                     continue
                 run = AppRun(app, request, kind, revision, store, progress, cancel, config, digests[app.name])
-                results.append(run.reconcile(source, space, job, redactor))
+                results.append(run.reconcile(source, prepared))
             return Result(request, revision, tuple(results), kind=kind)
     except ControllerError as error:
         if error.reason is Reason.NOT_FOUND:  # an unknown --app: nothing ran, nothing is recorded

@@ -165,7 +165,7 @@ def hosts_text(rows: list[dict[str, Any]]) -> str:
 
 def exit_codes_markdown() -> str:
     """The README's exit-code table, made from the one declaration in outcomes.py."""
-    lines = ["| code | `check` | `sync` |", "| --- | --- | --- |"]
+    lines = ["| code | `check`, `verify` | `sync` |", "| --- | --- | --- |"]
     lines.extend(f"| {int(code)} | {check} | {sync} |" for code, (check, sync) in EXIT_CODE_MEANINGS.items())
     return "\n".join(lines) + "\n"
 
