@@ -79,12 +79,15 @@ def look(config: Config, asked: Mapping[str, tuple[Connection, Sequence[str]]]) 
 
 
 def _ssh(config: Config, connection: Connection, paths: Sequence[str]) -> list[str]:
-    program = f"python3 -c {shlex.quote(REMOTE)} {shlex.quote(json.dumps(list(paths)))}"
+    program = f"python3 -I -S -c {shlex.quote(REMOTE)} {shlex.quote(json.dumps(list(paths)))}"
     # as root, or as a login user that may sudo without a password (what become would do), else as is
     remote = (f'if [ "$(id -u)" != 0 ] && sudo -n true 2>/dev/null; then exec sudo -n {program}; '
               f"else exec {program}; fi")
     options = [*host_key_options(config), "BatchMode=yes", f"ConnectTimeout={round(config.ansible.timeout)}",
                "LogLevel=ERROR", "ControlMaster=no", "ControlPath=none"]
+    if config.ssh.verify_key_exchange:
+        # offered first, OpenSSH's own list after it: a host that lacks it still answers
+        options.append(f"KexAlgorithms=^{config.ssh.verify_key_exchange}")
     argv = ["ssh", "-T", *(arg for option in options for arg in ("-o", option))]
     if config.ssh.private_key_file:
         argv += ["-i", config.ssh.private_key_file]
