@@ -70,6 +70,7 @@ def fill(path: Path, runs: int = RUNS) -> dict[str, int]:
 def measure(root: Path, runs: int = RUNS, requests: int = REQUESTS) -> dict[str, Any]:
     """Fill a store, start ``controller serve`` on it, time every page; milliseconds per page."""
     state = root / "state"
+    root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     ids = fill(state / "state.db", runs)
     filled = time.perf_counter() - started
