@@ -52,6 +52,7 @@ NOTICES = {
     "busy": "Another run holds the lock; try again when it has finished.",
     "suspended": "Suspended: watch and sync leave this app alone until it is resumed.",
     "resumed": "Resumed: the next cycle reconciles this app.",
+    "resume-first": "This app is suspended: resume it before syncing it.",
 }
 OUTCOMES = ("running", *(o.value for o in Outcome if o is not Outcome.SUSPENDED))
 TRIGGERS = ("manual", "ui", "webhook", "push", "poll", "schedule", "retry")
@@ -134,6 +135,9 @@ class Dashboard:
         with Store(self.config.state_path / "state.db") as store:
             if app not in store.apps():
                 raise NotFound(f"no app {app!r} has been reconciled here")
+            suspended = app in store.suspensions()
+        if verb == "sync" and suspended:  # the cycle would skip it: say so rather than "started"
+            return self.done(request, app, verb, 409, "resume-first")
         status, notice = 202, {"sync": "started", "suspend": "suspended", "resume": "resumed"}[verb]
         try:
             if verb == "sync":
@@ -146,6 +150,10 @@ class Dashboard:
             if error.reason is not Reason.LOCK_BUSY:
                 raise
             status, notice = 409, "busy"
+        return self.done(request, app, verb, status, notice)
+
+    def done(self, request: WebRequest, app: str, verb: str, status: int, notice: str) -> Reply:
+        """The answer to an action: JSON under /api/, else back to the app's page, which says what happened."""
         if request.path.startswith("/api/"):
             body = {"app": app, "action": verb, "notice": NOTICES[notice]}
             return self.reply(status, json_bytes(body), "application/json")

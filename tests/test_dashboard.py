@@ -218,6 +218,8 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
         status, _ = request(base + "/api/apps/staging/suspend", "POST", b"reason=maintenance", bearer)
         assert status == 202
         assert json.loads(fleet.controller("status", "--json").stdout)[0]["suspended"] is True
+        status, body = request(base + "/api/apps/staging/sync", "POST", b"", bearer)
+        assert status == 409 and "resume it" in json.loads(body)["notice"] and len(fleet.runs()) == count
         browser.refresh()
         WebDriverWait(browser, 10).until(lambda d: "maintenance" in d.find_element(By.ID, "main").text)
         click(browser, "resume")
