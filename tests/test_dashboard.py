@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import urllib.error
@@ -24,7 +25,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from bench.dashboard import fill
-from tests.conftest import APP_YML, BIN, Fleet, write_config
+from lab import Lab
+from lab.repository import AgeKey
+from tests.conftest import APP_YML, BIN, Fleet, build_fleet, write_config
 from tests.test_watch import daemon, free_port, wait_for, watch_config
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -63,6 +66,15 @@ def request(url: str, method: str = "GET", body: bytes | None = None,
         return error.code, error.read()
 
 
+def screenshot(driver: webdriver.Chrome, name: str) -> None:
+    """Save the page as docs/dashboard-NAME.png, as tall as its content (for the README)."""
+    height = min(int(driver.execute_script("return document.body.scrollHeight")) + 16, 1600)
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": 1400, "height": height, "deviceScaleFactor": 1, "mobile": False})
+    driver.save_screenshot(f"{SCREENSHOTS}/dashboard-{name}.png")
+    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
 def click(driver: webdriver.Chrome, element_id: str) -> None:
     """Click a button, again if the page's live update swapped it out just before."""
     WebDriverWait(driver, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
@@ -80,23 +92,27 @@ def no_canary(fleet: Fleet, *sources: str) -> None:
             assert plaintext not in source
 
 
-def test_drift_shown_and_synced_from_the_page_of_a_running_watch(fleet: Fleet, browser: webdriver.Chrome) -> None:
+def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path, lab: Lab, age_key: AgeKey,
+                                                                  browser: webdriver.Chrome) -> None:
+    fleet = build_fleet(tmp_path / "fleet", lab, age_key, apps=("staging", "production"))
     port = free_port()
-    watch_config(fleet, listen=f"127.0.0.1:{port}")
+    watch_config(fleet, listen=f"127.0.0.1:{port}", drift_check_interval="1h")
     base = f"http://127.0.0.1:{port}"
     seen: list[str] = []
     with daemon(fleet, port) as watch:
-        wait_for("the first sync", lambda: bool(fleet.runs()) and fleet.runs()[0]["outcome"] == "converged")
+        wait_for("the first sync", lambda: [r["outcome"] for r in fleet.runs()] == ["converged", "converged"])
         wait_for("the first cycle to finish", watch.settled)
 
         browser.get(base + "/")
         row = browser.find_element(By.CSS_SELECTOR, 'tr.app[data-app="staging"]')
         assert "converged" in row.text and "2/2" in row.text
+        assert re.search(r"in 5\d min$", row.text)  # the next drift check, an hour after the first sync
+        assert browser.find_element(By.CSS_SELECTOR, 'tr.app[data-app="production"]').text.count("1/1") == 1
         seen.append(browser.page_source)
 
         fleet.host_file("h1", APP_YML).write_text("hand-edited: by someone at 3am\n")
         assert fleet.controller("check").returncode == 2
-        check = fleet.runs()[0]
+        check = next(r for r in fleet.runs() if r["app"] == "staging")
 
         browser.find_element(By.LINK_TEXT, "staging").click()
         assert host_state(browser, "web1.staging") == "drifted"
@@ -104,9 +120,9 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(fleet: Fleet, b
         seen.append(browser.page_source)
         if SCREENSHOTS:
             browser.get(base + "/")
-            browser.save_screenshot(f"{SCREENSHOTS}/dashboard-fleet.png")
+            screenshot(browser, "fleet")
             browser.get(base + "/apps/staging")
-            browser.save_screenshot(f"{SCREENSHOTS}/dashboard-app.png")
+            screenshot(browser, "app")
 
         browser.get(f"{base}/runs/{check['id']}")
         drift = browser.find_element(By.CSS_SELECTOR, 'section.task[data-host="web1.staging"]')
@@ -114,7 +130,7 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(fleet: Fleet, b
         assert browser.find_elements(By.CSS_SELECTOR, 'section.task[data-host="web2.staging"]') == []
         seen.append(browser.page_source)
         if SCREENSHOTS:
-            browser.save_screenshot(f"{SCREENSHOTS}/dashboard-run.png")
+            screenshot(browser, "run")
 
         # a form POST without the CSRF token (or from another site) is refused, and nothing runs
         count = len(fleet.runs())
@@ -132,6 +148,7 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(fleet: Fleet, b
         assert browser.execute_script("return window.notReloaded") is True
         assert fleet.host_file("h1", APP_YML).read_text() != "hand-edited: by someone at 3am\n"
         latest = fleet.runs()[0]
+        assert latest["app"] == "staging"
         assert (latest["trigger"], latest["mode"], latest["outcome"]) == ("ui", "sync", "converged")
         assert len(fleet.runs()) == count + 1
         seen.append(browser.page_source)
@@ -140,9 +157,10 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(fleet: Fleet, b
         status, body = request(base + "/api/apps")
         apps = json.loads(body)["apps"]
         cli = json.loads(fleet.controller("status", "--json").stdout)
-        assert status == 200 and [a["app"] for a in apps] == ["staging"]
-        assert {k: v for k, v in apps[0].items() if k in cli[0]} == cli[0]
-        assert apps[0]["host_states"] == {"in-sync": 2}
+        assert status == 200 and [a["app"] for a in apps] == [a["app"] for a in cli] == ["production", "staging"]
+        for shown_app, listed in zip(apps, cli, strict=True):
+            assert {k: v for k, v in shown_app.items() if k in listed} == listed
+        assert apps[1]["host_states"] == {"in-sync": 2}
         status, body = request(f"{base}/api/runs/{check['id']}")
         run = json.loads(body)["run"]
         shown = json.loads(fleet.controller("show", str(check["id"]), "--json").stdout)
