@@ -166,8 +166,8 @@ class Dashboard:
             return self.login_page(request, 200, parse_qs(request.query).get("next", ["/"])[0])
         form = {k: v[0] for k, v in parse_qs(request.body.decode("utf-8", "replace")).items()}
         target = form.get("next", "/")
-        if not target.startswith("/") or target.startswith("//"):
-            target = "/"  # never a redirect to another site
+        if not target.startswith("/") or target.startswith("//") or "\\" in target:
+            target = "/"  # never a redirect to another site (browsers read /\\host as //host)
         if self.access.csrf_passed(request.headers, form) is not None or not self.access.login(form.get("token", "")):
             log.warning("ui: failed login from %s", request.client)
             return self.login_page(request, 401, target, failed=True)
