@@ -111,10 +111,10 @@ class Dashboard:
             facts = self.views[name](store, request, parts)
             if api:
                 return self.reply(200, json_bytes(facts), "application/json")
-            stamp = self.stamp(store)
+            stamp, busy = self.stamp(store), self.busy(store)
         notice = parse_qs(request.query).get("notice", [""])[0]
         html = self.env.get_template(f"{name}.html").render(
-            **facts, stamp=stamp, busy=self.busy(stamp), csrf=self.access.csrf, poll=POLL_SECONDS,
+            **facts, stamp=stamp, busy=busy, csrf=self.access.csrf, poll=POLL_SECONDS,
             notice=NOTICES.get(notice), login=self.access.token is not None, outcomes=OUTCOMES, triggers=TRIGGERS)
         return self.reply(200, html.encode(), "text/html; charset=utf-8", self.access.cookie_headers())
 
@@ -129,9 +129,9 @@ class Dashboard:
         # a header a browser never adds by itself proves the request is not cross-site; a form must prove it
         why = None if self.access.bearer(request.headers) else self.access.csrf_passed(request.headers, form)
         if why is not None:
-            log.warning("ui: %s from %s refused: %s", request.path, request.client, why)
+            log.warning("ui: %r from %s refused: %s", request.path, request.client, why)  # repr: no control codes
             return self.error(request, 403, why)
-        app, verb = match.group(1), match.group(2)
+        app, verb = unquote(match.group(1)), match.group(2)
         with Store(self.config.state_path / "state.db") as store:
             if app not in store.apps():
                 raise NotFound(f"no app {app!r} has been reconciled here")
@@ -193,10 +193,9 @@ class Dashboard:
     def stamp(self, store: Store) -> str:
         return f"{store.stamp()}:{self.actions.running or ''}"
 
-    def busy(self, stamp: str) -> bool:
+    def busy(self, store: Store) -> bool:
         """Whether a run is going on (an unfinished run in the store, or a sync this process started)."""
-        parts = stamp.split(":")
-        return parts[1] != "0" or bool(parts[-1])
+        return self.actions.running is not None or store.count_runs(outcome="running") > 0
 
     # -- views: the facts of each page, as the JSON API returns them -------------
     def fleet(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:

@@ -252,11 +252,11 @@ class Store:
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(values)
 
     def stamp(self) -> str:
-        """A value that changes whenever a run starts or ends or an app is suspended or resumed: live pages
-        compare it to know when to refresh, without reading everything again."""
+        """A value that changes whenever a run starts or ends, its hosts' states are recorded (just after it
+        ends), or an app is suspended or resumed: live pages compare it to know when to refresh."""
         row = self.db.execute(
             "SELECT (SELECT MAX(id) FROM runs), (SELECT COUNT(*) FROM runs WHERE finished IS NULL),"
-            " (SELECT group_concat(app || since) FROM suspensions)").fetchone()
+            " (SELECT MAX(run_id) FROM hosts), (SELECT group_concat(app || since) FROM suspensions)").fetchone()
         return ":".join(str(value) for value in row)
 
     def run(self, run_id: int) -> dict[str, Any] | None:
