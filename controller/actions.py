@@ -47,10 +47,12 @@ class _Started:
 class Actions:
     """The dashboard's actions for one process; at most one sync of its own at a time."""
 
-    def __init__(self, config: Config, cancel: Cancel, progress: Progress,
+    def __init__(self, config: Config, progress: Progress,
                  on_result: Callable[[Result], None] = lambda result: None) -> None:
         self.config = config
-        self.cancel = cancel
+        # a flag of its own, set by stop(): the process's Cancel must keep raising in the main thread on SIGTERM,
+        # which it would not while this thread's playbook defers signals through it
+        self.cancel = Cancel()
         self.progress = progress
         self.on_result = on_result
         self._guard = threading.Lock()
@@ -96,8 +98,9 @@ class Actions:
             store.resume(app)
         log.info("ui: %s resumed by %s", app, client)
 
-    def join(self, timeout: float = UNWIND) -> None:
-        """Wait for a sync in progress to unwind (the daemon is stopping and ``cancel`` is set)."""
+    def stop(self, timeout: float = UNWIND) -> None:
+        """Stop a sync in progress (its playbook is stopped, its workspace wiped) and wait for it to unwind."""
+        self.cancel.event.set()
         thread = self._thread
         if thread is not None:
             thread.join(timeout)

@@ -291,7 +291,7 @@ def serve(config: Config, listen: str, cancel: Cancel, progress: Progress) -> No
     if not host or not port.isdigit() or int(port) > 65535:
         raise ControllerError(Reason.CONFIG_INVALID, f"--listen: expected HOST:PORT such as 127.0.0.1:8080, "
                               f"got {listen!r}")
-    actions = Actions(config, cancel, progress)
+    actions = Actions(config, progress)
     dashboard = Dashboard(config, Access.of(config.ui, listen), actions)
     started = time.time()
 
@@ -313,5 +313,5 @@ def serve(config: Config, listen: str, cancel: Cancel, progress: Progress) -> No
             raise
     finally:
         log.info("stopping")
-        actions.join()
+        actions.stop()
         listener.stop()

@@ -141,8 +141,8 @@ class Watch:
             pages = None
             if self.config.ui.enabled:  # refused before anything listens when it would be open to anyone
                 access = Access.of(self.config.ui, self.settings.listen)
-                actions = Actions(self.config, self.cancel, LogProgress(), self.metrics.observe)
-                stack.callback(actions.join)  # after the listener stops: a dashboard sync unwinds first
+                actions = Actions(self.config, LogProgress(), self.metrics.observe)
+                stack.callback(actions.stop)  # after the listener stops: a dashboard sync unwinds
                 pages = Dashboard(self.config, access, actions).handle
             self.listener = Listener(self.settings.listen, Routes(
                 branch=self.config.source.branch, secret=self._secret(), max_body=self.settings.max_body_bytes,

@@ -25,9 +25,11 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from bench.dashboard import fill
+from controller.state import Store
 from lab import Lab
 from lab.repository import AgeKey
 from tests.conftest import APP_YML, BIN, Fleet, build_fleet, write_config
+from tests.test_interrupt import workspaces
 from tests.test_watch import daemon, free_port, wait_for, watch_config
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -207,7 +209,7 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
     assert fleet.controller("check").returncode == 2  # nothing applied yet: every host differs
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with served(fleet.config, port):
+    with served(fleet.config, port) as serve:
         browser.delete_all_cookies()
         browser.get(base + "/apps/staging")
         browser.find_element(By.ID, "token").send_keys("not-the-token")
@@ -244,6 +246,15 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
         WebDriverWait(browser, 10).until(lambda d: "Resumed" in d.find_element(By.ID, "main").text)
         assert json.loads(fleet.controller("status", "--json").stdout)[0]["suspended"] is False
 
+        # stopped while a sync from the page runs: the run is stopped and unwound, and serve exits 0
+        click(browser, "sync")
+        WebDriverWait(browser, 10).until(lambda d: "Sync started" in d.find_element(By.ID, "main").text)
+        wait_for("the run on the hosts", lambda: [r["outcome"] for r in fleet.runs() if r["trigger"] == "ui"] == [None])
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=60) == 0
+    assert [r["outcome"] for r in fleet.runs() if r["trigger"] == "ui"] == ["interrupted"]
+    assert workspaces(serve.pid) == set()
+
 
 def test_history_pages_and_filters_over_the_json_api(tmp_path: Path) -> None:
     fill(tmp_path / "state" / "state.db", runs=120)
@@ -264,6 +275,15 @@ def test_history_pages_and_filters_over_the_json_api(tmp_path: Path) -> None:
         status, page = request(base + "/history?app=app0&outcome=drifted&page=1")
         assert status == 200 and page.decode().count('<tr>') == 10  # the heading and nine runs
         assert request(base + "/apps/nothing")[0] == 404
+
+        # a run going on: without JavaScript the pages reload themselves; with it, the stamp tells them to
+        before = json.loads(request(base + "/api/stamp")[1])["stamp"]
+        assert 'http-equiv="refresh"' not in request(base + "/")[1].decode()
+        with Store(tmp_path / "state" / "state.db") as store:
+            store.start_run("app0", None, "check", "manual")
+        assert json.loads(request(base + "/api/stamp")[1])["stamp"] != before
+        assert 'http-equiv="refresh"' in request(base + "/")[1].decode()
+        assert json.loads(request(base + "/api/runs?outcome=running")[1])["total"] == 1
         assert request(base + "/", headers={"Host": "rebound.example:80"})[0] == 403  # DNS rebinding
 
 
