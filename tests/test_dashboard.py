@@ -11,7 +11,7 @@ import signal
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -77,10 +77,15 @@ def screenshot(driver: webdriver.Chrome, name: str) -> None:
     driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
+def until(driver: webdriver.Chrome, seconds: float, predicate: Callable[[webdriver.Chrome], object]) -> None:
+    """Wait for what the page shows, asking again when a live update swapped the element being read."""
+    WebDriverWait(driver, seconds, poll_frequency=0.25, ignored_exceptions=(StaleElementReferenceException,)).until(
+        predicate)
+
+
 def click(driver: webdriver.Chrome, element_id: str) -> None:
     """Click a button, again if the page's live update swapped it out just before."""
-    WebDriverWait(driver, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
-        lambda d: d.find_element(By.ID, element_id).click() or True)
+    until(driver, 10, lambda d: d.find_element(By.ID, element_id).click() or True)
 
 
 def host_state(driver: webdriver.Chrome, host: str) -> str | None:
@@ -142,11 +147,10 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path,
 
         browser.get(base + "/apps/staging")
         click(browser, "sync")
-        WebDriverWait(browser, 10).until(lambda d: "Sync started" in d.find_element(By.ID, "main").text)
+        until(browser, 10, lambda d: "Sync started" in d.find_element(By.ID, "main").text)
         browser.execute_script("window.notReloaded = true")
         # the page follows the run by itself: no reload, no click
-        WebDriverWait(browser, 120, poll_frequency=0.5).until(
-            lambda d: host_state(d, "web1.staging") == "in-sync" and "in progress" not in d.page_source)
+        until(browser, 120, lambda d: host_state(d, "web1.staging") == "in-sync" and "in progress" not in d.page_source)
         assert browser.execute_script("return window.notReloaded") is True
         assert fleet.host_file("h1", APP_YML).read_text() != "hand-edited: by someone at 3am\n"
         latest = fleet.runs()[0]
@@ -218,7 +222,7 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
         assert browser.find_elements(By.CSS_SELECTOR, "tr.host") == []
         browser.find_element(By.ID, "token").send_keys(TOKEN)
         browser.find_element(By.ID, "login").click()
-        WebDriverWait(browser, 10).until(lambda d: d.current_url == base + "/apps/staging")
+        until(browser, 10, lambda d: d.current_url == base + "/apps/staging")
         assert host_state(browser, "web1.staging") == "drifted"
         no_canary(fleet, browser.page_source)
 
@@ -241,14 +245,14 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
         status, body = request(base + "/api/apps/staging/sync", "POST", b"", bearer)
         assert status == 409 and "resume it" in json.loads(body)["notice"] and len(fleet.runs()) == count
         browser.refresh()
-        WebDriverWait(browser, 10).until(lambda d: "maintenance" in d.find_element(By.ID, "main").text)
+        until(browser, 10, lambda d: "maintenance" in d.find_element(By.ID, "main").text)
         click(browser, "resume")
-        WebDriverWait(browser, 10).until(lambda d: "Resumed" in d.find_element(By.ID, "main").text)
+        until(browser, 10, lambda d: "Resumed" in d.find_element(By.ID, "main").text)
         assert json.loads(fleet.controller("status", "--json").stdout)[0]["suspended"] is False
 
         # stopped while a sync from the page runs: the run is stopped and unwound, and serve exits 0
         click(browser, "sync")
-        WebDriverWait(browser, 10).until(lambda d: "Sync started" in d.find_element(By.ID, "main").text)
+        until(browser, 10, lambda d: "Sync started" in d.find_element(By.ID, "main").text)
         wait_for("the run on the hosts", lambda: [r["outcome"] for r in fleet.runs() if r["trigger"] == "ui"] == [None])
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=60) == 0
