@@ -4,7 +4,7 @@ VENV ?= .venv
 # Debian 12's own interpreter (3.11.2) is what a bastion has; a newer python3 earlier on PATH hides what breaks there
 PYTHON ?= /usr/bin/python3
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := openssh-server openssh-client git age gnupg util-linux python3-venv
+SYSTEM_PACKAGES := openssh-server openssh-client git age gnupg util-linux python3-venv chromium chromium-driver
 
 .PHONY: demo test lint bench bench-quick system venv clean
 

@@ -17,7 +17,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import bigrepo, latency, report
+from bench import bigrepo, dashboard, latency, report
 from bench.fleet import BenchFleet
 from bench.ways import Timing, ansible_playbook, controller, raw_runner
 from lab import Lab
@@ -84,6 +84,8 @@ def run(tmp: Path, sizes: list[int], reps: int, slow_reps: int, *, quick: bool) 
     files, commits = (2000, 200) if quick else (10000, 1000)
     results["large_repo"] = {"files": files, "commits": commits,
                              **bigrepo.fetch_and_snapshot(tmp / "large", files, commits, max(reps, 3))}
+    _say("dashboard: every page at 50 hosts and 5,000 runs")
+    results["dashboard"] = dashboard.measure(tmp / "dashboard")
     results["duration_minutes"] = round((time.time() - started) / 60, 1)
     return results
 

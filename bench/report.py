@@ -81,7 +81,24 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     snap = median(results["large_repo"]["one_commit_changed"])
     rows.append((f"fetch + snapshot, {results['large_repo']['files']} files / {results['large_repo']['commits']} "
                  "commits, one commit changed < 2 s", f"{snap:.2f} s", snap < 2))
+    if "dashboard" in results:  # results from before the dashboard have no such row
+        board = results["dashboard"]
+        rows.append((f"every dashboard page (HTML and JSON) < {board['target_ms']:.0f} ms, {board['hosts']} hosts and "
+                     f"{board['runs']:,} runs", f"{board['slowest_max_ms']:.0f} ms (slowest request)",
+                     board["slowest_max_ms"] < board["target_ms"]))
     return rows
+
+
+def dashboard_markdown(board: dict[str, Any]) -> list[str]:
+    """The dashboard's table: each page's median and slowest answer over real HTTP."""
+    lines = ["", "## Dashboard", "",
+             f"`controller serve` on a state store of {board['hosts']} hosts and {board['runs']:,} runs (filled "
+             f"through `controller.state.Store`), {board['requests_per_page']} requests per page, one at a time "
+             f"(`python -m bench.dashboard`); target {board['target_ms']:.0f} ms.", "",
+             "| page | median | slowest | size |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| `{page}` | {t['median_ms']:.1f} ms | {t['max_ms']:.1f} ms | {t['bytes'] / 1024:.1f} KiB |"
+              for page, t in board["pages"].items()]
+    return lines
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -147,8 +164,10 @@ def markdown(results: dict[str, Any]) -> str:
         f"events): `controller check` peaked at {max(long['peak_mib']):.0f} MiB in {median(long['seconds']):.1f} s.",
         f"- A repository of {repo['files']} files and {repo['commits']} commits: first fetch + snapshot "
         f"{repo['first'][0]:.2f} s; after one more commit {median(repo['one_commit_changed']):.2f} s.",
-        "",
     ]
+    if "dashboard" in results:
+        lines += dashboard_markdown(results["dashboard"])
+    lines.append("")
     if NOTES.exists():
         lines += [NOTES.read_text().rstrip(), ""]
     return "\n".join(lines)

@@ -92,6 +92,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
       controller check                report drift, change nothing (for cron)
       controller verify               one SSH look per host against its manifest
       controller watch                the daemon: webhooks, pushes, polls, drift schedule
+      controller serve                the dashboard alone (watch serves it too)
       controller sync --dry-run       the same as check, as a sync would see it
       controller status               applied revision and drift state per app
       controller history              recent runs
@@ -293,6 +294,42 @@ def watch(config_path: str | None, verbose: bool) -> None:
     cancel = Cancel()
     cancel.install()
     Watch(config, cancel).run()
+
+
+@cli.command(epilog="""\b
+Exit codes:
+  0   stopped by SIGTERM or SIGINT (a sync started from a page is unwound first)
+  1   configuration error (listener address in use or open to others without ui.token_file)
+  70  internal error (a bug: the traceback is printed)""")
+@config_option
+@click.option("--listen", metavar="HOST:PORT", help="Where to answer (default: watch.listen, else 127.0.0.1:8080).")
+@click.option("-v", "--verbose", is_flag=True, help="Also log every HTTP request.")
+def serve(config_path: str | None, listen: str | None, verbose: bool) -> None:
+    """Serve the dashboard alone, for a bastion that runs `sync` from cron.
+
+    \b
+    Pages (the same facts as JSON under /api/):
+      /                 every app: state, applied revision, hosts at it,
+                        drifted / failed / unreachable, last and next check
+      /apps/NAME        its hosts and recent runs; Sync now, Suspend, Resume
+      /runs/ID          one run: per-host results, masked drift report
+      /history          every run, by app, outcome and trigger
+    `controller watch` serves the same pages on watch.listen; use serve when
+    nothing else listens. It reads the state store that sync and check write;
+    its actions run the same cycle under the same lock (trigger "ui"), so a
+    busy lock is said at once. Off loopback it refuses to start unless
+    ui.token_file names a token; with one, every page asks for it (a login
+    form, or Authorization: Bearer TOKEN). Details: docs/dashboard.md.
+    """
+    from controller.dashboard import serve as serve_dashboard  # the HTTP and template imports stay out of cron
+    from controller.watch import LogProgress
+
+    config = _config(config_path)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", force=True,
+                        level=logging.DEBUG if verbose else logging.INFO)
+    cancel = Cancel()
+    cancel.install()
+    serve_dashboard(config, listen or config.watch.listen or "127.0.0.1:8080", cancel, LogProgress())
 
 
 @cli.command()

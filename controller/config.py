@@ -97,6 +97,14 @@ class WatchConfig:
 
 
 @dataclass(frozen=True)
+class UiConfig:
+    """The dashboard on the listener (``watch`` and ``serve``): who may read it and act from it."""
+
+    enabled: bool = True                 # false: the listener serves only webhooks, /healthz and /metrics
+    token_file: str | None = None        # when set, every page asks for it; required off loopback
+
+
+@dataclass(frozen=True)
 class NotifyTarget:
     """Where notifications go: a generic JSON webhook or a Slack-compatible incoming webhook."""
 
@@ -118,6 +126,7 @@ class Config:
     ansible: AnsibleConfig = field(default_factory=AnsibleConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     notify: tuple[NotifyTarget, ...] = ()
+    ui: UiConfig = field(default_factory=UiConfig)
 
     @property
     def state_path(self) -> Path:
@@ -192,6 +201,7 @@ def load_config(path: Path) -> Config:
                     known_hosts_file=absolute(config.ssh.known_hosts_file)),
         watch=replace(config.watch, webhook_secret_file=absolute(config.watch.webhook_secret_file)),
         notify=tuple(replace(t, url_file=absolute(t.url_file)) for t in config.notify),
+        ui=replace(config.ui, token_file=absolute(config.ui.token_file)),
     )
 
 

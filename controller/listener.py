@@ -1,4 +1,4 @@
-"""The watch daemon's HTTP listener: push webhooks, /healthz and /metrics.
+"""The watch daemon's HTTP listener: push webhooks, /healthz, /metrics and the dashboard's pages.
 
 It is built to stay up under a flood. One thread runs an asyncio loop that serves every connection, so a slow
 client costs a socket and a few kilobytes, never a thread. What a client can make it hold is bounded:
@@ -21,7 +21,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, NamedTuple
@@ -42,6 +43,8 @@ HEADER_LIMIT = 16 * 1024      # request line and headers; a webhook's are about 
 BODY_BUDGET = 32 * 1024 ** 2  # bytes of request bodies being read at once, all connections together
 SUMMARY_WINDOW = 10.0         # seconds between summaries of refused requests
 FULL_LINES = 5                # refusals logged one by one in each window before only counting them
+FORM_LIMIT = 8 * 1024        # a dashboard form (a token, a reason) is a few hundred bytes
+PAGE_WORKERS = 4             # threads rendering pages from the state store, so SQLite never blocks the loop
 SERVER = "gitops-controller"
 _LENGTH = re.compile(r"[0-9]{1,15}")
 
@@ -56,6 +59,20 @@ class Routes:
     on_push: Callable[[str], None]
     health: Callable[[], tuple[int, dict[str, Any]]]
     metrics: Callable[[], bytes]
+    # the dashboard: every other GET and POST (blocking; run on the page workers, never on the loop)
+    pages: Callable[[WebRequest], Reply] | None = None
+
+
+@dataclass(frozen=True)
+class WebRequest:
+    """One request for the dashboard, read in full (header names lower-cased)."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    client: str = ""
 
 
 class Listener:
@@ -114,6 +131,7 @@ class Server:
         self.body_bytes = 0
         self.body_budget = max(BODY_BUDGET, routes.max_body)
         self._writers: set[asyncio.StreamWriter] = set()
+        self._pages = ThreadPoolExecutor(PAGE_WORKERS, thread_name_prefix="pages") if routes.pages else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -138,6 +156,8 @@ class Server:
         summaries.cancel()
         for writer in list(self._writers):
             writer.transport.abort()
+        if self._pages is not None:
+            self._pages.shutdown(wait=False, cancel_futures=True)
         self.refusals.flush()
 
     async def _summaries(self) -> None:
@@ -185,7 +205,7 @@ class Server:
         except Exception:
             if self.refusals.add(500):
                 log.exception("%s from %s failed", request.label, client)
-            reply = _Reply.error(500, "internal error (see the controller's log)").encode()
+            reply = Reply.error(500, "internal error (see the controller's log)").encode()
         else:
             log.debug("http %s %s %s %d", client, request.method, request.path, answer.status)
             reply = answer.encode()
@@ -200,7 +220,7 @@ class Server:
         except (ConnectionError, TimeoutError):
             pass  # the client left, or would not read its answer
 
-    async def _answer(self, request: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Reply:
+    async def _answer(self, request: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Reply:
         """The reply to one request, read and handled within the deadline."""
         try:
             async with asyncio.timeout(self.deadline):
@@ -212,8 +232,11 @@ class Server:
                 raise ConnectionAbortedError("connected and left without a word (a port probe)") from None
             raise Rejected(400, "connection closed before the request was complete") from None
 
-    async def _handle(self, request: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Reply:
+    async def _handle(self, request: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Reply:
         await request.read_head(reader)
+        if self.routes.pages is not None and request.method in ("GET", "POST") and (
+                request.path not in ("/healthz", "/metrics") and not request.path.startswith("/hooks/")):
+            return await self._page(request, reader)
         if request.method == "GET":
             return self._get(request.path)
         if request.method != "POST":
@@ -227,11 +250,25 @@ class Server:
         body = await self._body(reader, length)
         return self._hook(provider, request.headers, body)
 
-    def _get(self, path: str) -> _Reply:
+    async def _page(self, request: _Request, reader: asyncio.StreamReader) -> Reply:
+        """A dashboard page or action, rendered on a page worker while the loop serves everyone else."""
+        assert self.routes.pages is not None and self._pages is not None and request.method is not None
+        body = b""
+        if request.method == "POST":
+            length = request.headers.get("content-length", "0")
+            if not _LENGTH.fullmatch(length):
+                raise Rejected(411, "Content-Length required")
+            if int(length) > FORM_LIMIT:
+                raise Rejected(413, f"form of {length} bytes is over the limit of {FORM_LIMIT}")
+            body = await self._body(reader, int(length))
+        web = WebRequest(request.method, request.path, request.query, request.headers, body, request.client)
+        return await asyncio.get_running_loop().run_in_executor(self._pages, self.routes.pages, web)
+
+    def _get(self, path: str) -> Reply:
         if path == "/healthz":
-            return _Reply.json(*self.routes.health())
+            return Reply.json(*self.routes.health())
         if path == "/metrics":
-            return _Reply(200, self.routes.metrics(), CONTENT_TYPE_LATEST)
+            return Reply(200, self.routes.metrics(), CONTENT_TYPE_LATEST)
         raise Rejected(404, "not found (GET /healthz, /metrics; POST /hooks/github|gitlab|generic)")
 
     def _admit(self, provider: str, headers: dict[str, str]) -> int:
@@ -256,26 +293,26 @@ class Server:
         finally:
             self.body_bytes -= length
 
-    def _hook(self, provider: str, headers: dict[str, str], body: bytes) -> _Reply:
+    def _hook(self, provider: str, headers: dict[str, str], body: bytes) -> Reply:
         routes = self.routes
         assert routes.secret is not None  # _admit refused the request otherwise
         push = verify(provider, headers, body, routes.secret)
         if push is None:
-            return _Reply.json(200, {"ignored": "not a push event"})
+            return Reply.json(200, {"ignored": "not a push event"})
         if push.branch != routes.branch:
-            return _Reply.json(200, {"ignored": f"push to {push.branch!r}, watching {routes.branch!r}"})
+            return Reply.json(200, {"ignored": f"push to {push.branch!r}, watching {routes.branch!r}"})
         if not self.deliveries.first_time(push.delivery):
-            return _Reply.json(200, {"ignored": f"delivery {push.delivery} already received"})
+            return Reply.json(200, {"ignored": f"delivery {push.delivery} already received"})
         log.info("webhook %s: push to %s (%s)", provider, push.branch, (push.sha or "?")[:12])
         routes.on_push(provider)
-        return _Reply.json(202, {"accepted": True, "branch": push.branch, "revision": push.sha})
+        return Reply.json(202, {"accepted": True, "branch": push.branch, "revision": push.sha})
 
     def _refusal(self, request: _Request, rejected: Rejected) -> bytes:
         """The answer to a refused request, logged (or counted, under a flood)."""
         if self.refusals.add(rejected.status):
             log.warning("%s from %s refused (%d): %s", request.label, request.client, rejected.status,
                         rejected.message)
-        return _Reply.error(rejected.status, rejected.message).encode()
+        return Reply.error(rejected.status, rejected.message).encode()
 
 
 async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int) -> None:
@@ -299,6 +336,7 @@ class _Request:
         self.label = label
         self.method: str | None = None
         self.path = ""
+        self.query = ""
         self.headers: dict[str, str] = {}
 
     async def read_head(self, reader: asyncio.StreamReader) -> None:
@@ -311,7 +349,7 @@ class _Request:
         parts = line.decode("latin-1").split()
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             raise Rejected(400, "malformed request line")
-        self.method, self.path = parts[0], parts[1].partition("?")[0]
+        self.method, (self.path, _, self.query) = parts[0], parts[1].partition("?")
         hook = self.path.startswith("/hooks/")
         label = f"webhook {self.path.removeprefix('/hooks/')}" if hook else f"{self.method} {self.path}"
         # the client chose these characters: none may move the terminal's cursor or fake a log line
@@ -325,25 +363,27 @@ class _Request:
             self.headers[name.lower()] = value
 
 
-class _Reply(NamedTuple):
+class Reply(NamedTuple):
     status: int
     body: bytes
     content_type: str
+    headers: tuple[tuple[str, str], ...] = ()  # more, such as Location and Set-Cookie
 
     @classmethod
-    def json(cls, status: int, payload: dict[str, Any]) -> _Reply:
+    def json(cls, status: int, payload: dict[str, Any]) -> Reply:
         return cls(status, (json.dumps(payload) + "\n").encode(), "application/json")
 
     @classmethod
-    def error(cls, status: int, message: str) -> _Reply:
+    def error(cls, status: int, message: str) -> Reply:
         return cls.json(status, {"error": message})
 
     def encode(self) -> bytes:
         """The whole response; every connection carries one request, so it always ends with the connection."""
-        retry = "Retry-After: 1\r\n" if self.status == 503 else ""
+        extra = "Retry-After: 1\r\n" if self.status == 503 else ""
+        extra += "".join(f"{name}: {value}\r\n" for name, value in self.headers)
         head = (f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}\r\nServer: {SERVER}\r\n"
                 f"Date: {formatdate(usegmt=True)}\r\nContent-Type: {self.content_type}\r\n"
-                f"Content-Length: {len(self.body)}\r\n{retry}Connection: close\r\n\r\n")
+                f"Content-Length: {len(self.body)}\r\n{extra}Connection: close\r\n\r\n")
         return head.encode("latin-1") + self.body
 
 

@@ -251,9 +251,37 @@ class Store:
         return {r["host"]: Manifest.from_json(r["body"]) if r["body"] else None
                 for r in self.db.execute("SELECT host, body FROM manifests WHERE app = ?", (app,))}
 
-    def runs(self, app: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        query = "SELECT * FROM runs" + (" WHERE app = ?" if app else "") + " ORDER BY id DESC LIMIT ?"
-        return [self._run(row) for row in self.db.execute(query, (app, limit) if app else (limit,))]
+    def runs(self, app: str | None = None, limit: int = 20, *, outcome: str | None = None,
+             trigger: str | None = None, offset: int = 0) -> list[dict[str, Any]]:
+        """Runs newest first, optionally of one app, outcome (``running``: not finished) and trigger."""
+        where, values = self._run_filter(app, outcome, trigger)
+        rows = self.db.execute(f"SELECT * FROM runs{where} ORDER BY id DESC LIMIT ? OFFSET ?",
+                               (*values, limit, offset))
+        return [self._run(row) for row in rows]
+
+    def count_runs(self, app: str | None = None, *, outcome: str | None = None, trigger: str | None = None) -> int:
+        """How many runs ``runs`` would page through with the same filters."""
+        where, values = self._run_filter(app, outcome, trigger)
+        return int(self.db.execute(f"SELECT COUNT(*) FROM runs{where}", values).fetchone()[0])
+
+    @staticmethod
+    def _run_filter(app: str | None, outcome: str | None, trigger: str | None) -> tuple[str, tuple[str, ...]]:
+        clauses, values = [], []
+        for column, value in (("app", app), ("outcome", outcome), ("trigger", trigger)):
+            if value == "running" and column == "outcome":
+                clauses.append("outcome IS NULL")
+            elif value:
+                clauses.append(f"{column} = ?")
+                values.append(value)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(values)
+
+    def stamp(self) -> str:
+        """A value that changes whenever a run starts or ends, its hosts' states are recorded (just after it
+        ends), or an app is suspended or resumed: live pages compare it to know when to refresh."""
+        row = self.db.execute(
+            "SELECT (SELECT MAX(id) FROM runs), (SELECT COUNT(*) FROM runs WHERE finished IS NULL),"
+            " (SELECT MAX(run_id) FROM hosts), (SELECT group_concat(app || since) FROM suspensions)").fetchone()
+        return ":".join(str(value) for value in row)
 
     def run(self, run_id: int) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()

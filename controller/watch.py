@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from controller.access import Access
+from controller.actions import Actions
 from controller.config import Config
 from controller.cycle import run_cycle
+from controller.dashboard import Dashboard
 from controller.errors import ControllerError
 from controller.interrupt import Cancel
 from controller.listener import Listener, Routes
@@ -136,14 +139,21 @@ class Watch:
         with self._store() as store:
             self.metrics.restore(store.status())
         if self.settings.listen:
+            pages = None
+            if self.config.ui.enabled:  # refused before anything listens when it would be open to anyone
+                access = Access.of(self.config.ui, self.settings.listen)
+                actions = Actions(self.config, LogProgress(), self.metrics.observe)
+                stack.callback(actions.stop)  # after the listener stops: a dashboard sync unwinds
+                pages = Dashboard(self.config, access, actions).handle
             self.listener = Listener(self.settings.listen, Routes(
                 branch=self.config.source.branch, secret=self._secret(), max_body=self.settings.max_body_bytes,
                 on_push=lambda provider: self.triggers.add("webhook"), health=self.health.report,
-                metrics=self.metrics.render))
+                metrics=self.metrics.render, pages=pages))
             self.listener.start()
             stack.callback(self.listener.stop)
             log.info("listening on %s:%d (webhooks: /hooks/github, /hooks/gitlab, /hooks/generic; /healthz; "
-                     "/metrics)", self.listener.server.server_address[0], self.listener.port)
+                     "/metrics%s)", self.listener.server.server_address[0], self.listener.port,
+                     "; the dashboard: /" if pages else "")
         bare = local_bare_repository(self.config.source.url) if self.settings.watch_local else None
         if bare is not None:
             watcher = RefWatcher(bare, self.config.source.branch, lambda: self.triggers.add("push"))

@@ -1,0 +1,147 @@
+"""The dashboard at scale: a state store of 50 hosts and 5,000 runs, every page timed over real HTTP.
+
+The store is filled through ``controller.state.Store`` (the API the pipeline records with), then a real
+``controller serve`` answers; no lab host is needed. ``python -m bench.dashboard`` prints the figures.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import yaml
+
+from controller.drift import HostState, Report
+from controller.outcomes import Outcome
+from controller.runner import TaskResult
+from controller.source import Revision
+from controller.state import Store
+
+TARGET_MS = 200.0
+APPS = 5
+HOSTS_PER_APP = 10        # 50 hosts in all
+RUNS = 5000
+REQUESTS = 15             # per page
+DIFF = "--- before: /srv/opt/shop/conf/app.yml\n+++ after\n@@ -1,3 +1,3 @@\n listen: 8080\n-workers: 3\n+workers: 4\n"
+
+
+def fill(path: Path, runs: int = RUNS) -> dict[str, int]:
+    """A store with ``APPS`` apps of ``HOSTS_PER_APP`` hosts and ``runs`` runs: mostly quiet checks, every
+    tenth a drift found on three hosts, every fiftieth a sync that converged it. Returns ids worth timing."""
+    with Store(path) as store:
+        # one fsync per run would make filling take minutes; what is timed is reading
+        store.db.execute("PRAGMA synchronous=OFF")
+        hosts = {f"app{a}": [f"web{h}.app{a}" for h in range(HOSTS_PER_APP)] for a in range(APPS)}
+        drifted = 0
+        for number in range(runs):
+            app = f"app{number % APPS}"
+            revision = Revision(f"{number // 100:040x}", f"Release {number // 100}", "Ops Team <ops@example.com>",
+                                "2026-11-20T10:00:00+00:00")
+            store.record_revision(revision)
+            mode = "sync" if number % 50 == 0 else "check"
+            trigger = ("schedule", "webhook", "poll", "manual", "ui")[number % 5]
+            run_id = store.start_run(app, revision.sha, mode, trigger)
+            drift = number % 10 == 0
+            changed = hosts[app][:3] if drift else []
+            report = Report(
+                tuple(HostState(h, "changed" if h in changed else "ok", int(h in changed), 0) for h in hosts[app]),
+                tuple(TaskResult(h, f"template {task}", "template", "changed", DIFF)
+                      for h in changed for task in ("app.yml", "nginx.conf")))
+            store.add_report(run_id, "check", report)
+            states = {h: ("drifted" if h in changed and mode == "check" else "in-sync") for h in hosts[app]}
+            outcome = Outcome.CONVERGED if mode == "sync" else Outcome.DRIFTED if drift else Outcome.IN_SYNC
+            store.finish_run(run_id, outcome, None, outcome.value, mode == "sync", {})
+            store.record_hosts(app, run_id, states, hosts[app] if mode == "sync" else [], revision.sha)
+            if drift:
+                drifted = run_id
+    return {"drifted_run": drifted}
+
+
+def measure(root: Path, runs: int = RUNS, requests: int = REQUESTS) -> dict[str, Any]:
+    """Fill a store, start ``controller serve`` on it, time every page; milliseconds per page."""
+    state = root / "state"
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    ids = fill(state / "state.db", runs)
+    filled = time.perf_counter() - started
+    port = _free_port()
+    config = root / "controller.yml"
+    config.write_text(yaml.safe_dump({"source": {"url": str(root / "none.git")}, "state_dir": str(state),
+                                      "workspace_dir": str(root / "workspaces")}))
+    pages = ["/", "/apps/app0", f"/runs/{ids['drifted_run']}", "/history", f"/history?page={runs // 50}",
+             "/history?app=app0&outcome=drifted&trigger=schedule"]
+    pages += ["/api/apps", "/api/apps/app0", f"/api/runs/{ids['drifted_run']}", "/api/runs",
+              f"/api/runs?page={runs // 50}", "/api/runs?app=app0&outcome=drifted", "/api/stamp"]
+    log = root / "serve.log"
+    with open(log, "w") as output:
+        serve = subprocess.Popen([str(Path(sys.executable).parent / "controller"), "--config", str(config), "serve",
+                                  "--listen", f"127.0.0.1:{port}"], stderr=output)
+    try:
+        _wait_for(port, serve, log)
+        timings = {page: _time(port, page, requests) for page in pages}
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=30)
+    slowest = max(t["max_ms"] for t in timings.values())
+    return {"hosts": APPS * HOSTS_PER_APP, "runs": runs, "requests_per_page": requests,
+            "fill_seconds": round(filled, 1), "target_ms": TARGET_MS, "pages": timings,
+            "slowest_median_ms": max(t["median_ms"] for t in timings.values()), "slowest_max_ms": slowest}
+
+
+def _time(port: int, page: str, requests: int) -> dict[str, Any]:
+    times, size = [], 0
+    for _ in range(requests):
+        begin = time.perf_counter()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", page)
+        response = connection.getresponse()
+        body = response.read()
+        times.append((time.perf_counter() - begin) * 1000)
+        connection.close()
+        if response.status != 200:
+            raise SystemExit(f"benchmark: GET {page} answered {response.status}: {body[:300]!r}")
+        size = len(body)
+    return {"median_ms": round(median(times), 1), "max_ms": round(max(times), 1), "bytes": size}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for(port: int, serve: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if serve.poll() is not None:
+            raise SystemExit(f"benchmark: controller serve exited {serve.returncode}: {log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("benchmark: controller serve did not start listening within 30 s")
+
+
+def main() -> None:
+    os.umask(0o077)
+    with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
+        results = measure(Path(tmp))
+    print(json.dumps(results, indent=2))
+    met = results["slowest_max_ms"] < TARGET_MS
+    print(f"every page under {TARGET_MS:.0f} ms: {'yes' if met else 'NO'} "
+          f"(slowest median {results['slowest_median_ms']} ms, slowest single request {results['slowest_max_ms']} ms)")
+
+
+if __name__ == "__main__":
+    main()

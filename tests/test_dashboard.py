@@ -1,0 +1,304 @@
+"""The dashboard in a real browser: Debian's Chromium, headless, against `controller watch` and `controller serve`
+on lab hosts. What is asserted is what a person sees."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.wait import WebDriverWait
+
+from bench.dashboard import fill
+from controller.state import Store
+from lab import Lab
+from lab.repository import AgeKey
+from tests.conftest import APP_YML, BIN, Fleet, build_fleet, write_config
+from tests.test_interrupt import workspaces
+from tests.test_watch import daemon, free_port, wait_for, watch_config
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+TOKEN = "dashboard-test-token-0123456789"
+# CONTROLLER_SCREENSHOTS=docs makes the watch test save the three main pages for the README
+SCREENSHOTS = os.environ.get("CONTROLLER_SCREENSHOTS")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
+    """One headless Chromium for the module, driven through Debian's chromedriver (nothing is downloaded)."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
+                     f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def request(url: str, method: str = "GET", body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None
+
+    try:
+        with urllib.request.build_opener(NoRedirect).open(req, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def screenshot(driver: webdriver.Chrome, name: str) -> None:
+    """Save the page as docs/dashboard-NAME.png, as tall as its content (for the README)."""
+    height = min(int(driver.execute_script("return document.body.scrollHeight")) + 16, 1600)
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": 1400, "height": height, "deviceScaleFactor": 1, "mobile": False})
+    driver.save_screenshot(f"{SCREENSHOTS}/dashboard-{name}.png")
+    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def until(driver: webdriver.Chrome, seconds: float, predicate: Callable[[webdriver.Chrome], object]) -> None:
+    """Wait for what the page shows, asking again when a live update swapped the element being read."""
+    WebDriverWait(driver, seconds, poll_frequency=0.25, ignored_exceptions=(StaleElementReferenceException,)).until(
+        predicate)
+
+
+def click(driver: webdriver.Chrome, element_id: str) -> None:
+    """Click a button, again if the page's live update swapped it out just before."""
+    until(driver, 10, lambda d: d.find_element(By.ID, element_id).click() or True)
+
+
+def host_state(driver: webdriver.Chrome, host: str) -> str | None:
+    rows = driver.find_elements(By.CSS_SELECTOR, f'tr.host[data-host="{host}"]')
+    return rows[0].get_attribute("data-state") if rows else None
+
+
+def no_canary(fleet: Fleet, *sources: str) -> None:
+    for source in sources:
+        for plaintext in fleet.secrets.values():
+            assert plaintext not in source
+
+
+def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path, lab: Lab, age_key: AgeKey,
+                                                                  browser: webdriver.Chrome) -> None:
+    fleet = build_fleet(tmp_path / "fleet", lab, age_key, apps=("staging", "production"))
+    port = free_port()
+    watch_config(fleet, listen=f"127.0.0.1:{port}", drift_check_interval="1h")
+    base = f"http://127.0.0.1:{port}"
+    seen: list[str] = []
+    with daemon(fleet, port) as watch:
+        wait_for("the first sync", lambda: [r["outcome"] for r in fleet.runs()] == ["converged", "converged"])
+        wait_for("the first cycle to finish", watch.settled)
+
+        browser.get(base + "/")
+        row = browser.find_element(By.CSS_SELECTOR, 'tr.app[data-app="staging"]')
+        assert "converged" in row.text and "2/2" in row.text
+        assert re.search(r"in [3-5]\d min$", row.text)  # the next drift check, an hour after the first sync
+        assert browser.find_element(By.CSS_SELECTOR, 'tr.app[data-app="production"]').text.count("1/1") == 1
+        seen.append(browser.page_source)
+
+        fleet.host_file("h1", APP_YML).write_text("hand-edited: by someone at 3am\n")
+        assert fleet.controller("check").returncode == 2
+        check = next(r for r in fleet.runs() if r["app"] == "staging")
+
+        browser.find_element(By.LINK_TEXT, "staging").click()
+        assert host_state(browser, "web1.staging") == "drifted"
+        assert host_state(browser, "web2.staging") == "in-sync"
+        seen.append(browser.page_source)
+        if SCREENSHOTS:
+            browser.get(base + "/")
+            screenshot(browser, "fleet")
+            browser.get(base + "/apps/staging")
+            screenshot(browser, "app")
+
+        browser.get(f"{base}/runs/{check['id']}")
+        drift = browser.find_element(By.CSS_SELECTOR, 'section.task[data-host="web1.staging"]')
+        assert "-hand-edited: by someone at 3am" in drift.text
+        assert browser.find_elements(By.CSS_SELECTOR, 'section.task[data-host="web2.staging"]') == []
+        seen.append(browser.page_source)
+        if SCREENSHOTS:
+            screenshot(browser, "run")
+
+        # a form POST without the CSRF token (or from another site) is refused, and nothing runs
+        count = len(fleet.runs())
+        assert request(base + "/apps/staging/sync", "POST", b"")[0] == 403
+        forged = {"Origin": "http://evil.example", "Cookie": "controller_csrf=x"}
+        assert request(base + "/apps/staging/sync", "POST", b"csrf=x", forged)[0] == 403
+
+        browser.get(base + "/apps/staging")
+        click(browser, "sync")
+        until(browser, 10, lambda d: "Sync started" in d.find_element(By.ID, "main").text)
+        browser.execute_script("window.notReloaded = true")
+        # the page follows the run by itself: no reload, no click
+        until(browser, 120, lambda d: host_state(d, "web1.staging") == "in-sync" and "in progress" not in d.page_source)
+        assert browser.execute_script("return window.notReloaded") is True
+        assert fleet.host_file("h1", APP_YML).read_text() != "hand-edited: by someone at 3am\n"
+        latest = fleet.runs()[0]
+        assert latest["app"] == "staging"
+        assert (latest["trigger"], latest["mode"], latest["outcome"]) == ("ui", "sync", "converged")
+        assert len(fleet.runs()) == count + 1
+        seen.append(browser.page_source)
+
+        # the JSON API has the same facts, in the CLI's --json shapes
+        status, body = request(base + "/api/apps")
+        apps = json.loads(body)["apps"]
+        cli = json.loads(fleet.controller("status", "--json").stdout)
+        assert status == 200 and [a["app"] for a in apps] == [a["app"] for a in cli] == ["production", "staging"]
+        for shown_app, listed in zip(apps, cli, strict=True):
+            assert {k: v for k, v in shown_app.items() if k in listed} == listed
+        assert apps[1]["host_states"] == {"in-sync": 2}
+        status, body = request(f"{base}/api/runs/{check['id']}")
+        run = json.loads(body)["run"]
+        shown = json.loads(fleet.controller("show", str(check["id"]), "--json").stdout)
+        assert {k: v for k, v in run.items() if k != "commit"} == shown
+        assert run["commit"]["subject"] == "Example fleet"
+        assert request(base + "/api/runs/999999")[0] == 404
+        status, body = request(base + "/api/runs?trigger=ui")
+        assert [r["id"] for r in json.loads(body)["runs"]] == [latest["id"]]
+        seen.extend(request(base + path)[1].decode() for path in ("/api/apps", "/api/apps/staging", "/history"))
+        assert watch.stop() == 0
+    no_canary(fleet, *seen)
+
+
+@contextmanager
+def served(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `controller serve` on 127.0.0.1:``port``."""
+    log = config.parent / "serve.log"
+    env = {**os.environ, "CONTROLLER_CONFIG": str(config)}
+    with open(log, "w") as output:
+        proc = subprocess.Popen([str(BIN / "controller"), "serve", "--listen", f"127.0.0.1:{port}"], env=env,
+                                stdout=output, stderr=subprocess.STDOUT)
+    try:
+        wait_for("the dashboard", lambda: _answers(proc, f"http://127.0.0.1:{port}/healthz"), timeout=30)
+        yield proc
+    except BaseException:
+        print(log.read_text())
+        raise
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _answers(proc: subprocess.Popen[bytes], url: str) -> bool:
+    assert proc.poll() is None, "controller serve exited"
+    try:
+        return request(url)[0] == 200
+    except OSError:
+        return False
+
+
+def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, browser: webdriver.Chrome) -> None:
+    fleet.root.joinpath("ui.token").write_text(TOKEN + "\n")
+    write_config(fleet, ui={"token_file": "ui.token"})
+    assert fleet.controller("check").returncode == 2  # nothing applied yet: every host differs
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with served(fleet.config, port) as serve:
+        browser.delete_all_cookies()
+        browser.get(base + "/apps/staging")
+        browser.find_element(By.ID, "token").send_keys("not-the-token")
+        browser.find_element(By.ID, "login").click()
+        assert browser.find_element(By.ID, "failed").text == "Wrong token."
+        assert browser.find_elements(By.CSS_SELECTOR, "tr.host") == []
+        browser.find_element(By.ID, "token").send_keys(TOKEN)
+        browser.find_element(By.ID, "login").click()
+        until(browser, 10, lambda d: d.current_url == base + "/apps/staging")
+        assert host_state(browser, "web1.staging") == "drifted"
+        no_canary(fleet, browser.page_source)
+
+        assert request(base + "/api/apps")[0] == 401
+        assert request(base + "/api/apps", headers={"Authorization": "Bearer wrong"})[0] == 401
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        status, body = request(base + "/api/apps", headers=bearer)
+        assert status == 200 and json.loads(body)["apps"][0]["host_states"] == {"drifted": 2}
+
+        count = len(fleet.runs())
+        with open(fleet.state / "controller.lock", "a") as lock:  # a run of someone else's holds the lock
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            status, body = request(base + "/api/apps/staging/sync", "POST", b"", bearer)
+        assert status == 409 and "lock" in json.loads(body)["notice"]
+        assert len(fleet.runs()) == count
+
+        status, _ = request(base + "/api/apps/staging/suspend", "POST", b"reason=maintenance", bearer)
+        assert status == 202
+        assert json.loads(fleet.controller("status", "--json").stdout)[0]["suspended"] is True
+        status, body = request(base + "/api/apps/staging/sync", "POST", b"", bearer)
+        assert status == 409 and "resume it" in json.loads(body)["notice"] and len(fleet.runs()) == count
+        browser.refresh()
+        until(browser, 10, lambda d: "maintenance" in d.find_element(By.ID, "main").text)
+        click(browser, "resume")
+        until(browser, 10, lambda d: "Resumed" in d.find_element(By.ID, "main").text)
+        assert json.loads(fleet.controller("status", "--json").stdout)[0]["suspended"] is False
+
+        # stopped while a sync from the page runs: the run is stopped and unwound, and serve exits 0
+        click(browser, "sync")
+        until(browser, 10, lambda d: "Sync started" in d.find_element(By.ID, "main").text)
+        wait_for("the run on the hosts", lambda: [r["outcome"] for r in fleet.runs() if r["trigger"] == "ui"] == [None])
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=60) == 0
+    assert [r["outcome"] for r in fleet.runs() if r["trigger"] == "ui"] == ["interrupted"]
+    assert workspaces(serve.pid) == set()
+
+
+def test_history_pages_and_filters_over_the_json_api(tmp_path: Path) -> None:
+    fill(tmp_path / "state" / "state.db", runs=120)
+    config = tmp_path / "controller.yml"
+    config.write_text(yaml.safe_dump({"source": {"url": str(tmp_path / "none.git")}, "state_dir": "state",
+                                      "workspace_dir": "ws"}))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with served(config, port):
+        first = json.loads(request(base + "/api/runs")[1])
+        assert (first["total"], first["pages"], len(first["runs"])) == (120, 3, 50)
+        assert first["runs"][0]["id"] == 120 and first["next"] == "?page=2"
+        last = json.loads(request(base + "/api/runs?page=3")[1])
+        assert [r["id"] for r in last["runs"]] == list(range(20, 0, -1))
+        drifted = json.loads(request(base + "/api/runs?app=app0&outcome=drifted")[1])
+        assert drifted["total"] == 9 and {(r["app"], r["outcome"]) for r in drifted["runs"]} == {("app0", "drifted")}
+        assert json.loads(request(base + "/api/runs?trigger=ui")[1])["total"] == 24
+        status, page = request(base + "/history?app=app0&outcome=drifted&page=1")
+        assert status == 200 and page.decode().count('<tr>') == 10  # the heading and nine runs
+        assert request(base + "/apps/nothing")[0] == 404
+
+        # a run going on: without JavaScript the pages reload themselves; with it, the stamp tells them to
+        before = json.loads(request(base + "/api/stamp")[1])["stamp"]
+        assert 'http-equiv="refresh"' not in request(base + "/")[1].decode()
+        with Store(tmp_path / "state" / "state.db") as store:
+            store.start_run("app0", None, "check", "manual")
+        assert json.loads(request(base + "/api/stamp")[1])["stamp"] != before
+        assert 'http-equiv="refresh"' in request(base + "/")[1].decode()
+        assert json.loads(request(base + "/api/runs?outcome=running")[1])["total"] == 1
+        assert request(base + "/", headers={"Host": "rebound.example:80"})[0] == 403  # DNS rebinding
+
+
+@pytest.mark.parametrize("command", ["watch", "serve"])
+def test_refuses_to_start_open_to_others_without_a_token(tmp_path: Path, command: str) -> None:
+    config = tmp_path / "controller.yml"
+    config.write_text(yaml.safe_dump({"source": {"url": str(tmp_path / "none.git")}, "state_dir": "state",
+                                      "watch": {"listen": f"0.0.0.0:{free_port()}"}}))
+    done = subprocess.run([str(BIN / "controller"), "--config", str(config), command], capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"controller: the dashboard would answer anyone on {yaml.safe_load(config.read_text())['watch']['listen']}: "
+        "set ui.token_file (or listen on 127.0.0.1, or set ui.enabled: false)"]
