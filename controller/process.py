@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import selectors
+import shlex
 import signal
 import subprocess
 import sys
@@ -56,21 +58,73 @@ class Finished:
     err: str
 
 
+SIDE_BY_SIDE_BATCH = 200   # commands per reaper: two pipes each, well inside the default 1024 open files
+_STATUS = "\x1estatus "   # each command's exit status, appended to its stderr by the fan-out shell
+
+
 def run_side_by_side(commands: Mapping[str, Sequence[str]], *, env: Mapping[str, str],
                      timeout: float) -> dict[str, Finished]:
-    """Run every command at once and wait for all (at most ``timeout`` seconds in all); never raises
-    for a command's failure: each caller tells its own failures apart."""
-    deadline = time.monotonic() + timeout
+    """Run every command at once and wait for all (``timeout`` seconds at most, per batch of 200); never raises for a
+    command's failure: each caller tells its own failures apart.
+
+    One reaper and one bash start them all (a reaper per command would cost more than the command
+    when it is an ssh of a few milliseconds), each with its own stdout and stderr pipes.
+    """
     finished: dict[str, Finished] = {}
-    with contextlib.ExitStack() as stack:
-        procs = {key: stack.enter_context(_spawn(argv, env, None, stdout=subprocess.PIPE))
-                 for key, argv in commands.items()}
-        for key, proc in procs.items():
-            try:
-                out, err = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
-                finished[key] = Finished(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
-            except subprocess.TimeoutExpired:
-                finished[key] = Finished(None, "", f"no answer within {timeout:.0f}s")
+    keys = list(commands)
+    for start in range(0, len(keys), SIDE_BY_SIDE_BATCH):
+        batch = {key: commands[key] for key in keys[start:start + SIDE_BY_SIDE_BATCH]}
+        finished.update(_fan_out(batch, env, time.monotonic() + timeout, timeout))
+    return finished
+
+
+def _fan_out(commands: Mapping[str, Sequence[str]], env: Mapping[str, str], deadline: float,
+             timeout: float) -> dict[str, Finished]:
+    reads: dict[int, tuple[str, int]] = {}  # read end -> (command, 0 stdout | 1 stderr)
+    writes: list[int] = []
+    lines = []
+    for key, argv in commands.items():
+        (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
+        reads.update({out_r: (key, 0), err_r: (key, 1)})
+        writes += [out_w, err_w]
+        lines.append(f"{{ {shlex.join(argv)} >&{out_w} 2>&{err_w}; printf '{_STATUS}%s' $? >&{err_w}; }} &")
+    script = "\n".join([*lines, "wait"])
+    output: dict[str, list[bytearray]] = {key: [bytearray(), bytearray()] for key in commands}
+    # bash, not sh: dash redirects only file descriptors 0-9; the script on stdin, since one argument
+    # may not exceed 128 KiB (background commands read /dev/null, not the script)
+    proc = subprocess.Popen(reaped(["bash", "-s"]), env=dict(env), stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=writes)
+    try:
+        for fd in writes:
+            os.close(fd)
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError), proc.stdin:
+            proc.stdin.write(script.encode())
+        with selectors.DefaultSelector() as selector:
+            for fd in reads:
+                selector.register(fd, selectors.EVENT_READ)
+            while selector.get_map() and (left := deadline - time.monotonic()) > 0:
+                for ready, _ in selector.select(left):
+                    chunk = os.read(ready.fd, 65536)
+                    if chunk:
+                        key, stream = reads[ready.fd]
+                        output[key][stream] += chunk
+                    else:
+                        selector.unregister(ready.fd)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(0.1, deadline - time.monotonic()))  # the reaper makes sure nothing is left
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+        for fd in reads:
+            os.close(fd)
+    finished = {}
+    for key, (out, err) in output.items():
+        text, _, status = err.decode(errors="replace").rpartition(_STATUS)
+        if status.isdigit():
+            finished[key] = Finished(int(status), out.decode(errors="replace"), text)
+        else:
+            finished[key] = Finished(None, "", f"no answer within {timeout:.0f}s")
     return finished
 
 
