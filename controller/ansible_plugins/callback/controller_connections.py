@@ -14,6 +14,7 @@ from ansible.plugins.callback import CallbackBase
 from ansible.template import Templar
 
 MARKER = "CONTROLLER-CONNECTION"
+SSH_CONNECTIONS = ("ssh", "smart", "paramiko", "paramiko_ssh", "ansible.builtin.ssh", "ansible.builtin.paramiko_ssh")
 
 
 class CallbackModule(CallbackBase):  # type: ignore[misc]
@@ -33,14 +34,16 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
                 continue
             self._told.add(host.name)
             try:
-                address, port, user = _connection(play, host)
+                connection = _connection(play, host)
             except Exception:  # a host verify cannot reach as Ansible does simply gets no manifest
                 continue
-            self._display.display(f"{MARKER}\t{host.name}\t{address}\t{port}\t{user}")
+            if connection is not None:
+                self._display.display("\t".join((MARKER, host.name, *connection)))
 
 
-def _connection(play: Any, host: Any) -> tuple[str, str, str]:
-    """Address, port and login user of ``host`` in ``play``, templated as Ansible does ('' when unset)."""
+def _connection(play: Any, host: Any) -> tuple[str, str, str] | None:
+    """Address, port and login user of ``host`` in ``play``, templated as Ansible does ('' when unset);
+    None for a host Ansible does not reach over ssh (local, containers: verify cannot look there)."""
     variables = play._variable_manager.get_vars(play=play, host=host)
     templar = Templar(loader=play._loader, variables=variables)
 
@@ -49,6 +52,9 @@ def _connection(play: Any, host: Any) -> tuple[str, str, str]:
             if variables.get(name) not in (None, ""):
                 return str(templar.template(variables[name]))
         return ""
+
+    if (first("ansible_connection") or play.connection or "ssh") not in SSH_CONNECTIONS:
+        return None
 
     address = first("ansible_host", "ansible_ssh_host") or host.address or host.name
     user = first("ansible_user", "ansible_ssh_user") or play.remote_user or \
