@@ -114,7 +114,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{m['cpu']}, {m['cores']} cores, {m['memory']}, {m['os']}, Python {m['python']}, {m['ansible']}. "
         f"Medians of {results['reps']} repetitions ({results['slow_reps']} of the two plain ansible-playbook "
         "ways, which take many minutes each); the ways were interleaved (rotating order) so that noise hits "
-        f"them alike. The whole run took {results['duration_minutes']} minutes.",
+        f"them alike. The whole run took {results['duration_minutes']} minutes; the load average (1, 5, 15 min) "
+        f"was {_load(results, 'start')} at the start and {_load(results, 'end')} at the end.",
         "",
         "The fleet: lab hosts (one sshd each on loopback), the example roles `base` and `app` (SOPS secrets "
         "included) plus a synthetic role of 16 file/template/copy/lineinfile tasks, "
@@ -171,6 +172,10 @@ def markdown(results: dict[str, Any]) -> str:
     if NOTES.exists():
         lines += [NOTES.read_text().rstrip(), ""]
     return "\n".join(lines)
+
+
+def _load(results: dict[str, Any], when: str) -> str:
+    return "/".join(f"{x:g}" for x in results.get("load", {}).get(when, [])) or "not recorded"
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
