@@ -12,6 +12,7 @@ from controller.config import Config
 from controller.errors import ControllerError
 from controller.interrupt import Cancel
 from controller.outcomes import Kind, Outcome, Reason, failure
+from controller.requirements import install_requirements
 from controller.results import AppResult, Progress, Request, Result
 from controller.runner import syntax_check
 from controller.schedule import DriftSchedule, parse_time
@@ -61,6 +62,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             job = job_settings(config, space.project, space.job)
             for notice in job.notices:
                 progress.notice(notice)
+            job = install_requirements(config, space.project, space.job, job, progress.step)
             for app in apps:
                 progress.step(f"syntax check of {app.name}: {app.playbook}")
                 syntax_check(app, space.project, job, redactor)
