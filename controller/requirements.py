@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -146,7 +145,9 @@ def _install_into_cache(config: Config, project: Path, found: list[Requirement],
     try:
         scratch = Path(job.env["ANSIBLE_LOCAL_TEMP"])
         env = {**job.env, "ANSIBLE_GALAXY_CACHE_DIR": str(scratch / "galaxy-cache"),
-               "ANSIBLE_GALAXY_DISPLAY_PROGRESS": "False"}
+               "ANSIBLE_GALAXY_DISPLAY_PROGRESS": "False",
+               # where it installs to (or galaxy warns that nothing will find it), then what is there already
+               **search_paths(project, building, job.env)}
         server = ["--server", config.galaxy.server] if config.galaxy.server else []
         for kind in KINDS:
             (building / kind).mkdir()
@@ -168,17 +169,14 @@ def _install_into_cache(config: Config, project: Path, found: list[Requirement],
 
 
 def _galaxy_error(stderr: str) -> str:
-    """The line of ansible-galaxy's output that says what went wrong (git's own words first)."""
-    lines = [re.sub(r"^\[(ERROR|WARNING)\]:\s*", "", line).strip() for line in stderr.splitlines()]
-    lines = [line for line in lines if line and "--ignore-errors" not in line]
-    for marker in ("fatal:", "error:"):
+    """The line of ansible-galaxy's output that says what went wrong: git's own words, else its error."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and "--ignore-errors" not in line]
+    for marker in ("fatal: ", "error: "):  # galaxy wraps git's message into a warning line
         for line in lines:
-            if line.startswith(marker):
-                return line[:400]
-    for line in lines:
-        if "was NOT installed" not in line and not line.startswith("Starting"):
-            return line[:400]
-    return lines[0][:400] if lines else ""
+            if marker in line:
+                return line[line.index(marker):][:400]
+    errors = [line.removeprefix("[ERROR]:").strip() for line in lines if line.startswith("[ERROR]:")]
+    return (errors or lines or [""])[0][:400]
 
 
 def _prune(cache: Path) -> None:

@@ -11,9 +11,11 @@ import yaml
 
 from controller.ansible_config import job_settings
 from controller.config import load_config
+from controller.errors import ControllerError
+from controller.outcomes import Reason
 from controller.requirements import install_requirements
 from lab.repository import collection_tarball, git, role_remote
-from tests.conftest import Fleet
+from tests.conftest import Fleet, write_config
 from tests.test_sync import assert_refused
 
 SHOUT = '''\
@@ -135,3 +137,18 @@ def test_a_requirement_that_cannot_be_installed_stops_the_run_before_anything_is
     assert_refused(fleet, ("sync",), "RequirementsFailed", "requirements.yml: role greeting could not be installed",
                    needle)
     assert all(r["revision"] == good or r["outcome"] == "failed" for r in fleet.runs())
+
+
+def test_an_unreachable_galaxy_server_is_named_in_one_line(fleet: Fleet, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "collections").mkdir(parents=True)
+    (project / "collections/requirements.yml").write_text("collections:\n  - name: community.general\n")
+    write_config(fleet, galaxy={"server": "http://127.0.0.1:9/api/", "timeout": "30s"})
+    config = load_config(fleet.config)
+    with pytest.raises(ControllerError) as refused:
+        install_requirements(config, project, tmp_path, job_settings(config, project, tmp_path), lambda _: None)
+    assert refused.value.reason is Reason.REQUIREMENTS_FAILED
+    assert str(refused.value).startswith("collections/requirements.yml: collection community.general could not "
+                                         "be installed: ")
+    assert "http://127.0.0.1:9/api/" in str(refused.value) and "\n" not in str(refused.value)
+    assert not list((fleet.state / "cache/requirements").iterdir())  # nothing half-installed is cached
