@@ -70,7 +70,7 @@ def install_requirements(config: Config, project: Path, private: Path, job: Job,
     if not found:
         return job
     cache = config.state_path / "cache" / "requirements"
-    entry = cache / cache_key(project, config.galaxy.server)
+    entry = cache / cache_key(project, found, config.galaxy.server)
     if entry.is_dir():
         step(f"{len(found)} requirement(s): cached")
         os.utime(entry)  # most recently used: kept longest
@@ -109,10 +109,22 @@ def read_requirements(project: Path) -> list[Requirement]:
     return found
 
 
-def cache_key(project: Path, server: str | None) -> str:
-    """What the installed tree depends on: the files' content, ansible-core's version, the Galaxy server."""
+def cache_key(project: Path, found: list[Requirement], server: str | None) -> str:
+    """What the installed set depends on: the files' content, the tarballs of the revision they name
+    (a new build committed at the same path is a new set), ansible-core's version and the Galaxy server.
+
+    A tarball outside the repository is a source like a URL: named, not read.
+    """
     files = {name: (project / name).read_text() for name in FILES if (project / name).is_file()}
-    material = json.dumps([ANSIBLE_CORE_VERSION, server, files], sort_keys=True)
+    tarballs = {}
+    for requirement in found:
+        for value in (requirement.entry.values() if isinstance(requirement.entry, dict) else [requirement.entry]):
+            if not isinstance(value, str) or value.startswith("/") or "://" in value:
+                continue
+            local = project / value
+            if value.endswith((".tar.gz", ".tgz")) and local.is_file():
+                tarballs[value] = hashlib.sha256(local.read_bytes()).hexdigest()
+    material = json.dumps([ANSIBLE_CORE_VERSION, server, files, tarballs], sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
