@@ -11,12 +11,10 @@ from pathlib import Path
 import pytest
 
 from lab import Lab, LabError
-from tests.conftest import TEST_PREFIX
+from tests.conftest import own_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
-# a /24 of its own beside the fixtures' TEST_PREFIX, so that two checkouts' runs never collide
-_first, _second, _third = TEST_PREFIX.split(".")
-PREFIX = f"{_first}.{int(_second) + 100}.{_third}"
+PREFIX = own_prefix(100)  # from CONTROLLER_TEST_PREFIX, so that two checkouts' runs never collide
 
 
 def lab_processes(directory: Path) -> list[int]:

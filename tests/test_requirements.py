@@ -14,7 +14,7 @@ from controller.config import load_config
 from controller.errors import ControllerError
 from controller.outcomes import Reason
 from controller.requirements import install_requirements
-from lab.repository import collection_tarball, git, role_remote
+from lab.repository import collection_tarball, git, role_remote, write_tree
 from tests.conftest import Fleet, write_config
 from tests.test_sync import assert_refused
 
@@ -39,9 +39,12 @@ GREETING = "/srv/opt/greeting.txt"
 
 def sources(directory: Path) -> tuple[Path, Path]:
     """A role in its own Git remote, and a collection tarball."""
-    role = role_remote(directory / "role", {"tasks/main.yml": GREETING_TASKS})
-    tarball = collection_tarball(directory / "collection", "acme", "tools", {"plugins/filter/shout.py": SHOUT})
-    return role, tarball
+    role = role_remote(directory / "greeting.git", {"tasks/main.yml": GREETING_TASKS})
+    collection = write_tree(directory / "acme.tools", {
+        "galaxy.yml": "namespace: acme\nname: tools\nversion: 1.0.0\nreadme: README.md\nauthors: [lab]\n",
+        "README.md": "acme.tools\n", "meta/runtime.yml": "requires_ansible: '>=2.15'\n",
+        "plugins/filter/shout.py": SHOUT})
+    return role, collection_tarball(collection, directory)
 
 
 def requirements(role: Path, tarball: Path, version: str = "v1") -> str:
