@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -42,6 +43,8 @@ DEFAULT_PATHS = {
     "collections": "~/.ansible/collections:/usr/share/ansible/collections",
 }
 PATH_VARS = {"roles": "ANSIBLE_ROLES_PATH", "collections": "ANSIBLE_COLLECTIONS_PATH"}
+# "[WARNING]: - motd was NOT installed successfully: - command ..." says the name we already say
+_GALAXY_PREFIX = re.compile(r"^\[(ERROR|WARNING)\]:\s*(- \S+ was NOT installed successfully:\s*)?(- )?")
 CFG_KEYS = {"roles": ("roles_path",), "collections": ("collections_path", "collections_paths")}
 
 
@@ -182,13 +185,13 @@ def _install_into_cache(config: Config, project: Path, found: list[Requirement],
 
 def _galaxy_error(stderr: str) -> str:
     """The line of ansible-galaxy's output that says what went wrong: git's own words, else its error."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip() and "--ignore-errors" not in line]
+    raw = [line.strip() for line in stderr.splitlines() if line.strip() and "--ignore-errors" not in line]
     for marker in ("fatal: ", "error: "):  # galaxy wraps git's message into a warning line
-        for line in lines:
+        for line in raw:
             if marker in line:
                 return line[line.index(marker):][:400]
-    errors = [line.removeprefix("[ERROR]:").strip() for line in lines if line.startswith("[ERROR]:")]
-    return (errors or lines or [""])[0][:400]
+    errors = [line for line in raw if line.startswith("[ERROR]")]
+    return _GALAXY_PREFIX.sub("", next(iter([*errors, *raw]), ""))[:400]
 
 
 def _prune(cache: Path) -> None:
