@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -197,8 +198,7 @@ class Lab:
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
         self.control_dir.mkdir(mode=0o700, exist_ok=True)
-        Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation dir
-        Path(MANAGED_PATH).mkdir(exist_ok=True)
+        Path(MANAGED_PATH).mkdir(exist_ok=True)  # the lower layer holds the hosts' mount point
         host_key = self.directory / "ssh_host_ed25519_key"
         for key in (host_key, self.private_key):
             if not key.exists():
@@ -235,7 +235,8 @@ class Lab:
         return layer
 
     def _spawn(self, host: Host) -> None:
-        machine, merged = host.machine, host.machine / "merged"
+        machine, root = (shlex.quote(str(p)) for p in (host.machine, host.root))
+        merged = f"{machine}/merged"
         # every mount below is private to the host's mount namespace and dies with it
         script = " && ".join((
             f"mount -t overlay overlay -o lowerdir=/,upperdir={machine}/upper,workdir={machine}/work {merged}",
@@ -246,7 +247,7 @@ class Lab:
             f"mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs {merged}/tmp",
             f"mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs {merged}/run",
             f"mkdir -m 0755 {merged}/run/sshd",  # sshd's privilege separation directory
-            f"mount --bind {host.root} {merged}{MANAGED_PATH}",
+            f"mount --bind {root} {merged}{MANAGED_PATH}",
             f"hostname {host.name}",
             f"exec chroot {merged} {SSHD} -D -e -f {LAB_ETC}/sshd_config "
             f"-o ListenAddress={host.address}:{host.port}",
@@ -274,7 +275,7 @@ class Lab:
             if _answers(host):
                 pending.pop(0)
                 # the namespace's PID 1 (sshd by now): its /proc/PID/root is the host's root
-                (host.machine / "pid").write_text(" ".join(map(str, children(proc.pid))))
+                (host.machine / "pid").write_text(str(children(proc.pid)[0]))
             elif time.monotonic() > deadline:
                 self.stop()
                 raise LabError(f"{host.address}:{host.port} did not listen within {timeout}s")
