@@ -323,7 +323,8 @@ def _put(layer: Path, path: str, content: str, mode: int, owner: tuple[int, int]
 def _add_user(layer: Path, name: str, public_key: str) -> None:
     """Add a user with passwordless sudo and the lab's key, by writing the account files into the layer.
 
-    Writing four lines takes microseconds; ``useradd`` chrooted into each host took ~30 ms.
+    Measured under load: ~1.6 ms for the whole layer, against ~90 ms for one ``useradd`` chrooted into an
+    overlay; and it is done once per lab, then copied into each host.
     """
     def lines(path: str) -> list[str]:
         return Path(path).read_text().splitlines()
