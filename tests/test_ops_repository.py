@@ -29,10 +29,15 @@ def digest(paths: tuple[str, ...]) -> dict[str, str | None]:
 
 
 @pytest.fixture(scope="module")
-def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def machine() -> dict[str, str | None]:
+    """This machine's own accounts, package list and banner, before any lab host was touched."""
+    return digest(MACHINE)
+
+
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory: pytest.TempPathFactory, machine: dict[str, str | None]) -> Iterator[Fleet]:
     """One lab of five whole machines for the module, converged by the example's system apps."""
     root = tmp_path_factory.mktemp("ops")
-    before = digest(MACHINE)
     with Lab(root / "lab", 5, prefix=own_prefix(150)) as lab:
         fleet = build_fleet(root / "fleet", lab, make_age_key(root / "age"), apps=APPS, placement=PLACEMENT)
         sources = publish_sources(root / "sources")
@@ -45,7 +50,7 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         synced = fleet.controller("sync")
         assert synced.returncode == 0, synced.stdout + synced.stderr
         yield fleet
-    assert digest(MACHINE) == before
+    assert digest(MACHINE) == machine
 
 
 def root_ssh(fleet: Fleet, host: str, command: str) -> str:
@@ -77,9 +82,10 @@ def check(fleet: Fleet) -> tuple[int, list[dict[str, Any]]]:
     return code, [task for app in result["apps"] for task in app["check"]["tasks"]]
 
 
-def test_the_example_converges_whole_machines_as_deploy_with_sudo(ops: Fleet) -> None:
+def test_the_example_converges_whole_machines_as_deploy_with_sudo(ops: Fleet, machine: dict[str, str | None]) -> None:
     for host in NAMES:
         assert_converged(ops, host)
+    assert digest(MACHINE) == machine  # none of it happened to this machine
     assert root_ssh(ops, "h1", "cat /proc/1/comm").strip() == "sshd"  # a lab host, not this machine
     code, tasks = check(ops)
     assert code == 0 and [t for t in tasks if t["status"] != "ok"] == []
