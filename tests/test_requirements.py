@@ -39,12 +39,16 @@ GREETING = "/srv/opt/greeting.txt"
 
 def sources(directory: Path) -> tuple[Path, Path]:
     """A role in its own Git remote, and a collection tarball."""
-    role = role_remote(directory / "greeting.git", {"tasks/main.yml": GREETING_TASKS})
+    return role_remote(directory / "greeting.git", {"tasks/main.yml": GREETING_TASKS}), acme_tools(directory)
+
+
+def acme_tools(directory: Path, filters: str = SHOUT) -> Path:
+    """The collection acme.tools 1.0.0 with ``filters`` as its filter plugin, built into a tarball."""
     collection = write_tree(directory / "acme.tools", {
         "galaxy.yml": "namespace: acme\nname: tools\nversion: 1.0.0\nreadme: README.md\nauthors: [lab]\n",
         "README.md": "acme.tools\n", "meta/runtime.yml": "requires_ansible: '>=2.15'\n",
-        "plugins/filter/shout.py": SHOUT})
-    return role, collection_tarball(collection, directory)
+        "plugins/filter/shout.py": filters})
+    return collection_tarball(collection, directory)
 
 
 def requirements(role: Path, tarball: Path, version: str = "v1") -> str:
@@ -155,3 +159,23 @@ def test_an_unreachable_galaxy_server_is_named_in_one_line(fleet: Fleet, tmp_pat
                                          "be installed: ")
     assert "http://127.0.0.1:9/api/" in str(refused.value) and "\n" not in str(refused.value)
     assert not list((fleet.state / "cache/requirements").iterdir())  # nothing half-installed is cached
+
+
+def test_a_tarball_rebuilt_in_the_repository_is_a_new_set(fleet: Fleet, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "requirements.yml").parent.mkdir(parents=True)
+    (project / "requirements.yml").write_text("collections:\n  - {name: dist/acme-tools-1.0.0.tar.gz, type: file}\n")
+    config = load_config(fleet.config)
+    steps: list[str] = []
+    for build in ("first", "second"):
+        # the same name and version, other content: what a rebuild committed at the same path looks like
+        tarball = acme_tools(tmp_path / build, SHOUT + f"# {build} build\n")
+        (project / "dist").mkdir(exist_ok=True)
+        (project / "dist" / tarball.name).write_bytes(tarball.read_bytes())
+        private = tmp_path / f"run-{build}"
+        private.mkdir()
+        install_requirements(config, project, private, job_settings(config, project, private), steps.append)
+        installed = private / "requirements/collections/ansible_collections/acme/tools/plugins/filter/shout.py"
+        assert installed.read_text().endswith(f"# {build} build\n")
+    assert steps == ["installing 1 requirement(s) with ansible-galaxy"] * 2
+    assert len(list((fleet.state / "cache/requirements").iterdir())) == 2
