@@ -4,7 +4,10 @@ VENV ?= .venv
 # Debian 12's own interpreter (3.11.2) is what a bastion has; a newer python3 earlier on PATH hides what breaks there
 PYTHON ?= /usr/bin/python3
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := openssh-server openssh-client git age gnupg util-linux python3-venv chromium chromium-driver
+# sudo and python3-apt: the lab's hosts (whole machines over this one's root) log in as deploy and use
+# sudo; the example installs a .deb with the apt module; chromium: the dashboard's browser tests
+SYSTEM_PACKAGES := openssh-server openssh-client git age gnupg util-linux python3-venv sudo python3-apt \
+                   chromium chromium-driver
 
 .PHONY: demo test lint bench bench-quick system venv clean
 

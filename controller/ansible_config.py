@@ -38,6 +38,7 @@ NO_OUTPUT_TO_DISK = {
     "ANSIBLE_KEEP_REMOTE_FILES": "False",
     "ANSIBLE_RETRY_FILES_ENABLED": "False",
     "ANSIBLE_DEBUG": "False",
+    "ANSIBLE_CACHE_PLUGIN": "memory",             # facts live for one ansible-playbook run, never on disk
 }
 
 

@@ -80,6 +80,14 @@ class AnsibleConfig:
 
 
 @dataclass(frozen=True)
+class GalaxyConfig:
+    """Where ``ansible-galaxy`` installs the roles and collections a revision requires from."""
+
+    server: str | None = None       # a Galaxy (or Automation Hub, Pulp) API URL; default: ansible.cfg's, then Galaxy
+    timeout: Seconds = Seconds(300)  # for installing one requirement
+
+
+@dataclass(frozen=True)
 class WatchConfig:
     """``controller watch``: its triggers, schedule and listener; drift schedule also for --only-if-changed."""
 
@@ -124,6 +132,7 @@ class Config:
     sops: SopsConfig = field(default_factory=SopsConfig)
     ssh: SshConfig = field(default_factory=SshConfig)
     ansible: AnsibleConfig = field(default_factory=AnsibleConfig)
+    galaxy: GalaxyConfig = field(default_factory=GalaxyConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     notify: tuple[NotifyTarget, ...] = ()
     ui: UiConfig = field(default_factory=UiConfig)

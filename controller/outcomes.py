@@ -58,6 +58,7 @@ class Reason(StrEnum):
     SNAPSHOT_FAILED = "SnapshotFailed"
     WORKSPACE_UNAVAILABLE = "WorkspaceUnavailable"
     DECRYPTION_FAILED = "DecryptionFailed"
+    REQUIREMENTS_FAILED = "RequirementsFailed"   # a role or collection requirements.yml names did not install
     SYNTAX_CHECK_FAILED = "SyntaxCheckFailed"
     LOCK_BUSY = "LockBusy"
     HOST_UNREACHABLE = "HostUnreachable"
@@ -91,7 +92,8 @@ _EXIT_CODES = {
 # What each exit code means to `check` and to `sync`: the README's table and --help are made from this.
 EXIT_CODE_MEANINGS: dict[ExitCode, tuple[str, str]] = {
     ExitCode.OK: ("in sync (verify: every host verified or, fully checked, in sync)", "converged, or nothing to do"),
-    ExitCode.ERROR: ("error (config, Git, signatures, secrets, syntax check) or interrupted; nothing applied",
+    ExitCode.ERROR: ("error (config, Git, signatures, secrets, requirements, syntax check) or interrupted; "
+                     "nothing applied",
                      "same; an interrupted apply may have changed some hosts (see `controller show`)"),
     ExitCode.DRIFT: ("drift found, or a host could not be checked", "drift remains: policy `detect`, or a host "
                      "failed or was unreachable (the others converged; the run is `partial`)"),

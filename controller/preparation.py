@@ -2,8 +2,8 @@
 
 A verify that finds every host as its manifest says runs no playbook, so it never decrypts a
 secret or starts Ansible; everything else prepares before its first check, as always: SOPS files
-decrypted in place, Ansible Vault values learnt for masking, the job settings, and each app's
-syntax check once.
+decrypted in place, Ansible Vault values learnt for masking, the job settings, the requirements
+(roles, collections) installed, and each app's syntax check once.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from controller.ansible_config import Job, job_settings
 from controller.apps import App
 from controller.config import Config
 from controller.redact import Redactor
+from controller.requirements import install_requirements
 from controller.results import Progress
 from controller.runner import syntax_check
 from controller.secrets import decrypt_in_place, find_encrypted
@@ -42,6 +43,7 @@ class Preparation:
             job = job_settings(self.config, project, self.space.job)
             for notice in job.notices:
                 self.progress.notice(notice)
+            job = install_requirements(self.config, project, self.space.job, job, self.progress.step)
             self._ready = (job, redactor)
         job, redactor = self._ready
         if app.name not in self._gated:

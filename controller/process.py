@@ -34,19 +34,21 @@ def reaped(argv: Sequence[str]) -> list[str]:
 
 def run(argv: Sequence[str], *, reason: Reason, what: str, env: Mapping[str, str],
         cwd: Path | None = None, timeout: float = 300,
-        redact: Callable[[str], str] = lambda text: text) -> str:
+        redact: Callable[[str], str] = lambda text: text,
+        explain: Callable[[str], str] | None = None) -> str:
     """Run ``argv`` and return its stdout; on failure raise one line naming ``what`` failed and why.
 
     stdout is returned untouched (it may hold decrypted data); stderr is redacted before
-    it reaches any message, because tools have echoed plaintext in their errors.
+    it reaches any message, because tools have echoed plaintext in their errors. ``explain``
+    picks the line that says why from a tool's stderr (default: :func:`first_line`).
     """
     with _spawn(argv, env, cwd, stdout=subprocess.PIPE) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise ControllerError(reason, f"{what}: {argv[0]} did not finish within {timeout:.0f}s") from None
-    return _checked(argv, proc.returncode, out, err, reason=reason, what=what, redact=redact).decode(
-        errors="replace")
+    return _checked(argv, proc.returncode, out, err, reason=reason, what=what, redact=redact,
+                    explain=explain or first_line).decode(errors="replace")
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ def finish(proc: subprocess.Popen[bytes], argv: Sequence[str], *, reason: Reason
         code = proc.wait(timeout)
     except subprocess.TimeoutExpired:
         raise ControllerError(reason, f"{what}: {argv[0]} did not finish within {timeout:.0f}s") from None
-    _checked(argv, code, b"", err, reason=reason, what=what, redact=lambda text: text)
+    _checked(argv, code, b"", err, reason=reason, what=what, redact=lambda text: text, explain=first_line)
 
 
 @contextmanager
@@ -201,11 +203,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _checked(argv: Sequence[str], code: int, out: bytes, err: bytes, *, reason: Reason, what: str,
-             redact: Callable[[str], str]) -> bytes:
+             redact: Callable[[str], str], explain: Callable[[str], str]) -> bytes:
     if code == NOT_FOUND and err.decode(errors="replace").startswith(f"{argv[0]}: "):
         raise ControllerError(reason, f"{what}: {argv[0]} is not installed")
     if code != 0:
-        detail = first_line(redact(err.decode(errors="replace")))
+        detail = explain(redact(err.decode(errors="replace")))
         raise ControllerError(reason, f"{what}: {detail or f'exit status {code}'}") from _ExitStatus(code)
     return out
 

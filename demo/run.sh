@@ -18,7 +18,7 @@ expect() {
 }
 
 rm -rf "$WORK" && mkdir -p "$WORK"
-say "Starting 5 lab hosts (one sshd each on 127.0.1.1-5, /srv isolated per host)"
+say "Starting 5 lab hosts: whole machines (copy-on-write root, own hostname), sshd on 127.0.1.1-5"
 python -m lab up --dir "$WORK/lab" --hosts 5 --prefix 127.0.1
 trap 'python -m lab down --dir "$WORK/lab"' EXIT
 
@@ -27,8 +27,18 @@ age-keygen -o "$WORK/age.key" 2>/dev/null
 recipient=$(age-keygen -y "$WORK/age.key")
 content="$WORK/content"
 mkdir -p "$content"
-cp -r ansible.cfg gitops.yml .sops.yaml playbooks roles inventories "$content/"
+cp -r ansible.cfg gitops.yml .sops.yaml requirements.yml playbooks roles inventories "$content/"
 sed -i "s/REPLACE_WITH_YOUR_AGE_RECIPIENT/$recipient/" "$content/.sops.yaml"
+
+say "Publishing what the repository takes from elsewhere: a role's Git remote, a collection, a .deb"
+python -c "import sys; from pathlib import Path; from lab.repository import publish_sources; \
+publish_sources(Path(sys.argv[1]))" "$WORK/sources"
+ls "$WORK/sources"
+# the example names the bastion's mirror /var/lib/ops-sources; the demo's mirror is its own directory
+sed -i "s|/var/lib/ops-sources|$WORK/sources|" "$content/requirements.yml"
+for env in staging production; do
+  echo "system_sources: $WORK/sources" > "$content/inventories/$env/group_vars/all/system.yml"
+done
 for env in staging production; do
   target="inventories/$env/group_vars/all/secrets.sops.yml"
   sops --config "$content/.sops.yaml" encrypt --filename-override "$target" \
@@ -53,25 +63,39 @@ YAML
 export CONTROLLER_CONFIG="$WORK/controller.yml"
 echo "wrote $CONTROLLER_CONFIG:"; sed 's/^/  /' "$CONTROLLER_CONFIG"
 
-say "controller sync: converge every host to the branch head"
+lab_ssh() {  # lab_ssh USER HOST COMMAND: real ssh into a lab host
+  ssh -i "$WORK/lab/id_ed25519" -o UserKnownHostsFile="$WORK/lab/known_hosts" -p 2222 "$1@$2" "$3"
+}
+
+say "controller sync: converge every host to the branch head (as deploy, root through sudo)"
 expect 0 controller sync --progress
+echo "web1.staging, seen over ssh as deploy:"
+lab_ssh deploy 127.0.1.1 "cat /etc/motd; dpkg-query -W shop-tools; id shop; cat /etc/cron.d/shop-tools" \
+  | sed 's/^/  /'
 echo "web1.staging's /srv/etc/motd is now:"
 sed 's/^/  /' "$WORK/lab/hosts/h1/etc/motd"
+echo "this machine has no shop-tools and no user shop: $(dpkg-query -W shop-tools 2>&1 | head -1); \
+$(id shop 2>&1)"
 
 say "A second sync has nothing to do"
 expect 0 controller sync
 
-say "Someone edits a managed file by hand on web1.staging"
-ssh -i "$WORK/lab/id_ed25519" -o UserKnownHostsFile="$WORK/lab/known_hosts" -p 2222 root@127.0.1.1 \
-  "sed -i 's/^workers: .*/workers: 64/' /srv/opt/shop/conf/app.yml && echo 'hotfix by hand' >> /srv/etc/motd"
-echo "done: workers set to 64, a line added to the banner"
+say "Someone changes web1.staging by hand: a managed file, the package, /etc, a cron line"
+lab_ssh root 127.0.1.1 "sed -i 's/^workers: .*/workers: 64/' /srv/opt/shop/conf/app.yml && \
+  echo 'hotfix by hand' >> /srv/etc/motd && dpkg -r shop-tools >/dev/null && \
+  sed -i 's/^workers = .*/workers = 1/' /etc/shop/shop.conf && sed -i 's|^\*/15 |0 |' /etc/cron.d/shop-tools"
+echo "done: workers set to 64, a line added to the banner, shop-tools removed, /etc/shop and cron edited"
 
 say "controller check: the drift is reported (exit 2), nothing is changed"
 expect 2 controller check --app staging
+expect 2 controller check --app staging-system
 
 say "controller sync: the drift is corrected"
 expect 0 controller sync --app staging
+expect 0 controller sync --app staging-system
 grep '^workers' "$WORK/lab/hosts/h1/opt/shop/conf/app.yml"
+lab_ssh deploy 127.0.1.1 "dpkg-query -W shop-tools; grep ^workers /etc/shop/shop.conf; grep shop-tools /etc/cron.d/shop-tools" \
+  | sed 's/^/  /' 
 
 say "A pull request merged: bump the application version and push"
 sed -i 's/^app_version: .*/app_version: "1.1.0"/' "$content/roles/app/defaults/main.yml"

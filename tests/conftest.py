@@ -25,6 +25,13 @@ EXAMPLE = ("ansible.cfg", "gitops.yml", ".sops.yaml", "playbooks", "roles", "inv
 # tests of one run share this /24; a second run beside it (another checkout) picks another
 TEST_PREFIX = os.environ.get("CONTROLLER_TEST_PREFIX", "127.0.2")
 
+
+def own_prefix(offset: int) -> str:
+    """A /24 of its own beside TEST_PREFIX (for a lab that lives beside the per-test ones)."""
+    first, second, third = TEST_PREFIX.split(".")
+    return f"{first}.{int(second) + offset}.{third}"
+
+
 APP_YML = "/srv/opt/shop/conf/app.yml"
 VERSION = "/srv/opt/shop/VERSION"
 
@@ -111,8 +118,12 @@ class Fleet:
         return list(json.loads(done.stdout))
 
 
-def build_fleet(root: Path, lab: Lab, key: AgeKey, apps: tuple[str, ...] = ("staging",)) -> Fleet:
-    """The example repository on the test lab: staging on h1, h2; production on h3."""
+PLACEMENT = {"staging": {"web1.staging": "h1", "web2.staging": "h2"}, "production": {"web1.prod": "h3"}}
+
+
+def build_fleet(root: Path, lab: Lab, key: AgeKey, apps: tuple[str, ...] = ("staging",),
+                placement: dict[str, dict[str, str]] = PLACEMENT) -> Fleet:
+    """The example repository on the test lab: by default staging on h1, h2; production on h3."""
     fleet = Fleet(root, lab, key)
     root.mkdir(parents=True, exist_ok=True)
     git(root, "init", "-q", "--bare", "-b", "main", str(fleet.remote))
@@ -122,7 +133,6 @@ def build_fleet(root: Path, lab: Lab, key: AgeKey, apps: tuple[str, ...] = ("sta
         (shutil.copytree if source.is_dir() else shutil.copy)(source, fleet.work / name)
     sops_config = fleet.work / ".sops.yaml"
     sops_config.write_text(sops_config.read_text().replace("REPLACE_WITH_YOUR_AGE_RECIPIENT", key.recipient))
-    placement = {"staging": {"web1.staging": "h1", "web2.staging": "h2"}, "production": {"web1.prod": "h3"}}
     gitops = yaml.safe_load((ROOT / "gitops.yml").read_text())
     gitops["apps"] = [a for a in gitops["apps"] if a["name"] in apps]
     fleet.write("gitops.yml", yaml.safe_dump(gitops))

@@ -80,6 +80,7 @@ def test_the_repository_cannot_send_output_to_disk(tmp_path: Path) -> None:
     assert env["ANSIBLE_LOG_PATH"] == "/dev/null"
     assert env["ANSIBLE_CALLBACKS_ENABLED"] == "controller_unverified,controller_connections"
     assert env["ANSIBLE_KEEP_REMOTE_FILES"] == "False"
+    assert env["ANSIBLE_CACHE_PLUGIN"] == "memory"
     [notice] = job.notices
     assert "log_path, keep_remote_files, callbacks_enabled, fact_caching" in notice
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from lab import Lab, LabError
+from tests.conftest import own_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
+PREFIX = own_prefix(100)  # from CONTROLLER_TEST_PREFIX, so that two checkouts' runs never collide
 
 
 def lab_processes(directory: Path) -> list[int]:
@@ -37,11 +39,11 @@ def namespaces(directory: Path) -> list[int]:
 
 
 def test_ten_hosts_come_up_fast_each_with_its_own_srv(tmp_path: Path) -> None:
-    lab = Lab(tmp_path / "lab", 10, prefix="127.0.3")
+    lab = Lab(tmp_path / "lab", 10, prefix=PREFIX)
     started = time.monotonic()
     with lab:
         took = time.monotonic() - started
-        assert took < 5, f"10 hosts took {took:.1f}s"
+        assert took < 2, f"10 hosts took {took:.1f}s"
         for host in lab.hosts[:3]:
             done = lab.ssh(host, f"echo {host.name} > /srv/whoami && cat /srv/whoami")
             assert done.returncode == 0, done.stderr
@@ -57,7 +59,7 @@ def test_ten_hosts_come_up_fast_each_with_its_own_srv(tmp_path: Path) -> None:
 
 
 def test_starting_twice_and_stopping_a_host_leave_nothing_behind(tmp_path: Path) -> None:
-    lab = Lab(tmp_path / "lab", 3, prefix="127.0.3")
+    lab = Lab(tmp_path / "lab", 3, prefix=PREFIX)
     try:
         lab.start()
         first = set(namespaces(lab.directory))
@@ -79,12 +81,40 @@ def test_starting_twice_and_stopping_a_host_leave_nothing_behind(tmp_path: Path)
         lab.start_host("h2")
         assert lab.ssh(h2, "cat /srv/file").stdout.strip() == "kept"
 
-        other = Lab(tmp_path / "other", 1, prefix="127.0.3")
+        other = Lab(tmp_path / "other", 1, prefix=PREFIX)
         with pytest.raises(LabError, match="already in use"):
             other.start()
     finally:
         lab.stop()
     assert lab_processes(lab.directory) == []
+
+
+def test_each_host_is_a_whole_machine_of_its_own(tmp_path: Path) -> None:
+    machine_users = Path("/etc/passwd").read_text()
+    with Lab(tmp_path / "lab", 2, prefix=PREFIX) as lab:
+        h1, h2 = lab.hosts
+        # the deploy user logs in with the lab key and becomes root through sudo
+        done = lab.ssh(h1, "hostname && sudo -n useradd --create-home alice && sudo -n sh -c "
+                           "'echo managed > /etc/lab-marker' && id alice", user="deploy")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[0] == "h1" and "alice" in done.stdout
+        assert h1.path("/etc/lab-marker").read_text() == "managed\n"
+        assert "alice:" in h1.path("/etc/passwd").read_text()
+        assert h1.path("/home/alice").is_dir()
+        # nothing of it reached the other host or this machine
+        assert not h2.path("/etc/lab-marker").exists()
+        assert "alice:" not in h2.path("/etc/passwd").read_text()
+        assert not Path("/etc/lab-marker").exists() and Path("/etc/passwd").read_text() == machine_users
+        # its own /tmp, /proc (sshd is PID 1) and /run
+        assert lab.ssh(h1, "touch /tmp/lab-own && cat /proc/1/comm").stdout.strip() == "sshd"
+        assert not Path("/tmp/lab-own").exists() and not h2.path("/tmp/lab-own").exists()
+        lab.stop_host("h1")
+        with pytest.raises(LabError, match="not running"):
+            h1.path("/etc/lab-marker")
+        lab.start_host("h1")  # a restarted host keeps its disk
+        assert lab.ssh(h1, "cat /etc/lab-marker && id -u alice").returncode == 0
+    # the overlay mounts died with the hosts' namespaces
+    assert str(lab.directory) not in Path("/proc/self/mountinfo").read_text()
 
 
 @pytest.mark.parametrize("how", ["exception", "sigkill"])
@@ -95,7 +125,7 @@ def test_a_test_that_dies_half_way_leaves_no_stray_sshd(tmp_path: Path, how: str
         import os, sys
         sys.path.insert(0, {str(ROOT)!r})
         from lab import Lab
-        with Lab({str(directory)!r}, 2, prefix="127.0.3"):
+        with Lab({str(directory)!r}, 2, prefix={PREFIX!r}):
             print("up", flush=True)
             {ending}
     """)
@@ -106,7 +136,7 @@ def test_a_test_that_dies_half_way_leaves_no_stray_sshd(tmp_path: Path, how: str
     while lab_processes(directory) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert lab_processes(directory) == []
-    fresh = Lab(directory, 2, prefix="127.0.3")  # the addresses are free again
+    fresh = Lab(directory, 2, prefix=PREFIX)  # the addresses are free again
     with fresh:
         assert fresh.ssh(fresh.host("h1"), "true").returncode == 0
 
@@ -114,11 +144,11 @@ def test_a_test_that_dies_half_way_leaves_no_stray_sshd(tmp_path: Path, how: str
 def test_the_lab_command_line(tmp_path: Path) -> None:
     directory = tmp_path / "cli"
     args = [sys.executable, "-m", "lab"]
-    up = subprocess.run([*args, "up", "--dir", str(directory), "--hosts", "2", "--prefix", "127.0.3"],
+    up = subprocess.run([*args, "up", "--dir", str(directory), "--hosts", "2", "--prefix", PREFIX],
                         cwd=ROOT, capture_output=True, text=True, timeout=30)
     try:
         assert up.returncode == 0, up.stderr
-        assert "h2 127.0.3.2:2222" in up.stdout
+        assert f"h2 {PREFIX}.2:2222" in up.stdout
         status = subprocess.run([*args, "status", "--dir", str(directory)], cwd=ROOT, capture_output=True,
                                 text=True)
         assert status.stdout.strip() == "running"
