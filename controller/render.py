@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -123,10 +124,11 @@ def history_text(runs: list[dict[str, Any]]) -> str:
     """Recent runs, newest first (``controller history``)."""
     if not runs:
         return "no runs recorded yet\n"
-    lines = [f"{'RUN':>5}  {'APP':<12} {'MODE':<6} {'TRIGGER':<8} {'REVISION':<12} {'STARTED':<25} OUTCOME"]
+    app, mode = _width(r["app"] for r in runs), _width((r["mode"] for r in runs), 7)
+    lines = [f"{'RUN':>5}  {'APP':<{app}} {'MODE':<{mode}} {'TRIGGER':<8} {'REVISION':<12} {'STARTED':<25} OUTCOME"]
     for run in runs:
         outcome = (run["outcome"] or "running") + (f" [{run['reason']}]" if run["reason"] else "")
-        lines.append(f"{run['id']:>5}  {run['app']:<12} {run['mode']:<6} {run['trigger']:<8} "
+        lines.append(f"{run['id']:>5}  {run['app']:<{app}} {run['mode']:<{mode}} {run['trigger']:<8} "
                      f"{(run['revision'] or '-')[:12]:<12} {run['started']:<25} {outcome}")
     return "\n".join(lines) + "\n"
 
@@ -135,7 +137,8 @@ def status_text(rows: list[dict[str, Any]]) -> str:
     """Each app: its revision and hosts at it, its state, and what is wrong where (``controller status``)."""
     if not rows:
         return "no app has been reconciled yet: run `controller sync` or `controller check`\n"
-    lines = [f"{'APP':<12} {'REVISION':<12} {'HOSTS':<7} {'STATE':<11} {'LAST RUN':<25} DETAIL"]
+    app = _width(row["app"] for row in rows)
+    lines = [f"{'APP':<{app}} {'REVISION':<12} {'HOSTS':<7} {'STATE':<11} {'LAST RUN':<25} DETAIL"]
     for row in rows:
         revision = row["applied_revision"]
         details = ["SUSPENDED"] if row["suspended"] else []
@@ -148,17 +151,19 @@ def status_text(rows: list[dict[str, Any]]) -> str:
         if not details:
             details.append(row["detail"])
         hosts = f"{row['hosts_at_revision']}/{row['hosts_total']}"
-        lines.append(f"{row['app']:<12} {(revision or '-')[:12]:<12} {hosts:<7} {row['state']:<11} "
+        lines.append(f"{row['app']:<{app}} {(revision or '-')[:12]:<12} {hosts:<7} {row['state']:<11} "
                      f"{row['last_run']:<25} {'; '.join(details)}")
     return "\n".join(lines) + "\n"
 
 
 def hosts_text(rows: list[dict[str, Any]]) -> str:
     """One line per host of every app (``controller status --hosts``)."""
-    lines = [f"{'APP':<12} {'HOST':<24} {'REVISION':<12} {'APPLIED':<25} {'STATE':<11} SINCE"]
+    app = _width(row["app"] for row in rows)
+    host_width = _width((h["host"] for row in rows for h in row["hosts"]), 24)
+    lines = [f"{'APP':<{app}} {'HOST':<{host_width}} {'REVISION':<12} {'APPLIED':<25} {'STATE':<11} SINCE"]
     for row in rows:
         for host in row["hosts"]:
-            lines.append(f"{row['app']:<12} {host['host']:<24} {(host['revision'] or '-')[:12]:<12} "
+            lines.append(f"{row['app']:<{app}} {host['host']:<{host_width}} {(host['revision'] or '-')[:12]:<12} "
                          f"{host['applied_at'] or '-':<25} {host['state']:<11} {host['since']}")
     return "\n".join(lines) + "\n"
 
@@ -168,6 +173,11 @@ def exit_codes_markdown() -> str:
     lines = ["| code | `check`, `verify` | `sync` |", "| --- | --- | --- |"]
     lines.extend(f"| {int(code)} | {check} | {sync} |" for code, (check, sync) in EXIT_CODE_MEANINGS.items())
     return "\n".join(lines) + "\n"
+
+
+def _width(values: Iterable[str], minimum: int = 12) -> int:
+    """A column wide enough for its longest value (app names, run kinds), never narrower than ``minimum``."""
+    return max([minimum, *(len(v) for v in values)])
 
 
 def _hhmm(stamp: str) -> str:
