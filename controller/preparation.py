@@ -8,16 +8,19 @@ decrypted in place, Ansible Vault values learnt for masking, the job settings, t
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 
 from controller.ansible_config import Job, job_settings
 from controller.apps import App
 from controller.config import Config
+from controller.errors import ControllerError
 from controller.redact import Redactor
 from controller.requirements import install_requirements
 from controller.results import Progress
 from controller.runner import syntax_check
 from controller.secrets import decrypt_in_place, find_encrypted
+from controller.source import Source
 from controller.vault import learn_vaulted
 from controller.workspace import Workspace
 
@@ -29,6 +32,9 @@ class Preparation:
     config: Config
     space: Workspace
     progress: Progress
+    source: Source
+    # revisions the hosts still run: their secrets are on the hosts and in a check's "before" side
+    previous: frozenset[str] = frozenset()
     _ready: tuple[Job, Redactor] | None = None
     _gated: set[str] = field(default_factory=set)
 
@@ -39,7 +45,7 @@ class Preparation:
             encrypted = find_encrypted(project)
             self.progress.step(f"decrypting {len(encrypted)} SOPS file(s) into {self.space.root}")
             redactor = decrypt_in_place(project, encrypted, self.config.sops.age_key_file)
-            redactor = redactor + learn_vaulted(project, self.config.ansible)
+            redactor = redactor + learn_vaulted(project, self.config.ansible) + self._earlier_secrets()
             job = job_settings(self.config, project, self.space.job)
             for notice in job.notices:
                 self.progress.notice(notice)
@@ -51,3 +57,20 @@ class Preparation:
             syntax_check(app, self.space.project, job, redactor)
             self._gated.add(app.name)
         return job, redactor
+
+    def _earlier_secrets(self) -> Redactor:
+        """The SOPS values of the revisions the hosts still run, masked too: after a secret is rotated, the
+        diff of the file that holds it shows the old value on its "before" side."""
+        learnt = Redactor()
+        for sha in sorted(self.previous):
+            earlier = self.space.root / f"earlier-{sha[:12]}"
+            try:
+                earlier.mkdir(mode=0o700)
+                self.source.extract(sha, earlier)
+                learnt = learnt + decrypt_in_place(earlier, find_encrypted(earlier), self.config.sops.age_key_file)
+            except ControllerError as error:
+                self.progress.notice(f"the secrets of {sha[:12]}, which some hosts still run, could not be read "
+                                     f"({error.message}); a diff may show them where the hosts still have them")
+            finally:
+                shutil.rmtree(earlier, ignore_errors=True)
+        return learnt

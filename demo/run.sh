@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: a local Git remote, real SSH hosts, a real `controller sync`,
-# then a manual change on one host caught by `controller check` and undone by `controller sync`.
+# then a manual change on one host caught by `controller verify` and `controller check` and undone by
+# `controller sync`.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
@@ -80,11 +81,17 @@ $(id shop 2>&1)"
 say "A second sync has nothing to do"
 expect 0 controller sync
 
+say "controller verify: one ssh look per host against what the last full run left there"
+expect 0 controller verify --app staging
+
 say "Someone changes web1.staging by hand: a managed file, the package, /etc, a cron line"
 lab_ssh root 127.0.1.1 "sed -i 's/^workers: .*/workers: 64/' /srv/opt/shop/conf/app.yml && \
   echo 'hotfix by hand' >> /srv/etc/motd && dpkg -r shop-tools >/dev/null && \
   sed -i 's/^workers = .*/workers = 1/' /etc/shop/shop.conf && sed -i 's|^\*/15 |0 |' /etc/cron.d/shop-tools"
 echo "done: workers set to 64, a line added to the banner, shop-tools removed, /etc/shop and cron edited"
+
+say "controller verify: the edited host differs from its manifest, so only it gets a full check (exit 2)"
+expect 2 controller verify --app staging
 
 say "controller check: the drift is reported (exit 2), nothing is changed"
 expect 2 controller check --app staging

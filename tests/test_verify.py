@@ -118,7 +118,7 @@ def test_each_kind_of_hand_change_is_caught_and_reported_with_the_full_checks_di
 def test_changed_inputs_make_verify_fully_check_every_host(fleet: Fleet) -> None:
     assert fleet.controller("sync").returncode == 0
 
-    def falls_back(expected_code: int) -> None:
+    def falls_back(expected_code: int) -> dict[str, Any]:
         code, result = verify(fleet)
         assert code == expected_code, result
         found = verdicts(result)
@@ -127,6 +127,7 @@ def test_changed_inputs_make_verify_fully_check_every_host(fleet: Fleet) -> None
         assert {h["host"] for h in app["check"]["hosts"]} == {"web1.staging", "web2.staging"}
         assert fleet.controller("sync").returncode == 0
         assert verify(fleet)[0] == 0
+        return result
 
     # a changed group var: a new revision, the template it feeds has drifted on every host
     group_vars = fleet.work / "inventories/staging/group_vars/all/main.yml"
@@ -137,7 +138,9 @@ def test_changed_inputs_make_verify_fully_check_every_host(fleet: Fleet) -> None
     fleet.encrypt("inventories/staging/group_vars/all/secrets.sops.yml",
                   {"app_db_password": secret("rotated-db"), "app_api_token": secret("rotated-token")})
     fleet.push("Rotate the secrets")
-    falls_back(2)
+    rotated = json.dumps(falls_back(2))
+    # the hosts still held the old secret: the diff's "before" side masks it too
+    assert "[redacted]" in rotated and fleet.secrets["staging"] not in rotated
     # a changed bastion config, and no new commit at all
     write_config(fleet, ansible={"timeout": "11s"})
     falls_back(0)
