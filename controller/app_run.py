@@ -154,7 +154,7 @@ def _message(app: App, checked: Report, applied: Report | None, plan: Plan | Non
             parts.append(f"applied to {', '.join(plan.hosts)} only")
     elif checked.drifted:
         parts.append(f"drifted: {', '.join(checked.with_status('changed'))}")
-        why = {Kind.PREVIEW: "preview", Kind.CHECK: "check only"}.get(kind, "policy detect")
+        why = {Kind.PREVIEW: "preview", Kind.CHECK: "check only", Kind.VERIFY: "verify only"}.get(kind, "policy detect")
         parts.append(f"not applied ({why})")
     final = merged(checked, applied)
     for status in ("failed", "unreachable"):
