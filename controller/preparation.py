@@ -15,6 +15,7 @@ from controller.ansible_config import Job, job_settings
 from controller.apps import App
 from controller.config import Config
 from controller.errors import ControllerError
+from controller.outcomes import Reason
 from controller.redact import Redactor
 from controller.requirements import install_requirements
 from controller.results import Progress
@@ -69,6 +70,8 @@ class Preparation:
                 self.source.extract(sha, earlier)
                 learnt = learnt + decrypt_in_place(earlier, find_encrypted(earlier), self.config.sops.age_key_file)
             except ControllerError as error:
+                if error.reason is Reason.INTERRUPTED:
+                    raise
                 self.progress.notice(f"the secrets of {sha[:12]}, which some hosts still run, could not be read "
                                      f"({error.message}); a diff may show them where the hosts still have them")
             finally:
