@@ -84,16 +84,16 @@ class AppRun:
         there is no manifest or the inputs changed: new hosts may have joined)."""
         self.progress.step(f"{self.app.name}: verifying the hosts against their manifests (one look each)")
         verdicts = verify_hosts(self.config, self.store, self.app.name, self.digest)
+        rechecked = [v.host for v in verdicts if not v.verified]
         # a host that differed is looked at again after its full check, even if Ansible finds it in sync:
         # the manifest then takes what Ansible does not manage (an owner no task sets) as it is now
-        self.relook = {v.host for v in verdicts if not v.verified}
+        self.relook = set(rechecked)
         if not verdicts:
             self.progress.notice(f"{self.app.name}: no host has a manifest yet; a full check of every host "
                                  "records them")
         for verdict in verdicts:
             if not verdict.verified:
                 self.progress.notice(f"{self.app.name}: {verdict.host} needs a full check: {verdict.why}")
-        rechecked = [v.host for v in verdicts if not v.verified]
         if not verdicts or any(v.manifest is None or v.manifest.digest != self.digest for v in verdicts):
             return verdicts, play(True, None)
         full = play(True, ",".join(rechecked)) if rechecked else None

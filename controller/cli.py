@@ -54,11 +54,10 @@ def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")(func)
 
 
-def reconcile_options(func: F) -> F:
+def run_options(func: F) -> F:
+    """The options of every command that runs the pipeline (check, sync, verify)."""
     for option in reversed([
         click.option("--app", metavar="NAME", help="Only this app from gitops.yml."),
-        click.option("--revision", metavar="SHA", help="Reconcile this commit (or branch) instead of the "
-                     "branch head, e.g. to preview a pull request."),
         click.option("--wait", type=float, default=0, metavar="SECONDS",
                      help="Wait this long for another run to finish (default: do not wait)."),
         click.option("--progress/--no-progress", default=None,
@@ -67,11 +66,17 @@ def reconcile_options(func: F) -> F:
                      help="Exit 0, not 3, when the only open items are tasks check mode cannot verify."),
         click.option("--trigger", default="manual", hidden=True),
         json_option,
-        output_options,
         config_option,
     ]):
         func = option(func)
     return func
+
+
+def reconcile_options(func: F) -> F:
+    """run_options, plus a revision to preview and the report's format (check, sync)."""
+    func = click.option("--revision", metavar="SHA", help="Reconcile this commit (or branch) instead of the "
+                        "branch head, e.g. to preview a pull request.")(func)
+    return run_options(output_options(func))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -143,16 +148,7 @@ def check(**options: Any) -> None:
 
 
 @cli.command(epilog=EXIT_CODES)
-@click.option("--app", metavar="NAME", help="Only this app from gitops.yml.")
-@click.option("--wait", type=float, default=0, metavar="SECONDS",
-              help="Wait this long for another run to finish (default: do not wait).")
-@click.option("--progress/--no-progress", default=None,
-              help="Show live progress on stderr (default: when stderr is a terminal).")
-@click.option("--accept-unverified", is_flag=True,
-              help="Exit 0, not 3, when the only open items are tasks check mode cannot verify.")
-@click.option("--trigger", default="manual", hidden=True)
-@json_option
-@config_option
+@run_options
 def verify(**options: Any) -> None:
     """Look at every host in one SSH round trip; fully check only where needed.
 

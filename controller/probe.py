@@ -13,10 +13,11 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from controller.ansible_config import host_key_options
+from controller.ansible_config import PASSED_THROUGH, host_key_options
 from controller.config import Config
 from controller.manifest import Connection, Entry
 from controller.process import run_side_by_side
+from controller.runner import HOST_KEY_MISMATCH, HOST_KEY_REFUSED
 
 # Runs on the host: for every path, what is there now (one JSON list on stdout).
 REMOTE = r"""
@@ -57,8 +58,6 @@ for path in json.loads(sys.argv[1]):
     out.append(entry)
 print(json.dumps(out))
 """
-# what ssh says when it refused a host for its key
-KEY_REFUSED = ("host key verification failed", "remote host identification has changed")
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ class Looked:
 def look(config: Config, asked: Mapping[str, tuple[Connection, Sequence[str]]]) -> dict[str, Looked]:
     """Ask every host in ``asked`` (host -> connection, paths) what it has at those paths, all at once."""
     commands = {host: _ssh(config, connection, paths) for host, (connection, paths) in asked.items()}
-    env = {key: os.environ[key] for key in ("PATH", "HOME", "USER", "LANG", "SSH_AUTH_SOCK") if key in os.environ}
+    env = {key: os.environ[key] for key in PASSED_THROUGH if key in os.environ}
     done = run_side_by_side(commands, env=env, timeout=config.ansible.timeout + 30)
     return {host: _looked(asked[host][1], finished.code, finished.out, finished.err)
             for host, finished in done.items()}
@@ -102,8 +101,8 @@ def _looked(paths: Sequence[str], code: int | None, out: str, err: str) -> Looke
     lines = [line.strip() for line in err.splitlines() if line.strip()]
     if code is None:
         return Looked(error=f"timed out: {err}")
-    if code == 255 and any(sign in err.lower() for sign in KEY_REFUSED):
-        return Looked(error="host key mismatch: its key is not the one in known_hosts; nothing was sent")
+    if code == 255 and any(sign in err.lower() for sign in HOST_KEY_MISMATCH):
+        return Looked(error=HOST_KEY_REFUSED)
     if code != 0:
         return Looked(error=f"could not look: {lines[-1] if lines else f'exit status {code}'}"[:300])
     try:

@@ -30,6 +30,7 @@ POLL_SECONDS = 0.5  # how often ansible-runner asks whether to stop (its default
 # what ssh and ansible say when a host cannot be trusted or stops answering
 HOST_KEY_MISMATCH = ("host key verification failed", "remote host identification has changed",
                      "unrecognized or mismatching host key")
+HOST_KEY_REFUSED = "host key mismatch: its key is not the one in known_hosts; nothing was sent"
 TASK_TIMED_OUT = ("failed to execute in the expected time frame", "timed out after", "connection timed out")
 
 
@@ -217,7 +218,7 @@ class _Collector:
         """A host that cannot be trusted or stopped answering is unreachable, said in plain words."""
         lowered = everything.lower()
         if any(sign in lowered for sign in HOST_KEY_MISMATCH):
-            return "unreachable", "host key mismatch: its key is not the one in known_hosts; nothing was sent"
+            return "unreachable", HOST_KEY_REFUSED
         if any(sign in lowered for sign in TASK_TIMED_OUT):
             return "unreachable", f"timed out: no answer within ansible.task_timeout ({self.task_timeout}s)"
         return status, message

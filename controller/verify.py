@@ -38,12 +38,6 @@ class Verdict:
                 "last_full_check": found.checked_at if found else None}
 
 
-def trusted(store: Store, app: str, digest: str) -> bool:
-    """True when every host of the app has a manifest made from exactly these inputs."""
-    manifests = store.manifests(app)
-    return bool(manifests) and all(m is not None and m.digest == digest for m in manifests.values())
-
-
 def verify_hosts(config: Config, store: Store, app: str, digest: str) -> list[Verdict]:
     """Compare every host of the app with its manifest, all hosts at once; [] when there is none to use."""
     manifests = store.manifests(app)
@@ -97,14 +91,12 @@ def manifests_after(config: Config, played: PlayRun, in_sync: set[str], digest: 
         if host not in in_sync or connection is None:
             continue
         before = previous.get(host)
-        fresh = Manifest(host, digest, revision, stamp, connection, before.entries if before else (),
-                         seen.covered, tuple(seen.uncovered), unverified.get(host, 0))
-        if before is not None and before.digest == digest and before.connection == connection \
-                and before.paths == tuple(seen.paths):
-            result[host] = fresh  # the same inputs and a host in sync: the same paths as then
-        else:
+        result[host] = Manifest(host, digest, revision, stamp, connection, before.entries if before else (),
+                                seen.covered, tuple(seen.uncovered), unverified.get(host, 0))
+        # the same inputs and a host in sync: the same paths as then, no need to look again
+        if before is None or before.digest != digest or before.connection != connection \
+                or before.paths != tuple(seen.paths):
             ask[host] = (connection, tuple(seen.paths))
-            result[host] = fresh
     for host, looked in (look(config, ask) if ask else {}).items():
         manifest = result[host]
         result[host] = replace(manifest, entries=looked.entries) if manifest and not looked.error else None
