@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ def counting_ssh(tmp: Path) -> tuple[dict[str, str], Path]:
     bin_dir.mkdir(exist_ok=True)
     real = shutil.which("ssh")
     wrapper = bin_dir / "ssh"
-    # one line per connection: the destination (the argument after "--")
+    # one line per connection: the destination (the argument after "--"); the key exchange asked for beside it
     wrapper.write_text(f'#!/bin/sh\nprev=\nfor arg in "$@"; do [ "$prev" = -- ] && echo "$arg" >> {log}; '
+                       f'case "$arg" in KexAlgorithms=*) echo "$arg" >> {log}.kex;; esac; '
                        f'prev="$arg"; done\nexec {real} "$@"\n')
     wrapper.chmod(0o755)
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}, log
@@ -57,6 +59,8 @@ def test_an_unchanged_fleet_verifies_with_one_ssh_connection_per_host_and_no_pla
     lines = calls.read_text().splitlines()
     assert len(lines) == 2, lines  # one connection per host, nothing else (no Ansible, no module upload)
     assert sorted(lines) == [fleet.lab.host("h1").address, fleet.lab.host("h2").address]
+    # X25519 offered first (ssh.verify_key_exchange's default), OpenSSH's own list after it
+    assert Path(f"{calls}.kex").read_text().splitlines() == ["KexAlgorithms=^curve25519-sha256"] * 2
     [app] = result["apps"]
     assert app["outcome"] == "in-sync" and app["check"]["tasks"] == []
     run = fleet.runs()[0]
@@ -164,6 +168,18 @@ def test_tasks_the_manifest_cannot_cover_are_listed_with_the_last_full_check(fle
         assert verdict["last_full_check"]
     text = fleet.controller("verify").stdout
     assert "covered only by that full check: app : Read the kernel release" in text
+
+
+def test_verifies_do_not_move_the_full_check_schedule(fleet: Fleet) -> None:
+    write_config(fleet, watch={"drift_check_interval": "3s"})
+    assert fleet.controller("sync").returncode == 0
+    time.sleep(3.5)  # the full check is now due
+    done = fleet.controller("sync", "--verify-first", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["apps"][0]["verify"], done.stdout
+    # a sync whose hosts were only verified is no full check: the one due still is
+    idle = fleet.controller("sync", "--only-if-changed", "--json")
+    assert idle.returncode == 0 and json.loads(idle.stdout)["idle"] is None, idle.stdout
+    assert fleet.runs()[0]["verified"] == 0  # that sync checked every host
 
 
 def test_verify_config_and_watch_interval_are_read(fleet: Fleet) -> None:
