@@ -15,8 +15,10 @@ import os
 import shlex
 import sys
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from controller import memo
 from controller.config import Config
 from controller.errors import ControllerError
 from controller.outcomes import Reason
@@ -82,7 +84,7 @@ def job_settings(config: Config, project: Path, private: Path) -> Job:
     default("defaults", "private_key_file", "ANSIBLE_PRIVATE_KEY_FILE", config.ssh.private_key_file)
     default("ssh_connection", "pipelining", "ANSIBLE_PIPELINING", str(settings.pipelining))
     if not repo.has_option("defaults", "strategy") and "ANSIBLE_STRATEGY" not in env:
-        strategy, plugins = _strategy("mitogen" if settings.cpu_pinning and settings.strategy == "auto"
+        strategy, plugins = _strategy(config, "mitogen" if settings.cpu_pinning and settings.strategy == "auto"
                                       else settings.strategy, notices)
         env["ANSIBLE_STRATEGY"] = strategy
         if plugins:
@@ -175,9 +177,23 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
+def mitogen_refused(config: Config) -> str | None:
+    """Why mitogen cannot run here (not installed, or refused by this ansible-core), or None when it can.
+
+    Importing it costs the run about 0.4 s, so a load that worked is remembered for the same
+    Python, ansible-core and mitogen at the same place.
+    """
+    key = _mitogen_install()
+    if key is not None and memo.known(config, "mitogen-loads", key):
+        return None
+    refused = _import_mitogen()
+    if refused is None and key is not None:
+        memo.remember(config, "mitogen-loads", key)
+    return refused
+
+
 @functools.cache
-def mitogen_refused() -> str | None:
-    """Why mitogen cannot run here (not installed, or refused by this ansible-core), or None when it can."""
+def _import_mitogen() -> str | None:
     try:
         import ansible_mitogen.loaders
         import ansible_mitogen.strategy  # noqa: F401
@@ -186,11 +202,24 @@ def mitogen_refused() -> str | None:
     return None
 
 
-def _strategy(setting: str, notices: list[str]) -> tuple[str, str | None]:
+def _mitogen_install() -> str | None:
+    """What decides whether mitogen loads: this Python, the ansible-core and mitogen installed, and where."""
+    try:
+        spec = importlib.util.find_spec("ansible_mitogen")
+        if spec is None or spec.origin is None:
+            return None
+        files = [Path(spec.origin), *Path(spec.origin).parent.glob("*.py")]
+        return repr((sys.version, version("ansible-core"), version("mitogen"),
+                     sorted((str(f), f.stat().st_mtime_ns) for f in files)))
+    except (ImportError, OSError, PackageNotFoundError):  # not installed as a distribution: always import
+        return None
+
+
+def _strategy(config: Config, setting: str, notices: list[str]) -> tuple[str, str | None]:
     """The strategy to run, and the directory its plugin lives in (None: one that ships with Ansible)."""
     if setting in ("linear", "free"):
         return setting, None
-    refused = mitogen_refused()
+    refused = mitogen_refused(config)
     if refused is None:
         if setting == "mitogen":
             spec = importlib.util.find_spec("ansible_mitogen")

@@ -3,14 +3,16 @@
 A verify that finds every host as its manifest says runs no playbook, so it never decrypts a
 secret or starts Ansible; everything else prepares before its first check, as always: SOPS files
 decrypted in place, Ansible Vault values learnt for masking, the job settings, the requirements
-(roles, collections) installed, and each app's syntax check once.
+(roles, collections) installed, and each app's syntax check once (not again at inputs that passed).
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from controller import memo
 from controller.ansible_config import Job, job_settings
 from controller.apps import App
 from controller.config import Config
@@ -34,6 +36,7 @@ class Preparation:
     space: Workspace
     progress: Progress
     source: Source
+    digests: Mapping[str, str]  # each app's inputs digest (manifest.inputs_digest)
     # revisions the hosts still run: their secrets are on the hosts and in a check's "before" side
     previous: frozenset[str] = frozenset()
     _ready: tuple[Job, Redactor] | None = None
@@ -54,8 +57,14 @@ class Preparation:
             self._ready = (job, redactor)
         job, redactor = self._ready
         if app.name not in self._gated:
-            self.progress.step(f"syntax check of {app.name}: {app.playbook}")
-            syntax_check(app, self.space.project, job, redactor)
+            # the inputs digest covers the revision, the bastion config (so the requirements) and the versions
+            digest = self.digests[app.name]
+            if memo.known(self.config, "syntax-checked", digest):
+                self.progress.step(f"syntax check of {app.name}: passed before at the same inputs")
+            else:
+                self.progress.step(f"syntax check of {app.name}: {app.playbook}")
+                syntax_check(app, self.space.project, job, redactor)
+                memo.remember(self.config, "syntax-checked", digest)
             self._gated.add(app.name)
         return job, redactor
 

@@ -55,7 +55,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             # of the files as committed: a changed secret is a changed ciphertext, and nothing is decrypted yet
             digests = {app.name: inputs_digest(config, revision.sha, app, space.project) for app in apps}
             running = {h["revision"] for app in apps for h in store.hosts(app.name)} - {revision.sha, None}
-            prepared = Preparation(config, space, progress, source, frozenset(running))
+            prepared = Preparation(config, space, progress, source, digests, frozenset(running))
             if not request.verifying:  # a verify prepares only if a host needs a full check
                 for app in apps:
                     prepared.ready(app)

@@ -122,7 +122,7 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path,
         check = next(r for r in fleet.runs() if r["app"] == "staging")
 
         browser.find_element(By.LINK_TEXT, "staging").click()
-        assert host_state(browser, "web1.staging") == "drifted"
+        until(browser, 10, lambda d: host_state(d, "web1.staging") == "drifted")  # a click does not wait for the page
         assert host_state(browser, "web2.staging") == "in-sync"
         seen.append(browser.page_source)
         if SCREENSHOTS:
@@ -218,6 +218,7 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
         browser.get(base + "/apps/staging")
         browser.find_element(By.ID, "token").send_keys("not-the-token")
         browser.find_element(By.ID, "login").click()
+        until(browser, 10, lambda d: d.find_elements(By.ID, "failed"))  # a click does not wait for the answer
         assert browser.find_element(By.ID, "failed").text == "Wrong token."
         assert browser.find_elements(By.CSS_SELECTOR, "tr.host") == []
         browser.find_element(By.ID, "token").send_keys(TOKEN)

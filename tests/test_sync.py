@@ -107,11 +107,14 @@ def assert_refused(fleet: Fleet, args: tuple[str, ...], reason: str, *needles: s
 def test_bad_commits_are_refused_before_anything_is_applied(fleet: Fleet, lab: Lab) -> None:
     assert fleet.controller("sync").returncode == 0
     good = git(fleet.work, "rev-parse", "HEAD")
+    again = fleet.controller("check", "--progress")  # the same inputs passed their syntax check a moment ago
+    assert again.returncode == 0 and "syntax check of staging: passed before at the same inputs" in again.stderr
 
     # a syntax error, with the new version in the same commit: nothing of it may land
     fleet.write("playbooks/site.yml", (fleet.work / "playbooks/site.yml").read_text() + "- hosts: [\n")
     bump_version(fleet, "9.9.9")
     assert_refused(fleet, ("sync",), "SyntaxCheckFailed", "playbooks/site.yml", "syntax check")
+    assert_refused(fleet, ("sync",), "SyntaxCheckFailed", "playbooks/site.yml", "syntax check")  # never remembered
     git(fleet.work, "revert", "--no-edit", "HEAD")
 
     # a tampered SOPS file: one encrypted value replaced by another file's ciphertext
@@ -390,6 +393,8 @@ def test_state_is_private_whatever_the_umask(fleet: Fleet) -> None:
 
 
 def test_when_mitogen_cannot_load_the_linear_fallback_converges_the_same_fleet(fleet: Fleet) -> None:
+    assert fleet.controller("check").returncode == 2  # mitogen loads here, and the state dir remembers it
+    assert len(list((fleet.state / "cache" / "mitogen-loads").iterdir())) == 1
     # a mitogen that refuses to load, as it does on an ansible-core it does not support: a real import failure
     shadow = fleet.root / "shadow" / "ansible_mitogen"
     shadow.mkdir(parents=True)
