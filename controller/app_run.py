@@ -80,8 +80,8 @@ class AppRun:
                              kind=self.kind)
 
     def _verify(self, play: Callable[[bool, str | None], Report]) -> tuple[list[Verdict], Report]:
-        """Compare the hosts with their manifests; fully check only those that differ (every host when
-        there is no manifest or the inputs changed: new hosts may have joined)."""
+        """Compare the hosts with their manifests; fully check only those that differ or have none (every
+        host when no manifest is left to read the inputs from, or the inputs changed: hosts may have joined)."""
         self.progress.step(f"{self.app.name}: verifying the hosts against their manifests (one look each)")
         verdicts = verify_hosts(self.config, self.store, self.app.name, self.digest)
         rechecked = [v.host for v in verdicts if not v.verified]
@@ -94,7 +94,10 @@ class AppRun:
         for verdict in verdicts:
             if not verdict.verified:
                 self.progress.notice(f"{self.app.name}: {verdict.host} needs a full check: {verdict.why}")
-        if not verdicts or any(v.manifest is None or v.manifest.digest != self.digest for v in verdicts):
+        # every full run of the whole inventory writes every host's row, manifest or none, at its inputs,
+        # and a limited run happens only at unchanged inputs: one current manifest vouches for the rest
+        manifests = [v.manifest for v in verdicts if v.manifest is not None]
+        if not manifests or any(m.digest != self.digest for m in manifests):
             return verdicts, play(True, None)
         full = play(True, ",".join(rechecked)) if rechecked else None
         return verdicts, verified_report(verdicts, full)

@@ -71,6 +71,23 @@ def test_an_unchanged_fleet_verifies_with_one_ssh_connection_per_host_and_no_pla
     assert "web1.staging  verified" in text.stdout and "as the full check at" in text.stdout
 
 
+def test_a_host_unreachable_at_the_last_full_check_is_fully_checked_alone(fleet: Fleet) -> None:
+    fleet.lab.stop_host("h2")
+    assert fleet.controller("sync").returncode == 2  # partial: web2 unreachable, so it has no manifest
+    fleet.lab.start_host("h2")
+    done = fleet.controller("verify", "--json", "--progress")
+    code, result = done.returncode, json.loads(done.stdout)
+    assert " on web2.staging)" in done.stderr, done.stderr  # web1's look was enough: no full check of it
+    found = verdicts(result)
+    assert found["web1.staging"]["verified"], found
+    assert not found["web2.staging"]["verified"] and "not in sync" in found["web2.staging"]["why"], found
+    assert code == 2, result  # web2 was never converged: its drift, from a full check of web2 alone
+    [app] = result["apps"]
+    assert {t["host"] for t in app["check"]["tasks"]} == {"web2.staging"}, app
+    run = fleet.runs()[0]
+    assert run["mode"] == "verify" and run["verified"] == 1 and run["summary"]["verified"] == ["web1.staging"]
+
+
 def test_each_kind_of_hand_change_is_caught_and_reported_with_the_full_checks_diff(fleet: Fleet) -> None:
     tasks = fleet.work / "roles/app/tasks/main.yml"
     tasks.write_text(tasks.read_text().replace('dest: "{{ app_root }}/VERSION"\n',
