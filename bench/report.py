@@ -18,7 +18,7 @@ LABELS = {
     "ansible-runner": "ansible-runner API with the controller's settings (mitogen unpinned, pipelining, forks 50)",
     "controller check": "`controller check` (fetch, snapshot, decrypt, syntax check, check, record)",
     "controller check, CPU pinned": "the same with mitogen's own CPU pinning (`ansible.cpu_pinning: true`)",
-    "controller verify": "`controller verify` (fetch, snapshot, decrypt, one ssh round trip per host, record)",
+    "controller verify": "`controller verify` (fetch, snapshot, one ssh look per host, record; nothing decrypted)",
     "controller sync --verify-first": "`controller sync --verify-first` (the same; no full check where hosts match)",
 }
 
