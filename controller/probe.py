@@ -20,8 +20,8 @@ from controller.process import run_side_by_side
 from controller.runner import HOST_KEY_MISMATCH, HOST_KEY_REFUSED
 
 # Runs on the host: for every path (its arguments), what is there now, as one Python literal on stdout.
-# Not json and not hashlib: importing them is more than half the program's time on a small host (json
-# pulls in re; hashlib loads OpenSSL), and 50 hosts share the bastion's cores with their own sshd.
+# Not json and not hashlib: importing them was more than half of the program's time (json pulls in re;
+# hashlib loads OpenSSL), and it runs on every host at every verify.
 REMOTE = r"""
 import grp, os, pwd, stat, sys
 try:
