@@ -32,6 +32,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
     revision: Revision | None = None
     kind = request.kind()
     apps: tuple[App, ...] = ()
+    working = False
     try:
         source = source_of(config)
         if request.fetch:
@@ -45,6 +46,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                             "on the hosts")
         if request.only_if_changed and (idle := _idle(config, store, revision)):
             return Result(request, revision, (), idle, kind)
+        working = True
         store.record_revision(revision)
         verify_revision(config, store, source, revision, request.app, progress.step)  # before anything is extracted
         with workspace(Path(config.workspace_dir)) as space:
@@ -75,6 +77,10 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                 results.append(run.reconcile(source, prepared))
             return Result(request, revision, tuple(results), kind=kind)
     except ControllerError as error:
+        if error.reason is Reason.INTERRUPTED and request.only_if_changed and not working:
+            # stopped while still looking whether anything changed (a daemon's poll): nothing was under way,
+            # so no run is recorded and the apps keep their real last failure
+            raise
         if error.reason is Reason.NOT_FOUND:  # an unknown --app: nothing ran, nothing is recorded
             return Result(request, revision, (AppResult(request.app or "*", "", None, Outcome.FAILED,
                                                         error.reason, error.message),), kind=kind)

@@ -95,7 +95,9 @@ class Source:
         """The watched branch's head as last fetched."""
         try:
             return self._revision(f"{REMOTE_REFS}/{self.branch}")
-        except ControllerError:
+        except ControllerError as error:
+            if error.reason is Reason.INTERRUPTED:  # a signal during the look is no missing branch
+                raise
             raise ControllerError(Reason.REVISION_NOT_FOUND,
                                   f"branch {self.branch!r} not found in {self.url.shown}") from None
 
@@ -104,7 +106,9 @@ class Source:
         for candidate in (rev, f"{REMOTE_REFS}/{rev}"):
             try:
                 return self._revision(candidate)
-            except ControllerError:
+            except ControllerError as error:
+                if error.reason is Reason.INTERRUPTED:
+                    raise
                 continue
         raise ControllerError(Reason.REVISION_NOT_FOUND,
                               f"revision {rev!r} not found in {self.url.shown} (fetched all branches)")
@@ -162,7 +166,9 @@ class Source:
         """Whether the cache holds commit ``sha``."""
         try:
             self.git("cat-file", "-e", f"{sha}^{{commit}}", what=f"looking up {sha[:12]}", reason=Reason.FETCH_FAILED)
-        except ControllerError:
+        except ControllerError as error:
+            if error.reason is Reason.INTERRUPTED:
+                raise
             return False
         return True
 
