@@ -84,13 +84,14 @@ MIGRATIONS = (
         last_finished TEXT NOT NULL, {", ".join(f"{c} INTEGER NOT NULL" for c in _BUCKET_COLUMNS)},
         PRIMARY KEY (app, mode, outcome));
     INSERT INTO run_tallies
-        SELECT app, mode, outcome, COUNT(*), SUM(seconds), MAX(finished),
+        SELECT app, mode, outcome, COUNT(*), COALESCE(SUM(seconds), 0), COALESCE(MAX(finished), MAX(started)),
                {", ".join(f"SUM(seconds <= {b})" for b in DURATION_BUCKETS)}
         FROM runs WHERE outcome IS NOT NULL AND mode != 'preview' GROUP BY app, mode, outcome;
     CREATE TRIGGER runs_tally AFTER UPDATE OF outcome ON runs
         WHEN OLD.outcome IS NULL AND NEW.outcome IS NOT NULL AND NEW.mode != 'preview'
     BEGIN
-        INSERT INTO run_tallies VALUES (NEW.app, NEW.mode, NEW.outcome, 1, COALESCE(NEW.seconds, 0), NEW.finished,
+        INSERT INTO run_tallies VALUES (NEW.app, NEW.mode, NEW.outcome, 1, COALESCE(NEW.seconds, 0),
+                                        COALESCE(NEW.finished, NEW.started),
                                         {", ".join(f"COALESCE(NEW.seconds, 0) <= {b}" for b in DURATION_BUCKETS)})
         ON CONFLICT (app, mode, outcome) DO UPDATE SET runs = runs + 1, seconds = seconds + excluded.seconds,
             last_finished = MAX(last_finished, excluded.last_finished),
