@@ -81,7 +81,7 @@ def measure(root: Path, runs: int = RUNS, requests: int = REQUESTS) -> dict[str,
     pages = ["/", "/apps/app0", f"/runs/{ids['drifted_run']}", "/history", f"/history?page={runs // 50}",
              "/history?app=app0&outcome=drifted&trigger=schedule"]
     pages += ["/api/apps", "/api/apps/app0", f"/api/runs/{ids['drifted_run']}", "/api/runs",
-              f"/api/runs?page={runs // 50}", "/api/runs?app=app0&outcome=drifted", "/api/stamp"]
+              f"/api/runs?page={runs // 50}", "/api/runs?app=app0&outcome=drifted", "/api/stamp", "/metrics"]
     log = root / "serve.log"
     with open(log, "w") as output:
         serve = subprocess.Popen([str(Path(sys.executable).parent / "controller"), "--config", str(config), "serve",

@@ -1,15 +1,20 @@
-"""Who may read the dashboard and act from it: the token, the session cookie, the CSRF check.
+"""Who may read the dashboard and act from it: the token, the session cookie, the CSRF check, the login throttle.
 
 Pages are read-only and answer without a token only on a loopback listener with no ``ui.token_file``; a listener
 other people can reach must have a token, or the controller refuses to start. Actions (sync, suspend, resume) are
-POSTs that also need the CSRF token of this process, which only a page of this dashboard carries.
+POSTs that also need the CSRF token of this process, which only a page of this dashboard carries. Guesses at the
+token (a wrong login, a wrong Bearer) are throttled per client.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import secrets
+import threading
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import urlsplit
@@ -19,9 +24,15 @@ from controller.errors import ControllerError
 from controller.outcomes import Reason
 from controller.secrets import read_secret_file
 
+log = logging.getLogger("controller")
+
 SESSION_COOKIE = "controller_session"
 CSRF_COOKIE = "controller_csrf"
 MIN_TOKEN = 16  # characters: a token someone could guess in a few million tries protects nothing
+GUESSES_PER_SECOND = 2.0  # wrong tokens a client may try on average ...
+GUESS_BURST = 5           # ... and at once (a person mistyping), before each further try waits
+FULL_LINES = 5            # wrong tokens logged one by one per window; the rest in the window's summary
+MAX_CLIENTS = 4096        # clients whose guesses are remembered; beyond it, those with nothing held are forgotten
 
 
 def is_loopback(host: str) -> bool:
@@ -118,3 +129,61 @@ def cookies(headers: dict[str, str]) -> dict[str, str]:
     except CookieError:
         return {}
     return {name: morsel.value for name, morsel in jar.items()}
+
+
+class Throttle:
+    """Guesses at the token, per client: a bucket of ``burst`` tries refilled at ``rate`` a second. A client whose
+    bucket is empty is refused (429) before its token is even compared. The log gets the first wrong tokens of
+    each window one by one and one summary line for the rest (``summarise``, called every window)."""
+
+    def __init__(self, rate: float = GUESSES_PER_SECOND, burst: int = GUESS_BURST) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._lock = threading.Lock()  # pages are rendered on several threads
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tries left, when counted)
+        self._wrong: Counter[str] = Counter()
+        self._refused: Counter[str] = Counter()
+        self._since = time.monotonic()
+
+    def allowed(self, client: str) -> bool:
+        """Whether ``client`` may try a token now; counted as refused when not."""
+        with self._lock:
+            if self._left(client) >= 1:
+                return True
+            self._refused[client] += 1
+            return False
+
+    def wrong(self, client: str, what: str) -> None:
+        """``client`` tried a wrong token (``what``: a login, a Bearer token): one try fewer, and logged."""
+        with self._lock:
+            self._buckets[client] = (self._left(client) - 1, time.monotonic())
+            self._wrong[client] += 1
+            if self._wrong.total() <= FULL_LINES:
+                log.warning("ui: wrong token (%s) from %s", what, client)
+            if len(self._buckets) > MAX_CLIENTS:
+                self._forget()
+
+    def summarise(self) -> None:
+        """Log what the window held beyond its first lines, and start a new window."""
+        with self._lock:
+            wrong, refused, now = self._wrong.total(), self._refused.total(), time.monotonic()
+            if wrong > FULL_LINES or refused:
+                clients = (self._wrong + self._refused).most_common(3)
+                log.warning("ui: %d wrong tokens and %d tries refused as too fast (%g a second per client) in the "
+                            "last %.0fs, from %s", wrong, refused, self.rate, now - self._since,
+                            ", ".join(f"{client} ({count})" for client, count in clients))
+            self._wrong.clear()
+            self._refused.clear()
+            self._since = now
+
+    def _left(self, client: str) -> float:
+        left, when = self._buckets.get(client, (self.burst, time.monotonic()))
+        return min(self.burst, left + (time.monotonic() - when) * self.rate)
+
+    def _forget(self) -> None:
+        """Forget the clients whose bucket is full again, then (a guesser with very many addresses) the oldest."""
+        for client in [c for c in self._buckets if self._left(c) >= self.burst]:
+            del self._buckets[client]
+        excess = max(0, len(self._buckets) - MAX_CLIENTS)
+        for client in sorted(self._buckets, key=lambda c: self._buckets[c][1])[:excess]:
+            del self._buckets[client]

@@ -1,21 +1,22 @@
-"""What a person can do from the dashboard: sync an app now, suspend it, resume it.
+"""What a person can do from the dashboard: sync an app now (or apply one whose policy is detect), suspend it,
+resume it.
 
 A sync is the CLI's cycle (same lock, same pipeline, recorded with the trigger ``ui``) on a thread of its own:
-the listener's loop never waits for a playbook, and a busy lock is an answer at once, not a queue.
+the listener's loop never waits for a playbook, and a busy lock is an answer at once, not a queue. Applying a
+detect app is the CLI's ``sync --apply --app NAME``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 
 from controller.config import Config
 from controller.cycle import run_cycle
 from controller.errors import ControllerError
 from controller.interrupt import Cancel
 from controller.outcomes import Reason
-from controller.results import Progress, Request, Result
+from controller.results import Progress, Request
 from controller.runner import TaskResult
 from controller.state import Store
 
@@ -47,32 +48,31 @@ class _Started:
 class Actions:
     """The dashboard's actions for one process; at most one sync of its own at a time."""
 
-    def __init__(self, config: Config, progress: Progress,
-                 on_result: Callable[[Result], None] = lambda result: None) -> None:
+    def __init__(self, config: Config, progress: Progress) -> None:
         self.config = config
         # a flag of its own, set by stop(): the process's Cancel must keep raising in the main thread on SIGTERM,
         # which it would not while this thread's playbook defers signals through it
         self.cancel = Cancel()
         self.progress = progress
-        self.on_result = on_result
         self._guard = threading.Lock()
         self._thread: threading.Thread | None = None
         self.running: str | None = None  # the app a dashboard sync is running for
 
-    def sync(self, app: str, client: str) -> None:
-        """Start syncing ``app``; a ControllerError (LOCK_BUSY) when another run holds the lock."""
+    def sync(self, app: str, client: str, *, apply: bool = False) -> None:
+        """Start syncing ``app`` (``apply``: apply it even under policy detect); a ControllerError (LOCK_BUSY) when
+        another run holds the lock."""
         with self._guard:
             if self.running is not None:
                 raise ControllerError(Reason.LOCK_BUSY, f"a sync of {self.running} started here is still running")
             self.running = app
         started = _Started(self.progress)
         refused: list[ControllerError] = []
-        log.info("ui: sync of %s asked by %s", app, client)
+        log.info("ui: %s of %s asked by %s", "apply" if apply else "sync", app, client)
 
         def work() -> None:
             try:
-                result = run_cycle(self.config, Request("sync", app=app, trigger=TRIGGER), started, self.cancel)
-                self.on_result(result)
+                request = Request("sync", app=app, trigger=TRIGGER, apply_detect=apply)
+                result = run_cycle(self.config, request, started, self.cancel)
                 for done in result.apps:
                     log.info("ui: %s: %s: %s", done.app, done.outcome.value, done.message)
             except ControllerError as error:

@@ -39,10 +39,11 @@ class AppRun:
     def reconcile(self, source: Source, prepared: Preparation) -> AppResult:
         """Check, then (a sync under policy apply) apply where the plan says; failures become the result."""
         app, store = self.app, self.store
-        run_id = store.start_run(app.name, self.revision.sha, self.kind, self.request.trigger)
+        run_id = store.start_run(app.name, self.revision.sha, self.kind, self.request.trigger, app.policy)
         started = time.monotonic()
         last = store.last_applied(app.name)
-        applying = self.kind is Kind.SYNC and app.policy == "apply"
+        # a detect app is applied only when someone asks for exactly that (sync --apply, the dashboard's Apply)
+        applying = self.kind is Kind.SYNC and (app.policy == "apply" or self.request.apply_detect)
         try:
             if applying:
                 self._refuse_rewrite(source, last)
@@ -142,6 +143,8 @@ class AppRun:
 def _message(app: App, checked: Report, applied: Report | None, plan: Plan | None, kind: Kind,
              verdicts: list[Verdict]) -> str:
     parts = []
+    if applied is not None and app.policy == "detect":
+        parts.append("policy detect: applied on request")
     verified = [v for v in verdicts if v.verified]
     if verified:
         covered = sum(v.manifest.covered for v in verified if v.manifest)

@@ -116,6 +116,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
               help="Return at once (exit 0) when the branch has not moved since the last sync and no drift "
                    "check is due (watch.drift_check_interval): the fast path for cron.")
 @click.option("--force", is_flag=True, help="Apply to every host of the app, whatever the check found.")
+@click.option("--apply", "apply_detect", is_flag=True,
+              help="With --app: apply that app even though its policy is detect, on purpose (recorded with its "
+                   "policy; without --apply a detect app is only checked).")
 @click.option("--verify-first", is_flag=True,
               help="Compare each host with its manifest first (as `controller verify`) and fully check only "
                    "the hosts that differ; at an unchanged revision a matching host needs no playbook run.")
@@ -125,11 +128,14 @@ def sync(**options: Any) -> None:
     Each app is checked first; the apply then runs on the hosts that need it:
     those the revision is new for (a new commit, or a host that missed a
     rollout), and those whose check found a change or a failure. Apps with
-    policy detect are only checked; suspended apps (`controller suspend`) are
-    skipped, and the output says so. With --revision (other than the branch
+    policy detect are only checked (unless --apply --app NAME applies one on
+    purpose); suspended apps (`controller suspend`) are skipped, and the
+    output says so. With --revision (other than the branch
     head) or --dry-run it is a preview: checked and recorded, never applied,
     never the app's state.
     """
+    if options["apply_detect"] and (options["app"] is None or options["dry_run"]):
+        raise click.UsageError("--apply applies one app on purpose: name it with --app, and leave out --dry-run")
     _reconcile("sync", **options)
 
 
@@ -144,7 +150,7 @@ def check(**options: Any) -> None:
     (a pull request's commit or branch) it is a preview: never the app's state.
     """
     _reconcile("check", dry_run=False, allow_rewrite=False, only_if_changed=False, force=False, verify_first=False,
-               **options)
+               apply_detect=False, **options)
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -166,19 +172,20 @@ def verify(**options: Any) -> None:
     `watch` (watch.verify_interval) and keep a full check on a slower schedule.
     """
     _reconcile("verify", revision=None, output_format=None, output=None, dry_run=False, allow_rewrite=False,
-               only_if_changed=False, force=False, verify_first=False, **options)
+               only_if_changed=False, force=False, verify_first=False, apply_detect=False, **options)
 
 
 def _reconcile(mode: str, *, config_path: str | None, as_json: bool, output_format: str | None, output: str | None,
                app: str | None, revision: str | None, wait: float, progress: bool | None, trigger: str,
                dry_run: bool, allow_rewrite: bool, only_if_changed: bool, force: bool,
-               accept_unverified: bool, verify_first: bool) -> None:
+               accept_unverified: bool, verify_first: bool, apply_detect: bool) -> None:
     config = _config(config_path)
     show = sys.stderr.isatty() if progress is None else progress
     cancel = Cancel()
     cancel.install()
     request = Request(mode, app, revision, dry_run, allow_rewrite, trigger, only_if_changed=only_if_changed,
-                      force=force, accept_unverified=accept_unverified, verify_first=verify_first)
+                      force=force, accept_unverified=accept_unverified, verify_first=verify_first,
+                      apply_detect=apply_detect)
     result = run_cycle(config, request, TerminalProgress(show), cancel, wait)
     shape = "json" if as_json else output_format or "text"
     report = {"json": lambda: json.dumps(result_json(result), indent=2) + "\n", "text": lambda: result_text(result),
@@ -263,7 +270,7 @@ def show(config_path: str | None, as_json: bool, run_id: int) -> None:
 @cli.command(epilog="""\b
 Exit codes:
   0   stopped by SIGTERM or SIGINT (a run in progress is stopped and unwound first)
-  1   configuration error (bad config, listener address in use, unreadable webhook secret)
+  1   configuration error (bad config, listener address in use, unreadable or shared webhook secret)
   70  internal error (a bug: the traceback is printed)""")
 @config_option
 @click.option("-v", "--verbose", is_flag=True, help="Also log every HTTP request.")
@@ -272,15 +279,18 @@ def watch(config_path: str | None, verbose: bool) -> None:
 
     \b
     Reconciles (the same cycle as `sync`, under the same lock) when:
-      - a signed push webhook arrives (watch.listen: POST /hooks/github,
-        /hooks/gitlab, /hooks/generic; secret in watch.webhook_secret_file),
+      - a signed push webhook arrives (watch.listen: POST /hooks/PROVIDER for
+        github, gitlab, gitea (and Forgejo), gogs, bitbucket-server,
+        bitbucket-cloud, azure-devops, generic, flux; a secret per provider
+        in watch.webhooks),
       - the source is a bare repository on this host and its branch moves,
       - every watch.poll_interval seconds the branch has moved,
       - an app's scheduled drift check is due (watch.drift_check_interval or
         watch.drift_check_cron): drift is corrected (policy apply) or reported.
     Pushes arriving together make one run; a failing cycle is retried with
     backoff; suspended apps are left alone. GET /healthz and /metrics
-    (Prometheus) are served on the same listener. Logs go to stderr.
+    (Prometheus, read from the state store at each scrape) are served on the
+    same listener, with the dashboard. Logs go to stderr.
     """
     from controller.watch import Watch  # the daemon's HTTP and watchdog imports stay out of cron's fast path
 
@@ -307,9 +317,11 @@ def serve(config_path: str | None, listen: str | None, verbose: bool) -> None:
     Pages (the same facts as JSON under /api/):
       /                 every app: state, applied revision, hosts at it,
                         drifted / failed / unreachable, last and next check
-      /apps/NAME        its hosts and recent runs; Sync now, Suspend, Resume
+      /apps/NAME        its hosts and recent runs; Sync now (a detect app:
+                        Check now, Apply now), Suspend, Resume
       /runs/ID          one run: per-host results, masked drift report
       /history          every run, by app, outcome and trigger
+      /metrics          Prometheus, read from the state store at each scrape
     `controller watch` serves the same pages on watch.listen; use serve when
     nothing else listens. It reads the state store that sync and check write;
     its actions run the same cycle under the same lock (trigger "ui"), so a

@@ -7,12 +7,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cronsim import CronSim, CronSimError
 
 from controller.errors import ControllerError
 from controller.outcomes import EVENTS, Reason
 from controller.schema import Seconds, build, read_yaml
+from controller.webhooks import PROVIDERS
 
 SEARCH_PATH = (Path("controller.yml"), Path("/etc/controller/controller.yml"))
 
@@ -88,12 +90,21 @@ class GalaxyConfig:
 
 
 @dataclass(frozen=True)
+class WebhookConfig:
+    """One Git host's push webhook (``POST /hooks/PROVIDER``) and its own secret."""
+
+    provider: str                        # github | gitlab | gitea | gogs | bitbucket-server | bitbucket-cloud | ...
+    secret_file: str
+
+
+@dataclass(frozen=True)
 class WatchConfig:
     """``controller watch``: its triggers, schedule and listener; drift schedule also for --only-if-changed."""
 
     poll_interval: Seconds = Seconds(60)           # between fetches; 0 turns polling off
     listen: str | None = None            # HOST:PORT for webhooks, /healthz and /metrics
-    webhook_secret_file: str | None = None
+    webhooks: tuple[WebhookConfig, ...] = ()  # a secret per provider
+    webhook_secret_file: str | None = None    # older configs: the secret of /hooks/github and /hooks/generic only
     max_body_bytes: int = 1_048_576      # bigger webhook bodies get 413
     drift_check_interval: Seconds = Seconds(900)   # between scheduled drift checks per app; 0: off
     drift_check_cron: str | None = None  # a cron expression instead of the interval
@@ -110,16 +121,20 @@ class UiConfig:
 
     enabled: bool = True                 # false: the listener serves only webhooks, /healthz and /metrics
     token_file: str | None = None        # when set, every page asks for it; required off loopback
+    external_url: str | None = None      # where people reach the dashboard (behind a proxy): links to runs
 
 
 @dataclass(frozen=True)
 class NotifyTarget:
-    """Where notifications go: a generic JSON webhook or a Slack-compatible incoming webhook."""
+    """Where notifications go: a generic JSON webhook, a Slack-compatible incoming webhook, or the commit
+    statuses of a forge (GitHub, GitLab, Gitea/Forgejo), posted after each check and sync."""
 
-    format: str = "json"                 # json | slack
-    url: str | None = None
+    format: str = "json"                 # json | slack | github | gitlab | gitea
+    url: str | None = None               # a forge's API: https://api.github.com, https://gitlab.example.com, ...
     url_file: str | None = None          # the URL kept in a file (it is a secret for Slack)
     events: tuple[str, ...] = ()         # empty: every event
+    repository: str | None = None        # a forge's repository: OWNER/NAME (GitLab: the project's path or ID)
+    token_file: str | None = None        # a forge's API token, in a file
 
 
 @dataclass(frozen=True)
@@ -150,6 +165,7 @@ class Config:
 STRATEGIES = ("auto", "mitogen", "linear", "free")
 HOST_KEY_CHECKING = ("strict", "accept-new", "off")
 FORMATS = ("json", "slack")
+FORGES = ("github", "gitlab", "gitea")  # notify formats that post commit statuses
 VERIFY_MODES = ("off", "head", "all")
 
 
@@ -186,6 +202,7 @@ def load_config(path: Path) -> Config:
     _check_watch(config.watch, path)
     for number, target in enumerate(config.notify):
         _check_target(target, path, f"notify[{number}]")
+    _check_external_url(config.ui, path)
     base = path.resolve().parent
 
     def absolute(value: str | None) -> str | None:
@@ -208,9 +225,13 @@ def load_config(path: Path) -> Config:
                                         for v in config.ansible.vault_ids)),
         ssh=replace(config.ssh, private_key_file=absolute(config.ssh.private_key_file),
                     known_hosts_file=absolute(config.ssh.known_hosts_file)),
-        watch=replace(config.watch, webhook_secret_file=absolute(config.watch.webhook_secret_file)),
-        notify=tuple(replace(t, url_file=absolute(t.url_file)) for t in config.notify),
-        ui=replace(config.ui, token_file=absolute(config.ui.token_file)),
+        watch=replace(config.watch, webhook_secret_file=absolute(config.watch.webhook_secret_file),
+                      webhooks=tuple(replace(w, secret_file=str(absolute(w.secret_file)))
+                                     for w in config.watch.webhooks)),
+        notify=tuple(replace(t, url_file=absolute(t.url_file), token_file=absolute(t.token_file))
+                     for t in config.notify),
+        ui=replace(config.ui, token_file=absolute(config.ui.token_file),
+                   external_url=config.ui.external_url and config.ui.external_url.rstrip("/")),
     )
 
 
@@ -222,6 +243,13 @@ def _check_watch(watch: WatchConfig, path: Path) -> None:
         host, _, port = watch.listen.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise fail("listen", f"expected HOST:PORT such as 127.0.0.1:8080, got {watch.listen!r}")
+    seen: set[str] = set()
+    for number, hook in enumerate(watch.webhooks):
+        if hook.provider not in PROVIDERS:
+            raise fail(f"webhooks[{number}].provider", f"must be one of {', '.join(PROVIDERS)}, got {hook.provider!r}")
+        if hook.provider in seen:
+            raise fail(f"webhooks[{number}].provider", f"{hook.provider} is listed twice: one secret per provider")
+        seen.add(hook.provider)
     if watch.drift_check_cron is not None:
         try:
             CronSim(watch.drift_check_cron, datetime.now(UTC))
@@ -262,10 +290,32 @@ def _check_target(target: NotifyTarget, path: Path, key: str) -> None:
     def fail(message: str) -> ControllerError:
         return ControllerError(Reason.CONFIG_INVALID, f"{path}: {key}: {message}")
 
-    if target.format not in FORMATS:
-        raise fail(f"format: must be one of {', '.join(FORMATS)}")
+    if target.format not in (*FORMATS, *FORGES):
+        raise fail(f"format: must be one of {', '.join((*FORMATS, *FORGES))}")
+    if target.format in FORGES:
+        missing = [key for key in ("url", "repository", "token_file") if getattr(target, key) is None]
+        if missing:
+            raise fail(f"{missing[0]}: required for {target.format} commit statuses")
+        if urlsplit(target.url).scheme not in ("http", "https"):
+            raise fail(f"url: the {target.format} API's http(s) address, such as https://api.github.com")
+        if target.url_file is not None or target.events:
+            raise fail(f"{'url_file' if target.url_file else 'events'}: not for commit statuses, which follow "
+                       "every check and sync")
+        return
+    if target.repository is not None or target.token_file is not None:
+        raise fail(f"{'repository' if target.repository else 'token_file'}: only for commit statuses "
+                   f"(format: {', '.join(FORGES)})")
     if (target.url is None) == (target.url_file is None):
         raise fail("set exactly one of url and url_file")
     unknown = sorted(set(target.events) - set(EVENTS))
     if unknown:
         raise fail(f"events: unknown event {unknown[0]!r} (events: {', '.join(EVENTS)})")
+
+
+def _check_external_url(ui: UiConfig, path: Path) -> None:
+    if ui.external_url is not None:
+        parts = urlsplit(ui.external_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ControllerError(Reason.CONFIG_INVALID, f"{path}: ui.external_url: expected the dashboard's address "
+                                  f"as people reach it, such as https://controller.example.com, got "
+                                  f"{ui.external_url!r}")

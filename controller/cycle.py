@@ -6,6 +6,7 @@ from pathlib import Path
 
 from controller.config import Config
 from controller.errors import ControllerError
+from controller.forges import post_statuses
 from controller.interrupt import Cancel
 from controller.lock import hold
 from controller.notify import announce
@@ -18,14 +19,15 @@ from controller.workspace import sweep
 
 
 def run_cycle(config: Config, request: Request, progress: Progress, cancel: Cancel, wait: float = 0) -> Result:
-    """Hold the lock (waiting up to ``wait`` s), reconcile, and notify what changed."""
+    """Hold the lock (waiting up to ``wait`` s), reconcile, notify what changed and tell the forges."""
     with hold(lock_path(config), wait), Store(config.state_path / "state.db") as store:
         recover(config, store, locked=True)
         try:
             result = reconcile(config, request, store, progress, cancel)
         finally:
             stop_children()  # a tool whose start a signal interrupted (a git fetch) must not outlive the run
-        announce(config.notify, store, result)
+        announce(config, store, result)
+        post_statuses(config, store, result)
     return result
 
 

@@ -2,7 +2,7 @@
 
 Every fact comes from the state store through the functions the CLI's ``--json`` output uses (``status``, ``runs``,
 ``run``), and the store holds only masked values, so nothing decrypted can appear. Pages are rendered on the
-listener's page workers (blocking SQLite reads never stall the loop), with Jinja2 autoescaping everything.
+listener's workers (blocking SQLite reads never stall the loop), with Jinja2 autoescaping everything.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from urllib.parse import parse_qs, quote, unquote, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from controller.access import Access
+from controller.access import Access, Throttle
 from controller.actions import Actions
 from controller.config import Config
 from controller.cycle import recover
 from controller.errors import ControllerError
 from controller.interrupt import Cancel
 from controller.listener import Listener, Reply, Routes, WebRequest
+from controller.metrics import Metrics
 from controller.outcomes import Outcome, Reason
 from controller.results import Progress
 from controller.schedule import DriftSchedule, parse_time
@@ -49,6 +50,7 @@ HEADERS = (
 STATIC = {"style.css": "text/css; charset=utf-8", "live.js": "text/javascript; charset=utf-8"}
 NOTICES = {
     "started": "Sync started: this page follows it.",
+    "applying": "Apply started (policy detect, on request): this page follows it.",
     "busy": "Another run holds the lock; try again when it has finished.",
     "suspended": "Suspended: watch and sync leave this app alone until it is resumed.",
     "resumed": "Resumed: the next cycle reconciles this app.",
@@ -56,7 +58,8 @@ NOTICES = {
 }
 OUTCOMES = ("running", *(o.value for o in Outcome if o is not Outcome.SUSPENDED))
 TRIGGERS = ("manual", "ui", "webhook", "push", "poll", "schedule", "retry")
-ACTION = re.compile(r"/(?:api/)?apps/([^/]+)/(sync|suspend|resume)")
+VERB_NOTICES = {"sync": "started", "apply": "applying", "suspend": "suspended", "resume": "resumed"}
+ACTION = re.compile(r"/(?:api/)?apps/([^/]+)/(sync|apply|suspend|resume)")
 
 
 class NotFound(Exception):
@@ -70,6 +73,7 @@ class Dashboard:
         self.config = config
         self.access = access
         self.actions = actions
+        self.throttle = Throttle()
         self.schedule = DriftSchedule.of(config.watch)
         self.env = Environment(loader=PackageLoader("controller", "templates"), autoescape=True,
                                undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -88,9 +92,16 @@ class Dashboard:
             return Reply(200, body, kind, (("Cache-Control", "max-age=300"), ("X-Content-Type-Options", "nosniff")))
         if not self.access.host_allowed(request.headers):
             return self.error(request, 403, "this dashboard answers only to loopback names (localhost, 127.0.0.1)")
+        guessing = self.access.token is not None and (
+            (path == "/login" and request.method == "POST") or "authorization" in request.headers)
+        if guessing and not self.throttle.allowed(request.client):  # refused before any token is compared
+            return self.error(request, 429, "too many wrong tokens from this address: wait a second",
+                              (("Retry-After", "1"),))
         if path == "/login":
             return self.login(request)
         if not self.access.authenticated(request.headers):
+            if "authorization" in request.headers:
+                self.throttle.wrong(request.client, "Authorization")
             if path.startswith("/api/"):
                 return self.reply(401, json_bytes({"error": "a token is required (Authorization: Bearer)"}),
                                   "application/json", (("WWW-Authenticate", 'Bearer realm="controller"'),))
@@ -136,12 +147,12 @@ class Dashboard:
             if app not in store.apps():
                 raise NotFound(f"no app {app!r} has been reconciled here")
             suspended = app in store.suspensions()
-        if verb == "sync" and suspended:  # the cycle would skip it: say so rather than "started"
+        if verb in ("sync", "apply") and suspended:  # the cycle would skip it: say so rather than "started"
             return self.done(request, app, verb, 409, "resume-first")
-        status, notice = 202, {"sync": "started", "suspend": "suspended", "resume": "resumed"}[verb]
+        status, notice = 202, VERB_NOTICES[verb]
         try:
-            if verb == "sync":
-                self.actions.sync(app, request.client)
+            if verb in ("sync", "apply"):
+                self.actions.sync(app, request.client, apply=verb == "apply")
             elif verb == "suspend":
                 self.actions.suspend(app, form.get("reason", "")[:200], request.client)
             else:
@@ -169,7 +180,7 @@ class Dashboard:
         if not target.startswith("/") or target.startswith("//") or "\\" in target:
             target = "/"  # never a redirect to another site (browsers read /\\host as //host)
         if self.access.csrf_passed(request.headers, form) is not None or not self.access.login(form.get("token", "")):
-            log.warning("ui: failed login from %s", request.client)
+            self.throttle.wrong(request.client, "login")
             return self.login_page(request, 401, target, failed=True)
         log.info("ui: login from %s", request.client)
         return self.reply(303, b"", "text/plain", (("Location", target), *self.access.cookie_headers(session=True)))
@@ -179,12 +190,17 @@ class Dashboard:
             next=target, failed=failed, csrf=self.access.csrf, stamp="", busy=False, poll=POLL_SECONDS, login=False)
         return self.reply(status, html.encode(), "text/html; charset=utf-8", self.access.cookie_headers())
 
-    def error(self, request: WebRequest, status: int, message: str) -> Reply:
+    def error(self, request: WebRequest, status: int, message: str,
+              headers: tuple[tuple[str, str], ...] = ()) -> Reply:
         if request.path.startswith("/api/"):
-            return self.reply(status, json_bytes({"error": message}), "application/json")
+            return self.reply(status, json_bytes({"error": message}), "application/json", headers)
         html = self.env.get_template("error.html").render(
             status=status, message=message, stamp="", busy=False, poll=POLL_SECONDS, login=False)
-        return self.reply(status, html.encode(), "text/html; charset=utf-8")
+        return self.reply(status, html.encode(), "text/html; charset=utf-8", headers)
+
+    def summarise(self) -> None:
+        """Log the window's wrong and refused tokens in one line (the listener calls it every window)."""
+        self.throttle.summarise()
 
     @staticmethod
     def reply(status: int, body: bytes, kind: str, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
@@ -298,8 +314,9 @@ def serve(config: Config, listen: str, cancel: Cancel, progress: Progress) -> No
     def health() -> tuple[int, dict[str, Any]]:
         return 200, {"status": "ok", "uptime_seconds": round(time.time() - started, 1), "running": actions.running}
 
-    listener = Listener(listen, Routes(branch=config.source.branch, secret=None, max_body=0, on_push=lambda _: None,
-                                       health=health, metrics=lambda: b"", pages=dashboard.handle))
+    listener = Listener(listen, Routes(branch=config.source.branch, secrets={}, max_body=0, on_push=lambda _: None,
+                                       health=health, metrics=Metrics(config.state_path / "state.db").render,
+                                       pages=dashboard.handle, summarise=dashboard.summarise))
     with Store(config.state_path / "state.db") as store:
         recover(config, store)
     listener.start()

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from controller.errors import ControllerError
 from controller.outcomes import Reason
-from controller.webhooks import PROVIDERS, Deliveries, Rejected, authenticate, verify
+from controller.webhooks import PROVIDERS, Deliveries, Provider, Rejected, authenticate, verify
 
 log = logging.getLogger("controller")
 
@@ -44,23 +44,26 @@ BODY_BUDGET = 32 * 1024 ** 2  # bytes of request bodies being read at once, all 
 SUMMARY_WINDOW = 10.0         # seconds between summaries of refused requests
 FULL_LINES = 5                # refusals logged one by one in each window before only counting them
 FORM_LIMIT = 8 * 1024        # a dashboard form (a token, a reason) is a few hundred bytes
-PAGE_WORKERS = 4             # threads rendering pages from the state store, so SQLite never blocks the loop
+WORKERS = 4                  # threads rendering pages and metrics from the state store, so SQLite never blocks the loop
 SERVER = "gitops-controller"
 _LENGTH = re.compile(r"[0-9]{1,15}")
 
 
 @dataclass(frozen=True)
 class Routes:
-    """What the listener serves; the daemon supplies the callbacks, which must be quick (they run on the loop)."""
+    """What the listener serves; the daemon supplies the callbacks. ``on_push``, ``health`` and ``summarise`` run on
+    the loop and must be quick; ``metrics`` and ``pages`` read the state store and run on the workers."""
 
     branch: str
-    secret: bytes | None
+    secrets: Mapping[Provider, bytes]  # the webhook secret of each provider; the others' hooks are off (403)
     max_body: int
     on_push: Callable[[str], None]
     health: Callable[[], tuple[int, dict[str, Any]]]
     metrics: Callable[[], bytes]
-    # the dashboard: every other GET and POST (blocking; run on the page workers, never on the loop)
+    # the dashboard: every other GET and POST
     pages: Callable[[WebRequest], Reply] | None = None
+    # logs what the pages only counted (refused logins) since the last call; called every SUMMARY_WINDOW
+    summarise: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ class Server:
         self.body_bytes = 0
         self.body_budget = max(BODY_BUDGET, routes.max_body)
         self._writers: set[asyncio.StreamWriter] = set()
-        self._pages = ThreadPoolExecutor(PAGE_WORKERS, thread_name_prefix="pages") if routes.pages else None
+        self._workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="store")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -156,14 +159,15 @@ class Server:
         summaries.cancel()
         for writer in list(self._writers):
             writer.transport.abort()
-        if self._pages is not None:
-            self._pages.shutdown(wait=False, cancel_futures=True)
+        self._workers.shutdown(wait=False, cancel_futures=True)
         self.refusals.flush()
+        self.routes.summarise()
 
     async def _summaries(self) -> None:
         while True:
             await asyncio.sleep(SUMMARY_WINDOW)
             self.refusals.flush()
+            self.routes.summarise()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = str((writer.get_extra_info("peername") or ("?",))[0])
@@ -207,7 +211,7 @@ class Server:
                 log.exception("%s from %s failed", request.label, client)
             reply = Reply.error(500, "internal error (see the controller's log)").encode()
         else:
-            log.debug("http %s %s %s %d", client, request.method, request.path, answer.status)
+            log.debug("http %s %s %d", client, request.label, answer.status)  # a hook's path may hold its secret
             reply = answer.encode()
         await self._send(reader, writer, reply)
 
@@ -238,21 +242,23 @@ class Server:
                 request.path not in ("/healthz", "/metrics") and not request.path.startswith("/hooks/")):
             return await self._page(request, reader)
         if request.method == "GET":
-            return self._get(request.path)
+            return await self._get(request.path)
         if request.method != "POST":
             raise Rejected(405, "method not allowed (GET, POST)")
-        provider = request.path.removeprefix("/hooks/")
-        if not request.path.startswith("/hooks/") or provider not in PROVIDERS:
+        name, _, path_secret = request.path.removeprefix("/hooks/").partition("/")
+        if not request.path.startswith("/hooks/") or name not in PROVIDERS or (
+                path_secret and name != Provider.BITBUCKET_CLOUD):
             raise Rejected(404, f"no such hook (POST /hooks/{'|'.join(PROVIDERS)})")
-        length = self._admit(provider, request.headers)
+        provider = Provider(name)
+        length = self._admit(provider, request.headers, path_secret)
         if request.headers.get("expect", "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for this before sending a big body
         body = await self._body(reader, length)
-        return self._hook(provider, request.headers, body)
+        return self._hook(provider, request.headers, body, path_secret)
 
     async def _page(self, request: _Request, reader: asyncio.StreamReader) -> Reply:
         """A dashboard page or action, rendered on a page worker while the loop serves everyone else."""
-        assert self.routes.pages is not None and self._pages is not None and request.method is not None
+        assert self.routes.pages is not None and request.method is not None
         body = b""
         if request.method == "POST":
             length = request.headers.get("content-length", "0")
@@ -262,21 +268,23 @@ class Server:
                 raise Rejected(413, f"form of {length} bytes is over the limit of {FORM_LIMIT}")
             body = await self._body(reader, int(length))
         web = WebRequest(request.method, request.path, request.query, request.headers, body, request.client)
-        return await asyncio.get_running_loop().run_in_executor(self._pages, self.routes.pages, web)
+        return await asyncio.get_running_loop().run_in_executor(self._workers, self.routes.pages, web)
 
-    def _get(self, path: str) -> Reply:
+    async def _get(self, path: str) -> Reply:
         if path == "/healthz":
             return Reply.json(*self.routes.health())
         if path == "/metrics":
-            return Reply(200, self.routes.metrics(), CONTENT_TYPE_LATEST)
-        raise Rejected(404, "not found (GET /healthz, /metrics; POST /hooks/github|gitlab|generic)")
+            exposition = await asyncio.get_running_loop().run_in_executor(self._workers, self.routes.metrics)
+            return Reply(200, exposition, CONTENT_TYPE_LATEST)
+        raise Rejected(404, f"not found (GET /healthz, /metrics; POST /hooks/{'|'.join(PROVIDERS)})")
 
-    def _admit(self, provider: str, headers: dict[str, str]) -> int:
+    def _admit(self, provider: Provider, headers: dict[str, str], path_secret: str) -> int:
         """Everything that can be refused from the headers alone; the body's length if nothing is."""
-        if self.routes.secret is None:
-            raise Rejected(403, "webhooks are off: set watch.webhook_secret_file")
+        secret = self.routes.secrets.get(provider)
+        if secret is None:
+            raise Rejected(403, f"webhooks from {provider} are off: give it a secret in watch.webhooks")
         # authentication before size, so a client without the secret learns nothing about the limits
-        authenticate(provider, headers, self.routes.secret)
+        authenticate(provider, headers, secret, path_secret)
         length = headers.get("content-length")
         if length is None or not _LENGTH.fullmatch(length):
             raise Rejected(411, "Content-Length required")
@@ -293,19 +301,20 @@ class Server:
         finally:
             self.body_bytes -= length
 
-    def _hook(self, provider: str, headers: dict[str, str], body: bytes) -> Reply:
+    def _hook(self, provider: Provider, headers: dict[str, str], body: bytes, path_secret: str) -> Reply:
         routes = self.routes
-        assert routes.secret is not None  # _admit refused the request otherwise
-        push = verify(provider, headers, body, routes.secret)
+        push = verify(provider, headers, body, routes.secrets[provider], path_secret)  # _admit found the secret
         if push is None:
             return Reply.json(200, {"ignored": "not a push event"})
-        if push.branch != routes.branch:
-            return Reply.json(200, {"ignored": f"push to {push.branch!r}, watching {routes.branch!r}"})
-        if not self.deliveries.first_time(push.delivery):
+        if not push.moved(routes.branch):
+            moved = ", ".join(repr(b) for b in push.heads or ()) or "no branch"
+            return Reply.json(200, {"ignored": f"push to {moved}, watching {routes.branch!r}"})
+        if push.delivery is not None and not self.deliveries.first_time(f"{provider}:{push.delivery}"):
             return Reply.json(200, {"ignored": f"delivery {push.delivery} already received"})
-        log.info("webhook %s: push to %s (%s)", provider, push.branch, (push.sha or "?")[:12])
+        sha = push.revision(routes.branch)
+        log.info("webhook %s: push to %s (%s)", provider, routes.branch, (sha or "?")[:12])
         routes.on_push(provider)
-        return Reply.json(202, {"accepted": True, "branch": push.branch, "revision": push.sha})
+        return Reply.json(202, {"accepted": True, "branch": routes.branch, "revision": sha})
 
     def _refusal(self, request: _Request, rejected: Rejected) -> bytes:
         """The answer to a refused request, logged (or counted, under a flood)."""
@@ -350,8 +359,9 @@ class _Request:
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             raise Rejected(400, "malformed request line")
         self.method, (self.path, _, self.query) = parts[0], parts[1].partition("?")
-        hook = self.path.startswith("/hooks/")
-        label = f"webhook {self.path.removeprefix('/hooks/')}" if hook else f"{self.method} {self.path}"
+        # a hook's provider alone: Bitbucket Cloud's path goes on with its secret
+        hook = self.path.removeprefix("/hooks/").partition("/")[0]
+        label = f"webhook {hook}" if self.path.startswith("/hooks/") else f"{self.method} {self.path}"
         # the client chose these characters: none may move the terminal's cursor or fake a log line
         self.label = "".join(c if c.isprintable() else "?" for c in label[:80])
         try:

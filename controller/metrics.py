@@ -1,92 +1,100 @@
-"""Prometheus metrics of the watch daemon, in their own registry."""
+"""Prometheus metrics, read from the state store at every scrape: one truth for `watch`, `serve`, cron and the CLI.
+
+Nothing is kept in memory, so a `check` from cron, a suspend from the dashboard and a restart of the daemon all
+show at the next scrape as `controller status` shows them. Counters are counts of recorded runs, which are only
+ever added to, so they stay monotonic across restarts. Names and labels are a contract once released
+(docs/deploy.md); previews never count, as they never become an app's state.
+"""
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 
-from controller.drift import host_states
-from controller.outcomes import ExitCode, Kind, Outcome
-from controller.results import Result
+from controller.outcomes import Kind, Outcome
+from controller.schedule import parse_time
+from controller.state import DURATION_BUCKETS, Store
+
+
+class StoreCollector:
+    """A prometheus_client collector over the state store at ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def collect(self) -> Iterator[Metric]:
+        with Store(self.path) as store:
+            tallies = store.run_tallies()
+            status = store.status()
+        runs = CounterMetricFamily("controller_runs", "Runs per app, kind (check, sync, verify) and outcome.",
+                                   labels=["app", "mode", "outcome"])
+        durations: dict[tuple[str, str], tuple[int, float, list[int]]] = {}
+        good: dict[str, str] = {}  # when a sync last ended converged or in sync
+        for tally in tallies:
+            if tally["mode"] == Kind.SYNC and tally["outcome"] in (Outcome.CONVERGED, Outcome.IN_SYNC):
+                good[tally["app"]] = max(good.get(tally["app"], ""), tally["last_finished"])
+            runs.add_metric([tally["app"], tally["mode"], tally["outcome"]], tally["runs"])
+            key = (tally["app"], tally["mode"])
+            count, seconds, buckets = durations.get(key, (0, 0.0, [0] * len(DURATION_BUCKETS)))
+            durations[key] = (count + tally["runs"], seconds + tally["seconds"],
+                              [a + b for a, b in zip(buckets, tally["buckets"], strict=True)])
+        yield runs
+        histogram = HistogramMetricFamily("controller_run_duration_seconds", "Duration of one app's run.",
+                                          labels=["app", "mode"])
+        for (app, mode), (count, seconds, buckets) in sorted(durations.items()):
+            histogram.add_metric([app, mode], [*((str(float(b)), n) for b, n in zip(DURATION_BUCKETS, buckets,
+                                                                                       strict=True)),
+                                               ("+Inf", count)], seconds)
+        yield histogram
+        yield from _app_gauges(status, good)
+
+
+def _app_gauges(status: list[dict[str, Any]], good: dict[str, str]) -> Iterator[Metric]:
+    """Per app (and host), the gauges `controller status` has the facts of."""
+    drifted = GaugeMetricFamily("controller_drifted_hosts", "Hosts left differing from Git by the last check or "
+                                "sync.", labels=["app"])
+    host = GaugeMetricFamily("controller_host_drifted", "1 when the last check or sync left the host differing "
+                             "from Git.", labels=["app", "host"])
+    behind = GaugeMetricFamily("controller_hosts_behind", "Hosts of the app not at its applied revision (missed a "
+                               "rollout).", labels=["app"])
+    last = GaugeMetricFamily("controller_last_successful_sync_timestamp_seconds",
+                             "When a sync last left the app converged or in sync (Unix time).", labels=["app"])
+    revision = InfoMetricFamily("controller_applied_revision", "The revision last applied to the app.",
+                                labels=["app"])
+    suspended = GaugeMetricFamily("controller_suspended", "1 when the app is suspended.", labels=["app"])
+    for row in status:
+        app = row["app"]
+        hosts = row["hosts"]
+        for entry in hosts:
+            host.add_metric([app, entry["host"]], 1 if entry["state"] == "drifted" else 0)
+        drifted.add_metric([app], sum(1 for entry in hosts if entry["state"] == "drifted"))
+        # only an app with an applied revision can have hosts behind it (a detect app never applied has none)
+        behind.add_metric([app], row["hosts_total"] - row["hosts_at_revision"] if row["applied_revision"] else 0)
+        if app in good:
+            last.add_metric([app], parse_time(good[app]).timestamp())
+        if row["applied_revision"]:
+            revision.add_metric([app], {"revision": row["applied_revision"]})
+        suspended.add_metric([app], 1 if row["suspended"] else 0)
+    yield from (drifted, host, behind, last, revision, suspended)
 
 
 class Metrics:
-    """Counters and gauges fed from each cycle's result; names are a contract once released.
+    """The /metrics exposition of one state store."""
 
-    Only checks and syncs count: a preview never becomes an app's state, so never its metrics.
-    """
-
-    def __init__(self) -> None:
+    def __init__(self, path: Path) -> None:
         self.registry = CollectorRegistry()
-        self.runs = Counter("controller_runs", "Runs per app, kind (check, sync) and outcome.",
-                            ["app", "mode", "outcome"], registry=self.registry)
-        self.drifted = Gauge("controller_drifted_hosts", "Hosts left differing from Git by the last check or sync.",
-                             ["app"], registry=self.registry)
-        self.host_drifted = Gauge("controller_host_drifted", "1 when the last check or sync left the host differing "
-                                  "from Git.",
-                                  ["app", "host"], registry=self.registry)
-        self.behind = Gauge("controller_hosts_behind", "Hosts of the app not at the revision last reconciled.",
-                            ["app"], registry=self.registry)
-        self.last_sync = Gauge("controller_last_successful_sync_timestamp_seconds",
-                               "When a sync last left the app converged or in sync (Unix time).", ["app"],
-                               registry=self.registry)
-        self.duration = Histogram("controller_run_duration_seconds", "Duration of one app's run.",
-                                  ["app", "mode"], registry=self.registry,
-                                  buckets=(1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800))
-        self.revision = Info("controller_applied_revision", "The revision last applied to the app.", ["app"],
-                             registry=self.registry)
-        self.suspended = Gauge("controller_suspended", "1 when the app is suspended.", ["app"],
-                               registry=self.registry)
-        self._hosts: dict[str, set[str]] = {}
-
-    def restore(self, status: list[dict[str, Any]]) -> None:
-        """Start from what the state store knows, so a restart does not reset the gauges."""
-        for row in status:
-            app = str(row["app"])
-            if row["applied_revision"]:
-                self.revision.labels(app=app).info({"revision": str(row["applied_revision"])})
-            self.suspended.labels(app=app).set(1 if row["suspended"] else 0)
-            self.behind.labels(app=app).set(row["hosts_total"] - row["hosts_at_revision"])
-            self._set_hosts(app, {h["host"]: h["state"] == "drifted" for h in row["hosts"]})
-
-    def observe(self, result: Result) -> None:
-        """Count a cycle's app runs and update the per-app and per-host gauges."""
-        if result.kind is Kind.PREVIEW:
-            return
-        for app in result.apps:
-            self.suspended.labels(app=app.app).set(1 if app.outcome is Outcome.SUSPENDED else 0)
-            self._hosts.setdefault(app.app, set())
-            if app.outcome is Outcome.SUSPENDED or app.run_id is None:
-                continue
-            self.runs.labels(app=app.app, mode=app.kind.value, outcome=app.outcome.value).inc()
-            self.duration.labels(app=app.app, mode=app.kind.value).observe(app.seconds)
-            if app.check is not None:
-                states = host_states(app.check, app.applied)
-                self.drifted.labels(app=app.app).set(sum(1 for s in states.values() if s == "drifted"))
-                self._set_hosts(app.app, {host: state == "drifted" for host, state in states.items()})
-                self.behind.labels(app=app.app).set(app.behind)
-            if app.applied is not None and app.revision:
-                self.revision.labels(app=app.app).info({"revision": app.revision})
-            if app.kind is Kind.SYNC and app.exit_code() is ExitCode.OK:
-                self.last_sync.labels(app=app.app).set_to_current_time()
-
-    def keep_only(self, active: set[str]) -> None:
-        """Drop every series of apps no longer reconciled (retired from gitops.yml)."""
-        for app in sorted(set(self._hosts) - active):
-            for metric in (self.drifted, self.behind, self.last_sync, self.revision, self.suspended):
-                with contextlib.suppress(KeyError):
-                    metric.remove(app)
-            self._set_hosts(app, {})
-            del self._hosts[app]
-
-    def _set_hosts(self, app: str, drifted: dict[str, bool]) -> None:
-        for gone in self._hosts.get(app, set()) - set(drifted):
-            self.host_drifted.remove(app, gone)
-        for host, value in drifted.items():
-            self.host_drifted.labels(app=app, host=host).set(1 if value else 0)
-        self._hosts[app] = set(drifted)
+        self.registry.register(StoreCollector(path))
 
     def render(self) -> bytes:
+        """The Prometheus text format, read from the store now (blocking: call it off the event loop)."""
         return generate_latest(self.registry)

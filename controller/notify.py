@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from controller.config import NotifyTarget
+from controller.config import FORMATS, Config, NotifyTarget
 from controller.drift import merged
 from controller.outcomes import Event, Kind, Outcome, Reason
 from controller.results import AppResult, Result
@@ -32,10 +32,12 @@ TITLES = {Event.DRIFT_FOUND: "drift found", Event.DRIFT_CORRECTED: "drift correc
 
 @dataclass(frozen=True)
 class Notice:
-    """One event for one app; every text in it comes from the (already redacted) run result."""
+    """One event for one app; every text in it comes from the (already redacted) run result and the commit."""
 
     event: Event
     app: AppResult
+    subject: str | None = None  # the commit's subject line: anyone who can push writes it
+    link: str | None = None     # the run's page on the dashboard (ui.external_url)
 
     def payload(self) -> dict[str, Any]:
         app = self.app
@@ -44,11 +46,13 @@ class Notice:
             "event": self.event.value,
             "app": app.app,
             "revision": app.revision,
+            "subject": self.subject,
             "previous_revision": app.previous,
             "outcome": app.outcome.value,
             "reason": app.reason.value if app.reason else None,
             "message": app.message,
             "run_id": app.run_id,
+            "url": self.link,
             "hosts": {status: final.with_status(status) for status in ("changed", "failed", "unreachable")}
             if final else {},
             "controller": socket.gethostname(),
@@ -56,9 +60,24 @@ class Notice:
         }
 
     def slack(self) -> dict[str, Any]:
+        """Slack's mrkdwn, every quoted text escaped so that ``<!channel>`` or ``<http://x|click>`` in a commit
+        subject or a message stays text (neither a ping nor a link)."""
         app = self.app
         revision = f" at `{app.revision[:12]}`" if app.revision else ""
-        return {"text": f"{ICONS[self.event]} *{app.app}*: {TITLES[self.event]}{revision}: {app.message}"}
+        subject = f" ({slack_escape(self.subject)})" if self.subject else ""
+        link = f" <{slack_escape(self.link)}|run #{app.run_id}>" if self.link else ""
+        return {"text": f"{ICONS[self.event]} *{slack_escape(app.app)}*: {TITLES[self.event]}{revision}{subject}: "
+                        f"{slack_escape(app.message)}{link}"}
+
+
+def slack_escape(text: str) -> str:
+    """The three characters Slack's mrkdwn gives a meaning to, as its documentation asks to escape them."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def run_link(external_url: str | None, run_id: int | None) -> str | None:
+    """The run's page on the dashboard as people reach it, when ``ui.external_url`` says where that is."""
+    return f"{external_url}/runs/{run_id}" if external_url and run_id is not None else None
 
 
 def condition(app: AppResult) -> str | None:
@@ -76,7 +95,7 @@ def condition(app: AppResult) -> str | None:
     return OK
 
 
-def notices(app: AppResult, before: str | None, new_revision: bool) -> list[Notice]:
+def notices(app: AppResult, before: str | None, new_revision: bool) -> list[Event]:
     """What to announce about ``app`` given the state announced before; ``new_revision``: its revision was
     applied and not announced yet (a partial apply retried is the same revision, announced once)."""
     after = condition(app)
@@ -88,25 +107,29 @@ def notices(app: AppResult, before: str | None, new_revision: bool) -> list[Noti
     elif app.applied is not None and app.check is not None and app.check.drifted:
         found.append(Event.DRIFT_CORRECTED)
     if after != before:
+        failed = after.startswith("failed:")
+        if not failed and before is not None and before.startswith("failed:"):
+            found.append(Event.RECOVERED)  # settled again, in sync or drifted, after a failure
         if after.startswith("drifted:"):
             found.append(Event.DRIFT_FOUND)
-        elif after.startswith("failed:"):
+        elif failed:
             found.append(Event.VERIFICATION_FAILED if app.reason is Reason.VERIFICATION_FAILED else Event.RUN_FAILED)
-        elif before is not None and before.startswith("failed:"):
-            found.append(Event.RECOVERED)
-    return [Notice(event, app) for event in found]
+    return found
 
 
-def announce(targets: tuple[NotifyTarget, ...], store: Store, result: Result) -> list[Notice]:
-    """Send what changed to every target (best effort: a failed notification is only logged)."""
+def announce(config: Config, store: Store, result: Result) -> list[Notice]:
+    """Send what changed to every notification target (best effort: a failed notification is only logged)."""
     sent: list[Notice] = []
     if result.kind is Kind.PREVIEW:
         return sent  # a preview never becomes the app's state, so it is never news
+    subject = result.revision.subject if result.revision else None
+    targets = [t for t in config.notify if t.format in FORMATS]
     for app in result.apps:
         before = store.condition(app.app)
         reached = app.applied is not None and bool(app.applied.with_status("ok") + app.applied.with_status("changed"))
         new_revision = bool(reached and app.revision and store.announce_revision(app.app, app.revision))
-        found = notices(app, before, new_revision)
+        found = [Notice(event, app, subject if app.revision else None, run_link(config.ui.external_url, app.run_id))
+                 for event in notices(app, before, new_revision)]
         for notice in found:
             for target in targets:
                 if not target.events or notice.event.value in target.events:
@@ -119,22 +142,37 @@ def announce(targets: tuple[NotifyTarget, ...], store: Store, result: Result) ->
 
 
 def _post(target: NotifyTarget, notice: Notice) -> None:
-    body = json.dumps(notice.slack() if target.format == "slack" else notice.payload()).encode()
     try:
         url = target.url or Path(target.url_file or "").read_text().strip()
     except OSError as exc:
         log.warning("notification not sent: cannot read %s: %s", target.url_file, exc.strerror)
         return
-    request = urllib.request.Request(url, body, {"Content-Type": "application/json",
-                                                 "User-Agent": "gitops-controller"})
+    failed = post_json(url, notice.slack() if target.format == "slack" else notice.payload())
+    if failed is not None:
+        log.warning("notification %s for %s to %s", notice.event.value, notice.app.app, failed)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect would carry the request's Authorization header to wherever it points: it is a failure."""
+
+    def redirect_request(self, *args: Any) -> None:
+        return None
+
+
+def post_json(url: str, payload: dict[str, Any], headers: dict[str, str] | None = None) -> str | None:
+    """POST ``payload`` as JSON (no redirects followed); None when it was taken, else why not in words that name only
+    the receiving host (a Slack URL is a secret, and ``headers`` may hold a token)."""
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {
+        "Content-Type": "application/json", "User-Agent": "gitops-controller", **(headers or {})})
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+        with urllib.request.build_opener(_NoRedirect).open(request, timeout=TIMEOUT) as response:
             response.read()
+        return None
+    except urllib.error.HTTPError as exc:
+        detail = f"HTTP {exc.code}"
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        # the URL itself is a secret for Slack: name only where it points
-        where = urlsplit(url).netloc or "(invalid URL)"
-        detail = getattr(exc, "reason", None) or getattr(exc, "code", None) or type(exc).__name__
-        log.warning("notification %s for %s to %s failed: %s", notice.event.value, notice.app.app, where, detail)
+        detail = str(getattr(exc, "reason", None) or type(exc).__name__)
+    return f"to {urlsplit(url).netloc or '(invalid URL)'} failed: {detail}"
 
 
 def _digest(text: str) -> str:

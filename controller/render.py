@@ -100,7 +100,8 @@ def _tasks_text(title: str, tasks: tuple[TaskResult, ...] | list[TaskResult], di
 def run_text(run: dict[str, Any]) -> str:
     """One stored run with its drift report (``controller show``)."""
     lines = [
-        f"run {run['id']}  app {run['app']}  {run['mode']} ({run['trigger']})",
+        f"run {run['id']}  app {run['app']}  {run['mode']} ({run['trigger']})"
+        + (f"  policy {run['policy']}" if run.get("policy") else ""),
         f"revision  {run['revision'] or '-'}",
         f"started   {run['started']}   finished {run['finished'] or '-'}",
         f"outcome   {run['outcome'] or 'running'}" + (f" [{run['reason']}]" if run["reason"] else ""),

@@ -28,6 +28,7 @@ class Request:
     force: bool = False              # apply to every host, whatever the check found
     accept_unverified: bool = False  # exit 0 for unverified
     verify_first: bool = False       # verify hosts against their manifests; full check only where needed
+    apply_detect: bool = False       # sync --apply: apply the app even though its policy is detect
 
     def kind(self, revision: str | None = None, head: str | None = None) -> Kind:
         """A preview when it is a dry run or not of the branch head; otherwise what the command says."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -15,6 +16,10 @@ from controller.errors import ControllerError
 from controller.manifest import Manifest
 from controller.outcomes import Kind, Outcome, Reason
 from controller.source import Revision
+
+# The upper bounds (seconds) of the run-duration histogram that run_tallies keeps (migration 5): a contract.
+DURATION_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+_BUCKET_COLUMNS = tuple(f"le{b}".replace(".", "_") for b in DURATION_BUCKETS)
 
 # Numbered migrations: the schema is a contract; append, never edit.
 MIGRATIONS = (
@@ -66,7 +71,45 @@ MIGRATIONS = (
         PRIMARY KEY (app, host));
     ALTER TABLE runs ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
     """,
+    # 5: how long each run took and the app's policy at the time (a sync that applied a detect app did so on
+    # request); what /metrics counts, kept by the database itself as runs finish, so a scrape reads a few rows
+    # however long the history: per app, kind and outcome, how many runs, their seconds, how many took at most
+    # each of DURATION_BUCKETS, and when the last ended. Older runs count to the second, from their times.
+    f"""
+    ALTER TABLE runs ADD COLUMN seconds REAL;
+    ALTER TABLE runs ADD COLUMN policy TEXT;
+    UPDATE runs SET seconds = (julianday(finished) - julianday(started)) * 86400 WHERE finished IS NOT NULL;
+    CREATE TABLE run_tallies (
+        app TEXT NOT NULL, mode TEXT NOT NULL, outcome TEXT NOT NULL, runs INTEGER NOT NULL, seconds REAL NOT NULL,
+        last_finished TEXT NOT NULL, {", ".join(f"{c} INTEGER NOT NULL" for c in _BUCKET_COLUMNS)},
+        PRIMARY KEY (app, mode, outcome));
+    INSERT INTO run_tallies
+        SELECT app, mode, outcome, COUNT(*), COALESCE(SUM(seconds), 0), COALESCE(MAX(finished), MAX(started)),
+               {", ".join(f"SUM(seconds <= {b})" for b in DURATION_BUCKETS)}
+        FROM runs WHERE outcome IS NOT NULL AND mode != 'preview' GROUP BY app, mode, outcome;
+    CREATE TRIGGER runs_tally AFTER UPDATE OF outcome ON runs
+        WHEN OLD.outcome IS NULL AND NEW.outcome IS NOT NULL AND NEW.mode != 'preview'
+    BEGIN
+        INSERT INTO run_tallies VALUES (NEW.app, NEW.mode, NEW.outcome, 1, COALESCE(NEW.seconds, 0),
+                                        COALESCE(NEW.finished, NEW.started),
+                                        {", ".join(f"COALESCE(NEW.seconds, 0) <= {b}" for b in DURATION_BUCKETS)})
+        ON CONFLICT (app, mode, outcome) DO UPDATE SET runs = runs + 1, seconds = seconds + excluded.seconds,
+            last_finished = MAX(last_finished, excluded.last_finished),
+            {", ".join(f"{c} = {c} + excluded.{c}" for c in _BUCKET_COLUMNS)};
+    END;
+    """,
 )
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of a migration (a trigger's body holds semicolons of its own)."""
+    current = ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \n;"):
+                yield current
+            current = ""
 
 
 def private_directory(path: Path) -> None:
@@ -91,6 +134,7 @@ class Store:
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA foreign_keys=ON")
+            self._clocks: dict[int, float] = {}  # run -> monotonic start, for runs this process started
             for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
                 if name.exists():
                     name.chmod(0o600)  # whatever the umask: runs hold hostnames, diffs, masked or not
@@ -128,7 +172,7 @@ class Store:
                                   f"knows ({len(MIGRATIONS)}): upgrade the controller, or point state_dir elsewhere")
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             with self._transaction() as db:
-                for statement in filter(str.strip, script.split(";")):
+                for statement in _statements(script):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number}")
 
@@ -137,11 +181,14 @@ class Store:
         self.db.execute("INSERT OR IGNORE INTO revisions VALUES (?, ?, ?, ?, ?)",
                         (revision.sha, revision.subject, revision.author, revision.committed_at, now()))
 
-    def start_run(self, app: str, revision: str | None, mode: str, trigger: str) -> int:
+    def start_run(self, app: str, revision: str | None, mode: str, trigger: str, policy: str | None = None) -> int:
+        """Record a run as started; ``policy`` is the app's in gitops.yml (None: not read yet)."""
         cursor = self.db.execute(
-            "INSERT INTO runs (app, revision, mode, trigger, started) VALUES (?, ?, ?, ?, ?)",
-            (app, revision, mode, trigger, now()))
-        return int(cursor.lastrowid or 0)
+            "INSERT INTO runs (app, revision, mode, trigger, started, policy) VALUES (?, ?, ?, ?, ?, ?)",
+            (app, revision, mode, trigger, now(), policy))
+        run_id = int(cursor.lastrowid or 0)
+        self._clocks[run_id] = time.monotonic()
+        return run_id
 
     def add_report(self, run_id: int, phase: str, report: Report) -> None:
         with self._transaction() as db:
@@ -154,16 +201,19 @@ class Store:
 
     def finish_run(self, run_id: int, outcome: Outcome, reason: Reason | None, message: str,
                    applied: bool, summary: dict[str, Any], verified: int = 0) -> None:
+        started = self._clocks.pop(run_id, None)
+        seconds = None if started is None else time.monotonic() - started
         self.db.execute(
-            "UPDATE runs SET finished = ?, outcome = ?, reason = ?, message = ?, applied = ?, summary = ?,"
-            " verified = ? WHERE id = ?",
+            "UPDATE runs SET finished = ?1, outcome = ?2, reason = ?3, message = ?4, applied = ?5, summary = ?6,"
+            " verified = ?7, seconds = COALESCE(?8, (julianday(?1) - julianday(started)) * 86400) WHERE id = ?9",
             (now(), outcome.value, reason.value if reason else None, message, int(applied),
-             json.dumps(summary), verified, run_id))
+             json.dumps(summary), verified, seconds, run_id))
 
     def interrupt_unfinished(self) -> int:
         """Mark runs left running by a controller that was killed; only call while holding the lock."""
         return self.db.execute(
-            "UPDATE runs SET finished = ?, outcome = ?, reason = ?, message = ? WHERE finished IS NULL",
+            "UPDATE runs SET finished = ?1, outcome = ?2, reason = ?3, message = ?4,"
+            " seconds = (julianday(?1) - julianday(started)) * 86400 WHERE finished IS NULL",
             (now(), Outcome.INTERRUPTED.value, Reason.INTERRUPTED.value,
              "the controller was killed before this run finished; its workspace was wiped")).rowcount
 
@@ -296,9 +346,13 @@ class Store:
 
     def apps(self) -> list[str]:
         """Apps reconciled here (previews do not count) and not retired from gitops.yml."""
+        # one index lookup per app rather than a scan of every run: each step finds the next name after the last
         return [r["app"] for r in self.db.execute(
-            "SELECT DISTINCT app FROM runs WHERE app != '*' AND mode != ? AND app NOT IN (SELECT app FROM retired)"
-            " ORDER BY app", (Kind.PREVIEW.value,))]
+            "WITH RECURSIVE named(app) AS (SELECT MIN(app) FROM runs"
+            " UNION ALL SELECT (SELECT MIN(app) FROM runs WHERE app > named.app) FROM named WHERE app IS NOT NULL)"
+            " SELECT app FROM named WHERE app IS NOT NULL AND app != '*' AND app NOT IN (SELECT app FROM retired)"
+            " AND EXISTS (SELECT 1 FROM runs WHERE runs.app = named.app AND mode != ?) ORDER BY app",
+            (Kind.PREVIEW.value,))]
 
     def latest(self, app: str, *kinds: Kind, full: bool = False) -> dict[str, Any] | None:
         """The app's newest run of one of ``kinds`` (checks and syncs when none is given); ``full``: only
@@ -307,6 +361,12 @@ class Store:
         row = self.db.execute(f"SELECT * FROM runs WHERE app = ? AND mode IN ({','.join('?' * len(wanted))})"
                               + (" AND verified = 0" if full else "") + " ORDER BY id DESC LIMIT 1",
                               (app, *wanted)).fetchone()
+        return self._run(row) if row else None
+
+    def previous_run(self, app: str, run_id: int) -> dict[str, Any] | None:
+        """The app's check or sync just before run ``run_id`` (what a forge was last told about it)."""
+        row = self.db.execute("SELECT * FROM runs WHERE app = ? AND id < ? AND mode IN (?, ?) ORDER BY id DESC LIMIT 1",
+                              (app, run_id, Kind.CHECK.value, Kind.SYNC.value)).fetchone()
         return self._run(row) if row else None
 
     def status(self) -> list[dict[str, Any]]:
@@ -322,6 +382,7 @@ class Store:
             revision = self.last_applied(app)
             rows.append({
                 "app": app,
+                "policy": good["policy"],  # as gitops.yml said then (None: not read by that run)
                 "suspended": app in suspended,
                 "applied_revision": revision,
                 "hosts_at_revision": sum(1 for h in hosts if revision and h["revision"] == revision),
@@ -345,6 +406,13 @@ class Store:
             " ORDER BY id DESC LIMIT 1",
             (app, Kind.PREVIEW.value, Outcome.FAILED.value, Outcome.INTERRUPTED.value)).fetchone()
         return self._run(row) if row else None
+
+    def run_tallies(self) -> list[dict[str, Any]]:
+        """Finished checks, syncs and verifies of apps not retired, per app, kind and outcome: how many, their
+        seconds in all, how many took at most each of DURATION_BUCKETS, and when the last ended (for /metrics)."""
+        return [{**{k: row[k] for k in ("app", "mode", "outcome", "runs", "seconds", "last_finished")},
+                 "buckets": [row[c] for c in _BUCKET_COLUMNS]} for row in self.db.execute(
+            "SELECT * FROM run_tallies WHERE app NOT IN (SELECT app FROM retired) ORDER BY app, mode, outcome")]
 
     def revision(self, sha: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM revisions WHERE sha = ?", (sha,)).fetchone()

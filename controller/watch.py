@@ -28,6 +28,7 @@ from controller.schedule import DriftSchedule, parse_time
 from controller.secrets import read_secret_file
 from controller.source import RemoteUrl
 from controller.state import Store
+from controller.webhooks import Provider, shared_in_clear
 
 log = logging.getLogger("controller")
 
@@ -113,7 +114,7 @@ class Watch:
         self.settings = config.watch
         self.triggers = Triggers(config.watch.debounce)
         self.schedule = DriftSchedule.of(config.watch)
-        self.metrics = Metrics()
+        self.metrics = Metrics(config.state_path / "state.db")
         self.health = Health()
         self.listener: Listener | None = None
         self.known_apps: set[str] = set()
@@ -136,24 +137,24 @@ class Watch:
             log.info("stopping: %s", "signal received")
 
     def _start(self, stack: ExitStack) -> None:
-        with self._store() as store:
-            self.metrics.restore(store.status())
         if self.settings.listen:
-            pages = None
+            dashboard = None
             if self.config.ui.enabled:  # refused before anything listens when it would be open to anyone
                 access = Access.of(self.config.ui, self.settings.listen)
-                actions = Actions(self.config, LogProgress(), self.metrics.observe)
+                actions = Actions(self.config, LogProgress())
                 stack.callback(actions.stop)  # after the listener stops: a dashboard sync unwinds
-                pages = Dashboard(self.config, access, actions).handle
+                dashboard = Dashboard(self.config, access, actions)
+            secrets = self._secrets()
             self.listener = Listener(self.settings.listen, Routes(
-                branch=self.config.source.branch, secret=self._secret(), max_body=self.settings.max_body_bytes,
+                branch=self.config.source.branch, secrets=secrets, max_body=self.settings.max_body_bytes,
                 on_push=lambda provider: self.triggers.add("webhook"), health=self.health.report,
-                metrics=self.metrics.render, pages=pages))
+                metrics=self.metrics.render, pages=dashboard.handle if dashboard else None,
+                summarise=dashboard.summarise if dashboard else lambda: None))
             self.listener.start()
             stack.callback(self.listener.stop)
-            log.info("listening on %s:%d (webhooks: /hooks/github, /hooks/gitlab, /hooks/generic; /healthz; "
-                     "/metrics%s)", self.listener.server.server_address[0], self.listener.port,
-                     "; the dashboard: /" if pages else "")
+            hooks = ", ".join(f"/hooks/{p}" for p in secrets) or "none"
+            log.info("listening on %s:%d (webhooks: %s; /healthz; /metrics%s)", self.listener.server.server_address[0],
+                     self.listener.port, hooks, "; the dashboard: /" if dashboard else "")
         bare = local_bare_repository(self.config.source.url) if self.settings.watch_local else None
         if bare is not None:
             watcher = RefWatcher(bare, self.config.source.branch, lambda: self.triggers.add("push"))
@@ -167,12 +168,28 @@ class Watch:
         log.info("watching %s (%s); polling %s; drift checks %s; verify %s",
                  RemoteUrl.parse(self.config.source.url).shown, self.config.source.branch, poll, drift, verify)
 
-    def _secret(self) -> bytes | None:
-        path = self.settings.webhook_secret_file
-        if path is None:
-            log.warning("watch.webhook_secret_file is not set: webhooks are refused (403)")
-            return None
-        return read_secret_file(path, "watch.webhook_secret_file", Reason.CONFIG_INVALID)
+    def _secrets(self) -> dict[Provider, bytes]:
+        """Each provider's webhook secret; refused when one shown in clear would also sign for another."""
+        files = {Provider(h.provider): (h.secret_file, f"watch.webhooks ({h.provider}) secret_file")
+                 for h in self.settings.webhooks}
+        if self.settings.webhook_secret_file is not None:
+            # the single secret of older configs stays with the providers that only ever sign with it: GitLab
+            # would show it in clear to whoever sees its hook, and they could then sign GitHub's
+            for provider in (Provider.GITHUB, Provider.GENERIC):
+                files.setdefault(provider, (self.settings.webhook_secret_file, "watch.webhook_secret_file"))
+            if Provider.GITLAB not in files:
+                log.info("watch.webhook_secret_file serves /hooks/github and /hooks/generic; /hooks/gitlab needs a "
+                         "secret of its own in watch.webhooks (GitLab sends it in clear)")
+        if not files:
+            log.warning("no webhook secret is set (watch.webhooks): webhooks are refused (403)")
+        secrets = {p: read_secret_file(path, what, Reason.CONFIG_INVALID) for p, (path, what) in files.items()}
+        shared = shared_in_clear(secrets)
+        if shared is not None:
+            shown, other = shared
+            raise ControllerError(Reason.CONFIG_INVALID, f"watch.webhooks: {shown}'s secret ({files[shown][0]}) is "
+                                  f"also {other}'s ({files[other][0]}): {shown} sends it in clear, so whoever sees "
+                                  f"its hooks could sign {other}'s; give each provider a secret of its own")
+        return secrets
 
     def _turn(self) -> None:
         due_apps, next_check = self._drift_due()
@@ -238,10 +255,7 @@ class Watch:
                                                       error.message),))
         finally:
             self.health.running = None
-        self.metrics.observe(result)
         self._settle(result)
-        with self._store() as store:
-            self.metrics.keep_only(set(store.apps()))
 
     def _settle(self, result: Result) -> None:
         """Log the result, and schedule a retry with backoff when the cycle failed."""

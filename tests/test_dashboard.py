@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,12 +28,18 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from bench.dashboard import fill
+from controller.access import FULL_LINES, GUESS_BURST, GUESSES_PER_SECOND, Access
+from controller.actions import Actions
+from controller.config import load_config
+from controller.dashboard import Dashboard
+from controller.listener import Listener, Routes
 from controller.state import Store
+from controller.watch import LogProgress
 from lab import Lab
 from lab.repository import AgeKey
 from tests.conftest import APP_YML, BIN, Fleet, build_fleet, write_config
 from tests.test_interrupt import workspaces
-from tests.test_watch import daemon, free_port, wait_for, watch_config
+from tests.test_watch import daemon, free_port, promtool, wait_for, watch_config
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 TOKEN = "dashboard-test-token-0123456789"
@@ -102,19 +111,23 @@ def no_canary(fleet: Fleet, *sources: str) -> None:
 def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path, lab: Lab, age_key: AgeKey,
                                                                   browser: webdriver.Chrome) -> None:
     fleet = build_fleet(tmp_path / "fleet", lab, age_key, apps=("staging", "production"))
+    gitops = yaml.safe_load((fleet.work / "gitops.yml").read_text())
+    gitops["apps"][1]["policy"] = "detect"  # production: only report, until someone applies it on purpose
+    fleet.write("gitops.yml", yaml.safe_dump(gitops))
+    fleet.push("production: detect only")
     port = free_port()
     watch_config(fleet, listen=f"127.0.0.1:{port}", drift_check_interval="1h")
     base = f"http://127.0.0.1:{port}"
     seen: list[str] = []
     with daemon(fleet, port) as watch:
-        wait_for("the first sync", lambda: [r["outcome"] for r in fleet.runs()] == ["converged", "converged"])
+        wait_for("the first sync", lambda: [r["outcome"] for r in fleet.runs()] == ["drifted", "converged"])
         wait_for("the first cycle to finish", watch.settled)
 
         browser.get(base + "/")
         row = browser.find_element(By.CSS_SELECTOR, 'tr.app[data-app="staging"]')
         assert "converged" in row.text and "2/2" in row.text
         assert re.search(r"in [3-5]\d min$", row.text)  # the next drift check, an hour after the first sync
-        assert browser.find_element(By.CSS_SELECTOR, 'tr.app[data-app="production"]').text.count("1/1") == 1
+        assert "drifted" in browser.find_element(By.CSS_SELECTOR, 'tr.app[data-app="production"]').text
         seen.append(browser.page_source)
 
         fleet.host_file("h1", APP_YML).write_text("hand-edited: by someone at 3am\n")
@@ -159,6 +172,20 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path,
         assert len(fleet.runs()) == count + 1
         seen.append(browser.page_source)
 
+        # a detect app's page says what its buttons do; Apply applies it on purpose, as `sync --apply` would
+        browser.get(base + "/apps/production")
+        assert browser.find_element(By.ID, "sync").text == "Check now"
+        assert browser.find_element(By.ID, "apply").text == "Apply now"
+        assert host_state(browser, "web1.prod") == "drifted"
+        click(browser, "apply")
+        until(browser, 10, lambda d: "Apply started" in d.find_element(By.ID, "main").text)
+        until(browser, 120, lambda d: host_state(d, "web1.prod") == "in-sync" and "in progress" not in d.page_source)
+        applied = fleet.runs()[0]
+        assert (applied["app"], applied["trigger"], applied["policy"], applied["applied"], applied["outcome"]) == (
+            "production", "ui", "detect", True, "converged")
+        assert "applied on request: policy detect" in request(f"{base}/runs/{applied['id']}")[1].decode()
+        seen.append(browser.page_source)
+
         # the JSON API has the same facts, in the CLI's --json shapes
         status, body = request(base + "/api/apps")
         apps = json.loads(body)["apps"]
@@ -167,14 +194,15 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path,
         for shown_app, listed in zip(apps, cli, strict=True):
             assert {k: v for k, v in shown_app.items() if k in listed} == listed
         assert apps[1]["host_states"] == {"in-sync": 2}
+        assert (apps[0]["policy"], apps[1]["policy"]) == ("detect", "apply")
         status, body = request(f"{base}/api/runs/{check['id']}")
         run = json.loads(body)["run"]
         shown = json.loads(fleet.controller("show", str(check["id"]), "--json").stdout)
         assert {k: v for k, v in run.items() if k != "commit"} == shown
-        assert run["commit"]["subject"] == "Example fleet"
+        assert run["commit"]["subject"] == "production: detect only"
         assert request(base + "/api/runs/999999")[0] == 404
         status, body = request(base + "/api/runs?trigger=ui")
-        assert [r["id"] for r in json.loads(body)["runs"]] == [latest["id"]]
+        assert [r["id"] for r in json.loads(body)["runs"]] == [applied["id"], latest["id"]]
         seen.extend(request(base + path)[1].decode() for path in ("/api/apps", "/api/apps/staging", "/history"))
         assert watch.stop() == 0
     no_canary(fleet, *seen)
@@ -291,6 +319,23 @@ def test_history_pages_and_filters_over_the_json_api(tmp_path: Path) -> None:
         assert json.loads(request(base + "/api/runs?outcome=running")[1])["total"] == 1
         assert request(base + "/", headers={"Host": "rebound.example:80"})[0] == 403  # DNS rebinding
 
+        # /metrics of `serve` reads the same store at each scrape: a run going on is not counted yet, a suspend
+        # made elsewhere shows at once
+        status, metrics = request(base + "/metrics")
+        text = metrics.decode()
+        assert status == 200 and promtool(metrics) == ""
+        for line in ('controller_runs_total{app="app0",mode="check",outcome="drifted"} 9.0',
+                     'controller_runs_total{app="app0",mode="check",outcome="in-sync"} 12.0',
+                     'controller_runs_total{app="app0",mode="sync",outcome="converged"} 3.0',
+                     'controller_run_duration_seconds_count{app="app0",mode="check"} 21.0',
+                     f'controller_applied_revision_info{{app="app0",revision="{1:040x}"}} 1.0',
+                     'controller_hosts_behind{app="app0"} 0.0', 'controller_hosts_behind{app="app1"} 0.0',
+                     'controller_drifted_hosts{app="app0"} 0.0', 'controller_suspended{app="app0"} 0.0'):
+            assert line in text, line
+        with Store(tmp_path / "state" / "state.db") as store:
+            store.suspend("app0", "maintenance")
+        assert 'controller_suspended{app="app0"} 1.0' in request(base + "/metrics")[1].decode()
+
 
 @pytest.mark.parametrize("command", ["watch", "serve"])
 def test_refuses_to_start_open_to_others_without_a_token(tmp_path: Path, command: str) -> None:
@@ -303,3 +348,38 @@ def test_refuses_to_start_open_to_others_without_a_token(tmp_path: Path, command
     assert done.stderr.strip().splitlines() == [
         f"controller: the dashboard would answer anyone on {yaml.safe_load(config.read_text())['watch']['listen']}: "
         "set ui.token_file (or listen on 127.0.0.1, or set ui.enabled: false)"]
+
+
+def test_wrong_tokens_are_throttled_per_client_with_one_summary_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.INFO, logger="controller")
+    (tmp_path / "ui.token").write_text(TOKEN + "\n")
+    path = tmp_path / "controller.yml"
+    path.write_text(yaml.safe_dump({"source": {"url": str(tmp_path / "none.git")}, "state_dir": "state",
+                                    "ui": {"token_file": "ui.token"}}))
+    config = load_config(path)
+    dashboard = Dashboard(config, Access.of(config.ui, "127.0.0.1:0"), Actions(config, LogProgress()))
+    listener = Listener("127.0.0.1:0", Routes(
+        branch="main", secrets={}, max_body=0, on_push=lambda _: None, health=lambda: (200, {}),
+        metrics=lambda: b"", pages=dashboard.handle, summarise=dashboard.summarise))
+    listener.start()
+    base = f"http://127.0.0.1:{listener.port}"
+    try:
+        started = time.monotonic()
+        answers = Counter(request(base + "/login", "POST", b"token=guess-0123456789abcdef")[0] for _ in range(300))
+        answers.update(request(base + "/api/apps", headers={"Authorization": "Bearer guess"})[0] for _ in range(100))
+        seconds = time.monotonic() - started
+        assert request(base + "/api/apps", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 429  # not even tried
+        time.sleep(1 / GUESSES_PER_SECOND + 0.1)
+        assert request(base + "/api/apps", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+    finally:
+        listener.stop()  # its last window's summary is logged as it stops
+    with capsys.disabled():
+        print(f"\n400 wrong tokens in {seconds:.2f}s from one client: {dict(answers)}")
+    assert set(answers) == {401, 429}
+    assert answers[401] <= GUESS_BURST + GUESSES_PER_SECOND * seconds + 1  # a few a second at most
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ui: ")]
+    assert lines[:FULL_LINES] == ["ui: wrong token (login) from 127.0.0.1"] * FULL_LINES
+    assert len(lines) == FULL_LINES + 1, lines
+    assert lines[-1].startswith(f"ui: {answers[401]} wrong tokens and {answers[429] + 1} tries refused as too fast")
+    assert lines[-1].endswith(f"from 127.0.0.1 ({answers[401] + answers[429] + 1})")

@@ -15,68 +15,23 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from controller.listener import FULL_LINES, Listener, Routes
-from controller.webhooks import sign
+from controller.listener import FULL_LINES
+from controller.webhooks import Provider, sign
 from tests.conftest import Fleet, bump_version
 from tests.test_watch import daemon, free_port, github_push, runs, version_is, wait_for, watch_config
+from tests.test_webhooks import SECRETS, MiB, exchange, listening, post, read_all, status_of
 
-SECRET = b"listener-test-secret"
-MiB = 1024 * 1024
-
-
-@contextmanager
-def listening(secret: bytes | None = SECRET, max_body: int = MiB,
-              **limits: Any) -> Iterator[tuple[Listener, list[str]]]:
-    """A real listener on a free port of 127.0.0.1, and the pushes it accepted."""
-    pushes: list[str] = []
-    routes = Routes(branch="main", secret=secret, max_body=max_body, on_push=pushes.append,
-                    health=lambda: (200, {"status": "ok"}), metrics=lambda: b"up 1\n")
-    listener = Listener("127.0.0.1:0", routes, **limits)
-    listener.start()
-    try:
-        yield listener, pushes
-    finally:
-        listener.stop()
-
-
-def exchange(port: int, data: bytes, timeout: float = 5) -> tuple[int, bytes, float]:
-    """Send ``data`` on a new connection, read until the server closes: (status, body, seconds taken)."""
-    started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        answer = _read_all(sock)
-    return _status(answer), answer.partition(b"\r\n\r\n")[2], time.monotonic() - started
-
-
-def post(path: str, body: bytes, headers: dict[str, str]) -> bytes:
-    """A raw HTTP/1.1 POST with a correct Content-Length unless ``headers`` gives one."""
-    lines = {"Host": "127.0.0.1", "Content-Length": str(len(body)), **headers}
-    head = "".join(f"{name}: {value}\r\n" for name, value in lines.items())
-    return f"POST {path} HTTP/1.1\r\n{head}\r\n".encode() + body
+SECRET = SECRETS[Provider.GITHUB]
 
 
 def signed(body: bytes, **headers: str) -> bytes:
     return post("/hooks/github", body, {"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(body, SECRET),
                                         **headers})
-
-
-def _read_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _status(answer: bytes) -> int:
-    return int(answer[9:12]) if answer.startswith(b"HTTP/1.") else 0
 
 
 @pytest.mark.parametrize(("body", "error"), [
@@ -103,7 +58,7 @@ def test_expect_100_continue_gets_its_go_ahead_before_the_body() -> None:
         sock.sendall(signed(push, Expect="100-continue").removesuffix(push))
         assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(push)
-        assert _status(_read_all(sock)) == 202
+        assert status_of(read_all(sock)) == 202
     assert pushes == ["github"]
 
 
@@ -116,7 +71,7 @@ def test_whole_request_deadline_cuts_a_client_trickling_its_headers() -> None:
             if select.select([sock], [], [], 0.02)[0]:
                 break  # the server answered: nothing more to trickle
         sock.settimeout(5)
-        status, elapsed = _status(_read_all(sock)), time.monotonic() - started
+        status, elapsed = status_of(read_all(sock)), time.monotonic() - started
         assert status == 408 and 0.9 < elapsed < 2.5, (status, elapsed)
         assert exchange(listener.port, b"GET /healthz HTTP/1.1\r\n\r\n")[0] == 200
 
@@ -163,10 +118,19 @@ SIGNATURE = sign(b"", SECRET)
     (post("/hooks/github", b"", {"Content-Length": str(MiB), "X-Hub-Signature-256": "sha256=guess"}), 401),
     (post("/hooks/generic", b"", {"Content-Length": str(MiB)}), 401),
     (post("/hooks/gitlab", b"", {"Content-Length": str(MiB), "X-Gitlab-Token": "wrong"}), 401),
+    (post("/hooks/gitlab", b"", {"Content-Length": str(MiB), "X-Gitlab-Token": SECRET.decode()}), 401),
+    (post("/hooks/gitea", b"", {"Content-Length": str(MiB), "X-Gitea-Signature": "sha256=" + "0" * 64}), 401),
+    (post("/hooks/gogs", b"", {"Content-Length": str(MiB)}), 401),
+    (post("/hooks/bitbucket-server", b"", {"Content-Length": str(MiB), "X-Hub-Signature-256": SIGNATURE}), 401),
+    (post("/hooks/bitbucket-cloud/guess", b"", {"Content-Length": str(MiB)}), 401),
+    (post("/hooks/azure-devops", b"", {"Content-Length": str(MiB), "Authorization": "Basic Z3Vlc3M6Z3Vlc3M="}), 401),
+    (post("/hooks/flux", b"", {"Content-Length": str(MiB), "X-Signature": "sha256=guess"}), 401),
     (post("/hooks/bitbucket", b"", {"Content-Length": str(MiB), "X-Hub-Signature-256": SIGNATURE}), 404),
     (post("/hooks/github", b"", {"Content-Length": str(MiB + 1), "X-Hub-Signature-256": SIGNATURE}), 413),
     (post("/hooks/github", b"", {"Content-Length": "lots", "X-Hub-Signature-256": SIGNATURE}), 411),
-], ids=["no-signature", "malformed-signature", "generic-unsigned", "gitlab-token", "path", "too-big", "no-length"])
+], ids=["no-signature", "malformed-signature", "generic-unsigned", "gitlab-token", "gitlab-github-secret",
+        "gitea-prefixed", "gogs-unsigned", "bitbucket-server-github-header", "bitbucket-cloud-url",
+        "azure-basic-auth", "flux-malformed", "path", "too-big", "no-length"])
 def test_what_the_headers_refuse_is_refused_before_the_body(head: bytes, status: int) -> None:
     # the body never comes: an answer within the second shows the listener did not wait for it
     with listening(deadline=10) as (listener, pushes):
@@ -176,7 +140,7 @@ def test_what_the_headers_refuse_is_refused_before_the_body(head: bytes, status:
 
 
 def test_webhooks_off_is_refused_before_the_body() -> None:
-    with listening(secret=None) as (listener, _):
+    with listening(secrets={}) as (listener, _):
         head = post("/hooks/github", b"", {"Content-Length": str(MiB), "X-Hub-Signature-256": SIGNATURE})
         status, _, seconds = exchange(listener.port, head)
         assert status == 403 and seconds < 1
@@ -240,7 +204,7 @@ class Flood:
             async with asyncio.timeout(10):
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.write(request)
-                self.answers[_status(await reader.read())] += 1
+                self.answers[status_of(await reader.read())] += 1
                 writer.close()
         except (OSError, TimeoutError):
             self.failed += 1
@@ -259,7 +223,7 @@ class Flood:
                         break
                     writer.write(bytes([byte]))
                     if (await asyncio.wait({answer}, timeout=TRICKLE_INTERVAL))[0]:
-                        self.trickles_cut[_status(answer.result())] += 1
+                        self.trickles_cut[status_of(answer.result())] += 1
                         break
             except OSError:
                 self.trickles_cut[0] += 1
@@ -268,7 +232,7 @@ class Flood:
                 writer.close()
 
 
-def proc_status(pid: int) -> dict[str, int]:
+def procstatus_of(pid: int) -> dict[str, int]:
     """VmRSS (kB) and Threads of a process, from /proc."""
     fields = {name: value for name, _, value in
               (line.partition(":") for line in Path(f"/proc/{pid}/status").read_text().splitlines())}
@@ -289,7 +253,7 @@ def test_signed_push_goes_through_a_flood_of_forgeries_and_trickling_clients(
     with daemon(fleet, port) as watch:
         wait_for("the first sync", version_is(fleet, "1.0.0"))
         wait_for("the first cycle to finish", watch.settled)
-        before = proc_status(watch.proc.pid)
+        before = procstatus_of(watch.proc.pid)
         count = len(runs(fleet))
         sha = bump_version(fleet, "2.0.0")
         body = json.dumps(github_push(sha)).encode()
@@ -298,16 +262,16 @@ def test_signed_push_goes_through_a_flood_of_forgeries_and_trickling_clients(
         flooding = threading.Thread(target=flood.run, args=(port,))
         flooding.start()
         time.sleep(3)  # every trickler connected, the forgeries at full rate
-        during = proc_status(watch.proc.pid)
+        during = procstatus_of(watch.proc.pid)
         push_status, push_seconds = timed_request(watch.url + "/hooks/github", body, {
             "X-GitHub-Event": "push", "X-GitHub-Delivery": "flood-1", "X-Hub-Signature-256": sign(body, SECRET)})
         health_status, health_seconds = timed_request(watch.url + "/healthz")
         peak = during
         while flooding.is_alive():
             flooding.join(timeout=1)
-            now = proc_status(watch.proc.pid)
+            now = procstatus_of(watch.proc.pid)
             peak = {key: max(peak[key], now[key]) for key in peak}
-        after = proc_status(watch.proc.pid)
+        after = procstatus_of(watch.proc.pid)
 
         wait_for("the pushed commit on the hosts", version_is(fleet, "2.0.0"))
         wait_for("the cycle to finish", watch.settled)

@@ -13,12 +13,11 @@ from controller.drift import HostState, Report
 from controller.errors import ControllerError
 from controller.metrics import Metrics
 from controller.outcomes import Kind, Outcome
-from controller.results import AppResult, Request, Result
 from controller.state import Store
 from lab import Lab
 from lab.repository import AgeKey
 from tests.conftest import APP_YML, TEST_PREFIX, VERSION, Fleet, build_fleet, bump_version, git, write_config
-from tests.test_watch import Receiver
+from tests.test_notify import Receiver
 
 BANNER = "/srv/etc/motd"
 DATA = Path(__file__).parent / "data"
@@ -192,26 +191,39 @@ def test_a_database_from_the_previous_release_migrates_and_keeps_its_history(tmp
         assert {h["host"] for h in store.hosts("staging")} == {"web1.staging", "web2.staging"}
         assert [r["app"] for r in store.status()] == ["production", "staging"]
         assert store.run(3)["tasks"][0]["diff"] == "-workers: 64\n+workers: 2\n"  # type: ignore[index]
+        # what /metrics counts starts from the history as it was
+        tallies = {(t["app"], t["mode"], t["outcome"]): t["runs"] for t in store.run_tallies()}
     with sqlite3.connect(path) as db:
+        assert tallies == {(app, mode, outcome): count for app, mode, outcome, count in db.execute(
+            "SELECT app, mode, outcome, COUNT(*) FROM runs WHERE outcome IS NOT NULL AND mode != 'preview'"
+            " GROUP BY app, mode, outcome")} != {}
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(ControllerError, match="schema 99, newer than this controller"):
         Store(path)
 
 
-def test_previews_leave_metrics_alone() -> None:
-    metrics = Metrics()
-    report = Report((HostState("web1", "changed", 1, 0),), ())
+def test_metrics_are_read_from_the_store_and_previews_never_count(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    metrics = Metrics(path)
     before = metrics.render()
-    preview = AppResult("staging", "apply", 1, Outcome.DRIFTED, None, "drifted", report, kind=Kind.PREVIEW)
-    metrics.observe(Result(Request("check", revision="abc"), None, (preview,), kind=Kind.PREVIEW))
-    assert metrics.render() == before
-    check = AppResult("staging", "apply", 2, Outcome.DRIFTED, None, "drifted", report, kind=Kind.CHECK, behind=1)
-    metrics.observe(Result(Request("check"), None, (check,), kind=Kind.CHECK))
-    rendered = metrics.render().decode()
-    assert 'controller_host_drifted{app="staging",host="web1"} 1.0' in rendered
-    assert 'controller_hosts_behind{app="staging"} 1.0' in rendered
-    metrics.keep_only(set())
-    assert "web1" not in metrics.render().decode()
+    with Store(path) as store:
+        preview = store.start_run("staging", "a" * 40, Kind.PREVIEW, "manual", "apply")
+        store.finish_run(preview, Outcome.DRIFTED, None, "drifted", False, {})
+        assert metrics.render() == before
+        check = store.start_run("staging", "a" * 40, Kind.CHECK, "manual", "apply")
+        assert "controller_runs_total{" not in metrics.render().decode()  # counted once it has ended
+        store.finish_run(check, Outcome.DRIFTED, None, "drifted: web1", False, {})
+        store.record_hosts("staging", check, {"web1": "drifted", "web2": "in-sync"}, [], "a" * 40)
+        rendered = metrics.render().decode()
+        for line in ('controller_runs_total{app="staging",mode="check",outcome="drifted"} 1.0',
+                     'controller_run_duration_seconds_bucket{app="staging",le="1.0",mode="check"} 1.0',
+                     'controller_drifted_hosts{app="staging"} 1.0',
+                     'controller_host_drifted{app="staging",host="web1"} 1.0',
+                     'controller_host_drifted{app="staging",host="web2"} 0.0',
+                     'controller_hosts_behind{app="staging"} 0.0'):  # nothing applied yet: no revision to be behind
+            assert line in rendered, line
+        store.retire_missing([], "b" * 40)  # gone from gitops.yml: its series go too
+        assert "staging" not in metrics.render().decode()
 
 
 def test_the_readme_exit_codes_are_the_declared_ones() -> None:

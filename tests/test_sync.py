@@ -182,6 +182,12 @@ def test_a_bad_config_is_one_line_naming_file_and_key(fleet: Fleet) -> None:
         "source: {url: x}\nwatch: {debounce: -1s}\n": "watch.debounce: expected a duration",
         "source: {url: x, fetch_timeout: -5}\n": "source.fetch_timeout: must not be negative",
         "source: {url: x}\nansible: {control_persist: 0}\n": "ansible.control_persist: must be at least 1s",
+        "source: {url: x}\nwatch: {webhooks: [{provider: bitbucket, secret_file: s}]}\n":
+            "watch.webhooks[0].provider: must be one of github, gitlab, gitea, gogs, bitbucket-server",
+        "source: {url: x}\nnotify: [{format: github, url: 'https://api.github.com', repository: a/b}]\n":
+            "notify[0]: token_file: required for github commit statuses",
+        "source: {url: x}\nnotify: [{url: 'http://x', token_file: t}]\n": "notify[0]: token_file: only for commit",
+        "source: {url: x}\nui: {external_url: controller.example.com}\n": "ui.external_url: expected the dashboard",
     }
     for text, needle in cases.items():
         fleet.config.write_text(text)
@@ -269,7 +275,7 @@ def test_status_history_show_and_json_tell_the_same_story(fleet: Fleet) -> None:
     [app] = result["apps"]
     [status] = json.loads(fleet.controller("status", "--json").stdout)
     assert {k: v for k, v in status.items() if k not in ("last_run", "hosts")} == {
-        "app": "staging", "suspended": False, "applied_revision": result["revision"]["sha"],
+        "app": "staging", "policy": "apply", "suspended": False, "applied_revision": result["revision"]["sha"],
         "hosts_at_revision": 2, "hosts_total": 2, "last_run_id": app["run_id"], "state": "converged",
         "reason": None, "detail": app["message"], "failure": None}
     assert [(h["host"], h["revision"], h["state"]) for h in status["hosts"]] == [

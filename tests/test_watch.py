@@ -5,26 +5,26 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
-import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from controller.webhooks import sign
+from controller.webhooks import Provider, sign
 from tests.conftest import APP_YML, BIN, VERSION, Fleet, build_fleet, bump_version, write_config
 from tests.test_interrupt import workspaces
-
-SECRET = b"webhook-test-secret"
+from tests.test_notify import EXTERNAL, TOKEN, Forge, Receiver, forge_targets
+from tests.test_webhooks import SECRETS, SENDERS, delivery
 
 
 def free_port() -> int:
@@ -40,6 +40,18 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 90) -> N
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any) -> None:
+        return None
+
+
+def promtool(exposition: bytes) -> str:
+    """What ``promtool check metrics`` (Debian's prometheus package) finds wrong with an exposition: "" if nothing."""
+    checked = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, check=False)
+    found = (checked.stdout + checked.stderr).decode()
+    return found if checked.returncode == 0 else f"{found}exit {checked.returncode}"
 
 
 class Daemon:
@@ -61,12 +73,13 @@ class Daemon:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
 
-    def request(self, method: str, path: str, body: bytes = b"",
-                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
+                redirect: bool = True) -> tuple[int, bytes]:
         req = urllib.request.Request(self.url + path, data=body if method == "POST" else None,
                                      headers=headers or {}, method=method)
+        opener = urllib.request.build_opener(*(() if redirect else (NoRedirect,)))
         try:
-            with urllib.request.urlopen(req, timeout=10) as response:
+            with opener.open(req, timeout=10) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as error:
             return error.code, error.read()
@@ -76,10 +89,27 @@ class Daemon:
                                     {"Content-Type": "application/json", **headers})
         return status, json.loads(body)
 
+    def health(self) -> dict[str, Any]:
+        status, body = self.request("GET", "/healthz")
+        assert status == 200, body
+        return dict(json.loads(body))
+
     def settled(self) -> bool:
         """No cycle running, as /healthz says."""
-        status, body = self.request("GET", "/healthz")
-        return status == 200 and json.loads(body)["running"] is None
+        return self.health()["running"] is None
+
+    def metrics(self) -> str:
+        status, body = self.request("GET", "/metrics")
+        assert status == 200, body
+        return body.decode()
+
+    def act(self, path: str, form: dict[str, str]) -> int:
+        """A dashboard action as a browser sends it: the form with the CSRF token its page carries, and the cookie."""
+        page = urllib.request.urlopen(self.url + path.rpartition("/")[0], timeout=10)
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.read().decode())
+        assert csrf is not None
+        body = urllib.parse.urlencode({**form, "csrf": csrf.group(1)}).encode()
+        return self.request("POST", path, body, {"Cookie": f"controller_csrf={csrf.group(1)}"}, redirect=False)[0]
 
 
 @contextmanager
@@ -108,8 +138,8 @@ def _answers(running: Daemon) -> bool:
 
 def watch_config(fleet: Fleet, **watch: Any) -> None:
     settings = {"poll_interval": 0, "drift_check_interval": 0, "watch_local": False, "debounce": 0.2, **watch}
-    notify = settings.pop("notify", [])
-    write_config(fleet, watch=settings, notify=notify)
+    notify, ui = settings.pop("notify", []), settings.pop("ui", {})
+    write_config(fleet, watch=settings, notify=notify, ui=ui)
 
 
 def runs(fleet: Fleet, app: str = "staging") -> list[dict[str, Any]]:
@@ -128,9 +158,13 @@ def github_push(sha: str, branch: str = "main") -> dict[str, Any]:
 
 
 def test_signed_webhook_applies_the_push_and_forgeries_trigger_nothing(fleet: Fleet) -> None:
-    fleet.root.joinpath("webhook.secret").write_bytes(SECRET + b"\n")
+    hooks = []
+    for provider, secret in SECRETS.items():  # a secret of its own for every provider
+        fleet.root.joinpath(f"{provider}.secret").write_bytes(secret + b"\n")
+        hooks.append({"provider": provider.value, "secret_file": f"{provider}.secret"})
+    secret = SECRETS[Provider.GITHUB]
     port = free_port()
-    watch_config(fleet, listen=f"127.0.0.1:{port}", webhook_secret_file="webhook.secret", max_body_bytes=4096)
+    watch_config(fleet, listen=f"127.0.0.1:{port}", webhooks=hooks, max_body_bytes=4096)
     with daemon(fleet, port) as watch:
         wait_for("the first sync", version_is(fleet, "1.0.0"))
         wait_for("the first cycle to finish", watch.settled)
@@ -143,18 +177,18 @@ def test_signed_webhook_applies_the_push_and_forgeries_trigger_nothing(fleet: Fl
         assert watch.hook("github", github_push(sha), {"X-GitHub-Event": "push"})[0] == 401
         assert watch.hook("generic", github_push(sha), {})[0] == 401
         assert watch.hook("gitlab", github_push(sha), {"X-Gitlab-Event": "Push Hook",
-                                                       "X-Gitlab-Token": "wrong"})[0] == 401
+                                                       "X-Gitlab-Token": secret.decode()})[0] == 401
         huge = json.dumps({**github_push(sha), "padding": "x" * 10000}).encode()
-        status, _ = watch.request("POST", "/hooks/github", huge, {"X-Hub-Signature-256": sign(huge, SECRET)})
+        status, _ = watch.request("POST", "/hooks/github", huge, {"X-Hub-Signature-256": sign(huge, secret)})
         assert status == 413
         other = json.dumps(github_push(sha, branch="feature")).encode()
-        status, answer = watch.request("POST", "/hooks/github", other, {"X-Hub-Signature-256": sign(other, SECRET)})
+        status, answer = watch.request("POST", "/hooks/github", other, {"X-Hub-Signature-256": sign(other, secret)})
         assert status == 200 and "ignored" in json.loads(answer)
         time.sleep(1.5)  # longer than the debounce: anything triggered would have started
         assert len(runs(fleet)) == 1
         assert version_is(fleet, "1.0.0")()
 
-        signed = {"X-GitHub-Event": "push", "X-GitHub-Delivery": "d2", "X-Hub-Signature-256": sign(body, SECRET)}
+        signed = {"X-GitHub-Event": "push", "X-GitHub-Delivery": "d2", "X-Hub-Signature-256": sign(body, secret)}
         status, answer = watch.request("POST", "/hooks/github", body, signed)
         assert (status, json.loads(answer)["revision"]) == (202, sha)
         wait_for("the pushed commit on the hosts", version_is(fleet, "2.0.0"))
@@ -164,22 +198,22 @@ def test_signed_webhook_applies_the_push_and_forgeries_trigger_nothing(fleet: Fl
 
         status, answer = watch.request("POST", "/hooks/github", body, signed)  # redelivery
         assert status == 200 and "already received" in json.loads(answer)["ignored"]
-        # GitLab and generic senders are accepted too; the branch has not moved, so nothing runs
-        gitlab = {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": SECRET.decode(), "X-Gitlab-Event-UUID": "g1"}
-        assert watch.hook("gitlab", {"ref": "refs/heads/main", "checkout_sha": sha}, gitlab)[0] == 202
-        generic = json.dumps({"branch": "main", "revision": sha}).encode()
-        status, _ = watch.request("POST", "/hooks/generic", generic, {"X-Signature-256": sign(generic, SECRET)})
-        assert status == 202
-        time.sleep(1)
-        wait_for("the cycle to finish", watch.settled)
-        assert "nothing to do: main is still at" in watch.log()
+        # every other Git host, as it sends and signs a push: each wakes the daemon for one cycle, which finds
+        # the branch where it is
+        for sender in SENDERS:
+            cycles = watch.health()["cycles"]
+            path, payload, headers = delivery(sender, sha, SECRETS[Provider(sender.replace("forgejo", "gitea"))],
+                                              f"{sender}-d1")
+            status, answer = watch.request("POST", path, payload, headers)
+            assert status == 202, (sender, answer)
+            wait_for(f"the cycle {sender} woke", lambda n=cycles + 1: watch.health()["cycles"] == n and watch.settled())
+        assert watch.log().count("nothing to do: main is still at") == len(SENDERS)
+        assert SECRETS[Provider.BITBUCKET_CLOUD].decode() not in watch.log()
 
         status, health = watch.request("GET", "/healthz")
         assert status == 200
         assert json.loads(health)["last_success_age_seconds"] < 60
-        status, metrics = watch.request("GET", "/metrics")
-        text = metrics.decode()
-        assert status == 200
+        text = watch.metrics()
         assert 'controller_runs_total{app="staging",mode="sync",outcome="converged"} 2.0' in text
         assert f'controller_applied_revision_info{{app="staging",revision="{sha}"}} 1.0' in text
         assert 'controller_run_duration_seconds_count{app="staging",mode="sync"} 2.0' in text
@@ -187,9 +221,31 @@ def test_signed_webhook_applies_the_push_and_forgeries_trigger_nothing(fleet: Fl
         assert 'controller_drifted_hosts{app="staging"} 0.0' in text
         assert 'controller_host_drifted{app="staging",host="web1.staging"} 0.0' in text
         assert 'controller_hosts_behind{app="staging"} 0.0' in text
+
+        # /metrics is what the store says: a check from cron that finds drift, a suspend from the dashboard
+        fleet.host_file("h1", APP_YML).write_text("hand-edited\n")
+        assert fleet.controller("check").returncode == 2
+        text = watch.metrics()
+        for line in ('controller_runs_total{app="staging",mode="check",outcome="drifted"} 1.0',
+                     'controller_drifted_hosts{app="staging"} 1.0',
+                     'controller_host_drifted{app="staging",host="web1.staging"} 1.0',
+                     'controller_host_drifted{app="staging",host="web2.staging"} 0.0',
+                     'controller_suspended{app="staging"} 0.0'):
+            assert line in text, line
+        assert watch.act("/apps/staging/suspend", {"reason": "maintenance"}) == 303
+        exposition = watch.metrics()
+        assert 'controller_suspended{app="staging"} 1.0' in exposition
+        assert promtool(exposition.encode()) == ""
         assert watch.stop() == 0
-    assert len(runs(fleet)) == 2
-    assert "refused (401)" in watch.log() and SECRET.decode() not in watch.log()
+    log = watch.log()
+    with daemon(fleet, port) as watch:  # a restart keeps every series as it was
+        assert watch.metrics() == exposition
+        wait_for("the first cycle (staging is suspended: no run)", lambda: watch.health()["cycles"] == 1
+                 and watch.settled())
+        assert watch.metrics() == exposition
+        assert watch.stop() == 0
+    assert len(runs(fleet)) == 3
+    assert "refused (401)" in log and secret.decode() not in log
 
 
 def test_local_push_burst_and_suspend(fleet: Fleet) -> None:
@@ -234,30 +290,6 @@ def test_local_push_burst_and_suspend(fleet: Fleet) -> None:
     assert runs(fleet)[0]["revision"] == held
 
 
-class Receiver:
-    """A real HTTP endpoint standing in for a notification webhook (JSON or Slack)."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        received = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/notify"
-
-    def events(self, app: str) -> list[str]:
-        return [b["event"] for b in self.bodies if b["app"] == app]
-
-
 def test_scheduled_drift_check_corrects_apply_and_reports_detect_once(tmp_path: Path, lab: Any,
                                                                       age_key: Any) -> None:
     fleet = build_fleet(tmp_path / "fleet", lab, age_key, apps=("staging", "production"))
@@ -268,14 +300,16 @@ def test_scheduled_drift_check_corrects_apply_and_reports_detect_once(tmp_path: 
             app["policy"] = "detect"
     fleet.write("gitops.yml", yaml.safe_dump(gitops))
     fleet.push("production: detect only")
-    generic, slack = Receiver(), Receiver()
+    generic, slack, github = Receiver(), Receiver(), Forge("github")
     slack_url = fleet.root / "slack.url"
     slack_url.write_text(slack.url + "\n")
-    watch_config(fleet, drift_check_interval=3, notify=[{"url": generic.url},
-                                                        {"format": "slack", "url_file": str(slack_url)}])
+    fleet.root.joinpath("forge.token").write_text(TOKEN)
+    watch_config(fleet, drift_check_interval=3, ui={"external_url": EXTERNAL},
+                 notify=[{"url": generic.url}, {"format": "slack", "url_file": str(slack_url)},
+                         *forge_targets({"github": github})])
     try:
         with daemon(fleet) as watch:
-            wait_for("the first cycle", lambda: len(fleet.runs()) >= 4)
+            wait_for("the first cycle", lambda: len(fleet.runs()) >= 4 and all(r["outcome"] for r in fleet.runs()))
             staging = fleet.host_file("h1", APP_YML)
             production = fleet.host_file("h3", APP_YML)
             staging.write_text(staging.read_text().replace("workers: 2", "workers: 64"))
@@ -286,15 +320,38 @@ def test_scheduled_drift_check_corrects_apply_and_reports_detect_once(tmp_path: 
                  and r["outcome"] == "drifted"]) >= 2)
             assert "workers: 99" in production.read_text()  # detect: reported, not changed
             assert watch.stop() == 0
+
+        # a detect app is applied only on purpose: `sync --apply --app`, recorded with its policy
+        assert fleet.controller("sync", "--apply").returncode == 64  # which app? say it
+        held = fleet.controller("sync", "--app", "production")
+        assert held.returncode == 2 and "not applied (policy detect)" in held.stdout
+        assert "workers: 99" in production.read_text()
+        applied = fleet.controller("sync", "--apply", "--app", "production")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert "workers: 99" not in production.read_text()
+        run = runs(fleet, "production")[0]
+        assert (run["mode"], run["trigger"], run["policy"], run["applied"], run["outcome"]) == (
+            "sync", "manual", "detect", True, "converged")
+        assert run["message"].startswith("policy detect: applied on request")
     finally:
         generic.server.shutdown()
         slack.server.shutdown()
+        github.server.shutdown()
+    # the commit's status on the forge: each app's outcome when it changed, with a link to the run
+    assert github.refused == []
+    statuses = {app: [(s["state"], s["target_url"].rpartition("/")[2]) for s in github.statuses
+                      if s["context"] == f"controller/{app}"] for app in ("staging", "production")}
+    production_runs = {r["outcome"]: str(r["id"]) for r in runs(fleet, "production")}  # newest first: the oldest stays
+    assert [state for state, _ in statuses["staging"]] == ["success"]  # corrections at the same commit: still success
+    assert statuses["production"] == [("success", production_runs["in-sync"]),
+                                      ("failure", production_runs["drifted"]), ("success", str(run["id"]))]
     corrected = [r for r in runs(fleet) if r["summary"].get("corrected") == ["web1.staging"]]
     assert corrected and corrected[0]["trigger"] == "schedule"
     assert generic.events("production").count("drift-found") == 1  # announced once, not every cycle
     assert "drift-corrected" in generic.events("staging")
     [found] = [b for b in generic.bodies if b["event"] == "drift-found"]
     assert found["hosts"]["changed"] == ["web1.prod"] and found["revision"]
+    assert found["url"] == f"{EXTERNAL}/runs/{found['run_id']}" and found["subject"] == "production: detect only"
     assert any(":warning: *production*: drift found" in b["text"] for b in slack.bodies)
     everything = json.dumps(generic.bodies + slack.bodies)
     assert all(value not in everything for value in fleet.secrets.values())
@@ -351,3 +408,16 @@ def test_an_unreadable_or_empty_webhook_secret_is_one_line(fleet: Fleet) -> None
     watch_config(fleet, listen=f"127.0.0.1:{free_port()}", webhook_secret_file="empty.secret")
     empty = fleet.controller("watch", timeout=60)
     assert empty.returncode == 1 and empty.stderr.strip().endswith("empty.secret is empty")
+    # GitLab shows its token in clear: the secret that signs GitHub's hooks may not be it
+    (fleet.root / "shared.secret").write_text("one-secret-for-both\n")
+    watch_config(fleet, listen=f"127.0.0.1:{free_port()}", webhook_secret_file="shared.secret",
+                 webhooks=[{"provider": "gitlab", "secret_file": "shared.secret"}])
+    shared = fleet.controller("watch", timeout=60)
+    assert shared.returncode == 1
+    assert shared.stderr.strip().splitlines() == [
+        f"controller: watch.webhooks: gitlab's secret ({fleet.root}/shared.secret) is also github's "
+        f"({fleet.root}/shared.secret): gitlab sends it in clear, so whoever sees its hooks could sign github's; "
+        "give each provider a secret of its own"]
+    watch_config(fleet, webhooks=[{"provider": "gitea", "secret_file": "a"}, {"provider": "gitea", "secret_file": "b"}])
+    twice = fleet.controller("watch", timeout=60)
+    assert twice.returncode == 1 and "watch.webhooks[1].provider: gitea is listed twice" in twice.stderr
