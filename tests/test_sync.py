@@ -117,6 +117,15 @@ def test_bad_commits_are_refused_before_anything_is_applied(fleet: Fleet, lab: L
     assert_refused(fleet, ("sync",), "SyntaxCheckFailed", "playbooks/site.yml", "syntax check")  # never remembered
     git(fleet.work, "revert", "--no-edit", "HEAD")
 
+    # a gitops.yml an editor saved as Latin-1: a run had started, so it is recorded, failed, naming gitops.yml
+    recorded = len(fleet.runs())
+    gitops = fleet.work / "gitops.yml"
+    gitops.write_bytes(gitops.read_bytes() + b"# caf\xe9\n")
+    fleet.push("Latin-1")
+    assert_refused(fleet, ("sync",), "ConfigInvalid", "controller: gitops.yml: list of apps is not UTF-8 text")
+    assert len(fleet.runs()) == recorded + 1
+    git(fleet.work, "revert", "--no-edit", "HEAD")
+
     # a tampered SOPS file: one encrypted value replaced by another file's ciphertext
     path = "inventories/staging/group_vars/all/secrets.sops.yml"
     text = (fleet.work / path).read_text().splitlines()
