@@ -159,6 +159,8 @@ def _message(app: App, checked: Report, applied: Report | None, plan: Plan | Non
         parts.append(f"drifted: {', '.join(checked.with_status('changed'))}")
         why = {Kind.PREVIEW: "preview", Kind.CHECK: "check only", Kind.VERIFY: "verify only"}.get(kind, "policy detect")
         parts.append(f"not applied ({why})")
+    if plan is not None and plan.left_out:
+        parts.append(f"not applied to {', '.join(sorted(plan.left_out))}: unreachable in the check, not dialled again")
     final = merged(checked, applied)
     for status in ("failed", "unreachable"):
         hosts = sorted(final.with_status(status))

@@ -155,3 +155,27 @@ def test_a_host_that_freezes_mid_check_costs_a_bounded_time(fleet: Fleet) -> Non
     shown = fleet.controller("show", str(run["id"]))
     assert "web2.staging  unreachable" in shown.stdout
     assert lock_is_free(fleet)
+    unreachable = unreachable_in(fleet, run["id"])
+    assert unreachable["check"] == ["timed out: no answer within ansible.task_timeout (5s)"], unreachable
+    assert unreachable["apply"] == [], unreachable  # not dialled again: another 5 s under the lock for nothing
+
+    # frozen before the run: the connection never comes up, which is ansible.timeout's, not task_timeout's
+    write_config(fleet, ssh={"private_key_file": str(fleet.lab.private_key),
+                             "known_hosts_file": str(fleet.lab.known_hosts)},
+                 ansible={"task_timeout": 30, "timeout": 3})
+    fleet.lab.freeze_host("h2")
+    try:
+        code, report = fleet.controller_json("check")
+    finally:
+        fleet.lab.thaw_host("h2")
+    assert code == 2
+    [message] = unreachable_in(fleet, report["apps"][0]["run_id"])["check"]
+    assert message.startswith("could not connect within ansible.timeout (3s): "), message
+    assert "timed out" in message.lower() and "task_timeout" not in message
+
+
+def unreachable_in(fleet: Fleet, run_id: int) -> dict[str, list[str]]:
+    """The messages of web2.staging's unreachable tasks in run ``run_id``, per phase."""
+    shown = json.loads(fleet.controller("show", str(run_id), "--json").stdout)
+    return {phase: [t["message"] for t in shown["tasks"] if t["phase"] == phase and t["host"] == "web2.staging"
+                    and t["status"] == "unreachable"] for phase in ("check", "apply")}
