@@ -123,11 +123,13 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
         envvars=dict(job.env),
         ident="check" if check else "apply",
         quiet=True,
-        suppress_output_file=True,
         suppress_ansible_output=True,
         fact_cache_type="memory",  # facts stay in the run (ansible-runner would set a jsonfile cache)
     )
     config.prepare()
+    # prepare() resets this from env/settings (False without one; a settings= dict is dropped too), and the
+    # "stdout" and "stderr" artifacts would then hold the raw --diff text, secrets unmasked
+    config.suppress_output_file = True
     # ansible-runner seeds the job env from os.environ and stores it in the "command" artifact
     config.env = {k: v for k, v in config.env.items() if k not in os.environ or k in job.env}
     # the playbook and all it starts (workers, mitogen, ssh masters) die with us, SIGKILL included

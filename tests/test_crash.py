@@ -9,6 +9,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,15 +112,20 @@ def test_random_sigkills_leave_no_process_workspace_or_running_run(fleet: Fleet)
     rng = random.Random(seed)
     for attempt in range(20):
         proc = start_sync(fleet)
-        wait_for_stage(proc, rng.choice(STAGES))
+        stage = "staging: check" if attempt == 0 else rng.choice(STAGES)  # mid-check at least once
+        wait_for_stage(proc, stage)
         time.sleep(rng.uniform(0, 1.5))
         proc.kill()
+        killed = time.monotonic()
         proc.wait()
-        time.sleep(1)
-        assert leftovers(fleet, proc.pid) == [], f"attempt {attempt} (seed {seed})"
-        status = fleet.controller("status", "--json")  # any command cleans up after a killed one
+        # no other command has run: the guard wipes the workspace (decrypted files, runner artifacts) within a
+        # second, and the reapers take every process the controller had started with them
+        while (workspaces_of(proc.pid) or leftovers(fleet, proc.pid)) and time.monotonic() - killed < 1:
+            time.sleep(0.01)
+        assert workspaces_of(proc.pid) == [], f"attempt {attempt} at {stage!r} (seed {seed})"
+        assert leftovers(fleet, proc.pid) == [], f"attempt {attempt} at {stage!r} (seed {seed})"
+        status = fleet.controller("status", "--json")  # and any command marks its run interrupted
         assert status.returncode == 0, status.stderr
-        assert workspaces_of(proc.pid) == [], f"attempt {attempt} (seed {seed})"
         assert all(row["state"] != "running" for row in json.loads(status.stdout))
         assert all(run["outcome"] is not None for run in fleet.runs())
     with sqlite3.connect(fleet.state / "state.db") as db:
@@ -129,6 +135,35 @@ def test_random_sigkills_leave_no_process_workspace_or_running_run(fleet: Fleet)
     for host in ("h1", "h2"):
         assert fleet.host_file(host, VERSION).read_text() == "1.0.0\n"
     assert "interrupted" in {run["outcome"] for run in fleet.runs()}
+
+
+def test_a_killed_controller_s_guard_wipes_its_workspace_and_only_that() -> None:
+    # a controller stand-in holding a workspace with a decrypted file, and a tool running in it under a reaper
+    script = ("import sys, time\nfrom pathlib import Path\nfrom controller.process import stream\n"
+              "from controller.workspace import workspace\n"
+              "with workspace(Path('/dev/shm')) as space:\n"
+              "    (space.project / 'secrets.yml').write_text('password: hunter2')\n"
+              "    with stream(['sleep', '60'], env={'PATH': '/usr/bin:/bin'}, cwd=space.project):\n"
+              "        print(space.root, flush=True)\n"
+              "        time.sleep(60)\n")
+    # another controller's workspace (this test's PID: alive) is left alone
+    other = Path(tempfile.mkdtemp(prefix=f"controller-{os.getpid()}-", dir="/dev/shm"))
+    proc = subprocess.Popen([str(BIN / "python"), "-c", script], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    root = Path(proc.stdout.readline().strip())
+    assert (root / "project" / "secrets.yml").exists()
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group, as a terminal's kill would: the guard is not in it
+    killed = time.monotonic()
+    proc.wait()
+    while root.exists() and time.monotonic() - killed < 1:
+        time.sleep(0.005)
+    took = time.monotonic() - killed
+    print(f"wiped {took * 1000:.0f} ms after the SIGKILL")
+    assert not root.exists() and took < 1
+    assert other.exists()
+    other.rmdir()
+    assert subprocess.run(["pgrep", "-f", f"guard.py {proc.pid} "], capture_output=True).returncode == 1
 
 
 def test_a_host_that_freezes_mid_check_costs_a_bounded_time(fleet: Fleet) -> None:

@@ -387,7 +387,17 @@ def test_only_if_changed_returns_at_once_until_the_branch_moves_or_a_check_is_du
     assert moved.returncode == 0 and fleet.runs()[0]["revision"] == sha
     assert fleet.host_file("h1", VERSION).read_text() == "2.0.0\n"
 
-    assert fleet.controller("check").returncode == 0  # a check is not a sync: the fast path does not count it
+    # a check is not a sync: the fast path does not count it. Run as cron and CI wrappers do, its output
+    # through a pipe it did not make: stopping its own children must leave the caller's tee alone
+    log = fleet.root / "check.log"
+    env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config)}
+    teed = subprocess.run(["bash", "-c", f"{BIN / 'controller'} check > >(tee -a {log})"], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert teed.returncode == 0, teed.stderr
+    deadline = time.monotonic() + 5  # tee finishes on its own after the controller's exit
+    while teed.stdout not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "in-sync" in teed.stdout and log.read_text() == teed.stdout
     assert fleet.controller("sync", "--only-if-changed").stdout.count("nothing to do") == 0
     write_config(fleet, watch={"drift_check_interval": 1})
     time.sleep(1.2)
