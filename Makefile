@@ -5,9 +5,10 @@ VENV ?= .venv
 PYTHON ?= /usr/bin/python3
 PY := $(VENV)/bin/python
 # sudo and python3-apt: the lab's hosts (whole machines over this one's root) log in as deploy and use
-# sudo; the example installs a .deb with the apt module; chromium: the dashboard's browser tests
+# sudo; the example installs a .deb with the apt module; chromium: the dashboard's browser tests;
+# systemd: only its systemd-analyze, which checks the shipped unit offline (nothing starts systemd here)
 SYSTEM_PACKAGES := openssh-server openssh-client git age gnupg util-linux python3-venv sudo python3-apt \
-                   chromium chromium-driver
+                   chromium chromium-driver systemd
 
 .PHONY: demo test lint bench bench-quick system venv clean
 
