@@ -46,7 +46,8 @@ def config_option(func: F) -> F:
 def output_options(func: F) -> F:
     """--format and --output, for the commands that reconcile."""
     func = click.option("--output", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
-                        help="Write the report to FILE instead of stdout (e.g. a pull-request comment).")(func)
+                        help="Write the report to FILE instead of stdout (e.g. a pull-request comment, cron's "
+                        "report): whole, into a file beside it renamed over FILE, so no reader sees half.")(func)
     return click.option("--format", "output_format", type=click.Choice(["text", "json", "markdown"]),
                         default=None, help="text (default), json (as --json), or markdown: a review comment "
                         "for a pull request, cut to 60,000 characters.")(func)
@@ -281,7 +282,8 @@ def show(config_path: str | None, as_json: bool, run_id: int) -> None:
 @cli.command(epilog="""\b
 Exit codes:
   0   stopped by SIGTERM or SIGINT (a run in progress is stopped and unwound first)
-  1   configuration error (bad config, listener address in use, unreadable webhook secret)
+  1   configuration error (bad config, listener address in use, unreadable webhook secret,
+      a known_hosts file that ssh.host_key_checking accept-new cannot write)
   70  internal error (a bug: the traceback is printed)""")
 @config_option
 @click.option("-v", "--verbose", is_flag=True, help="Also log every HTTP request.")
