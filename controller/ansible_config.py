@@ -125,6 +125,27 @@ def host_key_options(config: Config) -> tuple[str, ...]:
             "GlobalKnownHostsFile=/dev/null")
 
 
+def writable_known_hosts(config: Config) -> None:
+    """Under accept-new, refuse to run where ssh could not record the keys it meets.
+
+    ssh then only warns and connects, so no key would ever be pinned and a changed one accepted
+    (a unit's ProtectSystem= makes /etc read-only: keep known_hosts in state_dir, the default).
+    """
+    if config.ssh.host_key_checking != "accept-new":
+        return
+    known = config.known_hosts
+    try:
+        if not known.parent.exists():
+            known.parent.mkdir(parents=True)
+        with open(known, "a"):  # creates it empty if need be, as ssh would; changes nothing else
+            pass
+    except OSError as exc:
+        raise ControllerError(Reason.CONFIG_INVALID, f"ssh.known_hosts_file {known} cannot be written "
+                              f"({exc.strerror}): with ssh.host_key_checking accept-new no host key would be "
+                              "recorded and a changed one accepted; make it writable (the default, known_hosts "
+                              "in state_dir, is) or fill it in advance and use strict") from None
+
+
 def _host_key_args(config: Config) -> str:
     return " ".join(f"-o {shlex.quote(option)}" for option in host_key_options(config))
 
@@ -144,7 +165,7 @@ def _host_keys(config: Config, options: str, repo: configparser.ConfigParser, pr
     if weakened and config.ssh.host_key_checking != "off":
         notices.append(f"the repository's ansible.cfg turns host key checking off or changes it; ignored: "
                        f"ssh.host_key_checking is {config.ssh.host_key_checking} on this bastion")
-    config.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    writable_known_hosts(config)
     # sftp and scp (the ssh connection's file transfers) take the same options, so they get wrappers too
     wrappers = {}
     for tool in ("ssh", "sftp", "scp"):

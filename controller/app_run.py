@@ -39,8 +39,10 @@ class AppRun:
     def reconcile(self, source: Source, prepared: Preparation) -> AppResult:
         """Check, then (a sync under policy apply) apply where the plan says; failures become the result."""
         app, store = self.app, self.store
-        run_id = store.start_run(app.name, self.revision.sha, self.kind, self.request.trigger, app.policy)
         started = time.monotonic()
+        # a verify only looks at first: a stop then is no run (nothing was under way), so the run starts after
+        verdicts = self._look() if self.request.verifying else []
+        run_id = store.start_run(app.name, self.revision.sha, self.kind, self.request.trigger, app.policy)
         last = store.last_applied(app.name)
         # a detect app is applied only when someone asks for exactly that (sync --apply, the dashboard's Apply)
         applying = self.kind is Kind.SYNC and (app.policy == "apply" or self.request.apply_detect)
@@ -51,11 +53,7 @@ class AppRun:
             def play(check: bool, limit: str | None = None) -> Report:
                 return self._play(run_id, prepared, check=check, limit=limit)
 
-            verdicts: list[Verdict] = []
-            if self.request.verifying:
-                verdicts, checked = self._verify(play)
-            else:
-                checked = play(check=True)
+            checked = self._check_after(verdicts, play) if self.request.verifying else play(check=True)
             plan = None
             if applying:
                 applied_at = {h["host"]: h["revision"] for h in store.hosts(app.name)}
@@ -80,9 +78,8 @@ class AppRun:
                              previous=last, revision=self.revision.sha, seconds=time.monotonic() - started,
                              kind=self.kind)
 
-    def _verify(self, play: Callable[[bool, str | None], Report]) -> tuple[list[Verdict], Report]:
-        """Compare the hosts with their manifests; fully check only those that differ or have none (every
-        host when no manifest is left to read the inputs from, or the inputs changed: hosts may have joined)."""
+    def _look(self) -> list[Verdict]:
+        """Compare the hosts with their manifests, one look each."""
         self.progress.step(f"{self.app.name}: verifying the hosts against their manifests (one look each)")
         verdicts = verify_hosts(self.config, self.store, self.app.name, self.digest)
         rechecked = [v.host for v in verdicts if not v.verified]
@@ -95,13 +92,19 @@ class AppRun:
         for verdict in verdicts:
             if not verdict.verified:
                 self.progress.notice(f"{self.app.name}: {verdict.host} needs a full check: {verdict.why}")
+        return verdicts
+
+    def _check_after(self, verdicts: list[Verdict], play: Callable[[bool, str | None], Report]) -> Report:
+        """Fully check only the hosts that differ from their manifests or have none (every host when no
+        manifest is left to read the inputs from, or the inputs changed: hosts may have joined)."""
+        rechecked = [v.host for v in verdicts if not v.verified]
         # every full run of the whole inventory writes every host's row, manifest or none, at its inputs,
         # and a limited run happens only at unchanged inputs: one current manifest vouches for the rest
         manifests = [v.manifest for v in verdicts if v.manifest is not None]
         if not manifests or any(m.digest != self.digest for m in manifests):
-            return verdicts, play(True, None)
+            return play(True, None)
         full = play(True, ",".join(rechecked)) if rechecked else None
-        return verdicts, verified_report(verdicts, full)
+        return verified_report(verdicts, full)
 
     def _refuse_rewrite(self, source: Source, last: str | None) -> None:
         revision = self.revision
@@ -162,6 +165,8 @@ def _message(app: App, checked: Report, applied: Report | None, plan: Plan | Non
         parts.append(f"drifted: {', '.join(checked.with_status('changed'))}")
         why = {Kind.PREVIEW: "preview", Kind.CHECK: "check only", Kind.VERIFY: "verify only"}.get(kind, "policy detect")
         parts.append(f"not applied ({why})")
+    if plan is not None and plan.left_out:
+        parts.append(f"not applied to {', '.join(sorted(plan.left_out))}: unreachable in the check, not dialled again")
     final = merged(checked, applied)
     for status in ("failed", "unreachable"):
         hosts = sorted(final.with_status(status))

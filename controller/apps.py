@@ -39,7 +39,8 @@ def load_apps(project: Path) -> tuple[App, ...]:
     path = project / APPS_FILE
     if not path.exists():
         return (default_app(project),)
-    apps = build(AppsFile, read_yaml(path, APPS_FILE), file=Path(APPS_FILE)).apps
+    shown = Path(APPS_FILE)  # the repository's file, not its place in the workspace
+    apps = build(AppsFile, read_yaml(path, "list of apps", shown), file=shown).apps
     if not apps:
         raise _invalid("apps", "lists no app")
     seen: set[str] = set()

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from controller import __version__
+from controller.ansible_config import writable_known_hosts
 from controller.config import Config, find_config, load_config
 from controller.cycle import recover, run_cycle
 from controller.errors import ControllerError
@@ -44,7 +46,8 @@ def config_option(func: F) -> F:
 def output_options(func: F) -> F:
     """--format and --output, for the commands that reconcile."""
     func = click.option("--output", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
-                        help="Write the report to FILE instead of stdout (e.g. a pull-request comment).")(func)
+                        help="Write the report to FILE instead of stdout (e.g. a pull-request comment, cron's "
+                        "report): whole, into a file beside it renamed over FILE, so no reader sees half.")(func)
     return click.option("--format", "output_format", type=click.Choice(["text", "json", "markdown"]),
                         default=None, help="text (default), json (as --json), or markdown: a review comment "
                         "for a pull request, cut to 60,000 characters.")(func)
@@ -155,6 +158,7 @@ def check(**options: Any) -> None:
 
 @cli.command(epilog=EXIT_CODES)
 @run_options
+@output_options
 def verify(**options: Any) -> None:
     """Look at every host in one SSH round trip; fully check only where needed.
 
@@ -171,7 +175,7 @@ def verify(**options: Any) -> None:
     reports it. verify never changes a host. Run it every few seconds from
     `watch` (watch.verify_interval) and keep a full check on a slower schedule.
     """
-    _reconcile("verify", revision=None, output_format=None, output=None, dry_run=False, allow_rewrite=False,
+    _reconcile("verify", revision=None, dry_run=False, allow_rewrite=False,
                only_if_changed=False, force=False, verify_first=False, apply_detect=False, **options)
 
 
@@ -179,7 +183,7 @@ def _reconcile(mode: str, *, config_path: str | None, as_json: bool, output_form
                app: str | None, revision: str | None, wait: float, progress: bool | None, trigger: str,
                dry_run: bool, allow_rewrite: bool, only_if_changed: bool, force: bool,
                accept_unverified: bool, verify_first: bool, apply_detect: bool) -> None:
-    config = _config(config_path)
+    config = _config(config_path, reaches_hosts=True)
     show = sys.stderr.isatty() if progress is None else progress
     cancel = Cancel()
     cancel.install()
@@ -191,7 +195,7 @@ def _reconcile(mode: str, *, config_path: str | None, as_json: bool, output_form
     report = {"json": lambda: json.dumps(result_json(result), indent=2) + "\n", "text": lambda: result_text(result),
               "markdown": lambda: review_markdown(result)}[shape]()
     if output:
-        Path(output).write_text(report)
+        _write_whole(Path(output), report)
     else:
         click.echo(report, nl=False)
     if shape != "json":
@@ -202,6 +206,21 @@ def _reconcile(mode: str, *, config_path: str | None, as_json: bool, output_form
         for suspended in (a for a in result.apps if a.outcome is Outcome.SUSPENDED):
             click.echo(f"controller: app {suspended.app} is {suspended.message}", err=True)
     sys.exit(int(result.exit_code))
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write a report so that a reader (a monitoring check, the next cron line) never sees half of one:
+    into a file beside it, then renamed over it."""
+    part: Path | None = None
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+            part = Path(handle.name)
+            handle.write(text)
+        part.replace(path)
+    except OSError as exc:
+        if part is not None:
+            part.unlink(missing_ok=True)
+        raise ControllerError(Reason.CONFIG_INVALID, f"--output {path}: cannot write it: {exc.strerror}") from None
 
 
 class TerminalProgress:
@@ -270,7 +289,8 @@ def show(config_path: str | None, as_json: bool, run_id: int) -> None:
 @cli.command(epilog="""\b
 Exit codes:
   0   stopped by SIGTERM or SIGINT (a run in progress is stopped and unwound first)
-  1   configuration error (bad config, listener address in use, unreadable or shared webhook secret)
+  1   configuration error (bad config, listener address in use, unreadable or shared webhook secret,
+      a known_hosts file that ssh.host_key_checking accept-new cannot write)
   70  internal error (a bug: the traceback is printed)""")
 @config_option
 @click.option("-v", "--verbose", is_flag=True, help="Also log every HTTP request.")
@@ -294,7 +314,7 @@ def watch(config_path: str | None, verbose: bool) -> None:
     """
     from controller.watch import Watch  # the daemon's HTTP and watchdog imports stay out of cron's fast path
 
-    config = _config(config_path)
+    config = _config(config_path, reaches_hosts=True)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", force=True,
                         level=logging.DEBUG if verbose else logging.INFO)
     cancel = Cancel()
@@ -332,7 +352,7 @@ def serve(config_path: str | None, listen: str | None, verbose: bool) -> None:
     from controller.dashboard import serve as serve_dashboard  # the HTTP and template imports stay out of cron
     from controller.watch import LogProgress
 
-    config = _config(config_path)
+    config = _config(config_path, reaches_hosts=True)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", force=True,
                         level=logging.DEBUG if verbose else logging.INFO)
     cancel = Cancel()
@@ -375,9 +395,12 @@ def _store(config_path: str | None) -> Iterator[Store]:
         yield store
 
 
-def _config(config_path: str | None) -> Config:
+def _config(config_path: str | None, *, reaches_hosts: bool = False) -> Config:
     given = config_path or (click.get_current_context().find_root().obj or {}).get("config")
-    return load_config(find_config(given))
+    config = load_config(find_config(given))
+    if reaches_hosts:  # refused before anything starts, not at the first host it meets
+        writable_known_hosts(config)
+    return config
 
 
 def main() -> None:

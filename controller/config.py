@@ -214,6 +214,7 @@ def load_config(path: Path) -> Config:
     verify = replace(config.source.verify, allowed_signers=absolute(config.source.verify.allowed_signers),
                      gpg_keyring=absolute(config.source.verify.gpg_keyring))
     _check_verify(verify, path)
+    _check_state_dir(Path(str(absolute(config.state_dir))), path)
     return replace(
         config,
         source=replace(config.source, url=url, verify=verify),
@@ -255,6 +256,17 @@ def _check_watch(watch: WatchConfig, path: Path) -> None:
             CronSim(watch.drift_check_cron, datetime.now(UTC))
         except CronSimError as exc:
             raise fail("drift_check_cron", f"not a cron expression ({exc})") from None
+
+
+def _check_state_dir(state: Path, path: Path) -> None:
+    """The state directory is a directory, or can become one: nothing in its way, its parent writable."""
+    existing = next(p for p in (state, *state.parents) if p.exists())
+    if not existing.is_dir():
+        raise ControllerError(Reason.CONFIG_INVALID, f"{path}: state_dir: {existing} is a file, not a directory"
+                              + ("" if existing == state else f" (state_dir is {state})"))
+    if existing != state and not os.access(existing, os.W_OK | os.X_OK):
+        raise ControllerError(Reason.CONFIG_INVALID, f"{path}: state_dir: {state} does not exist and cannot be "
+                              f"created: {existing} is not writable for this user")
 
 
 def _verify_off(data: Any) -> Any:

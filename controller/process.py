@@ -6,6 +6,7 @@ Every tool runs under ``reaper.py``: whatever it starts dies with it, and with t
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import selectors
 import shlex
@@ -23,6 +24,7 @@ from controller.outcomes import Reason
 from controller.reaper import children
 
 REAPER = Path(__file__).with_name("reaper.py")
+GUARD = Path(__file__).with_name("guard.py")
 NOT_FOUND = 127
 STOP_GRACE = 5.0  # seconds the reaper gets to kill its tree before it is killed itself
 
@@ -165,13 +167,31 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None,
                 pipe.close()
 
 
+@contextmanager
+def guarded(base: Path, prefix: str) -> Iterator[None]:
+    """While inside, a guard process (guard.py) wipes ``base/prefix*`` the moment this process dies, SIGKILL
+    included; leaving tells it all is well. Not under a reaper: it has to outlive us."""
+    guard = subprocess.Popen([sys.executable, "-I", "-S", str(GUARD), str(os.getpid()), str(base), prefix],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)  # a Ctrl-C for the terminal's group is not for it
+    assert guard.stdin is not None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(BrokenPipeError), guard.stdin:
+            guard.stdin.write(b".")
+        guard.wait()
+
+
 def stop_children() -> None:
-    """Ask every process this one started (all are reapers) to kill its tree, and wait until they are gone.
+    """Ask every reaper this process started to kill its tree, and wait until they are gone.
 
     Also catches a child whose Popen a signal interrupted (so nobody holds its handle), and one
-    still between fork and exec: the SIGTERM stays pending across exec and ends it there.
+    still between fork and exec: the SIGTERM stays pending across exec and ends it there. Other
+    children are not ours to stop: a shell that runs ``controller check > >(tee log)`` execs the
+    controller with its ``tee`` as a child, and the workspace guard must outlive us.
     """
-    mine = children(os.getpid())
+    mine = [pid for pid in children(os.getpid()) if _started_here(pid)]
     for pid in mine:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -182,6 +202,20 @@ def stop_children() -> None:
         if _running(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _started_here(pid: int) -> bool:
+    """A reaper of this process (``reaped``'s command line), or a fork of this process not yet exec'd."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    except OSError:
+        return False
+    return argv[1:5] == [b"-I", b"-S", bytes(REAPER), str(os.getpid()).encode()] or argv == _own_command_line()
+
+
+@functools.cache
+def _own_command_line() -> list[bytes]:
+    return Path("/proc/self/cmdline").read_bytes().split(b"\0")[:-1]
 
 
 def _running(pid: int) -> bool:

@@ -32,7 +32,9 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
     revision: Revision | None = None
     kind = request.kind()
     apps: tuple[App, ...] = ()
-    working = False
+    # only looking whether anything is to do (a poll, --only-if-changed; a verify's look at the hosts):
+    # a stop then is no run, since nothing was under way, and the apps keep their real last failure
+    looking = request.only_if_changed or request.verifying
     try:
         source = source_of(config)
         if request.fetch:
@@ -46,7 +48,9 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                             "on the hosts")
         if request.only_if_changed and (idle := _idle(config, store, revision)):
             return Result(request, revision, (), idle, kind)
-        working = True
+        # a verify goes on looking until a host needs a playbook: AppRun records the run from then on, so a
+        # stop that reaches this far is a stop while looking (or between two apps)
+        looking = request.verifying
         store.record_revision(revision)
         verify_revision(config, store, source, revision, request.app, progress.step)  # before anything is extracted
         with workspace(Path(config.workspace_dir)) as space:
@@ -77,9 +81,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                 results.append(run.reconcile(source, prepared))
             return Result(request, revision, tuple(results), kind=kind)
     except ControllerError as error:
-        if error.reason is Reason.INTERRUPTED and request.only_if_changed and not working:
-            # stopped while still looking whether anything changed (a daemon's poll): nothing was under way,
-            # so no run is recorded and the apps keep their real last failure
+        if error.reason is Reason.INTERRUPTED and looking:
             raise
         if error.reason is Reason.NOT_FOUND:  # an unknown --app: nothing ran, nothing is recorded
             return Result(request, revision, (AppResult(request.app or "*", "", None, Outcome.FAILED,

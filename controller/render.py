@@ -35,6 +35,7 @@ def _app_json(app: AppResult) -> dict[str, Any]:
         "previous_revision": app.previous, "seconds": round(app.seconds, 2),
         "exit_code": int(app.exit_code()), "hosts_behind": app.behind,
         "applied_to": app.plan.why if app.plan else None,
+        "left_out": app.plan.left_out if app.plan else None,
         "check": _report_json(app.check), "apply": _report_json(app.applied),
         "verify": [v.to_json() for v in app.verdicts] or None,
     }

@@ -31,7 +31,9 @@ POLL_SECONDS = 0.5  # how often ansible-runner asks whether to stop (its default
 HOST_KEY_MISMATCH = ("host key verification failed", "remote host identification has changed",
                      "unrecognized or mismatching host key")
 HOST_KEY_REFUSED = "host key mismatch: its key is not the one in known_hosts; nothing was sent"
-TASK_TIMED_OUT = ("failed to execute in the expected time frame", "timed out after", "connection timed out")
+TASK_TIMED_OUT = ("failed to execute in the expected time frame", "timed out after")
+# ssh's ConnectTimeout (no TCP answer, or no banner from a hung sshd) and mitogen's: ansible.timeout, not task_timeout
+CONNECT_TIMED_OUT = ("connection timed out", "timed out during banner exchange", "operation timed out")
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,8 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
     ``limit`` replaces the app's own limit: the hosts that need an apply, found by a check under that limit.
     """
     collector = _Collector(check=check, redactor=redactor, project=project, on_task=on_task,
-                           task_timeout=job.env.get("ANSIBLE_TASK_TIMEOUT", "?"))
+                           task_timeout=job.env.get("ANSIBLE_TASK_TIMEOUT", "?"),
+                           connect_timeout=job.env.get("ANSIBLE_TIMEOUT"))  # None: the repository's ansible.cfg says
     stop = _Stop(cancel, job.run_timeout)
     config = RunnerConfig(
         private_data_dir=str(private_dir),
@@ -120,11 +123,13 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
         envvars=dict(job.env),
         ident="check" if check else "apply",
         quiet=True,
-        suppress_output_file=True,
         suppress_ansible_output=True,
         fact_cache_type="memory",  # facts stay in the run (ansible-runner would set a jsonfile cache)
     )
     config.prepare()
+    # prepare() resets this from env/settings (False without one; a settings= dict is dropped too), and the
+    # "stdout" and "stderr" artifacts would then hold the raw --diff text, secrets unmasked
+    config.suppress_output_file = True
     # ansible-runner seeds the job env from os.environ and stores it in the "command" artifact
     config.env = {k: v for k, v in config.env.items() if k not in os.environ or k in job.env}
     # the playbook and all it starts (workers, mitogen, ssh masters) die with us, SIGKILL included
@@ -152,9 +157,10 @@ class _Collector:
     """Turns ansible-runner events into TaskResults as they stream; keeps no raw event."""
 
     def __init__(self, *, check: bool, redactor: Redactor, project: Path,
-                 on_task: Callable[[TaskResult], None], task_timeout: str) -> None:
+                 on_task: Callable[[TaskResult], None], task_timeout: str, connect_timeout: str | None) -> None:
         self.check = check
         self.task_timeout = task_timeout
+        self.connect_timeout = connect_timeout
         self.redactor = redactor
         self.project = project
         self.on_task = on_task
@@ -201,8 +207,12 @@ class _Collector:
             status = "ok"
         message = "" if status in ("ok", "changed") else str(res.get("msg", ""))
         if status in ("failed", "unreachable"):
-            items = " ".join(str(r.get("msg", "")) for r in res.get("results", []) if isinstance(r, dict))
-            status, message = self._classify(status, message, f"{message} {items}")
+            # a loop's own msg is "All items completed" or "One or more items failed": the items say why
+            items = [r for r in res.get("results", []) if isinstance(r, dict)]
+            message = next((str(r.get("msg", "")) for r in items if r.get("unreachable") or r.get("failed")),
+                           message)
+            everything = " ".join([message, *(str(r.get("msg", "")) for r in items)])
+            status, message = self._classify(status, message, everything, timed_out="timedout" in res)
         task = data.get("task", "")
         return TaskResult(
             host=str(data.get("host", "")),
@@ -214,13 +224,17 @@ class _Collector:
         )
 
 
-    def _classify(self, status: str, message: str, everything: str) -> tuple[str, str]:
-        """A host that cannot be trusted or stopped answering is unreachable, said in plain words."""
+    def _classify(self, status: str, message: str, everything: str, timed_out: bool) -> tuple[str, str]:
+        """A host that cannot be trusted or stopped answering is unreachable, said in plain words: a task
+        that ran out of ansible.task_timeout is told apart from a connection that never came up."""
         lowered = everything.lower()
         if any(sign in lowered for sign in HOST_KEY_MISMATCH):
             return "unreachable", HOST_KEY_REFUSED
-        if any(sign in lowered for sign in TASK_TIMED_OUT):
+        if timed_out or any(sign in lowered for sign in TASK_TIMED_OUT):
             return "unreachable", f"timed out: no answer within ansible.task_timeout ({self.task_timeout}s)"
+        if any(sign in lowered for sign in CONNECT_TIMED_OUT):
+            within = f" within ansible.timeout ({self.connect_timeout}s)" if self.connect_timeout else ""
+            return "unreachable", f"could not connect{within}: {message.strip()}"
         return status, message
 
 

@@ -32,21 +32,28 @@ def parse_duration(text: str) -> float | None:
     return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
 
 
-def read_yaml(path: Path, what: str) -> Any:
-    """Parse a YAML file; a missing or malformed file is a ConfigInvalid error."""
+def read_yaml(path: Path, what: str, shown: Path | None = None) -> Any:
+    """Parse a YAML file; a missing, unreadable, binary or malformed file is a ConfigInvalid error naming
+    ``shown`` (default: ``path``), e.g. ``gitops.yml`` rather than its place in a throwaway workspace."""
+    name = shown or path
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode()
     except FileNotFoundError as exc:
-        raise ControllerError(Reason.CONFIG_INVALID, f"{path}: {what} not found") from exc
+        raise ControllerError(Reason.CONFIG_INVALID, f"{name}: {what} not found") from exc
     except OSError as exc:
-        raise ControllerError(Reason.CONFIG_INVALID, f"{path}: cannot read {what}: {exc.strerror}") from exc
+        raise ControllerError(Reason.CONFIG_INVALID, f"{name}: cannot read {what}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ControllerError(Reason.CONFIG_INVALID, f"{name}: {what} is not UTF-8 text (byte "
+                                                     f"0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
         where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ControllerError(Reason.CONFIG_INVALID, f"{path}:{where}: {problem}") from exc
+        raise ControllerError(Reason.CONFIG_INVALID, f"{name}:{where}: {exc.problem or 'not valid YAML'}") from None
+    except yaml.YAMLError as exc:  # the reader's: a control character (a binary file that happens to be UTF-8)
+        reason = getattr(exc, "reason", None) or "not valid YAML"
+        raise ControllerError(Reason.CONFIG_INVALID, f"{name}: {what} is not YAML text ({reason})") from None
 
 
 def build(cls: type[T], data: Any, *, file: Path, key: str = "") -> T:

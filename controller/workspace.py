@@ -13,7 +13,7 @@ from pathlib import Path
 
 from controller.errors import ControllerError
 from controller.outcomes import Reason
-from controller.process import stop_children
+from controller.process import guarded, stop_children
 
 MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
 PREFIX = "controller-"
@@ -43,21 +43,23 @@ class Workspace:
 def workspace(base: Path) -> Iterator[Workspace]:
     """Create a workspace under ``base`` (which must be tmpfs) and wipe it on any exit.
 
-    Its name carries this process's PID, so :func:`sweep` can tell one left behind by a
-    killed controller from one in use.
+    Its name carries this process's PID, so the guard (guard.py) wipes it the moment this process
+    dies, and :func:`sweep` can tell one left behind (a guard killed too) from one in use.
     """
     ensure_memory_backed(base)
-    root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base))  # mkdtemp makes it 0700
-    try:
-        space = Workspace(root)
-        for directory in (space.project, space.runner, space.job):
-            directory.mkdir(mode=0o700)
-        yield space
-    finally:
+    prefix = f"{PREFIX}{os.getpid()}-"
+    with guarded(base, prefix):  # armed first: a SIGKILL at any moment after this leaves nothing behind
+        root = Path(tempfile.mkdtemp(prefix=prefix, dir=base))  # mkdtemp makes it 0700
         try:
-            stop_children()  # nothing may still be writing into it (a sops interrupted mid-decryption)
+            space = Workspace(root)
+            for directory in (space.project, space.runner, space.job):
+                directory.mkdir(mode=0o700)
+            yield space
         finally:
-            _wipe(root)
+            try:
+                stop_children()  # nothing may still be writing into it (a sops interrupted mid-decryption)
+            finally:
+                _wipe(root)
 
 
 def sweep(base: Path) -> list[Path]:

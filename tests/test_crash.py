@@ -9,6 +9,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,15 +112,23 @@ def test_random_sigkills_leave_no_process_workspace_or_running_run(fleet: Fleet)
     rng = random.Random(seed)
     for attempt in range(20):
         proc = start_sync(fleet)
-        wait_for_stage(proc, rng.choice(STAGES))
+        stage = "staging: check" if attempt == 0 else rng.choice(STAGES)  # mid-check at least once
+        wait_for_stage(proc, stage)
         time.sleep(rng.uniform(0, 1.5))
         proc.kill()
+        killed = time.monotonic()
         proc.wait()
-        time.sleep(1)
-        assert leftovers(fleet, proc.pid) == [], f"attempt {attempt} (seed {seed})"
-        status = fleet.controller("status", "--json")  # any command cleans up after a killed one
+        # no other command has run: the guard wipes the workspace (decrypted files, runner artifacts) within a
+        # second, and the reapers take every process the controller had started with them (each within its
+        # kill_all's 2 s, however loaded the machine)
+        while workspaces_of(proc.pid) and time.monotonic() - killed < 1:
+            time.sleep(0.01)
+        assert workspaces_of(proc.pid) == [], f"attempt {attempt} at {stage!r} (seed {seed})"
+        while leftovers(fleet, proc.pid) and time.monotonic() - killed < 5:
+            time.sleep(0.02)
+        assert leftovers(fleet, proc.pid) == [], f"attempt {attempt} at {stage!r} (seed {seed})"
+        status = fleet.controller("status", "--json")  # and any command marks its run interrupted
         assert status.returncode == 0, status.stderr
-        assert workspaces_of(proc.pid) == [], f"attempt {attempt} (seed {seed})"
         assert all(row["state"] != "running" for row in json.loads(status.stdout))
         assert all(run["outcome"] is not None for run in fleet.runs())
     with sqlite3.connect(fleet.state / "state.db") as db:
@@ -129,6 +138,35 @@ def test_random_sigkills_leave_no_process_workspace_or_running_run(fleet: Fleet)
     for host in ("h1", "h2"):
         assert fleet.host_file(host, VERSION).read_text() == "1.0.0\n"
     assert "interrupted" in {run["outcome"] for run in fleet.runs()}
+
+
+def test_a_killed_controller_s_guard_wipes_its_workspace_and_only_that() -> None:
+    # a controller stand-in holding a workspace with a decrypted file, and a tool running in it under a reaper
+    script = ("import sys, time\nfrom pathlib import Path\nfrom controller.process import stream\n"
+              "from controller.workspace import workspace\n"
+              "with workspace(Path('/dev/shm')) as space:\n"
+              "    (space.project / 'secrets.yml').write_text('password: hunter2')\n"
+              "    with stream(['sleep', '60'], env={'PATH': '/usr/bin:/bin'}, cwd=space.project):\n"
+              "        print(space.root, flush=True)\n"
+              "        time.sleep(60)\n")
+    # another controller's workspace (this test's PID: alive) is left alone
+    other = Path(tempfile.mkdtemp(prefix=f"controller-{os.getpid()}-", dir="/dev/shm"))
+    proc = subprocess.Popen([str(BIN / "python"), "-c", script], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    root = Path(proc.stdout.readline().strip())
+    assert (root / "project" / "secrets.yml").exists()
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group, as a terminal's kill would: the guard is not in it
+    killed = time.monotonic()
+    proc.wait()
+    while root.exists() and time.monotonic() - killed < 1:
+        time.sleep(0.005)
+    took = time.monotonic() - killed
+    print(f"wiped {took * 1000:.0f} ms after the SIGKILL")
+    assert not root.exists() and took < 1
+    assert other.exists()
+    other.rmdir()
+    assert subprocess.run(["pgrep", "-f", f"guard.py {proc.pid} "], capture_output=True).returncode == 1
 
 
 def test_a_host_that_freezes_mid_check_costs_a_bounded_time(fleet: Fleet) -> None:
@@ -155,3 +193,28 @@ def test_a_host_that_freezes_mid_check_costs_a_bounded_time(fleet: Fleet) -> Non
     shown = fleet.controller("show", str(run["id"]))
     assert "web2.staging  unreachable" in shown.stdout
     assert lock_is_free(fleet)
+    unreachable = unreachable_in(fleet, run["id"])
+    assert unreachable["check"] == ["timed out: no answer within ansible.task_timeout (5s)"], unreachable
+    assert unreachable["apply"] == [], unreachable  # not dialled again: another 5 s under the lock for nothing
+
+    # frozen before the run: the connection never comes up, which is ansible.timeout's, not task_timeout's
+    write_config(fleet, ssh={"private_key_file": str(fleet.lab.private_key),
+                             "known_hosts_file": str(fleet.lab.known_hosts)},
+                 ansible={"task_timeout": 30, "timeout": 3})
+    fleet.lab.freeze_host("h2")
+    try:
+        code, report = fleet.controller_json("check")
+    finally:
+        fleet.lab.thaw_host("h2")
+    assert code == 2
+    [message] = unreachable_in(fleet, report["apps"][0]["run_id"])["check"]
+    print(f"a host frozen before the run: {message}")
+    assert message.startswith("could not connect within ansible.timeout (3s): "), message
+    assert "timed out" in message.lower() and "task_timeout" not in message
+
+
+def unreachable_in(fleet: Fleet, run_id: int) -> dict[str, list[str]]:
+    """The messages of web2.staging's unreachable tasks in run ``run_id``, per phase."""
+    shown = json.loads(fleet.controller("show", str(run_id), "--json").stdout)
+    return {phase: [t["message"] for t in shown["tasks"] if t["phase"] == phase and t["host"] == "web2.staging"
+                    and t["status"] == "unreachable"] for phase in ("check", "apply")}

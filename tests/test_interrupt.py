@@ -29,6 +29,11 @@ def test_sigterm_mid_run_stops_cleanly(fleet: Fleet) -> None:
         time.sleep(0.05)
     assert running, "the check never started"
     time.sleep(0.5)
+    # what ansible-runner keeps while the playbook runs: its command line and environment (no secret in either),
+    # the event files its callback hands over (read and deleted at once); never the raw output, --diff and all
+    [space] = running
+    artifacts = {path.name for path in (space / "runner").rglob("artifacts/*/*")}
+    assert "command" in artifacts and not artifacts & {"stdout", "stderr"}, artifacts
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 1

@@ -6,7 +6,7 @@ import os
 import subprocess
 import time
 
-from controller.process import run_side_by_side
+from controller.process import run_side_by_side, stop_children, stream
 
 
 def test_each_command_keeps_its_output_and_status_and_a_slow_one_is_cut_off() -> None:
@@ -24,3 +24,16 @@ def test_each_command_keeps_its_output_and_status_and_a_slow_one_is_cut_off() ->
     assert done["missing"].code == 127
     # the slow one did not outlive the call
     assert subprocess.run(["pgrep", "-f", "^sleep 30$"], capture_output=True).returncode == 1
+
+
+def test_stopping_its_children_stops_what_it_started_and_nothing_else() -> None:
+    theirs = subprocess.Popen(["sleep", "30"])  # not started here: a caller's `tee` in `controller check > >(tee)`
+    try:
+        with stream(["sleep", "31"], env={"PATH": os.environ["PATH"]}) as ours:
+            stop_children()
+            assert ours.wait(timeout=5) is not None
+            assert subprocess.run(["pgrep", "-f", "^sleep 31$"], capture_output=True).returncode == 1
+        assert theirs.poll() is None
+    finally:
+        theirs.kill()
+        theirs.wait()

@@ -78,8 +78,14 @@ def test_one_host_down_the_others_converge_and_the_run_is_partial(fleet: Fleet) 
     assert app["outcome"] == "partial" and app["reason"] == "HostUnreachable"
     assert fleet.host_file("h1", VERSION).read_text() == "1.0.0\n"
     assert not fleet.host_file("h2", VERSION).exists()
-    statuses = {h["host"]: h["status"] for h in app["apply"]["hosts"]}
-    assert statuses["web2.staging"] == "unreachable"
+    # unreachable at the first task, a loop: why is the connection's own message, not "All items completed"
+    [down] = [t for t in app["check"]["tasks"] if t["host"] == "web2.staging"]
+    assert down["status"] == "unreachable" and down["task"] == "base : Create the configuration directories"
+    assert "Connection refused" in down["message"] and "All items completed" not in down["message"], down
+    # and it is not dialled again in the apply: the plan leaves it out and says so
+    assert [h["host"] for h in app["apply"]["hosts"]] == ["web1.staging"]
+    assert app["left_out"] == {"web2.staging": "unreachable in the check"}
+    assert "not applied to web2.staging: unreachable in the check" in app["message"]
 
     fleet.lab.start_host("h2")  # back: the same revision is applied again, since it was only partial
     again = fleet.controller("sync")
@@ -115,6 +121,15 @@ def test_bad_commits_are_refused_before_anything_is_applied(fleet: Fleet, lab: L
     bump_version(fleet, "9.9.9")
     assert_refused(fleet, ("sync",), "SyntaxCheckFailed", "playbooks/site.yml", "syntax check")
     assert_refused(fleet, ("sync",), "SyntaxCheckFailed", "playbooks/site.yml", "syntax check")  # never remembered
+    git(fleet.work, "revert", "--no-edit", "HEAD")
+
+    # a gitops.yml an editor saved as Latin-1: a run had started, so it is recorded, failed, naming gitops.yml
+    recorded = len(fleet.runs())
+    gitops = fleet.work / "gitops.yml"
+    gitops.write_bytes(gitops.read_bytes() + b"# caf\xe9\n")
+    fleet.push("Latin-1")
+    assert_refused(fleet, ("sync",), "ConfigInvalid", "controller: gitops.yml: list of apps is not UTF-8 text")
+    assert len(fleet.runs()) == recorded + 1
     git(fleet.work, "revert", "--no-edit", "HEAD")
 
     # a tampered SOPS file: one encrypted value replaced by another file's ciphertext
@@ -378,7 +393,17 @@ def test_only_if_changed_returns_at_once_until_the_branch_moves_or_a_check_is_du
     assert moved.returncode == 0 and fleet.runs()[0]["revision"] == sha
     assert fleet.host_file("h1", VERSION).read_text() == "2.0.0\n"
 
-    assert fleet.controller("check").returncode == 0  # a check is not a sync: the fast path does not count it
+    # a check is not a sync: the fast path does not count it. Run as cron and CI wrappers do, its output
+    # through a pipe it did not make: stopping its own children must leave the caller's tee alone
+    log = fleet.root / "check.log"
+    env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config)}
+    teed = subprocess.run(["bash", "-c", f"{BIN / 'controller'} check > >(tee -a {log})"], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert teed.returncode == 0, teed.stderr
+    deadline = time.monotonic() + 5  # tee finishes on its own after the controller's exit
+    while teed.stdout not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "in-sync" in teed.stdout and log.read_text() == teed.stdout
     assert fleet.controller("sync", "--only-if-changed").stdout.count("nothing to do") == 0
     write_config(fleet, watch={"drift_check_interval": 1})
     time.sleep(1.2)

@@ -217,7 +217,22 @@ def test_watch_verifies_on_its_interval_and_corrects_a_hand_edit(fleet: Fleet) -
         version.write_text("hand edit\n")
         wait_for("the correction", lambda: any(r["trigger"] == "verify" and r["applied"] and r["finished"]
                                                for r in fleet.runs()), timeout=60)
-        assert watch.stop() == 0
+        # stopped in the middle of a look (h2 frozen: its ssh hangs), the daemon records no run
+        looks = watch.log().count("verifying the hosts against their manifests")
+        fleet.lab.freeze_host("h2")
+        try:
+            wait_for("the next look", lambda: watch.log().count("verifying the hosts against") > looks)
+            time.sleep(0.5)
+            runs = fleet.runs()
+            assert watch.stop() == 0
+        finally:
+            fleet.lab.thaw_host("h2")
+        assert fleet.runs() == runs
+    # so the cron fast path still has nothing to do
+    started = time.monotonic()
+    idle = fleet.controller("sync", "--only-if-changed")
+    assert idle.returncode == 0 and "nothing to do" in idle.stdout, idle.stdout + idle.stderr
+    assert time.monotonic() - started < 10 and fleet.runs() == runs
     assert version.read_text() != "hand edit\n"
     corrected = [r for r in fleet.runs() if r["trigger"] == "verify" and r["applied"]]
     assert corrected and corrected[0]["summary"]["applied_to"] == ["web1.staging"], corrected
