@@ -65,9 +65,10 @@ def verify_hosts(config: Config, store: Store, app: str, digest: str, cwd: Path 
             verdicts.append(Verdict(host, False, looked[host].error, manifest))
         else:
             now_there = looked[host]
-            said = [d for before, after in zip(manifest.entries, now_there.entries, strict=True)
+            # a removed package or user first: the files it owned then differ too
+            said = [d for before, after in zip(manifest.resources, now_there.resources, strict=True)
                     for d in before.differences(after)]
-            said += [d for before, after in zip(manifest.resources, now_there.resources, strict=True)
+            said += [d for before, after in zip(manifest.entries, now_there.entries, strict=True)
                      for d in before.differences(after)]
             more = f" (and {len(said) - SHOWN_DIFFERENCES} more)" if len(said) > SHOWN_DIFFERENCES else ""
             verdicts.append(Verdict(host, not said, "; ".join(said[:SHOWN_DIFFERENCES]) + more, manifest))
