@@ -19,7 +19,7 @@ from typing import Any
 
 from bench import bigrepo, dashboard, latency, report
 from bench.fleet import BenchFleet
-from bench.ways import Timing, ansible_playbook, controller, raw_runner
+from bench.ways import Timing, ansible_playbook, controller, raw_runner, verify_look
 from lab import Lab
 from lab.repository import make_age_key
 
@@ -62,6 +62,7 @@ def run(tmp: Path, sizes: list[int], reps: int, slow_reps: int, *, quick: bool) 
             _say(f"{hosts} hosts: converging once")
             _expect(controller(fleet, "sync"), 0, "the first sync")
             size["check"] = checks(fleet, reps, slow_reps)
+            size["verify_look"] = verify_look(fleet)
             size["sync_one_line_change"] = []
             for rep in range(reps):
                 fleet.set_defaults(f"v{rep}")  # the push is not part of the timing

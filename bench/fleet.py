@@ -18,6 +18,24 @@ SECRETS = "inventories/bench/group_vars/all/secrets.sops.yml"
 # fake values generated for the benchmark; never a real secret
 PLAIN_SECRETS = {"app_db_password": "bench-db-password", "app_api_token": "bench-api-token"}
 SYNTHETIC_TASKS = 16  # file, template, copy, lineinfile in turn
+# a SysV service, as the lab's hosts (no systemd) run them: the costliest thing verify's look reads
+INIT_SCRIPT = """\
+#!/bin/sh
+### BEGIN INIT INFO
+# Provides:          bench-agent
+# Default-Start:     2 3 4 5
+# Default-Stop:      0 1 6
+### END INIT INFO
+PIDFILE=/run/bench-agent.pid
+case "$1" in
+  start) start-stop-daemon --start --quiet --background --make-pidfile --pidfile $PIDFILE \\
+           --startas /bin/sh -- -c 'while :; do sleep 3600; done' ;;
+  stop) start-stop-daemon --stop --quiet --oknodo --pidfile $PIDFILE --remove-pidfile ;;
+  restart) "$0" stop; "$0" start ;;
+  status) start-stop-daemon --status --pidfile $PIDFILE ;;
+  *) exit 3 ;;
+esac
+"""
 
 
 def synthetic_role(tasks: int) -> dict[str, str]:
@@ -39,6 +57,16 @@ def synthetic_role(tasks: int) -> dict[str, str]:
             body.append({"name": f"Line {i}", "ansible.builtin.lineinfile": {
                 "path": "/srv/bench/lines.conf", "line": f"key{i} = {{{{ bench_value }}}}", "create": True,
                 "mode": "0644"}})
+    # what real roles manage besides files: verify's look reads them too (a user, a group, a service)
+    body += [
+        {"name": "Bench group", "ansible.builtin.group": {"name": "bench", "system": True}},
+        {"name": "Bench user", "ansible.builtin.user": {"name": "bench", "group": "bench", "shell": "/bin/sh",
+                                                        "home": "/srv/bench", "create_home": False, "system": True}},
+        {"name": "Bench agent's init script", "ansible.builtin.copy": {
+            "content": INIT_SCRIPT, "dest": "/etc/init.d/bench-agent", "mode": "0755"}},
+        {"name": "Bench agent", "ansible.builtin.service": {"name": "bench-agent", "state": "started",
+                                                           "enabled": True}},
+    ]
     body.append({"name": "Many small files (a long run of events)", "ansible.builtin.copy": {
         "content": "{{ item }}\n", "dest": "/srv/bench/loop-{{ item }}", "mode": "0644"},
         "loop": "{{ range(bench_loop | int) | list }}"})

@@ -18,7 +18,8 @@ LABELS = {
     "ansible-runner": "ansible-runner API with the controller's settings (mitogen unpinned, pipelining, forks 50)",
     "controller check": "`controller check` (fetch, snapshot, decrypt, syntax check, check, record)",
     "controller check, CPU pinned": "the same with mitogen's own CPU pinning (`ansible.cpu_pinning: true`)",
-    "controller verify": "`controller verify` (fetch, snapshot, one ssh look per host, record; nothing decrypted)",
+    "controller verify": "`controller verify` (fetch, snapshot, one ssh look per host at its paths, user, group "
+                         "and SysV service, record; nothing decrypted)",
     "controller sync --verify-first": "`controller sync --verify-first` (the same; no full check where hosts match)",
 }
 
@@ -45,6 +46,12 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
         verify = seconds(check["controller verify"])
         limit = 1 if int(hosts) <= 10 else 2
         rows.append((f"`controller verify` < {limit} s, {hosts} hosts", f"{verify:.2f} s", verify < limit))
+        look = size.get("verify_look")
+        if look:
+            rows.append((f"`controller verify` still one ssh connection per host, {hosts} hosts ({look['paths']} "
+                         f"paths and {look['resources']} resources a look)",
+                         f"{look['connections']} for {look['hosts']} hosts, {look['verified']} verified",
+                         look["connections"] == look["hosts"] == look["verified"]))
         if int(hosts) >= 50:
             fold = seconds(check["ansible-playbook"]) / verify
             rows.append((f"`controller verify` ≥ 50x faster than ansible-playbook defaults, {hosts} hosts",

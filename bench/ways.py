@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.fleet import BenchFleet
+from lab import counting_ssh
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,3 +88,17 @@ def controller(fleet: BenchFleet, *args: str) -> Timing:
     """The real ``controller`` command against the fleet's config."""
     env = {**base_env(), "CONTROLLER_CONFIG": str(fleet.config)}
     return timed([str(BIN / "controller"), *args], env)
+
+
+def verify_look(fleet: BenchFleet) -> dict[str, int]:
+    """One ``controller verify --json`` through an ssh that counts its connections: what each look read,
+    and whether it is still one connection per host."""
+    counting, calls = counting_ssh(fleet.root)
+    calls.unlink(missing_ok=True)
+    env = {**base_env(), "CONTROLLER_CONFIG": str(fleet.config), "PATH": counting["PATH"]}
+    done = subprocess.run([str(BIN / "controller"), "verify", "--json"], env=env, capture_output=True, text=True,
+                          check=False)
+    verdicts = [v for app in json.loads(done.stdout)["apps"] for v in app["verify"] or []]
+    return {"hosts": len(verdicts), "verified": sum(1 for v in verdicts if v["verified"]),
+            "connections": len(calls.read_text().splitlines()) if calls.exists() else 0,
+            "paths": max(v["paths"] for v in verdicts), "resources": max(v["resources"] for v in verdicts)}

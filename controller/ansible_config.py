@@ -13,7 +13,9 @@ import functools
 import importlib.util
 import os
 import shlex
+import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -64,7 +66,7 @@ def job_settings(config: Config, project: Path, private: Path) -> Job:
     notices: list[str] = []
     env = {key: os.environ[key] for key in PASSED_THROUGH if key in os.environ}
     env.update({k: v for k, v in os.environ.items() if k.startswith("ANSIBLE_")})
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+    env["PATH"] = f"{private / 'bin'}:{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
     env.setdefault("LANG", "C.UTF-8")
     scratch = _private_dir(private / "tmp")
     env.update({
@@ -93,7 +95,7 @@ def job_settings(config: Config, project: Path, private: Path) -> Job:
     env["ANSIBLE_TASK_TIMEOUT"] = str(max(1, round(settings.task_timeout)))
 
     options = _host_key_args(config)
-    host_keys, wrappers = _host_keys(config, options, repo, private, notices)
+    host_keys, wrappers = _host_keys(config, repo, private, notices)
     env.update(host_keys)
     # ssh_args come first on ssh's, sftp's and scp's command lines, and ssh takes the first value given
     repo_ssh_args = repo.get("ssh_connection", "ssh_args", fallback=None)
@@ -150,13 +152,42 @@ def _host_key_args(config: Config) -> str:
     return " ".join(f"-o {shlex.quote(option)}" for option in host_key_options(config))
 
 
-def _host_keys(config: Config, options: str, repo: configparser.ConfigParser, private: Path,
+def ssh_wrappers(config: Config, directory: Path, tools: Sequence[str] = ("ssh", "sftp", "scp")) -> dict[str, Path]:
+    """``ssh`` (and ``sftp``, ``scp``) in ``directory`` that put the bastion's host-key options first.
+
+    ssh keeps the first value of an option, so nothing a repository or a strategy adds after them
+    can weaken them. ssh hands a ProxyJump's own ssh none of its ``-o`` options, and starts it as
+    it was started itself (its argv[0]): the real ssh runs as plain ``ssh``, so that with
+    ``directory`` first on PATH the connection to a jump host (or a ProxyCommand's ``ssh``) goes
+    through the wrapper too, and is checked as the bastion says.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    options = _host_key_args(config)
+    bash = shutil.which("bash") or "/bin/bash"  # for exec -a
+    wrappers = {}
+    for tool in tools:
+        path = os.pathsep.join(p for p in os.environ.get("PATH", os.defpath).split(os.pathsep)
+                               if p and Path(p).resolve() != directory.resolve())
+        real = shutil.which(tool, path=path)
+        if real is None:
+            continue
+        wrapper = directory / tool
+        # written aside and renamed: a run that starts one of them meanwhile never sees half a file
+        partial = directory / f".{tool}.{os.getpid()}"
+        partial.write_text(f"#!{bash}\nexec -a {tool} {shlex.quote(real)} {options} \"$@\"\n")
+        partial.chmod(0o700)
+        partial.replace(wrapper)
+        wrappers[tool] = wrapper
+    return wrappers
+
+
+def _host_keys(config: Config, repo: configparser.ConfigParser, private: Path,
                notices: list[str]) -> tuple[dict[str, str], dict[str, Path]]:
     """Host key checking as the bastion says, for Ansible's ssh connection and for mitogen alike.
 
     ansible-runner turns checking off unless the job says otherwise, and mitogen then uses
-    /dev/null as known_hosts; an ssh wrapper that puts our options first (ssh keeps the first
-    value of an option) holds whatever the repository or a strategy adds after them.
+    /dev/null as known_hosts; the ssh wrappers (``ssh_wrappers``) hold whatever the repository
+    or a strategy adds after the bastion's options, jump hosts included.
     """
     weakened = repo.get("defaults", "host_key_checking", fallback="true").strip().lower() in ("false", "no", "0")
     for key in ("ssh_args", "ssh_common_args", "ssh_extra_args"):
@@ -167,12 +198,7 @@ def _host_keys(config: Config, options: str, repo: configparser.ConfigParser, pr
                        f"ssh.host_key_checking is {config.ssh.host_key_checking} on this bastion")
     writable_known_hosts(config)
     # sftp and scp (the ssh connection's file transfers) take the same options, so they get wrappers too
-    wrappers = {}
-    for tool in ("ssh", "sftp", "scp"):
-        wrapper = private / tool
-        wrapper.write_text(f"#!/bin/sh\nexec {tool} {options} \"$@\"\n")
-        wrapper.chmod(0o700)
-        wrappers[tool] = wrapper
+    wrappers = ssh_wrappers(config, private / "bin")
     checking = "False" if config.ssh.host_key_checking == "off" else "True"
     env = {"ANSIBLE_HOST_KEY_CHECKING": checking,
            **{f"ANSIBLE_{tool.upper()}_EXECUTABLE": str(path) for tool, path in wrappers.items()}}

@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from controller.apps import App
 from controller.config import Config
-from controller.drift import Report, decide, host_states, merged, report
+from controller.drift import Report, decide, host_states, merged, report, settle
 from controller.errors import ControllerError
 from controller.interrupt import Cancel
 from controller.outcomes import Kind, Reason, failure
@@ -35,13 +37,23 @@ class AppRun:
     config: Config
     digest: str                     # of everything a host manifest derives from (controller.manifest)
     relook: set[str] = field(default_factory=set)  # hosts whose manifest is made afresh after this run
+    # each host's row in the store before this run: the revision applied there, and when
+    before: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # per host, the tasks check mode cannot verify, as this run's check counted them
+    unverifiable: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def at_revision(self) -> set[str]:
+        """The hosts this revision was applied to before this run: what check mode cannot verify ran there."""
+        return {host for host, row in self.before.items() if row["revision"] == self.revision.sha}
 
     def reconcile(self, source: Source, prepared: Preparation) -> AppResult:
         """Check, then (a sync under policy apply) apply where the plan says; failures become the result."""
         app, store = self.app, self.store
         started = time.monotonic()
+        self.before = {row["host"]: row for row in store.hosts(app.name)}
         # a verify only looks at first: a stop then is no run (nothing was under way), so the run starts after
-        verdicts = self._look() if self.request.verifying else []
+        verdicts = self._look(prepared.space.project) if self.request.verifying else []
         run_id = store.start_run(app.name, self.revision.sha, self.kind, self.request.trigger, app.policy)
         last = store.last_applied(app.name)
         # a detect app is applied only when someone asks for exactly that (sync --apply, the dashboard's Apply)
@@ -56,11 +68,11 @@ class AppRun:
             checked = self._check_after(verdicts, play) if self.request.verifying else play(check=True)
             plan = None
             if applying:
-                applied_at = {h["host"]: h["revision"] for h in store.hosts(app.name)}
+                applied_at = {host: row["revision"] for host, row in self.before.items()}
                 plan = plan_apply(checked, applied_at, self.revision.sha, force=self.request.force)
             applied = play(check=False, limit=plan.limit) if plan and plan.hosts else None
             outcome, reason = decide(checked, applied)
-            message = _message(app, checked, applied, plan, self.kind, verdicts)
+            message = _message(app, checked, applied, plan, self.kind, verdicts, self._last_run(checked))
             summary = _summary(checked, applied, plan, verdicts)
             store.finish_run(run_id, outcome, reason, message, applied is not None, summary,
                              verified=sum(1 for v in verdicts if v.verified))
@@ -78,10 +90,10 @@ class AppRun:
                              previous=last, revision=self.revision.sha, seconds=time.monotonic() - started,
                              kind=self.kind)
 
-    def _look(self) -> list[Verdict]:
+    def _look(self, project: Path) -> list[Verdict]:
         """Compare the hosts with their manifests, one look each."""
         self.progress.step(f"{self.app.name}: verifying the hosts against their manifests (one look each)")
-        verdicts = verify_hosts(self.config, self.store, self.app.name, self.digest)
+        verdicts = verify_hosts(self.config, self.store, self.app.name, self.digest, project)
         rechecked = [v.host for v in verdicts if not v.verified]
         # a host that differed is looked at again after its full check, even if Ansible finds it in sync:
         # the manifest then takes what Ansible does not manage (an owner no task sets) as it is now
@@ -104,7 +116,16 @@ class AppRun:
         if not manifests or any(m.digest != self.digest for m in manifests):
             return play(True, None)
         full = play(True, ",".join(rechecked)) if rechecked else None
-        return verified_report(verdicts, full)
+        return verified_report(verdicts, full, self.at_revision)
+
+    def _last_run(self, checked: Report) -> str:
+        """Where and when the tasks check mode cannot verify last ran on the hosts where they are settled."""
+        stamps = sorted(self.before[h.host]["applied_at"] for h in checked.hosts
+                        if h.settled and h.host in self.before)
+        if not stamps:
+            return ""
+        when = _utc(stamps[0]) if stamps[0][:16] == stamps[-1][:16] else f"{_utc(stamps[0])} to {_utc(stamps[-1])}"
+        return f"last run at {self.revision.short} on {when}"
 
     def _refuse_rewrite(self, source: Source, last: str | None) -> None:
         revision = self.revision
@@ -128,23 +149,27 @@ class AppRun:
             self.store.add_report(run_id, phase, report(stopped.partial))
             raise
         found = report(played)
+        if check:
+            found = settle(found, self.at_revision)
+            self.unverifiable.update({h.host: h.unverified + h.settled for h in found.hosts})
         self.store.add_report(run_id, phase, found)
         if self.kind is not Kind.PREVIEW:
-            self._record_manifests(played, found, every_host=limit is None)
+            self._record_manifests(played, found, space.project, every_host=limit is None)
         return found
 
-    def _record_manifests(self, played: PlayRun, found: Report, *, every_host: bool) -> None:
+    def _record_manifests(self, played: PlayRun, found: Report, project: Path, *, every_host: bool) -> None:
         # a check's in-sync hosts, an apply's converged ones: what they have now is what Git says
         wanted = ("ok",) if played.check else ("ok", "changed")
         in_sync = {h.host for h in found.hosts if h.status in wanted}
         previous = {h: m for h, m in self.store.manifests(self.app.name).items() if h not in self.relook}
-        manifests = manifests_after(self.config, played, in_sync, self.digest, self.revision.sha, previous)
+        manifests = manifests_after(self.config, played, in_sync, self.digest, self.revision.sha, previous,
+                                    self.unverifiable, project)
         # an apply only runs where needed: the hosts it skipped keep the check's manifests
         self.store.record_manifests(self.app.name, manifests, every_host=every_host and played.check)
 
 
 def _message(app: App, checked: Report, applied: Report | None, plan: Plan | None, kind: Kind,
-             verdicts: list[Verdict]) -> str:
+             verdicts: list[Verdict], last_run: str) -> str:
     parts = []
     if applied is not None and app.policy == "detect":
         parts.append("policy detect: applied on request")
@@ -175,7 +200,17 @@ def _message(app: App, checked: Report, applied: Report | None, plan: Plan | Non
     unverified = sum(h.unverified for h in checked.hosts)
     if applied is None and unverified and not checked.drifted:
         parts.append(f"{unverified} task(s) check mode cannot verify")
-    return "; ".join(parts) or f"{len(checked.hosts)} host(s) in sync"
+    if not parts:
+        parts.append(f"{len(checked.hosts)} host(s) in sync")
+    settled = sum(h.settled for h in checked.hosts if h.status == "ok")
+    if settled and last_run and not checked.drifted:
+        parts.append(f"{settled} task(s) check mode cannot verify, {last_run}")
+    return "; ".join(parts)
+
+
+def _utc(stamp: str) -> str:
+    """``2026-11-23T10:42:05+00:00`` (as stored) as ``2026-11-23 10:42 UTC``."""
+    return f"{stamp[:16].replace('T', ' ')} UTC"
 
 
 def _summary(checked: Report, applied: Report | None, plan: Plan | None,

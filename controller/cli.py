@@ -149,7 +149,9 @@ def check(**options: Any) -> None:
 
     Runs every app in check+diff mode and shows, per host and task, what an
     apply would change. Schedule it from cron: exit code 2 means drift, 3
-    means only tasks that check mode cannot verify are open. With --revision
+    means only tasks that check mode cannot verify are open (they have not run
+    at this revision on some host yet; where they have, the run is in sync and
+    says when they last ran). With --revision
     (a pull request's commit or branch) it is a preview: never the app's state.
     """
     _reconcile("check", dry_run=False, allow_rewrite=False, only_if_changed=False, force=False, verify_first=False,
@@ -164,15 +166,20 @@ def verify(**options: Any) -> None:
 
     Every full check or apply that finds a host in sync records its manifest:
     each path a file-type task (file, copy, template, lineinfile, ...) manages,
-    with its checksum, mode, owner and group. verify fetches the branch and
-    compares every host with its manifest in a single ssh command per host (no
-    Ansible task, no module upload). A host that matches is *verified*: the
-    output says how many tasks its manifest covers, and which tasks (packages,
-    services, commands) only the last full check, at the time shown, has seen.
-    A host that differs, has no manifest, or whose inputs changed (a new
-    revision, the bastion config, vars or secrets, the Ansible version) gets a
-    full check, limited to it, with Ansible's own diff, exactly as `check`
-    reports it. verify never changes a host. Run it every few seconds from
+    with its checksum, mode, owner and group, and each package, service, user,
+    group, mount, sysctl value and crontab its tasks manage, as the host has
+    them, and how Ansible reached the host (inventory user, port, key, ssh
+    arguments such as a jump host, become). verify fetches the branch and
+    compares every host with its manifest in a single ssh command per host,
+    reached the same way (no Ansible task, no module upload). A host that
+    matches is *verified*: the output says how many paths and resources of how
+    many tasks its manifest covers, and which tasks (commands, a package named
+    by a wildcard) only the last full check, at the time shown, has seen. A
+    host that differs, could not be looked at (ssh says why), has no manifest,
+    or whose inputs changed (a new revision, the bastion config, vars or
+    secrets, the Ansible version) gets a full check, limited to it, with
+    Ansible's own diff, exactly as `check` reports it. verify never changes a
+    host. Run it every few seconds from
     `watch` (watch.verify_interval) and keep a full check on a slower schedule.
     """
     _reconcile("verify", revision=None, dry_run=False, allow_rewrite=False,

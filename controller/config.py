@@ -86,7 +86,7 @@ class GalaxyConfig:
     """Where ``ansible-galaxy`` installs the roles and collections a revision requires from."""
 
     server: str | None = None       # a Galaxy (or Automation Hub, Pulp) API URL; default: ansible.cfg's, then Galaxy
-    timeout: Seconds = Seconds(300)  # for installing one requirement
+    timeout: Seconds = Seconds(300)  # for one ansible-galaxy install (a requirements file's roles or collections)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 
 from controller.outcomes import Outcome, Reason
 from controller.runner import PlayRun, TaskResult
@@ -10,12 +11,17 @@ from controller.runner import PlayRun, TaskResult
 
 @dataclass(frozen=True)
 class HostState:
-    """One host after a run: ``changed`` means drifted (check) or corrected (apply)."""
+    """One host after a run: ``changed`` means drifted (check) or corrected (apply).
+
+    Of the tasks check mode cannot verify, ``unverified`` are pending there (the revision was not
+    applied to the host yet); ``settled`` already ran when it was, and are no open item.
+    """
 
     host: str
     status: str  # ok | changed | failed | unreachable
     changed: int
     unverified: int
+    settled: int = 0
 
 
 @dataclass(frozen=True)
@@ -43,26 +49,42 @@ class Report:
 
 
 def report(run: PlayRun) -> Report:
-    """Summarise a PlayRun per host."""
+    """Summarise a PlayRun per host.
+
+    A host whose only check-mode failures came after a change earlier in the same play is drifted,
+    not failed: those failures may only follow from what the apply would change first.
+    """
     unverified: dict[str, int] = {}
+    explained: dict[str, int] = {}
     cut_off: set[str] = set()  # timed out or refused for its host key: reported as a failed task by Ansible
     for task in run.tasks:
         if task.status == "unverified":
             unverified[task.host] = unverified.get(task.host, 0) + 1
         elif task.status == "unreachable":
             cut_off.add(task.host)
+        elif task.may_depend:
+            explained[task.host] = explained.get(task.host, 0) + 1
     hosts = []
     for summary in run.hosts:
         if summary.unreachable or summary.host in cut_off:
             status = "unreachable"
-        elif summary.failed:
+        elif summary.failed > explained.get(summary.host, 0):
             status = "failed"
-        elif summary.changed:
+        elif summary.changed or summary.failed:  # every failure explained: what the apply would change first
             status = "changed"
         else:
             status = "ok"
         hosts.append(HostState(summary.host, status, summary.changed, unverified.get(summary.host, 0)))
     return Report(tuple(hosts), run.tasks)
+
+
+def settle(found: Report, at_revision: Collection[str]) -> Report:
+    """``found`` with the tasks check mode cannot verify left open only where they are pending: on a host
+    in ``at_revision`` (the revision checked was applied there), they ran when it was applied."""
+    hosts = tuple(replace(h, unverified=0, settled=h.settled + h.unverified) if h.host in at_revision else h
+                  for h in found.hosts)
+    tasks = tuple(t for t in found.tasks if t.status != "unverified" or t.host not in at_revision)
+    return Report(hosts, tasks)
 
 
 def decide(check: Report, applied: Report | None) -> tuple[Outcome, Reason | None]:

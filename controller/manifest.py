@@ -1,24 +1,31 @@
 """Host manifests: what a full check or apply left on a host, so that ``verify`` can look in one round trip.
 
-A manifest lists, for every task whose result names a path (file, copy, template,
-lineinfile, ...), that path as the host had it right after a full run found the host in
-sync: kind, mode, owner, group, SHA-1 or link target. It is only as good as what it was
-derived from, so it carries a digest of those inputs; a different digest means a full check.
+A manifest lists, for every task whose result names what it manages, that thing as the host
+had it right after a full run found the host in sync: a path (file, copy, template, lineinfile,
+...: kind, mode, owner, group, SHA-1 or link target), or a resource (a package's version, a
+service's state, a user's uid, home, shell and groups, a group's gid, a mount, a sysctl value, a
+crontab). It is only as good as what it was derived from, so it carries a digest of those inputs;
+a different digest means a full check.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from controller.apps import App
 from controller.config import Config
 
+# What a manifest records and how; a manifest of another form (an older controller's) is one of other inputs.
+FORM = 2
 # Modules whose result names the path they manage; what they leave there is all they manage.
 FILE_ACTIONS = frozenset({"file", "copy", "template", "lineinfile", "blockinfile", "ini_file", "replace",
                           "assemble", "xml", "patch"})
@@ -30,24 +37,100 @@ STATELESS_ACTIONS = frozenset({"debug", "set_fact", "assert", "fail", "meta", "s
                                "set_stats", "validate_argument_spec"})
 
 
+class ResourceKind(StrEnum):
+    """What a resource-type task manages, as verify's look reads it on the host."""
+
+    PACKAGE = "package"    # installed version (dpkg's status file, or rpm)
+    SERVICE = "service"    # running and enabled (systemd when it runs, else the SysV init script)
+    USER = "user"          # uid, primary group, home, shell, supplementary groups
+    GROUP = "group"        # gid
+    MOUNT = "mount"        # what is mounted there (/proc/mounts) and its fstab line
+    SYSCTL = "sysctl"      # the kernel's value (/proc/sys)
+    CRONTAB = "crontab"    # a user's crontab, as a checksum
+
+
+RESOURCE_ACTIONS = {
+    **dict.fromkeys(("apt", "package", "dnf", "dnf5", "yum"), ResourceKind.PACKAGE),
+    **dict.fromkeys(("service", "systemd", "systemd_service", "sysvinit"), ResourceKind.SERVICE),
+    "user": ResourceKind.USER, "group": ResourceKind.GROUP, "mount": ResourceKind.MOUNT,
+    "sysctl": ResourceKind.SYSCTL, "cron": ResourceKind.CRONTAB,
+}
+# a .deb named as Debian names them: package_version_architecture.deb
+DEB_FILE = re.compile(r"^([a-z0-9][a-z0-9+.-]*)_[^_/]+_[^_/]+\.deb$")
+
+
 def short_action(action: str) -> str:
     """``ansible.builtin.template`` -> ``template``; collection modules keep their last name too."""
     return action.rsplit(".", 1)[-1]
 
 
-def paths_of(action: str, res: Mapping[str, Any]) -> tuple[str, ...]:
-    """The absolute paths a file-type task's result names (loop items included); () for other tasks."""
-    if short_action(action) not in FILE_ACTIONS:
+def targets_of(action: str, res: Mapping[str, Any]) -> tuple[str, ...]:
+    """What a task's result (loop items included) says it manages: absolute paths, and resources as
+    ``kind:name``; () for a task that names nothing verify can look at, or something it cannot name."""
+    short = short_action(action)
+    if short not in FILE_ACTIONS and short not in RESOURCE_ACTIONS:
         return ()
     found: list[str] = []
     for source in [res, *(r for r in res.get("results", []) if isinstance(r, dict))]:
-        args = source.get("invocation", {}).get("module_args", {}) if isinstance(source.get("invocation"), dict) \
-            else {}
-        for value in (source.get("path"), source.get("dest"), args.get("path"), args.get("dest")):
-            if isinstance(value, str) and value.startswith("/") and "\n" not in value and value not in found:
-                found.append(value)
-                break
-    return tuple(found)
+        invocation = source.get("invocation")
+        args = invocation.get("module_args", {}) if isinstance(invocation, dict) else {}
+        if not isinstance(args, dict):
+            args = {}
+        if short in FILE_ACTIONS:
+            for value in (source.get("path"), source.get("dest"), args.get("path"), args.get("dest")):
+                if _absolute(value):
+                    found.append(value)
+                    break
+        elif args or source.get("name"):
+            named = _resources(RESOURCE_ACTIONS[short], args, source)
+            if named is None:
+                return ()  # a task that manages something unnamed is only covered by a full check
+            found.extend(named)
+    return tuple(dict.fromkeys(found))
+
+
+def _absolute(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and value.startswith("/") and "\n" not in value
+
+
+def _names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _resources(kind: ResourceKind, args: Mapping[str, Any], res: Mapping[str, Any]) -> list[str] | None:
+    """The ``kind:name`` targets (and paths) of one result of a resource module; None: it cannot be named."""
+    if kind is ResourceKind.PACKAGE:
+        names = []
+        for name in _names(args.get("name")):
+            # "nginx=1.24.0-1~bookworm", "nginx>=1.2": the package, whatever version the task pins
+            plain = re.split(r"[=<>\s]", name, maxsplit=1)[0]
+            if not plain or any(c in plain for c in "*?[/@") or "://" in name:
+                return None
+            names.append(plain)
+        deb = args.get("deb")
+        if isinstance(deb, str) and deb:
+            match = DEB_FILE.match(posixpath.basename(deb))
+            if match is None:
+                return None
+            names.append(match.group(1))
+        return [f"{kind}:{n}" for n in names] or None
+    if kind is ResourceKind.MOUNT:
+        where = args.get("path") or args.get("name")
+        return [f"{kind}:{where}"] if _absolute(where) else None
+    if kind is ResourceKind.CRONTAB:
+        cron_file = args.get("cron_file")
+        if isinstance(cron_file, str) and cron_file:
+            return [cron_file if cron_file.startswith("/") else f"/etc/cron.d/{cron_file}"]
+        return [f"{kind}:{args.get('user') or ''}"]  # '': the user the module ran as
+    called = args.get("name") or res.get("name")
+    if not isinstance(called, str) or not called or "\n" in called:
+        return None
+    found = [f"{kind}:{called}"]
+    if kind is ResourceKind.SYSCTL and _absolute(args.get("sysctl_file")):
+        found.append(args["sysctl_file"])
+    return found
 
 
 @dataclass(frozen=True)
@@ -57,6 +140,20 @@ class Connection:
     address: str
     port: int | None = None
     user: str | None = None
+    private_key_file: str | None = None
+    ssh_args: tuple[str, ...] = ()     # ansible.cfg's ssh_args (the job's), split as Ansible splits them
+    common_args: tuple[str, ...] = ()  # ssh_common_args then ssh_extra_args: a jump host, a proxy...
+    become: bool = False
+    become_user: str | None = None
+    become_method: str | None = None
+    python: str | None = None          # ansible_python_interpreter, unless discovered
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Connection:
+        """A connection as stored or as Ansible told it (fields an older manifest lacks keep their defaults)."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "ssh_args": tuple(known.get("ssh_args", ())),
+                      "common_args": tuple(known.get("common_args", ()))})
 
 
 @dataclass(frozen=True)
@@ -85,8 +182,34 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Resource:
+    """One resource as a host has it: ``state`` holds what the look reads (() when there is none)."""
+
+    kind: str
+    name: str
+    state: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    def differences(self, now: Resource) -> list[str]:
+        """What changed from this (the recorded state) to ``now``, in words."""
+        if now.state == self.state:
+            return []
+        what = f"{self.kind} {self.name or '(of the user verify logs in as)'}"
+        if not now.state:
+            return [f"{what}: was there, now absent"]
+        if not self.state:
+            return [f"{what}: was absent, now there"]
+        before, after = dict(self.state), dict(now.state)
+        return [f"{what}: {key} {before.get(key) or '(none)'} -> {after.get(key) or '(none)'}"
+                for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)]
+
+
+@dataclass(frozen=True)
 class Manifest:
-    """A host's manifest: the paths its covered tasks left, and what a verify cannot see."""
+    """A host's manifest: the paths and resources its covered tasks left, and what a verify cannot see."""
 
     host: str
     digest: str
@@ -94,13 +217,20 @@ class Manifest:
     checked_at: str                        # when the full run that found the host in sync ended
     connection: Connection
     entries: tuple[Entry, ...]
-    covered: int                           # tasks whose every effect is in ``entries``
-    uncovered: tuple[str, ...] = ()        # tasks (package, service, command...) only a full check sees
+    covered: int                           # tasks whose every effect is in ``entries`` and ``resources``
+    uncovered: tuple[str, ...] = ()        # tasks (a command, an unnamed package...) only a full check sees
     unverified: int = 0                    # tasks the full check itself could not verify
+    resources: tuple[Resource, ...] = ()
+    error: str = ""                        # the look after that full run failed: nothing to compare with
 
     @property
     def paths(self) -> tuple[str, ...]:
         return tuple(e.path for e in self.entries)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Everything the look asks the host about: the paths, then the resources."""
+        return (*self.paths, *(r.key for r in self.resources))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -108,24 +238,32 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         data = json.loads(text)
-        return cls(**{**data, "connection": Connection(**data["connection"]),
+        return cls(**{**data, "connection": Connection.from_dict(data["connection"]),
                       "entries": tuple(Entry(**e) for e in data["entries"]),
-                      "uncovered": tuple(data["uncovered"])})
+                      "uncovered": tuple(data["uncovered"]),
+                      "resources": tuple(Resource(r["kind"], r["name"], tuple(tuple(p) for p in r["state"]))
+                                         for r in data.get("resources", ()))})
+
+
+def ordered(targets: Iterable[str]) -> tuple[str, ...]:
+    """Targets as a manifest holds them and the look asks for them: the paths, then the resources."""
+    targets = list(targets)
+    return (*(t for t in targets if t.startswith("/")), *(t for t in targets if not t.startswith("/")))
 
 
 @dataclass
 class Coverage:
-    """What one full run's task results say about one host, before the paths are looked at."""
+    """What one full run's task results say about one host, before anything is looked at."""
 
-    paths: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
     covered: int = 0
     uncovered: list[str] = field(default_factory=list)
 
-    def add(self, task: str, action: str, paths: Iterable[str]) -> None:
-        paths = list(paths)
-        if paths:
+    def add(self, task: str, action: str, targets: Iterable[str]) -> None:
+        targets = list(targets)
+        if targets:
             self.covered += 1
-            self.paths.extend(p for p in paths if p not in self.paths)
+            self.targets.extend(t for t in targets if t not in self.targets)
         elif short_action(action) not in STATELESS_ACTIONS and task not in self.uncovered:
             self.uncovered.append(task)
 
@@ -138,7 +276,8 @@ def inputs_digest(config: Config, revision: str, app: App, project: Path) -> str
     ciphertext, so nothing has to be decrypted to tell, and no hash of a plaintext is ever stored.
     """
     digest = hashlib.sha256()
-    for part in (revision, repr(app), repr(config), version("ansible-core"), version("gitops-controller")):
+    for part in (revision, repr(app), repr(config), version("ansible-core"), version("gitops-controller"),
+                 str(FORM)):
         digest.update(part.encode() + b"\0")
     inventory = project / app.inventory
     beside = [inventory] if inventory.is_dir() else [inventory, inventory.parent / "group_vars",

@@ -98,7 +98,8 @@ EXIT_CODE_MEANINGS: dict[ExitCode, tuple[str, str]] = {
     ExitCode.DRIFT: ("drift found, or a host could not be checked", "drift remains: policy `detect`, or a host "
                      "failed or was unreachable (the others converged; the run is `partial`)"),
     ExitCode.UNVERIFIED: ("in sync as far as check mode can tell, but tasks it cannot verify (`command`, "
-                          "`shell`, no check mode) are open; 0 with `--accept-unverified`", "same"),
+                          "`shell`, no check mode) are open: they have not run at this revision on some host yet; "
+                          "0 with `--accept-unverified`", "same"),
     ExitCode.USAGE: ("usage error", "same"),
     ExitCode.BUG: ("internal error (a bug; traceback printed)", "same"),
     ExitCode.LOCKED: ("another run holds the lock (`--wait` to queue)", "same"),

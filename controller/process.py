@@ -67,7 +67,7 @@ _STATUS = "\x1estatus "   # each command's exit status, appended to its stderr b
 
 
 def run_side_by_side(commands: Mapping[str, Sequence[str]], *, env: Mapping[str, str],
-                     timeout: float) -> dict[str, Finished]:
+                     timeout: float, cwd: Path | None = None) -> dict[str, Finished]:
     """Run every command at once and wait for all (``timeout`` seconds at most, per batch of 200); never raises for a
     command's failure: each caller tells its own failures apart.
 
@@ -78,12 +78,12 @@ def run_side_by_side(commands: Mapping[str, Sequence[str]], *, env: Mapping[str,
     keys = list(commands)
     for start in range(0, len(keys), SIDE_BY_SIDE_BATCH):
         batch = {key: commands[key] for key in keys[start:start + SIDE_BY_SIDE_BATCH]}
-        finished.update(_fan_out(batch, env, time.monotonic() + timeout, timeout))
+        finished.update(_fan_out(batch, env, time.monotonic() + timeout, timeout, cwd))
     return finished
 
 
 def _fan_out(commands: Mapping[str, Sequence[str]], env: Mapping[str, str], deadline: float,
-             timeout: float) -> dict[str, Finished]:
+             timeout: float, cwd: Path | None) -> dict[str, Finished]:
     reads: dict[int, tuple[str, int]] = {}  # read end -> (command, 0 stdout | 1 stderr)
     writes: list[int] = []
     lines = []
@@ -96,7 +96,7 @@ def _fan_out(commands: Mapping[str, Sequence[str]], env: Mapping[str, str], dead
     output: dict[str, list[bytearray]] = {key: [bytearray(), bytearray()] for key in commands}
     # bash, not sh: dash redirects only file descriptors 0-9; the script on stdin, since one argument
     # may not exceed 128 KiB (background commands read /dev/null, not the script)
-    proc = subprocess.Popen(reaped(["bash", "-s"]), env=dict(env), stdin=subprocess.PIPE,
+    proc = subprocess.Popen(reaped(["bash", "-s"]), env=dict(env), cwd=cwd, stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=writes)
     try:
         for fd in writes:

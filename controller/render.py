@@ -76,8 +76,9 @@ def _verdicts_text(app: AppResult) -> list[str]:
     for verdict in app.verdicts:
         found = verdict.manifest
         if verdict.verified and found is not None:
-            lines.append(f"  {verdict.host}  verified  {len(found.entries)} path(s) of {found.covered} task "
-                         f"result(s) as the full check at {found.checked_at} left them")
+            lines.append(f"  {verdict.host}  verified  {len(found.entries)} path(s) and {len(found.resources)} "
+                         f"resource(s) of {found.covered} task result(s) as the full check at {found.checked_at} "
+                         "left them")
             if found.uncovered:
                 lines.append(f"      covered only by that full check: {', '.join(found.uncovered)}")
         else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -46,6 +47,10 @@ PATH_VARS = {"roles": "ANSIBLE_ROLES_PATH", "collections": "ANSIBLE_COLLECTIONS_
 # "[WARNING]: - motd was NOT installed successfully: - command ..." says the name we already say
 _GALAXY_PREFIX = re.compile(r"^\[(ERROR|WARNING)\]:\s*(- \S+ was NOT installed successfully:\s*)?(- )?")
 CFG_KEYS = {"roles": ("roles_path",), "collections": ("collections_path", "collections_paths")}
+# what names the one that failed: "- motd was NOT installed successfully", "... of collection acme.base:"
+_NAMED = re.compile(r"- (?P<name>\S+) was NOT installed successfully|of collection (?P<name2>[\w.]+?):")
+_UNSATISFIED = re.compile(r"^\* (?P<name>[\w.]+):(?P<spec>\S+) \((?:dependency of (?P<parent>[\w.]+):"
+                          r"(?P<version>\S+)|direct request)\)")
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,8 @@ def _read_cfg(path: Path) -> dict[str, str]:
 
 
 def _install_into_cache(config: Config, project: Path, found: list[Requirement], entry: Path, job: Job) -> None:
-    """Install one requirement at a time, so that a failure names the one that failed."""
+    """One ``ansible-galaxy`` install per requirements file and kind, as it installs a file itself: the
+    collections a file lists resolve their dependencies among themselves, vendored tarballs in any order."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     for directory in (entry.parent.parent, entry.parent):
         os.chmod(directory, 0o700)
@@ -166,14 +172,18 @@ def _install_into_cache(config: Config, project: Path, found: list[Requirement],
         server = ["--server", config.galaxy.server] if config.galaxy.server else []
         for kind in KINDS:
             (building / kind).mkdir()
-        for number, requirement in enumerate(found):
-            listed = scratch / f"requirement-{number}.yml"
-            listed.write_text(yaml.safe_dump({requirement.kind: [requirement.entry]}))
-            noun = requirement.kind.removesuffix("s")
-            run(["ansible-galaxy", noun, "install", "-r", str(listed), "-p", str(building / requirement.kind),
-                 *server], reason=Reason.REQUIREMENTS_FAILED,
-                what=f"{requirement.file}: {noun} {requirement.name} could not be installed",
-                env=env, cwd=project, timeout=config.galaxy.timeout, explain=_galaxy_error)
+        for number, (name, kind) in enumerate((name, kind) for name in FILES for kind in KINDS):
+            listed = [r for r in found if r.file == name and r.kind == kind]
+            if not listed:
+                continue
+            requirements = scratch / f"requirements-{number}.yml"
+            requirements.write_text(yaml.safe_dump({kind: [r.entry for r in listed]}))
+            # tarballs and directories only: no Galaxy server to ask, and a missing dependency is named as such
+            offline = ["--offline"] if kind == "collections" and all(_local(r.entry) for r in listed) else []
+            run(["ansible-galaxy", kind.removesuffix("s"), "install", "-r", str(requirements),
+                 "-p", str(building / kind), *(offline or server)], reason=Reason.REQUIREMENTS_FAILED, what=name,
+                env=env, cwd=project, timeout=config.galaxy.timeout,
+                explain=functools.partial(_galaxy_error, listed=listed, offline=bool(offline)))
         try:
             building.rename(entry)
         except OSError:  # another controller process cached the same set meanwhile
@@ -183,9 +193,38 @@ def _install_into_cache(config: Config, project: Path, found: list[Requirement],
         shutil.rmtree(building, ignore_errors=True)
 
 
-def _galaxy_error(stderr: str) -> str:
-    """The line of ansible-galaxy's output that says what went wrong: git's own words, else its error."""
+def _local(entry: Any) -> bool:
+    """A collection ansible-galaxy installs from this machine (a tarball, a directory), asking no server."""
+    if isinstance(entry, dict):
+        source, kind = str(entry.get("name") or ""), entry.get("type")
+        if kind in ("file", "dir", "subdirs"):
+            return "://" not in source
+        return kind is None and source.endswith((".tar.gz", ".tgz")) and "://" not in source
+    return isinstance(entry, str) and entry.endswith((".tar.gz", ".tgz")) and "://" not in entry
+
+
+def _galaxy_error(stderr: str, listed: list[Requirement], offline: bool) -> str:
+    """Which role or collection could not be installed, who needs it, and ansible-galaxy's (or git's) reason."""
     raw = [line.strip() for line in stderr.splitlines() if line.strip() and "--ignore-errors" not in line]
+    noun, file = listed[0].kind.removesuffix("s"), listed[0].file
+    for line in raw:
+        # the resolver: "* acme.base:>=1.0.0 (dependency of acme.app:1.0.0)", or "(direct request)"
+        missing = _UNSATISFIED.match(line)
+        if missing and missing["parent"]:
+            where = "the listed tarballs and directories (offline)" if offline else "what the Galaxy server has"
+            return (f"collection {missing['name']} {missing['spec']} could not be installed: "
+                    f"{missing['parent']} {missing['version']} requires it, and neither {file} nor "
+                    f"{where} provides it")
+        if missing:
+            return f"collection {missing['name']} {missing['spec']} could not be installed: no source provides it"
+    named = next((m["name"] or m["name2"] for line in raw if (m := _NAMED.search(line))), None)
+    if named is None and len(listed) == 1:
+        named = listed[0].name
+    return f"{f'{noun} {named}' if named else listed[0].kind} could not be installed: {_galaxy_reason(raw)}"
+
+
+def _galaxy_reason(raw: list[str]) -> str:
+    """The line of ansible-galaxy's output that says what went wrong: git's own words, else its error."""
     for marker in ("fatal: ", "error: "):  # galaxy wraps git's message into a warning line
         for line in raw:
             if marker in line:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import time
 from collections import deque
@@ -18,13 +19,14 @@ from controller.ansible_config import Job
 from controller.apps import App
 from controller.errors import ControllerError
 from controller.interrupt import Cancel
-from controller.manifest import Connection, paths_of
+from controller.manifest import Connection, targets_of
 from controller.outcomes import Reason
 from controller.process import reaped, run, stop_children
 from controller.redact import Redactor
 
 STATUSES = ("ok", "changed", "failed", "unreachable", "skipped", "unverified")
 UNVERIFIED_MARKER = "CONTROLLER-UNVERIFIED"
+CHANGES_NOTHING = "changes-nothing"  # said with the marker of a task written with changed_when: false
 CONNECTION_MARKER = "CONTROLLER-CONNECTION"
 POLL_SECONDS = 0.5  # how often ansible-runner asks whether to stop (its default, 5 s, delays a SIGTERM)
 # what ssh and ansible say when a host cannot be trusted or stops answering
@@ -34,6 +36,8 @@ HOST_KEY_REFUSED = "host key mismatch: its key is not the one in known_hosts; no
 TASK_TIMED_OUT = ("failed to execute in the expected time frame", "timed out after")
 # ssh's ConnectTimeout (no TCP answer, or no banner from a hung sshd) and mitogen's: ansible.timeout, not task_timeout
 CONNECT_TIMED_OUT = ("connection timed out", "timed out during banner exchange", "operation timed out")
+# said beside a check-mode failure on a host where an earlier task of the same play would change something
+MAY_DEPEND = "may depend on a change not yet applied"
 
 
 @dataclass(frozen=True)
@@ -46,16 +50,18 @@ class TaskResult:
     status: str
     diff: str = ""
     message: str = ""
+    may_depend: bool = False  # a check-mode failure after a change earlier in the play on the same host
 
 
 @dataclass(frozen=True)
 class Touched:
-    """A task that ran (ok or changed) on a host, and the paths its result names (file-type tasks)."""
+    """A task that ran (ok or changed) on a host, and what its result names: paths and resources
+    (``manifest.targets_of``)."""
 
     host: str
     task: str
     action: str
-    paths: tuple[str, ...]
+    targets: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -170,33 +176,53 @@ class _Collector:
         self.touched: list[Touched] = []
         self.connections: dict[str, Connection] = {}
         self.tail: deque[str] = deque(maxlen=3)
+        self.pending: set[str] = set()  # hosts where a task of the current play would change something
 
     def handle(self, event: dict[str, Any]) -> bool:
         kind = event.get("event", "")
         data = event.get("event_data", {})
         if kind == "playbook_on_stats":
             self.stats = _summaries(data)
+        elif kind == "playbook_on_play_start":
+            self.pending.clear()
         elif kind in _STATUS_OF:
             result = self._result(kind, data)
             if result.status == "skipped":
                 self.skipped[(result.host, str(data.get("task_uuid")))] = len(self.tasks)
+            elif result.status == "changed" and self.check:
+                self.pending.add(result.host)
+            elif result.status == "failed" and self.check and result.host in self.pending:
+                # check mode simulates: a service whose package is not installed yet fails there
+                result = replace(result, may_depend=True,
+                                 message=f"{MAY_DEPEND}: {result.message}" if result.message else MAY_DEPEND)
             if result.status != "ok":
                 self.tasks.append(result)
             if result.status in ("ok", "changed"):
-                paths = paths_of(result.action, data.get("res") or {})
-                self.touched.append(Touched(result.host, result.task, result.action, paths))
+                targets = targets_of(result.action, data.get("res") or {})
+                self.touched.append(Touched(result.host, result.task, result.action, targets))
             self.on_task(result)
         elif kind == "verbose" and event.get("stdout", "").startswith(CONNECTION_MARKER):
-            _, host, address, port, user = event["stdout"].rstrip("\n").split("\t")
-            self.connections[host] = Connection(address, int(port) if port.isdigit() else None, user or None)
+            _, host, told = event["stdout"].rstrip("\r\n").split("\t", 2)
+            # the store keeps it (a manifest): never a secret, even one passed in ssh arguments
+            self.connections[host] = Connection.from_dict({key: self._masked(value)
+                                                           for key, value in json.loads(told).items()})
         elif kind == "verbose" and event.get("stdout", "").startswith(UNVERIFIED_MARKER):
-            _, host, uuid = event["stdout"].strip().split("\t")
+            _, host, uuid, said = event["stdout"].rstrip("\r\n").split("\t")
             index = self.skipped.pop((host, uuid), None)
-            if index is not None:
+            if index is not None and said == CHANGES_NOTHING:
+                # its author's word: no open item, but nothing a verify can see either, as after an apply
+                skipped = self.tasks[index]
+                self.touched.append(Touched(host, skipped.task, skipped.action, ()))
+            elif index is not None:
                 self.tasks[index] = replace(self.tasks[index], status="unverified")
         elif kind == "verbose" and "ERROR" in event.get("stdout", ""):
             self.tail.append(_relative(self.redactor.text(event["stdout"].strip()), self.project))
         return False  # never write job_events to disk: they hold diffs and secrets
+
+    def _masked(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self._masked(v) for v in value]
+        return self.redactor.text(value) if isinstance(value, str) else value
 
     def _result(self, kind: str, data: dict[str, Any]) -> TaskResult:
         res = data.get("res") or {}

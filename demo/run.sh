@@ -78,7 +78,7 @@ sed 's/^/  /' "$WORK/lab/hosts/h1/etc/motd"
 echo "this machine has no shop-tools and no user shop: $(dpkg-query -W shop-tools 2>&1 | head -1); \
 $(id shop 2>&1)"
 
-say "A second sync has nothing to do"
+say "A second sync has nothing to do: in sync, and the role's command ran at this revision (exit 0)"
 expect 0 controller sync
 
 say "controller verify: one ssh look per host against what the last full run left there"
@@ -92,6 +92,7 @@ echo "done: workers set to 64, a line added to the banner, shop-tools removed, /
 
 say "controller verify: the edited host differs from its manifest, so only it gets a full check (exit 2)"
 expect 2 controller verify --app staging
+expect 2 controller verify --app staging-system
 
 say "controller check: the drift is reported (exit 2), nothing is changed"
 expect 2 controller check --app staging

@@ -296,6 +296,22 @@ class Lab:
         return [pid for pid in pids if pid not in own and _is_lab_process(pid, self.directory)]
 
 
+def counting_ssh(directory: Path) -> tuple[dict[str, str], Path]:
+    """An ``ssh`` first on PATH that logs each connection's destination (the argument after ``--``, as
+    verify's look gives it) to the returned file, and the key exchange it asks for to ``FILE.kex``.
+
+    It starts the real ssh as plain ``ssh``, as ssh itself would be: a ProxyJump's ssh is found on PATH again.
+    """
+    bin_dir, log = directory / "counting-bin", directory / "ssh-calls"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = bin_dir / "ssh"
+    wrapper.write_text(f'#!/bin/bash\nprev=\nfor arg in "$@"; do [ "$prev" = -- ] && echo "$arg" >> {log}; '
+                       f'case "$arg" in KexAlgorithms=*) echo "$arg" >> {log}.kex;; esac; '
+                       f'prev="$arg"; done\nexec -a ssh {shutil.which("ssh")} "$@"\n')
+    wrapper.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}, log
+
+
 def _copy(source: Path, target: Path) -> None:
     """Copy a layer with owners and modes (shutil's copies drop owners: ``deploy`` needs its key)."""
     target.mkdir(parents=True, exist_ok=True)

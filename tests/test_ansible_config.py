@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -52,11 +53,14 @@ def test_host_keys_are_checked_whatever_the_repository_says(tmp_path: Path) -> N
     assert args.index("StrictHostKeyChecking=accept-new") < args.index("StrictHostKeyChecking=no")
     assert args.index(known) < args.index("UserKnownHostsFile=/dev/null")
     wrapper = Path(job.env["ANSIBLE_SSH_EXECUTABLE"])  # what mitogen runs, with its own options after ours
-    assert wrapper.read_text().startswith("#!/bin/sh\nexec ssh -o StrictHostKeyChecking=accept-new")
+    # the real ssh, started as plain "ssh" so that a jump host's ssh is this wrapper again (PATH)
+    assert wrapper.read_text().startswith(f"#!{shutil.which('bash')}\nexec -a ssh {shutil.which('ssh')} "
+                                          "-o StrictHostKeyChecking=accept-new")
+    assert job.env["PATH"].split(":")[0] == str(wrapper.parent)
     assert f"ansible_ssh_executable={wrapper}" in job.cmdline  # extra vars beat inventory vars
     for tool in ("sftp", "scp"):  # the ssh connection's file transfers
         transfer = Path(job.env[f"ANSIBLE_{tool.upper()}_EXECUTABLE"])
-        assert transfer.read_text().startswith(f"#!/bin/sh\nexec {tool} -o StrictHostKeyChecking=accept-new")
+        assert f"exec -a {tool} {shutil.which(tool)} -o StrictHostKeyChecking=accept-new" in transfer.read_text()
         assert f"ansible_{tool}_executable={transfer}" in job.cmdline
     [notice] = job.notices
     assert "host key checking" in notice and "accept-new" in notice
@@ -99,10 +103,12 @@ def test_the_repository_ansible_cfg_wins_for_speed(tmp_path: Path) -> None:
 def test_linear_fallback_and_no_secret_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOPS_AGE_KEY", "AGE-SECRET-KEY-1TESTVALUE")
     monkeypatch.setenv("SLACK_WEBHOOK_URL", "https://hooks.example.invalid/secret")
-    env = job_settings(config(tmp_path, strategy="linear"), tmp_path, private(tmp_path)).env
+    job = private(tmp_path)
+    env = job_settings(config(tmp_path, strategy="linear"), tmp_path, job).env
     assert env["ANSIBLE_STRATEGY"] == "linear" and "ANSIBLE_STRATEGY_PLUGINS" not in env
     assert "SOPS_AGE_KEY" not in env and "SLACK_WEBHOOK_URL" not in env
-    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+    # the ssh wrappers (a jump host's ssh finds them), then this Python's tools
+    assert env["PATH"].split(":")[:2] == [str(job / "bin"), str(Path(sys.executable).parent)]
 
 
 def test_cpu_pinning_means_mitogens_own_strategy(tmp_path: Path) -> None:

@@ -88,9 +88,14 @@ def test_the_example_converges_whole_machines_as_deploy_with_sudo(ops: Fleet, ma
     assert digest(MACHINE) == machine  # none of it happened to this machine
     assert root_ssh(ops, "h1", "cat /proc/1/comm").strip() == "sshd"  # a lab host, not this machine
     code, tasks = check(ops)
-    assert code == 0 and [t for t in tasks if t["status"] != "ok"] == []
+    assert code == 0 and [t for t in tasks if t["status"] not in ("ok", "skipped")] == []
     code, again = ops.controller_json("sync")
     assert code == 0 and [app["outcome"] for app in again["apps"]] == ["in-sync", "in-sync"], again
+    # the role's command ran at this revision on every host: nothing open, and said so
+    for app, hosts in zip(again["apps"], (2, 3), strict=True):
+        assert f"{hosts} host(s) in sync; {hosts} task(s) check mode cannot verify, last run at " in app["message"]
+    status = ops.controller("status").stdout
+    assert status.count("task(s) check mode cannot verify, last run at") == 2, status
 
 
 def test_a_hand_change_of_each_kind_is_reported_and_put_back(ops: Fleet) -> None:
@@ -103,6 +108,15 @@ def test_a_hand_change_of_each_kind_is_reported_and_put_back(ops: Fleet) -> None
     }
     for host, (command, _) in changes.items():
         root_ssh(ops, host, command)
+    # one look per host sees each of them: a package, a user, a file in /etc, a cron file
+    code, looked = ops.controller_json("verify")
+    assert code == 2, looked
+    why = {v["host"]: v["why"] for app in looked["apps"] for v in app["verify"]}
+    assert "package shop-tools: was there, now absent" in why[NAMES["h1"]], why
+    assert "user shop: was there, now absent" in why[NAMES["h2"]], why
+    assert why[NAMES["h3"]] == "/etc/shop/shop.conf: content changed", why
+    assert why[NAMES["h4"]] == "/etc/cron.d/shop-tools: content changed", why
+    assert why[NAMES["h5"]] == "", why
     code, tasks = check(ops)
     assert code == 2
     drifted = {(t["host"], t["task"].removeprefix("system : ")) for t in tasks if t["status"] == "changed"}

@@ -51,6 +51,22 @@ def acme_tools(directory: Path, filters: str = SHOUT) -> Path:
     return collection_tarball(collection, directory)
 
 
+def dependent_collections(directory: Path) -> dict[str, Path]:
+    """acme.base, and acme.app that depends on it, built into tarballs."""
+    meta = "readme: README.md\nauthors: [lab]\nversion: 1.0.0\nnamespace: acme\n"
+    filters = {"base": 'def shout(text):\n    return str(text).upper()\n\n\n'
+                       'class FilterModule:\n    def filters(self):\n        return {"shout": shout}\n',
+               "app": 'def banner(text):\n    return "# " + str(text) + ", managed by Ansible"\n\n\n'
+                      'class FilterModule:\n    def filters(self):\n        return {"banner": banner}\n'}
+    built = {}
+    for name, depends in (("base", ""), ("app", "dependencies: {'acme.base': '>=1.0.0'}\n")):
+        source = write_tree(directory / f"acme.{name}", {
+            "galaxy.yml": f"{meta}name: {name}\n{depends}", "README.md": f"acme.{name}\n",
+            "meta/runtime.yml": "requires_ansible: '>=2.15'\n", f"plugins/filter/{name}.py": filters[name]})
+        built[name] = collection_tarball(source, directory)
+    return built
+
+
 def requirements(role: Path, tarball: Path, version: str = "v1") -> str:
     return yaml.safe_dump({
         "roles": [{"name": "greeting", "src": f"git+file://{role}", "version": version}],
@@ -179,3 +195,32 @@ def test_a_tarball_rebuilt_in_the_repository_is_a_new_set(fleet: Fleet, tmp_path
         assert installed.read_text().endswith(f"# {build} build\n")
     assert steps == ["installing 1 requirement(s) with ansible-galaxy"] * 2
     assert len(list((fleet.state / "cache/requirements").iterdir())) == 2
+
+
+def test_vendored_tarballs_resolve_among_themselves_offline_and_a_missing_one_is_named(fleet: Fleet,
+                                                                                      tmp_path: Path) -> None:
+    built = dependent_collections(tmp_path / "built")
+    project = tmp_path / "project"
+    (project / "vendor").mkdir(parents=True)
+    for tarball in built.values():
+        shutil.copy(tarball, project / "vendor")
+    # a Galaxy server that does not answer: only an install that asks no server can succeed
+    write_config(fleet, galaxy={"server": "http://127.0.0.1:9/api/"})
+    config = load_config(fleet.config)
+
+    def install(*names: str) -> Path:
+        (project / "requirements.yml").write_text(yaml.safe_dump({"collections": [
+            {"name": f"vendor/{built[name].name}", "type": "file"} for name in names]}))
+        private = tmp_path / "-".join(names)
+        private.mkdir()
+        install_requirements(config, project, private, job_settings(config, project, private), lambda _: None)
+        return private / "requirements/collections/ansible_collections/acme"
+
+    installed = install("app", "base")  # dependents first, as a requirements file may well list them
+    assert (installed / "app/plugins/filter/app.py").is_file() and (installed / "base/plugins/filter/base.py").is_file()
+    with pytest.raises(ControllerError) as refused:
+        install("app")
+    assert refused.value.reason is Reason.REQUIREMENTS_FAILED
+    assert str(refused.value) == (
+        "requirements.yml: collection acme.base >=1.0.0 could not be installed: acme.app 1.0.0 requires it, and "
+        "neither requirements.yml nor the listed tarballs and directories (offline) provides it")

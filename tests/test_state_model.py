@@ -116,14 +116,23 @@ def test_a_change_plus_a_check_mode_failure_converges_in_one_sync(fleet: Fleet) 
     assert fleet.controller("sync").returncode == 0
     flags = fleet.host_file("h1", "/srv/opt/shop/flags.conf")
     flags.unlink()  # by hand: the check now shows a change, and a failure that only follows from it
+    # check mode: the copy would recreate the file, so the lineinfile after it fails; reported as such
+    code, result = fleet.controller_json("check")
+    assert code == 2 and result["apps"][0]["outcome"] == "drifted", result
+    [failed] = [t for t in result["apps"][0]["check"]["tasks"] if t["status"] == "failed"]
+    assert failed["task"] == "app : Turn the cache on" and failed["may_depend"], failed
+    assert failed["message"].startswith("may depend on a change not yet applied: "), failed
     code, result = fleet.controller_json("sync")
     assert code == 0, result
     [app] = result["apps"]
     assert {(h["host"], h["status"]) for h in app["check"]["hosts"]} == {
-        ("web1.staging", "failed"), ("web2.staging", "ok")}
-    assert app["applied_to"] == {"web1.staging": "failed in check"}
+        ("web1.staging", "changed"), ("web2.staging", "ok")}
+    assert app["applied_to"] == {"web1.staging": "drifted"}
     assert app["outcome"] == "converged"
     assert flags.read_text() == "# flags\ncache=on\n"
+    run = fleet.controller("show", str(app["run_id"])).stdout
+    assert "web1.staging  failed  app : Turn the cache on (ansible.builtin.lineinfile): may depend on a change " \
+           "not yet applied: " in run, run
 
 
 def test_sync_force_applies_everywhere(fleet: Fleet) -> None:

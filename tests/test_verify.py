@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,25 +11,14 @@ from typing import Any
 
 import yaml
 
+from controller.manifest import Connection
+from controller.state import Store
+from lab import counting_ssh
 from tests.conftest import APP_YML, VERSION, Fleet, secret, write_config
 from tests.test_watch import daemon, wait_for, watch_config
 
 COMMAND_TASK = ("\n- name: Read the kernel release\n  ansible.builtin.command: uname -r\n"
                 "  check_mode: false\n  changed_when: false\n")
-
-
-def counting_ssh(tmp: Path) -> tuple[dict[str, str], Path]:
-    """An ``ssh`` first on PATH that counts its invocations (one per connection: verify uses no master)."""
-    bin_dir, log = tmp / "counting-bin", tmp / "ssh-calls"
-    bin_dir.mkdir(exist_ok=True)
-    real = shutil.which("ssh")
-    wrapper = bin_dir / "ssh"
-    # one line per connection: the destination (the argument after "--"); the key exchange asked for beside it
-    wrapper.write_text(f'#!/bin/sh\nprev=\nfor arg in "$@"; do [ "$prev" = -- ] && echo "$arg" >> {log}; '
-                       f'case "$arg" in KexAlgorithms=*) echo "$arg" >> {log}.kex;; esac; '
-                       f'prev="$arg"; done\nexec {real} "$@"\n')
-    wrapper.chmod(0o755)
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}, log
 
 
 def verify(fleet: Fleet, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
@@ -80,7 +68,7 @@ def test_a_host_unreachable_at_the_last_full_check_is_fully_checked_alone(fleet:
     assert " on web2.staging)" in done.stderr, done.stderr  # web1's look was enough: no full check of it
     found = verdicts(result)
     assert found["web1.staging"]["verified"], found
-    assert not found["web2.staging"]["verified"] and "not in sync" in found["web2.staging"]["why"], found
+    assert found["web2.staging"]["why"] == "unreachable at the last full check", found
     assert code == 2, result  # web2 was never converged: its drift, from a full check of web2 alone
     [app] = result["apps"]
     assert {t["host"] for t in app["check"]["tasks"]} == {"web2.staging"}, app
@@ -238,3 +226,15 @@ def test_watch_verifies_on_its_interval_and_corrects_a_hand_edit(fleet: Fleet) -
     assert corrected and corrected[0]["summary"]["applied_to"] == ["web1.staging"], corrected
     assert corrected[0]["summary"]["verified"] == ["web2.staging"]
     assert "verify every 1s" in watch.log()
+
+
+def test_a_manifest_an_earlier_controller_stored_still_loads(tmp_path: Path) -> None:
+    earlier = {"host": "web1", "digest": "d", "revision": "r", "checked_at": "t", "covered": 1, "uncovered": [],
+               "unverified": 0, "connection": {"address": "192.0.2.1", "port": 2222, "user": "deploy"},
+               "entries": [{"path": "/etc/motd", "kind": "file", "sha1": "0" * 40}]}
+    with Store(tmp_path / "state.db") as store:
+        store.db.execute("INSERT INTO manifests VALUES (?, ?, ?, ?, ?)",
+                         ("staging", "web1", "d", "t", json.dumps(earlier)))
+        [manifest] = store.manifests("staging").values()
+    assert manifest is not None and manifest.connection == Connection("192.0.2.1", 2222, "deploy")
+    assert manifest.resources == () and manifest.error == "" and manifest.targets == ("/etc/motd",)
