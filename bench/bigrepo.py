@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from controller.source import Source
+from controller.source.git import Source
 
 
 def _file(number: int) -> str:

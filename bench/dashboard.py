@@ -21,11 +21,11 @@ from typing import Any
 
 import yaml
 
-from controller.drift import HostState, Report
-from controller.outcomes import Outcome
-from controller.runner import TaskResult
-from controller.source import Revision
-from controller.state import Store
+from controller.ansible.runner import TaskResult
+from controller.report.drift import HostState, Report
+from controller.source.git import Revision
+from controller.state.store import Store
+from controller.vocabulary import Outcome
 
 TARGET_MS = 200.0
 APPS = 5

@@ -16,7 +16,7 @@ import yaml
 
 from bench.fleet import BenchFleet
 from bench.ways import BIN, base_env
-from controller.webhooks import sign
+from controller.web.webhooks import sign
 
 SECRET = b"bench-webhook-secret"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ansible_runner import Runner, RunnerConfig
 
-from controller.ansible_config import job_settings
-from controller.apps import load_apps
+from controller.ansible.job import job_settings
 from controller.config import load_config
+from controller.source.apps import load_apps
 
 
 def main(config_path: str, project_dir: str) -> int:

@@ -16,17 +16,17 @@ from typing import Any, TypeVar
 import click
 
 from controller import __version__
-from controller.ansible_config import writable_known_hosts
+from controller.ansible.job import writable_known_hosts
+from controller.ansible.runner import TaskResult
 from controller.config import Config, find_config, load_config
-from controller.cycle import recover, run_cycle
 from controller.errors import ControllerError
 from controller.interrupt import Cancel
-from controller.outcomes import EXIT_CODE_MEANINGS, ExitCode, Outcome, Reason
-from controller.render import history_text, hosts_text, result_json, result_text, run_text, status_text
-from controller.results import Request
-from controller.review import review_markdown
-from controller.runner import TaskResult
-from controller.state import Store
+from controller.report.render import history_text, hosts_text, result_json, result_text, run_text, status_text
+from controller.report.review import review_markdown
+from controller.run.cycle import recover, run_cycle
+from controller.run.results import Request
+from controller.state.store import Store
+from controller.vocabulary import EXIT_CODE_MEANINGS, ExitCode, Outcome, Reason
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -319,7 +319,7 @@ def watch(config_path: str | None, verbose: bool) -> None:
     (Prometheus, read from the state store at each scrape) are served on the
     same listener, with the dashboard. Logs go to stderr.
     """
-    from controller.watch import Watch  # the daemon's HTTP and watchdog imports stay out of cron's fast path
+    from controller.daemon.watch import Watch  # the daemon's HTTP and watchdog imports stay out of cron's fast path
 
     config = _config(config_path, reaches_hosts=True)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", force=True,
@@ -356,8 +356,8 @@ def serve(config_path: str | None, listen: str | None, verbose: bool) -> None:
     ui.token_file names a token; with one, every page asks for it (a login
     form, or Authorization: Bearer TOKEN). Details: docs/dashboard.md.
     """
-    from controller.dashboard import serve as serve_dashboard  # the HTTP and template imports stay out of cron
-    from controller.watch import LogProgress
+    from controller.daemon.watch import LogProgress
+    from controller.web.dashboard import serve as serve_dashboard  # the HTTP and template imports stay out of cron
 
     config = _config(config_path, reaches_hosts=True)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", force=True,

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 from cronsim import CronSim, CronSimError
 
 from controller.errors import ControllerError
-from controller.outcomes import EVENTS, Reason
 from controller.schema import Seconds, build, read_yaml
-from controller.webhooks import PROVIDERS
+from controller.vocabulary import EVENTS, Reason
+from controller.web.webhooks import PROVIDERS
 
 SEARCH_PATH = (Path("controller.yml"), Path("/etc/controller/controller.yml"))
 

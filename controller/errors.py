@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.outcomes import Reason
+from controller.vocabulary import Reason
 
 
 class ControllerError(Exception):

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from types import FrameType
 
 from controller.errors import ControllerError
-from controller.outcomes import Reason
+from controller.vocabulary import Reason
 
 
 class Cancel:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from controller.errors import ControllerError
-from controller.outcomes import Reason
+from controller.vocabulary import Reason
 
 
 @contextmanager

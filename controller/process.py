@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.errors import ControllerError
-from controller.outcomes import Reason
 from controller.reaper import children
+from controller.vocabulary import Reason
 
 REAPER = Path(__file__).with_name("reaper.py")
 GUARD = Path(__file__).with_name("guard.py")

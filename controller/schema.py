@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import yaml
 
 from controller.errors import ControllerError
-from controller.outcomes import Reason
+from controller.vocabulary import Reason
 
 T = TypeVar("T")
 DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?")

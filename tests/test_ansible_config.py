@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.ansible_config import job_settings
+from controller.ansible.job import job_settings
 from controller.config import AnsibleConfig, Config, SourceConfig, SshConfig
 
 

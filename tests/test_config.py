@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.apps import load_apps
 from controller.config import load_config
 from controller.errors import ControllerError
-from controller.outcomes import Reason
+from controller.source.apps import load_apps
+from controller.vocabulary import Reason
 from tests.conftest import BIN
 
 NOT_UTF8 = b"source: {url: /srv/git/fleet.git}\nstate_dir: /var/lib/caf\xe9\n"  # Latin-1, as an old editor saves

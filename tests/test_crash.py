@@ -143,7 +143,7 @@ def test_random_sigkills_leave_no_process_workspace_or_running_run(fleet: Fleet)
 def test_a_killed_controller_s_guard_wipes_its_workspace_and_only_that() -> None:
     # a controller stand-in holding a workspace with a decrypted file, and a tool running in it under a reaper
     script = ("import sys, time\nfrom pathlib import Path\nfrom controller.process import stream\n"
-              "from controller.workspace import workspace\n"
+              "from controller.secrets.workspace import workspace\n"
               "with workspace(Path('/dev/shm')) as space:\n"
               "    (space.project / 'secrets.yml').write_text('password: hunter2')\n"
               "    with stream(['sleep', '60'], env={'PATH': '/usr/bin:/bin'}, cwd=space.project):\n"

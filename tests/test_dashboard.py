@@ -28,13 +28,13 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from bench.dashboard import fill
-from controller.access import FULL_LINES, GUESS_BURST, GUESSES_PER_SECOND, Access
-from controller.actions import Actions
 from controller.config import load_config
-from controller.dashboard import Dashboard
-from controller.listener import Listener, Routes
-from controller.state import Store
-from controller.watch import LogProgress
+from controller.daemon.watch import LogProgress
+from controller.state.store import Store
+from controller.web.access import FULL_LINES, GUESS_BURST, GUESSES_PER_SECOND, Access
+from controller.web.actions import Actions
+from controller.web.dashboard import Dashboard
+from controller.web.listener import Listener, Routes
 from lab import Lab
 from lab.repository import AgeKey
 from tests.conftest import APP_YML, BIN, Fleet, build_fleet, write_config

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.ansible_config import writable_known_hosts
+from controller.ansible.job import writable_known_hosts
 from controller.config import load_config
 from controller.errors import ControllerError
 from tests.conftest import BIN, ROOT, Fleet

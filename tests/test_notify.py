@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.ansible.runner import TaskResult
 from controller.config import Config, load_config
-from controller.drift import HostState, Report
-from controller.forges import post_statuses
-from controller.notify import announce
-from controller.outcomes import Kind, Outcome, Reason
-from controller.results import AppResult, Request, Result
-from controller.runner import TaskResult
-from controller.source import Revision
-from controller.state import Store
+from controller.report.drift import HostState, Report
+from controller.report.forges import post_statuses
+from controller.report.notify import announce
+from controller.run.results import AppResult, Request, Result
+from controller.source.git import Revision
+from controller.state.store import Store
+from controller.vocabulary import Kind, Outcome, Reason
 
 TOKEN = "forge-token-0123456789abcdef"
 EXTERNAL = "https://controller.example.com"

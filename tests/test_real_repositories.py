@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from controller.config import load_config
-from controller.manifest import Connection, Resource, targets_of
-from controller.probe import look
+from controller.verify.manifest import Connection, Resource, targets_of
+from controller.verify.probe import look
 from lab import Lab, counting_ssh
 from lab.repository import debian_package, git, make_age_key, write_tree
 from tests.conftest import Fleet, own_prefix, write_config

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.ansible_config import job_settings
+from controller.ansible.job import job_settings
+from controller.ansible.requirements import install_requirements
 from controller.config import load_config
 from controller.errors import ControllerError
-from controller.outcomes import Reason
-from controller.requirements import install_requirements
+from controller.vocabulary import Reason
 from lab.repository import collection_tarball, git, role_remote, write_tree
 from tests.conftest import Fleet, write_config
 from tests.test_sync import assert_refused

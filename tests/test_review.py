@@ -7,12 +7,12 @@ import os
 import subprocess
 from pathlib import Path
 
-from controller.drift import HostState, Report
-from controller.outcomes import Kind, Outcome
-from controller.results import AppResult, Request, Result
-from controller.review import review_markdown
-from controller.runner import TaskResult
-from controller.source import Revision
+from controller.ansible.runner import TaskResult
+from controller.report.drift import HostState, Report
+from controller.report.review import review_markdown
+from controller.run.results import AppResult, Request, Result
+from controller.source.git import Revision
+from controller.vocabulary import Kind, Outcome
 from tests.conftest import BIN, Fleet, git
 
 PREVIEW = Path(__file__).resolve().parent.parent / "deploy" / "controller-preview"

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from controller.errors import ControllerError
-from controller.secrets import literal, sops_format
+from controller.secrets.sops import literal, sops_format
 from lab import Lab
 from lab.repository import AgeKey, git, sops_encrypt
 from tests.conftest import PLAINTEXTS, TEST_PREFIX, VERSION, Fleet, build_fleet, bump_version, secret

@@ -132,7 +132,7 @@ def test_credentials_in_the_source_url_reach_git_only_through_askpass(fleet: Fle
 
 
 def test_a_token_in_the_user_name_or_percent_encoded_is_masked_too() -> None:
-    from controller.source import RemoteUrl
+    from controller.source.git import RemoteUrl
 
     lone = RemoteUrl.parse("https://ghp_canary0123456789@github.example/org/fleet.git")
     assert lone.shown == "https://[redacted]@github.example/org/fleet.git"

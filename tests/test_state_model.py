@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.drift import HostState, Report
 from controller.errors import ControllerError
-from controller.metrics import Metrics
-from controller.outcomes import Kind, Outcome
-from controller.state import Store
+from controller.report.drift import HostState, Report
+from controller.report.metrics import Metrics
+from controller.state.store import Store
+from controller.vocabulary import Kind, Outcome
 from lab import Lab
 from lab.repository import AgeKey
 from tests.conftest import APP_YML, TEST_PREFIX, VERSION, Fleet, build_fleet, bump_version, git, write_config
@@ -236,7 +236,7 @@ def test_metrics_are_read_from_the_store_and_previews_never_count(tmp_path: Path
 
 
 def test_the_readme_exit_codes_are_the_declared_ones() -> None:
-    from controller.render import exit_codes_markdown
+    from controller.report.render import exit_codes_markdown
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert exit_codes_markdown() in readme
@@ -256,7 +256,7 @@ def test_status_says_when_the_newest_revision_failed_beside_the_last_good_state(
 
 
 def test_hosts_outside_the_apply_with_unverified_tasks_keep_the_run_unverified() -> None:
-    from controller.drift import decide
+    from controller.report.drift import decide
 
     check = Report((HostState("web1", "changed", 1, 0), HostState("web2", "ok", 0, 1)), ())
     applied = Report((HostState("web1", "changed", 1, 0),), ())

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from controller.listener import Listener, Routes
-from controller.webhooks import Provider, shared_in_clear, sign
+from controller.web.listener import Listener, Routes
+from controller.web.webhooks import Provider, shared_in_clear, sign
 
 MiB = 1024 * 1024
 SAMPLES = Path(__file__).parent / "data" / "webhooks"

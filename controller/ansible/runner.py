@@ -1,0 +1,333 @@
+"""The one wrapper around ansible-runner and ansible-playbook: typed results, no raw events."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ansible_runner.config.runner import RunnerConfig
+from ansible_runner.runner import Runner
+
+from controller.ansible.job import Job
+from controller.errors import ControllerError
+from controller.interrupt import Cancel
+from controller.process import reaped, run, stop_children
+from controller.secrets.redact import Redactor
+from controller.source.apps import App
+from controller.verify.manifest import Connection, targets_of
+from controller.vocabulary import Reason
+
+STATUSES = ("ok", "changed", "failed", "unreachable", "skipped", "unverified")
+UNVERIFIED_MARKER = "CONTROLLER-UNVERIFIED"
+CHANGES_NOTHING = "changes-nothing"  # said with the marker of a task written with changed_when: false
+CONNECTION_MARKER = "CONTROLLER-CONNECTION"
+POLL_SECONDS = 0.5  # how often ansible-runner asks whether to stop (its default, 5 s, delays a SIGTERM)
+# what ssh and ansible say when a host cannot be trusted or stops answering
+HOST_KEY_MISMATCH = ("host key verification failed", "remote host identification has changed",
+                     "unrecognized or mismatching host key")
+HOST_KEY_REFUSED = "host key mismatch: its key is not the one in known_hosts; nothing was sent"
+TASK_TIMED_OUT = ("failed to execute in the expected time frame", "timed out after")
+# ssh's ConnectTimeout (no TCP answer, or no banner from a hung sshd) and mitogen's: ansible.timeout, not task_timeout
+CONNECT_TIMED_OUT = ("connection timed out", "timed out during banner exchange", "operation timed out")
+# said beside a check-mode failure on a host where an earlier task of the same play would change something
+MAY_DEPEND = "may depend on a change not yet applied"
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """One task on one host; ``unverified`` means check mode could not tell (command, no check support)."""
+
+    host: str
+    task: str
+    action: str
+    status: str
+    diff: str = ""
+    message: str = ""
+    may_depend: bool = False  # a check-mode failure after a change earlier in the play on the same host
+
+
+@dataclass(frozen=True)
+class Touched:
+    """A task that ran (ok or changed) on a host, and what its result names: paths and resources
+    (``manifest.targets_of``)."""
+
+    host: str
+    task: str
+    action: str
+    targets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HostSummary:
+    """Per-host counts from Ansible's play recap."""
+
+    host: str
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class PlayRun:
+    """The typed result of one ansible-runner run; ok tasks are counted, not kept."""
+
+    check: bool
+    status: str
+    rc: int
+    tasks: tuple[TaskResult, ...]
+    hosts: tuple[HostSummary, ...]
+    error: str = ""
+    touched: tuple[Touched, ...] = ()
+    connections: Mapping[str, Connection] | None = None   # how Ansible reached each host
+
+
+class Stopped(ControllerError):
+    """The playbook was stopped (a signal, the run's deadline); ``partial`` holds what it had done by then."""
+
+    def __init__(self, reason: Reason, message: str, partial: PlayRun) -> None:
+        super().__init__(reason, message)
+        self.partial = partial
+
+
+def syntax_check(app: App, project: Path, job: Job, redactor: Redactor) -> None:
+    """``ansible-playbook --syntax-check`` of the app's playbook; raise SyntaxCheckFailed with the cause."""
+    try:
+        run(["ansible-playbook", "--syntax-check", *job.args, "-i", app.inventory, app.playbook],
+            reason=Reason.SYNTAX_CHECK_FAILED, what=f"app {app.name}: {app.playbook} failed the syntax check",
+            env=job.env, cwd=project, redact=lambda text: _relative(redactor.text(text), project),
+            timeout=300)
+    except ControllerError as exc:
+        raise ControllerError(exc.reason, exc.message) from None
+
+
+def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check: bool, redactor: Redactor,
+                 on_task: Callable[[TaskResult], None], cancel: Cancel, limit: str | None = None) -> PlayRun:
+    """Run the app's playbook in check+diff or apply mode, streaming each task result to ``on_task``.
+
+    ``limit`` replaces the app's own limit: the hosts that need an apply, found by a check under that limit.
+    """
+    collector = _Collector(check=check, redactor=redactor, project=project, on_task=on_task,
+                           task_timeout=job.env.get("ANSIBLE_TASK_TIMEOUT", "?"),
+                           connect_timeout=job.env.get("ANSIBLE_TIMEOUT"))  # None: the repository's ansible.cfg says
+    stop = _Stop(cancel, job.run_timeout)
+    config = RunnerConfig(
+        private_data_dir=str(private_dir),
+        project_dir=str(project),
+        playbook=app.playbook,
+        inventory=str(project / app.inventory),
+        limit=limit or app.limit,  # a plan's hosts come from a check that already honoured app.limit
+        cmdline=" ".join(("--check --diff" if check else "--diff", job.cmdline)),
+        envvars=dict(job.env),
+        ident="check" if check else "apply",
+        quiet=True,
+        suppress_ansible_output=True,
+        fact_cache_type="memory",  # facts stay in the run (ansible-runner would set a jsonfile cache)
+    )
+    config.prepare()
+    # prepare() resets this from env/settings (False without one; a settings= dict is dropped too), and the
+    # "stdout" and "stderr" artifacts would then hold the raw --diff text, secrets unmasked
+    config.suppress_output_file = True
+    # ansible-runner seeds the job env from os.environ and stores it in the "command" artifact
+    config.env = {k: v for k, v in config.env.items() if k not in os.environ or k in job.env}
+    # the playbook and all it starts (workers, mitogen, ssh masters) die with us, SIGKILL included
+    config.command = reaped(config.command)
+    config.pexpect_timeout = POLL_SECONDS
+    runner = Runner(config, event_handler=collector.handle, cancel_callback=stop)
+    with cancel.deferred():
+        runner.run()
+    partial = PlayRun(check=check, status=str(runner.status), rc=int(runner.rc or 0),
+                      tasks=tuple(collector.tasks), hosts=collector.stats or (),
+                      touched=tuple(collector.touched), connections=collector.connections)
+    if cancel():
+        raise Stopped(Reason.INTERRUPTED, f"app {app.name}: interrupted, the playbook was stopped", partial)
+    if stop.expired:
+        phase = "check" if check else "apply"
+        raise Stopped(Reason.TIMED_OUT, f"app {app.name}: the {phase} did not finish within "
+                      f"ansible.run_timeout ({job.run_timeout:.0f}s) and was stopped", partial)
+    if collector.stats is None:
+        detail = " ".join(collector.tail) or f"ansible-runner ended {runner.status} (rc {runner.rc})"
+        raise ControllerError(Reason.RUNNER_FAILED, f"app {app.name}: {detail}")
+    return partial
+
+
+class _Collector:
+    """Turns ansible-runner events into TaskResults as they stream; keeps no raw event."""
+
+    def __init__(self, *, check: bool, redactor: Redactor, project: Path,
+                 on_task: Callable[[TaskResult], None], task_timeout: str, connect_timeout: str | None) -> None:
+        self.check = check
+        self.task_timeout = task_timeout
+        self.connect_timeout = connect_timeout
+        self.redactor = redactor
+        self.project = project
+        self.on_task = on_task
+        self.tasks: list[TaskResult] = []
+        self.skipped: dict[tuple[str, str], int] = {}  # (host, task uuid) -> index in tasks
+        self.stats: tuple[HostSummary, ...] | None = None
+        self.touched: list[Touched] = []
+        self.connections: dict[str, Connection] = {}
+        self.tail: deque[str] = deque(maxlen=3)
+        self.pending: set[str] = set()  # hosts where a task of the current play would change something
+
+    def handle(self, event: dict[str, Any]) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {})
+        if kind == "playbook_on_stats":
+            self.stats = _summaries(data)
+        elif kind == "playbook_on_play_start":
+            self.pending.clear()
+        elif kind in _STATUS_OF:
+            result = self._result(kind, data)
+            if result.status == "skipped":
+                self.skipped[(result.host, str(data.get("task_uuid")))] = len(self.tasks)
+            elif result.status == "changed" and self.check:
+                self.pending.add(result.host)
+            elif result.status == "failed" and self.check and result.host in self.pending:
+                # check mode simulates: a service whose package is not installed yet fails there
+                result = replace(result, may_depend=True,
+                                 message=f"{MAY_DEPEND}: {result.message}" if result.message else MAY_DEPEND)
+            if result.status != "ok":
+                self.tasks.append(result)
+            if result.status in ("ok", "changed"):
+                targets = targets_of(result.action, data.get("res") or {})
+                self.touched.append(Touched(result.host, result.task, result.action, targets))
+            self.on_task(result)
+        elif kind == "verbose" and event.get("stdout", "").startswith(CONNECTION_MARKER):
+            _, host, told = event["stdout"].rstrip("\r\n").split("\t", 2)
+            # the store keeps it (a manifest): never a secret, even one passed in ssh arguments
+            self.connections[host] = Connection.from_dict({key: self._masked(value)
+                                                           for key, value in json.loads(told).items()})
+        elif kind == "verbose" and event.get("stdout", "").startswith(UNVERIFIED_MARKER):
+            _, host, uuid, said = event["stdout"].rstrip("\r\n").split("\t")
+            index = self.skipped.pop((host, uuid), None)
+            if index is not None and said == CHANGES_NOTHING:
+                # its author's word: no open item, but nothing a verify can see either, as after an apply
+                skipped = self.tasks[index]
+                self.touched.append(Touched(host, skipped.task, skipped.action, ()))
+            elif index is not None:
+                self.tasks[index] = replace(self.tasks[index], status="unverified")
+        elif kind == "verbose" and "ERROR" in event.get("stdout", ""):
+            self.tail.append(_relative(self.redactor.text(event["stdout"].strip()), self.project))
+        return False  # never write job_events to disk: they hold diffs and secrets
+
+    def _masked(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self._masked(v) for v in value]
+        return self.redactor.text(value) if isinstance(value, str) else value
+
+    def _result(self, kind: str, data: dict[str, Any]) -> TaskResult:
+        res = data.get("res") or {}
+        status = _STATUS_OF[kind]
+        if status == "ok" and res.get("changed"):
+            status = "changed"
+        elif status == "failed" and data.get("ignore_errors"):
+            status = "ok"
+        message = "" if status in ("ok", "changed") else str(res.get("msg", ""))
+        if status in ("failed", "unreachable"):
+            # a loop's own msg is "All items completed" or "One or more items failed": the items say why
+            items = [r for r in res.get("results", []) if isinstance(r, dict)]
+            message = next((str(r.get("msg", "")) for r in items if r.get("unreachable") or r.get("failed")),
+                           message)
+            everything = " ".join([message, *(str(r.get("msg", "")) for r in items)])
+            status, message = self._classify(status, message, everything, timed_out="timedout" in res)
+        task = data.get("task", "")
+        return TaskResult(
+            host=str(data.get("host", "")),
+            task=self.redactor.text(f"{data['role']} : {task}" if data.get("role") else str(task)),
+            action=str(data.get("task_action", "")),
+            status=status,
+            diff=_relative(self.redactor.text(render_diff(res)), self.project) if status == "changed" else "",
+            message=_relative(self.redactor.text(message), self.project)[:2000],
+        )
+
+
+    def _classify(self, status: str, message: str, everything: str, timed_out: bool) -> tuple[str, str]:
+        """A host that cannot be trusted or stopped answering is unreachable, said in plain words: a task
+        that ran out of ansible.task_timeout is told apart from a connection that never came up."""
+        lowered = everything.lower()
+        if any(sign in lowered for sign in HOST_KEY_MISMATCH):
+            return "unreachable", HOST_KEY_REFUSED
+        if timed_out or any(sign in lowered for sign in TASK_TIMED_OUT):
+            return "unreachable", f"timed out: no answer within ansible.task_timeout ({self.task_timeout}s)"
+        if any(sign in lowered for sign in CONNECT_TIMED_OUT):
+            within = f" within ansible.timeout ({self.connect_timeout}s)" if self.connect_timeout else ""
+            return "unreachable", f"could not connect{within}: {message.strip()}"
+        return status, message
+
+
+class _Stop:
+    """ansible-runner's cancel callback: a signal, or the run's deadline; stops the playbook's tree first."""
+
+    def __init__(self, cancel: Cancel, seconds: float) -> None:
+        self.cancel = cancel
+        self.deadline = time.monotonic() + seconds
+        self.expired = False
+
+    def __call__(self) -> bool:
+        self.expired = self.expired or time.monotonic() > self.deadline
+        if self.cancel() or self.expired:
+            # ansible-runner SIGKILLs the process group; the reaper must get to kill the rest first
+            stop_children()
+            return True
+        return False
+
+
+_STATUS_OF = {"runner_on_ok": "ok", "runner_on_failed": "failed",
+              "runner_on_unreachable": "unreachable", "runner_on_skipped": "skipped"}
+
+
+def _summaries(stats: dict[str, Any]) -> tuple[HostSummary, ...]:
+    hosts: set[str] = set()
+    for key in ("ok", "changed", "failures", "dark", "skipped", "processed"):
+        hosts.update((stats.get(key) or {}).keys())
+
+    def count(key: str, host: str) -> int:
+        return int((stats.get(key) or {}).get(host, 0))
+
+    return tuple(HostSummary(host, count("ok", host), count("changed", host), count("failures", host),
+                             count("dark", host), count("skipped", host)) for host in sorted(hosts))
+
+
+def render_diff(res: Mapping[str, Any]) -> str:
+    """A unified diff of a task result's ``diff`` entries (loop items included)."""
+    entries: list[Any] = []
+    for source in [res, *(r for r in res.get("results", []) if isinstance(r, dict))]:
+        diff = source.get("diff")
+        entries.extend(diff if isinstance(diff, list) else [diff] if diff else [])
+    return "".join(_one_diff(entry) for entry in entries if isinstance(entry, dict))
+
+
+def _one_diff(entry: Mapping[str, Any]) -> str:
+    if entry.get("prepared"):
+        return str(entry["prepared"]).rstrip("\n") + "\n"
+    before, after = entry.get("before", ""), entry.get("after", "")
+    if isinstance(before, dict) or isinstance(after, dict):
+        before_d = before if isinstance(before, dict) else {}
+        after_d = after if isinstance(after, dict) else {}
+        path = after_d.get("path") or before_d.get("path") or ""
+        return "".join(f"{path}: {key}: {before_d.get(key)} -> {after_d.get(key)}\n"
+                       for key in sorted(set(before_d) | set(after_d))
+                       if key != "path" and before_d.get(key) != after_d.get(key))
+    before_header = str(entry.get("before_header", "before"))
+    after_header = str(entry.get("after_header", "after"))
+    if "/ansible-local-" in after_header:
+        # the template module names its throwaway local render; the destination is what matters
+        after_header = f"{before_header if before_header != 'before' else ''} (from Git)".strip()
+    lines = difflib.unified_diff(
+        str(before).splitlines(keepends=True), str(after).splitlines(keepends=True),
+        fromfile=before_header, tofile=after_header)
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+def _relative(text: str, project: Path) -> str:
+    # messages name files by their path in the repository, not in the throwaway workspace
+    return text.replace(f"{project}/", "").replace(str(project), ".")

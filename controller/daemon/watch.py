@@ -1,0 +1,291 @@
+"""``controller watch``: reconcile on pushes, polls and a drift schedule until SIGTERM, reusing the cycle."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.ansible.runner import TaskResult
+from controller.config import Config
+from controller.daemon.refwatch import RefWatcher, local_bare_repository
+from controller.errors import ControllerError
+from controller.interrupt import Cancel
+from controller.report.metrics import Metrics
+from controller.run.cycle import run_cycle
+from controller.run.results import AppResult, Request, Result
+from controller.run.schedule import DriftSchedule, parse_time
+from controller.secrets.sops import read_secret_file
+from controller.source.git import RemoteUrl
+from controller.state.store import Store
+from controller.vocabulary import Outcome, Reason, failure
+from controller.web.access import Access
+from controller.web.actions import Actions
+from controller.web.dashboard import Dashboard
+from controller.web.listener import Listener, Routes
+from controller.web.webhooks import Provider, shared_in_clear
+
+log = logging.getLogger("controller")
+
+MAX_SLEEP = 3600.0  # waits are bounded even when nothing is scheduled (math.inf)
+LOCK_WAIT = 24 * 3600.0  # the daemon queues behind a manual sync instead of giving up
+# which trigger names the run when several arrived together
+TRIGGER_ORDER = ("retry", "webhook", "push", "poll")
+
+
+class Triggers:
+    """Reasons to sync, coalesced: a burst of pushes within ``debounce`` seconds makes one run."""
+
+    def __init__(self, debounce: float) -> None:
+        self.debounce = debounce
+        self._cond = threading.Condition()
+        self._kinds: set[str] = set()
+        self._first: float | None = None
+
+    def add(self, kind: str) -> None:
+        with self._cond:
+            self._kinds.add(kind)
+            if self._first is None:
+                self._first = time.monotonic()
+            self._cond.notify_all()
+
+    def take(self, deadline: float) -> set[str]:
+        """Wait until a trigger has settled or the monotonic ``deadline`` passes; return what arrived."""
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if self._first is not None and now >= self._first + self.debounce:
+                    kinds, self._kinds, self._first = self._kinds, set(), None
+                    return kinds
+                if now >= deadline:
+                    return set()
+                wake = deadline if self._first is None else min(deadline, self._first + self.debounce)
+                self._cond.wait(min(wake - now, MAX_SLEEP))
+
+
+@dataclass
+class Health:
+    """What /healthz reports; written by the loop, read by the listener's threads."""
+
+    started: float = field(default_factory=time.time)
+    cycles: int = 0
+    running: str | None = None
+    last_success: float | None = None
+    last_failure: str | None = None
+    stopping: bool = False
+
+    def report(self) -> tuple[int, dict[str, Any]]:
+        age = None if self.last_success is None else round(time.time() - self.last_success, 1)
+        return (503 if self.stopping else 200), {
+            "status": "stopping" if self.stopping else "ok",
+            "uptime_seconds": round(time.time() - self.started, 1),
+            "cycles": self.cycles,
+            "running": self.running,
+            "last_success_age_seconds": age,
+            "last_failure": self.last_failure,
+        }
+
+
+class LogProgress:
+    """Progress of a cycle as log lines (journald keeps them)."""
+
+    def step(self, message: str) -> None:
+        log.info("%s", message)
+
+    def task(self, app: str, phase: str, result: TaskResult) -> None:
+        if result.status != "ok":
+            log.info("[%s %s] %s: %s  %s", app, phase, result.host, result.status, result.task)
+
+    def notice(self, message: str) -> None:
+        log.warning("%s", message)
+
+
+class Watch:
+    """The daemon: one loop that turns triggers into cycles, one at a time, under the shared lock."""
+
+    def __init__(self, config: Config, cancel: Cancel) -> None:
+        self.config = config
+        self.cancel = cancel
+        self.settings = config.watch
+        self.triggers = Triggers(config.watch.debounce)
+        self.schedule = DriftSchedule.of(config.watch)
+        self.metrics = Metrics(config.state_path / "state.db")
+        self.health = Health()
+        self.listener: Listener | None = None
+        self.known_apps: set[str] = set()
+        self.failures = 0
+        self.retry_at = math.inf
+        self.next_poll = time.monotonic()  # the first cycle runs at once
+        self.next_verify = self._after(self.settings.verify_interval)
+
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT; a cycle in progress is stopped and unwound first."""
+        with ExitStack() as stack:
+            self._start(stack)
+            try:
+                while not self.cancel():
+                    self._turn()
+            except ControllerError as error:
+                if error.reason is not Reason.INTERRUPTED:
+                    raise
+            self.health.stopping = True
+            log.info("stopping: %s", "signal received")
+
+    def _start(self, stack: ExitStack) -> None:
+        if self.settings.listen:
+            dashboard = None
+            if self.config.ui.enabled:  # refused before anything listens when it would be open to anyone
+                access = Access.of(self.config.ui, self.settings.listen)
+                actions = Actions(self.config, LogProgress())
+                stack.callback(actions.stop)  # after the listener stops: a dashboard sync unwinds
+                dashboard = Dashboard(self.config, access, actions)
+            secrets = self._secrets()
+            self.listener = Listener(self.settings.listen, Routes(
+                branch=self.config.source.branch, secrets=secrets, max_body=self.settings.max_body_bytes,
+                on_push=lambda provider: self.triggers.add("webhook"), health=self.health.report,
+                metrics=self.metrics.render, pages=dashboard.handle if dashboard else None,
+                summarise=dashboard.summarise if dashboard else lambda: None))
+            self.listener.start()
+            stack.callback(self.listener.stop)
+            hooks = ", ".join(f"/hooks/{p}" for p in secrets) or "none"
+            log.info("listening on %s:%d (webhooks: %s; /healthz; /metrics%s)", self.listener.server.server_address[0],
+                     self.listener.port, hooks, "; the dashboard: /" if dashboard else "")
+        bare = local_bare_repository(self.config.source.url) if self.settings.watch_local else None
+        if bare is not None:
+            watcher = RefWatcher(bare, self.config.source.branch, lambda: self.triggers.add("push"))
+            watcher.start()
+            stack.callback(watcher.stop)
+            log.info("watching %s for pushes to %s", bare, self.config.source.branch)
+        poll = f"every {self.settings.poll_interval:g}s" if self.settings.poll_interval else "off"
+        drift = self.settings.drift_check_cron or (
+            f"every {self.settings.drift_check_interval:g}s" if self.settings.drift_check_interval else "off")
+        verify = f"every {self.settings.verify_interval:g}s" if self.settings.verify_interval else "off"
+        log.info("watching %s (%s); polling %s; drift checks %s; verify %s",
+                 RemoteUrl.parse(self.config.source.url).shown, self.config.source.branch, poll, drift, verify)
+
+    def _secrets(self) -> dict[Provider, bytes]:
+        """Each provider's webhook secret; refused when one shown in clear would also sign for another."""
+        files = {Provider(h.provider): (h.secret_file, f"watch.webhooks ({h.provider}) secret_file")
+                 for h in self.settings.webhooks}
+        if self.settings.webhook_secret_file is not None:
+            # the single secret of older configs stays with the providers that only ever sign with it: GitLab
+            # would show it in clear to whoever sees its hook, and they could then sign GitHub's
+            for provider in (Provider.GITHUB, Provider.GENERIC):
+                files.setdefault(provider, (self.settings.webhook_secret_file, "watch.webhook_secret_file"))
+            if Provider.GITLAB not in files:
+                log.info("watch.webhook_secret_file serves /hooks/github and /hooks/generic; /hooks/gitlab needs a "
+                         "secret of its own in watch.webhooks (GitLab sends it in clear)")
+        if not files:
+            log.warning("no webhook secret is set (watch.webhooks): webhooks are refused (403)")
+        secrets = {p: read_secret_file(path, what, Reason.CONFIG_INVALID) for p, (path, what) in files.items()}
+        shared = shared_in_clear(secrets)
+        if shared is not None:
+            shown, other = shared
+            raise ControllerError(Reason.CONFIG_INVALID, f"watch.webhooks: {shown}'s secret ({files[shown][0]}) is "
+                                  f"also {other}'s ({files[other][0]}): {shown} sends it in clear, so whoever sees "
+                                  f"its hooks could sign {other}'s; give each provider a secret of its own")
+        return secrets
+
+    def _turn(self) -> None:
+        due_apps, next_check = self._drift_due()
+        # with checks due, only collect what has already arrived; otherwise sleep until something is due
+        deadline = time.monotonic() if due_apps else min(self.next_poll, self.retry_at, next_check, self.next_verify)
+        kinds = self.triggers.take(deadline)
+        now = time.monotonic()
+        if now >= self.next_poll:
+            kinds.add("poll")
+            self.next_poll = self._after(self.settings.poll_interval)
+        if now >= self.retry_at:
+            kinds.add("retry")
+        if kinds:
+            trigger = next(k for k in TRIGGER_ORDER if k in kinds)
+            # a retry runs everything again; other triggers only when the branch moved or a check is due
+            self._cycle(Request("sync", trigger=trigger, only_if_changed=trigger != "retry"))
+        for app in due_apps if self.retry_at == math.inf else ():  # while backing off, the retry comes first
+            if self.cancel():
+                return
+            self._cycle(Request("sync", app=app, trigger="schedule", fetch=False))
+        if not kinds and not due_apps and self.retry_at == math.inf and time.monotonic() >= self.next_verify:
+            # one look per host; a full check (and, under policy apply, an apply) only where one differs
+            self._cycle(Request("sync", trigger="verify", fetch=False, verify_first=True))
+            self.next_verify = self._after(self.settings.verify_interval)
+
+    @staticmethod
+    def _after(interval: float) -> float:
+        """The monotonic time ``interval`` seconds from now; never when it is 0."""
+        return time.monotonic() + interval if interval > 0 else math.inf
+
+    def _drift_due(self) -> tuple[list[str], float]:
+        """Apps whose scheduled drift check is due now, and the monotonic time of the next one."""
+        now, mono = datetime.now(UTC), time.monotonic()
+        due, upcoming = [], math.inf
+        with self._store() as store:
+            suspended = store.suspensions()
+            for app in sorted(self.known_apps or set(store.apps())):
+                latest = store.latest(app, full=True)
+                if app in suspended or latest is None or latest["finished"] is None:
+                    continue
+                when = self.schedule.next_check(parse_time(latest["started"]))
+                if when is None:
+                    continue
+                if when <= now:
+                    due.append(app)
+                else:
+                    upcoming = min(upcoming, mono + (when - now).total_seconds())
+        return due, upcoming
+
+    def _cycle(self, request: Request) -> None:
+        self.health.running = request.trigger
+        self.health.cycles += 1
+        target = request.app or "every app"
+        log.info("cycle: %s %s (%s)", request.mode, target, request.trigger)
+        try:
+            result = run_cycle(self.config, request, LogProgress(), self.cancel, wait=LOCK_WAIT)
+        except ControllerError as error:
+            if error.reason is Reason.INTERRUPTED:
+                raise
+            # outside the pipeline (the state store, the lock): not recorded as a run, but retried all the same
+            log.error("cycle failed: %s", error.message)
+            result = Result(request, None, (AppResult("*", "", None, failure(error.reason), error.reason,
+                                                      error.message),))
+        finally:
+            self.health.running = None
+        self._settle(result)
+
+    def _settle(self, result: Result) -> None:
+        """Log the result, and schedule a retry with backoff when the cycle failed."""
+        if result.idle:
+            log.info("%s", result.idle)
+        for app in result.apps:
+            log.info("%s: %s: %s%s", app.app, app.outcome.value, app.message,
+                     f" (run {app.run_id}, {app.seconds:.1f}s)" if app.run_id else "")
+        # apps read from gitops.yml have a policy; the drift schedule leaves apps removed from Git alone
+        names = {a.app for a in result.apps if a.policy}
+        if result.request.app is None and names:
+            self.known_apps = names
+        failed = [a for a in result.apps if a.outcome in (Outcome.FAILED, Outcome.PARTIAL)
+                  and a.reason is not Reason.INTERRUPTED]
+        if self.cancel():
+            return
+        if failed and all(a.reason is Reason.VERIFICATION_FAILED for a in failed):
+            # retrying cannot make a refused commit signed: keep the last good revision, wait for the branch
+            self.failures, self.retry_at = 0, math.inf
+            self.health.last_failure = f"{failed[0].app}: {failed[0].message}"
+            log.warning("revision refused; the last good revision stays applied until the branch moves")
+        elif failed:
+            self.failures += 1
+            delay = min(self.settings.backoff * 2 ** (self.failures - 1), self.settings.backoff_max)
+            self.retry_at = time.monotonic() + delay
+            self.health.last_failure = f"{failed[0].app}: {failed[0].message}"
+            log.warning("cycle failed (%d in a row); retrying in %.0fs", self.failures, delay)
+        else:
+            self.failures, self.retry_at = 0, math.inf
+            self.health.last_success = time.time()
+
+    def _store(self) -> Store:
+        return Store(self.config.state_path / "state.db")

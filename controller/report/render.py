@@ -1,0 +1,188 @@
+"""Turning results into output: a summary with diffs for people, one JSON document for machines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import Any
+
+from controller.ansible.runner import TaskResult
+from controller.report.drift import Report
+from controller.run.results import AppResult, Result
+from controller.vocabulary import EXIT_CODE_MEANINGS
+
+SHOWN = ("changed", "failed", "unreachable", "unverified")
+
+
+def result_json(result: Result) -> dict[str, Any]:
+    """The reconcile result as one JSON-ready document."""
+    revision = asdict(result.revision) if result.revision else None
+    return {
+        "command": result.request.mode,
+        "kind": result.kind.value,
+        "dry_run": result.request.dry_run,
+        "revision": revision,
+        "exit_code": int(result.exit_code),
+        "idle": result.idle,
+        "apps": [_app_json(a) for a in result.apps],
+    }
+
+
+def _app_json(app: AppResult) -> dict[str, Any]:
+    return {
+        "name": app.app, "policy": app.policy, "run_id": app.run_id, "outcome": app.outcome.value,
+        "reason": app.reason.value if app.reason else None, "message": app.message,
+        "previous_revision": app.previous, "seconds": round(app.seconds, 2),
+        "exit_code": int(app.exit_code()), "hosts_behind": app.behind,
+        "applied_to": app.plan.why if app.plan else None,
+        "left_out": app.plan.left_out if app.plan else None,
+        "check": _report_json(app.check), "apply": _report_json(app.applied),
+        "verify": [v.to_json() for v in app.verdicts] or None,
+    }
+
+
+def _report_json(report: Report | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    return {"hosts": [asdict(h) for h in report.hosts], "tasks": [asdict(t) for t in report.tasks]}
+
+
+def result_text(result: Result) -> str:
+    """The reconcile result for a terminal: revision, one line per app, then drift and failures."""
+    lines = []
+    if result.revision:
+        rev = result.revision
+        lines.append(f"revision {rev.short}  {rev.subject}  ({rev.author}, {rev.committed_at})")
+    if result.idle:
+        lines.append(result.idle)
+    width = max((len(a.app) for a in result.apps), default=4)
+    for app in result.apps:
+        reason = f" [{app.reason.value}]" if app.reason else ""
+        run = f"  (run {app.run_id})" if app.run_id else ""
+        lines.append(f"  {app.app:<{width}}  {app.outcome.value:<9}  {app.message}{reason}{run}")
+    for app in result.apps:
+        lines.extend(_verdicts_text(app))
+        for phase, report in (("drift", app.check), ("apply", app.applied)):
+            if report is not None:
+                lines.extend(_tasks_text(f"{app.app} {phase}", report.tasks, diffs=phase == "drift"))
+    return "\n".join(lines) + "\n"
+
+
+def _verdicts_text(app: AppResult) -> list[str]:
+    """Per host: verified (what the manifest covers, what only the last full check saw), or why not."""
+    if not app.verdicts:
+        return []
+    lines = ["", f"{app.app} verify:"]
+    for verdict in app.verdicts:
+        found = verdict.manifest
+        if verdict.verified and found is not None:
+            lines.append(f"  {verdict.host}  verified  {len(found.entries)} path(s) and {len(found.resources)} "
+                         f"resource(s) of {found.covered} task result(s) as the full check at {found.checked_at} "
+                         "left them")
+            if found.uncovered:
+                lines.append(f"      covered only by that full check: {', '.join(found.uncovered)}")
+        else:
+            lines.append(f"  {verdict.host}  full check  {verdict.why}")
+    return lines
+
+
+def _tasks_text(title: str, tasks: tuple[TaskResult, ...] | list[TaskResult], diffs: bool) -> list[str]:
+    shown = [t for t in tasks if t.status in SHOWN and (diffs or t.status != "changed")]
+    if not shown:
+        return []
+    lines = ["", f"{title}:"]
+    for task in shown:
+        detail = f": {task.message}" if task.message else ""
+        lines.append(f"  {task.host}  {task.status}  {task.task} ({task.action}){detail}")
+        if diffs and task.diff:
+            lines.extend(f"      {line}" for line in task.diff.rstrip("\n").splitlines())
+    return lines
+
+
+def run_text(run: dict[str, Any]) -> str:
+    """One stored run with its drift report (``controller show``)."""
+    lines = [
+        f"run {run['id']}  app {run['app']}  {run['mode']} ({run['trigger']})"
+        + (f"  policy {run['policy']}" if run.get("policy") else ""),
+        f"revision  {run['revision'] or '-'}",
+        f"started   {run['started']}   finished {run['finished'] or '-'}",
+        f"outcome   {run['outcome'] or 'running'}" + (f" [{run['reason']}]" if run["reason"] else ""),
+        f"message   {run['message']}",
+    ]
+    for phase in ("check", "apply"):
+        hosts = [h for h in run.get("hosts", []) if h["phase"] == phase]
+        if hosts:
+            lines.append(f"{phase}: " + ", ".join(f"{h['host']} {h['status']}" for h in hosts))
+    for phase, title, diffs in (("check", "drift report", True), ("apply", "apply", False)):
+        tasks = [_stored_task(t) for t in run.get("tasks", []) if t["phase"] == phase]
+        lines.extend(_tasks_text(title, tasks, diffs=diffs))
+    return "\n".join(lines) + "\n"
+
+
+def _stored_task(row: dict[str, Any]) -> TaskResult:
+    return TaskResult(**{k: row[k] for k in ("host", "task", "action", "status", "diff", "message")})
+
+
+def history_text(runs: list[dict[str, Any]]) -> str:
+    """Recent runs, newest first (``controller history``)."""
+    if not runs:
+        return "no runs recorded yet\n"
+    app, mode = _width(r["app"] for r in runs), _width((r["mode"] for r in runs), 7)
+    lines = [f"{'RUN':>5}  {'APP':<{app}} {'MODE':<{mode}} {'TRIGGER':<8} {'REVISION':<12} {'STARTED':<25} OUTCOME"]
+    for run in runs:
+        outcome = (run["outcome"] or "running") + (f" [{run['reason']}]" if run["reason"] else "")
+        lines.append(f"{run['id']:>5}  {run['app']:<{app}} {run['mode']:<{mode}} {run['trigger']:<8} "
+                     f"{(run['revision'] or '-')[:12]:<12} {run['started']:<25} {outcome}")
+    return "\n".join(lines) + "\n"
+
+
+def status_text(rows: list[dict[str, Any]]) -> str:
+    """Each app: its revision and hosts at it, its state, and what is wrong where (``controller status``)."""
+    if not rows:
+        return "no app has been reconciled yet: run `controller sync` or `controller check`\n"
+    app = _width(row["app"] for row in rows)
+    lines = [f"{'APP':<{app}} {'REVISION':<12} {'HOSTS':<7} {'STATE':<11} {'LAST RUN':<25} DETAIL"]
+    for row in rows:
+        revision = row["applied_revision"]
+        details = ["SUSPENDED"] if row["suspended"] else []
+        details.extend(f"{h['host']} at {(h['revision'] or 'nothing')[:12]}: {h['state']} since {_hhmm(h['since'])}"
+                       for h in row["hosts"] if h["revision"] != revision or h["state"] != "in-sync")
+        failure = row["failure"]
+        if failure:
+            verb = "refused" if failure["reason"] == "VerificationFailed" else failure["outcome"]
+            details.append(f"{(failure['revision'] or 'newest revision')[:12]} {verb}: {failure['message']}")
+        if not details:
+            details.append(row["detail"])
+        hosts = f"{row['hosts_at_revision']}/{row['hosts_total']}"
+        lines.append(f"{row['app']:<{app}} {(revision or '-')[:12]:<12} {hosts:<7} {row['state']:<11} "
+                     f"{row['last_run']:<25} {'; '.join(details)}")
+    return "\n".join(lines) + "\n"
+
+
+def hosts_text(rows: list[dict[str, Any]]) -> str:
+    """One line per host of every app (``controller status --hosts``)."""
+    app = _width(row["app"] for row in rows)
+    host_width = _width((h["host"] for row in rows for h in row["hosts"]), 24)
+    lines = [f"{'APP':<{app}} {'HOST':<{host_width}} {'REVISION':<12} {'APPLIED':<25} {'STATE':<11} SINCE"]
+    for row in rows:
+        for host in row["hosts"]:
+            lines.append(f"{row['app']:<{app}} {host['host']:<{host_width}} {(host['revision'] or '-')[:12]:<12} "
+                         f"{host['applied_at'] or '-':<25} {host['state']:<11} {host['since']}")
+    return "\n".join(lines) + "\n"
+
+
+def exit_codes_markdown() -> str:
+    """The README's exit-code table, made from the one declaration in outcomes.py."""
+    lines = ["| code | `check`, `verify` | `sync` |", "| --- | --- | --- |"]
+    lines.extend(f"| {int(code)} | {check} | {sync} |" for code, (check, sync) in EXIT_CODE_MEANINGS.items())
+    return "\n".join(lines) + "\n"
+
+
+def _width(values: Iterable[str], minimum: int = 12) -> int:
+    """A column wide enough for its longest value (app names, run kinds), never narrower than ``minimum``."""
+    return max([minimum, *(len(v) for v in values)])
+
+
+def _hhmm(stamp: str) -> str:
+    """``2026-11-23T10:42:05+00:00`` as ``2026-11-23 10:42`` (UTC, as stored)."""
+    return stamp[:16].replace("T", " ")

@@ -1,0 +1,92 @@
+"""A preview as a pull-request comment: Markdown for reviewers, cut to a size a Git host accepts."""
+
+from __future__ import annotations
+
+import html
+import re
+
+from controller.ansible.runner import TaskResult
+from controller.run.results import AppResult, Result
+from controller.vocabulary import Outcome
+
+LIMIT = 60_000  # GitHub refuses comments over 65,536 characters; leave room for what CI adds
+
+
+def review_markdown(result: Result, limit: int = LIMIT) -> str:
+    """The review comment: per app, the hosts that would change, fail or could not be checked, each changed
+    task's masked diff folded away, the unverifiable tasks, and a one-line verdict."""
+    revision = result.revision
+    title = f"### GitOps preview of `{revision.short}` {revision.subject}" if revision else "### GitOps preview"
+    head = [title, "", _verdict(result), ""]
+    sections = [_app(app) for app in result.apps]
+    # host by host (events arrive in whatever order the hosts answered), tasks in playbook order
+    diffs = [(app, task) for app in result.apps
+             for task in sorted(_changed(app), key=lambda t: t.host) if task.diff]
+    body = "\n".join(head + [line for section in sections for line in section])
+    shown = list(diffs)
+    while shown and len(body) + sum(len(_diff(app, task)) for app, task in shown) > limit:
+        shown.pop()
+    left_out = len(diffs) - len(shown)
+    parts = [body]
+    for app, task in shown:
+        parts.append(_diff(app, task))
+    if left_out:
+        runs = ", ".join(f"`controller show {a.run_id}`" for a in result.apps if a.run_id)
+        parts.append(f"\n_{left_out} of {len(diffs)} diffs left out to stay under {limit:,} characters; "
+                     f"all of them on the bastion: {runs}._\n")
+    text = "\n".join(parts)
+    return text if len(text) <= limit else text[: limit - 80] + "\n\n_(cut at the size limit)_\n"
+
+
+def _verdict(result: Result) -> str:
+    apps = [a for a in result.apps if a.outcome is not Outcome.SUSPENDED]
+    if not apps:
+        return "**Verdict:** nothing was previewed."
+    failed = [a for a in apps if a.outcome in (Outcome.FAILED, Outcome.INTERRUPTED)]
+    if failed:
+        return f"**Verdict:** the preview failed ({failed[0].app}: {failed[0].message}); the hosts were not checked."
+    changing = sum(len(a.check.with_status("changed")) for a in apps if a.check)
+    broken = sum(len(a.check.with_status("failed")) + len(a.check.with_status("unreachable")) for a in apps
+                 if a.check)
+    unverified = sum(1 for a in apps for t in (a.check.tasks if a.check else ()) if t.status == "unverified")
+    parts = [f"{changing} host(s) would change" if changing else "no host would change"]
+    if broken:
+        parts.append(f"{broken} host(s) would fail or could not be checked")
+    if unverified:
+        parts.append(f"{unverified} task(s) check mode cannot verify")
+    return "**Verdict:** " + "; ".join(parts) + "."
+
+
+def _app(app: AppResult) -> list[str]:
+    against = f"against the applied `{app.previous[:12]}`" if app.previous else "(nothing applied yet)"
+    lines = [f"#### {app.app}: {app.outcome.value} {against}", ""]
+    if app.check is None:
+        return [*lines, f"> {app.message}", ""]
+    rows = [(status, app.check.with_status(status)) for status in ("changed", "failed", "unreachable")]
+    labels = {"changed": "would change", "failed": "would fail", "unreachable": "could not be checked"}
+    lines += ["| hosts | |", "| --- | --- |"]
+    lines += [f"| {labels[status]} | {', '.join(hosts)} |" for status, hosts in rows if hosts]
+    ok = [h.host for h in app.check.hosts if h.status == "ok"]
+    if ok:
+        lines.append(f"| unchanged | {len(ok)} |")
+    lines.append("")
+    for task in app.check.tasks:
+        if task.status in ("failed", "unreachable"):
+            lines.append(f"- **{task.host}** {task.status}: `{task.task}`: {html.escape(task.message)}")
+    unverified = sorted({t.task for t in app.check.tasks if t.status == "unverified"})
+    if unverified:
+        lines += ["", "Tasks check mode cannot verify (they run only in the apply):"]
+        lines += [f"- `{task}`" for task in unverified]
+    lines.append("")
+    return lines
+
+
+def _changed(app: AppResult) -> list[TaskResult]:
+    return [t for t in app.check.tasks if t.status == "changed"] if app.check else []
+
+
+def _diff(app: AppResult, task: TaskResult) -> str:
+    # a fence longer than any run of backticks in the diff, so the diff cannot close it
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", task.diff)), default=0))
+    summary = html.escape(f"{app.app} / {task.host}: {task.task}")
+    return f"<details><summary>{summary}</summary>\n\n{fence}diff\n{task.diff.rstrip()}\n{fence}\n\n</details>"

@@ -1,0 +1,228 @@
+"""One app's run inside a reconcile: check, decide where to apply, apply there, record what happened where."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.ansible.runner import PlayRun, Stopped, run_playbook
+from controller.config import Config
+from controller.errors import ControllerError
+from controller.interrupt import Cancel
+from controller.report.drift import Report, decide, host_states, merged, report, settle
+from controller.run.plan import Plan, plan_apply
+from controller.run.preparation import Preparation
+from controller.run.results import AppResult, Progress, Request
+from controller.source.apps import App
+from controller.source.git import Revision, Source
+from controller.state.store import Store
+from controller.verify.verdict import Verdict, manifests_after, verified_report, verify_hosts
+from controller.vocabulary import Kind, Reason, failure
+
+
+@dataclass
+class AppRun:
+    """The run of ``app`` at ``revision``, recorded in ``store`` as one run of ``kind``."""
+
+    app: App
+    request: Request
+    kind: Kind
+    revision: Revision
+    store: Store
+    progress: Progress
+    cancel: Cancel
+    config: Config
+    digest: str                     # of everything a host manifest derives from (controller.manifest)
+    relook: set[str] = field(default_factory=set)  # hosts whose manifest is made afresh after this run
+    # each host's row in the store before this run: the revision applied there, and when
+    before: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # per host, the tasks check mode cannot verify, as this run's check counted them
+    unverifiable: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def at_revision(self) -> set[str]:
+        """The hosts this revision was applied to before this run: what check mode cannot verify ran there."""
+        return {host for host, row in self.before.items() if row["revision"] == self.revision.sha}
+
+    def reconcile(self, source: Source, prepared: Preparation) -> AppResult:
+        """Check, then (a sync under policy apply) apply where the plan says; failures become the result."""
+        app, store = self.app, self.store
+        started = time.monotonic()
+        self.before = {row["host"]: row for row in store.hosts(app.name)}
+        # a verify only looks at first: a stop then is no run (nothing was under way), so the run starts after
+        verdicts = self._look(prepared.space.project) if self.request.verifying else []
+        run_id = store.start_run(app.name, self.revision.sha, self.kind, self.request.trigger, app.policy)
+        last = store.last_applied(app.name)
+        # a detect app is applied only when someone asks for exactly that (sync --apply, the dashboard's Apply)
+        applying = self.kind is Kind.SYNC and (app.policy == "apply" or self.request.apply_detect)
+        try:
+            if applying:
+                self._refuse_rewrite(source, last)
+
+            def play(check: bool, limit: str | None = None) -> Report:
+                return self._play(run_id, prepared, check=check, limit=limit)
+
+            checked = self._check_after(verdicts, play) if self.request.verifying else play(check=True)
+            plan = None
+            if applying:
+                applied_at = {host: row["revision"] for host, row in self.before.items()}
+                plan = plan_apply(checked, applied_at, self.revision.sha, force=self.request.force)
+            applied = play(check=False, limit=plan.limit) if plan and plan.hosts else None
+            outcome, reason = decide(checked, applied)
+            message = _message(app, checked, applied, plan, self.kind, verdicts, self._last_run(checked))
+            summary = _summary(checked, applied, plan, verdicts)
+            store.finish_run(run_id, outcome, reason, message, applied is not None, summary,
+                             verified=sum(1 for v in verdicts if v.verified))
+            behind = 0
+            if self.kind is not Kind.PREVIEW:  # a preview never becomes the app's (or a host's) state
+                converged = [h.host for h in (applied.hosts if applied else ()) if h.status in ("ok", "changed")]
+                store.record_hosts(app.name, run_id, host_states(checked, applied), converged, self.revision.sha)
+                behind = sum(1 for h in store.hosts(app.name) if h["revision"] != self.revision.sha)
+            return AppResult(app.name, app.policy, run_id, outcome, reason, message, checked, applied, last,
+                             self.revision.sha, time.monotonic() - started, self.kind, plan, behind,
+                             tuple(verdicts))
+        except ControllerError as error:
+            store.finish_run(run_id, failure(error.reason), error.reason, error.message, False, {})
+            return AppResult(app.name, app.policy, run_id, failure(error.reason), error.reason, error.message,
+                             previous=last, revision=self.revision.sha, seconds=time.monotonic() - started,
+                             kind=self.kind)
+
+    def _look(self, project: Path) -> list[Verdict]:
+        """Compare the hosts with their manifests, one look each."""
+        self.progress.step(f"{self.app.name}: verifying the hosts against their manifests (one look each)")
+        verdicts = verify_hosts(self.config, self.store, self.app.name, self.digest, project)
+        rechecked = [v.host for v in verdicts if not v.verified]
+        # a host that differed is looked at again after its full check, even if Ansible finds it in sync:
+        # the manifest then takes what Ansible does not manage (an owner no task sets) as it is now
+        self.relook = set(rechecked)
+        if not verdicts:
+            self.progress.notice(f"{self.app.name}: no host has a manifest yet; a full check of every host "
+                                 "records them")
+        for verdict in verdicts:
+            if not verdict.verified:
+                self.progress.notice(f"{self.app.name}: {verdict.host} needs a full check: {verdict.why}")
+        return verdicts
+
+    def _check_after(self, verdicts: list[Verdict], play: Callable[[bool, str | None], Report]) -> Report:
+        """Fully check only the hosts that differ from their manifests or have none (every host when no
+        manifest is left to read the inputs from, or the inputs changed: hosts may have joined)."""
+        rechecked = [v.host for v in verdicts if not v.verified]
+        # every full run of the whole inventory writes every host's row, manifest or none, at its inputs,
+        # and a limited run happens only at unchanged inputs: one current manifest vouches for the rest
+        manifests = [v.manifest for v in verdicts if v.manifest is not None]
+        if not manifests or any(m.digest != self.digest for m in manifests):
+            return play(True, None)
+        full = play(True, ",".join(rechecked)) if rechecked else None
+        return verified_report(verdicts, full, self.at_revision)
+
+    def _last_run(self, checked: Report) -> str:
+        """Where and when the tasks check mode cannot verify last ran on the hosts where they are settled."""
+        stamps = sorted(self.before[h.host]["applied_at"] for h in checked.hosts
+                        if h.settled and h.host in self.before)
+        if not stamps:
+            return ""
+        when = _utc(stamps[0]) if stamps[0][:16] == stamps[-1][:16] else f"{_utc(stamps[0])} to {_utc(stamps[-1])}"
+        return f"last run at {self.revision.short} on {when}"
+
+    def _refuse_rewrite(self, source: Source, last: str | None) -> None:
+        revision = self.revision
+        if last and last != revision.sha and not self.request.allow_rewrite and not source.descends(last, revision.sha):
+            raise ControllerError(
+                Reason.HISTORY_REWRITTEN,
+                f"app {self.app.name}: revision {revision.short} does not descend from the last applied "
+                f"{last[:12]} (history rewritten or a rollback); pass --allow-rewrite to apply it")
+
+    def _play(self, run_id: int, prepared: Preparation, *, check: bool, limit: str | None) -> Report:
+        app, phase, space = self.app, "check" if check else "apply", prepared.space
+        job, redactor = prepared.ready(app)
+        where = f" on {limit}" if limit else ""
+        self.progress.step(f"{app.name}: {phase} ({app.playbook} on {app.inventory}{where})")
+        try:
+            played = run_playbook(app, space.project, space.runner / phase, job, check=check, redactor=redactor,
+                                  cancel=self.cancel, limit=limit,
+                                  on_task=lambda task: self.progress.task(app.name, phase, task))
+        except Stopped as stopped:
+            # what an interrupted apply had already changed is worth keeping
+            self.store.add_report(run_id, phase, report(stopped.partial))
+            raise
+        found = report(played)
+        if check:
+            found = settle(found, self.at_revision)
+            self.unverifiable.update({h.host: h.unverified + h.settled for h in found.hosts})
+        self.store.add_report(run_id, phase, found)
+        if self.kind is not Kind.PREVIEW:
+            self._record_manifests(played, found, space.project, every_host=limit is None)
+        return found
+
+    def _record_manifests(self, played: PlayRun, found: Report, project: Path, *, every_host: bool) -> None:
+        # a check's in-sync hosts, an apply's converged ones: what they have now is what Git says
+        wanted = ("ok",) if played.check else ("ok", "changed")
+        in_sync = {h.host for h in found.hosts if h.status in wanted}
+        previous = {h: m for h, m in self.store.manifests(self.app.name).items() if h not in self.relook}
+        manifests = manifests_after(self.config, played, in_sync, self.digest, self.revision.sha, previous,
+                                    self.unverifiable, project)
+        # an apply only runs where needed: the hosts it skipped keep the check's manifests
+        self.store.record_manifests(self.app.name, manifests, every_host=every_host and played.check)
+
+
+def _message(app: App, checked: Report, applied: Report | None, plan: Plan | None, kind: Kind,
+             verdicts: list[Verdict], last_run: str) -> str:
+    parts = []
+    if applied is not None and app.policy == "detect":
+        parts.append("policy detect: applied on request")
+    verified = [v for v in verdicts if v.verified]
+    if verified:
+        covered = sum(v.manifest.covered for v in verified if v.manifest)
+        parts.append(f"{len(verified)} host(s) verified against their manifests ({covered} task results covered)")
+    rechecked = [v.host for v in verdicts if not v.verified]
+    if rechecked:
+        parts.append(f"fully checked: {', '.join(rechecked)}")
+    if applied is not None:
+        corrected = applied.with_status("changed")
+        if corrected:
+            parts.append(f"corrected: {', '.join(corrected)}")
+        if plan is not None and not plan.every_host:
+            parts.append(f"applied to {', '.join(plan.hosts)} only")
+    elif checked.drifted:
+        parts.append(f"drifted: {', '.join(checked.with_status('changed'))}")
+        why = {Kind.PREVIEW: "preview", Kind.CHECK: "check only", Kind.VERIFY: "verify only"}.get(kind, "policy detect")
+        parts.append(f"not applied ({why})")
+    if plan is not None and plan.left_out:
+        parts.append(f"not applied to {', '.join(sorted(plan.left_out))}: unreachable in the check, not dialled again")
+    final = merged(checked, applied)
+    for status in ("failed", "unreachable"):
+        hosts = sorted(final.with_status(status))
+        if hosts:
+            parts.append(f"{status}: {', '.join(hosts)}")
+    unverified = sum(h.unverified for h in checked.hosts)
+    if applied is None and unverified and not checked.drifted:
+        parts.append(f"{unverified} task(s) check mode cannot verify")
+    if not parts:
+        parts.append(f"{len(checked.hosts)} host(s) in sync")
+    settled = sum(h.settled for h in checked.hosts if h.status == "ok")
+    if settled and last_run and not checked.drifted:
+        parts.append(f"{settled} task(s) check mode cannot verify, {last_run}")
+    return "; ".join(parts)
+
+
+def _utc(stamp: str) -> str:
+    """``2026-11-23T10:42:05+00:00`` (as stored) as ``2026-11-23 10:42 UTC``."""
+    return f"{stamp[:16].replace('T', ' ')} UTC"
+
+
+def _summary(checked: Report, applied: Report | None, plan: Plan | None,
+             verdicts: list[Verdict]) -> dict[str, list[str]]:
+    summary = {"drifted": checked.with_status("changed")}
+    if verdicts:
+        summary["verified"] = [v.host for v in verdicts if v.verified]
+        summary["rechecked"] = [f"{v.host}: {v.why}" for v in verdicts if not v.verified]
+    if applied is not None:
+        summary["corrected"] = applied.with_status("changed")
+        summary["applied_to"] = plan.hosts if plan else []
+    final = merged(checked, applied)
+    summary["failed"] = sorted(final.with_status("failed"))
+    summary["unreachable"] = sorted(final.with_status("unreachable"))
+    return summary

@@ -1,0 +1,54 @@
+"""One reconcile cycle as every entry point runs it: lock, pipeline, record, announce."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from controller.config import Config
+from controller.errors import ControllerError
+from controller.interrupt import Cancel
+from controller.lock import hold
+from controller.process import stop_children
+from controller.report.forges import post_statuses
+from controller.report.notify import announce
+from controller.run.reconcile import reconcile
+from controller.run.results import Progress, Request, Result
+from controller.secrets.workspace import sweep
+from controller.state.store import Store
+from controller.vocabulary import Reason
+
+
+def run_cycle(config: Config, request: Request, progress: Progress, cancel: Cancel, wait: float = 0) -> Result:
+    """Hold the lock (waiting up to ``wait`` s), reconcile, notify what changed and tell the forges."""
+    with hold(lock_path(config), wait), Store(config.state_path / "state.db") as store:
+        recover(config, store, locked=True)
+        try:
+            result = reconcile(config, request, store, progress, cancel)
+        finally:
+            stop_children()  # a tool whose start a signal interrupted (a git fetch) must not outlive the run
+        announce(config, store, result)
+        post_statuses(config, store, result)
+    return result
+
+
+def lock_path(config: Config) -> Path:
+    """The lock every reconcile of this state directory holds."""
+    return config.state_path / "controller.lock"
+
+
+def recover(config: Config, store: Store, locked: bool = False) -> None:
+    """Clean up after a controller that was killed: wipe its workspaces, mark its runs interrupted.
+
+    Every command calls this first. Runs are only marked when no run can be in progress:
+    under the lock, or when the lock is free right now.
+    """
+    sweep(Path(config.workspace_dir))
+    if locked:
+        store.interrupt_unfinished()
+        return
+    try:
+        with hold(lock_path(config)):
+            store.interrupt_unfinished()
+    except ControllerError as error:
+        if error.reason is not Reason.LOCK_BUSY:
+            raise

@@ -1,0 +1,88 @@
+"""The decrypted workspace and the Ansible job, made only when a playbook is about to run.
+
+A verify that finds every host as its manifest says runs no playbook, so it never decrypts a
+secret or starts Ansible; everything else prepares before its first check, as always: SOPS files
+decrypted in place, Ansible Vault values learnt for masking, the job settings, the requirements
+(roles, collections) installed, and each app's syntax check once (not again at inputs that passed).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from controller.ansible.job import Job, job_settings
+from controller.ansible.requirements import install_requirements
+from controller.ansible.runner import syntax_check
+from controller.config import Config
+from controller.errors import ControllerError
+from controller.run.results import Progress
+from controller.secrets.redact import Redactor
+from controller.secrets.sops import decrypt_in_place, find_encrypted
+from controller.secrets.vault import learn_vaulted
+from controller.secrets.workspace import Workspace
+from controller.source.apps import App
+from controller.source.git import Source
+from controller.state import memo
+from controller.vocabulary import Reason
+
+
+@dataclass
+class Preparation:
+    """What a playbook run needs from the workspace; made once, on first use."""
+
+    config: Config
+    space: Workspace
+    progress: Progress
+    source: Source
+    digests: Mapping[str, str]  # each app's inputs digest (manifest.inputs_digest)
+    # revisions the hosts still run: their secrets are on the hosts and in a check's "before" side
+    previous: frozenset[str] = frozenset()
+    _ready: tuple[Job, Redactor] | None = None
+    _gated: set[str] = field(default_factory=set)
+
+    def ready(self, app: App) -> tuple[Job, Redactor]:
+        """The job and the redactor, with the secrets decrypted and ``app`` through its syntax check."""
+        if self._ready is None:
+            project = self.space.project
+            encrypted = find_encrypted(project)
+            self.progress.step(f"decrypting {len(encrypted)} SOPS file(s) into {self.space.root}")
+            redactor = decrypt_in_place(project, encrypted, self.config.sops.age_key_file)
+            redactor = redactor + learn_vaulted(project, self.config.ansible) + self._earlier_secrets()
+            job = job_settings(self.config, project, self.space.job)
+            for notice in job.notices:
+                self.progress.notice(notice)
+            job = install_requirements(self.config, project, self.space.job, job, self.progress.step)
+            self._ready = (job, redactor)
+        job, redactor = self._ready
+        if app.name not in self._gated:
+            # the inputs digest covers the revision, the bastion config (so the requirements) and the versions
+            digest = self.digests[app.name]
+            if memo.known(self.config, "syntax-checked", digest):
+                self.progress.step(f"syntax check of {app.name}: passed before at the same inputs")
+            else:
+                self.progress.step(f"syntax check of {app.name}: {app.playbook}")
+                syntax_check(app, self.space.project, job, redactor)
+                memo.remember(self.config, "syntax-checked", digest)
+            self._gated.add(app.name)
+        return job, redactor
+
+    def _earlier_secrets(self) -> Redactor:
+        """The SOPS values of the revisions the hosts still run, masked too: after a secret is rotated, the
+        diff of the file that holds it shows the old value on its "before" side."""
+        learnt = Redactor()
+        for sha in sorted(self.previous):
+            earlier = self.space.root / f"earlier-{sha[:12]}"
+            try:
+                earlier.mkdir(mode=0o700)
+                self.source.extract(sha, earlier)
+                learnt = learnt + decrypt_in_place(earlier, find_encrypted(earlier), self.config.sops.age_key_file)
+            except ControllerError as error:
+                if error.reason is Reason.INTERRUPTED:
+                    raise
+                self.progress.notice(f"the secrets of {sha[:12]}, which some hosts still run, could not be read "
+                                     f"({error.message}); a diff may show them where the hosts still have them")
+            finally:
+                shutil.rmtree(earlier, ignore_errors=True)
+        return learnt

@@ -1,0 +1,146 @@
+"""The pipeline: fetch -> snapshot -> decrypt -> gate -> check -> report -> apply -> record."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from controller.config import Config
+from controller.errors import ControllerError
+from controller.interrupt import Cancel
+from controller.run.app_run import AppRun
+from controller.run.preparation import Preparation
+from controller.run.results import AppResult, Progress, Request, Result
+from controller.run.schedule import DriftSchedule, parse_time
+from controller.secrets.workspace import workspace
+from controller.source.apps import App, load_apps
+from controller.source.git import Revision, Source
+from controller.source.signatures import refused_head, verify_revision
+from controller.state.store import Store
+from controller.verify.manifest import inputs_digest
+from controller.vocabulary import Kind, Outcome, Reason, failure
+
+
+def source_of(config: Config) -> Source:
+    """The configured Git source with its cache under the state directory."""
+    return Source(config.source.url, config.source.branch, config.state_path / "cache" / "source.git",
+                  timeout=config.source.fetch_timeout)
+
+
+def reconcile(config: Config, request: Request, store: Store, progress: Progress, cancel: Cancel) -> Result:
+    """Run the pipeline once; every outcome, failures included, is recorded in ``store``."""
+    revision: Revision | None = None
+    kind = request.kind()
+    apps: tuple[App, ...] = ()
+    # only looking whether anything is to do (a poll, --only-if-changed; a verify's look at the hosts):
+    # a stop then is no run, since nothing was under way, and the apps keep their real last failure
+    looking = request.only_if_changed or request.verifying
+    try:
+        source = source_of(config)
+        if request.fetch:
+            progress.step(f"fetching {config.source.branch} from {source.url.shown}")
+        head = source.fetch() if request.fetch else source.head()
+        revision = source.resolve(request.revision) if request.revision else head
+        kind = request.kind(revision.sha, head.sha)
+        if kind is Kind.PREVIEW and revision.sha != head.sha and config.source.verify.mode == "off":
+            progress.notice(f"previewing {revision.short}, which no signature check vouches for (source.verify is "
+                            "off): its plugins and local tasks run on this bastion, its check_mode: false tasks "
+                            "on the hosts")
+        if request.only_if_changed and (idle := _idle(config, store, revision)):
+            return Result(request, revision, (), idle, kind)
+        # a verify goes on looking until a host needs a playbook: AppRun records the run from then on, so a
+        # stop that reaches this far is a stop while looking (or between two apps)
+        looking = request.verifying
+        store.record_revision(revision)
+        verify_revision(config, store, source, revision, request.app, progress.step)  # before anything is extracted
+        with workspace(Path(config.workspace_dir)) as space:
+            progress.step(f"revision {revision.short} {revision.subject!r}")
+            source.extract(revision.sha, space.project)
+            every = load_apps(space.project)
+            apps = _select(every, request.app)
+            # of the files as committed: a changed secret is a changed ciphertext, and nothing is decrypted yet
+            digests = {app.name: inputs_digest(config, revision.sha, app, space.project) for app in apps}
+            running = {h["revision"] for app in apps for h in store.hosts(app.name)} - {revision.sha, None}
+            prepared = Preparation(config, space, progress, source, digests, frozenset(running))
+            if not request.verifying:  # a verify prepares only if a host needs a full check
+                for app in apps:
+                    prepared.ready(app)
+            if kind is Kind.SYNC and request.app is None and not request.verifying:
+                # only a revision that passed every gate retires apps
+                for gone in store.retire_missing([a.name for a in every], revision.sha):
+                    progress.notice(f"app {gone} is no longer in gitops.yml at {revision.short}: retired")
+            results = []
+            suspended = store.suspensions() if kind is Kind.SYNC else {}
+            for app in apps:
+                if cancel():
+                    break
+                if app.name in suspended:
+                    results.append(_suspended(app, suspended[app.name]))
+                    continue
+                run = AppRun(app, request, kind, revision, store, progress, cancel, config, digests[app.name])
+                results.append(run.reconcile(source, prepared))
+            return Result(request, revision, tuple(results), kind=kind)
+    except ControllerError as error:
+        if error.reason is Reason.INTERRUPTED and looking:
+            raise
+        if error.reason is Reason.NOT_FOUND:  # an unknown --app: nothing ran, nothing is recorded
+            return Result(request, revision, (AppResult(request.app or "*", "", None, Outcome.FAILED,
+                                                        error.reason, error.message),), kind=kind)
+        names = [a.name for a in apps] or _held_back(store, request.app)
+        return Result(request, revision, tuple(
+            _failed(store, name, request, kind, revision, error) for name in names), kind=kind)
+
+
+def _held_back(store: Store, app: str | None) -> list[str]:
+    """The apps a failure before gitops.yml was read holds back, so that status shows it beside each."""
+    known = [a for a in store.apps() if a not in store.suspensions()]
+    if app is not None:
+        return [app] if app in known else ["*"]
+    return known or ["*"]
+
+
+def _failed(store: Store, app: str, request: Request, kind: Kind, revision: Revision | None,
+            error: ControllerError) -> AppResult:
+    run_id = store.start_run(app, revision.sha if revision else None, kind, request.trigger)
+    store.finish_run(run_id, failure(error.reason), error.reason, error.message, False, {})
+    return AppResult(app, "", run_id, failure(error.reason), error.reason, error.message,
+                     previous=store.last_applied(app), revision=revision.sha if revision else None, kind=kind)
+
+
+def _suspended(app: App, suspension: dict[str, str]) -> AppResult:
+    why = f": {suspension['reason']}" if suspension["reason"] else ""
+    return AppResult(app.name, app.policy, None, Outcome.SUSPENDED, None,
+                     f"suspended since {suspension['since']}{why}; not applied (`controller resume {app.name}`)",
+                     kind=Kind.SYNC)
+
+
+def _idle(config: Config, store: Store, head: Revision) -> str | None:
+    """Why a sync can return at once: every app's last check or sync was a sync at ``head`` that left
+    nothing to do (no host behind, none failed), and no drift check is due."""
+    if config.source.verify.mode != "off" and refused_head(store, head.sha):
+        return (f"nothing to do: {config.source.branch} is still at {head.short}, which was refused for its "
+                "signatures; waiting for a new commit")
+    suspended = store.suspensions()
+    apps = [a for a in store.apps() if a not in suspended]
+    if not apps:
+        return None
+    schedule = DriftSchedule.of(config.watch)
+    now = datetime.now(UTC)
+    for app in apps:
+        latest, full = store.latest(app), store.latest(app, full=True)
+        if latest is None or full is None or latest["mode"] != Kind.SYNC or latest["revision"] != head.sha \
+                or not Outcome(latest["outcome"] or "failed").settled \
+                or schedule.due(parse_time(full["started"]), now):
+            return None
+    return (f"nothing to do: {config.source.branch} is still at {head.short}, already synced "
+            f"({', '.join(apps)}), and no drift check is due")
+
+
+def _select(apps: tuple[App, ...], name: str | None) -> tuple[App, ...]:
+    if name is None:
+        return apps
+    chosen = tuple(a for a in apps if a.name == name)
+    if not chosen:
+        raise ControllerError(Reason.NOT_FOUND,
+                              f"no app {name!r} in gitops.yml (apps: {', '.join(a.name for a in apps)})")
+    return chosen

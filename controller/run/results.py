@@ -1,0 +1,97 @@
+"""The values that go into and come out of a reconcile: the request, each app's result, the progress sink."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from controller.ansible.runner import TaskResult
+from controller.report.drift import Report
+from controller.run.plan import Plan
+from controller.source.git import Revision
+from controller.verify.verdict import Verdict
+from controller.vocabulary import ExitCode, Kind, Outcome, Reason
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to reconcile: ``check`` never applies; ``sync`` applies under policy ``apply``."""
+
+    mode: str                        # the command: check | sync
+    app: str | None = None
+    revision: str | None = None
+    dry_run: bool = False
+    allow_rewrite: bool = False
+    trigger: str = "manual"
+    fetch: bool = True               # False: use the branch head as last fetched (scheduled drift checks)
+    only_if_changed: bool = False    # return at once when nothing moved and no drift check is due
+    force: bool = False              # apply to every host, whatever the check found
+    accept_unverified: bool = False  # exit 0 for unverified
+    verify_first: bool = False       # verify hosts against their manifests; full check only where needed
+    apply_detect: bool = False       # sync --apply: apply the app even though its policy is detect
+
+    def kind(self, revision: str | None = None, head: str | None = None) -> Kind:
+        """A preview when it is a dry run or not of the branch head; otherwise what the command says."""
+        if self.dry_run or (self.revision is not None and (revision is None or revision != head)):
+            return Kind.PREVIEW
+        return Kind(self.mode)
+
+    @property
+    def verifying(self) -> bool:
+        """Hosts are compared with their manifests before any full check (verify, sync --verify-first)."""
+        return self.mode == Kind.VERIFY or self.verify_first
+
+
+@dataclass(frozen=True)
+class AppResult:
+    """How one app's run ended, with the reports it produced."""
+
+    app: str
+    policy: str
+    run_id: int | None               # None: nothing was run (suspended, unknown app)
+    outcome: Outcome
+    reason: Reason | None
+    message: str
+    check: Report | None = None
+    applied: Report | None = None    # None: no apply ran
+    previous: str | None = None      # the revision applied before this run
+    revision: str | None = None
+    seconds: float = 0.0
+    kind: Kind = Kind.CHECK
+    plan: Plan | None = None         # where the apply ran and why
+    behind: int = 0                  # hosts not at this revision after the run
+    verdicts: tuple[Verdict, ...] = ()  # verify: each host's verdict against its manifest
+
+    def exit_code(self, accept_unverified: bool = False) -> ExitCode:
+        if self.reason is Reason.LOCK_BUSY:
+            return ExitCode.LOCKED
+        return self.outcome.exit_code(accept_unverified)
+
+
+@dataclass(frozen=True)
+class Result:
+    """The whole reconcile: the revision and every app's result."""
+
+    request: Request
+    revision: Revision | None
+    apps: tuple[AppResult, ...]
+    idle: str | None = None          # why nothing ran (--only-if-changed)
+    kind: Kind = Kind.CHECK
+
+    @property
+    def exit_code(self) -> ExitCode:
+        codes = {a.exit_code(self.request.accept_unverified) for a in self.apps}
+        for code in (ExitCode.LOCKED, ExitCode.ERROR, ExitCode.DRIFT, ExitCode.UNVERIFIED):
+            if code in codes:
+                return code
+        return ExitCode.OK
+
+
+class Progress(Protocol):
+    """Where live progress goes (the terminal, a log, nowhere)."""
+
+    def step(self, message: str) -> None: ...
+
+    def task(self, app: str, phase: str, result: TaskResult) -> None: ...
+
+    def notice(self, message: str) -> None: ...

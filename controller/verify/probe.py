@@ -1,0 +1,286 @@
+"""The one round trip of ``verify``: a single ssh command per host that reads what its tasks manage.
+
+No Ansible task and no module upload: one short stdlib-only Python program, run with ``python3 -c``
+over ssh, reached as Ansible reached the host (address, port, user, key, ssh arguments such as a
+jump host, privilege escalation: ``manifest.Connection``) behind the bastion's host key checking.
+It stats and hashes paths and reads packages, services, users, groups, mounts, sysctl values and
+crontabs. All hosts are asked at once.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from controller.ansible.job import PASSED_THROUGH, host_key_options, ssh_wrappers
+from controller.ansible.runner import HOST_KEY_MISMATCH, HOST_KEY_REFUSED
+from controller.config import Config
+from controller.process import run_side_by_side
+from controller.verify.manifest import Connection, Entry, Resource
+
+# Runs on the host: for every target (its arguments: a path, or KIND:NAME), what is there now, as one
+# Python literal on stdout. Not json and not hashlib: importing them was more than half of the
+# program's time (json pulls in re; hashlib loads OpenSSL), and it runs on every host at every verify.
+# What only some hosts are asked (a service's state, rpm) starts a process; the rest reads files.
+REMOTE = r"""
+import grp, os, pwd, stat, sys
+try:
+    from _sha1 import sha1
+except ImportError:
+    from hashlib import sha1
+def name(get, ident):
+    try:
+        return get(ident)[0]
+    except KeyError:
+        return str(ident)
+def digest(path):
+    d = sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            d.update(block)
+    return d.hexdigest()
+def path_entry(path):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return {"kind": "absent"}
+    except OSError as exc:
+        return {"kind": "error", "target": exc.strerror}
+    entry = {"mode": "%04o" % stat.S_IMODE(st.st_mode), "owner": name(pwd.getpwuid, st.st_uid),
+             "group": name(grp.getgrgid, st.st_gid)}
+    if stat.S_ISLNK(st.st_mode):
+        return {"kind": "link", "target": os.readlink(path)}
+    if stat.S_ISDIR(st.st_mode):
+        entry["kind"] = "directory"
+    elif stat.S_ISREG(st.st_mode):
+        entry["kind"] = "file"
+        try:
+            entry["sha1"] = digest(path)
+        except OSError as exc:
+            return {"kind": "error", "target": exc.strerror}
+    else:
+        entry["kind"] = "other"
+    return entry
+def run(argvs):
+    import subprocess
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
+    procs = [subprocess.Popen(a, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              env=env, text=True) for a in argvs]
+    return [(p.communicate(timeout=30)[0], p.returncode) for p in procs]
+def packages(names):
+    try:
+        with open("/var/lib/dpkg/status", "rb") as f:
+            status = f.read()
+    except FileNotFoundError:
+        found = {}
+        for line in run([["rpm", "-q", "--qf", "%{NAME}\t%{VERSION}-%{RELEASE}\n", "--"] + names])[0][0].splitlines():
+            package, _, version = line.partition("\t")
+            if version:
+                found[package] = ",".join(filter(None, (found.get(package), version)))
+        return [{"version": found[n]} if n in found else {} for n in names]
+    out = []
+    for wanted in names:
+        package, _, arch = wanted.partition(":")
+        needle, at, state = b"Package: " + package.encode() + b"\n", -1, {}
+        while True:
+            at = status.find(needle, at + 1)
+            if at < 0:
+                break
+            if at and status[at - 1] != 10:
+                continue
+            end = status.find(b"\n\n", at)
+            fields = dict(line.split(b": ", 1) for line in status[at:end if end > 0 else None].split(b"\n")
+                          if b": " in line and not line.startswith(b" "))
+            if fields.get(b"Status", b"").endswith(b" installed") and (
+                    not arch or fields.get(b"Architecture", b"").decode() == arch):
+                state = {"version": fields.get(b"Version", b"").decode()}
+                break
+        out.append(state)
+    return out
+def services(names):
+    if os.path.isdir("/run/systemd/system"):
+        shown = run([["systemctl", "show", "--property=LoadState,ActiveState,UnitFileState", "--"] + names])[0][0]
+        out = []
+        for block in shown.strip().split("\n\n"):
+            fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+            out.append({} if fields.get("LoadState") == "not-found" else
+                       {"active": fields.get("ActiveState", ""), "enabled": fields.get("UnitFileState", "")})
+        return out if len(out) == len(names) else [{"error": "systemctl show: unexpected output"}] * len(names)
+    # SysV: the init script's own status (LSB: 0 running, 1-3 not running); enabled: a start link
+    links = set()
+    for level in "2345":
+        try:
+            links.update(n[3:] for n in os.listdir("/etc/rc%s.d" % level) if n.startswith("S"))
+        except OSError:
+            pass
+    scripts = ["/etc/init.d/" + n for n in names]
+    present = [n for n, s in zip(names, scripts) if os.path.isfile(s)]
+    codes = dict(zip(present, (code for _, code in run([["/etc/init.d/" + n, "status"] for n in present]))))
+    return [{"running": {0: "yes", 1: "no", 2: "no", 3: "no"}.get(codes[n], "unknown (%s)" % codes[n]),
+             "enabled": "yes" if n in links else "no"} if n in codes else {} for n in names]
+def users(names):
+    out, members = [], None
+    for n in names:
+        try:
+            pw = pwd.getpwnam(n)
+        except KeyError:
+            out.append({})
+            continue
+        if members is None:
+            members = grp.getgrall()
+        out.append({"uid": str(pw.pw_uid), "group": name(grp.getgrgid, pw.pw_gid), "home": pw.pw_dir,
+                    "shell": pw.pw_shell, "groups": ",".join(sorted(g.gr_name for g in members if n in g.gr_mem))})
+    return out
+def groups(names):
+    out = []
+    for n in names:
+        try:
+            out.append({"gid": str(grp.getgrnam(n).gr_gid)})
+        except KeyError:
+            out.append({})
+    return out
+def table(path, value):
+    found = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 4 and not fields[0].startswith("#"):
+                    found[fields[1]] = value(fields)
+    except OSError:
+        pass
+    return found
+def mounts(paths):
+    mounted = table("/proc/mounts", lambda f: " ".join((f[0], f[2], f[3])))
+    fstab = table("/etc/fstab", lambda f: " ".join(f[:1] + f[2:]))
+    out = []
+    for p in paths:
+        where = p.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
+        state = {"mounted": mounted.get(where, ""), "fstab": fstab.get(where, "")}
+        out.append(state if any(state.values()) else {})
+    return out
+def sysctls(keys):
+    out = []
+    for key in keys:
+        try:
+            with open("/proc/sys/" + (key if "/" in key else key.replace(".", "/"))) as f:
+                out.append({"value": " ".join(f.read().split())})
+        except FileNotFoundError:
+            out.append({})
+        except OSError as exc:
+            out.append({"error": exc.strerror})
+    return out
+def crontabs(names):
+    out = []
+    for n in names:
+        n = n or name(pwd.getpwuid, os.geteuid())
+        state = {}
+        for spool in ("/var/spool/cron/crontabs/", "/var/spool/cron/"):
+            if os.path.isfile(spool + n):
+                state = {"sha1": digest(spool + n)}
+                break
+        out.append(state)
+    return out
+READ = {"package": packages, "service": services, "user": users, "group": groups, "mount": mounts,
+        "sysctl": sysctls, "crontab": crontabs}
+out, asked = [], {}
+for i, target in enumerate(sys.argv[1:]):
+    if target.startswith("/"):
+        out.append(path_entry(target))
+    else:
+        out.append({})
+        kind, _, what = target.partition(":")
+        asked.setdefault(kind, []).append((i, what))
+for kind, items in asked.items():
+    try:
+        states = READ[kind]([what for _, what in items])
+    except Exception as exc:
+        states = [{"error": "%s: %s" % (type(exc).__name__, exc)}] * len(items)
+    for (i, _), state in zip(items, states):
+        out[i] = state
+print(repr(out))
+"""
+
+
+@dataclass(frozen=True)
+class Looked:
+    """What one host has at the asked targets, or why it could not be asked (``error``)."""
+
+    entries: tuple[Entry, ...] = ()
+    resources: tuple[Resource, ...] = ()
+    error: str = ""
+
+
+def look(config: Config, asked: Mapping[str, tuple[Connection, Sequence[str]]],
+         cwd: Path | None = None) -> dict[str, Looked]:
+    """Ask every host in ``asked`` (host -> connection, targets) what it has there, all at once.
+
+    ``cwd`` is where Ansible ran (the checkout): a key or an ssh config the inventory names by a
+    relative path is found there as Ansible found it.
+    """
+    commands = {host: _ssh(config, connection, targets) for host, (connection, targets) in asked.items()}
+    env = {key: os.environ[key] for key in PASSED_THROUGH if key in os.environ}
+    # a jump host's ssh is started through PATH: it finds the wrapper with the bastion's host key options
+    wrappers = config.state_path / "bin"
+    ssh_wrappers(config, wrappers, ("ssh",))
+    env["PATH"] = f"{wrappers}:{env.get('PATH', os.defpath)}"
+    done = run_side_by_side(commands, env=env, timeout=config.ansible.timeout + 30, cwd=cwd)
+    return {host: _looked(host, asked[host][1], finished.code, finished.out, finished.err)
+            for host, finished in done.items()}
+
+
+def _ssh(config: Config, connection: Connection, targets: Sequence[str]) -> list[str]:
+    python = shlex.join(shlex.split(connection.python or "python3"))  # "/usr/bin/env python3" is two words
+    program = f'{python} -I -S -c "$p" "$@"'
+    if connection.become and (connection.become_method or "sudo") == "sudo":
+        run = f"exec sudo -n -u {shlex.quote(connection.become_user or 'root')} {program}"
+    else:
+        # as root, or through sudo when the login user may use it without a password (what a task's become
+        # would do), else as is: sudo refusing exits 1, and so does a program that failed, which then runs again
+        run = f'if [ "$(id -u)" != 0 ]; then sudo -n {program}; s=$?; [ $s != 1 ] && exit $s; fi; exec {program}'
+    remote = f"p={shlex.quote(REMOTE)}; set -- {shlex.join(targets)}; {run}"
+    # ours first: ssh keeps the first value of an option, so no ssh argument of the inventory can weaken
+    # host key checking, batch mode or the single connection; theirs before our preferences after them
+    first = [*host_key_options(config), "BatchMode=yes", "LogLevel=ERROR", "ControlMaster=no", "ControlPath=none"]
+    preferences = [f"ConnectTimeout={round(config.ansible.timeout)}"]
+    if config.ssh.verify_key_exchange:
+        # offered first, OpenSSH's own list after it: a host that lacks it still answers
+        preferences.append(f"KexAlgorithms=^{config.ssh.verify_key_exchange}")
+    # in Ansible's order: ssh_args, then the key, port and user, then ssh_common_args and ssh_extra_args
+    argv = ["ssh", "-T", *(arg for option in first for arg in ("-o", option)), *connection.ssh_args]
+    if connection.private_key_file:
+        argv += ["-o", f"IdentityFile={connection.private_key_file}"]
+    elif config.ssh.private_key_file:
+        argv += ["-o", f"IdentityFile={config.ssh.private_key_file}"]
+    if connection.port:
+        argv += ["-o", f"Port={connection.port}"]
+    if connection.user:
+        argv += ["-o", f"User={connection.user}"]
+    argv += [*connection.common_args, *(arg for option in preferences for arg in ("-o", option))]
+    return [*argv, "--", connection.address, remote]
+
+
+def _looked(host: str, targets: Sequence[str], code: int | None, out: str, err: str) -> Looked:
+    lines = [line.strip() for line in err.splitlines() if line.strip()]
+    if code is None:
+        return Looked(error=f"could not look at {host}: no answer within the timeout")
+    if code == 255 and any(sign in err.lower() for sign in HOST_KEY_MISMATCH):
+        return Looked(error=f"could not look at {host}: {HOST_KEY_REFUSED}")
+    if code != 0:
+        return Looked(error=f"could not look at {host}: {lines[-1] if lines else f'exit status {code}'}"[:300])
+    try:
+        found = ast.literal_eval(out.strip())  # literals only: the host's answer is data, never code
+        entries, resources = [], []
+        for target, state in zip(targets, found, strict=True):
+            if target.startswith("/"):
+                entries.append(Entry(path=target, **state))
+            else:
+                kind, _, name = target.partition(":")
+                resources.append(Resource(kind, name, tuple(sorted((str(k), str(v)) for k, v in state.items()))))
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, AttributeError) as exc:
+        return Looked(error=f"could not read {host}'s answer: {exc}")
+    return Looked(entries=tuple(entries), resources=tuple(resources))

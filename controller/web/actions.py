@@ -1,0 +1,106 @@
+"""What a person can do from the dashboard: sync an app now (or apply one whose policy is detect), suspend it,
+resume it.
+
+A sync is the CLI's cycle (same lock, same pipeline, recorded with the trigger ``ui``) on a thread of its own:
+the listener's loop never waits for a playbook, and a busy lock is an answer at once, not a queue. Applying a
+detect app is the CLI's ``sync --apply --app NAME``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from controller.ansible.runner import TaskResult
+from controller.config import Config
+from controller.errors import ControllerError
+from controller.interrupt import Cancel
+from controller.run.cycle import run_cycle
+from controller.run.results import Progress, Request
+from controller.state.store import Store
+from controller.vocabulary import Reason
+
+log = logging.getLogger("controller")
+
+TRIGGER = "ui"
+UNWIND = 80.0  # seconds a stopping daemon waits for a dashboard sync to unwind (systemd allows 90)
+STARTED_WAIT = 5.0  # seconds to wait for a sync to take the lock, so a busy lock is said in the answer
+
+
+class _Started:
+    """Progress that also tells the page when the cycle got past the lock (its first step)."""
+
+    def __init__(self, inner: Progress) -> None:
+        self.inner = inner
+        self.event = threading.Event()
+
+    def step(self, message: str) -> None:
+        self.event.set()
+        self.inner.step(message)
+
+    def task(self, app: str, phase: str, result: TaskResult) -> None:
+        self.inner.task(app, phase, result)
+
+    def notice(self, message: str) -> None:
+        self.inner.notice(message)
+
+
+class Actions:
+    """The dashboard's actions for one process; at most one sync of its own at a time."""
+
+    def __init__(self, config: Config, progress: Progress) -> None:
+        self.config = config
+        # a flag of its own, set by stop(): the process's Cancel must keep raising in the main thread on SIGTERM,
+        # which it would not while this thread's playbook defers signals through it
+        self.cancel = Cancel()
+        self.progress = progress
+        self._guard = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.running: str | None = None  # the app a dashboard sync is running for
+
+    def sync(self, app: str, client: str, *, apply: bool = False) -> None:
+        """Start syncing ``app`` (``apply``: apply it even under policy detect); a ControllerError (LOCK_BUSY) when
+        another run holds the lock."""
+        with self._guard:
+            if self.running is not None:
+                raise ControllerError(Reason.LOCK_BUSY, f"a sync of {self.running} started here is still running")
+            self.running = app
+        started = _Started(self.progress)
+        refused: list[ControllerError] = []
+        log.info("ui: %s of %s asked by %s", "apply" if apply else "sync", app, client)
+
+        def work() -> None:
+            try:
+                request = Request("sync", app=app, trigger=TRIGGER, apply_detect=apply)
+                result = run_cycle(self.config, request, started, self.cancel)
+                for done in result.apps:
+                    log.info("ui: %s: %s: %s", done.app, done.outcome.value, done.message)
+            except ControllerError as error:
+                refused.append(error)
+                log.warning("ui: sync of %s: %s", app, error.message)
+            finally:
+                self.running = None
+                started.event.set()
+
+        self._thread = threading.Thread(target=work, name=f"ui-sync-{app}", daemon=True)
+        self._thread.start()
+        started.event.wait(STARTED_WAIT)
+        if refused:
+            raise refused[0]
+
+    def suspend(self, app: str, reason: str, client: str) -> None:
+        with Store(self.config.state_path / "state.db") as store:
+            store.suspend(app, reason or "suspended from the dashboard")
+        log.info("ui: %s suspended by %s", app, client)
+
+    def resume(self, app: str, client: str) -> None:
+        with Store(self.config.state_path / "state.db") as store:
+            store.resume(app)
+        log.info("ui: %s resumed by %s", app, client)
+
+    def stop(self, timeout: float = UNWIND) -> None:
+        """Stop a sync in progress (its playbook is stopped, its workspace wiped) and wait for it to unwind."""
+        self.cancel.event.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)

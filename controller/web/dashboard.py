@@ -1,0 +1,334 @@
+"""The dashboard: the fleet, an app, a run and the history as HTML pages and the same facts as JSON under /api/.
+
+Every fact comes from the state store through the functions the CLI's ``--json`` output uses (``status``, ``runs``,
+``run``), and the store holds only masked values, so nothing decrypted can appear. Pages are rendered on the
+listener's workers (blocking SQLite reads never stall the loop), with Jinja2 autoescaping everything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib.resources import files
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlencode
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from controller.config import Config
+from controller.errors import ControllerError
+from controller.interrupt import Cancel
+from controller.report.metrics import Metrics
+from controller.run.cycle import recover
+from controller.run.results import Progress
+from controller.run.schedule import DriftSchedule, parse_time
+from controller.state.store import Store
+from controller.vocabulary import Outcome, Reason
+from controller.web.access import Access, Throttle
+from controller.web.actions import Actions
+from controller.web.listener import Listener, Reply, Routes, WebRequest
+
+log = logging.getLogger("controller")
+
+PAGE_SIZE = 50        # runs per history page
+RECENT_RUNS = 20      # runs on an app's page
+POLL_SECONDS = 2      # how often a page asks whether anything changed (live.js; the meta refresh is slower)
+HEADERS = (
+    # the pages need nothing from elsewhere; scripts only from our own file, so injected markup could not run
+    ("Content-Security-Policy", "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
+                                "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    ("Cache-Control", "no-store"),
+)
+STATIC = {"style.css": "text/css; charset=utf-8", "live.js": "text/javascript; charset=utf-8"}
+NOTICES = {
+    "started": "Sync started: this page follows it.",
+    "applying": "Apply started (policy detect, on request): this page follows it.",
+    "busy": "Another run holds the lock; try again when it has finished.",
+    "suspended": "Suspended: watch and sync leave this app alone until it is resumed.",
+    "resumed": "Resumed: the next cycle reconciles this app.",
+    "resume-first": "This app is suspended: resume it before syncing it.",
+}
+OUTCOMES = ("running", *(o.value for o in Outcome if o is not Outcome.SUSPENDED))
+TRIGGERS = ("manual", "ui", "webhook", "push", "poll", "schedule", "retry")
+VERB_NOTICES = {"sync": "started", "apply": "applying", "suspend": "suspended", "resume": "resumed"}
+ACTION = re.compile(r"/(?:api/)?apps/([^/]+)/(sync|apply|suspend|resume)")
+
+
+class NotFound(Exception):
+    """A page that does not exist: 404."""
+
+
+class Dashboard:
+    """Routes requests to views; ``handle`` runs on a page worker thread."""
+
+    def __init__(self, config: Config, access: Access, actions: Actions) -> None:
+        self.config = config
+        self.access = access
+        self.actions = actions
+        self.throttle = Throttle()
+        self.schedule = DriftSchedule.of(config.watch)
+        self.env = Environment(loader=PackageLoader("controller.web", "templates"), autoescape=True,
+                               undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        self.env.filters.update(short=short, ago=ago, stamp=lambda s: (s or "-")[:19].replace("T", " "),
+                                seconds=seconds, url=lambda s: quote(str(s), safe=""))
+        self.static = {name: (files("controller.web").joinpath("static", name).read_bytes(), kind)
+                       for name, kind in STATIC.items()}
+        self.views: dict[str, Callable[[Store, WebRequest, list[str]], dict[str, Any]]] = {
+            "fleet": self.fleet, "app": self.app, "run": self.run, "history": self.history}
+
+    # -- routing -------------------------------------------------------------
+    def handle(self, request: WebRequest) -> Reply:
+        path = request.path
+        if request.method == "GET" and path.startswith("/static/") and path[8:] in self.static:
+            body, kind = self.static[path[8:]]
+            return Reply(200, body, kind, (("Cache-Control", "max-age=300"), ("X-Content-Type-Options", "nosniff")))
+        if not self.access.host_allowed(request.headers):
+            return self.error(request, 403, "this dashboard answers only to loopback names (localhost, 127.0.0.1)")
+        guessing = self.access.token is not None and (
+            (path == "/login" and request.method == "POST") or "authorization" in request.headers)
+        if guessing and not self.throttle.allowed(request.client):  # refused before any token is compared
+            return self.error(request, 429, "too many wrong tokens from this address: wait a second",
+                              (("Retry-After", "1"),))
+        if path == "/login":
+            return self.login(request)
+        if not self.access.authenticated(request.headers):
+            if "authorization" in request.headers:
+                self.throttle.wrong(request.client, "Authorization")
+            if path.startswith("/api/"):
+                return self.reply(401, json_bytes({"error": "a token is required (Authorization: Bearer)"}),
+                                  "application/json", (("WWW-Authenticate", 'Bearer realm="controller"'),))
+            return self.login_page(request, 401, path)
+        try:
+            if request.method == "POST":
+                return self.act(request)
+            return self.page(request)
+        except NotFound as missing:
+            return self.error(request, 404, str(missing))
+
+    def page(self, request: WebRequest) -> Reply:
+        path, api = request.path, request.path.startswith("/api/")
+        name, parts = route(path.removeprefix("/api") if api else path, api)
+        with Store(self.config.state_path / "state.db") as store:
+            if name == "stamp":
+                return self.reply(200, json_bytes({"stamp": self.stamp(store)}), "application/json")
+            facts = self.views[name](store, request, parts)
+            if api:
+                return self.reply(200, json_bytes(facts), "application/json")
+            stamp, busy = self.stamp(store), self.busy(store)
+        notice = parse_qs(request.query).get("notice", [""])[0]
+        html = self.env.get_template(f"{name}.html").render(
+            **facts, stamp=stamp, busy=busy, csrf=self.access.csrf, poll=POLL_SECONDS,
+            notice=NOTICES.get(notice), login=self.access.token is not None, outcomes=OUTCOMES, triggers=TRIGGERS)
+        return self.reply(200, html.encode(), "text/html; charset=utf-8", self.access.cookie_headers())
+
+    def act(self, request: WebRequest) -> Reply:
+        """Sync, suspend or resume: a form from a page (redirect back) or a Bearer client under /api/ (JSON)."""
+        form = {k: v[0] for k, v in parse_qs(request.body.decode("utf-8", "replace")).items()}
+        if request.path == "/logout":
+            return self.reply(303, b"", "text/plain", (("Location", "/"), *self.access.cookie_headers(session=False)))
+        match = ACTION.fullmatch(request.path)
+        if match is None:
+            raise NotFound(f"no action at {request.path}")
+        # a header a browser never adds by itself proves the request is not cross-site; a form must prove it
+        why = None if self.access.bearer(request.headers) else self.access.csrf_passed(request.headers, form)
+        if why is not None:
+            log.warning("ui: %r from %s refused: %s", request.path, request.client, why)  # repr: no control codes
+            return self.error(request, 403, why)
+        app, verb = unquote(match.group(1)), match.group(2)
+        with Store(self.config.state_path / "state.db") as store:
+            if app not in store.apps():
+                raise NotFound(f"no app {app!r} has been reconciled here")
+            suspended = app in store.suspensions()
+        if verb in ("sync", "apply") and suspended:  # the cycle would skip it: say so rather than "started"
+            return self.done(request, app, verb, 409, "resume-first")
+        status, notice = 202, VERB_NOTICES[verb]
+        try:
+            if verb in ("sync", "apply"):
+                self.actions.sync(app, request.client, apply=verb == "apply")
+            elif verb == "suspend":
+                self.actions.suspend(app, form.get("reason", "")[:200], request.client)
+            else:
+                self.actions.resume(app, request.client)
+        except ControllerError as error:
+            if error.reason is not Reason.LOCK_BUSY:
+                raise
+            status, notice = 409, "busy"
+        return self.done(request, app, verb, status, notice)
+
+    def done(self, request: WebRequest, app: str, verb: str, status: int, notice: str) -> Reply:
+        """The answer to an action: JSON under /api/, else back to the app's page, which says what happened."""
+        if request.path.startswith("/api/"):
+            body = {"app": app, "action": verb, "notice": NOTICES[notice]}
+            return self.reply(status, json_bytes(body), "application/json")
+        return self.reply(303, b"", "text/plain", (("Location", f"/apps/{quote(app, safe='')}?notice={notice}"),))
+
+    def login(self, request: WebRequest) -> Reply:
+        if self.access.token is None:
+            return self.reply(303, b"", "text/plain", (("Location", "/"),))
+        if request.method != "POST":
+            return self.login_page(request, 200, parse_qs(request.query).get("next", ["/"])[0])
+        form = {k: v[0] for k, v in parse_qs(request.body.decode("utf-8", "replace")).items()}
+        target = form.get("next", "/")
+        if not target.startswith("/") or target.startswith("//") or "\\" in target:
+            target = "/"  # never a redirect to another site (browsers read /\\host as //host)
+        if self.access.csrf_passed(request.headers, form) is not None or not self.access.login(form.get("token", "")):
+            self.throttle.wrong(request.client, "login")
+            return self.login_page(request, 401, target, failed=True)
+        log.info("ui: login from %s", request.client)
+        return self.reply(303, b"", "text/plain", (("Location", target), *self.access.cookie_headers(session=True)))
+
+    def login_page(self, request: WebRequest, status: int, target: str, failed: bool = False) -> Reply:
+        html = self.env.get_template("login.html").render(
+            next=target, failed=failed, csrf=self.access.csrf, stamp="", busy=False, poll=POLL_SECONDS, login=False)
+        return self.reply(status, html.encode(), "text/html; charset=utf-8", self.access.cookie_headers())
+
+    def error(self, request: WebRequest, status: int, message: str,
+              headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+        if request.path.startswith("/api/"):
+            return self.reply(status, json_bytes({"error": message}), "application/json", headers)
+        html = self.env.get_template("error.html").render(
+            status=status, message=message, stamp="", busy=False, poll=POLL_SECONDS, login=False)
+        return self.reply(status, html.encode(), "text/html; charset=utf-8", headers)
+
+    def summarise(self) -> None:
+        """Log the window's wrong and refused tokens in one line (the listener calls it every window)."""
+        self.throttle.summarise()
+
+    @staticmethod
+    def reply(status: int, body: bytes, kind: str, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+        return Reply(status, body, kind, (*HEADERS, *headers))
+
+    def stamp(self, store: Store) -> str:
+        return f"{store.stamp()}:{self.actions.running or ''}"
+
+    def busy(self, store: Store) -> bool:
+        """Whether a run is going on (an unfinished run in the store, or a sync this process started)."""
+        return self.actions.running is not None or store.count_runs(outcome="running") > 0
+
+    # -- views: the facts of each page, as the JSON API returns them -------------
+    def fleet(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
+        """Every app as `controller status --json` has it, with its commit, host counts and next check."""
+        rows = store.status()
+        for row in rows:
+            revision = row["applied_revision"]
+            row["commit"] = store.revision(revision) if revision else None
+            row["host_states"] = dict(Counter(h["state"] for h in row["hosts"]))
+            due = None if row["suspended"] else self.schedule.next_check(parse_time(row["last_run"]))
+            row["next_check"] = due.isoformat(timespec="seconds") if due else None
+        return {"apps": rows}
+
+    def app(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
+        """One app's status row (with its hosts) and its recent runs (`controller history --app`)."""
+        rows = [row for row in self.fleet(store, request, parts)["apps"] if row["app"] == parts[0]]
+        if not rows:
+            raise NotFound(f"no app {parts[0]!r} has been reconciled here")
+        return {"app": rows[0], "runs": store.runs(parts[0], RECENT_RUNS),
+                "suspension": store.suspensions().get(parts[0]), "running": self.actions.running == parts[0]}
+
+    def run(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
+        """One run as `controller show --json` has it, with its commit."""
+        run = store.run(int(parts[0]))
+        if run is None:
+            raise NotFound(f"no run {parts[0]} in the state store")
+        run["commit"] = store.revision(run["revision"]) if run["revision"] else None
+        return {"run": run}
+
+    def history(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
+        """Runs newest first (`controller history --json`), filtered by app, outcome and trigger, a page at a time."""
+        query = parse_qs(request.query)
+        filters = {key: query.get(key, [""])[0] for key in ("app", "outcome", "trigger")}
+        wanted = {k: v or None for k, v in filters.items()}
+        total = store.count_runs(wanted["app"], outcome=wanted["outcome"], trigger=wanted["trigger"])
+        pages = max(1, math.ceil(total / PAGE_SIZE))
+        page = query.get("page", ["1"])[0]
+        number = min(int(page), pages) if page.isdigit() and int(page) > 0 else 1
+        runs = store.runs(wanted["app"], PAGE_SIZE, outcome=wanted["outcome"], trigger=wanted["trigger"],
+                          offset=(number - 1) * PAGE_SIZE)
+        chosen = {k: v for k, v in filters.items() if v}
+        return {"runs": runs, "total": total, "page": number, "pages": pages, "filters": filters,
+                "apps": store.apps(),
+                "previous": f"?{urlencode({**chosen, 'page': number - 1})}" if number > 1 else None,
+                "next": f"?{urlencode({**chosen, 'page': number + 1})}" if number < pages else None}
+
+
+def route(path: str, api: bool) -> tuple[str, list[str]]:
+    """The view for a path (without /api) and its parameters; NotFound otherwise."""
+    table = ((r"/apps", "fleet"), (r"/apps/([^/]+)", "app"), (r"/runs/([0-9]{1,15})", "run"),
+             (r"/runs", "history"), (r"/stamp", "stamp")) if api else (
+        (r"/", "fleet"), (r"/apps/([^/]+)", "app"), (r"/runs/([0-9]{1,15})", "run"), (r"/history", "history"))
+    for pattern, name in table:
+        match = re.fullmatch(pattern, path)
+        if match:
+            return name, [unquote(g) for g in match.groups()]
+    raise NotFound(f"no page at {'/api' if api else ''}{path}")
+
+
+def json_bytes(facts: Any) -> bytes:
+    return (json.dumps(facts, indent=1) + "\n").encode()
+
+
+def short(sha: str | None) -> str:
+    return (sha or "-")[:12]
+
+
+def ago(stamp: str | None) -> str:
+    """``2026-11-23T10:42:05+00:00`` as ``5 min ago`` (or ``in 5 min`` for a time to come)."""
+    if not stamp:
+        return "-"
+    delta = (datetime.now(UTC) - parse_time(stamp)).total_seconds()
+    future, delta = delta < 0, abs(delta)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if delta >= size:
+            text = f"{int(delta // size)} {unit}"
+            break
+    else:
+        text = f"{int(delta)} s"
+    return f"in {text}" if future else f"{text} ago"
+
+
+def seconds(run: dict[str, Any]) -> str:
+    """How long a run took (or has been running)."""
+    end = parse_time(run["finished"]) if run["finished"] else datetime.now(UTC)
+    return f"{(end - parse_time(run['started'])).total_seconds():.0f} s"
+
+
+def serve(config: Config, listen: str, cancel: Cancel, progress: Progress) -> None:
+    """``controller serve``: the dashboard alone on ``listen`` until SIGTERM, reading the state store that
+    `sync` from cron writes; its actions run the same cycle."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ControllerError(Reason.CONFIG_INVALID, f"--listen: expected HOST:PORT such as 127.0.0.1:8080, "
+                              f"got {listen!r}")
+    actions = Actions(config, progress)
+    dashboard = Dashboard(config, Access.of(config.ui, listen), actions)
+    started = time.time()
+
+    def health() -> tuple[int, dict[str, Any]]:
+        return 200, {"status": "ok", "uptime_seconds": round(time.time() - started, 1), "running": actions.running}
+
+    listener = Listener(listen, Routes(branch=config.source.branch, secrets={}, max_body=0, on_push=lambda _: None,
+                                       health=health, metrics=Metrics(config.state_path / "state.db").render,
+                                       pages=dashboard.handle, summarise=dashboard.summarise))
+    with Store(config.state_path / "state.db") as store:
+        recover(config, store)
+    listener.start()
+    log.info("dashboard on http://%s:%d/ (%s)", listen.rpartition(":")[0].strip("[]"), listener.port,
+             "token required" if dashboard.access.token else "no token: loopback only")
+    try:
+        while not cancel():
+            cancel.event.wait(1)
+    except ControllerError as error:
+        if error.reason is not Reason.INTERRUPTED:
+            raise
+    finally:
+        log.info("stopping")
+        actions.stop()
+        listener.stop()
