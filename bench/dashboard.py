@@ -21,11 +21,11 @@ from typing import Any
 
 import yaml
 
-from controller.ansible.runner import TaskResult
-from controller.report.drift import HostState, Report
-from controller.source.git import Revision
+from controller.ansible.results import TaskResult
+from controller.report.drift import HostReport, Report
+from controller.source.revision import Revision
 from controller.state.store import Store
-from controller.vocabulary import Outcome
+from controller.vocabulary import HostState, Kind, Outcome, Phase, TaskStatus, Trigger
 
 TARGET_MS = 200.0
 APPS = 5
@@ -48,20 +48,22 @@ def fill(path: Path, runs: int = RUNS) -> dict[str, int]:
             revision = Revision(f"{number // 100:040x}", f"Release {number // 100}", "Ops Team <ops@example.com>",
                                 "2026-11-20T10:00:00+00:00")
             store.record_revision(revision)
-            mode = "sync" if number % 50 == 0 else "check"
-            trigger = ("schedule", "webhook", "poll", "manual", "ui")[number % 5]
+            mode = Kind.SYNC if number % 50 == 0 else Kind.CHECK
+            trigger = (Trigger.SCHEDULE, Trigger.WEBHOOK, Trigger.POLL, Trigger.MANUAL, Trigger.UI)[number % 5]
             run_id = store.start_run(app, revision.sha, mode, trigger)
             drift = number % 10 == 0
             changed = hosts[app][:3] if drift else []
             report = Report(
-                tuple(HostState(h, "changed" if h in changed else "ok", int(h in changed), 0) for h in hosts[app]),
-                tuple(TaskResult(h, f"template {task}", "template", "changed", DIFF)
+                tuple(HostReport(h, TaskStatus.CHANGED if h in changed else TaskStatus.OK, int(h in changed), 0)
+                      for h in hosts[app]),
+                tuple(TaskResult(h, f"template {task}", "template", TaskStatus.CHANGED, DIFF)
                       for h in changed for task in ("app.yml", "nginx.conf")))
-            store.add_report(run_id, "check", report)
-            states = {h: ("drifted" if h in changed and mode == "check" else "in-sync") for h in hosts[app]}
+            store.add_report(run_id, Phase.CHECK, report)
+            states = {h: (HostState.DRIFTED if h in changed and mode is Kind.CHECK else HostState.IN_SYNC)
+                      for h in hosts[app]}
             outcome = Outcome.CONVERGED if mode == "sync" else Outcome.DRIFTED if drift else Outcome.IN_SYNC
-            store.finish_run(run_id, outcome, None, outcome.value, mode == "sync", {})
-            store.record_hosts(app, run_id, states, hosts[app] if mode == "sync" else [], revision.sha)
+            store.finish_run(run_id, outcome, None, outcome.value, mode is Kind.SYNC, {})
+            store.record_hosts(app, run_id, states, hosts[app] if mode is Kind.SYNC else [], revision.sha)
             if drift:
                 drifted = run_id
     return {"drifted_run": drifted}

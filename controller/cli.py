@@ -17,16 +17,16 @@ import click
 
 from controller import __version__
 from controller.ansible.job import writable_known_hosts
-from controller.ansible.runner import TaskResult
-from controller.config import Config, find_config, load_config
-from controller.errors import ControllerError
+from controller.ansible.results import TaskResult
+from controller.config import Config, HostPort, find_config, load_config
+from controller.errors import ControllerError, Interrupted, LockBusy
 from controller.interrupt import Cancel
 from controller.report.render import history_text, hosts_text, result_json, result_text, run_text, status_text
 from controller.report.review import review_markdown
 from controller.run.cycle import recover, run_cycle
 from controller.run.results import Request
 from controller.state.store import Store
-from controller.vocabulary import EXIT_CODE_MEANINGS, ExitCode, Outcome, Reason
+from controller.vocabulary import EXIT_CODE_MEANINGS, ExitCode, Mode, Outcome, Reason, TaskStatus, Trigger
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,6 +36,14 @@ EXIT_CODES = "\b\nExit codes (check / sync):\n" + "\n".join(
 
 
 CONFIG_HELP = "Bastion config (default: $CONTROLLER_CONFIG, ./controller.yml, /etc/controller/controller.yml)."
+
+
+def _host_port(ctx: click.Context, param: click.Parameter, value: str | None) -> HostPort | None:
+    """HOST:PORT on the command line, parsed as the config parses it."""
+    try:
+        return None if value is None else HostPort.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc}, got {value!r}", ctx, param) from None
 
 
 def config_option(func: F) -> F:
@@ -67,7 +75,7 @@ def run_options(func: F) -> F:
                      help="Show live progress on stderr (default: when stderr is a terminal)."),
         click.option("--accept-unverified", is_flag=True,
                      help="Exit 0, not 3, when the only open items are tasks check mode cannot verify."),
-        click.option("--trigger", default="manual", hidden=True),
+        click.option("--trigger", type=click.Choice(list(Trigger)), default=Trigger.MANUAL, hidden=True),
         json_option,
         config_option,
     ]):
@@ -139,7 +147,7 @@ def sync(**options: Any) -> None:
     """
     if options["apply_detect"] and (options["app"] is None or options["dry_run"]):
         raise click.UsageError("--apply applies one app on purpose: name it with --app, and leave out --dry-run")
-    _reconcile("sync", **options)
+    _reconcile(Mode.SYNC, **options)
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -154,7 +162,7 @@ def check(**options: Any) -> None:
     says when they last ran). With --revision
     (a pull request's commit or branch) it is a preview: never the app's state.
     """
-    _reconcile("check", dry_run=False, allow_rewrite=False, only_if_changed=False, force=False, verify_first=False,
+    _reconcile(Mode.CHECK, dry_run=False, allow_rewrite=False, only_if_changed=False, force=False, verify_first=False,
                apply_detect=False, **options)
 
 
@@ -182,11 +190,11 @@ def verify(**options: Any) -> None:
     host. Run it every few seconds from
     `watch` (watch.verify_interval) and keep a full check on a slower schedule.
     """
-    _reconcile("verify", revision=None, dry_run=False, allow_rewrite=False,
+    _reconcile(Mode.VERIFY, revision=None, dry_run=False, allow_rewrite=False,
                only_if_changed=False, force=False, verify_first=False, apply_detect=False, **options)
 
 
-def _reconcile(mode: str, *, config_path: str | None, as_json: bool, output_format: str | None, output: str | None,
+def _reconcile(mode: Mode, *, config_path: str | None, as_json: bool, output_format: str | None, output: str | None,
                app: str | None, revision: str | None, wait: float, progress: bool | None, trigger: str,
                dry_run: bool, allow_rewrite: bool, only_if_changed: bool, force: bool,
                accept_unverified: bool, verify_first: bool, apply_detect: bool) -> None:
@@ -194,7 +202,7 @@ def _reconcile(mode: str, *, config_path: str | None, as_json: bool, output_form
     show = sys.stderr.isatty() if progress is None else progress
     cancel = Cancel()
     cancel.install()
-    request = Request(mode, app, revision, dry_run, allow_rewrite, trigger, only_if_changed=only_if_changed,
+    request = Request(mode, app, revision, dry_run, allow_rewrite, Trigger(trigger), only_if_changed=only_if_changed,
                       force=force, accept_unverified=accept_unverified, verify_first=verify_first,
                       apply_detect=apply_detect)
     result = run_cycle(config, request, TerminalProgress(show), cancel, wait)
@@ -241,7 +249,7 @@ class TerminalProgress:
             click.echo(f"==> {message}", err=True)
 
     def task(self, app: str, phase: str, result: TaskResult) -> None:
-        if self.enabled and result.status != "ok":
+        if self.enabled and result.status is not TaskStatus.OK:
             click.echo(f"    [{app} {phase}] {result.host}: {result.status}  {result.task}", err=True)
 
     def notice(self, message: str) -> None:
@@ -335,9 +343,10 @@ Exit codes:
   1   configuration error (listener address in use or open to others without ui.token_file)
   70  internal error (a bug: the traceback is printed)""")
 @config_option
-@click.option("--listen", metavar="HOST:PORT", help="Where to answer (default: watch.listen, else 127.0.0.1:8080).")
+@click.option("--listen", metavar="HOST:PORT", callback=_host_port,
+              help="Where to answer (default: watch.listen, else 127.0.0.1:8080).")
 @click.option("-v", "--verbose", is_flag=True, help="Also log every HTTP request.")
-def serve(config_path: str | None, listen: str | None, verbose: bool) -> None:
+def serve(config_path: str | None, listen: HostPort | None, verbose: bool) -> None:
     """Serve the dashboard alone, for a bastion that runs `sync` from cron.
 
     \b
@@ -364,7 +373,7 @@ def serve(config_path: str | None, listen: str | None, verbose: bool) -> None:
                         level=logging.DEBUG if verbose else logging.INFO)
     cancel = Cancel()
     cancel.install()
-    serve_dashboard(config, listen or config.watch.listen or "127.0.0.1:8080", cancel, LogProgress())
+    serve_dashboard(config, listen or config.watch.listen or HostPort("127.0.0.1", 8080), cancel, LogProgress())
 
 
 @cli.command()
@@ -416,9 +425,9 @@ def main() -> None:
     os.umask(0o077)  # state, cache, lock, known_hosts: nobody else's to read, whatever the caller's umask
     try:
         cli.main(standalone_mode=False)
-    except ControllerError as error:
+    except (ControllerError, Interrupted) as error:
         click.echo(f"controller: {error.message}", err=True)
-        sys.exit(ExitCode.LOCKED if error.reason is Reason.LOCK_BUSY else ExitCode.ERROR)
+        sys.exit(ExitCode.LOCKED if isinstance(error, LockBusy) else ExitCode.ERROR)
     except click.exceptions.Abort:
         click.echo("controller: aborted", err=True)
         sys.exit(ExitCode.ERROR)

@@ -1,4 +1,4 @@
-"""The one user-facing error type: a message a person can act on, and its reason."""
+"""The user-facing errors: a message a person can act on, and its reason; and a stop, which is not an error."""
 
 from __future__ import annotations
 
@@ -15,3 +15,29 @@ class ControllerError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class LockBusy(ControllerError):
+    """Another run holds the lock: exit 75 (try again later), or wait for it with --wait."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Reason.LOCK_BUSY, message)
+
+
+class Interrupted(BaseException):
+    """A stop signal (SIGTERM, Ctrl-C). Like KeyboardInterrupt it is no Exception, so an ``except
+    ControllerError`` meant for a tool's failure never takes it for one: only the code that records a
+    run (and the CLI, the daemon) catches it."""
+
+    reason = Reason.INTERRUPTED
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+Failure = ControllerError | Interrupted
+"""Whatever ends a run early, as a run records it: a reason and a message."""

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from controller.errors import ControllerError
-from controller.vocabulary import Reason
+from controller.errors import Interrupted
 
 
 class Cancel:
@@ -39,7 +38,7 @@ class Cancel:
         first = not self.event.is_set()
         self.event.set()
         if first and not self._deferring:
-            raise ControllerError(Reason.INTERRUPTED, f"interrupted by {signal.Signals(signum).name}")
+            raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
 
     def install(self) -> None:
         """Route SIGTERM and SIGINT here (main thread only)."""

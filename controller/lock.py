@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from controller.errors import ControllerError
-from controller.vocabulary import Reason
+from controller.errors import LockBusy
 
 
 @contextmanager
@@ -28,10 +27,8 @@ def hold(path: Path, wait: float = 0) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
-                    raise ControllerError(
-                        Reason.LOCK_BUSY,
-                        f"another run holds {path} ({holder}); try again, or wait with --wait SECONDS",
-                    ) from None
+                    raise LockBusy(f"another run holds {path} ({holder}); try again, or wait with --wait SECONDS") \
+                        from None
                 time.sleep(0.1)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv[:2])[:200]}\n".encode(), 0)

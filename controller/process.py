@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +44,23 @@ def run(argv: Sequence[str], *, reason: Reason, what: str, env: Mapping[str, str
     it reaches any message, because tools have echoed plaintext in their errors. ``explain``
     picks the line that says why from a tool's stderr (default: :func:`first_line`).
     """
+    return answer(argv, answers=(0,), reason=reason, what=what, env=env, cwd=cwd, timeout=timeout, redact=redact,
+                  explain=explain)[1]
+
+
+def answer(argv: Sequence[str], *, answers: Collection[int], reason: Reason, what: str, env: Mapping[str, str],
+           cwd: Path | None = None, timeout: float = 60, redact: Callable[[str], str] = lambda text: text,
+           explain: Callable[[str], str] | None = None) -> tuple[int, str]:
+    """Run a command whose exit status is an answer (``git cat-file -e``: 0 yes, 1 no); its status and stdout
+    when the status is one of ``answers``. Any other (a timeout, a corrupt cache, a tool not installed)
+    raises as :func:`run` does: a question that could not be asked is never taken for a "no"."""
     with _spawn(argv, env, cwd, stdout=subprocess.PIPE) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise ControllerError(reason, f"{what}: {argv[0]} did not finish within {timeout:.0f}s") from None
-    return _checked(argv, proc.returncode, out, err, reason=reason, what=what, redact=redact,
-                    explain=explain or first_line).decode(errors="replace")
+    _judge(argv, proc.returncode, err, answers, reason=reason, what=what, redact=redact, explain=explain)
+    return proc.returncode, out.decode(errors="replace")
 
 
 @dataclass(frozen=True)
@@ -149,7 +159,7 @@ def finish(proc: subprocess.Popen[bytes], argv: Sequence[str], *, reason: Reason
         code = proc.wait(timeout)
     except subprocess.TimeoutExpired:
         raise ControllerError(reason, f"{what}: {argv[0]} did not finish within {timeout:.0f}s") from None
-    _checked(argv, code, b"", err, reason=reason, what=what, redact=lambda text: text, explain=first_line)
+    _judge(argv, code, err, (0,), reason=reason, what=what, redact=lambda text: text, explain=None)
 
 
 @contextmanager
@@ -236,28 +246,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _checked(argv: Sequence[str], code: int, out: bytes, err: bytes, *, reason: Reason, what: str,
-             redact: Callable[[str], str], explain: Callable[[str], str]) -> bytes:
+def _judge(argv: Sequence[str], code: int, err: bytes, answers: Collection[int], *, reason: Reason, what: str,
+           redact: Callable[[str], str], explain: Callable[[str], str] | None) -> None:
+    """Raise one line naming ``what`` failed and why, unless ``code`` is one of ``answers``."""
     if code == NOT_FOUND and err.decode(errors="replace").startswith(f"{argv[0]}: "):
         raise ControllerError(reason, f"{what}: {argv[0]} is not installed")
-    if code != 0:
-        detail = explain(redact(err.decode(errors="replace")))
-        raise ControllerError(reason, f"{what}: {detail or f'exit status {code}'}") from _ExitStatus(code)
-    return out
-
-
-class _ExitStatus(Exception):
-    """Carries a failed command's exit status for callers that tell failures apart."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(f"exit status {code}")
-        self.code = code
-
-
-def exit_status(error: BaseException) -> int | None:
-    """The exit status behind a ControllerError raised by :func:`run`, if there was one."""
-    cause = error.__cause__
-    return cause.code if isinstance(cause, _ExitStatus) else None
+    if code not in answers:
+        detail = (explain or first_line)(redact(err.decode(errors="replace")))
+        raise ControllerError(reason, f"{what}: {detail or f'exit status {code}'}")
 
 
 def first_line(text: str) -> str:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import re
 import types
 import typing
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import yaml
 
@@ -17,6 +19,17 @@ from controller.vocabulary import Reason
 
 T = TypeVar("T")
 DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+class Parsed(ABC):
+    """A value written as one string in the config (``HOST:PORT``...), parsed in one place."""
+
+    EXAMPLE = ""
+
+    @classmethod
+    @abstractmethod
+    def parse(cls, text: str) -> Self:
+        """The value ``text`` stands for; ValueError saying what was expected otherwise."""
 
 
 class Seconds(float):
@@ -72,9 +85,22 @@ def _convert(tp: Any, data: Any, file: Path, key: str) -> Any:
         options = [a for a in typing.get_args(tp) if a is not type(None)]
         if data is None:
             return None
+        if all(typing.get_origin(o) is typing.Literal for o in options):  # Literal["a"] | Literal["b", "c"]
+            return _choice(tuple(c for o in options for c in typing.get_args(o)), data, file, key)
         return _convert(options[0], data, file, key)
     if dataclasses.is_dataclass(tp):
         return _dataclass(typing.cast(type, tp), data, file, key)
+    if origin is typing.Literal:
+        return _choice(typing.get_args(tp), data, file, key)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return tp(_choice(tuple(member.value for member in tp), data, file, key))
+    if isinstance(tp, type) and issubclass(tp, Parsed):
+        if not isinstance(data, str):
+            raise _fail(file, key, f"expected a string such as {tp.EXAMPLE}, got {_kind(data)}")
+        try:
+            return tp.parse(data)
+        except ValueError as exc:
+            raise _fail(file, key, f"{exc}, got {data!r}") from None
     if origin is tuple:
         if not isinstance(data, list):
             raise _fail(file, key, f"expected a list, got {_kind(data)}")
@@ -96,6 +122,14 @@ def _convert(tp: Any, data: Any, file: Path, key: str) -> Any:
             raise _fail(file, key, f"expected {_NAMES[tp]}, got {_kind(data)}")
         return data
     raise TypeError(f"schema cannot convert to {tp!r}")
+
+
+def _choice(choices: tuple[Any, ...], data: Any, file: Path, key: str) -> Any:
+    if data is False and "off" in choices:
+        return "off"  # YAML 1.1 reads an unquoted off as false; it means the choice named off
+    if data not in choices:
+        raise _fail(file, key, f"must be one of {', '.join(map(str, choices))}, got {data!r}")
+    return data
 
 
 def _dataclass(cls: type, data: Any, file: Path, key: str) -> Any:

@@ -1,4 +1,8 @@
-"""The one vocabulary of outcomes, reasons and exit codes, the same everywhere it is shown."""
+"""The one vocabulary: every kind, status, state, policy, phase, trigger, outcome, reason, event and exit code.
+
+Declared once, used everywhere a person or a machine sees them: output, JSON, the state store, metrics and
+notifications carry these very strings (the store's are unchanged since they were first written).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,118 @@ class Kind(StrEnum):
     PREVIEW = "preview"    # --revision other than the head, or --dry-run: recorded, never the app's state
     SYNC = "sync"          # check, then apply where needed (policy apply)
     VERIFY = "verify"      # hosts compared with their manifests; a full check only where they differ
+
+
+class Mode(StrEnum):
+    """The command that asked for a run; its Kind says what the run became (a check of a pull request is a preview)."""
+
+    CHECK = "check"
+    SYNC = "sync"
+    VERIFY = "verify"
+
+
+class Trigger(StrEnum):
+    """Why a run started."""
+
+    MANUAL = "manual"      # a person or cron ran the command
+    UI = "ui"              # a dashboard action
+    WEBHOOK = "webhook"    # a signed push webhook woke the daemon
+    PUSH = "push"          # the source is a bare repository on this host, and its branch moved
+    POLL = "poll"          # the daemon's poll found the branch moved
+    SCHEDULE = "schedule"  # an app's drift check was due
+    RETRY = "retry"        # the daemon retries a failed cycle
+    VERIFY = "verify"      # the daemon's verify interval: one look per host between full checks
+
+
+class Action(StrEnum):
+    """What a person can do to an app from the dashboard (``POST /apps/APP/ACTION``, and under /api/)."""
+
+    SYNC = "sync"        # reconcile it now, as its policy says
+    APPLY = "apply"      # apply a detect app on purpose (sync --apply)
+    SUSPEND = "suspend"
+    RESUME = "resume"
+
+    @property
+    def reconciles(self) -> bool:
+        """The action runs a cycle (under the lock), rather than only changing what the store says."""
+        return self in (Action.SYNC, Action.APPLY)
+
+
+class Policy(StrEnum):
+    """What a sync does with an app (gitops.yml)."""
+
+    APPLY = "apply"    # converge automatically
+    DETECT = "detect"  # only report drift (applied only on request: sync --apply, the dashboard's Apply)
+
+
+class Phase(StrEnum):
+    """The two ways a run plays a playbook."""
+
+    CHECK = "check"  # check + diff mode: what would change
+    APPLY = "apply"  # for real, on the hosts the plan chose
+
+
+class TaskStatus(StrEnum):
+    """One task on one host, and (ok, changed, failed, unreachable) one host in one phase of a run."""
+
+    OK = "ok"
+    CHANGED = "changed"          # drifted (check) or corrected (apply)
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"  # could not be reached, timed out, or refused for its host key
+    SKIPPED = "skipped"
+    UNVERIFIED = "unverified"    # skipped by check mode (command, shell, no check-mode support)
+
+    @property
+    def broken(self) -> bool:
+        """The host could not be checked or converged."""
+        return self in (TaskStatus.FAILED, TaskStatus.UNREACHABLE)
+
+    @property
+    def reached(self) -> bool:
+        """The task (or the host's run) went through: it is as Git says now."""
+        return self in (TaskStatus.OK, TaskStatus.CHANGED)
+
+
+class ApplyReason(StrEnum):
+    """Why a sync's plan applies to a host (shown per host in JSON's ``applied_to``)."""
+
+    NEW_REVISION = "new revision"        # the revision is new for the host: a rollout, or one it missed
+    DRIFTED = "drifted"                  # the check found a change at the revision it runs: drift corrected
+    FAILED_IN_CHECK = "failed in check"  # often a task that depends on an earlier one's change
+    FORCED = "forced"                    # sync --force
+
+
+class HostState(StrEnum):
+    """What the state store knows of one host of an app, since when."""
+
+    IN_SYNC = "in-sync"
+    DRIFTED = "drifted"
+    UNVERIFIED = "unverified"    # tasks check mode cannot verify are pending there (the revision is new to it)
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"
+
+
+class Provider(StrEnum):
+    """Who sends the webhook: the last part of its URL, ``/hooks/PROVIDER``."""
+
+    GITHUB = "github"
+    GITLAB = "gitlab"
+    GITEA = "gitea"                        # and Forgejo
+    GOGS = "gogs"
+    BITBUCKET_SERVER = "bitbucket-server"  # Bitbucket Data Center (formerly Server)
+    BITBUCKET_CLOUD = "bitbucket-cloud"    # the secret is the last part of the URL: /hooks/bitbucket-cloud/SECRET
+    AZURE_DEVOPS = "azure-devops"
+    GENERIC = "generic"
+    FLUX = "flux"                          # what Flux's generic-hmac receiver takes: any body, X-Signature
+
+    @property
+    def in_clear(self) -> bool:
+        """The sender shows the secret itself rather than a signature made with it."""
+        return self in (Provider.GITLAB, Provider.BITBUCKET_CLOUD, Provider.AZURE_DEVOPS)
+
+
+NO_APP = "*"
+"""The app a failure is recorded under when no app could be read (Git down before gitops.yml, no app known yet)."""
 
 
 class Outcome(StrEnum):

@@ -28,7 +28,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from bench.dashboard import fill
-from controller.config import load_config
+from controller.config import HostPort, load_config
 from controller.daemon.watch import LogProgress
 from controller.state.store import Store
 from controller.web.access import FULL_LINES, GUESS_BURST, GUESSES_PER_SECOND, Access
@@ -358,8 +358,8 @@ def test_wrong_tokens_are_throttled_per_client_with_one_summary_line(
     path.write_text(yaml.safe_dump({"source": {"url": str(tmp_path / "none.git")}, "state_dir": "state",
                                     "ui": {"token_file": "ui.token"}}))
     config = load_config(path)
-    dashboard = Dashboard(config, Access.of(config.ui, "127.0.0.1:0"), Actions(config, LogProgress()))
-    listener = Listener("127.0.0.1:0", Routes(
+    dashboard = Dashboard(config, Access.of(config.ui, HostPort("127.0.0.1", 0)), Actions(config, LogProgress()))
+    listener = Listener(HostPort("127.0.0.1", 0), Routes(
         branch="main", secrets={}, max_body=0, on_push=lambda _: None, health=lambda: (200, {}),
         metrics=lambda: b"", pages=dashboard.handle, summarise=dashboard.summarise))
     listener.start()

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from controller.vocabulary import Provider
 from controller.web.listener import FULL_LINES
-from controller.web.webhooks import Provider, sign
+from controller.web.webhooks import sign
 from tests.conftest import Fleet, bump_version
 from tests.test_watch import daemon, free_port, github_push, runs, version_is, wait_for, watch_config
 from tests.test_webhooks import SECRETS, MiB, exchange, listening, post, read_all, status_of

@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.ansible.runner import TaskResult
+from controller.ansible.results import TaskResult
 from controller.config import Config, load_config
-from controller.report.drift import HostState, Report
+from controller.report.drift import HostReport, Report
 from controller.report.forges import post_statuses
 from controller.report.notify import announce
 from controller.run.results import AppResult, Request, Result
-from controller.source.git import Revision
+from controller.source.revision import Revision
 from controller.state.store import Store
-from controller.vocabulary import Kind, Outcome, Reason
+from controller.vocabulary import Kind, Mode, Outcome, Policy, Reason, TaskStatus
 
 TOKEN = "forge-token-0123456789abcdef"
 EXTERNAL = "https://controller.example.com"
@@ -126,15 +126,17 @@ def recorded(store: Store, kind: Kind, outcome: Outcome, message: str, report: R
     """A run of staging recorded in ``store`` as the pipeline records it, and its result."""
     run_id = store.start_run("staging", revision, kind, "manual", "apply")
     store.finish_run(run_id, outcome, reason, message, kind is Kind.SYNC, {})
-    app = AppResult("staging", "apply", run_id, outcome, reason, message, report, None, None, revision, kind=kind)
-    request = Request("check" if kind is Kind.PREVIEW else kind.value, revision=revision if kind is Kind.PREVIEW
+    app = AppResult("staging", Policy.APPLY, run_id, outcome, reason, message, report, None, None, revision, kind=kind)
+    mode = Mode.CHECK if kind is Kind.PREVIEW else Mode(kind.value)
+    request = Request(mode, revision=revision if kind is Kind.PREVIEW
                       else None)
     return Result(request, Revision(revision, "Release <!channel> <http://evil.example|click> & co", "Ops", "now"),
                   (app,), kind=kind)
 
 
-DRIFT = Report((HostState("web1", "changed", 1, 0), HostState("web2", "ok", 0, 0)),
-               (TaskResult("web1", "template app.yml", "template", "changed", "-a\n+b\n"),))
+IN_SYNC = Report((HostReport("web1", TaskStatus.OK, 0, 0),), ())
+DRIFT = Report((HostReport("web1", TaskStatus.CHANGED, 1, 0), HostReport("web2", TaskStatus.OK, 0, 0)),
+               (TaskResult("web1", "template app.yml", "template", TaskStatus.CHANGED, "-a\n+b\n"),))
 
 
 def test_slack_escapes_what_it_quotes_and_both_bodies_link_to_the_run(tmp_path: Path) -> None:
@@ -166,7 +168,7 @@ def test_recovered_is_announced_when_a_failure_is_followed_by_drift_or_by_sync(t
                                             (Outcome.DRIFTED, DRIFT, None),
                                             (Outcome.DRIFTED, DRIFT, None),  # the same drift: nothing new
                                             (Outcome.FAILED, None, Reason.FETCH_FAILED),
-                                            (Outcome.IN_SYNC, Report((HostState("web1", "ok", 0, 0),), ()), None)):
+                                            (Outcome.IN_SYNC, IN_SYNC, None)):
                 announce(config, store, recorded(store, Kind.CHECK, outcome, outcome.value, report, reason))
     finally:
         receiver.server.shutdown()

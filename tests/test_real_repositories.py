@@ -22,8 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.ansible.results import Connection
+from controller.ansible.targets import targets_of
 from controller.config import load_config
-from controller.verify.manifest import Connection, Resource, targets_of
+from controller.verify.manifest import Resource
 from controller.verify.probe import look
 from lab import Lab, counting_ssh
 from lab.repository import debian_package, git, make_age_key, write_tree

@@ -7,12 +7,12 @@ import os
 import subprocess
 from pathlib import Path
 
-from controller.ansible.runner import TaskResult
-from controller.report.drift import HostState, Report
+from controller.ansible.results import TaskResult
+from controller.report.drift import HostReport, Report
 from controller.report.review import review_markdown
 from controller.run.results import AppResult, Request, Result
-from controller.source.git import Revision
-from controller.vocabulary import Kind, Outcome
+from controller.source.revision import Revision
+from controller.vocabulary import Kind, Mode, Outcome, TaskStatus
 from tests.conftest import BIN, Fleet, git
 
 PREVIEW = Path(__file__).resolve().parent.parent / "deploy" / "controller-preview"
@@ -62,11 +62,12 @@ def test_a_branch_that_changes_a_template_on_two_hosts_is_previewed_for_review(f
 
 
 def test_a_large_preview_is_cut_with_a_line_saying_what_was_left_out() -> None:
-    hosts = tuple(HostState(f"web{i}", "changed", 1, 0) for i in range(40))
-    tasks = tuple(TaskResult(f"web{i}", "app : Render", "template", "changed", "-a\n+b\n" * 400) for i in range(40))
+    hosts = tuple(HostReport(f"web{i}", TaskStatus.CHANGED, 1, 0) for i in range(40))
+    tasks = tuple(TaskResult(f"web{i}", "app : Render", "template", TaskStatus.CHANGED, "-a\n+b\n" * 400)
+                  for i in range(40))
     app = AppResult("staging", "apply", 7, Outcome.DRIFTED, None, "drifted", Report(hosts, tasks),
                     previous="1" * 40, kind=Kind.PREVIEW)
-    result = Result(Request("check", revision="2" * 40), Revision("2" * 40, "Big", "ann", "now"), (app,),
+    result = Result(Request(Mode.CHECK, revision="2" * 40), Revision("2" * 40, "Big", "ann", "now"), (app,),
                     kind=Kind.PREVIEW)
     comment = review_markdown(result, limit=20_000)
     assert len(comment) <= 20_000

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from controller.errors import ControllerError
-from controller.report.drift import HostState, Report
+from controller.report.drift import HostReport, Report
 from controller.report.metrics import Metrics
 from controller.state.store import Store
-from controller.vocabulary import Kind, Outcome
+from controller.vocabulary import HostState, Kind, Outcome, TaskStatus
 from lab import Lab
 from lab.repository import AgeKey
 from tests.conftest import APP_YML, TEST_PREFIX, VERSION, Fleet, build_fleet, bump_version, git, write_config
@@ -222,7 +222,7 @@ def test_metrics_are_read_from_the_store_and_previews_never_count(tmp_path: Path
         check = store.start_run("staging", "a" * 40, Kind.CHECK, "manual", "apply")
         assert "controller_runs_total{" not in metrics.render().decode()  # counted once it has ended
         store.finish_run(check, Outcome.DRIFTED, None, "drifted: web1", False, {})
-        store.record_hosts("staging", check, {"web1": "drifted", "web2": "in-sync"}, [], "a" * 40)
+        store.record_hosts("staging", check, {"web1": HostState.DRIFTED, "web2": HostState.IN_SYNC}, [], "a" * 40)
         rendered = metrics.render().decode()
         for line in ('controller_runs_total{app="staging",mode="check",outcome="drifted"} 1.0',
                      'controller_run_duration_seconds_bucket{app="staging",le="1.0",mode="check"} 1.0',
@@ -258,16 +258,17 @@ def test_status_says_when_the_newest_revision_failed_beside_the_last_good_state(
 def test_hosts_outside_the_apply_with_unverified_tasks_keep_the_run_unverified() -> None:
     from controller.report.drift import decide
 
-    check = Report((HostState("web1", "changed", 1, 0), HostState("web2", "ok", 0, 1)), ())
-    applied = Report((HostState("web1", "changed", 1, 0),), ())
+    check = Report((HostReport("web1", TaskStatus.CHANGED, 1, 0), HostReport("web2", TaskStatus.OK, 0, 1)), ())
+    applied = Report((HostReport("web1", TaskStatus.CHANGED, 1, 0),), ())
     assert decide(check, applied) == (Outcome.UNVERIFIED, None)
-    everywhere = Report((HostState("web1", "changed", 1, 0), HostState("web2", "ok", 0, 0)), ())
+    everywhere = Report((HostReport("web1", TaskStatus.CHANGED, 1, 0), HostReport("web2", TaskStatus.OK, 0, 0)), ())
     assert decide(check, everywhere) == (Outcome.CONVERGED, None)
 
 
 def test_hosts_taken_out_of_the_inventory_are_forgotten(tmp_path: Path) -> None:
     with Store(tmp_path / "state.db") as store:
-        store.record_hosts("staging", 1, {"web1": "in-sync", "web2": "in-sync"}, ["web1", "web2"], "a" * 40)
-        store.record_hosts("staging", 2, {"web1": "drifted"}, [], "a" * 40)
+        both = {"web1": HostState.IN_SYNC, "web2": HostState.IN_SYNC}
+        store.record_hosts("staging", 1, both, ["web1", "web2"], "a" * 40)
+        store.record_hosts("staging", 2, {"web1": HostState.DRIFTED}, [], "a" * 40)
         assert [(h["host"], h["state"], h["revision"]) for h in store.hosts("staging")] == [
             ("web1", "drifted", "a" * 40)]

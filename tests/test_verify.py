@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
+from controller.ansible.results import Connection
 from controller.state.store import Store
-from controller.verify.manifest import Connection
 from lab import counting_ssh
 from tests.conftest import APP_YML, VERSION, Fleet, secret, write_config
 from tests.test_watch import daemon, wait_for, watch_config

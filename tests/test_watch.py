@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from controller.web.webhooks import Provider, sign
+from controller.vocabulary import Provider
+from controller.web.webhooks import sign
 from tests.conftest import APP_YML, BIN, VERSION, Fleet, build_fleet, bump_version, write_config
 from tests.test_interrupt import workspaces
 from tests.test_notify import EXTERNAL, TOKEN, Forge, Receiver, forge_targets

@@ -22,8 +22,10 @@ from typing import Any
 
 import pytest
 
+from controller.config import HostPort
+from controller.vocabulary import Provider
 from controller.web.listener import Listener, Routes
-from controller.web.webhooks import Provider, shared_in_clear, sign
+from controller.web.webhooks import shared_in_clear, sign
 
 MiB = 1024 * 1024
 SAMPLES = Path(__file__).parent / "data" / "webhooks"
@@ -39,7 +41,7 @@ def listening(secrets: dict[Provider, bytes] | None = None, max_body: int = MiB,
     pushes: list[str] = []
     routes = Routes(branch="main", secrets=SECRETS if secrets is None else secrets, max_body=max_body,
                     on_push=pushes.append, health=lambda: (200, {"status": "ok"}), metrics=lambda: b"up 1\n")
-    listener = Listener("127.0.0.1:0", routes, **limits)
+    listener = Listener(HostPort("127.0.0.1", 0), routes, **limits)
     listener.start()
     try:
         yield listener, pushes

@@ -23,11 +23,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import yaml
-from ansible.release import __version__ as ANSIBLE_CORE_VERSION
 
 from controller.ansible.job import Job
 from controller.config import Config
@@ -132,7 +132,7 @@ def cache_key(project: Path, found: list[Requirement], server: str | None) -> st
             local = project / value
             if value.endswith((".tar.gz", ".tgz")) and local.is_file():
                 tarballs[value] = hashlib.sha256(local.read_bytes()).hexdigest()
-    material = json.dumps([ANSIBLE_CORE_VERSION, server, files, tarballs], sort_keys=True)
+    material = json.dumps([version("ansible-core"), server, files, tarballs], sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 

@@ -8,23 +8,20 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ansible_runner.config.runner import RunnerConfig
-from ansible_runner.runner import Runner
-
 from controller.ansible.job import Job
-from controller.errors import ControllerError
+from controller.ansible.results import Connection, HostSummary, PlayRun, TaskResult, Touched
+from controller.ansible.targets import targets_of
+from controller.errors import ControllerError, Interrupted
 from controller.interrupt import Cancel
 from controller.process import reaped, run, stop_children
 from controller.secrets.redact import Redactor
 from controller.source.apps import App
-from controller.verify.manifest import Connection, targets_of
-from controller.vocabulary import Reason
+from controller.vocabulary import Phase, Reason, TaskStatus
 
-STATUSES = ("ok", "changed", "failed", "unreachable", "skipped", "unverified")
 UNVERIFIED_MARKER = "CONTROLLER-UNVERIFIED"
 CHANGES_NOTHING = "changes-nothing"  # said with the marker of a task written with changed_when: false
 CONNECTION_MARKER = "CONTROLLER-CONNECTION"
@@ -40,61 +37,19 @@ CONNECT_TIMED_OUT = ("connection timed out", "timed out during banner exchange",
 MAY_DEPEND = "may depend on a change not yet applied"
 
 
-@dataclass(frozen=True)
-class TaskResult:
-    """One task on one host; ``unverified`` means check mode could not tell (command, no check support)."""
+class Stopped(Interrupted):
+    """The playbook was stopped by a signal; ``partial`` holds what it had done by then."""
 
-    host: str
-    task: str
-    action: str
-    status: str
-    diff: str = ""
-    message: str = ""
-    may_depend: bool = False  # a check-mode failure after a change earlier in the play on the same host
+    def __init__(self, message: str, partial: PlayRun) -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
-@dataclass(frozen=True)
-class Touched:
-    """A task that ran (ok or changed) on a host, and what its result names: paths and resources
-    (``manifest.targets_of``)."""
+class OutOfTime(ControllerError):
+    """The playbook ran past ``ansible.run_timeout`` and was stopped; ``partial`` holds what it had done."""
 
-    host: str
-    task: str
-    action: str
-    targets: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class HostSummary:
-    """Per-host counts from Ansible's play recap."""
-
-    host: str
-    ok: int = 0
-    changed: int = 0
-    failed: int = 0
-    unreachable: int = 0
-    skipped: int = 0
-
-
-@dataclass(frozen=True)
-class PlayRun:
-    """The typed result of one ansible-runner run; ok tasks are counted, not kept."""
-
-    check: bool
-    status: str
-    rc: int
-    tasks: tuple[TaskResult, ...]
-    hosts: tuple[HostSummary, ...]
-    error: str = ""
-    touched: tuple[Touched, ...] = ()
-    connections: Mapping[str, Connection] | None = None   # how Ansible reached each host
-
-
-class Stopped(ControllerError):
-    """The playbook was stopped (a signal, the run's deadline); ``partial`` holds what it had done by then."""
-
-    def __init__(self, reason: Reason, message: str, partial: PlayRun) -> None:
-        super().__init__(reason, message)
+    def __init__(self, message: str, partial: PlayRun) -> None:
+        super().__init__(Reason.TIMED_OUT, message)
         self.partial = partial
 
 
@@ -115,6 +70,11 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
 
     ``limit`` replaces the app's own limit: the hosts that need an apply, found by a check under that limit.
     """
+    # imported here: ansible-runner brings pexpect and part of Ansible with it, which status, history, show
+    # and a sync that finds nothing to do never need
+    from ansible_runner.config.runner import RunnerConfig
+    from ansible_runner.runner import Runner
+
     collector = _Collector(check=check, redactor=redactor, project=project, on_task=on_task,
                            task_timeout=job.env.get("ANSIBLE_TASK_TIMEOUT", "?"),
                            connect_timeout=job.env.get("ANSIBLE_TIMEOUT"))  # None: the repository's ansible.cfg says
@@ -127,7 +87,7 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
         limit=limit or app.limit,  # a plan's hosts come from a check that already honoured app.limit
         cmdline=" ".join(("--check --diff" if check else "--diff", job.cmdline)),
         envvars=dict(job.env),
-        ident="check" if check else "apply",
+        ident=Phase.CHECK if check else Phase.APPLY,
         quiet=True,
         suppress_ansible_output=True,
         fact_cache_type="memory",  # facts stay in the run (ansible-runner would set a jsonfile cache)
@@ -148,10 +108,10 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
                       tasks=tuple(collector.tasks), hosts=collector.stats or (),
                       touched=tuple(collector.touched), connections=collector.connections)
     if cancel():
-        raise Stopped(Reason.INTERRUPTED, f"app {app.name}: interrupted, the playbook was stopped", partial)
+        raise Stopped(f"app {app.name}: interrupted, the playbook was stopped", partial)
     if stop.expired:
-        phase = "check" if check else "apply"
-        raise Stopped(Reason.TIMED_OUT, f"app {app.name}: the {phase} did not finish within "
+        phase = Phase.CHECK if check else Phase.APPLY
+        raise OutOfTime(f"app {app.name}: the {phase} did not finish within "
                       f"ansible.run_timeout ({job.run_timeout:.0f}s) and was stopped", partial)
     if collector.stats is None:
         detail = " ".join(collector.tail) or f"ansible-runner ended {runner.status} (rc {runner.rc})"
@@ -187,17 +147,17 @@ class _Collector:
             self.pending.clear()
         elif kind in _STATUS_OF:
             result = self._result(kind, data)
-            if result.status == "skipped":
+            if result.status is TaskStatus.SKIPPED:
                 self.skipped[(result.host, str(data.get("task_uuid")))] = len(self.tasks)
-            elif result.status == "changed" and self.check:
+            elif result.status is TaskStatus.CHANGED and self.check:
                 self.pending.add(result.host)
-            elif result.status == "failed" and self.check and result.host in self.pending:
+            elif result.status is TaskStatus.FAILED and self.check and result.host in self.pending:
                 # check mode simulates: a service whose package is not installed yet fails there
                 result = replace(result, may_depend=True,
                                  message=f"{MAY_DEPEND}: {result.message}" if result.message else MAY_DEPEND)
-            if result.status != "ok":
+            if result.status is not TaskStatus.OK:
                 self.tasks.append(result)
-            if result.status in ("ok", "changed"):
+            if result.status.reached:
                 targets = targets_of(result.action, data.get("res") or {})
                 self.touched.append(Touched(result.host, result.task, result.action, targets))
             self.on_task(result)
@@ -214,7 +174,7 @@ class _Collector:
                 skipped = self.tasks[index]
                 self.touched.append(Touched(host, skipped.task, skipped.action, ()))
             elif index is not None:
-                self.tasks[index] = replace(self.tasks[index], status="unverified")
+                self.tasks[index] = replace(self.tasks[index], status=TaskStatus.UNVERIFIED)
         elif kind == "verbose" and "ERROR" in event.get("stdout", ""):
             self.tail.append(_relative(self.redactor.text(event["stdout"].strip()), self.project))
         return False  # never write job_events to disk: they hold diffs and secrets
@@ -227,12 +187,12 @@ class _Collector:
     def _result(self, kind: str, data: dict[str, Any]) -> TaskResult:
         res = data.get("res") or {}
         status = _STATUS_OF[kind]
-        if status == "ok" and res.get("changed"):
-            status = "changed"
-        elif status == "failed" and data.get("ignore_errors"):
-            status = "ok"
-        message = "" if status in ("ok", "changed") else str(res.get("msg", ""))
-        if status in ("failed", "unreachable"):
+        if status is TaskStatus.OK and res.get("changed"):
+            status = TaskStatus.CHANGED
+        elif status is TaskStatus.FAILED and data.get("ignore_errors"):
+            status = TaskStatus.OK
+        message = "" if status.reached else str(res.get("msg", ""))
+        if status.broken:
             # a loop's own msg is "All items completed" or "One or more items failed": the items say why
             items = [r for r in res.get("results", []) if isinstance(r, dict)]
             message = next((str(r.get("msg", "")) for r in items if r.get("unreachable") or r.get("failed")),
@@ -245,22 +205,23 @@ class _Collector:
             task=self.redactor.text(f"{data['role']} : {task}" if data.get("role") else str(task)),
             action=str(data.get("task_action", "")),
             status=status,
-            diff=_relative(self.redactor.text(render_diff(res)), self.project) if status == "changed" else "",
+            diff=_relative(self.redactor.text(render_diff(res)), self.project) if status is TaskStatus.CHANGED else "",
             message=_relative(self.redactor.text(message), self.project)[:2000],
         )
 
 
-    def _classify(self, status: str, message: str, everything: str, timed_out: bool) -> tuple[str, str]:
+    def _classify(self, status: TaskStatus, message: str, everything: str,
+                  timed_out: bool) -> tuple[TaskStatus, str]:
         """A host that cannot be trusted or stopped answering is unreachable, said in plain words: a task
         that ran out of ansible.task_timeout is told apart from a connection that never came up."""
         lowered = everything.lower()
         if any(sign in lowered for sign in HOST_KEY_MISMATCH):
-            return "unreachable", HOST_KEY_REFUSED
+            return TaskStatus.UNREACHABLE, HOST_KEY_REFUSED
         if timed_out or any(sign in lowered for sign in TASK_TIMED_OUT):
-            return "unreachable", f"timed out: no answer within ansible.task_timeout ({self.task_timeout}s)"
+            return TaskStatus.UNREACHABLE, f"timed out: no answer within ansible.task_timeout ({self.task_timeout}s)"
         if any(sign in lowered for sign in CONNECT_TIMED_OUT):
             within = f" within ansible.timeout ({self.connect_timeout}s)" if self.connect_timeout else ""
-            return "unreachable", f"could not connect{within}: {message.strip()}"
+            return TaskStatus.UNREACHABLE, f"could not connect{within}: {message.strip()}"
         return status, message
 
 
@@ -281,19 +242,19 @@ class _Stop:
         return False
 
 
-_STATUS_OF = {"runner_on_ok": "ok", "runner_on_failed": "failed",
-              "runner_on_unreachable": "unreachable", "runner_on_skipped": "skipped"}
+_STATUS_OF = {"runner_on_ok": TaskStatus.OK, "runner_on_failed": TaskStatus.FAILED,
+              "runner_on_unreachable": TaskStatus.UNREACHABLE, "runner_on_skipped": TaskStatus.SKIPPED}
 
 
 def _summaries(stats: dict[str, Any]) -> tuple[HostSummary, ...]:
     hosts: set[str] = set()
-    for key in ("ok", "changed", "failures", "dark", "skipped", "processed"):
+    for key in ("ok", "changed", "failures", "dark", "skipped", "processed"):  # Ansible's own words
         hosts.update((stats.get(key) or {}).keys())
 
     def count(key: str, host: str) -> int:
         return int((stats.get(key) or {}).get(host, 0))
 
-    return tuple(HostSummary(host, count("ok", host), count("changed", host), count("failures", host),
+    return tuple(HostSummary(host, count("ok", host), count("changed", host), count("failures", host),  # Ansible's
                              count("dark", host), count("skipped", host)) for host in sorted(hosts))
 
 

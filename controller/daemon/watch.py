@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -11,10 +12,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.ansible.runner import TaskResult
+from controller.ansible.results import TaskResult
 from controller.config import Config
 from controller.daemon.refwatch import RefWatcher, local_bare_repository
-from controller.errors import ControllerError
+from controller.errors import ControllerError, Interrupted
 from controller.interrupt import Cancel
 from controller.report.metrics import Metrics
 from controller.run.cycle import run_cycle
@@ -23,19 +24,19 @@ from controller.run.schedule import DriftSchedule, parse_time
 from controller.secrets.sops import read_secret_file
 from controller.source.git import RemoteUrl
 from controller.state.store import Store
-from controller.vocabulary import Outcome, Reason, failure
+from controller.vocabulary import NO_APP, Mode, Outcome, Provider, Reason, TaskStatus, Trigger, failure
 from controller.web.access import Access
 from controller.web.actions import Actions
 from controller.web.dashboard import Dashboard
 from controller.web.listener import Listener, Routes
-from controller.web.webhooks import Provider, shared_in_clear
+from controller.web.webhooks import shared_in_clear
 
 log = logging.getLogger("controller")
 
 MAX_SLEEP = 3600.0  # waits are bounded even when nothing is scheduled (math.inf)
 LOCK_WAIT = 24 * 3600.0  # the daemon queues behind a manual sync instead of giving up
 # which trigger names the run when several arrived together
-TRIGGER_ORDER = ("retry", "webhook", "push", "poll")
+TRIGGER_ORDER = (Trigger.RETRY, Trigger.WEBHOOK, Trigger.PUSH, Trigger.POLL)
 
 
 class Triggers:
@@ -44,17 +45,17 @@ class Triggers:
     def __init__(self, debounce: float) -> None:
         self.debounce = debounce
         self._cond = threading.Condition()
-        self._kinds: set[str] = set()
+        self._kinds: set[Trigger] = set()
         self._first: float | None = None
 
-    def add(self, kind: str) -> None:
+    def add(self, kind: Trigger) -> None:
         with self._cond:
             self._kinds.add(kind)
             if self._first is None:
                 self._first = time.monotonic()
             self._cond.notify_all()
 
-    def take(self, deadline: float) -> set[str]:
+    def take(self, deadline: float) -> set[Trigger]:
         """Wait until a trigger has settled or the monotonic ``deadline`` passes; return what arrived."""
         with self._cond:
             while True:
@@ -98,7 +99,7 @@ class LogProgress:
         log.info("%s", message)
 
     def task(self, app: str, phase: str, result: TaskResult) -> None:
-        if result.status != "ok":
+        if result.status is not TaskStatus.OK:
             log.info("[%s %s] %s: %s  %s", app, phase, result.host, result.status, result.task)
 
     def notice(self, message: str) -> None:
@@ -127,12 +128,9 @@ class Watch:
         """Serve until SIGTERM/SIGINT; a cycle in progress is stopped and unwound first."""
         with ExitStack() as stack:
             self._start(stack)
-            try:
+            with contextlib.suppress(Interrupted):
                 while not self.cancel():
                     self._turn()
-            except ControllerError as error:
-                if error.reason is not Reason.INTERRUPTED:
-                    raise
             self.health.stopping = True
             log.info("stopping: %s", "signal received")
 
@@ -147,7 +145,7 @@ class Watch:
             secrets = self._secrets()
             self.listener = Listener(self.settings.listen, Routes(
                 branch=self.config.source.branch, secrets=secrets, max_body=self.settings.max_body_bytes,
-                on_push=lambda provider: self.triggers.add("webhook"), health=self.health.report,
+                on_push=lambda provider: self.triggers.add(Trigger.WEBHOOK), health=self.health.report,
                 metrics=self.metrics.render, pages=dashboard.handle if dashboard else None,
                 summarise=dashboard.summarise if dashboard else lambda: None))
             self.listener.start()
@@ -157,7 +155,7 @@ class Watch:
                      self.listener.port, hooks, "; the dashboard: /" if dashboard else "")
         bare = local_bare_repository(self.config.source.url) if self.settings.watch_local else None
         if bare is not None:
-            watcher = RefWatcher(bare, self.config.source.branch, lambda: self.triggers.add("push"))
+            watcher = RefWatcher(bare, self.config.source.branch, lambda: self.triggers.add(Trigger.PUSH))
             watcher.start()
             stack.callback(watcher.stop)
             log.info("watching %s for pushes to %s", bare, self.config.source.branch)
@@ -198,21 +196,21 @@ class Watch:
         kinds = self.triggers.take(deadline)
         now = time.monotonic()
         if now >= self.next_poll:
-            kinds.add("poll")
+            kinds.add(Trigger.POLL)
             self.next_poll = self._after(self.settings.poll_interval)
         if now >= self.retry_at:
-            kinds.add("retry")
+            kinds.add(Trigger.RETRY)
         if kinds:
             trigger = next(k for k in TRIGGER_ORDER if k in kinds)
             # a retry runs everything again; other triggers only when the branch moved or a check is due
-            self._cycle(Request("sync", trigger=trigger, only_if_changed=trigger != "retry"))
+            self._cycle(Request(Mode.SYNC, trigger=trigger, only_if_changed=trigger is not Trigger.RETRY))
         for app in due_apps if self.retry_at == math.inf else ():  # while backing off, the retry comes first
             if self.cancel():
                 return
-            self._cycle(Request("sync", app=app, trigger="schedule", fetch=False))
+            self._cycle(Request(Mode.SYNC, app=app, trigger=Trigger.SCHEDULE, fetch=False))
         if not kinds and not due_apps and self.retry_at == math.inf and time.monotonic() >= self.next_verify:
             # one look per host; a full check (and, under policy apply, an apply) only where one differs
-            self._cycle(Request("sync", trigger="verify", fetch=False, verify_first=True))
+            self._cycle(Request(Mode.SYNC, trigger=Trigger.VERIFY, fetch=False, verify_first=True))
             self.next_verify = self._after(self.settings.verify_interval)
 
     @staticmethod
@@ -247,11 +245,9 @@ class Watch:
         try:
             result = run_cycle(self.config, request, LogProgress(), self.cancel, wait=LOCK_WAIT)
         except ControllerError as error:
-            if error.reason is Reason.INTERRUPTED:
-                raise
             # outside the pipeline (the state store, the lock): not recorded as a run, but retried all the same
             log.error("cycle failed: %s", error.message)
-            result = Result(request, None, (AppResult("*", "", None, failure(error.reason), error.reason,
+            result = Result(request, None, (AppResult(NO_APP, None, None, failure(error.reason), error.reason,
                                                       error.message),))
         finally:
             self.health.running = None

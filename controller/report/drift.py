@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 
-from controller.ansible.runner import PlayRun, TaskResult
-from controller.vocabulary import Outcome, Reason
+from controller.ansible.results import PlayRun, TaskResult
+from controller.vocabulary import HostState, Outcome, Reason, TaskStatus
 
 
 @dataclass(frozen=True)
-class HostState:
+class HostReport:
     """One host after a run: ``changed`` means drifted (check) or corrected (apply).
 
     Of the tasks check mode cannot verify, ``unverified`` are pending there (the revision was not
@@ -18,7 +18,7 @@ class HostState:
     """
 
     host: str
-    status: str  # ok | changed | failed | unreachable
+    status: TaskStatus  # ok | changed | failed | unreachable
     changed: int
     unverified: int
     settled: int = 0
@@ -28,22 +28,23 @@ class HostState:
 class Report:
     """Per-host states and the tasks worth showing (changed, failed, unreachable, unverified)."""
 
-    hosts: tuple[HostState, ...]
+    hosts: tuple[HostReport, ...]
     tasks: tuple[TaskResult, ...]
 
-    def with_status(self, status: str) -> list[str]:
-        return [h.host for h in self.hosts if h.status == status]
+    def with_status(self, status: TaskStatus) -> list[str]:
+        """The hosts in ``status``."""
+        return [h.host for h in self.hosts if h.status is status]
 
     @property
     def drifted(self) -> bool:
-        return any(h.status == "changed" for h in self.hosts)
+        return any(h.status is TaskStatus.CHANGED for h in self.hosts)
 
     @property
     def broken(self) -> Reason | None:
         """Why some hosts could not be checked or converged, if any could not."""
-        if self.with_status("unreachable"):
+        if self.with_status(TaskStatus.UNREACHABLE):
             return Reason.HOST_UNREACHABLE
-        if self.with_status("failed"):
+        if self.with_status(TaskStatus.FAILED):
             return Reason.TASK_FAILED
         return None
 
@@ -58,23 +59,23 @@ def report(run: PlayRun) -> Report:
     explained: dict[str, int] = {}
     cut_off: set[str] = set()  # timed out or refused for its host key: reported as a failed task by Ansible
     for task in run.tasks:
-        if task.status == "unverified":
+        if task.status is TaskStatus.UNVERIFIED:
             unverified[task.host] = unverified.get(task.host, 0) + 1
-        elif task.status == "unreachable":
+        elif task.status is TaskStatus.UNREACHABLE:
             cut_off.add(task.host)
         elif task.may_depend:
             explained[task.host] = explained.get(task.host, 0) + 1
     hosts = []
     for summary in run.hosts:
         if summary.unreachable or summary.host in cut_off:
-            status = "unreachable"
+            status = TaskStatus.UNREACHABLE
         elif summary.failed > explained.get(summary.host, 0):
-            status = "failed"
+            status = TaskStatus.FAILED
         elif summary.changed or summary.failed:  # every failure explained: what the apply would change first
-            status = "changed"
+            status = TaskStatus.CHANGED
         else:
-            status = "ok"
-        hosts.append(HostState(summary.host, status, summary.changed, unverified.get(summary.host, 0)))
+            status = TaskStatus.OK
+        hosts.append(HostReport(summary.host, status, summary.changed, unverified.get(summary.host, 0)))
     return Report(tuple(hosts), run.tasks)
 
 
@@ -83,7 +84,7 @@ def settle(found: Report, at_revision: Collection[str]) -> Report:
     in ``at_revision`` (the revision checked was applied there), they ran when it was applied."""
     hosts = tuple(replace(h, unverified=0, settled=h.settled + h.unverified) if h.host in at_revision else h
                   for h in found.hosts)
-    tasks = tuple(t for t in found.tasks if t.status != "unverified" or t.host not in at_revision)
+    tasks = tuple(t for t in found.tasks if t.status is not TaskStatus.UNVERIFIED or t.host not in at_revision)
     return Report(hosts, tasks)
 
 
@@ -109,17 +110,17 @@ def merged(check: Report, applied: Report | None) -> Report:
                   tuple([*applied.tasks, *(t for t in check.tasks if t.host not in ran)]))
 
 
-def host_states(check: Report, applied: Report | None) -> dict[str, str]:
-    """Each host's state for the state store: in-sync, drifted, unverified, failed or unreachable."""
+def host_states(check: Report, applied: Report | None) -> dict[str, HostState]:
+    """Each host's state for the state store."""
     ran = {h.host for h in applied.hosts} if applied else set()
     states = {}
     for host in merged(check, applied).hosts:
-        if host.status in ("failed", "unreachable"):
-            states[host.host] = host.status
+        if host.status.broken:
+            states[host.host] = HostState(host.status.value)  # failed | unreachable: the same word
         elif host.host in ran:
-            states[host.host] = "in-sync"  # the apply converged it (its "changed" is the correction)
-        elif host.status == "changed":
-            states[host.host] = "drifted"
+            states[host.host] = HostState.IN_SYNC  # the apply converged it (its "changed" is the correction)
+        elif host.status is TaskStatus.CHANGED:
+            states[host.host] = HostState.DRIFTED
         else:
-            states[host.host] = "unverified" if host.unverified else "in-sync"
+            states[host.host] = HostState.UNVERIFIED if host.unverified else HostState.IN_SYNC
     return states

@@ -23,7 +23,7 @@ from prometheus_client.core import (
 
 from controller.run.schedule import parse_time
 from controller.state.store import DURATION_BUCKETS, Store
-from controller.vocabulary import Kind, Outcome
+from controller.vocabulary import HostState, Kind, Outcome
 
 
 class StoreCollector:
@@ -76,8 +76,8 @@ def _app_gauges(status: list[dict[str, Any]], good: dict[str, str]) -> Iterator[
         app = row["app"]
         hosts = row["hosts"]
         for entry in hosts:
-            host.add_metric([app, entry["host"]], 1 if entry["state"] == "drifted" else 0)
-        drifted.add_metric([app], sum(1 for entry in hosts if entry["state"] == "drifted"))
+            host.add_metric([app, entry["host"]], 1 if entry["state"] == HostState.DRIFTED else 0)
+        drifted.add_metric([app], sum(1 for entry in hosts if entry["state"] == HostState.DRIFTED))
         # only an app with an applied revision can have hosts behind it (a detect app never applied has none)
         behind.add_metric([app], row["hosts_total"] - row["hosts_at_revision"] if row["applied_revision"] else 0)
         if app in good:

@@ -13,16 +13,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from controller.config import FORMATS, Config, NotifyTarget
+from controller.config import FORGES, Config, NotifyTarget
 from controller.report.drift import merged
 from controller.run.results import AppResult, Result
 from controller.state.store import Store, now
-from controller.vocabulary import Event, Kind, Outcome, Reason
+from controller.vocabulary import Event, Kind, Outcome, Reason, TaskStatus
 
 log = logging.getLogger("controller")
 
 TIMEOUT = 5.0
-OK = "ok"
+SETTLED = "ok"  # the condition of an app with nothing to announce, as stored since the first release
+SHOWN = (TaskStatus.CHANGED, TaskStatus.FAILED, TaskStatus.UNREACHABLE)
 ICONS = {Event.DRIFT_FOUND: ":warning:", Event.DRIFT_CORRECTED: ":wrench:", Event.REVISION_APPLIED: ":rocket:",
          Event.RUN_FAILED: ":x:", Event.RECOVERED: ":white_check_mark:", Event.VERIFICATION_FAILED: ":lock:"}
 TITLES = {Event.DRIFT_FOUND: "drift found", Event.DRIFT_CORRECTED: "drift corrected",
@@ -53,7 +54,7 @@ class Notice:
             "message": app.message,
             "run_id": app.run_id,
             "url": self.link,
-            "hosts": {status: final.with_status(status) for status in ("changed", "failed", "unreachable")}
+            "hosts": {status: final.with_status(status) for status in SHOWN}
             if final else {},
             "controller": socket.gethostname(),
             "time": now(),
@@ -86,13 +87,13 @@ def condition(app: AppResult) -> str | None:
         return None  # a stop (a restart of the daemon, Ctrl-C) is not news, nor is a run that never ran
     if app.outcome.troubled:
         final = merged(app.check, app.applied) if app.check else None
-        hosts = sorted(final.with_status("failed") + final.with_status("unreachable")) if final else []
+        hosts = sorted(h.host for h in final.hosts if h.status.broken) if final else []
         detail = ",".join(hosts) if hosts else app.message
         return f"failed:{app.reason}:{_digest(detail)}"
     if app.outcome is Outcome.DRIFTED and app.check is not None:
-        drift = "\n".join(sorted(f"{t.host}\t{t.task}" for t in app.check.tasks if t.status == "changed"))
+        drift = "\n".join(sorted(f"{t.host}\t{t.task}" for t in app.check.tasks if t.status is TaskStatus.CHANGED))
         return f"drifted:{_digest(drift)}"
-    return OK
+    return SETTLED
 
 
 def notices(app: AppResult, before: str | None, new_revision: bool) -> list[Event]:
@@ -123,16 +124,16 @@ def announce(config: Config, store: Store, result: Result) -> list[Notice]:
     if result.kind is Kind.PREVIEW:
         return sent  # a preview never becomes the app's state, so it is never news
     subject = result.revision.subject if result.revision else None
-    targets = [t for t in config.notify if t.format in FORMATS]
+    targets = [t for t in config.notify if t.format not in FORGES]
     for app in result.apps:
         before = store.condition(app.app)
-        reached = app.applied is not None and bool(app.applied.with_status("ok") + app.applied.with_status("changed"))
+        reached = app.applied is not None and any(h.status.reached for h in app.applied.hosts)
         new_revision = bool(reached and app.revision and store.announce_revision(app.app, app.revision))
         found = [Notice(event, app, subject if app.revision else None, run_link(config.ui.external_url, app.run_id))
                  for event in notices(app, before, new_revision)]
         for notice in found:
             for target in targets:
-                if not target.events or notice.event.value in target.events:
+                if not target.events or notice.event in target.events:
                     _post(target, notice)
         after = condition(app)
         if after is not None and after != before:

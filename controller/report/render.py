@@ -6,12 +6,12 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
-from controller.ansible.runner import TaskResult
+from controller.ansible.results import TaskResult
 from controller.report.drift import Report
 from controller.run.results import AppResult, Result
-from controller.vocabulary import EXIT_CODE_MEANINGS
+from controller.vocabulary import EXIT_CODE_MEANINGS, HostState, Phase, TaskStatus
 
-SHOWN = ("changed", "failed", "unreachable", "unverified")
+SHOWN = (TaskStatus.CHANGED, TaskStatus.FAILED, TaskStatus.UNREACHABLE, TaskStatus.UNVERIFIED)
 
 
 def result_json(result: Result) -> dict[str, Any]:
@@ -36,7 +36,7 @@ def _app_json(app: AppResult) -> dict[str, Any]:
         "exit_code": int(app.exit_code()), "hosts_behind": app.behind,
         "applied_to": app.plan.why if app.plan else None,
         "left_out": app.plan.left_out if app.plan else None,
-        "check": _report_json(app.check), "apply": _report_json(app.applied),
+        Phase.CHECK: _report_json(app.check), Phase.APPLY: _report_json(app.applied),
         "verify": [v.to_json() for v in app.verdicts] or None,
     }
 
@@ -87,7 +87,7 @@ def _verdicts_text(app: AppResult) -> list[str]:
 
 
 def _tasks_text(title: str, tasks: tuple[TaskResult, ...] | list[TaskResult], diffs: bool) -> list[str]:
-    shown = [t for t in tasks if t.status in SHOWN and (diffs or t.status != "changed")]
+    shown = [t for t in tasks if t.status in SHOWN and (diffs or t.status is not TaskStatus.CHANGED)]
     if not shown:
         return []
     lines = ["", f"{title}:"]
@@ -109,18 +109,19 @@ def run_text(run: dict[str, Any]) -> str:
         f"outcome   {run['outcome'] or 'running'}" + (f" [{run['reason']}]" if run["reason"] else ""),
         f"message   {run['message']}",
     ]
-    for phase in ("check", "apply"):
+    for phase in Phase:
         hosts = [h for h in run.get("hosts", []) if h["phase"] == phase]
         if hosts:
             lines.append(f"{phase}: " + ", ".join(f"{h['host']} {h['status']}" for h in hosts))
-    for phase, title, diffs in (("check", "drift report", True), ("apply", "apply", False)):
+    for phase, title, diffs in ((Phase.CHECK, "drift report", True), (Phase.APPLY, "apply", False)):
         tasks = [_stored_task(t) for t in run.get("tasks", []) if t["phase"] == phase]
         lines.extend(_tasks_text(title, tasks, diffs=diffs))
     return "\n".join(lines) + "\n"
 
 
 def _stored_task(row: dict[str, Any]) -> TaskResult:
-    return TaskResult(**{k: row[k] for k in ("host", "task", "action", "status", "diff", "message")})
+    return TaskResult(**{k: row[k] for k in ("host", "task", "action", "diff", "message")},
+                      status=TaskStatus(row["status"]))
 
 
 def history_text(runs: list[dict[str, Any]]) -> str:
@@ -146,7 +147,7 @@ def status_text(rows: list[dict[str, Any]]) -> str:
         revision = row["applied_revision"]
         details = ["SUSPENDED"] if row["suspended"] else []
         details.extend(f"{h['host']} at {(h['revision'] or 'nothing')[:12]}: {h['state']} since {_hhmm(h['since'])}"
-                       for h in row["hosts"] if h["revision"] != revision or h["state"] != "in-sync")
+                       for h in row["hosts"] if h["revision"] != revision or h["state"] != HostState.IN_SYNC)
         failure = row["failure"]
         if failure:
             verb = "refused" if failure["reason"] == "VerificationFailed" else failure["outcome"]

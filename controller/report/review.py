@@ -5,10 +5,12 @@ from __future__ import annotations
 import html
 import re
 
-from controller.ansible.runner import TaskResult
+from controller.ansible.results import TaskResult
 from controller.run.results import AppResult, Result
-from controller.vocabulary import Outcome
+from controller.vocabulary import Outcome, TaskStatus
 
+LABELS = {TaskStatus.CHANGED: "would change", TaskStatus.FAILED: "would fail",
+          TaskStatus.UNREACHABLE: "could not be checked"}
 LIMIT = 60_000  # GitHub refuses comments over 65,536 characters; leave room for what CI adds
 
 
@@ -45,10 +47,9 @@ def _verdict(result: Result) -> str:
     failed = [a for a in apps if a.outcome in (Outcome.FAILED, Outcome.INTERRUPTED)]
     if failed:
         return f"**Verdict:** the preview failed ({failed[0].app}: {failed[0].message}); the hosts were not checked."
-    changing = sum(len(a.check.with_status("changed")) for a in apps if a.check)
-    broken = sum(len(a.check.with_status("failed")) + len(a.check.with_status("unreachable")) for a in apps
-                 if a.check)
-    unverified = sum(1 for a in apps for t in (a.check.tasks if a.check else ()) if t.status == "unverified")
+    changing = sum(len(a.check.with_status(TaskStatus.CHANGED)) for a in apps if a.check)
+    broken = sum(1 for a in apps if a.check for h in a.check.hosts if h.status.broken)
+    unverified = sum(1 for a in apps for t in (a.check.tasks if a.check else ()) if t.status is TaskStatus.UNVERIFIED)
     parts = [f"{changing} host(s) would change" if changing else "no host would change"]
     if broken:
         parts.append(f"{broken} host(s) would fail or could not be checked")
@@ -62,18 +63,17 @@ def _app(app: AppResult) -> list[str]:
     lines = [f"#### {app.app}: {app.outcome.value} {against}", ""]
     if app.check is None:
         return [*lines, f"> {app.message}", ""]
-    rows = [(status, app.check.with_status(status)) for status in ("changed", "failed", "unreachable")]
-    labels = {"changed": "would change", "failed": "would fail", "unreachable": "could not be checked"}
+    rows = [(label, app.check.with_status(status)) for status, label in LABELS.items()]
     lines += ["| hosts | |", "| --- | --- |"]
-    lines += [f"| {labels[status]} | {', '.join(hosts)} |" for status, hosts in rows if hosts]
-    ok = [h.host for h in app.check.hosts if h.status == "ok"]
+    lines += [f"| {label} | {', '.join(hosts)} |" for label, hosts in rows if hosts]
+    ok = app.check.with_status(TaskStatus.OK)
     if ok:
         lines.append(f"| unchanged | {len(ok)} |")
     lines.append("")
     for task in app.check.tasks:
-        if task.status in ("failed", "unreachable"):
+        if task.status.broken:
             lines.append(f"- **{task.host}** {task.status}: `{task.task}`: {html.escape(task.message)}")
-    unverified = sorted({t.task for t in app.check.tasks if t.status == "unverified"})
+    unverified = sorted({t.task for t in app.check.tasks if t.status is TaskStatus.UNVERIFIED})
     if unverified:
         lines += ["", "Tasks check mode cannot verify (they run only in the apply):"]
         lines += [f"- `{task}`" for task in unverified]
@@ -82,7 +82,7 @@ def _app(app: AppResult) -> list[str]:
 
 
 def _changed(app: AppResult) -> list[TaskResult]:
-    return [t for t in app.check.tasks if t.status == "changed"] if app.check else []
+    return [t for t in app.check.tasks if t.status is TaskStatus.CHANGED] if app.check else []
 
 
 def _diff(app: AppResult, task: TaskResult) -> str:

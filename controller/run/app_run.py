@@ -8,19 +8,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.ansible.runner import PlayRun, Stopped, run_playbook
+from controller.ansible.results import PlayRun
+from controller.ansible.runner import OutOfTime, Stopped, run_playbook
 from controller.config import Config
-from controller.errors import ControllerError
+from controller.errors import ControllerError, Interrupted
 from controller.interrupt import Cancel
 from controller.report.drift import Report, decide, host_states, merged, report, settle
 from controller.run.plan import Plan, plan_apply
 from controller.run.preparation import Preparation
 from controller.run.results import AppResult, Progress, Request
 from controller.source.apps import App
-from controller.source.git import Revision, Source
+from controller.source.git import Source
+from controller.source.revision import Revision
 from controller.state.store import Store
 from controller.verify.verdict import Verdict, manifests_after, verified_report, verify_hosts
-from controller.vocabulary import Kind, Reason, failure
+from controller.vocabulary import Kind, Phase, Policy, Reason, TaskStatus, failure
 
 
 @dataclass
@@ -57,7 +59,7 @@ class AppRun:
         run_id = store.start_run(app.name, self.revision.sha, self.kind, self.request.trigger, app.policy)
         last = store.last_applied(app.name)
         # a detect app is applied only when someone asks for exactly that (sync --apply, the dashboard's Apply)
-        applying = self.kind is Kind.SYNC and (app.policy == "apply" or self.request.apply_detect)
+        applying = self.kind is Kind.SYNC and (app.policy is Policy.APPLY or self.request.apply_detect)
         try:
             if applying:
                 self._refuse_rewrite(source, last)
@@ -78,13 +80,13 @@ class AppRun:
                              verified=sum(1 for v in verdicts if v.verified))
             behind = 0
             if self.kind is not Kind.PREVIEW:  # a preview never becomes the app's (or a host's) state
-                converged = [h.host for h in (applied.hosts if applied else ()) if h.status in ("ok", "changed")]
+                converged = [h.host for h in (applied.hosts if applied else ()) if h.status.reached]
                 store.record_hosts(app.name, run_id, host_states(checked, applied), converged, self.revision.sha)
                 behind = sum(1 for h in store.hosts(app.name) if h["revision"] != self.revision.sha)
             return AppResult(app.name, app.policy, run_id, outcome, reason, message, checked, applied, last,
                              self.revision.sha, time.monotonic() - started, self.kind, plan, behind,
                              tuple(verdicts))
-        except ControllerError as error:
+        except (ControllerError, Interrupted) as error:  # a stop too: this is where the run is recorded
             store.finish_run(run_id, failure(error.reason), error.reason, error.message, False, {})
             return AppResult(app.name, app.policy, run_id, failure(error.reason), error.reason, error.message,
                              previous=last, revision=self.revision.sha, seconds=time.monotonic() - started,
@@ -136,7 +138,7 @@ class AppRun:
                 f"{last[:12]} (history rewritten or a rollback); pass --allow-rewrite to apply it")
 
     def _play(self, run_id: int, prepared: Preparation, *, check: bool, limit: str | None) -> Report:
-        app, phase, space = self.app, "check" if check else "apply", prepared.space
+        app, phase, space = self.app, Phase.CHECK if check else Phase.APPLY, prepared.space
         job, redactor = prepared.ready(app)
         where = f" on {limit}" if limit else ""
         self.progress.step(f"{app.name}: {phase} ({app.playbook} on {app.inventory}{where})")
@@ -144,7 +146,7 @@ class AppRun:
             played = run_playbook(app, space.project, space.runner / phase, job, check=check, redactor=redactor,
                                   cancel=self.cancel, limit=limit,
                                   on_task=lambda task: self.progress.task(app.name, phase, task))
-        except Stopped as stopped:
+        except (Stopped, OutOfTime) as stopped:
             # what an interrupted apply had already changed is worth keeping
             self.store.add_report(run_id, phase, report(stopped.partial))
             raise
@@ -159,8 +161,8 @@ class AppRun:
 
     def _record_manifests(self, played: PlayRun, found: Report, project: Path, *, every_host: bool) -> None:
         # a check's in-sync hosts, an apply's converged ones: what they have now is what Git says
-        wanted = ("ok",) if played.check else ("ok", "changed")
-        in_sync = {h.host for h in found.hosts if h.status in wanted}
+        in_sync = {h.host for h in found.hosts
+                   if h.status is TaskStatus.OK or (not played.check and h.status is TaskStatus.CHANGED)}
         previous = {h: m for h, m in self.store.manifests(self.app.name).items() if h not in self.relook}
         manifests = manifests_after(self.config, played, in_sync, self.digest, self.revision.sha, previous,
                                     self.unverifiable, project)
@@ -171,7 +173,7 @@ class AppRun:
 def _message(app: App, checked: Report, applied: Report | None, plan: Plan | None, kind: Kind,
              verdicts: list[Verdict], last_run: str) -> str:
     parts = []
-    if applied is not None and app.policy == "detect":
+    if applied is not None and app.policy is Policy.DETECT:
         parts.append("policy detect: applied on request")
     verified = [v for v in verdicts if v.verified]
     if verified:
@@ -181,19 +183,19 @@ def _message(app: App, checked: Report, applied: Report | None, plan: Plan | Non
     if rechecked:
         parts.append(f"fully checked: {', '.join(rechecked)}")
     if applied is not None:
-        corrected = applied.with_status("changed")
+        corrected = applied.with_status(TaskStatus.CHANGED)
         if corrected:
             parts.append(f"corrected: {', '.join(corrected)}")
         if plan is not None and not plan.every_host:
             parts.append(f"applied to {', '.join(plan.hosts)} only")
     elif checked.drifted:
-        parts.append(f"drifted: {', '.join(checked.with_status('changed'))}")
+        parts.append(f"drifted: {', '.join(checked.with_status(TaskStatus.CHANGED))}")
         why = {Kind.PREVIEW: "preview", Kind.CHECK: "check only", Kind.VERIFY: "verify only"}.get(kind, "policy detect")
         parts.append(f"not applied ({why})")
     if plan is not None and plan.left_out:
         parts.append(f"not applied to {', '.join(sorted(plan.left_out))}: unreachable in the check, not dialled again")
     final = merged(checked, applied)
-    for status in ("failed", "unreachable"):
+    for status in (TaskStatus.FAILED, TaskStatus.UNREACHABLE):
         hosts = sorted(final.with_status(status))
         if hosts:
             parts.append(f"{status}: {', '.join(hosts)}")
@@ -202,7 +204,7 @@ def _message(app: App, checked: Report, applied: Report | None, plan: Plan | Non
         parts.append(f"{unverified} task(s) check mode cannot verify")
     if not parts:
         parts.append(f"{len(checked.hosts)} host(s) in sync")
-    settled = sum(h.settled for h in checked.hosts if h.status == "ok")
+    settled = sum(h.settled for h in checked.hosts if h.status is TaskStatus.OK)
     if settled and last_run and not checked.drifted:
         parts.append(f"{settled} task(s) check mode cannot verify, {last_run}")
     return "; ".join(parts)
@@ -215,14 +217,14 @@ def _utc(stamp: str) -> str:
 
 def _summary(checked: Report, applied: Report | None, plan: Plan | None,
              verdicts: list[Verdict]) -> dict[str, list[str]]:
-    summary = {"drifted": checked.with_status("changed")}
+    summary = {"drifted": checked.with_status(TaskStatus.CHANGED)}
     if verdicts:
         summary["verified"] = [v.host for v in verdicts if v.verified]
         summary["rechecked"] = [f"{v.host}: {v.why}" for v in verdicts if not v.verified]
     if applied is not None:
-        summary["corrected"] = applied.with_status("changed")
+        summary["corrected"] = applied.with_status(TaskStatus.CHANGED)
         summary["applied_to"] = plan.hosts if plan else []
     final = merged(checked, applied)
-    summary["failed"] = sorted(final.with_status("failed"))
-    summary["unreachable"] = sorted(final.with_status("unreachable"))
+    for status in (TaskStatus.FAILED, TaskStatus.UNREACHABLE):
+        summary[status] = sorted(final.with_status(status))
     return summary

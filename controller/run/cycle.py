@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from controller.config import Config
-from controller.errors import ControllerError
+from controller.errors import LockBusy
 from controller.interrupt import Cancel
 from controller.lock import hold
 from controller.process import stop_children
@@ -15,7 +16,6 @@ from controller.run.reconcile import reconcile
 from controller.run.results import Progress, Request, Result
 from controller.secrets.workspace import sweep
 from controller.state.store import Store
-from controller.vocabulary import Reason
 
 
 def run_cycle(config: Config, request: Request, progress: Progress, cancel: Cancel, wait: float = 0) -> Result:
@@ -46,9 +46,5 @@ def recover(config: Config, store: Store, locked: bool = False) -> None:
     if locked:
         store.interrupt_unfinished()
         return
-    try:
-        with hold(lock_path(config)):
-            store.interrupt_unfinished()
-    except ControllerError as error:
-        if error.reason is not Reason.LOCK_BUSY:
-            raise
+    with contextlib.suppress(LockBusy), hold(lock_path(config)):
+        store.interrupt_unfinished()

@@ -15,13 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controller.report.drift import Report
+from controller.vocabulary import ApplyReason, TaskStatus
 
 
 @dataclass(frozen=True)
 class Plan:
     """The hosts an apply runs on, and why each; no hosts: no apply."""
 
-    why: dict[str, str]          # host -> "new revision" | "drifted" | "failed in check" | "forced"
+    why: dict[str, ApplyReason]
     every_host: bool             # True: no --limit needed
     left_out: dict[str, str] = field(default_factory=dict)  # host -> why it is not applied to: unreachable
 
@@ -37,17 +38,17 @@ class Plan:
 
 def plan_apply(check: Report, applied: Mapping[str, str | None], revision: str, force: bool = False) -> Plan:
     """Which hosts of a checked app need the apply; ``applied`` is each host's last applied revision."""
-    why: dict[str, str] = {}
+    why: dict[str, ApplyReason] = {}
     left_out: dict[str, str] = {}
     for host in check.hosts:
-        if host.status == "unreachable":
+        if host.status is TaskStatus.UNREACHABLE:
             left_out[host.host] = "unreachable in the check"
         elif force:
-            why[host.host] = "forced"
+            why[host.host] = ApplyReason.FORCED
         elif applied.get(host.host) != revision:
-            why[host.host] = "new revision"
-        elif host.status == "changed":
-            why[host.host] = "drifted"
-        elif host.status == "failed":
-            why[host.host] = "failed in check"
+            why[host.host] = ApplyReason.NEW_REVISION
+        elif host.status is TaskStatus.CHANGED:
+            why[host.host] = ApplyReason.DRIFTED
+        elif host.status is TaskStatus.FAILED:
+            why[host.host] = ApplyReason.FAILED_IN_CHECK
     return Plan(why, every_host=bool(why) and len(why) == len(check.hosts), left_out=left_out)

@@ -25,7 +25,6 @@ from controller.secrets.workspace import Workspace
 from controller.source.apps import App
 from controller.source.git import Source
 from controller.state import memo
-from controller.vocabulary import Reason
 
 
 @dataclass
@@ -79,8 +78,6 @@ class Preparation:
                 self.source.extract(sha, earlier)
                 learnt = learnt + decrypt_in_place(earlier, find_encrypted(earlier), self.config.sops.age_key_file)
             except ControllerError as error:
-                if error.reason is Reason.INTERRUPTED:
-                    raise
                 self.progress.notice(f"the secrets of {sha[:12]}, which some hosts still run, could not be read "
                                      f"({error.message}); a diff may show them where the hosts still have them")
             finally:

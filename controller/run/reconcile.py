@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from controller.config import Config
-from controller.errors import ControllerError
+from controller.errors import ControllerError, Failure, Interrupted
 from controller.interrupt import Cancel
 from controller.run.app_run import AppRun
 from controller.run.preparation import Preparation
@@ -14,11 +14,12 @@ from controller.run.results import AppResult, Progress, Request, Result
 from controller.run.schedule import DriftSchedule, parse_time
 from controller.secrets.workspace import workspace
 from controller.source.apps import App, load_apps
-from controller.source.git import Revision, Source
+from controller.source.git import Source
+from controller.source.revision import Revision
 from controller.source.signatures import refused_head, verify_revision
 from controller.state.store import Store
 from controller.verify.manifest import inputs_digest
-from controller.vocabulary import Kind, Outcome, Reason, failure
+from controller.vocabulary import NO_APP, Kind, Outcome, Reason, failure
 
 
 def source_of(config: Config) -> Source:
@@ -80,11 +81,11 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                 run = AppRun(app, request, kind, revision, store, progress, cancel, config, digests[app.name])
                 results.append(run.reconcile(source, prepared))
             return Result(request, revision, tuple(results), kind=kind)
-    except ControllerError as error:
-        if error.reason is Reason.INTERRUPTED and looking:
+    except (ControllerError, Interrupted) as error:
+        if isinstance(error, Interrupted) and looking:
             raise
         if error.reason is Reason.NOT_FOUND:  # an unknown --app: nothing ran, nothing is recorded
-            return Result(request, revision, (AppResult(request.app or "*", "", None, Outcome.FAILED,
+            return Result(request, revision, (AppResult(request.app or NO_APP, None, None, Outcome.FAILED,
                                                         error.reason, error.message),), kind=kind)
         names = [a.name for a in apps] or _held_back(store, request.app)
         return Result(request, revision, tuple(
@@ -95,15 +96,15 @@ def _held_back(store: Store, app: str | None) -> list[str]:
     """The apps a failure before gitops.yml was read holds back, so that status shows it beside each."""
     known = [a for a in store.apps() if a not in store.suspensions()]
     if app is not None:
-        return [app] if app in known else ["*"]
-    return known or ["*"]
+        return [app] if app in known else [NO_APP]
+    return known or [NO_APP]
 
 
 def _failed(store: Store, app: str, request: Request, kind: Kind, revision: Revision | None,
-            error: ControllerError) -> AppResult:
+            error: Failure) -> AppResult:
     run_id = store.start_run(app, revision.sha if revision else None, kind, request.trigger)
     store.finish_run(run_id, failure(error.reason), error.reason, error.message, False, {})
-    return AppResult(app, "", run_id, failure(error.reason), error.reason, error.message,
+    return AppResult(app, None, run_id, failure(error.reason), error.reason, error.message,
                      previous=store.last_applied(app), revision=revision.sha if revision else None, kind=kind)
 
 

@@ -5,24 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from controller.ansible.runner import TaskResult
+from controller.ansible.results import TaskResult
 from controller.report.drift import Report
 from controller.run.plan import Plan
-from controller.source.git import Revision
+from controller.source.revision import Revision
 from controller.verify.verdict import Verdict
-from controller.vocabulary import ExitCode, Kind, Outcome, Reason
+from controller.vocabulary import ExitCode, Kind, Mode, Outcome, Policy, Reason, Trigger
 
 
 @dataclass(frozen=True)
 class Request:
     """What to reconcile: ``check`` never applies; ``sync`` applies under policy ``apply``."""
 
-    mode: str                        # the command: check | sync
+    mode: Mode
     app: str | None = None
     revision: str | None = None
     dry_run: bool = False
     allow_rewrite: bool = False
-    trigger: str = "manual"
+    trigger: Trigger = Trigger.MANUAL
     fetch: bool = True               # False: use the branch head as last fetched (scheduled drift checks)
     only_if_changed: bool = False    # return at once when nothing moved and no drift check is due
     force: bool = False              # apply to every host, whatever the check found
@@ -39,7 +39,7 @@ class Request:
     @property
     def verifying(self) -> bool:
         """Hosts are compared with their manifests before any full check (verify, sync --verify-first)."""
-        return self.mode == Kind.VERIFY or self.verify_first
+        return self.mode is Mode.VERIFY or self.verify_first
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class AppResult:
     """How one app's run ended, with the reports it produced."""
 
     app: str
-    policy: str
+    policy: Policy | None            # None: gitops.yml was not read (the run failed before it)
     run_id: int | None               # None: nothing was run (suspended, unknown app)
     outcome: Outcome
     reason: Reason | None

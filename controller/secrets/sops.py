@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from controller.errors import ControllerError
-from controller.process import exit_status, run
+from controller.process import answer
 from controller.secrets.redact import Redactor
 from controller.vocabulary import Reason
 
@@ -79,16 +79,12 @@ def decrypt_in_place(project: Path, files: list[Path], age_key_file: str | None)
         # --in-place keeps the mode and writes a binary file's bytes as they were (a pipe would decode
         # them); the flag form, not the ``decrypt`` subcommand, also works with sops before 3.9
         path.chmod(0o600)
-        try:
-            run([sops_binary(), "--decrypt", "--in-place", str(path)], env=env, cwd=project,
-                reason=Reason.DECRYPTION_FAILED, what=f"cannot decrypt {relative}",
-                redact=lambda text: Redactor(values).text(text), timeout=60)
-        except ControllerError as exc:
-            if exit_status(exc) == MAC_MISMATCH:
-                raise ControllerError(Reason.DECRYPTION_FAILED,
-                                      f"cannot decrypt {relative}: MAC mismatch, the file was modified "
-                                      "after it was encrypted") from exc
-            raise
+        code, _ = answer([sops_binary(), "--decrypt", "--in-place", str(path)], answers=(0, MAC_MISMATCH), env=env,
+                         cwd=project, reason=Reason.DECRYPTION_FAILED, what=f"cannot decrypt {relative}",
+                         redact=lambda text: Redactor(values).text(text))
+        if code == MAC_MISMATCH:
+            raise ControllerError(Reason.DECRYPTION_FAILED, f"cannot decrypt {relative}: MAC mismatch, the file was "
+                                  "modified after it was encrypted")
         found, content = literal(relative, path.read_bytes())
         values.extend(found)
         if content is not None:

@@ -9,10 +9,9 @@ from pathlib import Path
 
 from controller.errors import ControllerError
 from controller.schema import build, read_yaml
-from controller.vocabulary import Reason
+from controller.vocabulary import Policy, Reason
 
 APPS_FILE = "gitops.yml"
-POLICIES = ("apply", "detect")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_PLAYBOOKS = ("site.yml", "playbooks/site.yml")
 DEFAULT_INVENTORIES = ("inventory", "inventory.yml", "hosts", "hosts.yml")
@@ -26,7 +25,7 @@ class App:
     playbook: str
     inventory: str
     limit: str | None = None
-    policy: str = "apply"
+    policy: Policy = Policy.APPLY
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,6 @@ def load_apps(project: Path) -> tuple[App, ...]:
         if app.name in seen:
             raise _invalid(f"{key}.name", f"{app.name!r} is listed twice")
         seen.add(app.name)
-        if app.policy not in POLICIES:
-            raise _invalid(f"{key}.policy", f"must be 'apply' or 'detect', not {app.policy!r}")
         for field in ("playbook", "inventory"):
             _check_inside(project, getattr(app, field), f"{key}.{field}")
     return apps

@@ -12,8 +12,9 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from controller.errors import ControllerError
-from controller.process import exit_status, finish, run, stream
+from controller.process import answer, finish, run, stream
 from controller.secrets.redact import MASK
+from controller.source.revision import Revision
 from controller.vocabulary import Reason
 
 # Git must never run code from what it fetches: no hooks, no submodules, no fsmonitor. Passed
@@ -24,20 +25,6 @@ HARDENING = ("core.hooksPath=/dev/null", "core.fsmonitor=false", "fetch.recurseS
 REMOTE_REFS = "refs/remotes/origin"
 ASKPASS = ('#!/bin/sh\n'
            'case "$1" in Username*) echo "$CONTROLLER_GIT_USERNAME";; *) echo "$CONTROLLER_GIT_PASSWORD";; esac\n')
-
-
-@dataclass(frozen=True)
-class Revision:
-    """One commit of the source: what the controller reconciles to."""
-
-    sha: str
-    subject: str
-    author: str
-    committed_at: str
-
-    @property
-    def short(self) -> str:
-        return self.sha[:12]
 
 
 @dataclass(frozen=True)
@@ -93,35 +80,24 @@ class Source:
 
     def head(self) -> Revision:
         """The watched branch's head as last fetched."""
-        try:
-            return self._revision(f"{REMOTE_REFS}/{self.branch}")
-        except ControllerError as error:
-            if error.reason is Reason.INTERRUPTED:  # a signal during the look is no missing branch
-                raise
-            raise ControllerError(Reason.REVISION_NOT_FOUND,
-                                  f"branch {self.branch!r} not found in {self.url.shown}") from None
+        sha = self._commit(f"{REMOTE_REFS}/{self.branch}")
+        if sha is None:
+            raise ControllerError(Reason.REVISION_NOT_FOUND, f"branch {self.branch!r} not found in {self.url.shown}")
+        return self._revision(sha)
 
     def resolve(self, rev: str) -> Revision:
         """A commit of the cache by SHA (or a remote branch name, for previews)."""
-        for candidate in (rev, f"{REMOTE_REFS}/{rev}"):
-            try:
-                return self._revision(candidate)
-            except ControllerError as error:
-                if error.reason is Reason.INTERRUPTED:
-                    raise
-                continue
-        raise ControllerError(Reason.REVISION_NOT_FOUND,
-                              f"revision {rev!r} not found in {self.url.shown} (fetched all branches)")
+        sha = self._commit(rev) or self._commit(f"{REMOTE_REFS}/{rev}")
+        if sha is None:
+            raise ControllerError(Reason.REVISION_NOT_FOUND,
+                                  f"revision {rev!r} not found in {self.url.shown} (fetched all branches)")
+        return self._revision(sha)
 
     def descends(self, ancestor: str, sha: str) -> bool:
         """Whether ``sha`` is ``ancestor`` or a descendant of it (a fast-forward)."""
-        try:
-            self.git("merge-base", "--is-ancestor", ancestor, sha, what="merge-base", reason=Reason.FETCH_FAILED)
-        except ControllerError as exc:
-            if exit_status(exc) == 1:
-                return False
-            raise
-        return True
+        code, _ = answer(self._argv("merge-base", "--is-ancestor", ancestor, sha), answers=(0, 1), env=self._env(),
+                         reason=Reason.FETCH_FAILED, what=f"comparing {ancestor[:12]} with {sha[:12]}")
+        return code == 0
 
     def extract(self, sha: str, destination: Path) -> None:
         """Write exactly the tree of ``sha`` into ``destination``: no untracked files, no leftovers.
@@ -143,11 +119,16 @@ class Source:
                 raise ControllerError(Reason.SNAPSHOT_FAILED,
                                       f"refusing revision {sha[:12]}: {link.name} is a link out of the checkout")
 
-    def _revision(self, rev: str) -> Revision:
-        # rev-parse --verify checks existence; ^{commit} refuses trees and blobs
-        out = self.git("log", "-1", "--no-show-signature", "--format=%H%x00%s%x00%an%x00%ct",
-                       f"{rev}^{{commit}}", "--", what=f"revision {rev!r} not found",
-                       reason=Reason.REVISION_NOT_FOUND)
+    def _commit(self, rev: str) -> str | None:
+        """The commit ``rev`` names in the cache, or None when it names none (``^{commit}``: not a tree or blob)."""
+        code, out = answer(self._argv("rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"),
+                           answers=(0, 1), env=self._env(), reason=Reason.FETCH_FAILED,
+                           what=f"looking up {rev!r} in the Git cache")
+        return out.strip() if code == 0 else None
+
+    def _revision(self, sha: str) -> Revision:
+        out = self.git("log", "-1", "--no-show-signature", "--format=%H%x00%s%x00%an%x00%ct", sha, "--",
+                       what=f"reading commit {sha[:12]}", reason=Reason.FETCH_FAILED)
         sha, subject, author, stamp = out.rstrip("\n").split("\x00")
         when = datetime.fromtimestamp(int(stamp), tz=UTC).isoformat()
         return Revision(sha, subject, author, when)
@@ -164,13 +145,7 @@ class Source:
 
     def has_commit(self, sha: str) -> bool:
         """Whether the cache holds commit ``sha``."""
-        try:
-            self.git("cat-file", "-e", f"{sha}^{{commit}}", what=f"looking up {sha[:12]}", reason=Reason.FETCH_FAILED)
-        except ControllerError as error:
-            if error.reason is Reason.INTERRUPTED:
-                raise
-            return False
-        return True
+        return self._commit(sha) is not None
 
     def _env(self) -> dict[str, str]:
         return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),

@@ -13,9 +13,10 @@ from pathlib import Path
 from controller.config import Config, VerifyConfig
 from controller.errors import ControllerError
 from controller.process import run
-from controller.source.git import Revision, Source
+from controller.source.git import Source
+from controller.source.revision import Revision
 from controller.state.store import Store
-from controller.vocabulary import Kind, Reason
+from controller.vocabulary import NO_APP, Kind, Reason
 
 # one commit per line: sha, git's verdict (%G?), the signing key, subject (the only field that may hold \x1f)
 FORMAT = "--format=%H%x1f%G?%x1f%GK%x1f%s"
@@ -105,7 +106,7 @@ def last_applied(store: Store, app: str | None) -> list[str]:
 
 def refused_head(store: Store, sha: str) -> bool:
     """Whether the newest sync refused exactly ``sha`` for its signatures (polls wait for the branch to move)."""
-    latest = [row for app in [*store.apps(), "*"] if (row := store.latest(app, Kind.SYNC))]
+    latest = [row for app in [*store.apps(), NO_APP] if (row := store.latest(app, Kind.SYNC))]
     newest = max(latest, key=lambda row: int(row["id"]), default=None)
     return newest is not None and newest["revision"] == sha \
         and newest["reason"] == Reason.VERIFICATION_FAILED.value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,9 +13,9 @@ from typing import Any
 
 from controller.errors import ControllerError
 from controller.report.drift import Report
-from controller.source.git import Revision
+from controller.source.revision import Revision
 from controller.verify.manifest import Manifest
-from controller.vocabulary import Kind, Outcome, Reason
+from controller.vocabulary import HostState, Kind, Outcome, Reason
 
 # The upper bounds (seconds) of the run-duration histogram that run_tallies keeps (migration 5): a contract.
 DURATION_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -217,7 +217,7 @@ class Store:
             (now(), Outcome.INTERRUPTED.value, Reason.INTERRUPTED.value,
              "the controller was killed before this run finished; its workspace was wiped")).rowcount
 
-    def record_hosts(self, app: str, run_id: int, states: dict[str, str], applied: list[str],
+    def record_hosts(self, app: str, run_id: int, states: Mapping[str, HostState], applied: list[str],
                      revision: str) -> None:
         """Each host's state after a check or sync of the whole inventory; ``applied`` hosts now run
         ``revision``. Hosts no longer in the inventory are forgotten."""

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.ansible.job import PASSED_THROUGH, host_key_options, ssh_wrappers
+from controller.ansible.results import Connection
 from controller.ansible.runner import HOST_KEY_MISMATCH, HOST_KEY_REFUSED
 from controller.config import Config
 from controller.process import run_side_by_side
-from controller.verify.manifest import Connection, Entry, Resource
+from controller.verify.manifest import Entry, Resource
 
 # Runs on the host: for every target (its arguments: a path, or KIND:NAME), what is there now, as one
 # Python literal on stdout. Not json and not hashlib: importing them was more than half of the

@@ -12,15 +12,17 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from controller.ansible.runner import PlayRun
+from controller.ansible.results import Connection, PlayRun
 from controller.config import Config
-from controller.report.drift import HostState, Report, settle
+from controller.report.drift import HostReport, Report, settle
 from controller.state.store import Store, now
-from controller.verify.manifest import Connection, Coverage, Manifest, ordered
+from controller.verify.manifest import Coverage, Manifest, ordered
 from controller.verify.probe import look
+from controller.vocabulary import HostState, TaskStatus
 
 SHOWN_DIFFERENCES = 3
-UNSETTLED = ("drifted", "failed", "unreachable")  # host states a full check leaves without a manifest
+# host states a full check leaves without a manifest
+UNSETTLED = (HostState.DRIFTED, HostState.FAILED, HostState.UNREACHABLE)
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def verify_hosts(config: Config, store: Store, app: str, digest: str, cwd: Path 
 def verified_report(verdicts: list[Verdict], full: Report | None, at_revision: Collection[str]) -> Report:
     """One report of the app: verified hosts as in sync, the rest as their full check found them; tasks check
     mode cannot verify are open only on hosts not ``at_revision`` (``drift.settle``)."""
-    verified = tuple(HostState(v.host, "ok", 0, v.manifest.unverified if v.manifest else 0)
+    verified = tuple(HostReport(v.host, TaskStatus.OK, 0, v.manifest.unverified if v.manifest else 0)
                      for v in verdicts if v.verified)
     hosts = [*settle(Report(verified, ()), at_revision).hosts, *(full.hosts if full else ())]
     return Report(tuple(sorted(hosts, key=lambda h: h.host)), full.tasks if full else ())
@@ -94,7 +96,7 @@ def manifests_after(config: Config, played: PlayRun, in_sync: set[str], digest: 
     for touched in played.touched:
         coverage.setdefault(touched.host, Coverage()).add(touched.task, touched.action, touched.targets)
     for task in played.tasks:
-        if task.status == "unverified":
+        if task.status is TaskStatus.UNVERIFIED:
             coverage.setdefault(task.host, Coverage()).add(task.task, task.action, ())
     connections: Mapping[str, Connection] = played.connections or {}
     stamp = now()

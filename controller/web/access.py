@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import urlsplit
 
-from controller.config import UiConfig
+from controller.config import HostPort, UiConfig
 from controller.errors import ControllerError
 from controller.secrets.sops import read_secret_file
 from controller.vocabulary import Reason
@@ -55,7 +55,7 @@ class Access:
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     @classmethod
-    def of(cls, ui: UiConfig, listen: str) -> Access:
+    def of(cls, ui: UiConfig, listen: HostPort) -> Access:
         """The rules for a dashboard on ``listen``; a ControllerError when it would be open to others."""
         token = None
         if ui.token_file is not None:
@@ -63,8 +63,7 @@ class Access:
             if len(token) < MIN_TOKEN:
                 raise ControllerError(Reason.CONFIG_INVALID, f"ui.token_file {ui.token_file} holds a token of "
                                       f"{len(token)} characters; use at least {MIN_TOKEN} (openssl rand -hex 32)")
-        host = listen.rpartition(":")[0]
-        if token is None and not is_loopback(host):
+        if token is None and not is_loopback(listen.host):
             raise ControllerError(Reason.CONFIG_INVALID, f"the dashboard would answer anyone on {listen}: set "
                                   "ui.token_file (or listen on 127.0.0.1, or set ui.enabled: false)")
         return cls(token)

@@ -11,18 +11,17 @@ from __future__ import annotations
 import logging
 import threading
 
-from controller.ansible.runner import TaskResult
+from controller.ansible.results import TaskResult
 from controller.config import Config
-from controller.errors import ControllerError
+from controller.errors import ControllerError, Interrupted, LockBusy
 from controller.interrupt import Cancel
 from controller.run.cycle import run_cycle
 from controller.run.results import Progress, Request
 from controller.state.store import Store
-from controller.vocabulary import Reason
+from controller.vocabulary import Mode, Trigger
 
 log = logging.getLogger("controller")
 
-TRIGGER = "ui"
 UNWIND = 80.0  # seconds a stopping daemon waits for a dashboard sync to unwind (systemd allows 90)
 STARTED_WAIT = 5.0  # seconds to wait for a sync to take the lock, so a busy lock is said in the answer
 
@@ -59,11 +58,11 @@ class Actions:
         self.running: str | None = None  # the app a dashboard sync is running for
 
     def sync(self, app: str, client: str, *, apply: bool = False) -> None:
-        """Start syncing ``app`` (``apply``: apply it even under policy detect); a ControllerError (LOCK_BUSY) when
-        another run holds the lock."""
+        """Start syncing ``app`` (``apply``: apply it even under policy detect); LockBusy when another run holds
+        the lock."""
         with self._guard:
             if self.running is not None:
-                raise ControllerError(Reason.LOCK_BUSY, f"a sync of {self.running} started here is still running")
+                raise LockBusy(f"a sync of {self.running} started here is still running")
             self.running = app
         started = _Started(self.progress)
         refused: list[ControllerError] = []
@@ -71,13 +70,15 @@ class Actions:
 
         def work() -> None:
             try:
-                request = Request("sync", app=app, trigger=TRIGGER, apply_detect=apply)
+                request = Request(Mode.SYNC, app=app, trigger=Trigger.UI, apply_detect=apply)
                 result = run_cycle(self.config, request, started, self.cancel)
                 for done in result.apps:
                     log.info("ui: %s: %s: %s", done.app, done.outcome.value, done.message)
             except ControllerError as error:
                 refused.append(error)
                 log.warning("ui: sync of %s: %s", app, error.message)
+            except Interrupted as stop:  # the daemon is stopping: the sync was unwound
+                log.warning("ui: sync of %s: %s", app, stop.message)
             finally:
                 self.running = None
                 started.event.set()

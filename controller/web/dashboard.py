@@ -21,15 +21,15 @@ from urllib.parse import parse_qs, quote, unquote, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from controller.config import Config
-from controller.errors import ControllerError
+from controller.config import Config, HostPort
+from controller.errors import Interrupted, LockBusy
 from controller.interrupt import Cancel
 from controller.report.metrics import Metrics
 from controller.run.cycle import recover
 from controller.run.results import Progress
 from controller.run.schedule import DriftSchedule, parse_time
 from controller.state.store import Store
-from controller.vocabulary import Outcome, Reason
+from controller.vocabulary import Action, Outcome, Trigger
 from controller.web.access import Access, Throttle
 from controller.web.actions import Actions
 from controller.web.listener import Listener, Reply, Routes, WebRequest
@@ -57,9 +57,8 @@ NOTICES = {
     "resume-first": "This app is suspended: resume it before syncing it.",
 }
 OUTCOMES = ("running", *(o.value for o in Outcome if o is not Outcome.SUSPENDED))
-TRIGGERS = ("manual", "ui", "webhook", "push", "poll", "schedule", "retry")
-VERB_NOTICES = {"sync": "started", "apply": "applying", "suspend": "suspended", "resume": "resumed"}
-ACTION = re.compile(r"/(?:api/)?apps/([^/]+)/(sync|apply|suspend|resume)")
+VERB_NOTICES = {Action.SYNC: "started", Action.APPLY: "applying", Action.SUSPEND: "suspended", Action.RESUME: "resumed"}
+ACTION = re.compile(rf"/(?:api/)?apps/([^/]+)/({'|'.join(Action)})")
 
 
 class NotFound(Exception):
@@ -126,7 +125,7 @@ class Dashboard:
         notice = parse_qs(request.query).get("notice", [""])[0]
         html = self.env.get_template(f"{name}.html").render(
             **facts, stamp=stamp, busy=busy, csrf=self.access.csrf, poll=POLL_SECONDS,
-            notice=NOTICES.get(notice), login=self.access.token is not None, outcomes=OUTCOMES, triggers=TRIGGERS)
+            notice=NOTICES.get(notice), login=self.access.token is not None, outcomes=OUTCOMES, triggers=tuple(Trigger))
         return self.reply(200, html.encode(), "text/html; charset=utf-8", self.access.cookie_headers())
 
     def act(self, request: WebRequest) -> Reply:
@@ -142,28 +141,26 @@ class Dashboard:
         if why is not None:
             log.warning("ui: %r from %s refused: %s", request.path, request.client, why)  # repr: no control codes
             return self.error(request, 403, why)
-        app, verb = unquote(match.group(1)), match.group(2)
+        app, verb = unquote(match.group(1)), Action(match.group(2))
         with Store(self.config.state_path / "state.db") as store:
             if app not in store.apps():
                 raise NotFound(f"no app {app!r} has been reconciled here")
             suspended = app in store.suspensions()
-        if verb in ("sync", "apply") and suspended:  # the cycle would skip it: say so rather than "started"
+        if verb.reconciles and suspended:  # the cycle would skip it: say so rather than "started"
             return self.done(request, app, verb, 409, "resume-first")
         status, notice = 202, VERB_NOTICES[verb]
         try:
-            if verb in ("sync", "apply"):
-                self.actions.sync(app, request.client, apply=verb == "apply")
-            elif verb == "suspend":
+            if verb.reconciles:
+                self.actions.sync(app, request.client, apply=verb is Action.APPLY)
+            elif verb is Action.SUSPEND:
                 self.actions.suspend(app, form.get("reason", "")[:200], request.client)
             else:
                 self.actions.resume(app, request.client)
-        except ControllerError as error:
-            if error.reason is not Reason.LOCK_BUSY:
-                raise
+        except LockBusy:
             status, notice = 409, "busy"
         return self.done(request, app, verb, status, notice)
 
-    def done(self, request: WebRequest, app: str, verb: str, status: int, notice: str) -> Reply:
+    def done(self, request: WebRequest, app: str, verb: Action, status: int, notice: str) -> Reply:
         """The answer to an action: JSON under /api/, else back to the app's page, which says what happened."""
         if request.path.startswith("/api/"):
             body = {"app": app, "action": verb, "notice": NOTICES[notice]}
@@ -300,13 +297,9 @@ def seconds(run: dict[str, Any]) -> str:
     return f"{(end - parse_time(run['started'])).total_seconds():.0f} s"
 
 
-def serve(config: Config, listen: str, cancel: Cancel, progress: Progress) -> None:
+def serve(config: Config, listen: HostPort, cancel: Cancel, progress: Progress) -> None:
     """``controller serve``: the dashboard alone on ``listen`` until SIGTERM, reading the state store that
     `sync` from cron writes; its actions run the same cycle."""
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
-        raise ControllerError(Reason.CONFIG_INVALID, f"--listen: expected HOST:PORT such as 127.0.0.1:8080, "
-                              f"got {listen!r}")
     actions = Actions(config, progress)
     dashboard = Dashboard(config, Access.of(config.ui, listen), actions)
     started = time.time()
@@ -320,14 +313,13 @@ def serve(config: Config, listen: str, cancel: Cancel, progress: Progress) -> No
     with Store(config.state_path / "state.db") as store:
         recover(config, store)
     listener.start()
-    log.info("dashboard on http://%s:%d/ (%s)", listen.rpartition(":")[0].strip("[]"), listener.port,
+    log.info("dashboard on http://%s/ (%s)", HostPort(listen.host, listener.port),
              "token required" if dashboard.access.token else "no token: loopback only")
     try:
         while not cancel():
             cancel.event.wait(1)
-    except ControllerError as error:
-        if error.reason is not Reason.INTERRUPTED:
-            raise
+    except Interrupted:
+        pass  # the way out: stop serving
     finally:
         log.info("stopping")
         actions.stop()

@@ -29,9 +29,10 @@ from typing import Any, NamedTuple
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from controller.config import HostPort
 from controller.errors import ControllerError
-from controller.vocabulary import Reason
-from controller.web.webhooks import PROVIDERS, Deliveries, Provider, Rejected, authenticate, verify
+from controller.vocabulary import Provider, Reason
+from controller.web.webhooks import Deliveries, Rejected, authenticate, verify
 
 log = logging.getLogger("controller")
 
@@ -81,11 +82,10 @@ class WebRequest:
 class Listener:
     """An HTTP server on ``HOST:PORT`` (port 0 picks a free one), served from one thread."""
 
-    def __init__(self, address: str, routes: Routes, *, max_connections: int = MAX_CONNECTIONS,
+    def __init__(self, address: HostPort, routes: Routes, *, max_connections: int = MAX_CONNECTIONS,
                  deadline: float = REQUEST_DEADLINE) -> None:
-        host, _, port = address.rpartition(":")
-        where = (host.strip("[]"), int(port))
-        sock = socket.socket(socket.AF_INET6 if ":" in where[0] else socket.AF_INET)
+        where = (address.host, address.port)
+        sock = socket.socket(socket.AF_INET6 if ":" in address.host else socket.AF_INET)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
             sock.bind(where)
@@ -246,9 +246,9 @@ class Server:
         if request.method != "POST":
             raise Rejected(405, "method not allowed (GET, POST)")
         name, _, path_secret = request.path.removeprefix("/hooks/").partition("/")
-        if not request.path.startswith("/hooks/") or name not in PROVIDERS or (
+        if not request.path.startswith("/hooks/") or name not in tuple(Provider) or (
                 path_secret and name != Provider.BITBUCKET_CLOUD):
-            raise Rejected(404, f"no such hook (POST /hooks/{'|'.join(PROVIDERS)})")
+            raise Rejected(404, f"no such hook (POST /hooks/{'|'.join(Provider)})")
         provider = Provider(name)
         length = self._admit(provider, request.headers, path_secret)
         if request.headers.get("expect", "").lower() == "100-continue":
@@ -276,7 +276,7 @@ class Server:
         if path == "/metrics":
             exposition = await asyncio.get_running_loop().run_in_executor(self._workers, self.routes.metrics)
             return Reply(200, exposition, CONTENT_TYPE_LATEST)
-        raise Rejected(404, f"not found (GET /healthz, /metrics; POST /hooks/{'|'.join(PROVIDERS)})")
+        raise Rejected(404, f"not found (GET /healthz, /metrics; POST /hooks/{'|'.join(Provider)})")
 
     def _admit(self, provider: Provider, headers: dict[str, str], path_secret: str) -> int:
         """Everything that can be refused from the headers alone; the body's length if nothing is."""

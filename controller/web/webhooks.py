@@ -17,31 +17,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 from urllib.parse import unquote
 
-
-class Provider(StrEnum):
-    """Who sends the webhook: the last part of its URL, ``/hooks/PROVIDER``."""
-
-    GITHUB = "github"
-    GITLAB = "gitlab"
-    GITEA = "gitea"                        # and Forgejo
-    GOGS = "gogs"
-    BITBUCKET_SERVER = "bitbucket-server"  # Bitbucket Data Center (formerly Server)
-    BITBUCKET_CLOUD = "bitbucket-cloud"    # the secret is the last part of the URL: /hooks/bitbucket-cloud/SECRET
-    AZURE_DEVOPS = "azure-devops"
-    GENERIC = "generic"
-    FLUX = "flux"                          # what Flux's generic-hmac receiver takes: any body, X-Signature
-
-    @property
-    def in_clear(self) -> bool:
-        """The sender shows the secret itself rather than a signature made with it."""
-        return self in (Provider.GITLAB, Provider.BITBUCKET_CLOUD, Provider.AZURE_DEVOPS)
-
-
-PROVIDERS = tuple(p.value for p in Provider)
+from controller.vocabulary import Provider
 
 
 class Rejected(Exception):
