@@ -88,12 +88,6 @@ def _convert(tp: Any, data: Any, file: Path, key: str) -> Any:
         if all(typing.get_origin(o) is typing.Literal for o in options):  # Literal["a"] | Literal["b", "c"]
             return _choice(tuple(c for o in options for c in typing.get_args(o)), data, file, key)
         return _convert(options[0], data, file, key)
-    if dataclasses.is_dataclass(tp):
-        return _dataclass(typing.cast(type, tp), data, file, key)
-    if origin is typing.Literal:
-        return _choice(typing.get_args(tp), data, file, key)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return tp(_choice(tuple(member.value for member in tp), data, file, key))
     if isinstance(tp, type) and issubclass(tp, Parsed):
         if not isinstance(data, str):
             raise _fail(file, key, f"expected a string such as {tp.EXAMPLE}, got {_kind(data)}")
@@ -101,6 +95,12 @@ def _convert(tp: Any, data: Any, file: Path, key: str) -> Any:
             return tp.parse(data)
         except ValueError as exc:
             raise _fail(file, key, f"{exc}, got {data!r}") from None
+    if dataclasses.is_dataclass(tp):
+        return _dataclass(typing.cast(type, tp), data, file, key)
+    if origin is typing.Literal:
+        return _choice(typing.get_args(tp), data, file, key)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return tp(_choice(tuple(member.value for member in tp), data, file, key))
     if origin is tuple:
         if not isinstance(data, list):
             raise _fail(file, key, f"expected a list, got {_kind(data)}")

@@ -64,6 +64,40 @@ def test_gitops_yml_errors_name_gitops_yml_not_the_workspace(tmp_path: Path) -> 
     assert message.startswith("gitops.yml: line 4: ") and str(tmp_path) not in message, message
 
 
+def test_a_bad_config_is_one_line_naming_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "controller.yml"
+    cases = {
+        "source: {url: x, branchh: main}\n": "source.branchh: unknown key",
+        "source: {url: x, branch: 3}\n": "source.branch: expected a string, got a whole number",
+        "state_dir: /tmp\n": "source: missing required key",
+        "source: {url: x}\nansible: {forks: many}\n": "ansible.forks: expected a whole number",
+        "source: [\n": "controller.yml: line",
+        "source: {url: x}\nwatch: {listen: localhost}\n": "watch.listen: expected HOST:PORT",
+        "source: {url: x}\nwatch: {drift_check_cron: 'every day'}\n": "watch.drift_check_cron: not a cron",
+        "source: {url: x}\nwatch: {poll_interval: -1}\n": "watch.poll_interval: must not be negative",
+        "source: {url: x}\nnotify: [{format: json}]\n": "notify[0]: set exactly one of url and url_file",
+        "source: {url: x}\nnotify: [{url: 'http://x', events: [boom]}]\n":
+            "notify[0].events[0]: must be one of drift-found, drift-corrected",
+        "source: {url: x}\nwatch: {poll_interval: 5 minutes}\n":
+            "watch.poll_interval: expected a duration such as 30, 30s, 5m or 1h30m, got '5 minutes'",
+        "source: {url: x}\nssh: {host_key_checking: maybe}\n": "ssh.host_key_checking: must be one of",
+        "source: {url: x}\nwatch: {backoff: .nan}\n": "watch.backoff: expected a duration",
+        "source: {url: x}\nwatch: {debounce: -1s}\n": "watch.debounce: expected a duration",
+        "source: {url: x, fetch_timeout: -5}\n": "source.fetch_timeout: must not be negative",
+        "source: {url: x}\nansible: {control_persist: 0}\n": "ansible.control_persist: must be at least 1s",
+        "source: {url: x}\nwatch: {webhooks: [{provider: bitbucket, secret_file: s}]}\n":
+            "watch.webhooks[0].provider: must be one of github, gitlab, gitea, gogs, bitbucket-server",
+        "source: {url: x}\nnotify: [{format: github, url: 'https://api.github.com', repository: a/b}]\n":
+            "notify[0]: token_file: required for github commit statuses",
+        "source: {url: x}\nnotify: [{url: 'http://x', token_file: t}]\n": "notify[0]: token_file: only for commit",
+        "source: {url: x}\nui: {external_url: controller.example.com}\n": "ui.external_url: expected the dashboard",
+    }
+    for text, needle in cases.items():
+        config.write_text(text)
+        message = refusal(load_config, config)
+        assert needle in message and message.startswith(f"{config}: "), (text, message)
+
+
 def test_the_command_line_says_it_in_one_line_and_exits_1(tmp_path: Path) -> None:
     config = tmp_path / "controller.yml"
     config.write_bytes(NOT_UTF8)
@@ -71,3 +105,16 @@ def test_the_command_line_says_it_in_one_line_and_exits_1(tmp_path: Path) -> Non
                           text=True, check=False, env={**os.environ, "CONTROLLER_CONFIG": ""})
     assert done.returncode == 1
     assert done.stderr == f"controller: {config}: configuration file is not UTF-8 text ({WHERE})\n"
+    config.write_text(f"source: {{url: x}}\nstate_dir: {tmp_path}/state\nansible: {{forks: many}}\n")
+    refused = subprocess.run([str(BIN / "controller"), "sync", "--config", str(config)], capture_output=True,
+                             text=True, check=False, env={**os.environ, "CONTROLLER_CONFIG": ""})
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "ansible.forks: expected a whole number" in refused.stderr
+    assert not (tmp_path / "state").exists()  # nothing ran, nothing was recorded
+    env = {k: v for k, v in os.environ.items() if k != "CONTROLLER_CONFIG"}
+    nowhere = subprocess.run([str(BIN / "controller"), "check", "--config", str(tmp_path / "nope.yml")],
+                             capture_output=True, text=True, check=False, env=env)
+    assert nowhere.returncode == 1 and f"{tmp_path}/nope.yml: configuration file not found" in nowhere.stderr
+    before = subprocess.run([str(BIN / "controller"), "--config", str(tmp_path / "nope.yml"), "status"],
+                            capture_output=True, text=True, check=False, env=env)  # before the command too
+    assert before.returncode == 1 and before.stderr == nowhere.stderr

@@ -177,50 +177,6 @@ def test_bad_commits_are_refused_before_anything_is_applied(fleet: Fleet, lab: L
     assert all(r["revision"] == good or r["outcome"] == "failed" for r in fleet.runs())
 
 
-def test_a_bad_config_is_one_line_naming_file_and_key(fleet: Fleet) -> None:
-    history = fleet.runs()
-    cases = {
-        "source: {url: x, branchh: main}\n": "source.branchh: unknown key",
-        "source: {url: x, branch: 3}\n": "source.branch: expected a string, got a whole number",
-        "state_dir: /tmp\n": "source: missing required key",
-        "source: {url: x}\nansible: {forks: many}\n": "ansible.forks: expected a whole number",
-        "source: [\n": "controller.yml: line",
-        "source: {url: x}\nwatch: {listen: localhost}\n": "watch.listen: expected HOST:PORT",
-        "source: {url: x}\nwatch: {drift_check_cron: 'every day'}\n": "watch.drift_check_cron: not a cron",
-        "source: {url: x}\nwatch: {poll_interval: -1}\n": "watch.poll_interval: must not be negative",
-        "source: {url: x}\nnotify: [{format: json}]\n": "notify[0]: set exactly one of url and url_file",
-        "source: {url: x}\nnotify: [{url: 'http://x', events: [boom]}]\n": "notify[0]: events: unknown event",
-        "source: {url: x}\nwatch: {poll_interval: 5 minutes}\n":
-            "watch.poll_interval: expected a duration such as 30, 30s, 5m or 1h30m, got '5 minutes'",
-        "source: {url: x}\nssh: {host_key_checking: maybe}\n": "ssh.host_key_checking: must be one of",
-        "source: {url: x}\nwatch: {backoff: .nan}\n": "watch.backoff: expected a duration",
-        "source: {url: x}\nwatch: {debounce: -1s}\n": "watch.debounce: expected a duration",
-        "source: {url: x, fetch_timeout: -5}\n": "source.fetch_timeout: must not be negative",
-        "source: {url: x}\nansible: {control_persist: 0}\n": "ansible.control_persist: must be at least 1s",
-        "source: {url: x}\nwatch: {webhooks: [{provider: bitbucket, secret_file: s}]}\n":
-            "watch.webhooks[0].provider: must be one of github, gitlab, gitea, gogs, bitbucket-server",
-        "source: {url: x}\nnotify: [{format: github, url: 'https://api.github.com', repository: a/b}]\n":
-            "notify[0]: token_file: required for github commit statuses",
-        "source: {url: x}\nnotify: [{url: 'http://x', token_file: t}]\n": "notify[0]: token_file: only for commit",
-        "source: {url: x}\nui: {external_url: controller.example.com}\n": "ui.external_url: expected the dashboard",
-    }
-    for text, needle in cases.items():
-        fleet.config.write_text(text)
-        done = fleet.controller("sync")
-        assert done.returncode == 1
-        assert done.stderr.count("\n") == 1 and needle in done.stderr, (text, done.stderr)
-        assert str(fleet.config) in done.stderr
-    write_config(fleet)
-    assert fleet.runs() == history
-    missing = fleet.controller("--help")
-    assert missing.returncode == 0
-    nowhere = fleet.controller("check", "--config", str(fleet.root / "nope.yml"))
-    assert nowhere.returncode == 1 and "nope.yml: configuration file not found" in nowhere.stderr
-    before = nowhere.stderr
-    nowhere = fleet.controller("--config", str(fleet.root / "nope.yml"), "status")  # before the command too
-    assert nowhere.returncode == 1 and nowhere.stderr == before.replace("check", "status")
-
-
 def test_durations_as_people_type_them_and_config_before_the_command(fleet: Fleet) -> None:
     write_config(fleet, watch={"poll_interval": "5m", "drift_check_interval": "1h30m", "debounce": "0.5s"},
                  ansible={"task_timeout": "2m", "timeout": 10},

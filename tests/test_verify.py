@@ -150,7 +150,13 @@ def test_changed_inputs_make_verify_fully_check_every_host(fleet: Fleet) -> None
     rotated = json.dumps(falls_back(2))
     # the hosts still held the old secret: the diff's "before" side masks it too
     assert "[redacted]" in rotated and fleet.secrets["staging"] not in rotated
-    # a changed bastion config, and no new commit at all
+    # a bastion change that reaches no host (notifications, the listener, the daemon's intervals): still verified
+    write_config(fleet, notify=[{"url": "http://127.0.0.1:9/hook", "events": ["run-failed"]}],
+                 watch={"poll_interval": "5m", "drift_check_interval": "2h", "listen": "127.0.0.1:0"})
+    code, result = verify(fleet)
+    assert code == 0 and all(v["verified"] for v in verdicts(result).values()), result
+    assert fleet.runs()[0]["summary"]["rechecked"] == [], result  # no host needed a full check
+    # a changed bastion config that reaches the hosts, and no new commit at all
     write_config(fleet, ansible={"timeout": "11s"})
     falls_back(0)
 

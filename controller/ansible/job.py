@@ -23,6 +23,7 @@ from pathlib import Path
 from controller.config import Config
 from controller.errors import ControllerError
 from controller.secrets.vault import vault_args
+from controller.source.ansible_cfg import read_ansible_cfg
 from controller.state import memo
 from controller.vocabulary import Reason
 
@@ -62,7 +63,7 @@ class Job:
 
 def job_settings(config: Config, project: Path, private: Path) -> Job:
     """The job for a checkout at ``project``; ``private`` is a 0700 tmpfs directory for this run."""
-    repo = _read_cfg(project / "ansible.cfg")
+    repo = read_ansible_cfg(project)
     notices: list[str] = []
     env = {key: os.environ[key] for key in PASSED_THROUGH if key in os.environ}
     env.update({k: v for k, v in os.environ.items() if k.startswith("ANSIBLE_")})
@@ -109,15 +110,6 @@ def job_settings(config: Config, project: Path, private: Path) -> Job:
     extra = [("-e", f"ansible_{tool}_executable={path}") for tool, path in wrappers.items()]
     return Job(env, (*(arg for pair in extra for arg in pair), *vault_args(settings)), tuple(notices),
                settings.run_timeout)
-
-
-def _read_cfg(path: Path) -> configparser.ConfigParser:
-    repo = configparser.ConfigParser(interpolation=None)
-    try:
-        repo.read(path)
-    except configparser.Error as exc:
-        raise ControllerError(Reason.CONFIG_INVALID, f"ansible.cfg: {exc.message.splitlines()[0]}") from exc
-    return repo
 
 
 def host_key_options(config: Config) -> tuple[str, ...]:

@@ -11,8 +11,6 @@ change what the next run gets.
 
 from __future__ import annotations
 
-import configparser
-import contextlib
 import functools
 import hashlib
 import json
@@ -33,6 +31,7 @@ from controller.ansible.job import Job
 from controller.config import Config
 from controller.errors import ControllerError
 from controller.process import run
+from controller.source.ansible_cfg import read_ansible_cfg
 from controller.vocabulary import Reason
 
 FILES = ("requirements.yml", "roles/requirements.yml", "collections/requirements.yml")
@@ -139,21 +138,14 @@ def cache_key(project: Path, found: list[Requirement], server: str | None) -> st
 def search_paths(project: Path, installed: Path, env: dict[str, str]) -> dict[str, str]:
     """Roles and collections search paths: what the revision installed first, then the repository's
     ``ansible.cfg`` paths (an environment variable would otherwise hide them), then the defaults."""
-    cfg = _read_cfg(project / "ansible.cfg")
+    cfg = read_ansible_cfg(project)
     paths = {}
     for kind, var in PATH_VARS.items():
-        repo = next((cfg[key] for key in CFG_KEYS[kind] if key in cfg), None)
+        repo = next((value for key in CFG_KEYS[kind] if (value := cfg.get("defaults", key, fallback=None))), None)
         repo_paths = [str((project / p).resolve()) for p in repo.split(":") if p] if repo else []
         rest = env.get(var, DEFAULT_PATHS[kind])
         paths[var] = ":".join([str(installed / kind), *repo_paths, rest])
     return paths
-
-
-def _read_cfg(path: Path) -> dict[str, str]:
-    cfg = configparser.ConfigParser(interpolation=None)
-    with contextlib.suppress(configparser.Error, OSError):
-        cfg.read(path)
-    return dict(cfg["defaults"]) if cfg.has_section("defaults") else {}
 
 
 def _install_into_cache(config: Config, project: Path, found: list[Requirement], entry: Path, job: Job) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import configparser
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from controller.errors import ControllerError
 from controller.schema import build, read_yaml
+from controller.source.ansible_cfg import read_ansible_cfg
 from controller.vocabulary import Policy, Reason
 
 APPS_FILE = "gitops.yml"
@@ -69,12 +69,7 @@ def default_app(project: Path) -> App:
 
 
 def _cfg_inventory(project: Path) -> str | None:
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read(project / "ansible.cfg")
-    except configparser.Error:
-        return None
-    value = parser.get("defaults", "inventory", fallback=None)
+    value = read_ansible_cfg(project).get("defaults", "inventory", fallback=None)
     if value and "," not in value and (project / value).exists():
         return value
     return None

@@ -138,14 +138,18 @@ class Coverage:
 
 
 def inputs_digest(config: Config, revision: str, app: App, project: Path) -> str:
-    """A digest of everything a manifest derives from: the revision, the bastion config, the app's
-    inventory and vars in ``project``, and the Ansible and controller versions.
+    """A digest of everything a manifest derives from: the revision, the app, its inventory and vars in
+    ``project``, the bastion settings that reach a host (how Ansible runs, how ssh connects and checks
+    keys, what is decrypted, where requirements come from), and the Ansible and controller versions.
+    Notifications, the dashboard, the listener and the daemon's intervals reach no host: editing them
+    keeps every host verified.
 
     The files are taken as committed, SOPS files still encrypted: a changed secret is a changed
     ciphertext, so nothing has to be decrypted to tell, and no hash of a plaintext is ever stored.
     """
     digest = hashlib.sha256()
-    for part in (revision, repr(app), repr(config), version("ansible-core"), version("gitops-controller"),
+    reaching = (config.ansible, config.ssh, config.known_hosts, config.sops, config.galaxy)
+    for part in (revision, repr(app), repr(reaching), version("ansible-core"), version("gitops-controller"),
                  str(FORM)):
         digest.update(part.encode() + b"\0")
     inventory = project / app.inventory
