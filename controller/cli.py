@@ -21,6 +21,7 @@ from controller.ansible.results import TaskResult
 from controller.config import Config, HostPort, find_config, load_config
 from controller.errors import ControllerError, Interrupted, LockBusy
 from controller.interrupt import Cancel
+from controller.report.documents import detail_document, run_document, status_document
 from controller.report.render import history_text, hosts_text, result_json, result_text, run_text, status_text
 from controller.report.review import review_markdown
 from controller.run.cycle import recover, run_cycle
@@ -269,11 +270,11 @@ def status(config_path: str | None, as_json: bool, per_host: bool) -> None:
     refused or failed, that is said beside the last good state.
     """
     with _store(config_path) as store:
-        rows = store.status()
+        statuses = store.status()
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps([status_document(s) for s in statuses], indent=2))
     else:
-        click.echo(hosts_text(rows) if per_host else status_text(rows), nl=False)
+        click.echo(hosts_text(statuses) if per_host else status_text(statuses), nl=False)
 
 
 @cli.command()
@@ -285,7 +286,7 @@ def history(config_path: str | None, as_json: bool, app: str | None, limit: int)
     """Recent runs, newest first."""
     with _store(config_path) as store:
         runs = store.runs(app, limit)
-    click.echo(json.dumps(runs, indent=2) if as_json else history_text(runs), nl=as_json)
+    click.echo(json.dumps([run_document(r) for r in runs], indent=2) if as_json else history_text(runs), nl=as_json)
 
 
 @cli.command()
@@ -298,7 +299,7 @@ def show(config_path: str | None, as_json: bool, run_id: int) -> None:
         run = store.run(run_id)
     if run is None:
         raise ControllerError(Reason.NOT_FOUND, f"no run {run_id} in the state store (see `controller history`)")
-    click.echo(json.dumps(run, indent=2) if as_json else run_text(run), nl=as_json)
+    click.echo(json.dumps(detail_document(run), indent=2) if as_json else run_text(run), nl=as_json)
 
 
 @cli.command(epilog="""\b
@@ -406,7 +407,7 @@ def resume(config_path: str | None, app: str) -> None:
 def _store(config_path: str | None) -> Iterator[Store]:
     """Open the configured state store for the inspection commands, after cleaning up a killed run."""
     config = _config(config_path)
-    with Store(config.state_path / "state.db") as store:
+    with Store.of(config) as store:
         recover(config, store)
         yield store
 

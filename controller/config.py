@@ -178,6 +178,11 @@ class Config:
         return Path(self.state_dir)
 
     @property
+    def store_path(self) -> Path:
+        """The state store's file (``Store.of`` opens it)."""
+        return self.state_path / "state.db"
+
+    @property
     def known_hosts(self) -> Path:
         """Where host keys are checked (and, under accept-new, recorded)."""
         return Path(self.ssh.known_hosts_file or self.state_path / "known_hosts")

@@ -129,6 +129,9 @@ class Provider(StrEnum):
 NO_APP = "*"
 """The app a failure is recorded under when no app could be read (Git down before gitops.yml, no app known yet)."""
 
+RUNNING = "running"
+"""What a run not finished yet shows (and is filtered by) in place of an outcome: it has none recorded."""
+
 
 class Outcome(StrEnum):
     """How one app's run ended."""

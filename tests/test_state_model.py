@@ -193,15 +193,15 @@ def test_a_database_from_the_previous_release_migrates_and_keeps_its_history(tmp
     with sqlite3.connect(path) as db:
         old_runs = db.execute("SELECT id, app, revision, mode, outcome, message FROM runs ORDER BY id").fetchall()
     with Store(path) as store:
-        assert [(r["id"], r["app"], r["revision"], r["mode"], r["outcome"], r["message"])
+        assert [(r.id, r.app, r.revision, r.kind, r.outcome, r.message)
                 for r in reversed(store.runs(limit=100))] == old_runs
-        assert store.suspensions()["production"]["reason"] == "change freeze"
+        assert store.suspensions()["production"].reason == "change freeze"
         assert store.last_applied("staging") == "2" * 40  # the newest converged sync, per host
-        assert {h["host"] for h in store.hosts("staging")} == {"web1.staging", "web2.staging"}
-        assert [r["app"] for r in store.status()] == ["production", "staging"]
-        assert store.run(3)["tasks"][0]["diff"] == "-workers: 64\n+workers: 2\n"  # type: ignore[index]
+        assert {h.host for h in store.hosts("staging")} == {"web1.staging", "web2.staging"}
+        assert [r.app for r in store.status()] == ["production", "staging"]
+        assert store.run(3).tasks[0].diff == "-workers: 64\n+workers: 2\n"  # type: ignore[union-attr]
         # what /metrics counts starts from the history as it was
-        tallies = {(t["app"], t["mode"], t["outcome"]): t["runs"] for t in store.run_tallies()}
+        tallies = {(t.app, t.kind, t.outcome): t.runs for t in store.run_tallies()}
     with sqlite3.connect(path) as db:
         assert tallies == {(app, mode, outcome): count for app, mode, outcome, count in db.execute(
             "SELECT app, mode, outcome, COUNT(*) FROM runs WHERE outcome IS NOT NULL AND mode != 'preview'"
@@ -270,5 +270,5 @@ def test_hosts_taken_out_of_the_inventory_are_forgotten(tmp_path: Path) -> None:
         both = {"web1": HostState.IN_SYNC, "web2": HostState.IN_SYNC}
         store.record_hosts("staging", 1, both, ["web1", "web2"], "a" * 40)
         store.record_hosts("staging", 2, {"web1": HostState.DRIFTED}, [], "a" * 40)
-        assert [(h["host"], h["state"], h["revision"]) for h in store.hosts("staging")] == [
+        assert [(h.host, h.state, h.revision) for h in store.hosts("staging")] == [
             ("web1", "drifted", "a" * 40)]

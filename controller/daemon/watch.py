@@ -115,7 +115,7 @@ class Watch:
         self.settings = config.watch
         self.triggers = Triggers(config.watch.debounce)
         self.schedule = DriftSchedule.of(config.watch)
-        self.metrics = Metrics(config.state_path / "state.db")
+        self.metrics = Metrics(config.store_path)
         self.health = Health()
         self.listener: Listener | None = None
         self.known_apps: set[str] = set()
@@ -223,12 +223,12 @@ class Watch:
         now, mono = datetime.now(UTC), time.monotonic()
         due, upcoming = [], math.inf
         with self._store() as store:
-            suspended = store.suspensions()
-            for app in sorted(self.known_apps or set(store.apps())):
+            active = store.active_apps()
+            for app in sorted(self.known_apps & set(active) if self.known_apps else active):
                 latest = store.latest(app, full=True)
-                if app in suspended or latest is None or latest["finished"] is None:
+                if latest is None or latest.finished is None:
                     continue
-                when = self.schedule.next_check(parse_time(latest["started"]))
+                when = self.schedule.next_check(parse_time(latest.started))
                 if when is None:
                     continue
                 if when <= now:
@@ -284,4 +284,4 @@ class Watch:
             self.health.last_success = time.time()
 
     def _store(self) -> Store:
-        return Store(self.config.state_path / "state.db")
+        return Store.of(self.config)

@@ -66,8 +66,8 @@ def post_statuses(config: Config, store: Store, result: Result) -> None:
         for target in targets:
             forge = API[target.format]
             state = forge.states.get(app.outcome)  # none for a stop (interrupted): not news
-            told = previous is not None and previous["revision"] == app.revision and previous["outcome"] and \
-                forge.states.get(Outcome(previous["outcome"])) == state
+            told = previous is not None and previous.revision == app.revision and previous.outcome is not None \
+                and forge.states.get(previous.outcome) == state
             if state is not None and not told:
                 _post(target, forge, app, state, run_link(config.ui.external_url, app.run_id))
 

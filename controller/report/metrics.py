@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -22,7 +21,9 @@ from prometheus_client.core import (
 )
 
 from controller.run.schedule import parse_time
-from controller.state.store import DURATION_BUCKETS, Store
+from controller.state.migrations import DURATION_BUCKETS
+from controller.state.records import AppStatus
+from controller.state.store import Store
 from controller.vocabulary import HostState, Kind, Outcome
 
 
@@ -41,13 +42,13 @@ class StoreCollector:
         durations: dict[tuple[str, str], tuple[int, float, list[int]]] = {}
         good: dict[str, str] = {}  # when a sync last ended converged or in sync
         for tally in tallies:
-            if tally["mode"] == Kind.SYNC and tally["outcome"] in (Outcome.CONVERGED, Outcome.IN_SYNC):
-                good[tally["app"]] = max(good.get(tally["app"], ""), tally["last_finished"])
-            runs.add_metric([tally["app"], tally["mode"], tally["outcome"]], tally["runs"])
-            key = (tally["app"], tally["mode"])
+            if tally.kind is Kind.SYNC and tally.outcome in (Outcome.CONVERGED, Outcome.IN_SYNC):
+                good[tally.app] = max(good.get(tally.app, ""), tally.last_finished)
+            runs.add_metric([tally.app, tally.kind, tally.outcome], tally.runs)
+            key = (tally.app, tally.kind)
             count, seconds, buckets = durations.get(key, (0, 0.0, [0] * len(DURATION_BUCKETS)))
-            durations[key] = (count + tally["runs"], seconds + tally["seconds"],
-                              [a + b for a, b in zip(buckets, tally["buckets"], strict=True)])
+            durations[key] = (count + tally.runs, seconds + tally.seconds,
+                              [a + b for a, b in zip(buckets, tally.buckets, strict=True)])
         yield runs
         histogram = HistogramMetricFamily("controller_run_duration_seconds", "Duration of one app's run.",
                                           labels=["app", "mode"])
@@ -59,7 +60,7 @@ class StoreCollector:
         yield from _app_gauges(status, good)
 
 
-def _app_gauges(status: list[dict[str, Any]], good: dict[str, str]) -> Iterator[Metric]:
+def _app_gauges(status: list[AppStatus], good: dict[str, str]) -> Iterator[Metric]:
     """Per app (and host), the gauges `controller status` has the facts of."""
     drifted = GaugeMetricFamily("controller_drifted_hosts", "Hosts left differing from Git by the last check or "
                                 "sync.", labels=["app"])
@@ -73,18 +74,17 @@ def _app_gauges(status: list[dict[str, Any]], good: dict[str, str]) -> Iterator[
                                 labels=["app"])
     suspended = GaugeMetricFamily("controller_suspended", "1 when the app is suspended.", labels=["app"])
     for row in status:
-        app = row["app"]
-        hosts = row["hosts"]
-        for entry in hosts:
-            host.add_metric([app, entry["host"]], 1 if entry["state"] == HostState.DRIFTED else 0)
-        drifted.add_metric([app], sum(1 for entry in hosts if entry["state"] == HostState.DRIFTED))
+        app = row.app
+        for entry in row.hosts:
+            host.add_metric([app, entry.host], 1 if entry.state is HostState.DRIFTED else 0)
+        drifted.add_metric([app], sum(1 for entry in row.hosts if entry.state is HostState.DRIFTED))
         # only an app with an applied revision can have hosts behind it (a detect app never applied has none)
-        behind.add_metric([app], row["hosts_total"] - row["hosts_at_revision"] if row["applied_revision"] else 0)
+        behind.add_metric([app], len(row.hosts) - row.hosts_at_revision if row.applied_revision else 0)
         if app in good:
             last.add_metric([app], parse_time(good[app]).timestamp())
-        if row["applied_revision"]:
-            revision.add_metric([app], {"revision": row["applied_revision"]})
-        suspended.add_metric([app], 1 if row["suspended"] else 0)
+        if row.applied_revision:
+            revision.add_metric([app], {"revision": row.applied_revision})
+        suspended.add_metric([app], 1 if row.suspended else 0)
     yield from (drifted, host, behind, last, revision, suspended)
 
 

@@ -9,7 +9,8 @@ from typing import Any
 from controller.ansible.results import TaskResult
 from controller.report.drift import Report
 from controller.run.results import AppResult, Result
-from controller.vocabulary import EXIT_CODE_MEANINGS, HostState, Phase, TaskStatus
+from controller.state.records import AppStatus, RunDetail, RunRecord
+from controller.vocabulary import EXIT_CODE_MEANINGS, RUNNING, HostState, Phase, Reason, TaskStatus
 
 SHOWN = (TaskStatus.CHANGED, TaskStatus.FAILED, TaskStatus.UNREACHABLE, TaskStatus.UNVERIFIED)
 
@@ -99,76 +100,75 @@ def _tasks_text(title: str, tasks: tuple[TaskResult, ...] | list[TaskResult], di
     return lines
 
 
-def run_text(run: dict[str, Any]) -> str:
+def run_text(detail: RunDetail) -> str:
     """One stored run with its drift report (``controller show``)."""
+    run = detail.run
     lines = [
-        f"run {run['id']}  app {run['app']}  {run['mode']} ({run['trigger']})"
-        + (f"  policy {run['policy']}" if run.get("policy") else ""),
-        f"revision  {run['revision'] or '-'}",
-        f"started   {run['started']}   finished {run['finished'] or '-'}",
-        f"outcome   {run['outcome'] or 'running'}" + (f" [{run['reason']}]" if run["reason"] else ""),
-        f"message   {run['message']}",
+        f"run {run.id}  app {run.app}  {run.kind} ({run.trigger})" + (f"  policy {run.policy}" if run.policy else ""),
+        f"revision  {run.revision or '-'}",
+        f"started   {run.started}   finished {run.finished or '-'}",
+        f"outcome   {_outcome(run)}",
+        f"message   {run.message}",
     ]
     for phase in Phase:
-        hosts = [h for h in run.get("hosts", []) if h["phase"] == phase]
+        hosts = [h for h in detail.hosts if h.phase is phase]
         if hosts:
-            lines.append(f"{phase}: " + ", ".join(f"{h['host']} {h['status']}" for h in hosts))
+            lines.append(f"{phase}: " + ", ".join(f"{h.host} {h.status}" for h in hosts))
     for phase, title, diffs in ((Phase.CHECK, "drift report", True), (Phase.APPLY, "apply", False)):
-        tasks = [_stored_task(t) for t in run.get("tasks", []) if t["phase"] == phase]
+        tasks = [TaskResult(t.host, t.task, t.action, t.status, t.diff, t.message)
+                 for t in detail.tasks if t.phase is phase]
         lines.extend(_tasks_text(title, tasks, diffs=diffs))
     return "\n".join(lines) + "\n"
 
 
-def _stored_task(row: dict[str, Any]) -> TaskResult:
-    return TaskResult(**{k: row[k] for k in ("host", "task", "action", "diff", "message")},
-                      status=TaskStatus(row["status"]))
+def _outcome(run: RunRecord) -> str:
+    return (run.outcome or RUNNING) + (f" [{run.reason}]" if run.reason else "")
 
 
-def history_text(runs: list[dict[str, Any]]) -> str:
+def history_text(runs: list[RunRecord]) -> str:
     """Recent runs, newest first (``controller history``)."""
     if not runs:
         return "no runs recorded yet\n"
-    app, mode = _width(r["app"] for r in runs), _width((r["mode"] for r in runs), 7)
+    app, mode = _width(r.app for r in runs), _width((r.kind for r in runs), 7)
     lines = [f"{'RUN':>5}  {'APP':<{app}} {'MODE':<{mode}} {'TRIGGER':<8} {'REVISION':<12} {'STARTED':<25} OUTCOME"]
     for run in runs:
-        outcome = (run["outcome"] or "running") + (f" [{run['reason']}]" if run["reason"] else "")
-        lines.append(f"{run['id']:>5}  {run['app']:<{app}} {run['mode']:<{mode}} {run['trigger']:<8} "
-                     f"{(run['revision'] or '-')[:12]:<12} {run['started']:<25} {outcome}")
+        lines.append(f"{run.id:>5}  {run.app:<{app}} {run.kind:<{mode}} {run.trigger:<8} "
+                     f"{(run.revision or '-')[:12]:<12} {run.started:<25} {_outcome(run)}")
     return "\n".join(lines) + "\n"
 
 
-def status_text(rows: list[dict[str, Any]]) -> str:
+def status_text(statuses: list[AppStatus]) -> str:
     """Each app: its revision and hosts at it, its state, and what is wrong where (``controller status``)."""
-    if not rows:
+    if not statuses:
         return "no app has been reconciled yet: run `controller sync` or `controller check`\n"
-    app = _width(row["app"] for row in rows)
+    app = _width(s.app for s in statuses)
     lines = [f"{'APP':<{app}} {'REVISION':<12} {'HOSTS':<7} {'STATE':<11} {'LAST RUN':<25} DETAIL"]
-    for row in rows:
-        revision = row["applied_revision"]
-        details = ["SUSPENDED"] if row["suspended"] else []
-        details.extend(f"{h['host']} at {(h['revision'] or 'nothing')[:12]}: {h['state']} since {_hhmm(h['since'])}"
-                       for h in row["hosts"] if h["revision"] != revision or h["state"] != HostState.IN_SYNC)
-        failure = row["failure"]
+    for status in statuses:
+        revision = status.applied_revision
+        details = ["SUSPENDED"] if status.suspended else []
+        details.extend(f"{h.host} at {(h.revision or 'nothing')[:12]}: {h.state} since {_hhmm(h.since)}"
+                       for h in status.hosts if h.revision != revision or h.state is not HostState.IN_SYNC)
+        failure = status.failure
         if failure:
-            verb = "refused" if failure["reason"] == "VerificationFailed" else failure["outcome"]
-            details.append(f"{(failure['revision'] or 'newest revision')[:12]} {verb}: {failure['message']}")
+            verb = "refused" if failure.reason is Reason.VERIFICATION_FAILED else failure.outcome
+            details.append(f"{(failure.revision or 'newest revision')[:12]} {verb}: {failure.message}")
         if not details:
-            details.append(row["detail"])
-        hosts = f"{row['hosts_at_revision']}/{row['hosts_total']}"
-        lines.append(f"{row['app']:<{app}} {(revision or '-')[:12]:<12} {hosts:<7} {row['state']:<11} "
-                     f"{row['last_run']:<25} {'; '.join(details)}")
+            details.append(status.detail)
+        hosts = f"{status.hosts_at_revision}/{len(status.hosts)}"
+        lines.append(f"{status.app:<{app}} {(revision or '-')[:12]:<12} {hosts:<7} {status.state or RUNNING:<11} "
+                     f"{status.last_run.started:<25} {'; '.join(details)}")
     return "\n".join(lines) + "\n"
 
 
-def hosts_text(rows: list[dict[str, Any]]) -> str:
+def hosts_text(statuses: list[AppStatus]) -> str:
     """One line per host of every app (``controller status --hosts``)."""
-    app = _width(row["app"] for row in rows)
-    host_width = _width((h["host"] for row in rows for h in row["hosts"]), 24)
+    app = _width(s.app for s in statuses)
+    host_width = _width((h.host for s in statuses for h in s.hosts), 24)
     lines = [f"{'APP':<{app}} {'HOST':<{host_width}} {'REVISION':<12} {'APPLIED':<25} {'STATE':<11} SINCE"]
-    for row in rows:
-        for host in row["hosts"]:
-            lines.append(f"{row['app']:<{app}} {host['host']:<{host_width}} {(host['revision'] or '-')[:12]:<12} "
-                         f"{host['applied_at'] or '-':<25} {host['state']:<11} {host['since']}")
+    for status in statuses:
+        for host in status.hosts:
+            lines.append(f"{status.app:<{app}} {host.host:<{host_width}} {(host.revision or '-')[:12]:<12} "
+                         f"{host.applied_at or '-':<25} {host.state:<11} {host.since}")
     return "\n".join(lines) + "\n"
 
 

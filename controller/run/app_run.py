@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from controller.ansible.results import PlayRun
 from controller.ansible.runner import OutOfTime, Stopped, run_playbook
@@ -20,6 +19,7 @@ from controller.run.results import AppResult, Progress, Request
 from controller.source.apps import App
 from controller.source.git import Source
 from controller.source.revision import Revision
+from controller.state.records import HostRecord
 from controller.state.store import Store
 from controller.verify.verdict import Verdict, manifests_after, verified_report, verify_hosts
 from controller.vocabulary import Kind, Phase, Policy, Reason, TaskStatus, failure
@@ -40,20 +40,20 @@ class AppRun:
     digest: str                     # of everything a host manifest derives from (controller.manifest)
     relook: set[str] = field(default_factory=set)  # hosts whose manifest is made afresh after this run
     # each host's row in the store before this run: the revision applied there, and when
-    before: dict[str, dict[str, Any]] = field(default_factory=dict)
+    before: dict[str, HostRecord] = field(default_factory=dict)
     # per host, the tasks check mode cannot verify, as this run's check counted them
     unverifiable: dict[str, int] = field(default_factory=dict)
 
     @property
     def at_revision(self) -> set[str]:
         """The hosts this revision was applied to before this run: what check mode cannot verify ran there."""
-        return {host for host, row in self.before.items() if row["revision"] == self.revision.sha}
+        return {host for host, row in self.before.items() if row.revision == self.revision.sha}
 
     def reconcile(self, source: Source, prepared: Preparation) -> AppResult:
         """Check, then (a sync under policy apply) apply where the plan says; failures become the result."""
         app, store = self.app, self.store
         started = time.monotonic()
-        self.before = {row["host"]: row for row in store.hosts(app.name)}
+        self.before = {row.host: row for row in store.hosts(app.name)}
         # a verify only looks at first: a stop then is no run (nothing was under way), so the run starts after
         verdicts = self._look(prepared.space.project) if self.request.verifying else []
         run_id = store.start_run(app.name, self.revision.sha, self.kind, self.request.trigger, app.policy)
@@ -70,7 +70,7 @@ class AppRun:
             checked = self._check_after(verdicts, play) if self.request.verifying else play(check=True)
             plan = None
             if applying:
-                applied_at = {host: row["revision"] for host, row in self.before.items()}
+                applied_at = {host: row.revision for host, row in self.before.items()}
                 plan = plan_apply(checked, applied_at, self.revision.sha, force=self.request.force)
             applied = play(check=False, limit=plan.limit) if plan and plan.hosts else None
             outcome, reason = decide(checked, applied)
@@ -82,7 +82,7 @@ class AppRun:
             if self.kind is not Kind.PREVIEW:  # a preview never becomes the app's (or a host's) state
                 converged = [h.host for h in (applied.hosts if applied else ()) if h.status.reached]
                 store.record_hosts(app.name, run_id, host_states(checked, applied), converged, self.revision.sha)
-                behind = sum(1 for h in store.hosts(app.name) if h["revision"] != self.revision.sha)
+                behind = sum(1 for h in store.hosts(app.name) if h.revision != self.revision.sha)
             return AppResult(app.name, app.policy, run_id, outcome, reason, message, checked, applied, last,
                              self.revision.sha, time.monotonic() - started, self.kind, plan, behind,
                              tuple(verdicts))
@@ -122,8 +122,8 @@ class AppRun:
 
     def _last_run(self, checked: Report) -> str:
         """Where and when the tasks check mode cannot verify last ran on the hosts where they are settled."""
-        stamps = sorted(self.before[h.host]["applied_at"] for h in checked.hosts
-                        if h.settled and h.host in self.before)
+        stamps = sorted(stamp for h in checked.hosts
+                        if h.settled and h.host in self.before and (stamp := self.before[h.host].applied_at))
         if not stamps:
             return ""
         when = _utc(stamps[0]) if stamps[0][:16] == stamps[-1][:16] else f"{_utc(stamps[0])} to {_utc(stamps[-1])}"

@@ -20,7 +20,7 @@ from controller.state.store import Store
 
 def run_cycle(config: Config, request: Request, progress: Progress, cancel: Cancel, wait: float = 0) -> Result:
     """Hold the lock (waiting up to ``wait`` s), reconcile, notify what changed and tell the forges."""
-    with hold(lock_path(config), wait), Store(config.state_path / "state.db") as store:
+    with hold(lock_path(config), wait), Store.of(config) as store:
         recover(config, store, locked=True)
         try:
             result = reconcile(config, request, store, progress, cancel)

@@ -17,6 +17,7 @@ from controller.source.apps import App, load_apps
 from controller.source.git import Source
 from controller.source.revision import Revision
 from controller.source.signatures import refused_head, verify_revision
+from controller.state.records import Suspension
 from controller.state.store import Store
 from controller.verify.manifest import inputs_digest
 from controller.vocabulary import NO_APP, Kind, Outcome, Reason, failure
@@ -61,7 +62,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             apps = _select(every, request.app)
             # of the files as committed: a changed secret is a changed ciphertext, and nothing is decrypted yet
             digests = {app.name: inputs_digest(config, revision.sha, app, space.project) for app in apps}
-            running = {h["revision"] for app in apps for h in store.hosts(app.name)} - {revision.sha, None}
+            running = {h.revision for app in apps for h in store.hosts(app.name) if h.revision} - {revision.sha}
             prepared = Preparation(config, space, progress, source, digests, frozenset(running))
             if not request.verifying:  # a verify prepares only if a host needs a full check
                 for app in apps:
@@ -94,7 +95,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
 
 def _held_back(store: Store, app: str | None) -> list[str]:
     """The apps a failure before gitops.yml was read holds back, so that status shows it beside each."""
-    known = [a for a in store.apps() if a not in store.suspensions()]
+    known = store.active_apps()
     if app is not None:
         return [app] if app in known else [NO_APP]
     return known or [NO_APP]
@@ -108,10 +109,10 @@ def _failed(store: Store, app: str, request: Request, kind: Kind, revision: Revi
                      previous=store.last_applied(app), revision=revision.sha if revision else None, kind=kind)
 
 
-def _suspended(app: App, suspension: dict[str, str]) -> AppResult:
-    why = f": {suspension['reason']}" if suspension["reason"] else ""
+def _suspended(app: App, suspension: Suspension) -> AppResult:
+    why = f": {suspension.reason}" if suspension.reason else ""
     return AppResult(app.name, app.policy, None, Outcome.SUSPENDED, None,
-                     f"suspended since {suspension['since']}{why}; not applied (`controller resume {app.name}`)",
+                     f"suspended since {suspension.since}{why}; not applied (`controller resume {app.name}`)",
                      kind=Kind.SYNC)
 
 
@@ -121,17 +122,16 @@ def _idle(config: Config, store: Store, head: Revision) -> str | None:
     if config.source.verify.mode != "off" and refused_head(store, head.sha):
         return (f"nothing to do: {config.source.branch} is still at {head.short}, which was refused for its "
                 "signatures; waiting for a new commit")
-    suspended = store.suspensions()
-    apps = [a for a in store.apps() if a not in suspended]
+    apps = store.active_apps()
     if not apps:
         return None
     schedule = DriftSchedule.of(config.watch)
     now = datetime.now(UTC)
     for app in apps:
         latest, full = store.latest(app), store.latest(app, full=True)
-        if latest is None or full is None or latest["mode"] != Kind.SYNC or latest["revision"] != head.sha \
-                or not Outcome(latest["outcome"] or "failed").settled \
-                or schedule.due(parse_time(full["started"]), now):
+        if latest is None or full is None or latest.kind is not Kind.SYNC or latest.revision != head.sha \
+                or latest.outcome is None or not latest.outcome.settled \
+                or schedule.due(parse_time(full.started), now):
             return None
     return (f"nothing to do: {config.source.branch} is still at {head.short}, already synced "
             f"({', '.join(apps)}), and no drift check is due")

@@ -16,7 +16,7 @@ from controller.process import run
 from controller.source.git import Source
 from controller.source.revision import Revision
 from controller.state.store import Store
-from controller.vocabulary import NO_APP, Kind, Reason
+from controller.vocabulary import Reason
 
 # one commit per line: sha, git's verdict (%G?), the signing key, subject (the only field that may hold \x1f)
 FORMAT = "--format=%H%x1f%G?%x1f%GK%x1f%s"
@@ -99,17 +99,14 @@ def verify_revision(config: Config, store: Store, source: Source, revision: Revi
 
 def last_applied(store: Store, app: str | None) -> list[str]:
     """The revisions applied to the apps this run covers: ``all`` checks what none of them contains yet."""
-    suspended = store.suspensions()
-    apps = [app] if app else [a for a in store.apps() if a not in suspended]
+    apps = [app] if app else store.active_apps()
     return list(dict.fromkeys(sha for a in apps if (sha := store.last_applied(a))))
 
 
 def refused_head(store: Store, sha: str) -> bool:
     """Whether the newest sync refused exactly ``sha`` for its signatures (polls wait for the branch to move)."""
-    latest = [row for app in [*store.apps(), NO_APP] if (row := store.latest(app, Kind.SYNC))]
-    newest = max(latest, key=lambda row: int(row["id"]), default=None)
-    return newest is not None and newest["revision"] == sha \
-        and newest["reason"] == Reason.VERIFICATION_FAILED.value
+    newest = store.latest_sync()
+    return newest is not None and newest.revision == sha and newest.reason is Reason.VERIFICATION_FAILED
 
 
 @contextmanager

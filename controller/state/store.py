@@ -9,107 +9,39 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from controller.config import Config
 from controller.errors import ControllerError
 from controller.report.drift import Report
 from controller.source.revision import Revision
+from controller.state.migrations import BUCKET_COLUMNS, migrate
+from controller.state.records import (
+    AppStatus,
+    Commit,
+    HostRecord,
+    HostResult,
+    RunDetail,
+    RunRecord,
+    Suspension,
+    Tally,
+    TaskRecord,
+)
 from controller.verify.manifest import Manifest
-from controller.vocabulary import HostState, Kind, Outcome, Reason
-
-# The upper bounds (seconds) of the run-duration histogram that run_tallies keeps (migration 5): a contract.
-DURATION_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
-_BUCKET_COLUMNS = tuple(f"le{b}".replace(".", "_") for b in DURATION_BUCKETS)
-
-# Numbered migrations: the schema is a contract; append, never edit.
-MIGRATIONS = (
-    """
-    CREATE TABLE revisions (
-        sha TEXT PRIMARY KEY, subject TEXT NOT NULL, author TEXT NOT NULL,
-        committed_at TEXT NOT NULL, first_seen TEXT NOT NULL);
-    CREATE TABLE runs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL, revision TEXT,
-        mode TEXT NOT NULL, trigger TEXT NOT NULL, started TEXT NOT NULL, finished TEXT,
-        outcome TEXT, reason TEXT, message TEXT NOT NULL DEFAULT '',
-        applied INTEGER NOT NULL DEFAULT 0, summary TEXT NOT NULL DEFAULT '{}');
-    CREATE INDEX runs_app ON runs (app, id);
-    CREATE TABLE host_results (
-        run_id INTEGER NOT NULL REFERENCES runs (id), phase TEXT NOT NULL, host TEXT NOT NULL,
-        status TEXT NOT NULL, changed INTEGER NOT NULL, unverified INTEGER NOT NULL,
-        PRIMARY KEY (run_id, phase, host));
-    CREATE TABLE task_results (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER NOT NULL REFERENCES runs (id),
-        phase TEXT NOT NULL, host TEXT NOT NULL, task TEXT NOT NULL, action TEXT NOT NULL,
-        status TEXT NOT NULL, diff TEXT NOT NULL, message TEXT NOT NULL);
-    CREATE INDEX task_results_run ON task_results (run_id);
-    """,
-    """
-    CREATE TABLE suspensions (app TEXT PRIMARY KEY, since TEXT NOT NULL, reason TEXT NOT NULL);
-    CREATE TABLE conditions (app TEXT PRIMARY KEY, condition TEXT NOT NULL, since TEXT NOT NULL);
-    """,
-    # 3: per-host state and applied revision, retired apps, the revision last announced as applied.
-    # runs.mode now holds the run's kind (check, preview, sync); older dry runs stay recorded as sync.
-    """
-    CREATE TABLE hosts (
-        app TEXT NOT NULL, host TEXT NOT NULL,
-        revision TEXT, applied_at TEXT,
-        state TEXT NOT NULL, since TEXT NOT NULL, run_id INTEGER,
-        PRIMARY KEY (app, host));
-    CREATE TABLE retired (app TEXT PRIMARY KEY, since TEXT NOT NULL, revision TEXT NOT NULL);
-    ALTER TABLE conditions ADD COLUMN revision TEXT;
-    INSERT OR IGNORE INTO hosts (app, host, revision, applied_at, state, since, run_id)
-        SELECT r.app, h.host, r.revision, r.finished, 'in-sync', r.finished, r.id
-        FROM runs r JOIN host_results h ON h.run_id = r.id
-        WHERE r.id IN (SELECT MAX(id) FROM runs WHERE mode = 'sync' AND applied = 1 AND outcome = 'converged'
-                       GROUP BY app);
-    """,
-    # 4: each host's manifest from the last full run (``body`` NULL: that run did not find it in sync);
-    # runs.verified counts the hosts a run verified against their manifests instead of fully checking
-    """
-    CREATE TABLE manifests (
-        app TEXT NOT NULL, host TEXT NOT NULL, digest TEXT NOT NULL, recorded TEXT NOT NULL, body TEXT,
-        PRIMARY KEY (app, host));
-    ALTER TABLE runs ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
-    """,
-    # 5: how long each run took and the app's policy at the time (a sync that applied a detect app did so on
-    # request); what /metrics counts, kept by the database itself as runs finish, so a scrape reads a few rows
-    # however long the history: per app, kind and outcome, how many runs, their seconds, how many took at most
-    # each of DURATION_BUCKETS, and when the last ended. Older runs count to the second, from their times.
-    f"""
-    ALTER TABLE runs ADD COLUMN seconds REAL;
-    ALTER TABLE runs ADD COLUMN policy TEXT;
-    UPDATE runs SET seconds = (julianday(finished) - julianday(started)) * 86400 WHERE finished IS NOT NULL;
-    CREATE TABLE run_tallies (
-        app TEXT NOT NULL, mode TEXT NOT NULL, outcome TEXT NOT NULL, runs INTEGER NOT NULL, seconds REAL NOT NULL,
-        last_finished TEXT NOT NULL, {", ".join(f"{c} INTEGER NOT NULL" for c in _BUCKET_COLUMNS)},
-        PRIMARY KEY (app, mode, outcome));
-    INSERT INTO run_tallies
-        SELECT app, mode, outcome, COUNT(*), COALESCE(SUM(seconds), 0), COALESCE(MAX(finished), MAX(started)),
-               {", ".join(f"SUM(seconds <= {b})" for b in DURATION_BUCKETS)}
-        FROM runs WHERE outcome IS NOT NULL AND mode != 'preview' GROUP BY app, mode, outcome;
-    CREATE TRIGGER runs_tally AFTER UPDATE OF outcome ON runs
-        WHEN OLD.outcome IS NULL AND NEW.outcome IS NOT NULL AND NEW.mode != 'preview'
-    BEGIN
-        INSERT INTO run_tallies VALUES (NEW.app, NEW.mode, NEW.outcome, 1, COALESCE(NEW.seconds, 0),
-                                        COALESCE(NEW.finished, NEW.started),
-                                        {", ".join(f"COALESCE(NEW.seconds, 0) <= {b}" for b in DURATION_BUCKETS)})
-        ON CONFLICT (app, mode, outcome) DO UPDATE SET runs = runs + 1, seconds = seconds + excluded.seconds,
-            last_finished = MAX(last_finished, excluded.last_finished),
-            {", ".join(f"{c} = {c} + excluded.{c}" for c in _BUCKET_COLUMNS)};
-    END;
-    """,
+from controller.vocabulary import (
+    NO_APP,
+    RUNNING,
+    HostState,
+    Kind,
+    Outcome,
+    Phase,
+    Policy,
+    Reason,
+    TaskStatus,
+    Trigger,
 )
 
-
-def _statements(script: str) -> Iterator[str]:
-    """The SQL statements of a migration (a trigger's body holds semicolons of its own)."""
-    current = ""
-    for piece in script.split(";"):
-        current += piece + ";"
-        if sqlite3.complete_statement(current):
-            if current.strip(" \n;"):
-                yield current
-            current = ""
+E = TypeVar("E", Outcome, Reason, Policy)
 
 
 def private_directory(path: Path) -> None:
@@ -138,12 +70,17 @@ class Store:
             for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
                 if name.exists():
                     name.chmod(0o600)  # whatever the umask: runs hold hostnames, diffs, masked or not
-            self._migrate()
+            migrate(self.db, self._transaction, path)
         except sqlite3.DatabaseError as exc:
             raise ControllerError(Reason.CONFIG_INVALID, f"state store {path}: {exc}") from exc
         except ControllerError:
             self.db.close()
             raise
+
+    @classmethod
+    def of(cls, config: Config) -> Store:
+        """The store of the configured state directory."""
+        return cls(config.store_path)
 
     def close(self) -> None:
         self.db.close()
@@ -164,32 +101,20 @@ class Store:
             raise
         self.db.execute("COMMIT")
 
-    def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise ControllerError(Reason.CONFIG_INVALID,
-                                  f"state store {self.path} has schema {version}, newer than this controller "
-                                  f"knows ({len(MIGRATIONS)}): upgrade the controller, or point state_dir elsewhere")
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            with self._transaction() as db:
-                for statement in _statements(script):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version = {number}")
-
     # -- writing -------------------------------------------------------------
     def record_revision(self, revision: Revision) -> None:
         self.db.execute("INSERT OR IGNORE INTO revisions VALUES (?, ?, ?, ?, ?)",
                         (revision.sha, revision.subject, revision.author, revision.committed_at, now()))
 
-    def start_run(self, app: str, revision: str | None, mode: str, trigger: str, policy: str | None = None) -> int:
+    def start_run(self, app: str, revision: str | None, kind: Kind, trigger: Trigger,
+                  policy: Policy | None = None) -> int:
         """Record a run as started; ``policy`` is the app's in gitops.yml (None: not read yet)."""
         cursor = self.db.execute(
             "INSERT INTO runs (app, revision, mode, trigger, started, policy) VALUES (?, ?, ?, ?, ?, ?)",
-            (app, revision, mode, trigger, now(), policy))
+            (app, revision, kind, trigger, now(), policy))
         run_id = int(cursor.lastrowid or 0)
         self._clocks[run_id] = time.monotonic()
         return run_id
-
     def add_report(self, run_id: int, phase: str, report: Report) -> None:
         with self._transaction() as db:
             db.executemany("INSERT INTO host_results VALUES (?, ?, ?, ?, ?, ?)",
@@ -275,26 +200,26 @@ class Store:
                         (app, condition, now()))
 
     # -- reading -------------------------------------------------------------
-    def suspensions(self) -> dict[str, dict[str, str]]:
+    def suspensions(self) -> dict[str, Suspension]:
         """Suspended apps, with since when and why."""
-        return {r["app"]: {"since": r["since"], "reason": r["reason"]}
+        return {r["app"]: Suspension(r["since"], r["reason"])
                 for r in self.db.execute("SELECT * FROM suspensions ORDER BY app")}
 
     def condition(self, app: str) -> str | None:
         row = self.db.execute("SELECT condition FROM conditions WHERE app = ?", (app,)).fetchone()
-        return row["condition"] if row else None
+        return str(row["condition"]) if row else None
 
     def last_applied(self, app: str) -> str | None:
         """The revision last applied successfully to any host of the app (the newest such apply)."""
         row = self.db.execute("SELECT revision FROM hosts WHERE app = ? AND revision IS NOT NULL"
                               " ORDER BY applied_at DESC, run_id DESC LIMIT 1", (app,)).fetchone()
-        return row["revision"] if row else None
+        return str(row["revision"]) if row else None
 
-    def hosts(self, app: str) -> list[dict[str, Any]]:
+    def hosts(self, app: str) -> list[HostRecord]:
         """Every host of the app: its applied revision and when, its state and since when."""
-        return [dict(r) for r in self.db.execute(
-            "SELECT host, revision, applied_at, state, since, run_id FROM hosts WHERE app = ? ORDER BY host",
-            (app,))]
+        return [HostRecord(r["host"], r["revision"], r["applied_at"], HostState(r["state"]), r["since"], r["run_id"])
+                for r in self.db.execute("SELECT host, revision, applied_at, state, since, run_id FROM hosts"
+                                         " WHERE app = ? ORDER BY host", (app,))]
 
     def manifests(self, app: str) -> dict[str, Manifest | None]:
         """The hosts of the app's last full runs and their manifests (None: not found in sync)."""
@@ -302,12 +227,12 @@ class Store:
                 for r in self.db.execute("SELECT host, body FROM manifests WHERE app = ?", (app,))}
 
     def runs(self, app: str | None = None, limit: int = 20, *, outcome: str | None = None,
-             trigger: str | None = None, offset: int = 0) -> list[dict[str, Any]]:
+             trigger: str | None = None, offset: int = 0) -> list[RunRecord]:
         """Runs newest first, optionally of one app, outcome (``running``: not finished) and trigger."""
         where, values = self._run_filter(app, outcome, trigger)
         rows = self.db.execute(f"SELECT * FROM runs{where} ORDER BY id DESC LIMIT ? OFFSET ?",
                                (*values, limit, offset))
-        return [self._run(row) for row in rows]
+        return [_run(row) for row in rows]
 
     def count_runs(self, app: str | None = None, *, outcome: str | None = None, trigger: str | None = None) -> int:
         """How many runs ``runs`` would page through with the same filters."""
@@ -318,7 +243,7 @@ class Store:
     def _run_filter(app: str | None, outcome: str | None, trigger: str | None) -> tuple[str, tuple[str, ...]]:
         clauses, values = [], []
         for column, value in (("app", app), ("outcome", outcome), ("trigger", trigger)):
-            if value == "running" and column == "outcome":
+            if value == RUNNING and column == "outcome":
                 clauses.append("outcome IS NULL")
             elif value:
                 clauses.append(f"{column} = ?")
@@ -333,16 +258,19 @@ class Store:
             " (SELECT MAX(run_id) FROM hosts), (SELECT group_concat(app || since) FROM suspensions)").fetchone()
         return ":".join(str(value) for value in row)
 
-    def run(self, run_id: int) -> dict[str, Any] | None:
+    def run(self, run_id: int) -> RunDetail | None:
+        """One run with its per-host results and its tasks, in the order they were recorded."""
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             return None
-        run = self._run(row)
-        for table in ("host_results", "task_results"):
-            rows = self.db.execute(f"SELECT * FROM {table} WHERE run_id = ? ORDER BY rowid", (run_id,))
-            run[table.split("_")[0] + "s"] = [
-                {k: v for k, v in dict(r).items() if k not in ("run_id", "id")} for r in rows]
-        return run
+        hosts = self.db.execute("SELECT * FROM host_results WHERE run_id = ? ORDER BY rowid", (run_id,))
+        tasks = self.db.execute("SELECT * FROM task_results WHERE run_id = ? ORDER BY rowid", (run_id,))
+        return RunDetail(
+            _run(row),
+            tuple(HostResult(Phase(h["phase"]), h["host"], TaskStatus(h["status"]), h["changed"], h["unverified"])
+                  for h in hosts),
+            tuple(TaskRecord(Phase(t["phase"]), t["host"], t["task"], t["action"], TaskStatus(t["status"]),
+                             t["diff"], t["message"]) for t in tasks))
 
     def apps(self) -> list[str]:
         """Apps reconciled here (previews do not count) and not retired from gitops.yml."""
@@ -350,77 +278,83 @@ class Store:
         return [r["app"] for r in self.db.execute(
             "WITH RECURSIVE named(app) AS (SELECT MIN(app) FROM runs"
             " UNION ALL SELECT (SELECT MIN(app) FROM runs WHERE app > named.app) FROM named WHERE app IS NOT NULL)"
-            " SELECT app FROM named WHERE app IS NOT NULL AND app != '*' AND app NOT IN (SELECT app FROM retired)"
+            " SELECT app FROM named WHERE app IS NOT NULL AND app != ? AND app NOT IN (SELECT app FROM retired)"
             " AND EXISTS (SELECT 1 FROM runs WHERE runs.app = named.app AND mode != ?) ORDER BY app",
-            (Kind.PREVIEW.value,))]
+            (NO_APP, Kind.PREVIEW))]
 
-    def latest(self, app: str, *kinds: Kind, full: bool = False) -> dict[str, Any] | None:
+    def active_apps(self) -> list[str]:
+        """Apps reconciled here and not suspended: what a sync of every app goes through."""
+        suspended = self.suspensions()
+        return [app for app in self.apps() if app not in suspended]
+
+    def latest(self, app: str, *kinds: Kind, full: bool = False) -> RunRecord | None:
         """The app's newest run of one of ``kinds`` (checks and syncs when none is given); ``full``: only
         a run that fully checked every host (the drift schedule's clock)."""
-        wanted = [k.value for k in kinds] or [Kind.CHECK.value, Kind.SYNC.value]
+        wanted = list(kinds) or [Kind.CHECK, Kind.SYNC]
         row = self.db.execute(f"SELECT * FROM runs WHERE app = ? AND mode IN ({','.join('?' * len(wanted))})"
                               + (" AND verified = 0" if full else "") + " ORDER BY id DESC LIMIT 1",
                               (app, *wanted)).fetchone()
-        return self._run(row) if row else None
+        return _run(row) if row else None
 
-    def previous_run(self, app: str, run_id: int) -> dict[str, Any] | None:
+    def latest_sync(self) -> RunRecord | None:
+        """The newest sync of any app not retired, or of no app (one that failed before it read gitops.yml)."""
+        row = self.db.execute("SELECT * FROM runs WHERE mode = ? AND app NOT IN (SELECT app FROM retired)"
+                              " ORDER BY id DESC LIMIT 1", (Kind.SYNC,)).fetchone()
+        return _run(row) if row else None
+
+    def previous_run(self, app: str, run_id: int) -> RunRecord | None:
         """The app's check or sync just before run ``run_id`` (what a forge was last told about it)."""
         row = self.db.execute("SELECT * FROM runs WHERE app = ? AND id < ? AND mode IN (?, ?) ORDER BY id DESC LIMIT 1",
-                              (app, run_id, Kind.CHECK.value, Kind.SYNC.value)).fetchone()
-        return self._run(row) if row else None
+                              (app, run_id, Kind.CHECK, Kind.SYNC)).fetchone()
+        return _run(row) if row else None
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self) -> list[AppStatus]:
         """Per app: its applied revision and hosts at it, its state, and the newest failure if it is newer."""
-        rows = []
+        statuses = []
         suspended = self.suspensions()
         for app in self.apps():
             latest = self.latest(app)
             assert latest is not None
             good = self._latest_good(app) or latest
-            failure = latest if latest["outcome"] in (Outcome.FAILED, Outcome.INTERRUPTED) else None
-            hosts = self.hosts(app)
+            failed = latest.outcome in (Outcome.FAILED, Outcome.INTERRUPTED) and good is not latest
+            hosts = tuple(self.hosts(app))
             revision = self.last_applied(app)
-            rows.append({
-                "app": app,
-                "policy": good["policy"],  # as gitops.yml said then (None: not read by that run)
-                "suspended": app in suspended,
-                "applied_revision": revision,
-                "hosts_at_revision": sum(1 for h in hosts if revision and h["revision"] == revision),
-                "hosts_total": len(hosts),
-                "state": good["outcome"] or "running",
-                "reason": good["reason"],
-                "detail": good["message"],
-                "last_run": latest["started"],
-                "last_run_id": latest["id"],
-                "failure": None if failure is None or good is failure else {
-                    "revision": failure["revision"], "outcome": failure["outcome"], "reason": failure["reason"],
-                    "message": failure["message"], "run_id": failure["id"], "started": failure["started"]},
-                "hosts": hosts,
-            })
-        return rows
+            statuses.append(AppStatus(
+                app=app, policy=good.policy, suspended=app in suspended, applied_revision=revision,
+                hosts_at_revision=sum(1 for h in hosts if revision and h.revision == revision),
+                state=good.outcome, reason=good.reason, detail=good.message, last_run=latest,
+                failure=latest if failed else None, hosts=hosts))
+        return statuses
 
-    def _latest_good(self, app: str) -> dict[str, Any] | None:
+    def _latest_good(self, app: str) -> RunRecord | None:
         """The newest check or sync that did not fail outright: what the hosts are known to look like."""
         row = self.db.execute(
             "SELECT * FROM runs WHERE app = ? AND mode != ? AND outcome IS NOT NULL AND outcome NOT IN (?, ?)"
-            " ORDER BY id DESC LIMIT 1",
-            (app, Kind.PREVIEW.value, Outcome.FAILED.value, Outcome.INTERRUPTED.value)).fetchone()
-        return self._run(row) if row else None
+            " ORDER BY id DESC LIMIT 1", (app, Kind.PREVIEW, Outcome.FAILED, Outcome.INTERRUPTED)).fetchone()
+        return _run(row) if row else None
 
-    def run_tallies(self) -> list[dict[str, Any]]:
+    def run_tallies(self) -> list[Tally]:
         """Finished checks, syncs and verifies of apps not retired, per app, kind and outcome: how many, their
         seconds in all, how many took at most each of DURATION_BUCKETS, and when the last ended (for /metrics)."""
-        return [{**{k: row[k] for k in ("app", "mode", "outcome", "runs", "seconds", "last_finished")},
-                 "buckets": [row[c] for c in _BUCKET_COLUMNS]} for row in self.db.execute(
+        return [Tally(row["app"], Kind(row["mode"]), Outcome(row["outcome"]), row["runs"], row["seconds"],
+                      row["last_finished"], tuple(row[c] for c in BUCKET_COLUMNS)) for row in self.db.execute(
             "SELECT * FROM run_tallies WHERE app NOT IN (SELECT app FROM retired) ORDER BY app, mode, outcome")]
 
-    def revision(self, sha: str) -> dict[str, Any] | None:
+    def revision(self, sha: str) -> Commit | None:
+        """A revision as recorded when first reconciled."""
         row = self.db.execute("SELECT * FROM revisions WHERE sha = ?", (sha,)).fetchone()
-        return dict(row) if row else None
+        return Commit(row["sha"], row["subject"], row["author"], row["committed_at"], row["first_seen"]) if row \
+            else None
 
-    @staticmethod
-    def _run(row: sqlite3.Row) -> dict[str, Any]:
-        run = dict(row)
-        run["applied"] = bool(run["applied"])
-        run["summary"] = json.loads(run["summary"])
-        return run
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        id=row["id"], app=row["app"], revision=row["revision"], kind=Kind(row["mode"]), trigger=Trigger(row["trigger"]),
+        started=row["started"], finished=row["finished"], outcome=_optional(Outcome, row["outcome"]),
+        reason=_optional(Reason, row["reason"]), message=row["message"], applied=bool(row["applied"]),
+        summary=json.loads(row["summary"]), verified=row["verified"], seconds=row["seconds"],
+        policy=_optional(Policy, row["policy"]))
+
+
+def _optional(kind: type[E], value: str | None) -> E | None:
+    return None if value is None else kind(value)

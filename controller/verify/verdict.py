@@ -51,7 +51,7 @@ def verify_hosts(config: Config, store: Store, app: str, digest: str, cwd: Path 
     manifests = store.manifests(app)
     usable = {host: m for host, m in manifests.items() if m is not None and m.digest == digest and not m.error}
     looked = look(config, {host: (m.connection, m.targets) for host, m in usable.items()}, cwd) if usable else {}
-    states = {row["host"]: row["state"] for row in store.hosts(app)}
+    states = {row.host: row.state for row in store.hosts(app)}
     verdicts = []
     for host, manifest in sorted(manifests.items()):
         if manifest is None:

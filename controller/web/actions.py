@@ -90,12 +90,12 @@ class Actions:
             raise refused[0]
 
     def suspend(self, app: str, reason: str, client: str) -> None:
-        with Store(self.config.state_path / "state.db") as store:
+        with Store.of(self.config) as store:
             store.suspend(app, reason or "suspended from the dashboard")
         log.info("ui: %s suspended by %s", app, client)
 
     def resume(self, app: str, client: str) -> None:
-        with Store(self.config.state_path / "state.db") as store:
+        with Store.of(self.config) as store:
             store.resume(app)
         log.info("ui: %s resumed by %s", app, client)
 

@@ -24,12 +24,19 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from controller.config import Config, HostPort
 from controller.errors import Interrupted, LockBusy
 from controller.interrupt import Cancel
+from controller.report.documents import (
+    commit_document,
+    detail_document,
+    run_document,
+    status_document,
+    suspension_document,
+)
 from controller.report.metrics import Metrics
 from controller.run.cycle import recover
 from controller.run.results import Progress
 from controller.run.schedule import DriftSchedule, parse_time
 from controller.state.store import Store
-from controller.vocabulary import Action, Outcome, Trigger
+from controller.vocabulary import RUNNING, Action, Outcome, Trigger
 from controller.web.access import Access, Throttle
 from controller.web.actions import Actions
 from controller.web.listener import Listener, Reply, Routes, WebRequest
@@ -56,7 +63,7 @@ NOTICES = {
     "resumed": "Resumed: the next cycle reconciles this app.",
     "resume-first": "This app is suspended: resume it before syncing it.",
 }
-OUTCOMES = ("running", *(o.value for o in Outcome if o is not Outcome.SUSPENDED))
+OUTCOMES = (RUNNING, *(o.value for o in Outcome if o is not Outcome.SUSPENDED))
 VERB_NOTICES = {Action.SYNC: "started", Action.APPLY: "applying", Action.SUSPEND: "suspended", Action.RESUME: "resumed"}
 ACTION = re.compile(rf"/(?:api/)?apps/([^/]+)/({'|'.join(Action)})")
 
@@ -115,7 +122,7 @@ class Dashboard:
     def page(self, request: WebRequest) -> Reply:
         path, api = request.path, request.path.startswith("/api/")
         name, parts = route(path.removeprefix("/api") if api else path, api)
-        with Store(self.config.state_path / "state.db") as store:
+        with Store.of(self.config) as store:
             if name == "stamp":
                 return self.reply(200, json_bytes({"stamp": self.stamp(store)}), "application/json")
             facts = self.views[name](store, request, parts)
@@ -142,7 +149,7 @@ class Dashboard:
             log.warning("ui: %r from %s refused: %s", request.path, request.client, why)  # repr: no control codes
             return self.error(request, 403, why)
         app, verb = unquote(match.group(1)), Action(match.group(2))
-        with Store(self.config.state_path / "state.db") as store:
+        with Store.of(self.config) as store:
             if app not in store.apps():
                 raise NotFound(f"no app {app!r} has been reconciled here")
             suspended = app in store.suspensions()
@@ -208,18 +215,19 @@ class Dashboard:
 
     def busy(self, store: Store) -> bool:
         """Whether a run is going on (an unfinished run in the store, or a sync this process started)."""
-        return self.actions.running is not None or store.count_runs(outcome="running") > 0
+        return self.actions.running is not None or store.count_runs(outcome=RUNNING) > 0
 
     # -- views: the facts of each page, as the JSON API returns them -------------
     def fleet(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
         """Every app as `controller status --json` has it, with its commit, host counts and next check."""
-        rows = store.status()
-        for row in rows:
-            revision = row["applied_revision"]
-            row["commit"] = store.revision(revision) if revision else None
-            row["host_states"] = dict(Counter(h["state"] for h in row["hosts"]))
-            due = None if row["suspended"] else self.schedule.next_check(parse_time(row["last_run"]))
-            row["next_check"] = due.isoformat(timespec="seconds") if due else None
+        rows = []
+        for status in store.status():
+            revision = status.applied_revision
+            due = None if status.suspended else self.schedule.next_check(parse_time(status.last_run.started))
+            rows.append({**status_document(status),
+                         "commit": commit_document(store.revision(revision) if revision else None),
+                         "host_states": dict(Counter(h.state for h in status.hosts)),
+                         "next_check": due.isoformat(timespec="seconds") if due else None})
         return {"apps": rows}
 
     def app(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
@@ -227,16 +235,18 @@ class Dashboard:
         rows = [row for row in self.fleet(store, request, parts)["apps"] if row["app"] == parts[0]]
         if not rows:
             raise NotFound(f"no app {parts[0]!r} has been reconciled here")
-        return {"app": rows[0], "runs": store.runs(parts[0], RECENT_RUNS),
-                "suspension": store.suspensions().get(parts[0]), "running": self.actions.running == parts[0]}
+        return {"app": rows[0], "runs": [run_document(r) for r in store.runs(parts[0], RECENT_RUNS)],
+                "suspension": suspension_document(store.suspensions().get(parts[0])),
+                "running": self.actions.running == parts[0]}
 
     def run(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
         """One run as `controller show --json` has it, with its commit."""
-        run = store.run(int(parts[0]))
-        if run is None:
+        detail = store.run(int(parts[0]))
+        if detail is None:
             raise NotFound(f"no run {parts[0]} in the state store")
-        run["commit"] = store.revision(run["revision"]) if run["revision"] else None
-        return {"run": run}
+        revision = detail.run.revision
+        return {"run": {**detail_document(detail),
+                        "commit": commit_document(store.revision(revision) if revision else None)}}
 
     def history(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
         """Runs newest first (`controller history --json`), filtered by app, outcome and trigger, a page at a time."""
@@ -250,7 +260,8 @@ class Dashboard:
         runs = store.runs(wanted["app"], PAGE_SIZE, outcome=wanted["outcome"], trigger=wanted["trigger"],
                           offset=(number - 1) * PAGE_SIZE)
         chosen = {k: v for k, v in filters.items() if v}
-        return {"runs": runs, "total": total, "page": number, "pages": pages, "filters": filters,
+        return {"runs": [run_document(r) for r in runs], "total": total, "page": number, "pages": pages,
+                "filters": filters,
                 "apps": store.apps(),
                 "previous": f"?{urlencode({**chosen, 'page': number - 1})}" if number > 1 else None,
                 "next": f"?{urlencode({**chosen, 'page': number + 1})}" if number < pages else None}
@@ -308,9 +319,9 @@ def serve(config: Config, listen: HostPort, cancel: Cancel, progress: Progress) 
         return 200, {"status": "ok", "uptime_seconds": round(time.time() - started, 1), "running": actions.running}
 
     listener = Listener(listen, Routes(branch=config.source.branch, secrets={}, max_body=0, on_push=lambda _: None,
-                                       health=health, metrics=Metrics(config.state_path / "state.db").render,
+                                       health=health, metrics=Metrics(config.store_path).render,
                                        pages=dashboard.handle, summarise=dashboard.summarise))
-    with Store(config.state_path / "state.db") as store:
+    with Store.of(config) as store:
         recover(config, store)
     listener.start()
     log.info("dashboard on http://%s/ (%s)", HostPort(listen.host, listener.port),

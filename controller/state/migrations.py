@@ -1,0 +1,120 @@
+"""The state store's schema: numbered migrations, applied in order when a store is opened."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from controller.errors import ControllerError
+from controller.vocabulary import Reason
+
+# The upper bounds (seconds) of the run-duration histogram that run_tallies keeps (migration 5): a contract.
+DURATION_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+BUCKET_COLUMNS = tuple(f"le{b}".replace(".", "_") for b in DURATION_BUCKETS)
+
+# Numbered migrations: the schema is a contract; append, never edit.
+MIGRATIONS = (
+    """
+    CREATE TABLE revisions (
+        sha TEXT PRIMARY KEY, subject TEXT NOT NULL, author TEXT NOT NULL,
+        committed_at TEXT NOT NULL, first_seen TEXT NOT NULL);
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL, revision TEXT,
+        mode TEXT NOT NULL, trigger TEXT NOT NULL, started TEXT NOT NULL, finished TEXT,
+        outcome TEXT, reason TEXT, message TEXT NOT NULL DEFAULT '',
+        applied INTEGER NOT NULL DEFAULT 0, summary TEXT NOT NULL DEFAULT '{}');
+    CREATE INDEX runs_app ON runs (app, id);
+    CREATE TABLE host_results (
+        run_id INTEGER NOT NULL REFERENCES runs (id), phase TEXT NOT NULL, host TEXT NOT NULL,
+        status TEXT NOT NULL, changed INTEGER NOT NULL, unverified INTEGER NOT NULL,
+        PRIMARY KEY (run_id, phase, host));
+    CREATE TABLE task_results (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER NOT NULL REFERENCES runs (id),
+        phase TEXT NOT NULL, host TEXT NOT NULL, task TEXT NOT NULL, action TEXT NOT NULL,
+        status TEXT NOT NULL, diff TEXT NOT NULL, message TEXT NOT NULL);
+    CREATE INDEX task_results_run ON task_results (run_id);
+    """,
+    """
+    CREATE TABLE suspensions (app TEXT PRIMARY KEY, since TEXT NOT NULL, reason TEXT NOT NULL);
+    CREATE TABLE conditions (app TEXT PRIMARY KEY, condition TEXT NOT NULL, since TEXT NOT NULL);
+    """,
+    # 3: per-host state and applied revision, retired apps, the revision last announced as applied.
+    # runs.mode now holds the run's kind (check, preview, sync); older dry runs stay recorded as sync.
+    """
+    CREATE TABLE hosts (
+        app TEXT NOT NULL, host TEXT NOT NULL,
+        revision TEXT, applied_at TEXT,
+        state TEXT NOT NULL, since TEXT NOT NULL, run_id INTEGER,
+        PRIMARY KEY (app, host));
+    CREATE TABLE retired (app TEXT PRIMARY KEY, since TEXT NOT NULL, revision TEXT NOT NULL);
+    ALTER TABLE conditions ADD COLUMN revision TEXT;
+    INSERT OR IGNORE INTO hosts (app, host, revision, applied_at, state, since, run_id)
+        SELECT r.app, h.host, r.revision, r.finished, 'in-sync', r.finished, r.id
+        FROM runs r JOIN host_results h ON h.run_id = r.id
+        WHERE r.id IN (SELECT MAX(id) FROM runs WHERE mode = 'sync' AND applied = 1 AND outcome = 'converged'
+                       GROUP BY app);
+    """,
+    # 4: each host's manifest from the last full run (``body`` NULL: that run did not find it in sync);
+    # runs.verified counts the hosts a run verified against their manifests instead of fully checking
+    """
+    CREATE TABLE manifests (
+        app TEXT NOT NULL, host TEXT NOT NULL, digest TEXT NOT NULL, recorded TEXT NOT NULL, body TEXT,
+        PRIMARY KEY (app, host));
+    ALTER TABLE runs ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 5: how long each run took and the app's policy at the time (a sync that applied a detect app did so on
+    # request); what /metrics counts, kept by the database itself as runs finish, so a scrape reads a few rows
+    # however long the history: per app, kind and outcome, how many runs, their seconds, how many took at most
+    # each of DURATION_BUCKETS, and when the last ended. Older runs count to the second, from their times.
+    f"""
+    ALTER TABLE runs ADD COLUMN seconds REAL;
+    ALTER TABLE runs ADD COLUMN policy TEXT;
+    UPDATE runs SET seconds = (julianday(finished) - julianday(started)) * 86400 WHERE finished IS NOT NULL;
+    CREATE TABLE run_tallies (
+        app TEXT NOT NULL, mode TEXT NOT NULL, outcome TEXT NOT NULL, runs INTEGER NOT NULL, seconds REAL NOT NULL,
+        last_finished TEXT NOT NULL, {", ".join(f"{c} INTEGER NOT NULL" for c in BUCKET_COLUMNS)},
+        PRIMARY KEY (app, mode, outcome));
+    INSERT INTO run_tallies
+        SELECT app, mode, outcome, COUNT(*), COALESCE(SUM(seconds), 0), COALESCE(MAX(finished), MAX(started)),
+               {", ".join(f"SUM(seconds <= {b})" for b in DURATION_BUCKETS)}
+        FROM runs WHERE outcome IS NOT NULL AND mode != 'preview' GROUP BY app, mode, outcome;
+    CREATE TRIGGER runs_tally AFTER UPDATE OF outcome ON runs
+        WHEN OLD.outcome IS NULL AND NEW.outcome IS NOT NULL AND NEW.mode != 'preview'
+    BEGIN
+        INSERT INTO run_tallies VALUES (NEW.app, NEW.mode, NEW.outcome, 1, COALESCE(NEW.seconds, 0),
+                                        COALESCE(NEW.finished, NEW.started),
+                                        {", ".join(f"COALESCE(NEW.seconds, 0) <= {b}" for b in DURATION_BUCKETS)})
+        ON CONFLICT (app, mode, outcome) DO UPDATE SET runs = runs + 1, seconds = seconds + excluded.seconds,
+            last_finished = MAX(last_finished, excluded.last_finished),
+            {", ".join(f"{c} = {c} + excluded.{c}" for c in BUCKET_COLUMNS)};
+    END;
+    """,
+)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of a migration (a trigger's body holds semicolons of its own)."""
+    current = ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \n;"):
+                yield current
+            current = ""
+
+
+def migrate(db: sqlite3.Connection, transaction: Callable[[], AbstractContextManager[sqlite3.Connection]],
+            path: Path) -> None:
+    """Bring the store at ``path`` up to the newest schema, one transaction per migration."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise ControllerError(Reason.CONFIG_INVALID,
+                              f"state store {path} has schema {version}, newer than this controller "
+                              f"knows ({len(MIGRATIONS)}): upgrade the controller, or point state_dir elsewhere")
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        with transaction() as connection:
+            for statement in _statements(script):
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {number}")

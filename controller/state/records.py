@@ -1,0 +1,128 @@
+"""What the state store hands out: one frozen record per row it reads, typed with the vocabulary.
+
+The stored strings are the vocabulary's values, so a record is its row with each column in its own type;
+how a record reads as JSON or text is the report side's business (``controller.report.documents``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from controller.vocabulary import HostState, Kind, Outcome, Phase, Policy, Reason, TaskStatus, Trigger
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run of one app (``*``: a run that failed before it knew its apps)."""
+
+    id: int
+    app: str
+    revision: str | None
+    kind: Kind                 # the ``mode`` column
+    trigger: Trigger
+    started: str
+    finished: str | None       # None: still running, or its controller was killed (until the next start)
+    outcome: Outcome | None    # None: still running
+    reason: Reason | None
+    message: str
+    applied: bool
+    summary: dict[str, Any]    # what the run wrote about itself, kept as the JSON document it is
+    verified: int              # hosts verified against their manifests instead of fully checked
+    seconds: float | None
+    policy: Policy | None      # the app's in gitops.yml then (None: not read by that run)
+
+
+@dataclass(frozen=True)
+class HostResult:
+    """How one host came out of one phase of a run."""
+
+    phase: Phase
+    host: str
+    status: TaskStatus
+    changed: int
+    unverified: int
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One task on one host in one phase of a run, as its drift report shows it (already redacted)."""
+
+    phase: Phase
+    host: str
+    task: str
+    action: str
+    status: TaskStatus
+    diff: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RunDetail:
+    """A run with its per-host results and its tasks (``controller show``)."""
+
+    run: RunRecord
+    hosts: tuple[HostResult, ...]
+    tasks: tuple[TaskRecord, ...]
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    """One host of an app: the revision last applied there and when, and its state since when."""
+
+    host: str
+    revision: str | None
+    applied_at: str | None
+    state: HostState
+    since: str
+    run_id: int | None
+
+
+@dataclass(frozen=True)
+class Suspension:
+    """Why and since when an app is not reconciled."""
+
+    since: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A revision as recorded when first reconciled."""
+
+    sha: str
+    subject: str
+    author: str
+    committed_at: str
+    first_seen: str
+
+
+@dataclass(frozen=True)
+class AppStatus:
+    """One app as `controller status` tells it: its applied revision, its state from the newest run that did
+    not fail outright, and the newest failure when that is newer."""
+
+    app: str
+    policy: Policy | None
+    suspended: bool
+    applied_revision: str | None
+    hosts_at_revision: int
+    state: Outcome | None      # None: its only check or sync is still running
+    reason: Reason | None
+    detail: str
+    last_run: RunRecord        # the newest check or sync
+    failure: RunRecord | None  # the newest run, when it failed after the state above was known
+    hosts: tuple[HostRecord, ...]
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Finished runs of one app, kind and outcome, for /metrics."""
+
+    app: str
+    kind: Kind
+    outcome: Outcome
+    runs: int
+    seconds: float
+    last_finished: str
+    buckets: tuple[int, ...]   # how many took at most each of DURATION_BUCKETS seconds
