@@ -10,10 +10,11 @@ import pytest
 import yaml
 
 from controller.errors import ControllerError
+from controller.report.documents import detail_document, run_document
 from controller.report.drift import HostReport, Report
 from controller.report.metrics import Metrics
 from controller.state.store import Store
-from controller.vocabulary import HostState, Kind, Outcome, TaskStatus
+from controller.vocabulary import NO_APP, HostState, Kind, Outcome, Reason, TaskStatus, Trigger
 from lab import Lab
 from lab.repository import AgeKey
 from tests.conftest import APP_YML, TEST_PREFIX, VERSION, Fleet, build_fleet, bump_version, git, write_config
@@ -272,3 +273,25 @@ def test_hosts_taken_out_of_the_inventory_are_forgotten(tmp_path: Path) -> None:
         store.record_hosts("staging", 2, {"web1": HostState.DRIFTED}, [], "a" * 40)
         assert [(h.host, h.state, h.revision) for h in store.hosts("staging")] == [
             ("web1", "drifted", "a" * 40)]
+
+
+def test_one_query_names_the_active_apps_and_the_json_keys_are_the_columns(tmp_path: Path) -> None:
+    """Active: reconciled (a preview does not count), not retired, not suspended; the documents `--json` and
+    /api/ print keep the store's column names in their order, whatever the records call them."""
+    with Store(tmp_path / "state.db") as store:
+        for app, kind in (("a", Kind.SYNC), ("b", Kind.CHECK), ("c", Kind.SYNC), ("d", Kind.PREVIEW)):
+            store.finish_run(store.start_run(app, "1" * 40, kind, Trigger.MANUAL), Outcome.IN_SYNC, None, "", False,
+                             {})
+        refused = store.start_run(NO_APP, "2" * 40, Kind.SYNC, Trigger.POLL)
+        store.finish_run(refused, Outcome.FAILED, Reason.VERIFICATION_FAILED, "unsigned", False, {})
+        store.suspend("b", "freeze")
+        store.retire_missing(["a", "b"], "1" * 40)
+        assert (store.apps(), store.active_apps()) == (["a", "b"], ["a"])
+        newest = store.latest_sync()
+        assert newest is not None and (newest.id, newest.reason) == (refused, Reason.VERIFICATION_FAILED)
+        detail = store.run(refused)
+        assert detail is not None
+        columns = [row[1] for row in store.db.execute("PRAGMA table_info(runs)")]
+        assert list(detail_document(detail)) == [*columns, "hosts", "tasks"]
+        row = dict(store.db.execute("SELECT * FROM runs WHERE id = ?", (refused,)).fetchone())
+        assert run_document(detail.run) == {**row, "applied": False, "summary": {}}
