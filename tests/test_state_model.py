@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from controller.errors import ControllerError
 from controller.report.documents import detail_document, run_document
 from controller.report.drift import HostReport, Report
 from controller.report.metrics import Metrics
+from controller.state.migrations import MIGRATIONS, statements
 from controller.state.store import Store
 from controller.vocabulary import NO_APP, HostState, Kind, Outcome, Reason, TaskStatus, Trigger
 from lab import Lab
@@ -295,3 +298,32 @@ def test_one_query_names_the_active_apps_and_the_json_keys_are_the_columns(tmp_p
         assert list(detail_document(detail)) == [*columns, "hosts", "tasks"]
         row = dict(store.db.execute("SELECT * FROM runs WHERE id = ?", (refused,)).fetchone())
         assert run_document(detail.run) == {**row, "applied": False, "summary": {}}
+
+
+def test_a_store_opened_while_another_process_migrates_it_is_not_migrated_twice(tmp_path: Path) -> None:
+    """`watch` and a `controller history` opening a new state directory at once: the one that waited for the
+    other's migration reads the schema again instead of creating its tables a second time."""
+    path = tmp_path / "state.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA journal_mode=WAL")
+    other.execute("BEGIN IMMEDIATE")  # the other process is migrating
+    opened: list[int | BaseException] = []
+
+    def open_store() -> None:
+        try:
+            with Store(path) as store:
+                opened.append(len(store.runs()))
+        except BaseException as error:  # handed to the test's thread
+            opened.append(error)
+
+    waiting = threading.Thread(target=open_store)
+    waiting.start()
+    time.sleep(0.5)  # it has read schema 0 and waits for the write lock
+    for number, script in enumerate(MIGRATIONS, start=1):
+        for statement in statements(script):
+            other.execute(statement)
+        other.execute(f"PRAGMA user_version = {number}")
+    other.execute("COMMIT")
+    other.close()
+    waiting.join(timeout=60)
+    assert opened == [0]

@@ -94,7 +94,7 @@ MIGRATIONS = (
 )
 
 
-def _statements(script: str) -> Iterator[str]:
+def statements(script: str) -> Iterator[str]:
     """The SQL statements of a migration (a trigger's body holds semicolons of its own)."""
     current = ""
     for piece in script.split(";"):
@@ -108,13 +108,23 @@ def _statements(script: str) -> Iterator[str]:
 def migrate(db: sqlite3.Connection, transaction: Callable[[], AbstractContextManager[sqlite3.Connection]],
             path: Path) -> None:
     """Bring the store at ``path`` up to the newest schema, one transaction per migration."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
+    version = _version(db, path)
+    while version < len(MIGRATIONS):
+        with transaction() as connection:
+            # read again under the write lock: another process (watch, a `controller history`) opening the same
+            # new store may have migrated it while this one waited for the lock
+            version = _version(connection, path)
+            if version < len(MIGRATIONS):
+                for statement in statements(MIGRATIONS[version]):
+                    connection.execute(statement)
+                version += 1
+                connection.execute(f"PRAGMA user_version = {version}")
+
+
+def _version(db: sqlite3.Connection, path: Path) -> int:
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version > len(MIGRATIONS):
         raise ControllerError(Reason.CONFIG_INVALID,
                               f"state store {path} has schema {version}, newer than this controller "
                               f"knows ({len(MIGRATIONS)}): upgrade the controller, or point state_dir elsewhere")
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        with transaction() as connection:
-            for statement in _statements(script):
-                connection.execute(statement)
-            connection.execute(f"PRAGMA user_version = {number}")
+    return version
