@@ -143,7 +143,7 @@ def test_slack_escapes_what_it_quotes_and_both_bodies_link_to_the_run(tmp_path: 
     generic, slack = Receiver(), Receiver()
     config = configured(tmp_path, [{"url": generic.url}, {"format": "slack", "url": slack.url}])
     try:
-        with Store(config.state_path / "state.db") as store:
+        with Store.of(config) as store:
             result = recorded(store, Kind.CHECK, Outcome.DRIFTED, "drifted: web1 <!here> <https://x.example|y>",
                               DRIFT)
             announce(config, store, result)
@@ -163,7 +163,7 @@ def test_recovered_is_announced_when_a_failure_is_followed_by_drift_or_by_sync(t
     receiver = Receiver()
     config = configured(tmp_path, [{"url": receiver.url}])
     try:
-        with Store(config.state_path / "state.db") as store:
+        with Store.of(config) as store:
             for outcome, report, reason in ((Outcome.FAILED, None, Reason.SYNTAX_CHECK_FAILED),
                                             (Outcome.DRIFTED, DRIFT, None),
                                             (Outcome.DRIFTED, DRIFT, None),  # the same drift: nothing new
@@ -177,7 +177,7 @@ def test_recovered_is_announced_when_a_failure_is_followed_by_drift_or_by_sync(t
 
 def test_commit_statuses_reach_each_forge_in_its_documented_shape(tmp_path: Path, forges: dict[str, Forge]) -> None:
     config = configured(tmp_path, forge_targets(forges))
-    with Store(config.state_path / "state.db") as store:
+    with Store.of(config) as store:
         first = recorded(store, Kind.SYNC, Outcome.CONVERGED, "corrected: web1")
         post_statuses(config, store, first)
         post_statuses(config, store, recorded(store, Kind.SYNC, Outcome.IN_SYNC, "2 host(s) in sync"))  # told
@@ -209,7 +209,7 @@ def test_a_failed_status_is_one_line_naming_the_host_and_never_the_token(
                                    {"format": "gitea", "url": failing.url, "repository": "ops/fleet",
                                     "token_file": "forge.token"}])
     try:
-        with Store(config.state_path / "state.db") as store:
+        with Store.of(config) as store:
             post_statuses(config, store, recorded(store, Kind.SYNC, Outcome.CONVERGED, "ok"))
     finally:
         failing.server.shutdown()
