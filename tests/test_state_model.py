@@ -135,9 +135,8 @@ def test_a_change_plus_a_check_mode_failure_converges_in_one_sync(fleet: Fleet) 
            "not yet applied: " in run, run
 
 
-def test_sync_force_applies_everywhere(fleet: Fleet) -> None:
-    assert fleet.controller("sync").returncode == 0
-    code, result = fleet.controller_json("sync", "--force")
+def test_sync_force_applies_everywhere(converged: Fleet) -> None:
+    code, result = converged.controller_json("sync", "--force")
     assert code == 0
     assert result["apps"][0]["applied_to"] == {"web1.staging": "forced", "web2.staging": "forced"}
 
@@ -242,16 +241,15 @@ def test_the_readme_exit_codes_are_the_declared_ones() -> None:
     assert exit_codes_markdown() in readme
 
 
-def test_status_says_when_the_newest_revision_failed_beside_the_last_good_state(fleet: Fleet) -> None:
-    assert fleet.controller("sync").returncode == 0
-    good = git(fleet.work, "rev-parse", "HEAD")
-    fleet.write("playbooks/site.yml", (fleet.work / "playbooks/site.yml").read_text() + "- hosts: [\n")
-    broken = fleet.push("Broken playbook")
-    assert fleet.controller("sync").returncode == 1
-    [row] = status(fleet)
+def test_status_says_when_the_newest_revision_failed_beside_the_last_good_state(converged: Fleet) -> None:
+    good = git(converged.work, "rev-parse", "HEAD")
+    converged.write("playbooks/site.yml", (converged.work / "playbooks/site.yml").read_text() + "- hosts: [\n")
+    broken = converged.push("Broken playbook")
+    assert converged.controller("sync").returncode == 1
+    [row] = status(converged)
     assert (row["state"], row["applied_revision"]) == ("converged", good)
     assert row["failure"]["revision"] == broken and row["failure"]["reason"] == "SyntaxCheckFailed"  # type: ignore[index]
-    line = fleet.controller("status").stdout.splitlines()[1]
+    line = converged.controller("status").stdout.splitlines()[1]
     assert "converged" in line and f"{broken[:12]} failed: app staging: playbooks/site.yml failed the syntax" in line
 
 
