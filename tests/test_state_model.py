@@ -35,74 +35,72 @@ def with_notifications(fleet: Fleet) -> Receiver:
     return receiver
 
 
-def test_previews_never_become_state_and_a_dry_run_does_not_count_as_applied(fleet: Fleet) -> None:
-    receiver = with_notifications(fleet)
-    assert fleet.controller("sync").returncode == 0
-    before = status(fleet)
+def test_previews_never_become_state_and_a_dry_run_does_not_count_as_applied(converged: Fleet) -> None:
+    receiver = with_notifications(converged)
+    before = status(converged)
     events = list(receiver.bodies)
 
     # a pull request that is never merged: a preview of it, as a check and as a dry run
-    git(fleet.work, "checkout", "-q", "-b", "pr-9")
-    pr = bump_version(fleet, "9.0.0", ref="pr-9")
-    git(fleet.work, "checkout", "-q", "main")
-    assert fleet.controller("check", "--revision", pr).returncode == 2
-    assert fleet.controller("sync", "--dry-run", "--revision", pr).returncode == 2
-    assert status(fleet) == before
+    git(converged.work, "checkout", "-q", "-b", "pr-9")
+    pr = bump_version(converged, "9.0.0", ref="pr-9")
+    git(converged.work, "checkout", "-q", "main")
+    assert converged.controller("check", "--revision", pr).returncode == 2
+    assert converged.controller("sync", "--dry-run", "--revision", pr).returncode == 2
+    assert status(converged) == before
     assert receiver.bodies == events
-    assert {r["mode"] for r in fleet.runs()[:2]} == {"preview"}
+    assert {r["mode"] for r in converged.runs()[:2]} == {"preview"}
 
     # a new commit whose only change check mode cannot see: a dry run must not mark it applied
-    tasks = fleet.work / "roles/app/tasks/main.yml"
+    tasks = converged.work / "roles/app/tasks/main.yml"
     tasks.write_text(tasks.read_text() + "\n- name: Record the release by a command\n"
                      "  ansible.builtin.command: touch /srv/opt/shop/released-by-command\n")
-    fleet.push("A command task")
-    dry = fleet.controller("sync", "--dry-run", "--json")
+    converged.push("A command task")
+    dry = converged.controller("sync", "--dry-run", "--json")
     assert dry.returncode == 3, dry.stdout + dry.stderr  # unverified: not in sync, not drift
     [app] = json.loads(dry.stdout)["apps"]
     assert app["outcome"] == "unverified"
     assert [t["status"] for t in app["check"]["tasks"]] == ["unverified", "unverified"]
-    assert status(fleet) == before
-    assert fleet.controller("sync", "--dry-run", "--accept-unverified").returncode == 0
+    assert status(converged) == before
+    assert converged.controller("sync", "--dry-run", "--accept-unverified").returncode == 0
 
-    done = fleet.controller("sync")
+    done = converged.controller("sync")
     assert done.returncode == 0, done.stdout + done.stderr
     for host in ("h1", "h2"):
-        assert fleet.host_file(host, "/srv/opt/shop/released-by-command").exists()
-    revision = git(fleet.work, "rev-parse", "HEAD")
-    [row] = status(fleet)
+        assert converged.host_file(host, "/srv/opt/shop/released-by-command").exists()
+    revision = git(converged.work, "rev-parse", "HEAD")
+    [row] = status(converged)
     assert row["applied_revision"] == revision and row["hosts_at_revision"] == 2
     assert [b["event"] for b in receiver.bodies[len(events):]] == ["revision-applied"]
     receiver.server.shutdown()
 
 
-def test_a_host_that_missed_a_rollout_is_caught_up_alone(fleet: Fleet) -> None:
-    receiver = with_notifications(fleet)
-    assert fleet.controller("sync").returncode == 0
-    first = git(fleet.work, "rev-parse", "HEAD")
-    fleet.lab.stop_host("h2")
-    second = bump_version(fleet, "2.0.0")
-    assert fleet.controller("sync").returncode == 2
-    assert fleet.controller("sync").returncode == 2  # retried while h2 is still down
+def test_a_host_that_missed_a_rollout_is_caught_up_alone(converged: Fleet) -> None:
+    receiver = with_notifications(converged)
+    first = git(converged.work, "rev-parse", "HEAD")
+    converged.lab.stop_host("h2")
+    second = bump_version(converged, "2.0.0")
+    assert converged.controller("sync").returncode == 2
+    assert converged.controller("sync").returncode == 2  # retried while h2 is still down
     # the partial rollout is announced once, not once per retry
-    assert [b["event"] for b in receiver.bodies] == ["revision-applied", "revision-applied", "run-failed"]
+    assert [b["event"] for b in receiver.bodies] == ["revision-applied", "run-failed"]
     receiver.server.shutdown()
-    [row] = status(fleet)
+    [row] = status(converged)
     assert row["applied_revision"] == second and (row["hosts_at_revision"], row["hosts_total"]) == (1, 2)
     hosts = {h["host"]: h for h in row["hosts"]}  # type: ignore[attr-defined]
     assert hosts["web2.staging"]["revision"] == first and hosts["web2.staging"]["state"] == "unreachable"
-    text = fleet.controller("status").stdout
+    text = converged.controller("status").stdout
     assert f"web2.staging at {first[:12]}: unreachable since" in text and "1/2" in text
-    assert "web2.staging" in fleet.controller("status", "--hosts").stdout
+    assert "web2.staging" in converged.controller("status", "--hosts").stdout
 
-    fleet.lab.start_host("h2")
-    untouched = fleet.host_file("h1", VERSION).stat().st_mtime_ns
-    code, result = fleet.controller_json("sync")  # the branch has not moved
+    converged.lab.start_host("h2")
+    untouched = converged.host_file("h1", VERSION).stat().st_mtime_ns
+    code, result = converged.controller_json("sync")  # the branch has not moved
     assert code == 0, result
     [app] = result["apps"]
     assert app["applied_to"] == {"web2.staging": "new revision"}
-    assert fleet.host_file("h2", VERSION).read_text() == "2.0.0\n"
-    assert fleet.host_file("h1", VERSION).stat().st_mtime_ns == untouched
-    assert status(fleet)[0]["hosts_at_revision"] == 2
+    assert converged.host_file("h2", VERSION).read_text() == "2.0.0\n"
+    assert converged.host_file("h1", VERSION).stat().st_mtime_ns == untouched
+    assert status(converged)[0]["hosts_at_revision"] == 2
 
 
 def test_a_change_plus_a_check_mode_failure_converges_in_one_sync(fleet: Fleet) -> None:
