@@ -103,24 +103,24 @@ def test_a_host_that_missed_a_rollout_is_caught_up_alone(converged: Fleet) -> No
     assert status(converged)[0]["hosts_at_revision"] == 2
 
 
-def test_a_change_plus_a_check_mode_failure_converges_in_one_sync(fleet: Fleet) -> None:
-    tasks = fleet.work / "roles/app/tasks/main.yml"
+def test_a_change_plus_a_check_mode_failure_converges_in_one_sync(converged: Fleet) -> None:
+    tasks = converged.work / "roles/app/tasks/main.yml"
     tasks.write_text(tasks.read_text() + "\n- name: Write the feature flags\n  ansible.builtin.copy:\n"
                      "    content: \"# flags\\n\"\n    dest: /srv/opt/shop/flags.conf\n    mode: '0644'\n"
                      "    force: false\n"
                      "- name: Turn the cache on\n  ansible.builtin.lineinfile:\n"
                      "    path: /srv/opt/shop/flags.conf\n    line: cache=on\n")
-    fleet.push("Feature flags")
-    assert fleet.controller("sync").returncode == 0
-    flags = fleet.host_file("h1", "/srv/opt/shop/flags.conf")
+    converged.push("Feature flags")
+    assert converged.controller("sync").returncode == 0
+    flags = converged.host_file("h1", "/srv/opt/shop/flags.conf")
     flags.unlink()  # by hand: the check now shows a change, and a failure that only follows from it
     # check mode: the copy would recreate the file, so the lineinfile after it fails; reported as such
-    code, result = fleet.controller_json("check")
+    code, result = converged.controller_json("check")
     assert code == 2 and result["apps"][0]["outcome"] == "drifted", result
     [failed] = [t for t in result["apps"][0]["check"]["tasks"] if t["status"] == "failed"]
     assert failed["task"] == "app : Turn the cache on" and failed["may_depend"], failed
     assert failed["message"].startswith("may depend on a change not yet applied: "), failed
-    code, result = fleet.controller_json("sync")
+    code, result = converged.controller_json("sync")
     assert code == 0, result
     [app] = result["apps"]
     assert {(h["host"], h["status"]) for h in app["check"]["hosts"]} == {
@@ -128,7 +128,7 @@ def test_a_change_plus_a_check_mode_failure_converges_in_one_sync(fleet: Fleet) 
     assert app["applied_to"] == {"web1.staging": "drifted"}
     assert app["outcome"] == "converged"
     assert flags.read_text() == "# flags\ncache=on\n"
-    run = fleet.controller("show", str(app["run_id"])).stdout
+    run = converged.controller("show", str(app["run_id"])).stdout
     assert "web1.staging  failed  app : Turn the cache on (ansible.builtin.lineinfile): may depend on a change " \
            "not yet applied: " in run, run
 
