@@ -16,7 +16,7 @@ from controller.state.store import Store
 from controller.vocabulary import HostState, Kind, Outcome, TaskStatus
 from lab import Lab
 from lab.repository import AgeKey
-from tests.conftest import APP_YML, TEST_PREFIX, VERSION, Fleet, build_fleet, bump_version, git, write_config
+from tests.conftest import APP_YML, VERSION, Fleet, build_fleet, bump_version, git, own_prefix, write_config
 from tests.test_notify import Receiver
 
 BANNER = "/srv/etc/motd"
@@ -161,7 +161,7 @@ def test_apps_come_and_go_with_git(tmp_path: Path, lab: Lab, age_key: AgeKey) ->
 
 
 def test_drift_on_one_host_of_ten_is_applied_there_alone(tmp_path: Path, age_key: AgeKey) -> None:
-    prefix = TEST_PREFIX.rsplit(".", 1)[0] + f".{int(TEST_PREFIX.rsplit('.', 1)[1]) + 100}"
+    prefix = own_prefix(130)
     with Lab(tmp_path / "lab", 10, prefix=prefix) as lab:  # the leak sweep knows */lab/hosts/* are servers
         fleet = build_fleet(tmp_path / "fleet", lab, age_key)
         inventory = {"all": {"children": {"web": {"hosts": {
