@@ -1,6 +1,8 @@
 # Two commands on a fresh Debian 12 machine (as root): `make demo` and `make test`.
 SHELL := /bin/bash
 VENV ?= .venv
+# test modules run this many at once, each worker with its own lab addresses (tests/conftest.py)
+TEST_WORKERS ?= 2
 # Debian 12's own interpreter (3.11.2) is what a bastion has; a newer python3 earlier on PATH hides what breaks there
 PYTHON ?= /usr/bin/python3
 PY := $(VENV)/bin/python
@@ -16,10 +18,10 @@ SYSTEM_PACKAGES := openssh-server openssh-client git age gnupg util-linux python
 demo: system venv  ## a local Git remote, 5 real SSH hosts, a real `controller sync`
 	VENV=$(VENV) demo/run.sh
 
-test: system venv  ## lint, type-check, then the whole test suite against real hosts
+test: system venv  ## lint, type-check, then the whole test suite against real hosts (TEST_WORKERS at once)
 	$(VENV)/bin/ruff check controller lab tests bench
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 bench: system venv  ## measure against plain Ansible at 10 and 50 hosts (about 80 minutes); writes docs/benchmarks.*
 	$(VENV)/bin/pip install -q -e '.[dev,bench]'

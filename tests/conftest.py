@@ -18,12 +18,23 @@ import yaml
 
 from lab import Lab
 from lab.repository import AgeKey, git, make_age_key, sops_encrypt
+from tests.support.leaks import files_containing
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 EXAMPLE = ("ansible.cfg", "gitops.yml", ".sops.yaml", "playbooks", "roles", "inventories")
-# tests of one run share this /24; a second run beside it (another checkout) picks another
-TEST_PREFIX = os.environ.get("CONTROLLER_TEST_PREFIX", "127.0.2")
+
+
+def worker_prefix(base: str, worker: str) -> str:
+    """The /24 of one xdist worker (``gw0``, ``gw1``...): ``base`` moved up 100 in its last octet per worker."""
+    first, second, third = base.split(".")
+    return f"{first}.{second}.{int(third) + 100 * int(worker.removeprefix('gw'))}"
+
+
+# tests of one run share this /24, each xdist worker its own; a second run beside it (another checkout) picks
+# another with CONTROLLER_TEST_PREFIX
+TEST_PREFIX = worker_prefix(os.environ.get("CONTROLLER_TEST_PREFIX", "127.0.2"),
+                            os.environ.get("PYTEST_XDIST_WORKER", "gw0"))
 
 
 def own_prefix(offset: int) -> str:
@@ -35,7 +46,7 @@ def own_prefix(offset: int) -> str:
 APP_YML = "/srv/opt/shop/conf/app.yml"
 VERSION = "/srv/opt/shop/VERSION"
 
-# Every plaintext secret a test encrypts; test_zz_no_leaks searches the disk for them at the end.
+# Every plaintext secret a test encrypts; the leak sweep searches the disk for them when the session ends.
 PLAINTEXTS: list[str] = []
 
 
@@ -44,6 +55,32 @@ def secret(label: str) -> str:
     value = f"{label}-{uuid.uuid4().hex[:12]}-plaintext"
     PLAINTEXTS.append(value)
     return value
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The leak sweep, once every test of every worker is done: no plaintext secret left on disk."""
+    config = session.config
+    if hasattr(config, "workerinput"):  # an xdist worker: its plaintexts go to the controlling process
+        config.workeroutput["plaintexts"] = PLAINTEXTS  # type: ignore[attr-defined]
+        return
+    if config.option.collectonly or not PLAINTEXTS:
+        return
+    leaks = files_containing([p.encode() for p in PLAINTEXTS])
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_sep("=", f"leak sweep: {len(PLAINTEXTS)} plaintext secrets, {len(leaks)} found on disk",
+                           red=bool(leaks), green=not leaks)
+        for leak in leaks:
+            reporter.write_line(leak)
+    if leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any) -> None:
+    """An xdist worker finished: its plaintexts join this process's sweep."""
+    PLAINTEXTS.extend(node.workeroutput.get("plaintexts", []))
 
 
 @pytest.fixture(scope="session")
@@ -165,6 +202,37 @@ def write_config(fleet: Fleet, **overrides: Any) -> None:
 @pytest.fixture
 def fleet(tmp_path: Path, lab: Lab, age_key: AgeKey) -> Fleet:
     return build_fleet(tmp_path / "fleet", lab, age_key)
+
+
+@dataclass(frozen=True)
+class Converged:
+    """The example fleet synced once per session, kept (hosts stopped) to be copied back before each test."""
+
+    place: Path  # where every converged test's fleet lives: the state and the caches name absolute paths
+    original: Path
+    secrets: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def converged_original(tmp_path_factory: pytest.TempPathFactory, age_key: AgeKey) -> Converged:
+    place = tmp_path_factory.getbasetemp() / "converged"
+    with Lab(place / "lab", 3, prefix=TEST_PREFIX) as running:
+        built = build_fleet(place / "fleet", running, age_key)
+        first = built.controller("sync")
+        assert first.returncode == 0, first.stdout + first.stderr
+    original = tmp_path_factory.mktemp("converged-original") / "converged"
+    subprocess.run(["cp", "-a", str(place), str(original)], check=True)
+    return Converged(place, original, dict(built.secrets))
+
+
+@pytest.fixture
+def converged(converged_original: Converged, age_key: AgeKey) -> Iterator[Fleet]:
+    """The example fleet after one successful ``sync`` (staging on h1, h2), copied, not converged again."""
+    place = converged_original.place
+    shutil.rmtree(place, ignore_errors=True)
+    subprocess.run(["cp", "-a", str(converged_original.original), str(place)], check=True)
+    with Lab(place / "lab", 3, prefix=TEST_PREFIX) as running:
+        yield Fleet(place / "fleet", running, age_key, dict(converged_original.secrets))
 
 
 def bump_version(fleet: Fleet, version: str, *, ref: str = "main", force: bool = False) -> str:

@@ -86,24 +86,23 @@ def test_sigterm_at_every_stage_ends_within_10s_and_leaves_nothing(fleet: Fleet)
         assert "interrupted" in proc.stdout.read() + proc.stderr.read()
 
 
-def test_a_look_stopped_before_it_found_anything_to_do_is_no_run(fleet: Fleet, tmp_path: Path) -> None:
+def test_a_look_stopped_before_it_found_anything_to_do_is_no_run(converged: Fleet, tmp_path: Path) -> None:
     # what watch's polls and cron's --only-if-changed do: stopped while fetching, nothing was under way
-    assert fleet.controller("sync").returncode == 0
     slow = tmp_path / "slow-git"
     slow.mkdir()
     real = shutil.which("git")
     (slow / "git").write_text(f'#!/bin/sh\ncase " $* " in *" fetch "*) sleep 3;; esac\nexec {real} "$@"\n')
     (slow / "git").chmod(0o755)
-    runs = fleet.runs()
-    env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config), "PATH": f"{slow}:{os.environ['PATH']}"}
+    runs = converged.runs()
+    env = {**os.environ, "CONTROLLER_CONFIG": str(converged.config), "PATH": f"{slow}:{os.environ['PATH']}"}
     proc = subprocess.Popen([str(BIN / "controller"), "sync", "--only-if-changed", "--progress"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_stage(proc, "fetching")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 1
     assert proc.stderr is not None and "interrupted by SIGTERM" in proc.stderr.read()
-    assert fleet.runs() == runs  # no interrupted run, no "branch not found": the status keeps what it said
-    assert lock_is_free(fleet) and leftovers(fleet, proc.pid) == []
+    assert converged.runs() == runs  # no interrupted run, no "branch not found": the status keeps what it said
+    assert lock_is_free(converged) and leftovers(converged, proc.pid) == []
 
 
 def test_random_sigkills_leave_no_process_workspace_or_running_run(fleet: Fleet) -> None:
@@ -172,7 +171,7 @@ def test_a_killed_controller_s_guard_wipes_its_workspace_and_only_that() -> None
 def test_a_host_that_freezes_mid_check_costs_a_bounded_time(fleet: Fleet) -> None:
     write_config(fleet, ssh={"private_key_file": str(fleet.lab.private_key),
                              "known_hosts_file": str(fleet.lab.known_hosts)},
-                 ansible={"task_timeout": 5, "timeout": 5})
+                 ansible={"task_timeout": 10, "timeout": 10})  # h1's tasks finish well inside, even on a busy machine
     proc = start_sync(fleet)
     try:
         wait_for_stage(proc, "staging: check")
@@ -194,8 +193,8 @@ def test_a_host_that_freezes_mid_check_costs_a_bounded_time(fleet: Fleet) -> Non
     assert "web2.staging  unreachable" in shown.stdout
     assert lock_is_free(fleet)
     unreachable = unreachable_in(fleet, run["id"])
-    assert unreachable["check"] == ["timed out: no answer within ansible.task_timeout (5s)"], unreachable
-    assert unreachable["apply"] == [], unreachable  # not dialled again: another 5 s under the lock for nothing
+    assert unreachable["check"] == ["timed out: no answer within ansible.task_timeout (10s)"], unreachable
+    assert unreachable["apply"] == [], unreachable  # not dialled again: another 10 s under the lock for nothing
 
     # frozen before the run: the connection never comes up, which is ansible.timeout's, not task_timeout's
     write_config(fleet, ssh={"private_key_file": str(fleet.lab.private_key),

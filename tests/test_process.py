@@ -31,7 +31,7 @@ def test_stopping_its_children_stops_what_it_started_and_nothing_else() -> None:
     try:
         with stream(["sleep", "31"], env={"PATH": os.environ["PATH"]}) as ours:
             stop_children()
-            assert ours.wait(timeout=5) is not None
+            assert ours.wait(timeout=15) is not None
             assert subprocess.run(["pgrep", "-f", "^sleep 31$"], capture_output=True).returncode == 1
         assert theirs.poll() is None
     finally:

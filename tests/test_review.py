@@ -25,18 +25,17 @@ def ask_for_preview(fleet: Fleet, ref: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(PREVIEW)], env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
-def test_a_branch_that_changes_a_template_on_two_hosts_is_previewed_for_review(fleet: Fleet) -> None:
-    assert fleet.controller("sync").returncode == 0
-    status = fleet.controller("status", "--json").stdout
-    git(fleet.work, "checkout", "-q", "-b", "pr-12")
-    template = fleet.work / "roles/app/templates/app.yml.j2"
+def test_a_branch_that_changes_a_template_on_two_hosts_is_previewed_for_review(converged: Fleet) -> None:
+    status = converged.controller("status", "--json").stdout
+    git(converged.work, "checkout", "-q", "-b", "pr-12")
+    template = converged.work / "roles/app/templates/app.yml.j2"
     template.write_text(template.read_text().replace("database:\n", "database:\n  pool: 8\n"))
-    tasks = fleet.work / "roles/app/tasks/main.yml"
+    tasks = converged.work / "roles/app/tasks/main.yml"
     tasks.write_text(tasks.read_text() + "\n- name: Warm the cache\n  ansible.builtin.command: /bin/true\n")
-    pr = fleet.push("Pool the database connections", ref="pr-12")
-    git(fleet.work, "checkout", "-q", "main")
+    pr = converged.push("Pool the database connections", ref="pr-12")
+    git(converged.work, "checkout", "-q", "main")
 
-    done = ask_for_preview(fleet, pr)
+    done = ask_for_preview(converged, pr)
     assert done.returncode == 2, done.stderr
     comment = done.stdout
     assert comment.startswith(f"### GitOps preview of `{pr[:12]}` Pool the database connections")
@@ -46,19 +45,19 @@ def test_a_branch_that_changes_a_template_on_two_hosts_is_previewed_for_review(f
         assert f"<summary>staging / {host}: app : Render the application configuration</summary>" in comment
     assert "+  pool: 8" in comment
     assert '   password: "[redacted]"' in comment  # the diff's context, masked
-    assert fleet.secrets["staging"] not in comment
+    assert converged.secrets["staging"] not in comment
     assert "- `app : Warm the cache`" in comment
-    assert fleet.controller("status", "--json").stdout == status  # a preview is never the app's state
+    assert converged.controller("status", "--json").stdout == status  # a preview is never the app's state
 
-    out = fleet.root / "preview.md"
-    written = fleet.controller("check", "--revision", "pr-12", "--format", "markdown", "--output", str(out))
+    out = converged.root / "preview.md"
+    written = converged.controller("check", "--revision", "pr-12", "--format", "markdown", "--output", str(out))
     assert written.returncode == 2 and written.stdout == ""
     assert out.read_text().split("<details>")[0] == comment.split("<details>")[0]
 
-    refused = ask_for_preview(fleet, "main; rm -rf /")
+    refused = ask_for_preview(converged, "main; rm -rf /")
     assert refused.returncode == 64 and "give one commit SHA or branch name" in refused.stderr
-    assert ask_for_preview(fleet, "--help").returncode == 64
-    assert json.loads(fleet.controller("status", "--json").stdout) == json.loads(status)
+    assert ask_for_preview(converged, "--help").returncode == 64
+    assert json.loads(converged.controller("status", "--json").stdout) == json.loads(status)
 
 
 def test_a_large_preview_is_cut_with_a_line_saying_what_was_left_out() -> None:

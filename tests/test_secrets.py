@@ -20,7 +20,7 @@ from controller.secrets.sops import literal, sops_format
 from lab import Lab
 from lab.repository import AgeKey, git, sops_encrypt
 from tests.conftest import PLAINTEXTS, TEST_PREFIX, VERSION, Fleet, build_fleet, bump_version, secret
-from tests.test_zz_no_leaks import files_containing
+from tests.support.leaks import files_containing
 
 DEST = "/srv/opt/secrets"
 GROUP_VARS = "inventories/staging/group_vars/all"

@@ -55,8 +55,8 @@ class Keys:
 
     def gpg(self, name: str, keyring: Path | None = None, armor: bool = False) -> Signer:
         """A signer with an OpenPGP key of its own; its public key exported to ``keyring`` when given."""
-        home = self.root / f"gnupg-{name}"
-        home.mkdir(mode=0o700)
+        # short, not under the test's directory: gpg-agent's socket path must fit in 108 bytes
+        home = Path(tempfile.mkdtemp(prefix=f"gnupg-{name}-"))
         self.homes.append(home)
         env = {**os.environ, "GNUPGHOME": str(home)}
         subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", f"{name} <{EMAIL}>",
@@ -76,6 +76,7 @@ class Keys:
         for home in self.homes:
             subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True,
                            check=False)
+            shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from controller.state.store import Store
 from controller.vocabulary import NO_APP, HostState, Kind, Outcome, Reason, TaskStatus, Trigger
 from lab import Lab
 from lab.repository import AgeKey
-from tests.conftest import APP_YML, TEST_PREFIX, VERSION, Fleet, build_fleet, bump_version, git, write_config
+from tests.conftest import APP_YML, VERSION, Fleet, build_fleet, bump_version, git, own_prefix, write_config
 from tests.test_notify import Receiver
 
 BANNER = "/srv/etc/motd"
@@ -39,94 +39,92 @@ def with_notifications(fleet: Fleet) -> Receiver:
     return receiver
 
 
-def test_previews_never_become_state_and_a_dry_run_does_not_count_as_applied(fleet: Fleet) -> None:
-    receiver = with_notifications(fleet)
-    assert fleet.controller("sync").returncode == 0
-    before = status(fleet)
+def test_previews_never_become_state_and_a_dry_run_does_not_count_as_applied(converged: Fleet) -> None:
+    receiver = with_notifications(converged)
+    before = status(converged)
     events = list(receiver.bodies)
 
     # a pull request that is never merged: a preview of it, as a check and as a dry run
-    git(fleet.work, "checkout", "-q", "-b", "pr-9")
-    pr = bump_version(fleet, "9.0.0", ref="pr-9")
-    git(fleet.work, "checkout", "-q", "main")
-    assert fleet.controller("check", "--revision", pr).returncode == 2
-    assert fleet.controller("sync", "--dry-run", "--revision", pr).returncode == 2
-    assert status(fleet) == before
+    git(converged.work, "checkout", "-q", "-b", "pr-9")
+    pr = bump_version(converged, "9.0.0", ref="pr-9")
+    git(converged.work, "checkout", "-q", "main")
+    assert converged.controller("check", "--revision", pr).returncode == 2
+    assert converged.controller("sync", "--dry-run", "--revision", pr).returncode == 2
+    assert status(converged) == before
     assert receiver.bodies == events
-    assert {r["mode"] for r in fleet.runs()[:2]} == {"preview"}
+    assert {r["mode"] for r in converged.runs()[:2]} == {"preview"}
 
     # a new commit whose only change check mode cannot see: a dry run must not mark it applied
-    tasks = fleet.work / "roles/app/tasks/main.yml"
+    tasks = converged.work / "roles/app/tasks/main.yml"
     tasks.write_text(tasks.read_text() + "\n- name: Record the release by a command\n"
                      "  ansible.builtin.command: touch /srv/opt/shop/released-by-command\n")
-    fleet.push("A command task")
-    dry = fleet.controller("sync", "--dry-run", "--json")
+    converged.push("A command task")
+    dry = converged.controller("sync", "--dry-run", "--json")
     assert dry.returncode == 3, dry.stdout + dry.stderr  # unverified: not in sync, not drift
     [app] = json.loads(dry.stdout)["apps"]
     assert app["outcome"] == "unverified"
     assert [t["status"] for t in app["check"]["tasks"]] == ["unverified", "unverified"]
-    assert status(fleet) == before
-    assert fleet.controller("sync", "--dry-run", "--accept-unverified").returncode == 0
+    assert status(converged) == before
+    assert converged.controller("sync", "--dry-run", "--accept-unverified").returncode == 0
 
-    done = fleet.controller("sync")
+    done = converged.controller("sync")
     assert done.returncode == 0, done.stdout + done.stderr
     for host in ("h1", "h2"):
-        assert fleet.host_file(host, "/srv/opt/shop/released-by-command").exists()
-    revision = git(fleet.work, "rev-parse", "HEAD")
-    [row] = status(fleet)
+        assert converged.host_file(host, "/srv/opt/shop/released-by-command").exists()
+    revision = git(converged.work, "rev-parse", "HEAD")
+    [row] = status(converged)
     assert row["applied_revision"] == revision and row["hosts_at_revision"] == 2
     assert [b["event"] for b in receiver.bodies[len(events):]] == ["revision-applied"]
     receiver.server.shutdown()
 
 
-def test_a_host_that_missed_a_rollout_is_caught_up_alone(fleet: Fleet) -> None:
-    receiver = with_notifications(fleet)
-    assert fleet.controller("sync").returncode == 0
-    first = git(fleet.work, "rev-parse", "HEAD")
-    fleet.lab.stop_host("h2")
-    second = bump_version(fleet, "2.0.0")
-    assert fleet.controller("sync").returncode == 2
-    assert fleet.controller("sync").returncode == 2  # retried while h2 is still down
+def test_a_host_that_missed_a_rollout_is_caught_up_alone(converged: Fleet) -> None:
+    receiver = with_notifications(converged)
+    first = git(converged.work, "rev-parse", "HEAD")
+    converged.lab.stop_host("h2")
+    second = bump_version(converged, "2.0.0")
+    assert converged.controller("sync").returncode == 2
+    assert converged.controller("sync").returncode == 2  # retried while h2 is still down
     # the partial rollout is announced once, not once per retry
-    assert [b["event"] for b in receiver.bodies] == ["revision-applied", "revision-applied", "run-failed"]
+    assert [b["event"] for b in receiver.bodies] == ["revision-applied", "run-failed"]
     receiver.server.shutdown()
-    [row] = status(fleet)
+    [row] = status(converged)
     assert row["applied_revision"] == second and (row["hosts_at_revision"], row["hosts_total"]) == (1, 2)
     hosts = {h["host"]: h for h in row["hosts"]}  # type: ignore[attr-defined]
     assert hosts["web2.staging"]["revision"] == first and hosts["web2.staging"]["state"] == "unreachable"
-    text = fleet.controller("status").stdout
+    text = converged.controller("status").stdout
     assert f"web2.staging at {first[:12]}: unreachable since" in text and "1/2" in text
-    assert "web2.staging" in fleet.controller("status", "--hosts").stdout
+    assert "web2.staging" in converged.controller("status", "--hosts").stdout
 
-    fleet.lab.start_host("h2")
-    untouched = fleet.host_file("h1", VERSION).stat().st_mtime_ns
-    code, result = fleet.controller_json("sync")  # the branch has not moved
+    converged.lab.start_host("h2")
+    untouched = converged.host_file("h1", VERSION).stat().st_mtime_ns
+    code, result = converged.controller_json("sync")  # the branch has not moved
     assert code == 0, result
     [app] = result["apps"]
     assert app["applied_to"] == {"web2.staging": "new revision"}
-    assert fleet.host_file("h2", VERSION).read_text() == "2.0.0\n"
-    assert fleet.host_file("h1", VERSION).stat().st_mtime_ns == untouched
-    assert status(fleet)[0]["hosts_at_revision"] == 2
+    assert converged.host_file("h2", VERSION).read_text() == "2.0.0\n"
+    assert converged.host_file("h1", VERSION).stat().st_mtime_ns == untouched
+    assert status(converged)[0]["hosts_at_revision"] == 2
 
 
-def test_a_change_plus_a_check_mode_failure_converges_in_one_sync(fleet: Fleet) -> None:
-    tasks = fleet.work / "roles/app/tasks/main.yml"
+def test_a_change_plus_a_check_mode_failure_converges_in_one_sync(converged: Fleet) -> None:
+    tasks = converged.work / "roles/app/tasks/main.yml"
     tasks.write_text(tasks.read_text() + "\n- name: Write the feature flags\n  ansible.builtin.copy:\n"
                      "    content: \"# flags\\n\"\n    dest: /srv/opt/shop/flags.conf\n    mode: '0644'\n"
                      "    force: false\n"
                      "- name: Turn the cache on\n  ansible.builtin.lineinfile:\n"
                      "    path: /srv/opt/shop/flags.conf\n    line: cache=on\n")
-    fleet.push("Feature flags")
-    assert fleet.controller("sync").returncode == 0
-    flags = fleet.host_file("h1", "/srv/opt/shop/flags.conf")
+    converged.push("Feature flags")
+    assert converged.controller("sync").returncode == 0
+    flags = converged.host_file("h1", "/srv/opt/shop/flags.conf")
     flags.unlink()  # by hand: the check now shows a change, and a failure that only follows from it
     # check mode: the copy would recreate the file, so the lineinfile after it fails; reported as such
-    code, result = fleet.controller_json("check")
+    code, result = converged.controller_json("check")
     assert code == 2 and result["apps"][0]["outcome"] == "drifted", result
     [failed] = [t for t in result["apps"][0]["check"]["tasks"] if t["status"] == "failed"]
     assert failed["task"] == "app : Turn the cache on" and failed["may_depend"], failed
     assert failed["message"].startswith("may depend on a change not yet applied: "), failed
-    code, result = fleet.controller_json("sync")
+    code, result = converged.controller_json("sync")
     assert code == 0, result
     [app] = result["apps"]
     assert {(h["host"], h["status"]) for h in app["check"]["hosts"]} == {
@@ -134,14 +132,13 @@ def test_a_change_plus_a_check_mode_failure_converges_in_one_sync(fleet: Fleet) 
     assert app["applied_to"] == {"web1.staging": "drifted"}
     assert app["outcome"] == "converged"
     assert flags.read_text() == "# flags\ncache=on\n"
-    run = fleet.controller("show", str(app["run_id"])).stdout
+    run = converged.controller("show", str(app["run_id"])).stdout
     assert "web1.staging  failed  app : Turn the cache on (ansible.builtin.lineinfile): may depend on a change " \
            "not yet applied: " in run, run
 
 
-def test_sync_force_applies_everywhere(fleet: Fleet) -> None:
-    assert fleet.controller("sync").returncode == 0
-    code, result = fleet.controller_json("sync", "--force")
+def test_sync_force_applies_everywhere(converged: Fleet) -> None:
+    code, result = converged.controller_json("sync", "--force")
     assert code == 0
     assert result["apps"][0]["applied_to"] == {"web1.staging": "forced", "web2.staging": "forced"}
 
@@ -168,7 +165,7 @@ def test_apps_come_and_go_with_git(tmp_path: Path, lab: Lab, age_key: AgeKey) ->
 
 
 def test_drift_on_one_host_of_ten_is_applied_there_alone(tmp_path: Path, age_key: AgeKey) -> None:
-    prefix = TEST_PREFIX.rsplit(".", 1)[0] + f".{int(TEST_PREFIX.rsplit('.', 1)[1]) + 100}"
+    prefix = own_prefix(130)
     with Lab(tmp_path / "lab", 10, prefix=prefix) as lab:  # the leak sweep knows */lab/hosts/* are servers
         fleet = build_fleet(tmp_path / "fleet", lab, age_key)
         inventory = {"all": {"children": {"web": {"hosts": {
@@ -246,16 +243,15 @@ def test_the_readme_exit_codes_are_the_declared_ones() -> None:
     assert exit_codes_markdown() in readme
 
 
-def test_status_says_when_the_newest_revision_failed_beside_the_last_good_state(fleet: Fleet) -> None:
-    assert fleet.controller("sync").returncode == 0
-    good = git(fleet.work, "rev-parse", "HEAD")
-    fleet.write("playbooks/site.yml", (fleet.work / "playbooks/site.yml").read_text() + "- hosts: [\n")
-    broken = fleet.push("Broken playbook")
-    assert fleet.controller("sync").returncode == 1
-    [row] = status(fleet)
+def test_status_says_when_the_newest_revision_failed_beside_the_last_good_state(converged: Fleet) -> None:
+    good = git(converged.work, "rev-parse", "HEAD")
+    converged.write("playbooks/site.yml", (converged.work / "playbooks/site.yml").read_text() + "- hosts: [\n")
+    broken = converged.push("Broken playbook")
+    assert converged.controller("sync").returncode == 1
+    [row] = status(converged)
     assert (row["state"], row["applied_revision"]) == ("converged", good)
     assert row["failure"]["revision"] == broken and row["failure"]["reason"] == "SyntaxCheckFailed"  # type: ignore[index]
-    line = fleet.controller("status").stdout.splitlines()[1]
+    line = converged.controller("status").stdout.splitlines()[1]
     assert "converged" in line and f"{broken[:12]} failed: app staging: playbooks/site.yml failed the syntax" in line
 
 

@@ -40,13 +40,12 @@ def test_sync_applies_a_pushed_commit_then_has_nothing_to_do(fleet: Fleet) -> No
     assert {r["revision"] for r in runs[:2]} == {sha}
 
 
-def test_check_reports_a_manual_change_and_sync_puts_it_back(fleet: Fleet) -> None:
-    assert fleet.controller("sync").returncode == 0
-    app_yml = fleet.host_file("h2", APP_YML)
+def test_check_reports_a_manual_change_and_sync_puts_it_back(converged: Fleet) -> None:
+    app_yml = converged.host_file("h2", APP_YML)
     app_yml.write_text(app_yml.read_text().replace("workers: 2", "workers: 64"))
     before = app_yml.read_text()
 
-    code, report = fleet.controller_json("check")
+    code, report = converged.controller_json("check")
     assert code == 2
     [app] = report["apps"]
     assert app["outcome"] == "drifted"
@@ -57,16 +56,16 @@ def test_check_reports_a_manual_change_and_sync_puts_it_back(fleet: Fleet) -> No
     assert "-workers: 64" in diff and "+workers: 2" in diff
     assert app_yml.read_text() == before  # check changed nothing
 
-    text = fleet.controller("check")
+    text = converged.controller("check")
     assert text.returncode == 2
     assert "web2.staging" in text.stdout and "-workers: 64" in text.stdout
 
-    fixed = fleet.controller("sync")
+    fixed = converged.controller("sync")
     assert fixed.returncode == 0, fixed.stderr
     assert "workers: 2" in app_yml.read_text()
-    assert fleet.controller("check").returncode == 0
+    assert converged.controller("check").returncode == 0
 
-    shown = fleet.controller("show", str(report["apps"][0]["run_id"]))
+    shown = converged.controller("show", str(report["apps"][0]["run_id"]))
     assert shown.returncode == 0 and "-workers: 64" in shown.stdout and "drifted" in shown.stdout
 
 
@@ -110,71 +109,70 @@ def assert_refused(fleet: Fleet, args: tuple[str, ...], reason: str, *needles: s
         assert after[0]["outcome"] == "failed" and after[0]["reason"] == reason
 
 
-def test_bad_commits_are_refused_before_anything_is_applied(fleet: Fleet, lab: Lab) -> None:
-    assert fleet.controller("sync").returncode == 0
-    good = git(fleet.work, "rev-parse", "HEAD")
-    again = fleet.controller("check", "--progress")  # the same inputs passed their syntax check a moment ago
+def test_bad_commits_are_refused_before_anything_is_applied(converged: Fleet) -> None:
+    good = git(converged.work, "rev-parse", "HEAD")
+    again = converged.controller("check", "--progress")  # the same inputs passed their syntax check a moment ago
     assert again.returncode == 0 and "syntax check of staging: passed before at the same inputs" in again.stderr
 
     # a syntax error, with the new version in the same commit: nothing of it may land
-    fleet.write("playbooks/site.yml", (fleet.work / "playbooks/site.yml").read_text() + "- hosts: [\n")
-    bump_version(fleet, "9.9.9")
-    assert_refused(fleet, ("sync",), "SyntaxCheckFailed", "playbooks/site.yml", "syntax check")
-    assert_refused(fleet, ("sync",), "SyntaxCheckFailed", "playbooks/site.yml", "syntax check")  # never remembered
-    git(fleet.work, "revert", "--no-edit", "HEAD")
+    converged.write("playbooks/site.yml", (converged.work / "playbooks/site.yml").read_text() + "- hosts: [\n")
+    bump_version(converged, "9.9.9")
+    assert_refused(converged, ("sync",), "SyntaxCheckFailed", "playbooks/site.yml", "syntax check")
+    assert_refused(converged, ("sync",), "SyntaxCheckFailed", "playbooks/site.yml", "syntax check")  # never remembered
+    git(converged.work, "revert", "--no-edit", "HEAD")
 
     # a gitops.yml an editor saved as Latin-1: a run had started, so it is recorded, failed, naming gitops.yml
-    recorded = len(fleet.runs())
-    gitops = fleet.work / "gitops.yml"
+    recorded = len(converged.runs())
+    gitops = converged.work / "gitops.yml"
     gitops.write_bytes(gitops.read_bytes() + b"# caf\xe9\n")
-    fleet.push("Latin-1")
-    assert_refused(fleet, ("sync",), "ConfigInvalid", "controller: gitops.yml: list of apps is not UTF-8 text")
-    assert len(fleet.runs()) == recorded + 1
-    git(fleet.work, "revert", "--no-edit", "HEAD")
+    converged.push("Latin-1")
+    assert_refused(converged, ("sync",), "ConfigInvalid", "controller: gitops.yml: list of apps is not UTF-8 text")
+    assert len(converged.runs()) == recorded + 1
+    git(converged.work, "revert", "--no-edit", "HEAD")
 
     # a tampered SOPS file: one encrypted value replaced by another file's ciphertext
     path = "inventories/staging/group_vars/all/secrets.sops.yml"
-    text = (fleet.work / path).read_text().splitlines()
+    text = (converged.work / path).read_text().splitlines()
     token = next(i for i, line in enumerate(text) if line.startswith("app_api_token:"))
     password = next(i for i, line in enumerate(text) if line.startswith("app_db_password:"))
     text[token] = "app_api_token:" + text[password].split(":", 1)[1]
-    fleet.write(path, "\n".join(text) + "\n")
-    fleet.push("Tamper")
-    assert_refused(fleet, ("sync",), "DecryptionFailed", path)
+    converged.write(path, "\n".join(text) + "\n")
+    converged.push("Tamper")
+    assert_refused(converged, ("sync",), "DecryptionFailed", path)
 
     # a SOPS file encrypted for a key the bastion does not have
     from tests.conftest import make_age_key
 
-    stranger = make_age_key(fleet.root / "stranger")
-    sops_yaml = fleet.work / ".sops.yaml"
-    sops_yaml.write_text(sops_yaml.read_text().replace(fleet.key.recipient, stranger.recipient))
-    fleet.encrypt(path, {"app_db_password": secret("stranger"), "app_api_token": secret("stranger")})
-    fleet.push("Re-encrypt for someone else")
-    assert_refused(fleet, ("sync",), "DecryptionFailed", path, "cannot decrypt")
+    stranger = make_age_key(converged.root / "stranger")
+    sops_yaml = converged.work / ".sops.yaml"
+    sops_yaml.write_text(sops_yaml.read_text().replace(converged.key.recipient, stranger.recipient))
+    converged.encrypt(path, {"app_db_password": secret("stranger"), "app_api_token": secret("stranger")})
+    converged.push("Re-encrypt for someone else")
+    assert_refused(converged, ("sync",), "DecryptionFailed", path, "cannot decrypt")
 
     # a plaintext file where .sops.yaml says secrets live
-    fleet.write(path, f"app_db_password: {secret('plain')}\n")
-    fleet.push("Oops, plaintext")
-    assert_refused(fleet, ("sync",), "DecryptionFailed", path, "not encrypted")
+    converged.write(path, f"app_db_password: {secret('plain')}\n")
+    converged.push("Oops, plaintext")
+    assert_refused(converged, ("sync",), "DecryptionFailed", path, "not encrypted")
 
     # a symlink that leaves the repository
-    git(fleet.work, "reset", "-q", "--hard", good)
-    os.symlink("/etc/shadow", fleet.work / "roles/app/templates/leak.j2")
-    fleet.push("Link out", force=True)
-    assert_refused(fleet, ("sync", "--allow-rewrite"), "SnapshotFailed", "leak.j2")
-    git(fleet.work, "reset", "-q", "--hard", good)
-    git(fleet.work, "push", "-q", "--force", "origin", "HEAD:main")
+    git(converged.work, "reset", "-q", "--hard", good)
+    os.symlink("/etc/shadow", converged.work / "roles/app/templates/leak.j2")
+    converged.push("Link out", force=True)
+    assert_refused(converged, ("sync", "--allow-rewrite"), "SnapshotFailed", "leak.j2")
+    git(converged.work, "reset", "-q", "--hard", good)
+    git(converged.work, "push", "-q", "--force", "origin", "HEAD:main")
 
     # the watched branch is missing, the remote is unreachable, the key file is gone
-    write_config(fleet, source={"url": str(fleet.remote), "branch": "nope"})
-    assert_refused(fleet, ("sync",), "RevisionNotFound", "'nope'")
-    write_config(fleet, source={"url": str(fleet.root / "gone.git"), "branch": "main"})
-    assert_refused(fleet, ("sync",), "FetchFailed", "cannot fetch", "gone.git")
-    write_config(fleet, sops={"age_key_file": str(fleet.root / "missing.key")})
-    assert_refused(fleet, ("sync",), "DecryptionFailed", "missing.key")
+    write_config(converged, source={"url": str(converged.remote), "branch": "nope"})
+    assert_refused(converged, ("sync",), "RevisionNotFound", "'nope'")
+    write_config(converged, source={"url": str(converged.root / "gone.git"), "branch": "main"})
+    assert_refused(converged, ("sync",), "FetchFailed", "cannot fetch", "gone.git")
+    write_config(converged, sops={"age_key_file": str(converged.root / "missing.key")})
+    assert_refused(converged, ("sync",), "DecryptionFailed", "missing.key")
 
-    assert fleet.host_file("h1", VERSION).read_text() == "1.0.0\n"
-    assert all(r["revision"] == good or r["outcome"] == "failed" for r in fleet.runs())
+    assert converged.host_file("h1", VERSION).read_text() == "1.0.0\n"
+    assert all(r["revision"] == good or r["outcome"] == "failed" for r in converged.runs())
 
 
 def test_durations_as_people_type_them_and_config_before_the_command(fleet: Fleet) -> None:
@@ -198,45 +196,43 @@ def test_durations_as_people_type_them_and_config_before_the_command(fleet: Flee
     assert (config.ansible.task_timeout, config.source.fetch_timeout) == (120, 90)
 
 
-def test_a_rewritten_history_is_refused_unless_allowed(fleet: Fleet) -> None:
-    assert fleet.controller("sync").returncode == 0
-    applied = git(fleet.work, "rev-parse", "HEAD")
-    git(fleet.work, "commit", "-q", "--amend", "-m", "Rewritten")
-    bump_version(fleet, "3.0.0", force=True)
-    refused = fleet.controller("sync")
+def test_a_rewritten_history_is_refused_unless_allowed(converged: Fleet) -> None:
+    applied = git(converged.work, "rev-parse", "HEAD")
+    git(converged.work, "commit", "-q", "--amend", "-m", "Rewritten")
+    bump_version(converged, "3.0.0", force=True)
+    refused = converged.controller("sync")
     assert refused.returncode == 1
     assert "does not descend from the last applied" in refused.stderr and applied[:12] in refused.stderr
-    assert fleet.host_file("h1", VERSION).read_text() == "1.0.0\n"
-    assert fleet.controller("check").returncode == 2  # a check is still allowed: it changes nothing
-    allowed = fleet.controller("sync", "--allow-rewrite")
+    assert converged.host_file("h1", VERSION).read_text() == "1.0.0\n"
+    assert converged.controller("check").returncode == 2  # a check is still allowed: it changes nothing
+    allowed = converged.controller("sync", "--allow-rewrite")
     assert allowed.returncode == 0, allowed.stderr
-    assert fleet.host_file("h1", VERSION).read_text() == "3.0.0\n"
+    assert converged.host_file("h1", VERSION).read_text() == "3.0.0\n"
 
 
-def test_preview_a_revision_dry_run_and_detect_policy_change_nothing(fleet: Fleet) -> None:
-    assert fleet.controller("sync").returncode == 0
-    git(fleet.work, "checkout", "-q", "-b", "pr-7")
-    pr = bump_version(fleet, "7.0.0", ref="pr-7")
-    git(fleet.work, "checkout", "-q", "main")
+def test_preview_a_revision_dry_run_and_detect_policy_change_nothing(converged: Fleet) -> None:
+    git(converged.work, "checkout", "-q", "-b", "pr-7")
+    pr = bump_version(converged, "7.0.0", ref="pr-7")
+    git(converged.work, "checkout", "-q", "main")
 
-    code, preview = fleet.controller_json("check", "--revision", pr)
+    code, preview = converged.controller_json("check", "--revision", pr)
     assert code == 2 and preview["revision"]["sha"] == pr
     assert any("+7.0.0" in t["diff"] for t in preview["apps"][0]["check"]["tasks"])
-    dry = fleet.controller("sync", "--dry-run", "--revision", pr)
+    dry = converged.controller("sync", "--dry-run", "--revision", pr)
     assert dry.returncode == 2 and "not applied (preview)" in dry.stdout
-    assert fleet.host_file("h1", VERSION).read_text() == "1.0.0\n"
+    assert converged.host_file("h1", VERSION).read_text() == "1.0.0\n"
 
-    gitops = fleet.work / "gitops.yml"
+    gitops = converged.work / "gitops.yml"
     gitops.write_text(gitops.read_text().replace("policy: apply", "policy: detect"))
-    bump_version(fleet, "8.0.0")
-    code, detect = fleet.controller_json("sync")
+    bump_version(converged, "8.0.0")
+    code, detect = converged.controller_json("sync")
     assert code == 2 and detect["apps"][0]["outcome"] == "drifted"
     assert "policy detect" in detect["apps"][0]["message"]
-    assert fleet.host_file("h1", VERSION).read_text() == "1.0.0\n"
+    assert converged.host_file("h1", VERSION).read_text() == "1.0.0\n"
 
-    missing = fleet.controller("check", "--revision", "0" * 40)
+    missing = converged.controller("check", "--revision", "0" * 40)
     assert missing.returncode == 1 and "not found" in missing.stderr
-    unknown = fleet.controller("check", "--app", "nope")
+    unknown = converged.controller("check", "--app", "nope")
     assert unknown.returncode == 1 and "no app 'nope'" in unknown.stderr
 
 
@@ -335,24 +331,23 @@ def test_workspaces_are_wiped_after_every_run(tmp_path: Path, lab: Lab, age_key:
     assert workspaces(broken.pid) == set()
 
 
-def test_only_if_changed_returns_at_once_until_the_branch_moves_or_a_check_is_due(fleet: Fleet) -> None:
-    assert fleet.controller("sync").returncode == 0
-    idle = fleet.controller("sync", "--only-if-changed")
+def test_only_if_changed_returns_at_once_until_the_branch_moves_or_a_check_is_due(converged: Fleet) -> None:
+    idle = converged.controller("sync", "--only-if-changed")
     assert idle.returncode == 0, idle.stderr
     assert "nothing to do: main is still at" in idle.stdout
-    assert len(fleet.runs()) == 1
-    code, document = fleet.controller_json("sync", "--only-if-changed")
+    assert len(converged.runs()) == 1
+    code, document = converged.controller_json("sync", "--only-if-changed")
     assert code == 0 and document["apps"] == [] and "no drift check is due" in document["idle"]
 
-    sha = bump_version(fleet, "2.0.0")
-    moved = fleet.controller("sync", "--only-if-changed")
-    assert moved.returncode == 0 and fleet.runs()[0]["revision"] == sha
-    assert fleet.host_file("h1", VERSION).read_text() == "2.0.0\n"
+    sha = bump_version(converged, "2.0.0")
+    moved = converged.controller("sync", "--only-if-changed")
+    assert moved.returncode == 0 and converged.runs()[0]["revision"] == sha
+    assert converged.host_file("h1", VERSION).read_text() == "2.0.0\n"
 
     # a check is not a sync: the fast path does not count it. Run as cron and CI wrappers do, its output
     # through a pipe it did not make: stopping its own children must leave the caller's tee alone
-    log = fleet.root / "check.log"
-    env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config)}
+    log = converged.root / "check.log"
+    env = {**os.environ, "CONTROLLER_CONFIG": str(converged.config)}
     teed = subprocess.run(["bash", "-c", f"{BIN / 'controller'} check > >(tee -a {log})"], env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     assert teed.returncode == 0, teed.stderr
@@ -360,12 +355,12 @@ def test_only_if_changed_returns_at_once_until_the_branch_moves_or_a_check_is_du
     while teed.stdout not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "in-sync" in teed.stdout and log.read_text() == teed.stdout
-    assert fleet.controller("sync", "--only-if-changed").stdout.count("nothing to do") == 0
-    write_config(fleet, watch={"drift_check_interval": 1})
+    assert converged.controller("sync", "--only-if-changed").stdout.count("nothing to do") == 0
+    write_config(converged, watch={"drift_check_interval": 1})
     time.sleep(1.2)
-    due = fleet.controller("sync", "--only-if-changed")
+    due = converged.controller("sync", "--only-if-changed")
     assert due.returncode == 0 and "in-sync" in due.stdout
-    assert len(fleet.runs()) == 5
+    assert len(converged.runs()) == 5
 
 
 def test_state_is_private_whatever_the_umask(fleet: Fleet) -> None:

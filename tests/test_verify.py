@@ -32,11 +32,10 @@ def verdicts(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {v["host"]: v for v in app["verify"]}
 
 
-def test_an_unchanged_fleet_verifies_with_one_ssh_connection_per_host_and_no_playbook(fleet: Fleet,
+def test_an_unchanged_fleet_verifies_with_one_ssh_connection_per_host_and_no_playbook(converged: Fleet,
                                                                                    tmp_path: Path) -> None:
-    assert fleet.controller("sync").returncode == 0
     env, calls = counting_ssh(tmp_path)
-    code, result = verify(fleet, env=env)
+    code, result = verify(converged, env=env)
     assert code == 0, result
     found = verdicts(result)
     assert set(found) == {"web1.staging", "web2.staging"}
@@ -46,15 +45,15 @@ def test_an_unchanged_fleet_verifies_with_one_ssh_connection_per_host_and_no_pla
     assert all(v["last_full_check"] for v in found.values())
     lines = calls.read_text().splitlines()
     assert len(lines) == 2, lines  # one connection per host, nothing else (no Ansible, no module upload)
-    assert sorted(lines) == [fleet.lab.host("h1").address, fleet.lab.host("h2").address]
+    assert sorted(lines) == [converged.lab.host("h1").address, converged.lab.host("h2").address]
     # X25519 offered first (ssh.verify_key_exchange's default), OpenSSH's own list after it
     assert Path(f"{calls}.kex").read_text().splitlines() == ["KexAlgorithms=^curve25519-sha256"] * 2
     [app] = result["apps"]
     assert app["outcome"] == "in-sync" and app["check"]["tasks"] == []
-    run = fleet.runs()[0]
+    run = converged.runs()[0]
     assert run["mode"] == "verify" and run["summary"]["verified"] == ["web1.staging", "web2.staging"]
 
-    text = fleet.controller("verify")
+    text = converged.controller("verify")
     assert text.returncode == 0
     assert "web1.staging  verified" in text.stdout and "as the full check at" in text.stdout
 
@@ -76,14 +75,14 @@ def test_a_host_unreachable_at_the_last_full_check_is_fully_checked_alone(fleet:
     assert run["mode"] == "verify" and run["verified"] == 1 and run["summary"]["verified"] == ["web1.staging"]
 
 
-def test_each_kind_of_hand_change_is_caught_and_reported_with_the_full_checks_diff(fleet: Fleet) -> None:
-    tasks = fleet.work / "roles/app/tasks/main.yml"
+def test_each_kind_of_hand_change_is_caught_and_reported_with_the_full_checks_diff(converged: Fleet) -> None:
+    tasks = converged.work / "roles/app/tasks/main.yml"
     tasks.write_text(tasks.read_text().replace('dest: "{{ app_root }}/VERSION"\n',
                                                'dest: "{{ app_root }}/VERSION"\n    owner: root\n'))
-    fleet.push("The version file belongs to root")
-    assert fleet.controller("sync").returncode == 0
-    app_yml = fleet.host_file("h1", APP_YML)
-    version = fleet.host_file("h1", VERSION)
+    converged.push("The version file belongs to root")
+    assert converged.controller("sync").returncode == 0
+    app_yml = converged.host_file("h1", APP_YML)
+    version = converged.host_file("h1", VERSION)
     changes: list[tuple[str, Callable[[], None], str]] = [
         ("a hand edit of a templated file", lambda: app_yml.write_text(app_yml.read_text() + "debug: true\n"),
          f"{APP_YML}: content changed"),
@@ -95,7 +94,7 @@ def test_each_kind_of_hand_change_is_caught_and_reported_with_the_full_checks_di
     ]
     for what, change, said in changes:
         change()
-        code, result = verify(fleet)
+        code, result = verify(converged)
         assert code == 2, (what, result)
         found = verdicts(result)
         assert found["web2.staging"]["verified"], what
@@ -109,55 +108,54 @@ def test_each_kind_of_hand_change_is_caught_and_reported_with_the_full_checks_di
         if what == "a hand edit of a templated file":
             assert any("-debug: true" in t["diff"] for t in changed), changed
         # the same hand change seen by a sync that verifies first: corrected on web1 only
-        done = fleet.controller("sync", "--verify-first", "--json")
+        done = converged.controller("sync", "--verify-first", "--json")
         assert done.returncode == 0, (what, done.stdout, done.stderr)
         [synced] = json.loads(done.stdout)["apps"]
         assert synced["applied_to"] == {"web1.staging": "drifted"}, what
-        assert verify(fleet)[0] == 0, what
+        assert verify(converged)[0] == 0, what
     assert "debug: true" not in app_yml.read_text() and version.stat().st_mode & 0o777 == 0o644
 
     # what no task manages (app.yml's owner): flagged once, found in sync by the full check, then taken as is
     os.chown(app_yml, 4242, 4242)
-    code, result = verify(fleet)
+    code, result = verify(converged)
     assert code == 0 and "owner root -> 4242" in verdicts(result)["web1.staging"]["why"], result
-    code, result = verify(fleet)
+    code, result = verify(converged)
     assert code == 0 and verdicts(result)["web1.staging"]["verified"], result
 
 
-def test_changed_inputs_make_verify_fully_check_every_host(fleet: Fleet) -> None:
-    assert fleet.controller("sync").returncode == 0
+def test_changed_inputs_make_verify_fully_check_every_host(converged: Fleet) -> None:
 
     def falls_back(expected_code: int) -> dict[str, Any]:
-        code, result = verify(fleet)
+        code, result = verify(converged)
         assert code == expected_code, result
         found = verdicts(result)
         assert all(not v["verified"] and "inputs changed" in v["why"] for v in found.values()), found
         [app] = result["apps"]
         assert {h["host"] for h in app["check"]["hosts"]} == {"web1.staging", "web2.staging"}
-        assert fleet.controller("sync").returncode == 0
-        assert verify(fleet)[0] == 0
+        assert converged.controller("sync").returncode == 0
+        assert verify(converged)[0] == 0
         return result
 
     # a changed group var: a new revision, the template it feeds has drifted on every host
-    group_vars = fleet.work / "inventories/staging/group_vars/all/main.yml"
+    group_vars = converged.work / "inventories/staging/group_vars/all/main.yml"
     group_vars.write_text(group_vars.read_text() + "\napp_log_level: debug\n")
-    fleet.push("A group var")
+    converged.push("A group var")
     falls_back(2)
     # a changed secret
-    fleet.encrypt("inventories/staging/group_vars/all/secrets.sops.yml",
+    converged.encrypt("inventories/staging/group_vars/all/secrets.sops.yml",
                   {"app_db_password": secret("rotated-db"), "app_api_token": secret("rotated-token")})
-    fleet.push("Rotate the secrets")
+    converged.push("Rotate the secrets")
     rotated = json.dumps(falls_back(2))
     # the hosts still held the old secret: the diff's "before" side masks it too
-    assert "[redacted]" in rotated and fleet.secrets["staging"] not in rotated
+    assert "[redacted]" in rotated and converged.secrets["staging"] not in rotated
     # a bastion change that reaches no host (notifications, the listener, the daemon's intervals): still verified
-    write_config(fleet, notify=[{"url": "http://127.0.0.1:9/hook", "events": ["run-failed"]}],
+    write_config(converged, notify=[{"url": "http://127.0.0.1:9/hook", "events": ["run-failed"]}],
                  watch={"poll_interval": "5m", "drift_check_interval": "2h", "listen": "127.0.0.1:0"})
-    code, result = verify(fleet)
+    code, result = verify(converged)
     assert code == 0 and all(v["verified"] for v in verdicts(result).values()), result
-    assert fleet.runs()[0]["summary"]["rechecked"] == [], result  # no host needed a full check
+    assert converged.runs()[0]["summary"]["rechecked"] == [], result  # no host needed a full check
     # a changed bastion config that reaches the hosts, and no new commit at all
-    write_config(fleet, ansible={"timeout": "11s"})
+    write_config(converged, ansible={"timeout": "11s"})
     falls_back(0)
 
 
@@ -181,16 +179,16 @@ def test_tasks_the_manifest_cannot_cover_are_listed_with_the_last_full_check(fle
     assert "covered only by that full check: app : Read the kernel release" in text
 
 
-def test_verifies_do_not_move_the_full_check_schedule(fleet: Fleet) -> None:
-    write_config(fleet, watch={"drift_check_interval": "3s"})
-    assert fleet.controller("sync").returncode == 0
+def test_verifies_do_not_move_the_full_check_schedule(converged: Fleet) -> None:
+    write_config(converged, watch={"drift_check_interval": "3s"})
+    assert converged.controller("sync").returncode == 0
     time.sleep(3.5)  # the full check is now due
-    done = fleet.controller("sync", "--verify-first", "--json")
+    done = converged.controller("sync", "--verify-first", "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["apps"][0]["verify"], done.stdout
     # a sync whose hosts were only verified is no full check: the one due still is
-    idle = fleet.controller("sync", "--only-if-changed", "--json")
+    idle = converged.controller("sync", "--only-if-changed", "--json")
     assert idle.returncode == 0 and json.loads(idle.stdout)["idle"] is None, idle.stdout
-    assert fleet.runs()[0]["verified"] == 0  # that sync checked every host
+    assert converged.runs()[0]["verified"] == 0  # that sync checked every host
 
 
 def test_verify_config_and_watch_interval_are_read(fleet: Fleet) -> None:

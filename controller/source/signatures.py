@@ -68,7 +68,7 @@ def verify_revision(config: Config, store: Store, source: Source, revision: Revi
     since = f" since {', '.join(b[:12] for b in bases)}" if bases else (
         " (nothing applied yet: the head only)" if settings.mode == "all" else "")
     step(f"verifying commit signatures ({settings.mode}) of {revision.short}{since}")
-    with _trusting(settings, config.state_path) as (options, env):
+    with _trusting(settings) as (options, env):
         def log(*revs: str) -> list[Verdict]:
             out = source.git(*options, "log", "--reverse", "--topo-order", FORMAT, *revs, "--",
                              reason=Reason.SNAPSHOT_FAILED, what=f"reading the signatures of {revision.short}",
@@ -110,11 +110,12 @@ def refused_head(store: Store, sha: str) -> bool:
 
 
 @contextmanager
-def _trusting(settings: VerifyConfig, scratch: Path) -> Iterator[tuple[list[str], dict[str, str]]]:
+def _trusting(settings: VerifyConfig) -> Iterator[tuple[list[str], dict[str, str]]]:
     """Git options and environment under which the configured keys, and no others, are trusted."""
     # a fresh GNUPGHOME per run: the controller user's own ~/.gnupg must never count, and a key
-    # removed from gpg_keyring must stop counting at once
-    home = Path(tempfile.mkdtemp(prefix="gnupg-", dir=scratch))
+    # removed from gpg_keyring must stop counting at once. In the temp dir, not under state_dir:
+    # gpg-agent's socket lives there and its path must fit in 108 bytes, whatever state_dir is.
+    home = Path(tempfile.mkdtemp(prefix="controller-gnupg-"))
     try:
         (home / "gpg.conf").write_text(GPG_CONF)
         env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(home), "GNUPGHOME": str(home),

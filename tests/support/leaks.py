@@ -1,0 +1,27 @@
+"""The leak sweep: every plaintext secret a test made, searched for on this machine's disks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SEARCHED = ("/tmp", "/dev/shm", "/var/log", str(Path.home() / ".ansible"), "/var/tmp")
+
+
+def files_containing(needles: list[bytes], searched: tuple[str, ...] = SEARCHED) -> list[str]:
+    """``path: plaintext`` for each file under ``searched`` that holds a needle (lab hosts' own files aside)."""
+    found = []
+    for top in searched:
+        for directory, _, names in os.walk(top):
+            if "/lab/hosts/" in directory + "/":
+                continue  # the managed servers' own files: secrets belong there
+            for name in names:
+                path = Path(directory, name)
+                try:
+                    if not path.is_file() or path.is_symlink() or path.stat().st_size > 50_000_000:
+                        continue
+                    data = path.read_bytes()
+                except OSError:
+                    continue
+                found.extend(f"{path}: {n.decode()}" for n in needles if n in data)
+    return found
