@@ -38,8 +38,9 @@ from controller.web.listener import Listener, Routes
 from lab import Lab
 from lab.repository import AgeKey
 from tests.conftest import APP_YML, BIN, Fleet, build_fleet, write_config
-from tests.test_interrupt import workspaces
-from tests.test_watch import daemon, free_port, promtool, wait_for, watch_config
+from tests.support.daemon import daemon, free_port, wait_for, watch_config
+from tests.support.metrics import promtool
+from tests.support.processes import workspaces
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 TOKEN = "dashboard-test-token-0123456789"

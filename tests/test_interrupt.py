@@ -10,11 +10,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import BIN, Fleet
-
-
-def workspaces(pid: int | None = None) -> set[Path]:
-    """Controller workspaces on /dev/shm; of one controller process, when ``pid`` is given."""
-    return set(Path("/dev/shm").glob(f"controller-{pid}-*" if pid else "controller-*"))
+from tests.support.processes import workspaces
 
 
 def test_sigterm_mid_run_stops_cleanly(fleet: Fleet) -> None:

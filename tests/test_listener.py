@@ -24,8 +24,8 @@ from controller.vocabulary import Provider
 from controller.web.listener import FULL_LINES
 from controller.web.webhooks import sign
 from tests.conftest import Fleet, bump_version
-from tests.test_watch import daemon, free_port, github_push, runs, version_is, wait_for, watch_config
-from tests.test_webhooks import SECRETS, MiB, exchange, listening, post, read_all, status_of
+from tests.support.daemon import daemon, free_port, github_push, runs, version_is, wait_for, watch_config
+from tests.support.webhooks import SECRETS, MiB, exchange, listening, post, read_all, status_of
 
 SECRET = SECRETS[Provider.GITHUB]
 

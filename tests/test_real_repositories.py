@@ -30,7 +30,7 @@ from controller.verify.probe import look
 from lab import Lab, counting_ssh
 from lab.repository import debian_package, git, make_age_key, write_tree
 from tests.conftest import Fleet, own_prefix, write_config
-from tests.test_requirements import dependent_collections
+from tests.support.collections import dependent_collections
 
 JUMP = "h1"
 PLACED = {"web1": "h2", "web2": "h3", "inner1": "h4"}   # inner1 is only reached through the jump host

@@ -16,7 +16,8 @@ from controller.errors import ControllerError
 from controller.vocabulary import Reason
 from lab.repository import collection_tarball, git, role_remote, write_tree
 from tests.conftest import Fleet, write_config
-from tests.test_sync import assert_refused
+from tests.support.collections import dependent_collections
+from tests.support.refusals import assert_refused
 
 SHOUT = '''\
 def shout(text):
@@ -49,22 +50,6 @@ def acme_tools(directory: Path, filters: str = SHOUT) -> Path:
         "README.md": "acme.tools\n", "meta/runtime.yml": "requires_ansible: '>=2.15'\n",
         "plugins/filter/shout.py": filters})
     return collection_tarball(collection, directory)
-
-
-def dependent_collections(directory: Path) -> dict[str, Path]:
-    """acme.base, and acme.app that depends on it, built into tarballs."""
-    meta = "readme: README.md\nauthors: [lab]\nversion: 1.0.0\nnamespace: acme\n"
-    filters = {"base": 'def shout(text):\n    return str(text).upper()\n\n\n'
-                       'class FilterModule:\n    def filters(self):\n        return {"shout": shout}\n',
-               "app": 'def banner(text):\n    return "# " + str(text) + ", managed by Ansible"\n\n\n'
-                      'class FilterModule:\n    def filters(self):\n        return {"banner": banner}\n'}
-    built = {}
-    for name, depends in (("base", ""), ("app", "dependencies: {'acme.base': '>=1.0.0'}\n")):
-        source = write_tree(directory / f"acme.{name}", {
-            "galaxy.yml": f"{meta}name: {name}\n{depends}", "README.md": f"acme.{name}\n",
-            "meta/runtime.yml": "requires_ansible: '>=2.15'\n", f"plugins/filter/{name}.py": filters[name]})
-        built[name] = collection_tarball(source, directory)
-    return built
 
 
 def requirements(role: Path, tarball: Path, version: str = "v1") -> str:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import sqlite3
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import yaml
@@ -21,6 +18,7 @@ from lab import Lab
 from lab.repository import AgeKey, git, sops_encrypt
 from tests.conftest import PLAINTEXTS, TEST_PREFIX, VERSION, Fleet, build_fleet, bump_version, secret
 from tests.support.leaks import files_containing
+from tests.support.processes import ProcWatch
 
 DEST = "/srv/opt/secrets"
 GROUP_VARS = "inventories/staging/group_vars/all"
@@ -54,32 +52,6 @@ json={{ json_template }}
 json_nested={{ json_nested.inner[0] }}
 json_pin={{ json_pin }}
 """
-
-
-class ProcWatch(threading.Thread):
-    """Samples every process's argv and environment every ~50 ms, remembering any needle it sees."""
-
-    def __init__(self, needles: list[str]) -> None:
-        super().__init__(daemon=True)
-        self.needles = [n.encode() for n in needles]
-        self.found: set[str] = set()
-        self.programs: set[str] = set()
-        self.samples = 0
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(0.05):
-            self.samples += 1
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                for name in ("cmdline", "environ"):
-                    try:
-                        data = Path("/proc", pid, name).read_bytes()
-                    except OSError:
-                        continue  # gone already, or not ours to read
-                    if name == "cmdline":
-                        self.programs.update(os.path.basename(arg.decode(errors="replace"))
-                                             for arg in data.split(b"\0"))
-                    self.found.update(f"{name} of {pid}: {n.decode()}" for n in self.needles if n in data)
 
 
 @dataclass

@@ -20,8 +20,8 @@ import pytest
 from controller.config import load_config
 from lab.repository import git
 from tests.conftest import BIN, VERSION, Fleet, write_config
-from tests.test_notify import Receiver
-from tests.test_watch import daemon, wait_for
+from tests.support.daemon import daemon, wait_for
+from tests.support.receiver import Receiver
 
 EMAIL = "dev@example.invalid"
 

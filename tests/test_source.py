@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from tests.conftest import VERSION, Fleet, write_config
-from tests.test_sync import assert_refused
+from tests.support.refusals import assert_refused
 
 TOKEN = "glpat-canary-0f3c9a7e55d1"
 

@@ -21,7 +21,7 @@ from controller.vocabulary import NO_APP, HostState, Kind, Outcome, Reason, Task
 from lab import Lab
 from lab.repository import AgeKey
 from tests.conftest import APP_YML, VERSION, Fleet, build_fleet, bump_version, git, own_prefix, write_config
-from tests.test_notify import Receiver
+from tests.support.receiver import Receiver
 
 BANNER = "/srv/etc/motd"
 DATA = Path(__file__).parent / "data"

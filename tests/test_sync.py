@@ -10,7 +10,8 @@ from pathlib import Path
 
 from lab import Lab
 from tests.conftest import APP_YML, BIN, VERSION, Fleet, build_fleet, bump_version, git, secret, write_config
-from tests.test_interrupt import workspaces
+from tests.support.processes import workspaces
+from tests.support.refusals import assert_refused
 
 
 def test_sync_applies_a_pushed_commit_then_has_nothing_to_do(fleet: Fleet) -> None:
@@ -90,23 +91,6 @@ def test_one_host_down_the_others_converge_and_the_run_is_partial(fleet: Fleet) 
     again = fleet.controller("sync")
     assert again.returncode == 0, again.stdout + again.stderr
     assert fleet.host_file("h2", VERSION).read_text() == "1.0.0\n"
-
-
-def assert_refused(fleet: Fleet, args: tuple[str, ...], reason: str, *needles: str) -> None:
-    """Exit 1, one line on stderr naming the problem, nothing applied, earlier history intact."""
-    history = fleet.runs()
-    versions = {h: fleet.host_file(h, VERSION).read_text() for h in ("h1", "h2")}
-    done = fleet.controller(*args)
-    assert done.returncode == 1, done.stdout + done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    for needle in needles:
-        assert needle in lines[0]
-    assert {h: fleet.host_file(h, VERSION).read_text() for h in ("h1", "h2")} == versions
-    after = fleet.runs()
-    assert after[len(after) - len(history):] == history
-    if len(after) > len(history):
-        assert after[0]["outcome"] == "failed" and after[0]["reason"] == reason
 
 
 def test_bad_commits_are_refused_before_anything_is_applied(converged: Fleet) -> None:

@@ -7,7 +7,7 @@ import subprocess
 import uuid
 
 from tests.conftest import BIN, VERSION, Fleet, bump_version, secret, write_config
-from tests.test_secrets import ProcWatch
+from tests.support.processes import ProcWatch
 
 DEPLOYED = "/srv/opt/shop/conf/vaulted.txt"
 KEY = "/srv/opt/shop/conf/service.key"

@@ -15,7 +15,7 @@ from controller.ansible.results import Connection
 from controller.state.store import Store
 from lab import counting_ssh
 from tests.conftest import APP_YML, VERSION, Fleet, secret, write_config
-from tests.test_watch import daemon, wait_for, watch_config
+from tests.support.daemon import daemon, wait_for, watch_config
 
 COMMAND_TASK = ("\n- name: Read the kernel release\n  ansible.builtin.command: uname -r\n"
                 "  check_mode: false\n  changed_when: false\n")

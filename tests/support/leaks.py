@@ -10,7 +10,7 @@ SEARCHED = ("/tmp", "/dev/shm", "/var/log", str(Path.home() / ".ansible"), "/var
 
 def files_containing(needles: list[bytes], searched: tuple[str, ...] = SEARCHED) -> list[str]:
     """``path: plaintext`` for each file under ``searched`` that holds a needle (lab hosts' own files aside)."""
-    found = []
+    found: list[str] = []
     for top in searched:
         for directory, _, names in os.walk(top):
             if "/lab/hosts/" in directory + "/":
