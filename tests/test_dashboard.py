@@ -25,12 +25,14 @@ from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.wait import WebDriverWait
 
 from bench.dashboard import fill
 from controller.config import HostPort, load_config
 from controller.daemon.watch import LogProgress
 from controller.state.store import Store
+from controller.vocabulary import Kind, Outcome, Trigger
 from controller.web.access import FULL_LINES, GUESS_BURST, GUESSES_PER_SECOND, Access
 from controller.web.actions import Actions
 from controller.web.dashboard import Dashboard
@@ -290,7 +292,7 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
     assert workspaces(serve.pid) == set()
 
 
-def test_history_pages_and_filters_over_the_json_api(tmp_path: Path) -> None:
+def test_history_pages_and_filters_over_the_json_api(tmp_path: Path, browser: webdriver.Chrome) -> None:
     fill(tmp_path / "state" / "state.db", runs=120)
     config = tmp_path / "controller.yml"
     config.write_text(yaml.safe_dump({"source": {"url": str(tmp_path / "none.git")}, "state_dir": "state",
@@ -309,6 +311,19 @@ def test_history_pages_and_filters_over_the_json_api(tmp_path: Path) -> None:
         status, page = request(base + "/history?app=app0&outcome=drifted&page=1")
         assert status == 200 and page.decode().count('<tr>') == 10  # the heading and nine runs
         assert request(base + "/apps/nothing")[0] == 404
+
+        # the daemon's most frequent runs, its verifies, can be picked out on the page as a person does it
+        with Store(tmp_path / "state" / "state.db") as store:
+            verifies = [store.start_run("app1", f"{1:040x}", Kind.VERIFY, Trigger.VERIFY) for _ in range(2)]
+            for run_id in verifies:
+                store.finish_run(run_id, Outcome.IN_SYNC, None, "in sync", False, {}, verified=4)
+        browser.get(base + "/history")
+        Select(browser.find_element(By.NAME, "trigger")).select_by_visible_text("verify")
+        browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
+        until(browser, 10, lambda d: "trigger=verify" in d.current_url)
+        rows = browser.find_elements(By.CSS_SELECTOR, "table tr")[1:]
+        assert len(rows) == 2 and all("verify" in row.text for row in rows), [row.text for row in rows]
+        assert "2 runs" in browser.find_element(By.CSS_SELECTOR, "p.meta").text
 
         # a run going on: without JavaScript the pages reload themselves; with it, the stamp tells them to
         before = json.loads(request(base + "/api/stamp")[1])["stamp"]
