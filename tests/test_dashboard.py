@@ -260,6 +260,11 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
 
         assert request(base + "/api/apps")[0] == 401
         assert request(base + "/api/apps", headers={"Authorization": "Bearer wrong"})[0] == 401
+        status, body = request(base + "/healthz")  # the same report as watch's, no token needed
+        health = json.loads(body)
+        assert status == 200 and set(health) == {"status", "uptime_seconds", "cycles", "running",
+                                                 "last_success_age_seconds", "last_failure"}, health
+        assert (health["status"], health["running"]) == ("ok", None)
         bearer = {"Authorization": f"Bearer {TOKEN}"}
         status, body = request(base + "/api/apps", headers=bearer)
         assert status == 200 and json.loads(body)["apps"][0]["host_states"] == {"drifted": 2}

@@ -8,9 +8,7 @@ import math
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from controller.ansible.results import TaskResult
 from controller.config import Config
@@ -28,6 +26,7 @@ from controller.vocabulary import NO_APP, Mode, Outcome, Provider, Reason, TaskS
 from controller.web.access import Access
 from controller.web.actions import Actions
 from controller.web.dashboard import Dashboard
+from controller.web.health import Health
 from controller.web.listener import Listener, Routes
 from controller.web.webhooks import shared_in_clear
 
@@ -67,29 +66,6 @@ class Triggers:
                     return set()
                 wake = deadline if self._first is None else min(deadline, self._first + self.debounce)
                 self._cond.wait(min(wake - now, MAX_SLEEP))
-
-
-@dataclass
-class Health:
-    """What /healthz reports; written by the loop, read by the listener's threads."""
-
-    started: float = field(default_factory=time.time)
-    cycles: int = 0
-    running: str | None = None
-    last_success: float | None = None
-    last_failure: str | None = None
-    stopping: bool = False
-
-    def report(self) -> tuple[int, dict[str, Any]]:
-        age = None if self.last_success is None else round(time.time() - self.last_success, 1)
-        return (503 if self.stopping else 200), {
-            "status": "stopping" if self.stopping else "ok",
-            "uptime_seconds": round(time.time() - self.started, 1),
-            "cycles": self.cycles,
-            "running": self.running,
-            "last_success_age_seconds": age,
-            "last_failure": self.last_failure,
-        }
 
 
 class LogProgress:

@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import re
-import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -39,6 +38,7 @@ from controller.state.store import Store
 from controller.vocabulary import RUNNING, Action, Outcome, Trigger
 from controller.web.access import Access, Throttle
 from controller.web.actions import Actions
+from controller.web.health import Health
 from controller.web.listener import Listener, Reply, Routes, WebRequest
 
 log = logging.getLogger("controller")
@@ -313,13 +313,10 @@ def serve(config: Config, listen: HostPort, cancel: Cancel, progress: Progress) 
     `sync` from cron writes; its actions run the same cycle."""
     actions = Actions(config, progress)
     dashboard = Dashboard(config, Access.of(config.ui, listen), actions)
-    started = time.time()
-
-    def health() -> tuple[int, dict[str, Any]]:
-        return 200, {"status": "ok", "uptime_seconds": round(time.time() - started, 1), "running": actions.running}
+    health = Health(running_now=lambda: actions.running and Trigger.UI)
 
     listener = Listener(listen, Routes(branch=config.source.branch, secrets={}, max_body=0, on_push=lambda _: None,
-                                       health=health, metrics=Metrics(config.store_path).render,
+                                       health=health.report, metrics=Metrics(config.store_path).render,
                                        pages=dashboard.handle, summarise=dashboard.summarise))
     with Store.of(config) as store:
         recover(config, store)
@@ -333,5 +330,6 @@ def serve(config: Config, listen: HostPort, cancel: Cancel, progress: Progress) 
         pass  # the way out: stop serving
     finally:
         log.info("stopping")
+        health.stopping = True
         actions.stop()
         listener.stop()
