@@ -28,7 +28,11 @@ EXAMPLE = ("ansible.cfg", "gitops.yml", ".sops.yaml", "playbooks", "roles", "inv
 def worker_prefix(base: str, worker: str) -> str:
     """The /24 of one xdist worker (``gw0``, ``gw1``...): ``base`` moved up 100 in its last octet per worker."""
     first, second, third = base.split(".")
-    return f"{first}.{second}.{int(third) + 100 * int(worker.removeprefix('gw'))}"
+    moved = int(third) + 100 * int(worker.removeprefix("gw"))
+    if moved > 255:
+        raise pytest.UsageError(f"CONTROLLER_TEST_PREFIX {base}: worker {worker} would need {first}.{second}.{moved}; "
+                                "pick a last octet under 56, or fewer workers")
+    return f"{first}.{second}.{moved}"
 
 
 # tests of one run share this /24, each xdist worker its own; a second run beside it (another checkout) picks
