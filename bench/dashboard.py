@@ -22,9 +22,9 @@ from typing import Any
 import yaml
 
 from controller.ansible.results import TaskResult
-from controller.report.drift import HostReport, Report
 from controller.source.revision import Revision
 from controller.state.store import Store
+from controller.verify.drift import HostReport, Report
 from controller.vocabulary import HostState, Kind, Outcome, Phase, TaskStatus, Trigger
 
 TARGET_MS = 200.0

@@ -129,6 +129,9 @@ class Provider(StrEnum):
 NO_APP = "*"
 """The app a failure is recorded under when no app could be read (Git down before gitops.yml, no app known yet)."""
 
+MASK = "[redacted]"
+"""What is shown, logged and stored in place of a secret (a decrypted value, a password in a Git URL)."""
+
 RUNNING = "running"
 """What a run not finished yet shows (and is filtered by) in place of an outcome: it has none recorded."""
 

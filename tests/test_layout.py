@@ -1,4 +1,5 @@
-"""The package's layout as the README describes it: every module it names exists, and imports have no cycle."""
+"""The package's layout as the README describes it: every module it names exists, imports have no cycle, and no
+import runs back up the pipeline's floors."""
 
 from __future__ import annotations
 
@@ -15,13 +16,25 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports_at_load(path: Path, modules: set[str]) -> set[str]:
-    """The package modules ``path`` imports when it is loaded (not inside functions, not for type checking)."""
+# The floors, bottom first: a module imports only from its own floor and the floors below. Plumbing and the
+# vocabulary at the bottom, then the stages in the order data flows (Git, secrets, the check run, what differs,
+# the record, the run that drives them), then what people and other programs see, and the entry points.
+FLOORS = (
+    {"vocabulary", "errors", "clock", "schema", "config", "process", "reaper", "guard", "lock", "interrupt", "memo"},
+    {"source"}, {"secrets"}, {"ansible"}, {"verify"}, {"state"}, {"run"}, {"report"}, {"web"}, {"daemon"},
+    {"cli"},
+)
+
+
+def imports_at_load(path: Path, modules: set[str], *, in_functions: bool = False) -> set[str]:
+    """The package modules ``path`` imports when it is loaded (``in_functions``: or when its functions run);
+    never those imported only for type checking."""
     found: set[str] = set()
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             continue
-        for inner in ast.walk(node) if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) else ():
+        nested = in_functions or not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        for inner in ast.walk(node) if nested else ():
             if isinstance(inner, ast.ImportFrom) and inner.module and inner.level == 0:
                 names = [f"{inner.module}.{alias.name}" for alias in inner.names]
                 found.update(n for n in [inner.module, *names] if n in modules)
@@ -60,3 +73,19 @@ def test_the_package_imports_have_no_cycle() -> None:
 
     for name in sorted(graph):
         visit(name, ())
+
+
+def floor(module: str) -> int:
+    """The floor of a package module: its stage's (``controller.run.cycle``: run's) or its own at the top level."""
+    part = module.split(".")[1] if "." in module else ""
+    found = [number for number, names in enumerate(FLOORS) if part in names]
+    assert found, f"{module} is on no floor: add its stage or module to FLOORS (and to the README's map)"
+    return found[0]
+
+
+def test_no_import_runs_back_up_the_floors() -> None:
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE or p.stem != "__init__"}
+    upward = [f"{name} -> {imported}" for name, path in sorted(files.items())
+              for imported in sorted(imports_at_load(path, set(files), in_functions=True))
+              if floor(imported) > floor(name)]
+    assert upward == []

@@ -17,12 +17,12 @@ import yaml
 
 from controller.ansible.results import TaskResult
 from controller.config import Config, load_config
-from controller.report.drift import HostReport, Report
-from controller.report.forges import post_statuses
-from controller.report.notify import announce
+from controller.run.forges import post_statuses
+from controller.run.notify import announce
 from controller.run.results import AppResult, Request, Result
 from controller.source.revision import Revision
 from controller.state.store import Store
+from controller.verify.drift import HostReport, Report
 from controller.vocabulary import Kind, Mode, Outcome, Policy, Reason, TaskStatus
 from tests.support.receiver import API, EXTERNAL, TOKEN, Forge, Receiver, forge_targets
 

@@ -8,10 +8,10 @@ import subprocess
 from pathlib import Path
 
 from controller.ansible.results import TaskResult
-from controller.report.drift import HostReport, Report
 from controller.report.review import review_markdown
 from controller.run.results import AppResult, Request, Result
 from controller.source.revision import Revision
+from controller.verify.drift import HostReport, Report
 from controller.vocabulary import Kind, Mode, Outcome, TaskStatus
 from tests.conftest import BIN, Fleet, git
 

@@ -13,10 +13,10 @@ import yaml
 
 from controller.errors import ControllerError
 from controller.report.documents import detail_document, run_document
-from controller.report.drift import HostReport, Report
 from controller.report.metrics import Metrics
 from controller.state.migrations import MIGRATIONS, statements
 from controller.state.store import Store
+from controller.verify.drift import HostReport, Report
 from controller.vocabulary import NO_APP, HostState, Kind, Outcome, Reason, TaskStatus, Trigger
 from lab import Lab
 from lab.repository import AgeKey
@@ -256,7 +256,7 @@ def test_status_says_when_the_newest_revision_failed_beside_the_last_good_state(
 
 
 def test_hosts_outside_the_apply_with_unverified_tasks_keep_the_run_unverified() -> None:
-    from controller.report.drift import decide
+    from controller.verify.drift import decide
 
     check = Report((HostReport("web1", TaskStatus.CHANGED, 1, 0), HostReport("web2", TaskStatus.OK, 0, 1)), ())
     applied = Report((HostReport("web1", TaskStatus.CHANGED, 1, 0),), ())

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from controller import memo
 from controller.config import Config
 from controller.errors import ControllerError
 from controller.secrets.vault import vault_args
 from controller.source.ansible_cfg import read_ansible_cfg
-from controller.state import memo
 from controller.vocabulary import Reason
 
 # What the job may take from the controller's own environment; everything else

@@ -11,6 +11,7 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 
 from controller.ansible.results import TaskResult
+from controller.clock import parse_time
 from controller.config import Config
 from controller.daemon.refwatch import RefWatcher, local_bare_repository
 from controller.errors import ControllerError, Interrupted
@@ -18,7 +19,7 @@ from controller.interrupt import Cancel
 from controller.report.metrics import Metrics
 from controller.run.cycle import run_cycle
 from controller.run.results import AppResult, Request, Result
-from controller.run.schedule import DriftSchedule, parse_time
+from controller.run.schedule import DriftSchedule
 from controller.secrets.sops import read_secret_file
 from controller.source.git import RemoteUrl
 from controller.state.store import Store

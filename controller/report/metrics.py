@@ -20,7 +20,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from controller.run.schedule import parse_time
+from controller.clock import parse_time
 from controller.state.migrations import DURATION_BUCKETS
 from controller.state.records import AppStatus
 from controller.state.store import Store

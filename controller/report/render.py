@@ -7,9 +7,9 @@ from dataclasses import asdict
 from typing import Any
 
 from controller.ansible.results import TaskResult
-from controller.report.drift import Report
 from controller.run.results import AppResult, Result
 from controller.state.records import AppStatus, RunDetail, RunRecord
+from controller.verify.drift import Report
 from controller.vocabulary import EXIT_CODE_MEANINGS, RUNNING, HostState, Phase, Reason, TaskStatus
 
 SHOWN = (TaskStatus.CHANGED, TaskStatus.FAILED, TaskStatus.UNREACHABLE, TaskStatus.UNVERIFIED)

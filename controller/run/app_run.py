@@ -12,7 +12,6 @@ from controller.ansible.runner import OutOfTime, Stopped, run_playbook
 from controller.config import Config
 from controller.errors import ControllerError, Interrupted
 from controller.interrupt import Cancel
-from controller.report.drift import Report, decide, host_states, merged, report, settle
 from controller.run.plan import Plan, plan_apply
 from controller.run.preparation import Preparation
 from controller.run.results import AppResult, Progress, Request
@@ -21,6 +20,7 @@ from controller.source.git import Source
 from controller.source.revision import Revision
 from controller.state.records import HostRecord
 from controller.state.store import Store
+from controller.verify.drift import Report, decide, host_states, merged, report, settle
 from controller.verify.verdict import Verdict, manifests_after, verified_report, verify_hosts
 from controller.vocabulary import Kind, Phase, Policy, Reason, TaskStatus, failure
 
@@ -95,7 +95,8 @@ class AppRun:
     def _look(self, project: Path) -> list[Verdict]:
         """Compare the hosts with their manifests, one look each."""
         self.progress.step(f"{self.app.name}: verifying the hosts against their manifests (one look each)")
-        verdicts = verify_hosts(self.config, self.store, self.app.name, self.digest, project)
+        states = {row.host: row.state for row in self.store.hosts(self.app.name)}
+        verdicts = verify_hosts(self.config, self.store.manifests(self.app.name), states, self.digest, project)
         rechecked = [v.host for v in verdicts if not v.verified]
         # a host that differed is looked at again after its full check, even if Ansible finds it in sync:
         # the manifest then takes what Ansible does not manage (an owner no task sets) as it is now

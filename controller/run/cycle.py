@@ -10,8 +10,8 @@ from controller.errors import LockBusy
 from controller.interrupt import Cancel
 from controller.lock import hold
 from controller.process import stop_children
-from controller.report.forges import post_statuses
-from controller.report.notify import announce
+from controller.run.forges import post_statuses
+from controller.run.notify import announce
 from controller.run.reconcile import reconcile
 from controller.run.results import Progress, Request, Result
 from controller.secrets.workspace import sweep

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from controller.report.drift import Report
+from controller.verify.drift import Report
 from controller.vocabulary import ApplyReason, TaskStatus
 
 

@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from controller import memo
 from controller.ansible.job import Job, job_settings
 from controller.ansible.requirements import install_requirements
 from controller.ansible.runner import syntax_check
@@ -24,7 +25,6 @@ from controller.secrets.vault import learn_vaulted
 from controller.secrets.workspace import Workspace
 from controller.source.apps import App
 from controller.source.git import Source
-from controller.state import memo
 
 
 @dataclass

@@ -5,18 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+from controller.clock import parse_time
 from controller.config import Config
 from controller.errors import ControllerError, Failure, Interrupted
 from controller.interrupt import Cancel
 from controller.run.app_run import AppRun
 from controller.run.preparation import Preparation
 from controller.run.results import AppResult, Progress, Request, Result
-from controller.run.schedule import DriftSchedule, parse_time
+from controller.run.schedule import DriftSchedule
 from controller.secrets.workspace import workspace
 from controller.source.apps import App, load_apps
 from controller.source.git import Source
 from controller.source.revision import Revision
-from controller.source.signatures import refused_head, verify_revision
+from controller.source.signatures import verify_revision
 from controller.state.records import Suspension
 from controller.state.store import Store
 from controller.verify.manifest import inputs_digest
@@ -54,7 +55,8 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
         # stop that reaches this far is a stop while looking (or between two apps)
         looking = request.verifying
         store.record_revision(revision)
-        verify_revision(config, store, source, revision, request.app, progress.step)  # before anything is extracted
+        # before anything is extracted
+        verify_revision(config, source, revision, store.applied_revisions(request.app), progress.step)
         with workspace(Path(config.workspace_dir)) as space:
             progress.step(f"revision {revision.short} {revision.subject!r}")
             source.extract(revision.sha, space.project)
@@ -119,7 +121,9 @@ def _suspended(app: App, suspension: Suspension) -> AppResult:
 def _idle(config: Config, store: Store, head: Revision) -> str | None:
     """Why a sync can return at once: every app's last check or sync was a sync at ``head`` that left
     nothing to do (no host behind, none failed), and no drift check is due."""
-    if config.source.verify.mode != "off" and refused_head(store, head.sha):
+    newest = store.latest_sync()
+    refused = newest is not None and newest.revision == head.sha and newest.reason is Reason.VERIFICATION_FAILED
+    if config.source.verify.mode != "off" and refused:  # polls wait for the branch to move
         return (f"nothing to do: {config.source.branch} is still at {head.short}, which was refused for its "
                 "signatures; waiting for a new commit")
     apps = store.active_apps()

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from controller.ansible.results import TaskResult
-from controller.report.drift import Report
 from controller.run.plan import Plan
 from controller.source.revision import Revision
+from controller.verify.drift import Report
 from controller.verify.verdict import Verdict
 from controller.vocabulary import ExitCode, Kind, Mode, Outcome, Policy, Reason, Trigger
 

@@ -34,8 +34,3 @@ class DriftSchedule:
     def due(self, last: datetime | None, now: datetime) -> bool:
         when = self.next_check(last)
         return when is not None and when <= now
-
-
-def parse_time(stored: str) -> datetime:
-    """A timestamp as the state store writes it."""
-    return datetime.fromisoformat(stored)

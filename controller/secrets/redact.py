@@ -7,7 +7,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-MASK = "[redacted]"
+from controller.vocabulary import MASK
+
 # Shorter values cannot be masked without mangling ordinary output (documented limit).
 MIN_LENGTH = 4
 

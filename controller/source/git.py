@@ -13,9 +13,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from controller.errors import ControllerError
 from controller.process import answer, finish, run, stream
-from controller.secrets.redact import MASK
 from controller.source.revision import Revision
-from controller.vocabulary import Reason
+from controller.vocabulary import MASK, Reason
 
 # Git must never run code from what it fetches: no hooks, no submodules, no fsmonitor. Passed
 # with -c on every command, so nothing written into the cache's own config can undo it.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +15,6 @@ from controller.errors import ControllerError
 from controller.process import run
 from controller.source.git import Source
 from controller.source.revision import Revision
-from controller.state.store import Store
 from controller.vocabulary import Reason
 
 # one commit per line: sha, git's verdict (%G?), the signing key, subject (the only field that may hold \x1f)
@@ -58,13 +57,14 @@ class Verdict:
         return f"has a signature that cannot be checked (git says {self.status!r})"
 
 
-def verify_revision(config: Config, store: Store, source: Source, revision: Revision, app: str | None,
+def verify_revision(config: Config, source: Source, revision: Revision, applied: Sequence[str],
                     step: Callable[[str], None]) -> None:
-    """Refuse ``revision`` unless the commits ``source.verify`` covers carry good signatures by trusted keys."""
+    """Refuse ``revision`` unless the commits ``source.verify`` covers carry good signatures by trusted keys
+    (``applied``: the revisions last applied to the apps of the run, where mode ``all`` starts from)."""
     settings = config.source.verify
     if settings.mode == "off":
         return
-    bases = last_applied(store, app) if settings.mode == "all" else []
+    bases = list(applied) if settings.mode == "all" else []
     since = f" since {', '.join(b[:12] for b in bases)}" if bases else (
         " (nothing applied yet: the head only)" if settings.mode == "all" else "")
     step(f"verifying commit signatures ({settings.mode}) of {revision.short}{since}")
@@ -95,18 +95,6 @@ def verify_revision(config: Config, store: Store, source: Source, revision: Revi
             f"commit {refused.sha[:12]} {refused.subject[:80]!r}{where} {refused.why()}; refusing {target} "
             f"(source.verify.mode: {settings.mode})")
     step(f"{len(verdicts)} commit(s) carry good signatures by trusted keys")
-
-
-def last_applied(store: Store, app: str | None) -> list[str]:
-    """The revisions applied to the apps this run covers: ``all`` checks what none of them contains yet."""
-    apps = [app] if app else store.active_apps()
-    return list(dict.fromkeys(sha for a in apps if (sha := store.last_applied(a))))
-
-
-def refused_head(store: Store, sha: str) -> bool:
-    """Whether the newest sync refused exactly ``sha`` for its signatures (polls wait for the branch to move)."""
-    newest = store.latest_sync()
-    return newest is not None and newest.revision == sha and newest.reason is Reason.VERIFICATION_FAILED
 
 
 @contextmanager

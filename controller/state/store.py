@@ -7,13 +7,12 @@ import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from controller.clock import now
 from controller.config import Config
 from controller.errors import ControllerError
-from controller.report.drift import Report
 from controller.source.revision import Revision
 from controller.state.migrations import BUCKET_COLUMNS, migrate
 from controller.state.records import (
@@ -27,6 +26,7 @@ from controller.state.records import (
     Tally,
     TaskRecord,
 )
+from controller.verify.drift import Report
 from controller.verify.manifest import Manifest
 from controller.vocabulary import (
     NO_APP,
@@ -48,11 +48,6 @@ def private_directory(path: Path) -> None:
     """Create ``path`` (and parents) and make it 0700, whatever the umask."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.chmod(0o700)
-
-
-def now() -> str:
-    """The current UTC time as stored and shown."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class Store:
@@ -214,6 +209,12 @@ class Store:
         row = self.db.execute("SELECT revision FROM hosts WHERE app = ? AND revision IS NOT NULL"
                               " ORDER BY applied_at DESC, run_id DESC LIMIT 1", (app,)).fetchone()
         return str(row["revision"]) if row else None
+
+    def applied_revisions(self, app: str | None) -> list[str]:
+        """The revisions last applied to ``app`` (to every active app when None), each once: what signature
+        checks of mode ``all`` start from."""
+        apps = [app] if app else self.active_apps()
+        return list(dict.fromkeys(sha for a in apps if (sha := self.last_applied(a))))
 
     def hosts(self, app: str) -> list[HostRecord]:
         """Every host of the app: its applied revision and when, its state and since when."""

@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from controller.ansible.results import Connection, PlayRun
+from controller.clock import now
 from controller.config import Config
-from controller.report.drift import HostReport, Report, settle
-from controller.state.store import Store, now
+from controller.verify.drift import HostReport, Report, settle
 from controller.verify.manifest import Coverage, Manifest, ordered
 from controller.verify.probe import look
 from controller.vocabulary import HostState, TaskStatus
@@ -44,14 +44,12 @@ class Verdict:
                 "last_full_check": found.checked_at if found else None}
 
 
-def verify_hosts(config: Config, store: Store, app: str, digest: str, cwd: Path | None = None) -> list[Verdict]:
-    """Compare every host of the app with its manifest, all hosts at once; [] when there is none to use.
-
-    ``cwd`` is the checkout, where Ansible ran (``probe.look``)."""
-    manifests = store.manifests(app)
+def verify_hosts(config: Config, manifests: Mapping[str, Manifest | None], states: Mapping[str, HostState],
+                 digest: str, cwd: Path | None = None) -> list[Verdict]:
+    """Compare every host of an app with its manifest (``states``: each host's at the last full check), all hosts
+    at once; [] when there is none to use. ``cwd`` is the checkout, where Ansible ran (``probe.look``)."""
     usable = {host: m for host, m in manifests.items() if m is not None and m.digest == digest and not m.error}
     looked = look(config, {host: (m.connection, m.targets) for host, m in usable.items()}, cwd) if usable else {}
-    states = {row.host: row.state for row in store.hosts(app)}
     verdicts = []
     for host, manifest in sorted(manifests.items()):
         if manifest is None:

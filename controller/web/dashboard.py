@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from controller.clock import parse_time
 from controller.config import Config, HostPort
 from controller.errors import Interrupted, LockBusy
 from controller.interrupt import Cancel
@@ -33,7 +34,7 @@ from controller.report.documents import (
 from controller.report.metrics import Metrics
 from controller.run.cycle import recover
 from controller.run.results import Progress
-from controller.run.schedule import DriftSchedule, parse_time
+from controller.run.schedule import DriftSchedule
 from controller.state.store import Store
 from controller.vocabulary import RUNNING, Action, Outcome, Trigger
 from controller.web.access import Access, Throttle

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from controller.config import FORGES, Config, NotifyTarget
-from controller.report.notify import post_json, run_link
+from controller.run.notify import post_json, run_link
 from controller.run.results import AppResult, Result
 from controller.state.store import Store
 from controller.vocabulary import Kind, Outcome

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from controller.clock import now
 from controller.config import FORGES, Config, NotifyTarget
-from controller.report.drift import merged
 from controller.run.results import AppResult, Result
-from controller.state.store import Store, now
+from controller.state.store import Store
+from controller.verify.drift import merged
 from controller.vocabulary import Event, Kind, Outcome, Reason, TaskStatus
 
 log = logging.getLogger("controller")
