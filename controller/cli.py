@@ -11,23 +11,24 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from controller import __version__
-from controller.ansible.job import writable_known_hosts
-from controller.ansible.results import TaskResult
 from controller.config import Config, HostPort, find_config, load_config
 from controller.errors import ControllerError, Interrupted, LockBusy
 from controller.interrupt import Cancel
 from controller.report.documents import detail_document, run_document, status_document
 from controller.report.render import history_text, hosts_text, result_json, result_text, run_text, status_text
 from controller.report.review import review_markdown
-from controller.run.cycle import recover, run_cycle
+from controller.run.recovery import recover
 from controller.run.results import Request
 from controller.state.store import Store
 from controller.vocabulary import EXIT_CODE_MEANINGS, ExitCode, Mode, Outcome, Reason, TaskStatus, Trigger
+
+if TYPE_CHECKING:
+    from controller.ansible.results import TaskResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -206,6 +207,7 @@ def _reconcile(mode: Mode, *, config_path: str | None, as_json: bool, output_for
     request = Request(mode, app, revision, dry_run, allow_rewrite, Trigger(trigger), only_if_changed=only_if_changed,
                       force=force, accept_unverified=accept_unverified, verify_first=verify_first,
                       apply_detect=apply_detect)
+    from controller.run.cycle import run_cycle  # status, history and show never load the playbook stages
     result = run_cycle(config, request, TerminalProgress(show), cancel, wait)
     shape = "json" if as_json else output_format or "text"
     report = {"json": lambda: json.dumps(result_json(result), indent=2) + "\n", "text": lambda: result_text(result),
@@ -416,6 +418,7 @@ def _config(config_path: str | None, *, reaches_hosts: bool = False) -> Config:
     given = config_path or (click.get_current_context().find_root().obj or {}).get("config")
     config = load_config(find_config(given))
     if reaches_hosts:  # refused before anything starts, not at the first host it meets
+        from controller.ansible.job import writable_known_hosts
         writable_known_hosts(config)
     return config
 

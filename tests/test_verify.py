@@ -75,6 +75,11 @@ def test_a_host_unreachable_at_the_last_full_check_is_fully_checked_alone(fleet:
     assert run["mode"] == "verify" and run["verified"] == 1 and run["summary"]["verified"] == ["web1.staging"]
 
 
+def replace_by_link(path: Path) -> None:
+    path.unlink()
+    path.symlink_to("/etc/hostname")
+
+
 def test_each_kind_of_hand_change_is_caught_and_reported_with_the_full_checks_diff(converged: Fleet) -> None:
     tasks = converged.work / "roles/app/tasks/main.yml"
     tasks.write_text(tasks.read_text().replace('dest: "{{ app_root }}/VERSION"\n',
@@ -82,38 +87,47 @@ def test_each_kind_of_hand_change_is_caught_and_reported_with_the_full_checks_di
     converged.push("The version file belongs to root")
     assert converged.controller("sync").returncode == 0
     app_yml = converged.host_file("h1", APP_YML)
-    version = converged.host_file("h1", VERSION)
-    changes: list[tuple[str, Callable[[], None], str]] = [
-        ("a hand edit of a templated file", lambda: app_yml.write_text(app_yml.read_text() + "debug: true\n"),
-         f"{APP_YML}: content changed"),
-        ("a mode change", lambda: version.chmod(0o600), f"{VERSION}: mode 0644 -> 0600"),
-        ("an owner change", lambda: os.chown(version, 4242, 4242), f"{VERSION}: owner root -> 4242"),
-        ("a deleted managed file", version.unlink, f"{VERSION}: was a file, now gone"),
-        ("a file replaced by a symlink", lambda: (version.unlink(), version.symlink_to("/etc/hostname")),
-         f"{VERSION}: was a file, now a link"),
+    version = {host: converged.host_file(host, VERSION) for host in ("h1", "h2")}
+    names = {"h1": "web1.staging", "h2": "web2.staging"}
+    Change = tuple[str, str, Callable[[], object], str]  # host, what, the change, what verify says
+    # two kinds at a time, one on each host (a host not changed in a round must still verify)
+    rounds: list[list[Change]] = [
+        [("h1", "a hand edit of a templated file", lambda: app_yml.write_text(app_yml.read_text() + "debug: true\n"),
+          f"{APP_YML}: content changed"),
+         ("h2", "a mode change", lambda: version["h2"].chmod(0o600), f"{VERSION}: mode 0644 -> 0600")],
+        [("h1", "an owner change", lambda: os.chown(version["h1"], 4242, 4242), f"{VERSION}: owner root -> 4242"),
+         ("h2", "a deleted managed file", version["h2"].unlink, f"{VERSION}: was a file, now gone")],
+        [("h1", "a file replaced by a symlink", lambda: replace_by_link(version["h1"]),
+          f"{VERSION}: was a file, now a link")],
     ]
-    for what, change, said in changes:
-        change()
+    for changes in rounds:
+        whats = [what for _, what, _, _ in changes]
+        for _, _, change, _ in changes:
+            change()
         code, result = verify(converged)
-        assert code == 2, (what, result)
+        assert code == 2, (whats, result)
         found = verdicts(result)
-        assert found["web2.staging"]["verified"], what
-        assert not found["web1.staging"]["verified"] and said in found["web1.staging"]["why"], (what, found)
+        changed_hosts = {names[host] for host, _, _, _ in changes}
+        for host, what, _, said in changes:
+            assert not found[names[host]]["verified"] and said in found[names[host]]["why"], (what, found)
+        assert all(v["verified"] for name, v in found.items() if name not in changed_hosts), (whats, found)
         [app] = result["apps"]
-        # the full check ran on web1 only, and its drift is Ansible's own
-        assert {h["host"]: h["status"] for h in app["check"]["hosts"]} == {"web1.staging": "changed",
-                                                                           "web2.staging": "ok"}, what
+        # the full check ran on the changed hosts only, and their drift is Ansible's own
+        assert {h["host"]: h["status"] for h in app["check"]["hosts"]} == {
+            name: "changed" if name in changed_hosts else "ok" for name in names.values()}, whats
         changed = [t for t in app["check"]["tasks"] if t["status"] == "changed"]
-        assert changed and all(t["host"] == "web1.staging" for t in changed), what
-        if what == "a hand edit of a templated file":
+        assert {t["host"] for t in changed} == changed_hosts, whats
+        if "a hand edit of a templated file" in whats:
             assert any("-debug: true" in t["diff"] for t in changed), changed
-        # the same hand change seen by a sync that verifies first: corrected on web1 only
+        # the same hand changes seen by a sync that verifies first: corrected on those hosts only
         done = converged.controller("sync", "--verify-first", "--json")
-        assert done.returncode == 0, (what, done.stdout, done.stderr)
+        assert done.returncode == 0, (whats, done.stdout, done.stderr)
         [synced] = json.loads(done.stdout)["apps"]
-        assert synced["applied_to"] == {"web1.staging": "drifted"}, what
-        assert verify(converged)[0] == 0, what
-    assert "debug: true" not in app_yml.read_text() and version.stat().st_mode & 0o777 == 0o644
+        assert synced["applied_to"] == dict.fromkeys(changed_hosts, "drifted"), whats
+        assert verify(converged)[0] == 0, whats
+    assert "debug: true" not in app_yml.read_text()
+    assert all(v.stat().st_mode & 0o777 == 0o644 and v.stat().st_uid == 0 and not v.is_symlink()
+               for v in version.values())
 
     # what no task manages (app.yml's owner): flagged once, found in sync by the full check, then taken as is
     os.chown(app_yml, 4242, 4242)

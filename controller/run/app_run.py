@@ -21,7 +21,8 @@ from controller.source.revision import Revision
 from controller.state.records import HostRecord
 from controller.state.store import Store
 from controller.verify.drift import Report, decide, host_states, merged, report, settle
-from controller.verify.verdict import Verdict, manifests_after, verified_report, verify_hosts
+from controller.verify.manifest import Verdict
+from controller.verify.verdict import manifests_after, verified_report, verify_hosts
 from controller.vocabulary import Kind, Phase, Policy, Reason, TaskStatus, failure
 
 

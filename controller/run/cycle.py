@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-from pathlib import Path
-
 from controller.config import Config
-from controller.errors import LockBusy
 from controller.interrupt import Cancel
 from controller.lock import hold
 from controller.process import stop_children
 from controller.run.forges import post_statuses
 from controller.run.notify import announce
 from controller.run.reconcile import reconcile
+from controller.run.recovery import lock_path, recover
 from controller.run.results import Progress, Request, Result
-from controller.secrets.workspace import sweep
 from controller.state.store import Store
 
 
@@ -29,22 +25,3 @@ def run_cycle(config: Config, request: Request, progress: Progress, cancel: Canc
         announce(config, store, result)
         post_statuses(config, store, result)
     return result
-
-
-def lock_path(config: Config) -> Path:
-    """The lock every reconcile of this state directory holds."""
-    return config.state_path / "controller.lock"
-
-
-def recover(config: Config, store: Store, locked: bool = False) -> None:
-    """Clean up after a controller that was killed: wipe its workspaces, mark its runs interrupted.
-
-    Every command calls this first. Runs are only marked when no run can be in progress:
-    under the lock, or when the lock is free right now.
-    """
-    sweep(Path(config.workspace_dir))
-    if locked:
-        store.interrupt_unfinished()
-        return
-    with contextlib.suppress(LockBusy), hold(lock_path(config)):
-        store.interrupt_unfinished()

@@ -9,7 +9,7 @@ from controller.ansible.results import TaskResult
 from controller.run.plan import Plan
 from controller.source.revision import Revision
 from controller.verify.drift import Report
-from controller.verify.verdict import Verdict
+from controller.verify.manifest import Verdict
 from controller.vocabulary import ExitCode, Kind, Mode, Outcome, Policy, Reason, Trigger
 
 

@@ -162,3 +162,22 @@ def inputs_digest(config: Config, revision: str, app: App, project: Path) -> str
             if path.is_file():
                 digest.update(str(path.relative_to(project)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One host after a verify: ``verified``, or why it needs a full check."""
+
+    host: str
+    verified: bool
+    why: str = ""
+    manifest: Manifest | None = None
+
+    def to_json(self) -> dict[str, object]:
+        found = self.manifest
+        return {"host": self.host, "verified": self.verified, "why": self.why,
+                "covered_tasks": found.covered if found else 0,
+                "paths": len(found.entries) if found else 0,
+                "resources": len(found.resources) if found else 0,
+                "uncovered_tasks": list(found.uncovered) if found else [],
+                "last_full_check": found.checked_at if found else None}

@@ -9,39 +9,20 @@ check), so a verdict names what the manifest covers and when the full check ran.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from controller.ansible.results import Connection, PlayRun
 from controller.clock import now
 from controller.config import Config
 from controller.verify.drift import HostReport, Report, settle
-from controller.verify.manifest import Coverage, Manifest, ordered
+from controller.verify.manifest import Coverage, Manifest, Verdict, ordered
 from controller.verify.probe import look
 from controller.vocabulary import HostState, TaskStatus
 
 SHOWN_DIFFERENCES = 3
 # host states a full check leaves without a manifest
 UNSETTLED = (HostState.DRIFTED, HostState.FAILED, HostState.UNREACHABLE)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One host after a verify: ``verified``, or why it needs a full check."""
-
-    host: str
-    verified: bool
-    why: str = ""
-    manifest: Manifest | None = None
-
-    def to_json(self) -> dict[str, object]:
-        found = self.manifest
-        return {"host": self.host, "verified": self.verified, "why": self.why,
-                "covered_tasks": found.covered if found else 0,
-                "paths": len(found.entries) if found else 0,
-                "resources": len(found.resources) if found else 0,
-                "uncovered_tasks": list(found.uncovered) if found else [],
-                "last_full_check": found.checked_at if found else None}
 
 
 def verify_hosts(config: Config, manifests: Mapping[str, Manifest | None], states: Mapping[str, HostState],

@@ -32,7 +32,7 @@ from controller.report.documents import (
     suspension_document,
 )
 from controller.report.metrics import Metrics
-from controller.run.cycle import recover
+from controller.run.recovery import recover
 from controller.run.results import Progress
 from controller.run.schedule import DriftSchedule
 from controller.state.store import Store
