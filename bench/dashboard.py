@@ -1,11 +1,15 @@
-"""The dashboard at scale: a state store of 50 hosts and 5,000 runs, every page timed over real HTTP.
+"""The dashboard at scale: a state store of 50 hosts and 5,000 runs, every page timed over real HTTP, and the
+inspection commands (`status`, `history`, `show`) timed on the same store.
 
 The store is filled through ``controller.state.Store`` (the API the pipeline records with), then a real
-``controller serve`` answers; no lab host is needed. ``python -m bench.dashboard`` prints the figures.
+``controller serve`` answers; no lab host is needed. ``python -m bench.dashboard`` prints the figures;
+``--before CONTROLLER`` also times another build's commands on the same store, each command of the two in
+turn, for a ratio measured side by side; ``--update DIR`` puts the figures into DIR's benchmarks.*.
 """
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import os
@@ -32,6 +36,7 @@ APPS = 5
 HOSTS_PER_APP = 10        # 50 hosts in all
 RUNS = 5000
 REQUESTS = 15             # per page
+COMMAND_REPS = 15         # per inspection command (and per build, side by side)
 DIFF = "--- before: /srv/opt/shop/conf/app.yml\n+++ after\n@@ -1,3 +1,3 @@\n listen: 8080\n-workers: 3\n+workers: 4\n"
 
 
@@ -69,8 +74,10 @@ def fill(path: Path, runs: int = RUNS) -> dict[str, int]:
     return {"drifted_run": drifted}
 
 
-def measure(root: Path, runs: int = RUNS, requests: int = REQUESTS) -> dict[str, Any]:
-    """Fill a store, start ``controller serve`` on it, time every page; milliseconds per page."""
+def measure(root: Path, runs: int = RUNS, requests: int = REQUESTS,
+            before: tuple[str, Path] | None = None) -> dict[str, Any]:
+    """Fill a store, start ``controller serve`` on it, time every page (milliseconds per page), then the inspection
+    commands (and ``before``'s: another build's name and ``controller``, in turn with them)."""
     state = root / "state"
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -95,9 +102,29 @@ def measure(root: Path, runs: int = RUNS, requests: int = REQUESTS) -> dict[str,
         serve.send_signal(signal.SIGTERM)
         serve.wait(timeout=30)
     slowest = max(t["max_ms"] for t in timings.values())
+    commands = {"status": ["status"], "history": ["history"], "show": ["show", str(ids["drifted_run"])]}
+    builds = {"now": Path(sys.executable).parent / "controller", **({"before": before[1]} if before else {})}
     return {"hosts": APPS * HOSTS_PER_APP, "runs": runs, "requests_per_page": requests,
             "fill_seconds": round(filled, 1), "target_ms": TARGET_MS, "pages": timings,
-            "slowest_median_ms": max(t["median_ms"] for t in timings.values()), "slowest_max_ms": slowest}
+            "slowest_median_ms": max(t["median_ms"] for t in timings.values()), "slowest_max_ms": slowest,
+            "commands": {name: _time_command(builds, config, args) for name, args in commands.items()},
+            "command_reps": COMMAND_REPS, "before": before[0] if before else None,
+            "measured_at": time.strftime("%Y-%m-%d"), "load": round(os.getloadavg()[0], 1)}
+
+
+def _time_command(builds: dict[str, Path], config: Path, args: list[str]) -> dict[str, float]:
+    """Median wall milliseconds of ``controller ARGS`` per build, the builds run in turn (one's noise is the
+    other's); each answer checked."""
+    times: dict[str, list[float]] = {name: [] for name in builds}
+    for _ in range(COMMAND_REPS):
+        for name, controller in builds.items():
+            begin = time.perf_counter()
+            done = subprocess.run([str(controller), "--config", str(config), *args], capture_output=True)
+            times[name].append((time.perf_counter() - begin) * 1000)
+            if done.returncode != 0:
+                raise SystemExit(f"benchmark: {controller} {' '.join(args)} exited {done.returncode}: "
+                                 f"{done.stderr[-300:]!r}")
+    return {f"{name}_ms": round(median(spent), 1) for name, spent in times.items()}
 
 
 def _time(port: int, page: str, requests: int) -> dict[str, Any]:
@@ -136,10 +163,24 @@ def _wait_for(port: int, serve: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.dashboard", description=__doc__)
+    parser.add_argument("--before", type=Path, metavar="CONTROLLER",
+                        help="another build's controller to time the commands beside")
+    parser.add_argument("--before-name", default="the build given with --before", metavar="TEXT",
+                        help="what to call it in the report (e.g. its commit)")
+    parser.add_argument("--update", type=Path, metavar="DIR",
+                        help="put the figures into DIR/benchmarks.json and write DIR's benchmarks.md again")
+    args = parser.parse_args()
     os.umask(0o077)
     with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
-        results = measure(Path(tmp))
+        results = measure(Path(tmp), before=(args.before_name, args.before) if args.before else None)
     print(json.dumps(results, indent=2))
+    if args.update:
+        from bench import report
+        stored = json.loads((args.update / "benchmarks.json").read_text())
+        stored["dashboard"] = results
+        (args.update / "benchmarks.json").write_text(json.dumps(stored, indent=2) + "\n")
+        report.write(stored, args.update)
     met = results["slowest_max_ms"] < TARGET_MS
     print(f"every page under {TARGET_MS:.0f} ms: {'yes' if met else 'NO'} "
           f"(slowest median {results['slowest_median_ms']} ms, slowest single request {results['slowest_max_ms']} ms)")

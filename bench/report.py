@@ -105,6 +105,18 @@ def dashboard_markdown(board: dict[str, Any]) -> list[str]:
              "| page | median | slowest | size |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| `{page}` | {t['median_ms']:.1f} ms | {t['max_ms']:.1f} ms | {t['bytes'] / 1024:.1f} KiB |"
               for page, t in board["pages"].items()]
+    commands = board.get("commands")  # results from before the commands were timed have none
+    if commands:
+        before = "before_ms" in next(iter(commands.values()))
+        lines += ["", f"The inspection commands on the same store, median wall time of {board['command_reps']} runs "
+                  f"each (a whole process: Python's start, the imports, the query, the output)"
+                  + (f", this build and {board['before']} run in turn, measured on {board['measured_at']} "
+                     f"(load {board['load']:.1f} at the start):" if before else ":"), "",
+                  "| command | this build |" + (" before | ratio |" if before else ""),
+                  "| --- | ---: |" + (" ---: | ---: |" if before else "")]
+        lines += [f"| `controller {name}` | {c['now_ms']:.0f} ms |"
+                  + (f" {c['before_ms']:.0f} ms | {c['before_ms'] / c['now_ms']:.2f}x |" if before else "")
+                  for name, c in commands.items()]
     return lines
 
 
