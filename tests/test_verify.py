@@ -213,11 +213,12 @@ def test_verify_config_and_watch_interval_are_read(fleet: Fleet) -> None:
     assert done.returncode == 1 and "watch.verify_interval" in done.stderr
 
 
-def test_watch_verifies_on_its_interval_and_corrects_a_hand_edit(fleet: Fleet) -> None:
+def test_watch_verifies_on_its_interval_and_corrects_a_hand_edit(converged: Fleet) -> None:
+    fleet = converged
     watch_config(fleet, verify_interval="1s", drift_check_interval="1h")
     version = fleet.host_file("h1", VERSION)
     with daemon(fleet) as watch:
-        wait_for("the first sync", lambda: any(r["trigger"] == "poll" and r["finished"] for r in fleet.runs()))
+        wait_for("the first cycle: the fleet is converged already", lambda: "nothing to do" in watch.log())
         wait_for("a quiet verify", lambda: any(r["trigger"] == "verify" and r["verified"] == 2
                                                for r in fleet.runs()))
         version.write_text("hand edit\n")
