@@ -16,6 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.config import load_config
+from controller.report.documents import run_document
+from controller.run.recovery import recover
+from controller.state.store import Store
 from lab import Lab
 from lab.repository import AgeKey, git, make_age_key, sops_encrypt
 from tests.support.leaks import files_containing
@@ -154,9 +158,14 @@ class Fleet:
         return done.returncode, json.loads(done.stdout)
 
     def runs(self) -> list[dict[str, Any]]:
-        done = self.controller("history", "--json", "--limit", "1000")
-        assert done.returncode == 0, done.stderr
-        return list(json.loads(done.stdout))
+        """Every run in the state store, newest first, as ``controller history --json`` shows them, after the same
+        clean-up the command does first. Read in this process: tests poll it ten times a second while a daemon
+        works, and a command each time took a core from the daemon under test (test_sync.py checks the command)."""
+        config = load_config(self.config)
+        with Store.of(config) as store:
+            recover(config, store)
+            found = [run_document(record) for record in store.runs(None, 1000)]
+        return list(json.loads(json.dumps(found)))  # as the JSON reads: lists, plain strings
 
 
 PLACEMENT = {"staging": {"web1.staging": "h1", "web2.staging": "h2"}, "production": {"web1.prod": "h3"}}

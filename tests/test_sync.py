@@ -236,6 +236,8 @@ def test_status_history_show_and_json_tell_the_same_story(fleet: Fleet) -> None:
     assert {h["host"] for h in shown["hosts"] if h["phase"] == "apply"} == {"web1.staging", "web2.staging"}
     text = fleet.controller("history")
     assert text.returncode == 0 and f"{app['run_id']:>5}  staging" in text.stdout
+    # what the other tests read from the store in their own process is what the command prints
+    assert json.loads(fleet.controller("history", "--json", "--limit", "1000").stdout) == fleet.runs()
     assert fleet.controller("show", "999").returncode == 1
 
 
