@@ -27,6 +27,7 @@ REAPER = Path(__file__).with_name("reaper.py")
 GUARD = Path(__file__).with_name("guard.py")
 NOT_FOUND = 127
 STOP_GRACE = 5.0  # seconds the reaper gets to kill its tree before it is killed itself
+_REAPERS: set[int] = set()  # the reapers this process started and has not waited for yet
 
 
 def reaped(argv: Sequence[str]) -> list[str]:
@@ -167,11 +168,13 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None,
            stdout: int) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(reaped(argv), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
                             stdout=stdout, stderr=subprocess.PIPE)
+    _REAPERS.add(proc.pid)
     try:
         yield proc
     finally:
         if proc.poll() is None:
             stop(proc)
+        _REAPERS.discard(proc.pid)
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
@@ -201,7 +204,9 @@ def stop_children() -> None:
     children are not ours to stop: a shell that runs ``controller check > >(tee log)`` execs the
     controller with its ``tee`` as a child, and the workspace guard must outlive us.
     """
-    mine = [pid for pid in children(os.getpid()) if _started_here(pid)]
+    # a reaper's /proc/PID/cmdline reads empty for a moment after its exec (on a busy machine, long enough to
+    # be missed by a stop right after a start): the reapers started here are counted from the registry too
+    mine = list(_REAPERS | {pid for pid in children(os.getpid()) if _started_here(pid)})
     for pid in mine:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
