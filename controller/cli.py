@@ -25,7 +25,17 @@ from controller.report.review import review_markdown
 from controller.run.recovery import recover
 from controller.run.results import Request
 from controller.state.store import Store
-from controller.vocabulary import EXIT_CODE_MEANINGS, ExitCode, Mode, Outcome, Reason, TaskStatus, Trigger
+from controller.vocabulary import (
+    EXIT_CODE_MEANINGS,
+    RUNNING,
+    ExitCode,
+    Kind,
+    Mode,
+    Outcome,
+    Reason,
+    TaskStatus,
+    Trigger,
+)
 
 if TYPE_CHECKING:
     from controller.ansible.results import TaskResult
@@ -77,7 +87,8 @@ def run_options(func: F) -> F:
                      help="Show live progress on stderr (default: when stderr is a terminal)."),
         click.option("--accept-unverified", is_flag=True,
                      help="Exit 0, not 3, when the only open items are tasks check mode cannot verify."),
-        click.option("--trigger", type=click.Choice(list(Trigger)), default=Trigger.MANUAL, hidden=True),
+        click.option("--trigger", type=click.Choice([t.value for t in Trigger]), default=Trigger.MANUAL.value,
+                     hidden=True),
         json_option,
         config_option,
     ]):
@@ -116,6 +127,8 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
       controller history              recent runs
       controller show RUN             one run's drift report with diffs
       controller suspend APP          leave an app alone (resume APP to undo)
+      controller version              every component's version, for a bug report
+      controller completion bash      tab completion for bash, zsh or fish
     """
     ctx.obj = {"config": config_path}  # `controller --config FILE sync` as well as `sync --config FILE`
 
@@ -263,16 +276,20 @@ class TerminalProgress:
 @config_option
 @json_option
 @click.option("--hosts", "per_host", is_flag=True, help="One line per host: its revision, state and since when.")
-def status(config_path: str | None, as_json: bool, per_host: bool) -> None:
-    """Each app's applied revision, hosts at it, state, and the newest failure.
+@click.argument("app", required=False)
+def status(config_path: str | None, as_json: bool, per_host: bool, app: str | None) -> None:
+    """Each app's (or APP's) applied revision, hosts at it, state, and the newest failure.
 
     \b
     A line reads like: staging  4e8d883a12f4  9/10  converged  ...  web3 at
     1a2b3c4d5e6f: unreachable since 10:42. When the newest revision was
-    refused or failed, that is said beside the last good state.
+    refused or failed, that is said beside the last good state; a suspended
+    app says since when and why.
     """
     with _store(config_path) as store:
-        statuses = store.status()
+        if app:
+            _known_app(store, app)
+        statuses = [s for s in store.status() if app in (None, s.app)]
     if as_json:
         click.echo(json.dumps([status_document(s) for s in statuses], indent=2))
     else:
@@ -283,11 +300,16 @@ def status(config_path: str | None, as_json: bool, per_host: bool) -> None:
 @config_option
 @json_option
 @click.option("--app", metavar="NAME", help="Only this app's runs.")
+@click.option("--kind", type=click.Choice([k.value for k in Kind]), help="Only runs of this kind.")
+@click.option("--outcome", type=click.Choice([*(o.value for o in Outcome), RUNNING]),
+              help="Only runs that ended so (running: not yet).")
+@click.option("--trigger", type=click.Choice([t.value for t in Trigger]), help="Only runs started so.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True, help="How many runs.")
-def history(config_path: str | None, as_json: bool, app: str | None, limit: int) -> None:
-    """Recent runs, newest first."""
+def history(config_path: str | None, as_json: bool, app: str | None, kind: str | None, outcome: str | None,
+            trigger: str | None, limit: int) -> None:
+    """Recent runs, newest first; e.g. `history --kind verify --outcome drifted`."""
     with _store(config_path) as store:
-        runs = store.runs(app, limit)
+        runs = store.runs(app, limit, kind=kind, outcome=outcome, trigger=trigger)
     click.echo(json.dumps([run_document(r) for r in runs], indent=2) if as_json else history_text(runs), nl=as_json)
 
 
@@ -380,18 +402,43 @@ def serve(config_path: str | None, listen: HostPort | None, verbose: bool) -> No
 
 
 @cli.command()
+@json_option
+def version(as_json: bool) -> None:
+    """This controller's version and every component's a run depends on (ansible-core, ansible-runner,
+    mitogen, sops, age, git, Python): what to paste into a bug report."""
+    from controller.report.versions import versions, versions_text  # starts three tools: only when asked
+
+    found = versions()
+    click.echo(json.dumps(found, indent=2) if as_json else versions_text(found), nl=as_json)
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the completion script for SHELL, e.g. `source <(controller completion bash)` in ~/.bashrc, or
+    `controller completion fish > ~/.config/fish/completions/controller.fish`."""
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None  # the three choices are click's own
+    click.echo(completer(cli, {}, "controller", "_CONTROLLER_COMPLETE").source())
+
+
+@cli.command()
 @config_option
 @click.argument("app")
-@click.option("--reason", default="", metavar="TEXT", help="Why (shown by status and sync).")
+@click.option("--reason", default="", metavar="TEXT",
+              help="Why (shown by status and sync). Suspending again keeps since when, and the reason unless "
+                   "a new one is given.")
 def suspend(config_path: str | None, app: str, reason: str) -> None:
     """Stop reconciling APP: watch leaves it alone and sync skips it (check still reports)."""
     with _store(config_path) as store:
-        known = store.apps()
-        if known and app not in known:
-            raise ControllerError(Reason.NOT_FOUND, f"no app {app!r} has been reconciled here (apps: "
-                                  f"{', '.join(known)}); check the name")
-        store.suspend(app, reason)
-    click.echo(f"suspended {app}: `controller resume {app}` to reconcile it again")
+        _known_app(store, app)
+        before = store.suspend(app, reason)
+        now_held = store.suspensions()[app]
+    why = f" ({now_held.reason})" if now_held.reason else ""
+    said = f"already suspended since {before.since}" if before else "suspended"
+    click.echo(f"{app} {said}{why}: `controller resume {app}` to reconcile it again")
 
 
 @cli.command()
@@ -400,9 +447,17 @@ def suspend(config_path: str | None, app: str, reason: str) -> None:
 def resume(config_path: str | None, app: str) -> None:
     """Reconcile APP again after `controller suspend` (at the next sync or watch cycle)."""
     with _store(config_path) as store:
-        if not store.resume(app):
-            raise ControllerError(Reason.NOT_FOUND, f"app {app!r} is not suspended")
-    click.echo(f"resumed {app}")
+        _known_app(store, app)
+        lifted = store.resume(app)
+    click.echo(f"resumed {app}" if lifted else f"{app} was not suspended: nothing to do")
+
+
+def _known_app(store: Store, app: str) -> None:
+    """Refuse a name no run has used (a typo), once any app has been reconciled here."""
+    known = store.apps()
+    if known and app not in known:
+        raise ControllerError(Reason.NOT_FOUND, f"no app {app!r} has been reconciled here (apps: "
+                              f"{', '.join(known)}); check the name")
 
 
 @contextmanager

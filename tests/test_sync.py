@@ -226,7 +226,8 @@ def test_status_history_show_and_json_tell_the_same_story(fleet: Fleet) -> None:
     [app] = result["apps"]
     [status] = json.loads(fleet.controller("status", "--json").stdout)
     assert {k: v for k, v in status.items() if k not in ("last_run", "hosts")} == {
-        "app": "staging", "policy": "apply", "suspended": False, "applied_revision": result["revision"]["sha"],
+        "app": "staging", "policy": "apply", "suspended": False, "suspension": None,
+        "applied_revision": result["revision"]["sha"],
         "hosts_at_revision": 2, "hosts_total": 2, "last_run_id": app["run_id"], "state": "converged",
         "reason": None, "detail": app["message"], "failure": None}
     assert [(h["host"], h["revision"], h["state"]) for h in status["hosts"]] == [

@@ -34,6 +34,8 @@ def status_document(status: AppStatus) -> dict[str, Any]:
         "app": status.app,
         "policy": status.policy,
         "suspended": status.suspended,
+        "suspension": None if status.suspension is None else {"since": status.suspension.since,
+                                                               "reason": status.suspension.reason},
         "applied_revision": status.applied_revision,
         "hosts_at_revision": status.hosts_at_revision,
         "hosts_total": len(status.hosts),

@@ -145,7 +145,8 @@ def status_text(statuses: list[AppStatus]) -> str:
     lines = [f"{'APP':<{app}} {'REVISION':<12} {'HOSTS':<7} {'STATE':<11} {'LAST RUN':<25} DETAIL"]
     for status in statuses:
         revision = status.applied_revision
-        details = ["SUSPENDED"] if status.suspended else []
+        held = status.suspension
+        details = [f"SUSPENDED since {_hhmm(held.since)}" + (f": {held.reason}" if held.reason else "")] if held else []
         details.extend(f"{h.host} at {(h.revision or 'nothing')[:12]}: {h.state} since {_hhmm(h.since)}"
                        for h in status.hosts if h.revision != revision or h.state is not HostState.IN_SYNC)
         failure = status.failure

@@ -104,7 +104,7 @@ class AppStatus:
 
     app: str
     policy: Policy | None
-    suspended: bool
+    suspension: Suspension | None
     applied_revision: str | None
     hosts_at_revision: int
     state: Outcome | None      # None: its only check or sync is still running
@@ -113,6 +113,10 @@ class AppStatus:
     last_run: RunRecord        # the newest check or sync
     failure: RunRecord | None  # the newest run, when it failed after the state above was known
     hosts: tuple[HostRecord, ...]
+
+    @property
+    def suspended(self) -> bool:
+        return self.suspension is not None
 
 
 @dataclass(frozen=True)

@@ -181,8 +181,14 @@ class Store:
                         " ON CONFLICT (app) DO UPDATE SET revision = excluded.revision", (app, now(), revision))
         return True
 
-    def suspend(self, app: str, reason: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO suspensions VALUES (?, ?, ?)", (app, now(), reason))
+    def suspend(self, app: str, reason: str) -> Suspension | None:
+        """Suspend ``app`` (again: since when stays, a new reason replaces the old); the suspension it had."""
+        before = self.suspensions().get(app)
+        if before is None:
+            self.db.execute("INSERT INTO suspensions VALUES (?, ?, ?)", (app, now(), reason))
+        elif reason:
+            self.db.execute("UPDATE suspensions SET reason = ? WHERE app = ?", (reason, app))
+        return before
 
     def resume(self, app: str) -> bool:
         """Lift a suspension; False when the app was not suspended."""
@@ -228,9 +234,9 @@ class Store:
                 for r in self.db.execute("SELECT host, body FROM manifests WHERE app = ?", (app,))}
 
     def runs(self, app: str | None = None, limit: int = 20, *, outcome: str | None = None,
-             trigger: str | None = None, offset: int = 0) -> list[RunRecord]:
-        """Runs newest first, optionally of one app, outcome (``running``: not finished) and trigger."""
-        where, values = self._run_filter(app, outcome, trigger)
+             trigger: str | None = None, kind: str | None = None, offset: int = 0) -> list[RunRecord]:
+        """Runs newest first, optionally of one app, outcome (``running``: not finished), trigger and kind."""
+        where, values = self._run_filter(app, outcome, trigger, kind)
         rows = self.db.execute(f"SELECT * FROM runs{where} ORDER BY id DESC LIMIT ? OFFSET ?",
                                (*values, limit, offset))
         return [_run(row) for row in rows]
@@ -241,9 +247,10 @@ class Store:
         return int(self.db.execute(f"SELECT COUNT(*) FROM runs{where}", values).fetchone()[0])
 
     @staticmethod
-    def _run_filter(app: str | None, outcome: str | None, trigger: str | None) -> tuple[str, tuple[str, ...]]:
+    def _run_filter(app: str | None, outcome: str | None, trigger: str | None,
+                    kind: str | None = None) -> tuple[str, tuple[str, ...]]:
         clauses, values = [], []
-        for column, value in (("app", app), ("outcome", outcome), ("trigger", trigger)):
+        for column, value in (("app", app), ("outcome", outcome), ("trigger", trigger), ("mode", kind)):
             if value == RUNNING and column == "outcome":
                 clauses.append("outcome IS NULL")
             elif value:
@@ -321,7 +328,7 @@ class Store:
             hosts = tuple(self.hosts(app))
             revision = self.last_applied(app)
             statuses.append(AppStatus(
-                app=app, policy=good.policy, suspended=app in suspended, applied_revision=revision,
+                app=app, policy=good.policy, suspension=suspended.get(app), applied_revision=revision,
                 hosts_at_revision=sum(1 for h in hosts if revision and h.revision == revision),
                 state=good.outcome, reason=good.reason, detail=good.message, last_run=latest,
                 failure=latest if failed else None, hosts=hosts))
