@@ -485,7 +485,8 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except (ControllerError, Interrupted) as error:
-        click.echo(f"controller: {error.message}", err=True)
+        for line in error.message.splitlines() or [""]:  # a config with several problems: one line each
+            click.echo(f"controller: {line}", err=True)
         sys.exit(ExitCode.LOCKED if isinstance(error, LockBusy) else ExitCode.ERROR)
     except click.exceptions.Abort:
         click.echo("controller: aborted", err=True)

@@ -105,7 +105,7 @@ def _convert(tp: Any, data: Any, file: Path, key: str) -> Any:
         if not isinstance(data, list):
             raise _fail(file, key, f"expected a list, got {_kind(data)}")
         item = typing.get_args(tp)[0]
-        return tuple(_convert(item, v, file, f"{key}[{i}]") for i, v in enumerate(data))
+        return tuple(_every(file, [(f"{key}[{i}]", item, v) for i, v in enumerate(data)]).values())
     if tp is Seconds:
         duration = parse_duration(data) if isinstance(data, str) else None
         if isinstance(data, (int, float)) and not isinstance(data, bool):
@@ -139,17 +139,28 @@ def _dataclass(cls: type, data: Any, file: Path, key: str) -> Any:
         raise _fail(file, key, f"expected a mapping, got {_kind(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise _fail(file, _join(key, str(unknown[0])),
-                    f"unknown key (expected one of: {', '.join(sorted(fields))})")
-    values = {}
-    for name, field in fields.items():
-        if name in data:
-            values[name] = _convert(hints[name], data[name], file, _join(key, name))
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise _fail(file, _join(key, name), "missing required key")
-    return cls(**values)
+    unknown = [_fail(file, _join(key, str(name)), f"unknown key (expected one of: {', '.join(sorted(fields))})")
+               for name in sorted(set(data) - set(fields), key=str)]
+    missing = [_fail(file, _join(key, name), "missing required key") for name, field in fields.items()
+               if name not in data and field.default is dataclasses.MISSING
+               and field.default_factory is dataclasses.MISSING]
+    values = _every(file, [(_join(key, name), hints[name], data[name]) for name in fields if name in data],
+                    unknown + missing)
+    return cls(**{name.rpartition(".")[2]: value for name, value in values.items()})
+
+
+def _every(file: Path, items: list[tuple[str, Any, Any]], found: list[ControllerError] | None = None) -> dict[str, Any]:
+    """Each ``(key, type, data)`` converted, by key; when any (or ``found``) failed, one error with each problem
+    on a line of its own, so that a config is put right in one go rather than one key a run."""
+    values, problems = {}, [line for error in found or [] for line in error.message.splitlines()]
+    for key, tp, data in items:
+        try:
+            values[key] = _convert(tp, data, file, key)
+        except ControllerError as error:
+            problems.extend(error.message.splitlines())
+    if problems:
+        raise ControllerError(Reason.CONFIG_INVALID, "\n".join(problems))
+    return values
 
 
 def _join(key: str, name: str) -> str:
@@ -157,11 +168,13 @@ def _join(key: str, name: str) -> str:
 
 
 def _kind(data: Any) -> str:
+    """What a value is, and the value itself when it is a scalar (cut at 40 characters)."""
     if data is None:
         return "nothing"
     for tp, name in _NAMES.items():
         if isinstance(data, tp):
-            return name
+            shown = repr(data) if len(repr(data)) <= 40 else repr(data)[:37] + "..."
+            return f"{name} ({shown})"
     if isinstance(data, dict):
         return "a mapping"
     return "a list" if isinstance(data, list) else type(data).__name__

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 from importlib.metadata import version
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from controller.clock import ago, parse_time
 from controller.state.store import Store
 from controller.vocabulary import Kind, Outcome, Trigger
 from tests.conftest import BIN
@@ -142,3 +144,18 @@ def test_completion_completes_commands_and_options_in_a_real_bash(tmp_path: Path
 def controller_output(*args: str) -> str:
     return subprocess.run([str(BIN / "controller"), *args], capture_output=True, text=True, timeout=60,
                           check=True).stdout
+
+
+def test_tables_say_how_long_ago_and_json_keeps_the_time(config: Path) -> None:
+    now = parse_time("2026-11-23T20:48:59+00:00")
+    assert [ago(stamp, now) for stamp in ("2026-11-23T20:48:59+00:00", "2026-11-23T20:48:17+00:00",
+                                          "2026-11-23T20:43:59+00:00", "2026-11-23T17:40:00+00:00",
+                                          "2026-11-21T20:48:59+00:00", "2026-11-23T20:50:00+00:00")] == [
+        "just now", "42s ago", "5m ago", "3h ago", "2d ago", "just now"]
+    table = controller(config, "history", "--app", "production").stdout.splitlines()
+    assert table[0].split() == ["RUN", "APP", "MODE", "TRIGGER", "REVISION", "STARTED", "OUTCOME"]
+    assert re.fullmatch(r"\s+4  production\s+sync\s+manual\s+222222222222 \d+d ago\s+drifted", table[1]), table
+    [run] = json.loads(controller(config, "history", "--json", "--app", "production").stdout)
+    assert run["started"] == "2026-11-23T20:48:59+00:00"
+    status = controller(config, "status", "staging").stdout.splitlines()[1]
+    assert re.search(r" drifted\s+\d+d ago ", status), status  # the newest check or sync: 3, days ago

@@ -118,3 +118,21 @@ def test_the_command_line_says_it_in_one_line_and_exits_1(tmp_path: Path) -> Non
     before = subprocess.run([str(BIN / "controller"), "--config", str(tmp_path / "nope.yml"), "status"],
                             capture_output=True, text=True, check=False, env=env)  # before the command too
     assert before.returncode == 1 and before.stderr == nowhere.stderr
+
+
+def test_every_problem_of_a_config_is_said_at_once_with_the_value(tmp_path: Path) -> None:
+    config = tmp_path / "controller.yml"
+    config.write_text("source: {url: x, branch: 3, bogus: 1}\nansible: {forks: many}\n"
+                      "watch: {poll_interval: 5 minutes, listen: localhost}\n"
+                      "notify: [{url: 'http://x', events: [boom]}]\n")
+    done = subprocess.run([str(BIN / "controller"), "--config", str(config), "status"], capture_output=True,
+                          text=True, check=False, env={**os.environ, "CONTROLLER_CONFIG": ""})
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"controller: {config}: {problem}" for problem in (
+        "source.bogus: unknown key (expected one of: branch, fetch_timeout, url, verify)",
+        "source.branch: expected a string, got a whole number (3)",
+        "ansible.forks: expected a whole number, got a string ('many')",
+        "watch.poll_interval: expected a duration such as 30, 30s, 5m or 1h30m, got '5 minutes'",
+        "watch.listen: expected HOST:PORT such as 127.0.0.1:8080, got 'localhost'",
+        "notify[0].events[0]: must be one of drift-found, drift-corrected, revision-applied, run-failed, recovered, "
+        "verification-failed, got 'boom'")]

@@ -8,14 +8,15 @@ import sqlite3
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import yaml
 
 from controller.errors import ControllerError
-from controller.secrets.sops import literal, sops_format
+from controller.secrets.sops import decrypt_in_place, literal, sops_format
 from lab import Lab
-from lab.repository import AgeKey, git, sops_encrypt
+from lab.repository import AgeKey, git, make_age_key, sops_encrypt
 from tests.conftest import PLAINTEXTS, TEST_PREFIX, VERSION, Fleet, build_fleet, bump_version, secret
 from tests.support.leaks import files_containing
 from tests.support.processes import ProcWatch
@@ -246,3 +247,23 @@ def test_values_of_every_format_are_masked_and_marked_unsafe() -> None:
     assert literal("tls.pem", b"-----BEGIN KEY-----\nabc\n") == (["-----BEGIN KEY-----\nabc\n"], None)
     assert [sops_format(n) for n in ("a.yml", "a.yaml", "a.json", ".env", "a.ini", "a.YAML", "a.txt")] == [
         "yaml", "yaml", "json", "env", "ini", "binary", "binary"]
+
+
+def test_a_wrong_age_key_names_both_sides_to_compare(tmp_path: Path, age_key: AgeKey) -> None:
+    # encrypted for the session's key, decrypted with another: what a bastion with the wrong key file meets
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".sops.yaml").write_text(
+        f"creation_rules:\n  - path_regex: .*\\.sops\\.yml$\n    age: {age_key.recipient}\n")
+    relative = "group_vars/all/db.sops.yml"
+    (project / relative).parent.mkdir(parents=True)
+    (project / relative).write_text(sops_encrypt(project / ".sops.yaml", relative, f"db: {secret('wrong-key')}\n"))
+    other = make_age_key(tmp_path / "other")
+    with pytest.raises(ControllerError) as refused:
+        decrypt_in_place(project, [project / relative], str(other.path))
+    message = refused.value.message
+    assert message == (
+        f"cannot decrypt {relative}: no age key of this bastion is among its recipients: sops.age_key_file "
+        f"{other.path} holds {other.recipient}; the file is encrypted for {age_key.recipient} (compare with the "
+        ".sops.yaml creation rules, then re-encrypt it with `sops updatekeys` or set sops.age_key_file)"), message
+    assert "\n" not in message

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from controller.ansible.results import TaskResult
+from controller.clock import ago
 from controller.run.results import AppResult, Result
 from controller.state.records import AppStatus, RunDetail, RunRecord
 from controller.verify.drift import Report
@@ -130,10 +131,10 @@ def history_text(runs: list[RunRecord]) -> str:
     if not runs:
         return "no runs recorded yet\n"
     app, mode = _width(r.app for r in runs), _width((r.kind for r in runs), 7)
-    lines = [f"{'RUN':>5}  {'APP':<{app}} {'MODE':<{mode}} {'TRIGGER':<8} {'REVISION':<12} {'STARTED':<25} OUTCOME"]
+    lines = [f"{'RUN':>5}  {'APP':<{app}} {'MODE':<{mode}} {'TRIGGER':<8} {'REVISION':<12} {'STARTED':<10} OUTCOME"]
     for run in runs:
         lines.append(f"{run.id:>5}  {run.app:<{app}} {run.kind:<{mode}} {run.trigger:<8} "
-                     f"{(run.revision or '-')[:12]:<12} {run.started:<25} {_outcome(run)}")
+                     f"{(run.revision or '-')[:12]:<12} {ago(run.started):<10} {_outcome(run)}")
     return "\n".join(lines) + "\n"
 
 
@@ -142,7 +143,7 @@ def status_text(statuses: list[AppStatus]) -> str:
     if not statuses:
         return "no app has been reconciled yet: run `controller sync` or `controller check`\n"
     app = _width(s.app for s in statuses)
-    lines = [f"{'APP':<{app}} {'REVISION':<12} {'HOSTS':<7} {'STATE':<11} {'LAST RUN':<25} DETAIL"]
+    lines = [f"{'APP':<{app}} {'REVISION':<12} {'HOSTS':<7} {'STATE':<11} {'LAST RUN':<10} DETAIL"]
     for status in statuses:
         revision = status.applied_revision
         held = status.suspension
@@ -157,7 +158,7 @@ def status_text(statuses: list[AppStatus]) -> str:
             details.append(status.detail)
         hosts = f"{status.hosts_at_revision}/{len(status.hosts)}"
         lines.append(f"{status.app:<{app}} {(revision or '-')[:12]:<12} {hosts:<7} {status.state or RUNNING:<11} "
-                     f"{status.last_run.started:<25} {'; '.join(details)}")
+                     f"{ago(status.last_run.started):<10} {'; '.join(details)}")
     return "\n".join(lines) + "\n"
 
 
@@ -165,11 +166,12 @@ def hosts_text(statuses: list[AppStatus]) -> str:
     """One line per host of every app (``controller status --hosts``)."""
     app = _width(s.app for s in statuses)
     host_width = _width((h.host for s in statuses for h in s.hosts), 24)
-    lines = [f"{'APP':<{app}} {'HOST':<{host_width}} {'REVISION':<12} {'APPLIED':<25} {'STATE':<11} SINCE"]
+    lines = [f"{'APP':<{app}} {'HOST':<{host_width}} {'REVISION':<12} {'APPLIED':<10} {'STATE':<11} SINCE"]
     for status in statuses:
         for host in status.hosts:
+            applied = ago(host.applied_at) if host.applied_at else "-"
             lines.append(f"{status.app:<{app}} {host.host:<{host_width}} {(host.revision or '-')[:12]:<12} "
-                         f"{host.applied_at or '-':<25} {host.state:<11} {host.since}")
+                         f"{applied:<10} {host.state:<11} {ago(host.since)}")
     return "\n".join(lines) + "\n"
 
 

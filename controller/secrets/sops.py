@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from typing import Any
 import yaml
 
 from controller.errors import ControllerError
-from controller.process import answer
+from controller.process import answer, first_line, run
 from controller.secrets.redact import Redactor
 from controller.vocabulary import Reason
 
@@ -24,6 +25,7 @@ SOPS_SUFFIXES = (".sops.yml", ".sops.yaml", ".sops.json", ".sops.env", ".sops.in
 FORMATS = {".yml": "yaml", ".yaml": "yaml", ".json": "json", ".env": "env", ".ini": "ini"}
 SOPS_CONFIG = ".sops.yaml"
 MAC_MISMATCH = 51  # sops's exit status for a tampered file
+AGE_RECIPIENT = re.compile(r"\bage1[02-9ac-hj-np-z]{58}\b")  # bech32, as age-keygen -y prints them
 
 
 def sops_binary() -> str:
@@ -81,7 +83,8 @@ def decrypt_in_place(project: Path, files: list[Path], age_key_file: str | None)
         path.chmod(0o600)
         code, _ = answer([sops_binary(), "--decrypt", "--in-place", str(path)], answers=(0, MAC_MISMATCH), env=env,
                          cwd=project, reason=Reason.DECRYPTION_FAILED, what=f"cannot decrypt {relative}",
-                         redact=lambda text: Redactor(values).text(text))
+                         redact=lambda text: Redactor(values).text(text),
+                         explain=lambda err: _no_key_matched(err, age_key_file, env) or first_line(err))
         if code == MAC_MISMATCH:
             raise ControllerError(Reason.DECRYPTION_FAILED, f"cannot decrypt {relative}: MAC mismatch, the file was "
                                   "modified after it was encrypted")
@@ -90,6 +93,22 @@ def decrypt_in_place(project: Path, files: list[Path], age_key_file: str | None)
         if content is not None:
             path.write_text(content, encoding="utf-8")
     return Redactor(values)
+
+
+def _no_key_matched(err: str, age_key_file: str | None, env: dict[str, str]) -> str | None:
+    """When no age key of this bastion is among a file's recipients: both lists, to compare (sops says only
+    that the data key could not be had); None for any other failure."""
+    if "did not match any of the recipients" not in err:
+        return None
+    theirs = sorted(set(AGE_RECIPIENT.findall(err)))
+    ours = "its keys unreadable"
+    if age_key_file:
+        with contextlib.suppress(ControllerError):
+            ours = ", ".join(run(["age-keygen", "-y", age_key_file], reason=Reason.DECRYPTION_FAILED,
+                                 what="age-keygen -y", env=env, timeout=10).split())
+    return (f"no age key of this bastion is among its recipients: sops.age_key_file {age_key_file or '(unset)'} "
+            f"holds {ours}; the file is encrypted for {', '.join(theirs) or 'other recipients'} (compare with "
+            "the .sops.yaml creation rules, then re-encrypt it with `sops updatekeys` or set sops.age_key_file)")
 
 
 def literal(relative: str, plaintext: bytes) -> tuple[list[str], str | None]:
