@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+import yaml
 
 from controller import __version__
 from controller.config import Config, HostPort, find_config, load_config
@@ -64,17 +65,37 @@ def config_option(func: F) -> F:
 
 
 def output_options(func: F) -> F:
-    """--format and --output, for the commands that reconcile."""
+    """--output, for the commands that reconcile; markdown besides text, json and yaml."""
     func = click.option("--output", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
                         help="Write the report to FILE instead of stdout (e.g. a pull-request comment, cron's "
                         "report): whole, into a file beside it renamed over FILE, so no reader sees half.")(func)
-    return click.option("--format", "output_format", type=click.Choice(["text", "json", "markdown"]),
-                        default=None, help="text (default), json (as --json), or markdown: a review comment "
-                        "for a pull request, cut to 60,000 characters.")(func)
+    return format_options("text", "json", "yaml", "markdown")(func)
 
 
-def json_option(func: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")(func)
+def format_options(*shapes: str) -> Callable[[F], F]:
+    """--json and -o/--format SHAPE: text for people, json or yaml for programs (markdown: a review comment)."""
+    said = {"markdown": "markdown: a review comment for a pull request, cut to 60,000 characters"}
+
+    def add(func: F) -> F:
+        func = click.option("--json", "as_json", is_flag=True, help="The same as -o json.")(func)
+        return click.option("-o", "--format", "output_format", type=click.Choice(shapes), default=None,
+                            help=f"{', '.join(shapes[:-1])} or {shapes[-1]} (default text)"
+                            + "".join(f"; {said[s]}" for s in shapes if s in said) + ".")(func)
+    return add
+
+
+def _shape(as_json: bool, output_format: str | None) -> str:
+    return "json" if as_json else output_format or "text"
+
+
+def _emit(shape: str, document: Callable[[], Any], text: Callable[[], str]) -> None:
+    """Print ``document()`` as JSON or YAML, or ``text()``, as ``shape`` says."""
+    if shape == "text":
+        click.echo(text(), nl=False)
+    elif shape == "yaml":  # the same document as the JSON, its enums as the plain strings the JSON carries
+        click.echo(yaml.safe_dump(json.loads(json.dumps(document())), sort_keys=False, allow_unicode=True), nl=False)
+    else:
+        click.echo(json.dumps(document(), indent=2))
 
 
 def run_options(func: F) -> F:
@@ -89,7 +110,6 @@ def run_options(func: F) -> F:
                      help="Exit 0, not 3, when the only open items are tasks check mode cannot verify."),
         click.option("--trigger", type=click.Choice([t.value for t in Trigger]), default=Trigger.MANUAL.value,
                      hidden=True),
-        json_option,
         config_option,
     ]):
         func = option(func)
@@ -97,7 +117,7 @@ def run_options(func: F) -> F:
 
 
 def reconcile_options(func: F) -> F:
-    """run_options, plus a revision to preview and the report's format (check, sync)."""
+    """run_options, plus a revision to preview and where the report goes (check, sync)."""
     func = click.option("--revision", metavar="SHA", help="Reconcile this commit (or branch) instead of the "
                         "branch head, e.g. to preview a pull request.")(func)
     return run_options(output_options(func))
@@ -222,14 +242,16 @@ def _reconcile(mode: Mode, *, config_path: str | None, as_json: bool, output_for
                       apply_detect=apply_detect)
     from controller.run.cycle import run_cycle  # status, history and show never load the playbook stages
     result = run_cycle(config, request, TerminalProgress(show), cancel, wait)
-    shape = "json" if as_json else output_format or "text"
+    shape = _shape(as_json, output_format)
     report = {"json": lambda: json.dumps(result_json(result), indent=2) + "\n", "text": lambda: result_text(result),
+              "yaml": lambda: yaml.safe_dump(json.loads(json.dumps(result_json(result))), sort_keys=False,
+                                             allow_unicode=True),
               "markdown": lambda: review_markdown(result)}[shape]()
     if output:
         _write_whole(Path(output), report)
     else:
         click.echo(report, nl=False)
-    if shape != "json":
+    if shape not in ("json", "yaml"):
         # a pipeline-level failure is the same message for every app: say it once
         for message in dict.fromkeys(a.message for a in result.apps
                                      if a.outcome in (Outcome.FAILED, Outcome.INTERRUPTED)):
@@ -274,10 +296,11 @@ class TerminalProgress:
 
 @cli.command()
 @config_option
-@json_option
+@format_options("text", "json", "yaml")
 @click.option("--hosts", "per_host", is_flag=True, help="One line per host: its revision, state and since when.")
 @click.argument("app", required=False)
-def status(config_path: str | None, as_json: bool, per_host: bool, app: str | None) -> None:
+def status(config_path: str | None, as_json: bool, output_format: str | None, per_host: bool,
+           app: str | None) -> None:
     """Each app's (or APP's) applied revision, hosts at it, state, and the newest failure.
 
     \b
@@ -290,40 +313,39 @@ def status(config_path: str | None, as_json: bool, per_host: bool, app: str | No
         if app:
             _known_app(store, app)
         statuses = [s for s in store.status() if app in (None, s.app)]
-    if as_json:
-        click.echo(json.dumps([status_document(s) for s in statuses], indent=2))
-    else:
-        click.echo(hosts_text(statuses) if per_host else status_text(statuses), nl=False)
+    _emit(_shape(as_json, output_format), lambda: [status_document(s) for s in statuses],
+          lambda: hosts_text(statuses) if per_host else status_text(statuses))
 
 
 @cli.command()
 @config_option
-@json_option
+@format_options("text", "json", "yaml")
 @click.option("--app", metavar="NAME", help="Only this app's runs.")
 @click.option("--kind", type=click.Choice([k.value for k in Kind]), help="Only runs of this kind.")
 @click.option("--outcome", type=click.Choice([*(o.value for o in Outcome), RUNNING]),
               help="Only runs that ended so (running: not yet).")
 @click.option("--trigger", type=click.Choice([t.value for t in Trigger]), help="Only runs started so.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True, help="How many runs.")
-def history(config_path: str | None, as_json: bool, app: str | None, kind: str | None, outcome: str | None,
-            trigger: str | None, limit: int) -> None:
+def history(config_path: str | None, as_json: bool, output_format: str | None, app: str | None, kind: str | None,
+            outcome: str | None, trigger: str | None, limit: int) -> None:
     """Recent runs, newest first; e.g. `history --kind verify --outcome drifted`."""
     with _store(config_path) as store:
         runs = store.runs(app, limit, kind=kind, outcome=outcome, trigger=trigger)
-    click.echo(json.dumps([run_document(r) for r in runs], indent=2) if as_json else history_text(runs), nl=as_json)
+    _emit(_shape(as_json, output_format), lambda: [run_document(r) for r in runs], lambda: history_text(runs))
 
 
 @cli.command()
 @config_option
-@json_option
+@format_options("text", "json", "yaml")
 @click.argument("run_id", metavar="RUN", type=int)
-def show(config_path: str | None, as_json: bool, run_id: int) -> None:
+def show(config_path: str | None, as_json: bool, output_format: str | None, run_id: int) -> None:
     """One run: its outcome, per-host results and drift report with diffs."""
     with _store(config_path) as store:
         run = store.run(run_id)
     if run is None:
         raise ControllerError(Reason.NOT_FOUND, f"no run {run_id} in the state store (see `controller history`)")
-    click.echo(json.dumps(detail_document(run), indent=2) if as_json else run_text(run), nl=as_json)
+    found = run
+    _emit(_shape(as_json, output_format), lambda: detail_document(found), lambda: run_text(found))
 
 
 @cli.command(epilog="""\b
@@ -402,14 +424,14 @@ def serve(config_path: str | None, listen: HostPort | None, verbose: bool) -> No
 
 
 @cli.command()
-@json_option
-def version(as_json: bool) -> None:
+@format_options("text", "json", "yaml")
+def version(as_json: bool, output_format: str | None) -> None:
     """This controller's version and every component's a run depends on (ansible-core, ansible-runner,
     mitogen, sops, age, git, Python): what to paste into a bug report."""
     from controller.report.versions import versions, versions_text  # starts three tools: only when asked
 
     found = versions()
-    click.echo(json.dumps(found, indent=2) if as_json else versions_text(found), nl=as_json)
+    _emit(_shape(as_json, output_format), lambda: found, lambda: versions_text(found))
 
 
 @cli.command()

@@ -159,3 +159,14 @@ def test_tables_say_how_long_ago_and_json_keeps_the_time(config: Path) -> None:
     assert run["started"] == "2026-11-23T20:48:59+00:00"
     status = controller(config, "status", "staging").stdout.splitlines()[1]
     assert re.search(r" drifted\s+\d+d ago ", status), status  # the newest check or sync: 3, days ago
+
+
+def test_every_document_reads_the_same_as_yaml(config: Path) -> None:
+    for command in (["status"], ["status", "staging"], ["history", "--kind", "verify"], ["show", "4"]):
+        as_json = json.loads(controller(config, *command, "--json").stdout)
+        for flag in ("-o", "--format"):
+            done = controller(config, *command, flag, "yaml")
+            assert done.returncode == 0, done.stderr
+            assert yaml.safe_load(done.stdout) == as_json, command
+        assert json.loads(controller(config, *command, "-o", "json").stdout) == as_json
+    assert controller(config, "status", "-o", "toml").returncode == 64
