@@ -92,10 +92,15 @@ def _emit(shape: str, document: Callable[[], Any], text: Callable[[], str]) -> N
     """Print ``document()`` as JSON or YAML, or ``text()``, as ``shape`` says."""
     if shape == "text":
         click.echo(text(), nl=False)
-    elif shape == "yaml":  # the same document as the JSON, its enums as the plain strings the JSON carries
-        click.echo(yaml.safe_dump(json.loads(json.dumps(document())), sort_keys=False, allow_unicode=True), nl=False)
+    elif shape == "yaml":
+        click.echo(_yaml(document()), nl=False)
     else:
         click.echo(json.dumps(document(), indent=2))
+
+
+def _yaml(document: Any) -> str:
+    """The same document as the JSON, its enums as the plain strings the JSON carries."""
+    return yaml.safe_dump(json.loads(json.dumps(document)), sort_keys=False, allow_unicode=True)
 
 
 def run_options(func: F) -> F:
@@ -244,8 +249,7 @@ def _reconcile(mode: Mode, *, config_path: str | None, as_json: bool, output_for
     result = run_cycle(config, request, TerminalProgress(show), cancel, wait)
     shape = _shape(as_json, output_format)
     report = {"json": lambda: json.dumps(result_json(result), indent=2) + "\n", "text": lambda: result_text(result),
-              "yaml": lambda: yaml.safe_dump(json.loads(json.dumps(result_json(result))), sort_keys=False,
-                                             allow_unicode=True),
+              "yaml": lambda: _yaml(result_json(result)),
               "markdown": lambda: review_markdown(result)}[shape]()
     if output:
         _write_whole(Path(output), report)
