@@ -111,6 +111,8 @@ def run_options(func: F) -> F:
                      help="Wait this long for another run to finish (default: do not wait)."),
         click.option("--progress/--no-progress", default=None,
                      help="Show live progress on stderr (default: when stderr is a terminal)."),
+        click.option("-v", "--verbose", is_flag=True,
+                     help="Progress with every task result on every host, ok ones too (implies --progress)."),
         click.option("--accept-unverified", is_flag=True,
                      help="Exit 0, not 3, when the only open items are tasks check mode cannot verify."),
         click.option("--trigger", type=click.Choice([t.value for t in Trigger]), default=Trigger.MANUAL.value,
@@ -235,7 +237,7 @@ def verify(**options: Any) -> None:
 
 
 def _reconcile(mode: Mode, *, config_path: str | None, as_json: bool, output_format: str | None, output: str | None,
-               app: str | None, revision: str | None, wait: float, progress: bool | None, trigger: str,
+               app: str | None, revision: str | None, wait: float, progress: bool | None, verbose: bool, trigger: str,
                dry_run: bool, allow_rewrite: bool, only_if_changed: bool, force: bool,
                accept_unverified: bool, verify_first: bool, apply_detect: bool) -> None:
     config = _config(config_path, reaches_hosts=True)
@@ -246,7 +248,7 @@ def _reconcile(mode: Mode, *, config_path: str | None, as_json: bool, output_for
                       force=force, accept_unverified=accept_unverified, verify_first=verify_first,
                       apply_detect=apply_detect)
     from controller.run.cycle import run_cycle  # status, history and show never load the playbook stages
-    result = run_cycle(config, request, TerminalProgress(show), cancel, wait)
+    result = run_cycle(config, request, TerminalProgress(show, verbose), cancel, wait)
     shape = _shape(as_json, output_format)
     report = {"json": lambda: json.dumps(result_json(result), indent=2) + "\n", "text": lambda: result_text(result),
               "yaml": lambda: _yaml(result_json(result)),
@@ -281,17 +283,18 @@ def _write_whole(path: Path, text: str) -> None:
 
 
 class TerminalProgress:
-    """Live progress on stderr: each step, and each task result that is not plain ok."""
+    """Live progress on stderr: each step, and each task result that is not plain ok (``verbose``: every one)."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self, enabled: bool, verbose: bool = False) -> None:
+        self.enabled = enabled or verbose
+        self.verbose = verbose
 
     def step(self, message: str) -> None:
         if self.enabled:
             click.echo(f"==> {message}", err=True)
 
     def task(self, app: str, phase: str, result: TaskResult) -> None:
-        if self.enabled and result.status is not TaskStatus.OK:
+        if self.enabled and (self.verbose or result.status is not TaskStatus.OK):
             click.echo(f"    [{app} {phase}] {result.host}: {result.status}  {result.task}", err=True)
 
     def notice(self, message: str) -> None:

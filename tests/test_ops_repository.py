@@ -140,6 +140,9 @@ def test_a_hand_change_of_each_kind_is_reported_and_put_back(ops: Fleet) -> None
     assert synced.returncode == 0, synced.stdout + synced.stderr
     for host in NAMES:
         assert_converged(ops, host)
-    after = ops.controller("check", "-o", "yaml")  # the report as YAML: the same document as --json
+    after = ops.controller("check", "-o", "yaml", "-v")  # the report as YAML: the same document as --json
     assert after.returncode == 0, after.stdout + after.stderr
     assert [app["outcome"] for app in yaml.safe_load(after.stdout)["apps"]] == ["in-sync", "in-sync"]
+    # -v: every task result on every host as it comes, the ok ones too
+    for host in NAMES.values():
+        assert f"] {host}: ok  system : Configure the shop tools from the host's facts" in after.stderr, after.stderr
