@@ -88,19 +88,17 @@ def _shape(as_json: bool, output_format: str | None) -> str:
     return "json" if as_json else output_format or "text"
 
 
-def _emit(shape: str, document: Callable[[], Any], text: Callable[[], str]) -> None:
-    """Print ``document()`` as JSON or YAML, or ``text()``, as ``shape`` says."""
+def _render(shape: str, document: Callable[[], Any], text: Callable[[], str]) -> str:
+    """``document()`` as JSON or YAML (its enums as the plain strings the JSON carries), or ``text()``."""
     if shape == "text":
-        click.echo(text(), nl=False)
-    elif shape == "yaml":
-        click.echo(_yaml(document()), nl=False)
-    else:
-        click.echo(json.dumps(document(), indent=2))
+        return text()
+    if shape == "yaml":
+        return yaml.safe_dump(json.loads(json.dumps(document())), sort_keys=False, allow_unicode=True)
+    return json.dumps(document(), indent=2) + "\n"
 
 
-def _yaml(document: Any) -> str:
-    """The same document as the JSON, its enums as the plain strings the JSON carries."""
-    return yaml.safe_dump(json.loads(json.dumps(document)), sort_keys=False, allow_unicode=True)
+def _emit(shape: str, document: Callable[[], Any], text: Callable[[], str]) -> None:
+    click.echo(_render(shape, document, text), nl=False)
 
 
 def run_options(func: F) -> F:
@@ -250,9 +248,8 @@ def _reconcile(mode: Mode, *, config_path: str | None, as_json: bool, output_for
     from controller.run.cycle import run_cycle  # status, history and show never load the playbook stages
     result = run_cycle(config, request, TerminalProgress(show, verbose), cancel, wait)
     shape = _shape(as_json, output_format)
-    report = {"json": lambda: json.dumps(result_json(result), indent=2) + "\n", "text": lambda: result_text(result),
-              "yaml": lambda: _yaml(result_json(result)),
-              "markdown": lambda: review_markdown(result)}[shape]()
+    report = review_markdown(result) if shape == "markdown" else _render(
+        shape, lambda: result_json(result), lambda: result_text(result))
     if output:
         _write_whole(Path(output), report)
     else:
@@ -464,8 +461,8 @@ def suspend(config_path: str | None, app: str, reason: str) -> None:
     with _store(config_path) as store:
         _known_app(store, app)
         before = store.suspend(app, reason)
-        now_held = store.suspensions()[app]
-    why = f" ({now_held.reason})" if now_held.reason else ""
+    kept = reason or (before.reason if before else "")
+    why = f" ({kept})" if kept else ""
     said = f"already suspended since {before.since}" if before else "suspended"
     click.echo(f"{app} {said}{why}: `controller resume {app}` to reconcile it again")
 

@@ -105,7 +105,7 @@ def _convert(tp: Any, data: Any, file: Path, key: str) -> Any:
         if not isinstance(data, list):
             raise _fail(file, key, f"expected a list, got {_kind(data)}")
         item = typing.get_args(tp)[0]
-        return tuple(_every(file, [(f"{key}[{i}]", item, v) for i, v in enumerate(data)]).values())
+        return tuple(_every(file, [(f"{key}[{i}]", item, v) for i, v in enumerate(data)]))
     if tp is Seconds:
         duration = parse_duration(data) if isinstance(data, str) else None
         if isinstance(data, (int, float)) and not isinstance(data, bool):
@@ -144,18 +144,18 @@ def _dataclass(cls: type, data: Any, file: Path, key: str) -> Any:
     missing = [_fail(file, _join(key, name), "missing required key") for name, field in fields.items()
                if name not in data and field.default is dataclasses.MISSING
                and field.default_factory is dataclasses.MISSING]
-    values = _every(file, [(_join(key, name), hints[name], data[name]) for name in fields if name in data],
-                    unknown + missing)
-    return cls(**{name.rpartition(".")[2]: value for name, value in values.items()})
+    given = [name for name in fields if name in data]
+    values = _every(file, [(_join(key, name), hints[name], data[name]) for name in given], unknown + missing)
+    return cls(**dict(zip(given, values, strict=True)))
 
 
-def _every(file: Path, items: list[tuple[str, Any, Any]], found: list[ControllerError] | None = None) -> dict[str, Any]:
-    """Each ``(key, type, data)`` converted, by key; when any (or ``found``) failed, one error with each problem
+def _every(file: Path, items: list[tuple[str, Any, Any]], found: list[ControllerError] | None = None) -> list[Any]:
+    """Each ``(key, type, data)`` converted, in order; when any (or ``found``) failed, one error with each problem
     on a line of its own, so that a config is put right in one go rather than one key a run."""
-    values, problems = {}, [line for error in found or [] for line in error.message.splitlines()]
+    values, problems = [], [line for error in found or [] for line in error.message.splitlines()]
     for key, tp, data in items:
         try:
-            values[key] = _convert(tp, data, file, key)
+            values.append(_convert(tp, data, file, key))
         except ControllerError as error:
             problems.extend(error.message.splitlines())
     if problems:

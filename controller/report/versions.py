@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -26,11 +27,14 @@ def versions() -> dict[str, str]:
             found[package] = "not installed"
     env = {"PATH": os.environ.get("PATH", os.defpath)}
     for tool, binary in (("sops", sops_binary()), ("age", "age"), ("git", "git")):  # the ones runs start
+        if shutil.which(binary, path=env["PATH"]) is None:
+            found[tool] = "not installed"
+            continue
         try:
             said = run([binary, "--version"], reason=Reason.CONFIG_INVALID, what=f"{tool} --version", env=env,
                        timeout=10)
         except ControllerError as error:
-            found[tool] = "not installed" if error.message.endswith("is not installed") else error.message
+            found[tool] = error.message
             continue
         first = said.strip().splitlines()[0] if said.strip() else ""
         found[tool] = first.removeprefix(f"{tool} version ").removeprefix(f"{tool} ")
