@@ -109,6 +109,8 @@ def test_commit_statuses_reach_each_forge_in_its_documented_shape(tmp_path: Path
         for kind in (Kind.PREVIEW, Kind.VERIFY):  # a preview is not the branch; a verify is between full checks
             post_statuses(config, store, recorded(store, kind, Outcome.FAILED, "x", reason=Reason.TASK_FAILED))
         post_statuses(config, store, recorded(store, Kind.SYNC, Outcome.INTERRUPTED, "stopped"))  # a stop: no news
+        # ...and told the forge nothing, so the same drift after it is no news either
+        post_statuses(config, store, recorded(store, Kind.CHECK, Outcome.DRIFTED, "drifted: web1", DRIFT))
     for kind, forge in forges.items():
         assert forge.refused == []
         name = "name" if kind == "gitlab" else "context"

@@ -62,12 +62,12 @@ def post_statuses(config: Config, store: Store, result: Result) -> None:
     for app in result.apps:
         if not targets or app.kind not in (Kind.CHECK, Kind.SYNC) or app.run_id is None or not app.revision:
             continue  # a preview, a verify, or a run that never reached a commit
-        previous = store.previous_run(app.app, app.run_id)
         for target in targets:
             forge = API[target.format]
             state = forge.states.get(app.outcome)  # none for a stop (interrupted): not news
+            previous = store.previous_run(app.app, app.run_id, tuple(forge.states))
             told = previous is not None and previous.revision == app.revision and previous.outcome is not None \
-                and forge.states.get(previous.outcome) == state
+                and forge.states[previous.outcome] == state
             if state is not None and not told:
                 _post(target, forge, app, state, run_link(config.ui.external_url, app.run_id))
 

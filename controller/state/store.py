@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -310,10 +310,12 @@ class Store:
                               " ORDER BY id DESC LIMIT 1", (Kind.SYNC,)).fetchone()
         return _run(row) if row else None
 
-    def previous_run(self, app: str, run_id: int) -> RunRecord | None:
-        """The app's check or sync just before run ``run_id`` (what a forge was last told about it)."""
-        row = self.db.execute("SELECT * FROM runs WHERE app = ? AND id < ? AND mode IN (?, ?) ORDER BY id DESC LIMIT 1",
-                              (app, run_id, Kind.CHECK, Kind.SYNC)).fetchone()
+    def previous_run(self, app: str, run_id: int, outcomes: Collection[Outcome]) -> RunRecord | None:
+        """The app's last check or sync before run ``run_id`` that ended in one of ``outcomes`` (what a forge was
+        last told about it: a run that ended otherwise, interrupted, told it nothing)."""
+        marks = ", ".join("?" * len(outcomes))
+        row = self.db.execute(f"SELECT * FROM runs WHERE app = ? AND id < ? AND mode IN (?, ?) AND outcome IN ({marks})"
+                              " ORDER BY id DESC LIMIT 1", (app, run_id, Kind.CHECK, Kind.SYNC, *outcomes)).fetchone()
         return _run(row) if row else None
 
     def status(self) -> list[AppStatus]:
