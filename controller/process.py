@@ -204,8 +204,8 @@ def stop_children() -> None:
     children are not ours to stop: a shell that runs ``controller check > >(tee log)`` execs the
     controller with its ``tee`` as a child, and the workspace guard must outlive us.
     """
-    # a reaper's /proc/PID/cmdline reads empty for a moment after its exec (on a busy machine, long enough to
-    # be missed by a stop right after a start): the reapers started here are counted from the registry too
+    # the reapers _spawn started are in the registry; ansible-runner's (spawned by pexpect) are found by their
+    # command line, which _started_here reads again while it is empty (a reaper mid-exec)
     mine = list(_REAPERS | {pid for pid in children(os.getpid()) if _started_here(pid)})
     for pid in mine:
         with contextlib.suppress(ProcessLookupError):
@@ -221,11 +221,22 @@ def stop_children() -> None:
 
 def _started_here(pid: int) -> bool:
     """A reaper of this process (``reaped``'s command line), or a fork of this process not yet exec'd."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
-    except OSError:
-        return False
+    argv = _command_line(pid)
     return argv[1:5] == [b"-I", b"-S", bytes(REAPER), str(os.getpid()).encode()] or argv == _own_command_line()
+
+
+def _command_line(pid: int) -> list[bytes]:
+    """``pid``'s arguments. Right after an exec /proc/PID/cmdline reads empty for a moment (on a busy machine,
+    long enough for a stop right after a start to miss a reaper): an empty one is read again, up to a second."""
+    deadline = time.monotonic() + 1
+    while True:
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return []
+        if raw or not _running(pid) or time.monotonic() > deadline:
+            return raw.split(b"\0")[:-1]
+        time.sleep(0.005)
 
 
 @functools.cache

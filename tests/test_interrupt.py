@@ -35,7 +35,7 @@ def test_sigterm_mid_run_stops_cleanly(fleet: Fleet) -> None:
     assert proc.returncode == 1
     assert "interrupted" in stdout + stderr
     assert workspaces(proc.pid) == set()
-    leftovers = subprocess.run(["pgrep", "-f", str(next(iter(running)))], capture_output=True, text=True)
+    leftovers = subprocess.run(["pgrep", "-af", str(next(iter(running)))], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
     [run] = json.loads(fleet.controller("history", "--json").stdout)
     assert (run["outcome"], run["reason"]) == ("interrupted", "Interrupted")
