@@ -13,8 +13,9 @@ import yaml
 
 from controller.ansible.results import Connection
 from controller.state.store import Store
-from lab import counting_ssh
-from tests.conftest import APP_YML, VERSION, Fleet, secret, write_config
+from lab import Lab, counting_ssh
+from lab.repository import AgeKey
+from tests.conftest import APP_YML, TEST_PREFIX, VERSION, Fleet, build_fleet, secret, write_config
 from tests.support.daemon import daemon, wait_for, watch_config
 
 COMMAND_TASK = ("\n- name: Read the kernel release\n  ansible.builtin.command: uname -r\n"
@@ -80,61 +81,61 @@ def replace_by_link(path: Path) -> None:
     path.symlink_to("/etc/hostname")
 
 
-def test_each_kind_of_hand_change_is_caught_and_reported_with_the_full_checks_diff(converged: Fleet) -> None:
-    tasks = converged.work / "roles/app/tasks/main.yml"
-    tasks.write_text(tasks.read_text().replace('dest: "{{ app_root }}/VERSION"\n',
-                                               'dest: "{{ app_root }}/VERSION"\n    owner: root\n'))
-    converged.push("The version file belongs to root")
-    assert converged.controller("sync").returncode == 0
-    app_yml = converged.host_file("h1", APP_YML)
-    version = {host: converged.host_file(host, VERSION) for host in ("h1", "h2")}
-    names = {"h1": "web1.staging", "h2": "web2.staging"}
-    Change = tuple[str, str, Callable[[], object], str]  # host, what, the change, what verify says
-    # two kinds at a time, one on each host (a host not changed in a round must still verify)
-    rounds: list[list[Change]] = [
-        [("h1", "a hand edit of a templated file", lambda: app_yml.write_text(app_yml.read_text() + "debug: true\n"),
-          f"{APP_YML}: content changed"),
-         ("h2", "a mode change", lambda: version["h2"].chmod(0o600), f"{VERSION}: mode 0644 -> 0600")],
-        [("h1", "an owner change", lambda: os.chown(version["h1"], 4242, 4242), f"{VERSION}: owner root -> 4242"),
-         ("h2", "a deleted managed file", version["h2"].unlink, f"{VERSION}: was a file, now gone")],
-        [("h1", "a file replaced by a symlink", lambda: replace_by_link(version["h1"]),
-          f"{VERSION}: was a file, now a link")],
-    ]
-    for changes in rounds:
-        whats = [what for _, what, _, _ in changes]
+def test_each_kind_of_hand_change_is_caught_and_reported_with_the_full_checks_diff(tmp_path: Path,
+                                                                                   age_key: AgeKey) -> None:
+    # one kind of change on each of five hosts at once, and a sixth left alone (an unchanged host must still
+    # verify): one round of verify, sync and verify instead of a round per pair of kinds
+    names = {f"h{i}": f"web{i}.staging" for i in range(1, 7)}
+    with Lab(tmp_path / "lab", len(names), prefix=TEST_PREFIX) as lab:
+        fleet = build_fleet(tmp_path / "fleet", lab, age_key, placement={"staging": {n: h for h, n in names.items()}})
+        tasks = fleet.work / "roles/app/tasks/main.yml"
+        tasks.write_text(tasks.read_text().replace('dest: "{{ app_root }}/VERSION"\n',
+                                                   'dest: "{{ app_root }}/VERSION"\n    owner: root\n'))
+        fleet.push("The version file belongs to root")
+        assert fleet.controller("sync").returncode == 0
+        app_yml = fleet.host_file("h1", APP_YML)
+        version = {host: fleet.host_file(host, VERSION) for host in names}
+        changes: list[tuple[str, str, Callable[[], object], str]] = [  # host, what, the change, what verify says
+            ("h1", "a hand edit of a templated file", lambda: app_yml.write_text(app_yml.read_text() + "debug: true\n"),
+             f"{APP_YML}: content changed"),
+            ("h2", "a mode change", lambda: version["h2"].chmod(0o600), f"{VERSION}: mode 0644 -> 0600"),
+            ("h3", "an owner change", lambda: os.chown(version["h3"], 4242, 4242), f"{VERSION}: owner root -> 4242"),
+            ("h4", "a deleted managed file", version["h4"].unlink, f"{VERSION}: was a file, now gone"),
+            ("h5", "a file replaced by a symlink", lambda: replace_by_link(version["h5"]),
+             f"{VERSION}: was a file, now a link"),
+        ]
         for _, _, change, _ in changes:
             change()
-        code, result = verify(converged)
-        assert code == 2, (whats, result)
+        code, result = verify(fleet)
+        assert code == 2, result
         found = verdicts(result)
         changed_hosts = {names[host] for host, _, _, _ in changes}
         for host, what, _, said in changes:
             assert not found[names[host]]["verified"] and said in found[names[host]]["why"], (what, found)
-        assert all(v["verified"] for name, v in found.items() if name not in changed_hosts), (whats, found)
+        assert found["web6.staging"]["verified"], found
         [app] = result["apps"]
         # the full check ran on the changed hosts only, and their drift is Ansible's own
         assert {h["host"]: h["status"] for h in app["check"]["hosts"]} == {
-            name: "changed" if name in changed_hosts else "ok" for name in names.values()}, whats
+            name: "changed" if name in changed_hosts else "ok" for name in names.values()}
         changed = [t for t in app["check"]["tasks"] if t["status"] == "changed"]
-        assert {t["host"] for t in changed} == changed_hosts, whats
-        if "a hand edit of a templated file" in whats:
-            assert any("-debug: true" in t["diff"] for t in changed), changed
+        assert {t["host"] for t in changed} == changed_hosts
+        assert any("-debug: true" in t["diff"] for t in changed if t["host"] == "web1.staging"), changed
         # the same hand changes seen by a sync that verifies first: corrected on those hosts only
-        done = converged.controller("sync", "--verify-first", "--json")
-        assert done.returncode == 0, (whats, done.stdout, done.stderr)
+        done = fleet.controller("sync", "--verify-first", "--json")
+        assert done.returncode == 0, (done.stdout, done.stderr)
         [synced] = json.loads(done.stdout)["apps"]
-        assert synced["applied_to"] == dict.fromkeys(changed_hosts, "drifted"), whats
-        assert verify(converged)[0] == 0, whats
-    assert "debug: true" not in app_yml.read_text()
-    assert all(v.stat().st_mode & 0o777 == 0o644 and v.stat().st_uid == 0 and not v.is_symlink()
-               for v in version.values())
+        assert synced["applied_to"] == dict.fromkeys(changed_hosts, "drifted")
+        assert verify(fleet)[0] == 0
+        assert "debug: true" not in app_yml.read_text()
+        assert all(v.stat().st_mode & 0o777 == 0o644 and v.stat().st_uid == 0 and not v.is_symlink()
+                   for v in version.values())
 
-    # what no task manages (app.yml's owner): flagged once, found in sync by the full check, then taken as is
-    os.chown(app_yml, 4242, 4242)
-    code, result = verify(converged)
-    assert code == 0 and "owner root -> 4242" in verdicts(result)["web1.staging"]["why"], result
-    code, result = verify(converged)
-    assert code == 0 and verdicts(result)["web1.staging"]["verified"], result
+        # what no task manages (app.yml's owner): flagged once, found in sync by the full check, then taken as is
+        os.chown(app_yml, 4242, 4242)
+        code, result = verify(fleet)
+        assert code == 0 and "owner root -> 4242" in verdicts(result)["web1.staging"]["why"], result
+        code, result = verify(fleet)
+        assert code == 0 and verdicts(result)["web1.staging"]["verified"], result
 
 
 def test_changed_inputs_make_verify_fully_check_every_host(converged: Fleet) -> None:
