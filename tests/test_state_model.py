@@ -232,6 +232,15 @@ def test_metrics_are_read_from_the_store_and_previews_never_count(tmp_path: Path
                      'controller_host_drifted{app="staging",host="web2"} 0.0',
                      'controller_hosts_behind{app="staging"} 0.0'):  # nothing applied yet: no revision to be behind
             assert line in rendered, line
+        # a sync that rolled a new revision out to web1 and corrected drift on web2 counts each once, as each
+        sync = store.start_run("staging", "b" * 40, Kind.SYNC, "manual", "apply")
+        store.finish_run(sync, Outcome.CONVERGED, None, "rolled out", True,
+                         {"rolled_out": ["web1"], "corrected": ["web2"], "applied_to": ["web1", "web2"]})
+        old = store.start_run("staging", "b" * 40, Kind.SYNC, "manual", "apply")  # as an older release recorded it
+        store.finish_run(old, Outcome.CONVERGED, None, "corrected: web1", True, {"corrected": ["web1"]})
+        rendered = metrics.render().decode()
+        assert 'controller_hosts_rolled_out_total{app="staging"} 1.0' in rendered
+        assert 'controller_drift_corrected_hosts_total{app="staging"} 1.0' in rendered
         store.retire_missing([], "b" * 40)  # gone from gitops.yml: its series go too
         assert "staging" not in metrics.render().decode()
 

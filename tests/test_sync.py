@@ -30,7 +30,10 @@ def test_sync_applies_a_pushed_commit_then_has_nothing_to_do(fleet: Fleet) -> No
     assert second.returncode == 0, second.stderr
     assert sha[:12] in second.stdout
     assert fleet.host_file("h1", VERSION).read_text() == "2.0.0\n"
-    assert "+2.0.0" in second.stdout  # the diff of what was corrected
+    # a new commit is a rollout, named so: not drift, and nothing "corrected"
+    assert f"rolled out {sha[:12]} to web1.staging, web2.staging" in second.stdout, second.stdout
+    assert f"staging rollout of {sha[:12]}:" in second.stdout and "drift" not in second.stdout
+    assert "+2.0.0" in second.stdout  # the diff of what was rolled out
 
     third = fleet.controller("sync")
     assert third.returncode == 0, third.stderr
@@ -39,6 +42,8 @@ def test_sync_applies_a_pushed_commit_then_has_nothing_to_do(fleet: Fleet) -> No
     assert [(r["outcome"], r["applied"]) for r in runs] == [
         ("in-sync", False), ("converged", True), ("converged", True)]
     assert {r["revision"] for r in runs[:2]} == {sha}
+    assert (runs[1]["summary"]["rolled_out"], runs[1]["summary"]["corrected"]) == (
+        ["web1.staging", "web2.staging"], [])
 
 
 def test_check_reports_a_manual_change_and_sync_puts_it_back(converged: Fleet) -> None:
@@ -60,10 +65,14 @@ def test_check_reports_a_manual_change_and_sync_puts_it_back(converged: Fleet) -
     text = converged.controller("check")
     assert text.returncode == 2
     assert "web2.staging" in text.stdout and "-workers: 64" in text.stdout
+    assert "staging drift:" in text.stdout and "rollout" not in text.stdout  # the revision is not new: drift
 
     fixed = converged.controller("sync")
     assert fixed.returncode == 0, fixed.stderr
     assert "workers: 2" in app_yml.read_text()
+    assert "corrected drift on web2.staging" in fixed.stdout and "rolled out" not in fixed.stdout, fixed.stdout
+    assert converged.runs()[0]["summary"]["corrected"] == ["web2.staging"]
+    assert converged.runs()[0]["summary"]["rolled_out"] == []
     assert converged.controller("check").returncode == 0
 
     shown = converged.controller("show", str(report["apps"][0]["run_id"]))

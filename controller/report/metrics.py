@@ -36,6 +36,7 @@ class StoreCollector:
     def collect(self) -> Iterator[Metric]:
         with Store(self.path) as store:
             tallies = store.run_tallies()
+            changes = store.host_changes()
             status = store.status()
         runs = CounterMetricFamily("controller_runs", "Runs per app, kind (check, sync, verify) and outcome.",
                                    labels=["app", "mode", "outcome"])
@@ -57,6 +58,14 @@ class StoreCollector:
                                                                                        strict=True)),
                                                ("+Inf", count)], seconds)
         yield histogram
+        rolled_out = CounterMetricFamily("controller_hosts_rolled_out", "Hosts syncs rolled a new revision out to.",
+                                         labels=["app"])
+        corrected = CounterMetricFamily("controller_drift_corrected_hosts", "Hosts syncs corrected drift on (at a "
+                                        "revision they already had).", labels=["app"])
+        for change in changes:
+            rolled_out.add_metric([change.app], change.rolled_out)
+            corrected.add_metric([change.app], change.corrected)
+        yield from (rolled_out, corrected)
         yield from _app_gauges(status, good)
 
 

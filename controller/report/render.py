@@ -64,9 +64,11 @@ def result_text(result: Result) -> str:
         lines.append(f"  {app.app:<{width}}  {app.outcome.value:<9}  {app.message}{reason}{run}")
     for app in result.apps:
         lines.extend(_verdicts_text(app))
-        for phase, report in (("drift", app.check), ("apply", app.applied)):
+        # what the check found to change is a rollout where the revision is new to the app, drift where it is not
+        found = "drift" if app.previous == app.revision else f"rollout of {(app.revision or '')[:12]}"
+        for phase, report in ((found, app.check), ("apply", app.applied)):
             if report is not None:
-                lines.extend(_tasks_text(f"{app.app} {phase}", report.tasks, diffs=phase == "drift"))
+                lines.extend(_tasks_text(f"{app.app} {phase}", report.tasks, diffs=report is app.check))
     return "\n".join(lines) + "\n"
 
 

@@ -75,8 +75,9 @@ class AppRun:
                 plan = plan_apply(checked, applied_at, self.revision.sha, force=self.request.force)
             applied = play(check=False, limit=plan.limit) if plan and plan.hosts else None
             outcome, reason = decide(checked, applied)
-            message = _message(app, checked, applied, plan, self.kind, verdicts, self._last_run(checked))
-            summary = _summary(checked, applied, plan, verdicts)
+            rollout = Rollout.of(applied, self.revision, self.at_revision)
+            message = _message(app, checked, applied, rollout, plan, self.kind, verdicts, self._last_run(checked))
+            summary = _summary(checked, applied, rollout, plan, verdicts)
             store.finish_run(run_id, outcome, reason, message, applied is not None, summary,
                              verified=sum(1 for v in verdicts if v.verified))
             behind = 0
@@ -172,7 +173,23 @@ class AppRun:
         self.store.record_manifests(self.app.name, manifests, every_host=every_host and played.check)
 
 
-def _message(app: App, checked: Report, applied: Report | None, plan: Plan | None, kind: Kind,
+@dataclass(frozen=True)
+class Rollout:
+    """What an apply changed, told apart: hosts the revision was new to got a rollout; hosts already at it
+    had drifted, and got their drift corrected."""
+
+    revision: str  # short
+    rolled_out: list[str]
+    corrected: list[str]
+
+    @classmethod
+    def of(cls, applied: Report | None, revision: Revision, at_revision: set[str]) -> Rollout:
+        changed = applied.with_status(TaskStatus.CHANGED) if applied is not None else []
+        return cls(revision.short, [h for h in changed if h not in at_revision],
+                   [h for h in changed if h in at_revision])
+
+
+def _message(app: App, checked: Report, applied: Report | None, rollout: Rollout, plan: Plan | None, kind: Kind,
              verdicts: list[Verdict], last_run: str) -> str:
     parts = []
     if applied is not None and app.policy is Policy.DETECT:
@@ -185,9 +202,10 @@ def _message(app: App, checked: Report, applied: Report | None, plan: Plan | Non
     if rechecked:
         parts.append(f"fully checked: {', '.join(rechecked)}")
     if applied is not None:
-        corrected = applied.with_status(TaskStatus.CHANGED)
-        if corrected:
-            parts.append(f"corrected: {', '.join(corrected)}")
+        if rollout.rolled_out:
+            parts.append(f"rolled out {rollout.revision} to {', '.join(rollout.rolled_out)}")
+        if rollout.corrected:
+            parts.append(f"corrected drift on {', '.join(rollout.corrected)}")
         if plan is not None and not plan.every_host:
             parts.append(f"applied to {', '.join(plan.hosts)} only")
     elif checked.drifted:
@@ -217,14 +235,15 @@ def _utc(stamp: str) -> str:
     return f"{stamp[:16].replace('T', ' ')} UTC"
 
 
-def _summary(checked: Report, applied: Report | None, plan: Plan | None,
+def _summary(checked: Report, applied: Report | None, rollout: Rollout, plan: Plan | None,
              verdicts: list[Verdict]) -> dict[str, list[str]]:
     summary = {"drifted": checked.with_status(TaskStatus.CHANGED)}
     if verdicts:
         summary["verified"] = [v.host for v in verdicts if v.verified]
         summary["rechecked"] = [f"{v.host}: {v.why}" for v in verdicts if not v.verified]
     if applied is not None:
-        summary["corrected"] = applied.with_status(TaskStatus.CHANGED)
+        summary["rolled_out"] = rollout.rolled_out
+        summary["corrected"] = rollout.corrected
         summary["applied_to"] = plan.hosts if plan else []
     final = merged(checked, applied)
     for status in (TaskStatus.FAILED, TaskStatus.UNREACHABLE):

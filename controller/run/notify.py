@@ -28,7 +28,7 @@ SHOWN = (TaskStatus.CHANGED, TaskStatus.FAILED, TaskStatus.UNREACHABLE)
 ICONS = {Event.DRIFT_FOUND: ":warning:", Event.DRIFT_CORRECTED: ":wrench:", Event.REVISION_APPLIED: ":rocket:",
          Event.RUN_FAILED: ":x:", Event.RECOVERED: ":white_check_mark:", Event.VERIFICATION_FAILED: ":lock:"}
 TITLES = {Event.DRIFT_FOUND: "drift found", Event.DRIFT_CORRECTED: "drift corrected",
-          Event.REVISION_APPLIED: "new revision applied", Event.RUN_FAILED: "run failed",
+          Event.REVISION_APPLIED: "new revision rolled out", Event.RUN_FAILED: "run failed",
           Event.RECOVERED: "recovered", Event.VERIFICATION_FAILED: "revision refused (commit signatures)"}
 
 

@@ -91,6 +91,22 @@ MIGRATIONS = (
             {", ".join(f"{c} = {c} + excluded.{c}" for c in BUCKET_COLUMNS)};
     END;
     """,
+    # 6: per app, how many hosts syncs rolled a new revision out to and how many had their drift corrected (the
+    # run's summary says which, since this release), kept as runs finish like run_tallies. Older runs told the two
+    # apart nowhere, so they count to neither: the counters start at this migration.
+    """
+    CREATE TABLE host_changes (
+        app TEXT PRIMARY KEY, rolled_out INTEGER NOT NULL, corrected INTEGER NOT NULL);
+    CREATE TRIGGER runs_host_changes AFTER UPDATE OF outcome ON runs
+        WHEN OLD.outcome IS NULL AND NEW.outcome IS NOT NULL AND NEW.mode = 'sync'
+            AND json_type(NEW.summary, '$.rolled_out') = 'array'
+    BEGIN
+        INSERT INTO host_changes VALUES (NEW.app, json_array_length(NEW.summary, '$.rolled_out'),
+                                         json_array_length(NEW.summary, '$.corrected'))
+        ON CONFLICT (app) DO UPDATE SET rolled_out = rolled_out + excluded.rolled_out,
+                                        corrected = corrected + excluded.corrected;
+    END;
+    """,
 )
 
 

@@ -120,6 +120,15 @@ class AppStatus:
 
 
 @dataclass(frozen=True)
+class HostChanges:
+    """Per app, the hosts syncs changed since migration 6: a new revision rolled out, or drift corrected."""
+
+    app: str
+    rolled_out: int
+    corrected: int
+
+
+@dataclass(frozen=True)
 class Tally:
     """Finished runs of one app, kind and outcome, for /metrics."""
 

@@ -18,6 +18,7 @@ from controller.state.migrations import BUCKET_COLUMNS, migrate
 from controller.state.records import (
     AppStatus,
     Commit,
+    HostChanges,
     HostRecord,
     HostResult,
     RunDetail,
@@ -349,6 +350,11 @@ class Store:
         return [Tally(row["app"], Kind(row["mode"]), Outcome(row["outcome"]), row["runs"], row["seconds"],
                       row["last_finished"], tuple(row[c] for c in BUCKET_COLUMNS)) for row in self.db.execute(
             "SELECT * FROM run_tallies WHERE app NOT IN (SELECT app FROM retired) ORDER BY app, mode, outcome")]
+
+    def host_changes(self) -> list[HostChanges]:
+        """Per app not retired, the hosts its syncs rolled a revision out to and corrected drift on (for /metrics)."""
+        return [HostChanges(row["app"], row["rolled_out"], row["corrected"]) for row in self.db.execute(
+            "SELECT * FROM host_changes WHERE app NOT IN (SELECT app FROM retired) ORDER BY app")]
 
     def revision(self, sha: str) -> Commit | None:
         """A revision as recorded when first reconciled."""
