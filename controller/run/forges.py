@@ -1,9 +1,10 @@
 """Commit statuses: after each check and sync, its outcome on the commit in GitHub, GitLab or Gitea/Forgejo.
 
 A team sees on the commit it merged whether the servers have it, with a link to the run. The status is posted when
-it differs from what the app's previous check or sync at the same commit said, so a drift schedule or a verify
-every 30 s does not fill the forge with copies (GitHub keeps at most 1,000 per commit and context). Best effort,
-like notifications: a failed post is one log line naming the forge's host, and never fails the run.
+it differs from what the app's previous check or sync at the same commit told the forge (an interrupted run told it
+nothing), so a drift schedule or a verify every 30 s does not fill the forge with copies (GitHub keeps at most 1,000
+per commit and context). Best effort, like notifications: a failed post is one log line naming the forge's host, and
+never fails the run.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ API: dict[str, Forge] = {
         Outcome.FAILED: "error"}),
 }
 
+POSTED = frozenset(outcome for forge in API.values() for outcome in forge.states)  # what some forge is told
+
 
 def post_statuses(config: Config, store: Store, result: Result) -> None:
     """Post each app's outcome to its commit on every forge target, where it is news to the forge."""
@@ -62,12 +65,12 @@ def post_statuses(config: Config, store: Store, result: Result) -> None:
     for app in result.apps:
         if not targets or app.kind not in (Kind.CHECK, Kind.SYNC) or app.run_id is None or not app.revision:
             continue  # a preview, a verify, or a run that never reached a commit
+        previous = store.previous_run(app.app, app.run_id, POSTED)
         for target in targets:
             forge = API[target.format]
             state = forge.states.get(app.outcome)  # none for a stop (interrupted): not news
-            previous = store.previous_run(app.app, app.run_id, tuple(forge.states))
             told = previous is not None and previous.revision == app.revision and previous.outcome is not None \
-                and forge.states[previous.outcome] == state
+                and forge.states.get(previous.outcome) == state
             if state is not None and not told:
                 _post(target, forge, app, state, run_link(config.ui.external_url, app.run_id))
 
