@@ -22,7 +22,7 @@ demo: system venv  ## a local Git remote, 5 real SSH hosts, a real `controller s
 test: system venv  ## lint, type-check, then the whole test suite against real hosts (TEST_WORKERS at once)
 	$(VENV)/bin/ruff check controller lab tests bench
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 bench: system venv  ## measure against plain Ansible at 10 and 50 hosts (about 80 minutes); writes docs/benchmarks.*
 	$(VENV)/bin/pip install -q -e '.[dev,bench]'

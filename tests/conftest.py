@@ -85,6 +85,20 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+# The modules that take longest, longest first (their --durations summed from a CI log). Workers take whole
+# modules in collection order (--dist loadfile --no-loadscope-reorder): with these first, each worker ends on
+# short modules and neither waits long for the other. The others follow in file order.
+LONGEST = ("test_sync", "test_state_model", "test_real_repositories", "test_verify", "test_watch",
+           "test_ops_repository", "test_crash", "test_dashboard", "test_requirements", "test_signatures",
+           "test_molecule", "test_host_keys", "test_secrets", "test_listener", "test_example_repository")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest modules first (LONGEST); a module's tests keep their order (the sort is stable)."""
+    rank = {f"tests.{name}": place for place, name in enumerate(LONGEST)}
+    items.sort(key=lambda item: rank.get(getattr(item.module, "__name__", ""), len(LONGEST)))
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any) -> None:
     """An xdist worker finished: its plaintexts join this process's sweep."""

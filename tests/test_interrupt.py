@@ -14,14 +14,13 @@ from tests.support.processes import workspaces
 
 
 def test_sigterm_mid_run_stops_cleanly(fleet: Fleet) -> None:
-    before = workspaces()
     env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config)}
     proc = subprocess.Popen([str(BIN / "controller"), "sync"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     running: set[Path] = set()
     while time.monotonic() < deadline and not running:
-        running = {p for p in workspaces() - before if (p / "runner" / "check").exists()}
+        running = {p for p in workspaces(proc.pid) if (p / "runner" / "check").exists()}
         time.sleep(0.05)
     assert running, "the check never started"
     time.sleep(0.5)

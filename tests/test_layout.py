@@ -1,5 +1,5 @@
 """The package's layout as the README describes it: every module it names exists, imports have no cycle, and no
-import runs back up the pipeline's floors."""
+import runs back up the pipeline's floors; the test modules conftest schedules first exist."""
 
 from __future__ import annotations
 
@@ -89,3 +89,9 @@ def test_no_import_runs_back_up_the_floors() -> None:
               for imported in sorted(imports_at_load(path, set(files), in_functions=True))
               if floor(imported) > floor(name)]
     assert upward == []
+
+
+def test_the_modules_scheduled_first_exist() -> None:
+    from tests.conftest import LONGEST
+
+    assert [name for name in LONGEST if not (ROOT / "tests" / f"{name}.py").exists()] == []

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from lab import Lab
-from tests.conftest import APP_YML, BIN, VERSION, Fleet, build_fleet, bump_version, git, secret, write_config
+from tests.conftest import APP_YML, BIN, VERSION, Fleet, bump_version, git, secret, write_config
 from tests.support.processes import workspaces
 from tests.support.refusals import assert_refused
 
@@ -168,7 +168,8 @@ def test_bad_commits_are_refused_before_anything_is_applied(converged: Fleet) ->
     assert all(r["revision"] == good or r["outcome"] == "failed" for r in converged.runs())
 
 
-def test_durations_as_people_type_them_and_config_before_the_command(fleet: Fleet) -> None:
+def test_durations_as_people_type_them_and_config_before_the_command(converged: Fleet) -> None:
+    fleet = converged
     write_config(fleet, watch={"poll_interval": "5m", "drift_check_interval": "1h30m", "debounce": "0.5s"},
                  ansible={"task_timeout": "2m", "timeout": 10},
                  source={"url": str(fleet.remote), "fetch_timeout": "90s"})
@@ -251,18 +252,22 @@ def test_status_history_show_and_json_tell_the_same_story(fleet: Fleet) -> None:
     assert fleet.controller("show", "999").returncode == 1
 
 
-def test_the_lock_keeps_two_runs_apart(fleet: Fleet) -> None:
+def test_the_lock_keeps_two_runs_apart(converged: Fleet) -> None:
     from controller.lock import hold
 
-    with hold(fleet.state / "controller.lock"):
+    before = converged.runs()
+    version = converged.host_file("h1", VERSION)
+    version.write_text("by hand\n")
+    with hold(converged.state / "controller.lock"):
         started = time.monotonic()
-        busy = fleet.controller("sync", "--wait", "1")
+        busy = converged.controller("sync", "--wait", "1")
         assert time.monotonic() - started >= 1
     assert busy.returncode == 75
     assert "another run holds" in busy.stderr and busy.stderr.count("\n") == 1
-    assert fleet.runs() == []
-    assert not fleet.host_file("h1", VERSION).exists()
-    assert fleet.controller("sync").returncode == 0
+    assert converged.runs() == before  # the refused run left no record and touched no host
+    assert version.read_text() == "by hand\n"
+    assert converged.controller("sync").returncode == 0  # the lock is free again: the next run puts it back
+    assert version.read_text() == "1.0.0\n"
 
 
 def test_any_reasonable_repository_works(tmp_path: Path, lab: Lab, age_key: object) -> None:
@@ -314,15 +319,19 @@ def test_secrets_are_only_decrypted_onto_tmpfs(fleet: Fleet) -> None:
     assert not fleet.host_file("h1", VERSION).exists()
 
 
-def test_workspaces_are_wiped_after_every_run(tmp_path: Path, lab: Lab, age_key: object) -> None:
-    fleet = build_fleet(tmp_path / "fleet", lab, age_key)  # type: ignore[arg-type]
-    env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config)}
-    ok = subprocess.run([str(BIN / "controller"), "sync"], env=env, capture_output=True, check=False)
-    assert ok.returncode == 0
-    fleet.write("playbooks/site.yml", "- hosts: [\n")
-    fleet.push("Broken")
-    broken = subprocess.Popen([str(BIN / "controller"), "sync"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+def test_workspaces_are_wiped_after_every_run(converged: Fleet) -> None:
+    env = {**os.environ, "CONTROLLER_CONFIG": str(converged.config)}
+
+    def run() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([str(BIN / "controller"), "sync"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+    ok = run()
+    assert ok.wait(timeout=300) == 0
+    assert workspaces(ok.pid) == set()
+    converged.write("playbooks/site.yml", "- hosts: [\n")
+    converged.push("Broken")
+    broken = run()
     assert broken.wait(timeout=300) == 1
     assert workspaces(broken.pid) == set()
 
