@@ -10,9 +10,10 @@ PY := $(VENV)/bin/python
 # sudo and python3-apt: the lab's hosts (whole machines over this one's root) log in as deploy and use
 # sudo; the example installs a .deb with the apt module; chromium: the dashboard's browser tests;
 # prometheus: its promtool lints the /metrics exposition in the tests (the server itself is never started);
-# systemd: only its systemd-analyze, which checks the shipped unit offline (nothing starts systemd here)
+# systemd: only its systemd-analyze, which checks the shipped unit offline (nothing starts systemd here);
+# tmux: a real terminal for the tests that read live progress as a person sees it
 SYSTEM_PACKAGES := openssh-server openssh-client git age gnupg util-linux python3-venv sudo python3-apt \
-                   chromium chromium-driver prometheus systemd
+                   chromium chromium-driver prometheus systemd tmux
 
 .PHONY: demo test lint bench bench-quick system venv clean
 

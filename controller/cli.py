@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 import yaml
@@ -20,11 +20,14 @@ from controller import __version__
 from controller.config import Config, HostPort, find_config, load_config
 from controller.errors import ControllerError, Interrupted, LockBusy
 from controller.interrupt import Cancel
+from controller.report.colour import Paint, wanted
 from controller.report.documents import detail_document, run_document, status_document
 from controller.report.render import history_text, hosts_text, result_json, result_text, run_text, status_text
 from controller.report.review import review_markdown
+from controller.report.terminal import TerminalProgress
+from controller.run.planfile import PlanFile
 from controller.run.recovery import recover
-from controller.run.results import Request
+from controller.run.results import Request, Result
 from controller.state.store import Store
 from controller.vocabulary import (
     EXIT_CODE_MEANINGS,
@@ -34,12 +37,8 @@ from controller.vocabulary import (
     Mode,
     Outcome,
     Reason,
-    TaskStatus,
     Trigger,
 )
-
-if TYPE_CHECKING:
-    from controller.ansible.results import TaskResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -108,7 +107,9 @@ def run_options(func: F) -> F:
         click.option("--wait", type=float, default=0, metavar="SECONDS",
                      help="Wait this long for another run to finish (default: do not wait)."),
         click.option("--progress/--no-progress", default=None,
-                     help="Show live progress on stderr (default: when stderr is a terminal)."),
+                     help="Show live progress on stderr (default: when stderr is a terminal): each step, each "
+                          "failure, and while Ansible is quiet a heartbeat with the elapsed time, the task under "
+                          "way and how many of its hosts answered. Colour on a terminal unless NO_COLOR is set."),
         click.option("-v", "--verbose", is_flag=True,
                      help="Progress with every task result on every host, ok ones too (implies --progress)."),
         click.option("--accept-unverified", is_flag=True,
@@ -173,6 +174,10 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @click.option("--verify-first", is_flag=True,
               help="Compare each host with its manifest first (as `controller verify`) and fully check only "
                    "the hosts that differ; at an unchanged revision a matching host needs no playbook run.")
+@click.option("--plan", "plan_path", metavar="FILE",
+              help="Apply only what this reviewed plan (check --save-plan) says: its revision must be the branch "
+                   "head, and each app's check, run again first, must find exactly the changes it lists; "
+                   "otherwise nothing is applied and the run says what differs (reason PlanStale).")
 def sync(**options: Any) -> None:
     """Converge the servers to the branch head (apps with policy apply).
 
@@ -187,11 +192,21 @@ def sync(**options: Any) -> None:
     """
     if options["apply_detect"] and (options["app"] is None or options["dry_run"]):
         raise click.UsageError("--apply applies one app on purpose: name it with --app, and leave out --dry-run")
+    if options["plan_path"] and any(options[o] for o in ("revision", "dry_run", "force", "verify_first")):
+        raise click.UsageError("--plan applies the plan's own revision where its check still holds: leave out "
+                               "--revision, --dry-run, --force and --verify-first")
     _reconcile(Mode.SYNC, **options)
 
 
 @cli.command(epilog=EXIT_CODES)
 @reconcile_options
+@click.option("--save-plan", "save_path", metavar="FILE",
+              help="Write the revision checked and each change found (host, task, a digest of the masked diff; "
+                   "no diff text) to FILE, for `controller sync --plan FILE` to apply once reviewed.")
+@click.option("--ignore-drift", is_flag=True,
+              help="In a preview's review comment (--revision with --format markdown), leave out the drift "
+                   "already on the hosts that the revision does not cause (the preview checks the applied "
+                   "revision too, to tell them apart).")
 def check(**options: Any) -> None:
     """Report drift between Git and the servers; change nothing.
 
@@ -237,19 +252,25 @@ def verify(**options: Any) -> None:
 def _reconcile(mode: Mode, *, config_path: str | None, as_json: bool, output_format: str | None, output: str | None,
                app: str | None, revision: str | None, wait: float, progress: bool | None, verbose: bool, trigger: str,
                dry_run: bool, allow_rewrite: bool, only_if_changed: bool, force: bool,
-               accept_unverified: bool, verify_first: bool, apply_detect: bool) -> None:
+               accept_unverified: bool, verify_first: bool, apply_detect: bool, ignore_drift: bool = False,
+               plan_path: str | None = None, save_path: str | None = None) -> None:
     config = _config(config_path, reaches_hosts=True)
     show = sys.stderr.isatty() if progress is None else progress
     cancel = Cancel()
     cancel.install()
     request = Request(mode, app, revision, dry_run, allow_rewrite, Trigger(trigger), only_if_changed=only_if_changed,
                       force=force, accept_unverified=accept_unverified, verify_first=verify_first,
-                      apply_detect=apply_detect)
+                      apply_detect=apply_detect, plan=PlanFile.read(Path(plan_path)) if plan_path else None)
     from controller.run.cycle import run_cycle  # status, history and show never load the playbook stages
-    result = run_cycle(config, request, TerminalProgress(show, verbose), cancel, wait)
+    live = TerminalProgress(show, verbose, sys.stderr)
+    try:
+        result = run_cycle(config, request, live, cancel, wait)
+    finally:
+        live.close()
     shape = _shape(as_json, output_format)
-    report = review_markdown(result) if shape == "markdown" else _render(
-        shape, lambda: result_json(result), lambda: result_text(result))
+    paint = Paint(not output and wanted(sys.stdout))
+    report = review_markdown(result, notes=live.notices, ignore_drift=ignore_drift) if shape == "markdown" else _render(
+        shape, lambda: result_json(result), lambda: result_text(result, paint))
     if output:
         _write_whole(Path(output), report)
     else:
@@ -261,7 +282,22 @@ def _reconcile(mode: Mode, *, config_path: str | None, as_json: bool, output_for
             click.echo(f"controller: {message}", err=True)
         for suspended in (a for a in result.apps if a.outcome is Outcome.SUSPENDED):
             click.echo(f"controller: app {suspended.app} is {suspended.message}", err=True)
+    if save_path:
+        _save_plan(result, Path(save_path))
     sys.exit(int(result.exit_code))
+
+
+def _save_plan(result: Result, path: Path) -> None:
+    """Write the plan a reviewer approves; none for a check that did not finish on every app."""
+    unfinished = [a.app for a in result.apps if a.check is None or a.outcome in (Outcome.FAILED, Outcome.INTERRUPTED)]
+    if result.revision is None or not result.apps or unfinished:
+        raise ControllerError(Reason.CONFIG_INVALID, f"--save-plan {path}: no plan saved, the check did not finish "
+                              f"for {', '.join(unfinished) or 'any app'}")
+    plan = PlanFile.of(result.revision.sha, {a.app: a.check for a in result.apps if a.check is not None})
+    plan.write(path)
+    count = sum(len(found) for found in plan.apps.values())
+    click.echo(f"controller: plan of {result.revision.short} saved to {path} ({count} change(s)); once reviewed, "
+               f"apply it with: controller sync --plan {path}", err=True)
 
 
 def _write_whole(path: Path, text: str) -> None:
@@ -277,25 +313,6 @@ def _write_whole(path: Path, text: str) -> None:
         if part is not None:
             part.unlink(missing_ok=True)
         raise ControllerError(Reason.CONFIG_INVALID, f"--output {path}: cannot write it: {exc.strerror}") from None
-
-
-class TerminalProgress:
-    """Live progress on stderr: each step, and each task result that is not plain ok (``verbose``: every one)."""
-
-    def __init__(self, enabled: bool, verbose: bool = False) -> None:
-        self.enabled = enabled or verbose
-        self.verbose = verbose
-
-    def step(self, message: str) -> None:
-        if self.enabled:
-            click.echo(f"==> {message}", err=True)
-
-    def task(self, app: str, phase: str, result: TaskResult) -> None:
-        if self.enabled and (self.verbose or result.status is not TaskStatus.OK):
-            click.echo(f"    [{app} {phase}] {result.host}: {result.status}  {result.task}", err=True)
-
-    def notice(self, message: str) -> None:
-        click.echo(f"controller: note: {message}", err=True)
 
 
 @cli.command()

@@ -190,6 +190,7 @@ class Reason(StrEnum):
     TIMED_OUT = "TimedOut"
     NOT_FOUND = "NotFound"
     VERIFICATION_FAILED = "VerificationFailed"
+    PLAN_STALE = "PlanStale"  # sync --plan: the revision or the check differs from the reviewed plan
 
 
 class ExitCode(IntEnum):

@@ -43,6 +43,7 @@ class TaskResult:
     diff: str = ""
     message: str = ""
     may_depend: bool = False  # a check-mode failure after a change earlier in the play on the same host
+    preexisting: bool = False  # a preview's change that the applied revision's check finds too: drift already there
 
 
 @dataclass(frozen=True)

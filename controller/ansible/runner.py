@@ -65,8 +65,10 @@ def syntax_check(app: App, project: Path, job: Job, redactor: Redactor) -> None:
 
 
 def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check: bool, redactor: Redactor,
-                 on_task: Callable[[TaskResult], None], cancel: Cancel, limit: str | None = None) -> PlayRun:
-    """Run the app's playbook in check+diff or apply mode, streaming each task result to ``on_task``.
+                 on_task: Callable[[TaskResult], None], on_start: Callable[[str, str], None], cancel: Cancel,
+                 limit: str | None = None) -> PlayRun:
+    """Run the app's playbook in check+diff or apply mode, streaming each task result to ``on_task`` and each
+    task's start on a host to ``on_start`` (task, host).
 
     ``limit`` replaces the app's own limit: the hosts that need an apply, found by a check under that limit.
     """
@@ -75,7 +77,7 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
     from ansible_runner.config.runner import RunnerConfig
     from ansible_runner.runner import Runner
 
-    collector = _Collector(check=check, redactor=redactor, project=project, on_task=on_task,
+    collector = _Collector(check=check, redactor=redactor, project=project, on_task=on_task, on_start=on_start,
                            task_timeout=job.env.get("ANSIBLE_TASK_TIMEOUT", "?"),
                            connect_timeout=job.env.get("ANSIBLE_TIMEOUT"))  # None: the repository's ansible.cfg says
     stop = _Stop(cancel, job.run_timeout)
@@ -122,9 +124,10 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
 class _Collector:
     """Turns ansible-runner events into TaskResults as they stream; keeps no raw event."""
 
-    def __init__(self, *, check: bool, redactor: Redactor, project: Path,
-                 on_task: Callable[[TaskResult], None], task_timeout: str, connect_timeout: str | None) -> None:
+    def __init__(self, *, check: bool, redactor: Redactor, project: Path, on_task: Callable[[TaskResult], None],
+                 on_start: Callable[[str, str], None], task_timeout: str, connect_timeout: str | None) -> None:
         self.check = check
+        self.on_start = on_start
         self.task_timeout = task_timeout
         self.connect_timeout = connect_timeout
         self.redactor = redactor
@@ -145,6 +148,8 @@ class _Collector:
             self.stats = _summaries(data)
         elif kind == "playbook_on_play_start":
             self.pending.clear()
+        elif kind == "runner_on_start":
+            self.on_start(self._task_name(data), str(data.get("host", "")))
         elif kind in _STATUS_OF:
             result = self._result(kind, data)
             if result.status is TaskStatus.SKIPPED:
@@ -199,16 +204,19 @@ class _Collector:
                            message)
             everything = " ".join([message, *(str(r.get("msg", "")) for r in items)])
             status, message = self._classify(status, message, everything, timed_out="timedout" in res)
-        task = data.get("task", "")
         return TaskResult(
             host=str(data.get("host", "")),
-            task=self.redactor.text(f"{data['role']} : {task}" if data.get("role") else str(task)),
+            task=self._task_name(data),
             action=str(data.get("task_action", "")),
             status=status,
             diff=_relative(self.redactor.text(render_diff(res)), self.project) if status is TaskStatus.CHANGED else "",
             message=_relative(self.redactor.text(message), self.project)[:2000],
         )
 
+
+    def _task_name(self, data: dict[str, Any]) -> str:
+        task = data.get("task", "")
+        return self.redactor.text(f"{data['role']} : {task}" if data.get("role") else str(task))
 
     def _classify(self, status: TaskStatus, message: str, everything: str,
                   timed_out: bool) -> tuple[TaskStatus, str]:
@@ -258,6 +266,10 @@ def _summaries(stats: dict[str, Any]) -> tuple[HostSummary, ...]:
                              count("dark", host), count("skipped", host)) for host in sorted(hosts))
 
 
+# a file task's times: `touch` moves them on every run, so they say nothing a reviewer or drift report needs
+VOLATILE = frozenset({"atime", "mtime"})
+
+
 def render_diff(res: Mapping[str, Any]) -> str:
     """A unified diff of a task result's ``diff`` entries (loop items included)."""
     entries: list[Any] = []
@@ -276,7 +288,7 @@ def _one_diff(entry: Mapping[str, Any]) -> str:
         after_d = after if isinstance(after, dict) else {}
         path = after_d.get("path") or before_d.get("path") or ""
         return "".join(f"{path}: {key}: {before_d.get(key)} -> {after_d.get(key)}\n"
-                       for key in sorted(set(before_d) | set(after_d))
+                       for key in sorted((set(before_d) | set(after_d)) - VOLATILE)
                        if key != "path" and before_d.get(key) != after_d.get(key))
     before_header = str(entry.get("before_header", "before"))
     after_header = str(entry.get("after_header", "after"))

@@ -75,6 +75,9 @@ class LogProgress:
     def step(self, message: str) -> None:
         log.info("%s", message)
 
+    def started(self, app: str, phase: str, task: str, host: str) -> None:
+        """Not logged: a line per task and host would bury the results in the journal."""
+
     def task(self, app: str, phase: str, result: TaskResult) -> None:
         if result.status is not TaskStatus.OK:
             log.info("[%s %s] %s: %s  %s", app, phase, result.host, result.status, result.task)

@@ -8,6 +8,7 @@ from typing import Any
 
 from controller.ansible.results import TaskResult
 from controller.clock import ago
+from controller.report.colour import OUTCOME, STATUS, Paint
 from controller.run.results import AppResult, Result
 from controller.state.records import AppStatus, RunDetail, RunRecord
 from controller.verify.drift import Report
@@ -49,8 +50,12 @@ def _report_json(report: Report | None) -> dict[str, Any] | None:
     return {"hosts": [asdict(h) for h in report.hosts], "tasks": [asdict(t) for t in report.tasks]}
 
 
-def result_text(result: Result) -> str:
-    """The reconcile result for a terminal: revision, one line per app, then drift and failures."""
+PLAIN = Paint(False)
+
+
+def result_text(result: Result, paint: Paint = PLAIN) -> str:
+    """The reconcile result for a terminal: revision, one line per app, then drift and failures (``paint``:
+    outcomes, statuses and diff lines in colour)."""
     lines = []
     if result.revision:
         rev = result.revision
@@ -61,14 +66,15 @@ def result_text(result: Result) -> str:
     for app in result.apps:
         reason = f" [{app.reason.value}]" if app.reason else ""
         run = f"  (run {app.run_id})" if app.run_id else ""
-        lines.append(f"  {app.app:<{width}}  {app.outcome.value:<9}  {app.message}{reason}{run}")
+        outcome = paint(f"{app.outcome.value:<9}", OUTCOME.get(app.outcome))
+        lines.append(f"  {app.app:<{width}}  {outcome}  {app.message}{reason}{run}")
     for app in result.apps:
         lines.extend(_verdicts_text(app))
         # what the check found to change is a rollout where the revision is new to the app, drift where it is not
         found = "drift" if app.previous == app.revision else f"rollout of {(app.revision or '')[:12]}"
         for phase, report in ((found, app.check), ("apply", app.applied)):
             if report is not None:
-                lines.extend(_tasks_text(f"{app.app} {phase}", report.tasks, diffs=report is app.check))
+                lines.extend(_tasks_text(f"{app.app} {phase}", report.tasks, diffs=report is app.check, paint=paint))
     return "\n".join(lines) + "\n"
 
 
@@ -90,16 +96,20 @@ def _verdicts_text(app: AppResult) -> list[str]:
     return lines
 
 
-def _tasks_text(title: str, tasks: tuple[TaskResult, ...] | list[TaskResult], diffs: bool) -> list[str]:
+def _tasks_text(title: str, tasks: tuple[TaskResult, ...] | list[TaskResult], diffs: bool,
+                paint: Paint = PLAIN) -> list[str]:
     shown = [t for t in tasks if t.status in SHOWN and (diffs or t.status is not TaskStatus.CHANGED)]
     if not shown:
         return []
     lines = ["", f"{title}:"]
     for task in shown:
         detail = f": {task.message}" if task.message else ""
-        lines.append(f"  {task.host}  {task.status}  {task.task} ({task.action}){detail}")
+        if task.preexisting:
+            detail += " (already drifted at the applied revision, not by this one)"
+        status = paint(task.status, STATUS.get(task.status))
+        lines.append(f"  {task.host}  {status}  {task.task} ({task.action}){detail}")
         if diffs and task.diff:
-            lines.extend(f"      {line}" for line in task.diff.rstrip("\n").splitlines())
+            lines.extend(f"      {paint.diff(line)}" for line in task.diff.rstrip("\n").splitlines())
     return lines
 
 

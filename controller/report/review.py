@@ -4,26 +4,30 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Sequence
 
 from controller.ansible.results import TaskResult
 from controller.run.results import AppResult, Result
 from controller.vocabulary import Outcome, TaskStatus
 
-LABELS = {TaskStatus.CHANGED: "would change", TaskStatus.FAILED: "would fail",
-          TaskStatus.UNREACHABLE: "could not be checked"}
+LABELS = {TaskStatus.FAILED: "would fail", TaskStatus.UNREACHABLE: "could not be checked"}
 LIMIT = 60_000  # GitHub refuses comments over 65,536 characters; leave room for what CI adds
 
 
-def review_markdown(result: Result, limit: int = LIMIT) -> str:
-    """The review comment: per app, the hosts that would change, fail or could not be checked, each changed
-    task's masked diff folded away, the unverifiable tasks, and a one-line verdict."""
+def review_markdown(result: Result, limit: int = LIMIT, notes: Sequence[str] = (), ignore_drift: bool = False) -> str:
+    """The review comment: a one-line verdict, the run's ``notes`` (an unsigned commit, a setting overridden),
+    per app the hosts this change would change, those already drifted without it, those that would fail or
+    could not be checked, the unverifiable tasks, then each change's masked diff folded away: this change's
+    first, the drift already there after them (left out with ``ignore_drift``)."""
     revision = result.revision
     title = f"### GitOps preview of `{revision.short}` {revision.subject}" if revision else "### GitOps preview"
     head = [title, "", _verdict(result), ""]
-    sections = [_app(app) for app in result.apps]
-    # host by host (events arrive in whatever order the hosts answered), tasks in playbook order
-    diffs = [(app, task) for app in result.apps
-             for task in sorted(_changed(app), key=lambda t: t.host) if task.diff]
+    head += [f"> **Note:** {html.escape(note)}" for note in dict.fromkeys(notes)] + ([""] if notes else [])
+    sections = [_app(app, ignore_drift) for app in result.apps]
+    # this change's before the drift already there; host by host (events arrive in whatever order the hosts
+    # answered), tasks in playbook order
+    diffs = [(app, task) for drift in (False, True) if not (drift and ignore_drift) for app in result.apps
+             for task in sorted(_changed(app, drift), key=lambda t: t.host) if task.diff]
     body = "\n".join(head + [line for section in sections for line in section])
     shown = list(diffs)
     while shown and len(body) + sum(len(_diff(app, task)) for app, task in shown) > limit:
@@ -47,10 +51,15 @@ def _verdict(result: Result) -> str:
     failed = [a for a in apps if a.outcome in (Outcome.FAILED, Outcome.INTERRUPTED)]
     if failed:
         return f"**Verdict:** the preview failed ({failed[0].app}: {failed[0].message}); the hosts were not checked."
-    changing = sum(len(a.check.with_status(TaskStatus.CHANGED)) for a in apps if a.check)
-    broken = sum(1 for a in apps if a.check for h in a.check.hosts if h.status.broken)
+    # machines, not app x host pairs: two apps on one server are one server to the reviewer
+    changing = len({h for a in apps if a.check for h in a.check.caused(preexisting=False)})
+    drifted = len({h for a in apps if a.check for h in a.check.caused(preexisting=True)} - {
+        h for a in apps if a.check for h in a.check.caused(preexisting=False)})
+    broken = len({h.host for a in apps if a.check for h in a.check.hosts if h.status.broken})
     unverified = sum(1 for a in apps for t in (a.check.tasks if a.check else ()) if t.status is TaskStatus.UNVERIFIED)
     parts = [f"{changing} host(s) would change" if changing else "no host would change"]
+    if drifted:
+        parts.append(f"{drifted} other host(s) already drifted, not by this change")
     if broken:
         parts.append(f"{broken} host(s) would fail or could not be checked")
     if unverified:
@@ -58,12 +67,15 @@ def _verdict(result: Result) -> str:
     return "**Verdict:** " + "; ".join(parts) + "."
 
 
-def _app(app: AppResult) -> list[str]:
+def _app(app: AppResult, ignore_drift: bool) -> list[str]:
     against = f"against the applied `{app.previous[:12]}`" if app.previous else "(nothing applied yet)"
     lines = [f"#### {app.app}: {app.outcome.value} {against}", ""]
     if app.check is None:
         return [*lines, f"> {app.message}", ""]
-    rows = [(label, app.check.with_status(status)) for status, label in LABELS.items()]
+    rows = [("would change", app.check.caused(preexisting=False))]
+    if not ignore_drift:
+        rows.append(("already drifted, not by this change", app.check.caused(preexisting=True)))
+    rows += [(label, app.check.with_status(status)) for status, label in LABELS.items()]
     lines += ["| hosts | |", "| --- | --- |"]
     lines += [f"| {label} | {', '.join(hosts)} |" for label, hosts in rows if hosts]
     ok = app.check.with_status(TaskStatus.OK)
@@ -81,12 +93,14 @@ def _app(app: AppResult) -> list[str]:
     return lines
 
 
-def _changed(app: AppResult) -> list[TaskResult]:
-    return [t for t in app.check.tasks if t.status is TaskStatus.CHANGED] if app.check else []
+def _changed(app: AppResult, preexisting: bool) -> list[TaskResult]:
+    return [t for t in app.check.tasks if t.status is TaskStatus.CHANGED and t.preexisting is preexisting] \
+        if app.check else []
 
 
 def _diff(app: AppResult, task: TaskResult) -> str:
     # a fence longer than any run of backticks in the diff, so the diff cannot close it
     fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", task.diff)), default=0))
-    summary = html.escape(f"{app.app} / {task.host}: {task.task}")
+    drift = " (already drifted, not by this change)" if task.preexisting else ""
+    summary = html.escape(f"{app.app} / {task.host}: {task.task}{drift}")
     return f"<details><summary>{summary}</summary>\n\n{fence}diff\n{task.diff.rstrip()}\n{fence}\n\n</details>"

@@ -68,7 +68,17 @@ class AppRun:
             def play(check: bool, limit: str | None = None) -> Report:
                 return self._play(run_id, prepared, check=check, limit=limit)
 
+            if self.kind is Kind.PREVIEW and last and last != self.revision.sha:
+                baseline = self._baseline(prepared, last)
+
+                def play(check: bool, limit: str | None = None) -> Report:
+                    return self._play(run_id, prepared, check=check, limit=limit, baseline=baseline)
+
             checked = self._check_after(verdicts, play) if self.request.verifying else play(check=True)
+            reviewed = self.request.plan
+            if applying and reviewed is not None and (differs := reviewed.differs(app.name, checked)):
+                raise ControllerError(Reason.PLAN_STALE, f"app {app.name}: the check no longer finds what the "
+                                      f"reviewed plan of {reviewed.created} says ({differs}); nothing applied")
             plan = None
             if applying:
                 applied_at = {host: row.revision for host, row in self.before.items()}
@@ -140,7 +150,30 @@ class AppRun:
                 f"app {self.app.name}: revision {revision.short} does not descend from the last applied "
                 f"{last[:12]} (history rewritten or a rollback); pass --allow-rewrite to apply it")
 
-    def _play(self, run_id: int, prepared: Preparation, *, check: bool, limit: str | None) -> Report:
+    def _baseline(self, prepared: Preparation, applied: str) -> Report | None:
+        """A preview's check of the revision the app's hosts run now, on its hosts: the drift already there,
+        which the pull request does not cause. None (every change is the pull request's) if it cannot run."""
+        short = applied[:12]
+        try:
+            at, apps = prepared.at(applied)
+            app = apps.get(self.app.name)
+            if app is None:
+                return None
+            job, redactor = at.ready(app)
+            phase = f"check at {short}"
+            self.progress.step(f"{app.name}: {phase}, the revision its hosts run, to tell drift already there apart")
+            played = run_playbook(app, at.space.project, at.space.runner / Phase.CHECK, job, check=True,
+                                  redactor=redactor, cancel=self.cancel,
+                                  on_task=lambda task: self.progress.task(app.name, phase, task),
+                                  on_start=lambda task, host: self.progress.started(app.name, phase, task, host))
+        except ControllerError as error:  # a stop is no error: it ends the preview
+            self.progress.notice(f"{self.app.name}: the applied {short} could not be checked ({error}); every "
+                                 "change the preview finds is shown as this change's")
+            return None
+        return report(played)
+
+    def _play(self, run_id: int, prepared: Preparation, *, check: bool, limit: str | None,
+              baseline: Report | None = None) -> Report:
         app, phase, space = self.app, Phase.CHECK if check else Phase.APPLY, prepared.space
         job, redactor = prepared.ready(app)
         where = f" on {limit}" if limit else ""
@@ -148,7 +181,8 @@ class AppRun:
         try:
             played = run_playbook(app, space.project, space.runner / phase, job, check=check, redactor=redactor,
                                   cancel=self.cancel, limit=limit,
-                                  on_task=lambda task: self.progress.task(app.name, phase, task))
+                                  on_task=lambda task: self.progress.task(app.name, phase, task),
+                                  on_start=lambda task, host: self.progress.started(app.name, phase, task, host))
         except (Stopped, OutOfTime) as stopped:
             # what an interrupted apply had already changed is worth keeping
             self.store.add_report(run_id, phase, report(stopped.partial))
@@ -156,6 +190,8 @@ class AppRun:
         found = report(played)
         if check:
             found = settle(found, self.at_revision)
+            if baseline is not None:
+                found = found.against(baseline)
             self.unverifiable.update({h.host: h.unverified + h.settled for h in found.hosts})
         self.store.add_report(run_id, phase, found)
         if self.kind is not Kind.PREVIEW:
@@ -210,6 +246,8 @@ def _message(app: App, checked: Report, applied: Report | None, rollout: Rollout
             parts.append(f"applied to {', '.join(plan.hosts)} only")
     elif checked.drifted:
         parts.append(f"drifted: {', '.join(checked.with_status(TaskStatus.CHANGED))}")
+        if any(t.preexisting for t in checked.tasks):
+            parts.append(f"already drifted at the applied revision: {', '.join(checked.caused(preexisting=True))}")
         why = {Kind.PREVIEW: "preview", Kind.CHECK: "check only", Kind.VERIFY: "verify only"}.get(kind, "policy detect")
         parts.append(f"not applied ({why})")
     if plan is not None and plan.left_out:
@@ -238,6 +276,8 @@ def _utc(stamp: str) -> str:
 def _summary(checked: Report, applied: Report | None, rollout: Rollout, plan: Plan | None,
              verdicts: list[Verdict]) -> dict[str, list[str]]:
     summary = {"drifted": checked.with_status(TaskStatus.CHANGED)}
+    if any(t.preexisting for t in checked.tasks):  # a preview: the drift it found that the revision does not cause
+        summary["already_drifted"] = checked.caused(preexisting=True)
     if verdicts:
         summary["verified"] = [v.host for v in verdicts if v.verified]
         summary["rechecked"] = [f"{v.host}: {v.why}" for v in verdicts if not v.verified]

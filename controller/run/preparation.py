@@ -23,8 +23,9 @@ from controller.secrets.redact import Redactor
 from controller.secrets.sops import decrypt_in_place, find_encrypted
 from controller.secrets.vault import learn_vaulted
 from controller.secrets.workspace import Workspace
-from controller.source.apps import App
+from controller.source.apps import App, load_apps
 from controller.source.git import Source
+from controller.verify.manifest import inputs_digest
 
 
 @dataclass
@@ -40,6 +41,20 @@ class Preparation:
     previous: frozenset[str] = frozenset()
     _ready: tuple[Job, Redactor] | None = None
     _gated: set[str] = field(default_factory=set)
+    _at: dict[str, tuple[Preparation, dict[str, App]]] = field(default_factory=dict)
+
+    def at(self, sha: str) -> tuple[Preparation, dict[str, App]]:
+        """The same for revision ``sha`` (a preview's baseline: what the hosts run now), unpacked beside this
+        one in the same wiped workspace, with that revision's apps by name."""
+        if sha not in self._at:
+            space = Workspace(self.space.root / f"at-{sha[:12]}")
+            for directory in (space.root, space.project, space.runner, space.job):
+                directory.mkdir(mode=0o700)
+            self.source.extract(sha, space.project)
+            apps = {app.name: app for app in load_apps(space.project)}
+            digests = {name: inputs_digest(self.config, sha, app, space.project) for name, app in apps.items()}
+            self._at[sha] = (Preparation(self.config, space, self.progress, self.source, digests), apps)
+        return self._at[sha]
 
     def ready(self, app: App) -> tuple[Job, Redactor]:
         """The job and the redactor, with the secrets decrypted and ``app`` through its syntax check."""

@@ -45,6 +45,9 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
         head = source.fetch() if request.fetch else source.head()
         revision = source.resolve(request.revision) if request.revision else head
         kind = request.kind(revision.sha, head.sha)
+        if request.plan is not None and request.plan.revision != revision.sha:
+            raise ControllerError(Reason.PLAN_STALE, f"the plan is for {request.plan.revision[:12]}, but "
+                                  f"{config.source.branch} is at {revision.short}: preview that and review it again")
         if kind is Kind.PREVIEW and revision.sha != head.sha and config.source.verify.mode == "off":
             progress.notice(f"previewing {revision.short}, which no signature check vouches for (source.verify is "
                             "off): its plugins and local tasks run on this bastion, its check_mode: false tasks "

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from controller.ansible.results import TaskResult
 from controller.run.plan import Plan
+from controller.run.planfile import PlanFile
 from controller.source.revision import Revision
 from controller.verify.drift import Report
 from controller.verify.manifest import Verdict
@@ -29,6 +30,7 @@ class Request:
     accept_unverified: bool = False  # exit 0 for unverified
     verify_first: bool = False       # verify hosts against their manifests; full check only where needed
     apply_detect: bool = False       # sync --apply: apply the app even though its policy is detect
+    plan: PlanFile | None = None     # sync --plan: apply only that revision, only where the check matches it
 
     def kind(self, revision: str | None = None, head: str | None = None) -> Kind:
         """A preview when it is a dry run or not of the branch head; otherwise what the command says."""
@@ -91,6 +93,8 @@ class Progress(Protocol):
     """Where live progress goes (the terminal, a log, nowhere)."""
 
     def step(self, message: str) -> None: ...
+
+    def started(self, app: str, phase: str, task: str, host: str) -> None: ...
 
     def task(self, app: str, phase: str, result: TaskResult) -> None: ...
 

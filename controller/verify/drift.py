@@ -39,6 +39,19 @@ class Report:
     def drifted(self) -> bool:
         return any(h.status is TaskStatus.CHANGED for h in self.hosts)
 
+    def caused(self, preexisting: bool) -> list[str]:
+        """Hosts with a change of a preview that is (``preexisting``) or is not drift already on them."""
+        found = {t.host for t in self.tasks if t.status is TaskStatus.CHANGED and t.preexisting is preexisting}
+        return [h.host for h in self.hosts if h.host in found]
+
+    def against(self, baseline: Report) -> Report:
+        """This preview's changes, those the applied revision's own check (``baseline``) finds on the same host
+        with the same diff marked preexisting: the pull request does not cause them."""
+        there = {(t.host, t.task, t.diff) for t in baseline.tasks if t.status is TaskStatus.CHANGED}
+        return replace(self, tasks=tuple(
+            replace(t, preexisting=True) if t.status is TaskStatus.CHANGED and (t.host, t.task, t.diff) in there
+            else t for t in self.tasks))
+
     @property
     def broken(self) -> Reason | None:
         """Why some hosts could not be checked or converged, if any could not."""

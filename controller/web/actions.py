@@ -37,6 +37,9 @@ class _Started:
         self.event.set()
         self.inner.step(message)
 
+    def started(self, app: str, phase: str, task: str, host: str) -> None:
+        self.inner.started(app, phase, task, host)
+
     def task(self, app: str, phase: str, result: TaskResult) -> None:
         self.inner.task(app, phase, result)
 

@@ -1,0 +1,84 @@
+"""Live progress as a person sees it: in a real terminal (tmux), and through a pipe as cron and CI read it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from controller.report.colour import wanted
+from tests.conftest import APP_YML, BIN, Fleet
+
+SLOW_FACT = "#!/bin/sh\nsleep 6\necho '{\"slow\": true}'\n"  # a local fact: Gathering Facts waits for it
+
+
+def tmux(socket: str, *args: str) -> str:
+    return subprocess.run(["tmux", "-L", socket, *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_a_terminal_sees_a_heartbeat_while_facts_are_gathered_and_colour_the_pipe_does_not(
+        converged: Fleet, tmp_path: Path) -> None:
+    site = converged.work / "playbooks/site.yml"
+    site.write_text(site.read_text().replace("gather_facts: false", "gather_facts: true", 1))
+    converged.push("Gather facts for the base play")
+    slow = converged.lab.host("h1").path("/etc/ansible/facts.d/slow.fact")
+    slow.parent.mkdir(parents=True, exist_ok=True)
+    slow.write_text(SLOW_FACT)
+    slow.chmod(0o755)
+    config = converged.host_file("h2", APP_YML)
+    config.write_text(config.read_text().replace("workers: 2", "workers: 64"))  # drift: a diff in the report
+
+    socket = f"progress-{os.getpid()}"
+    command = f"env CONTROLLER_CONFIG={shlex.quote(str(converged.config))} TERM=xterm-256color " \
+              f"{BIN / 'controller'} check; echo EXIT=$?; sleep 60"
+    tmux(socket, "new-session", "-d", "-x", "220", "-y", "60", "-s", "progress", command)
+    try:
+        screens: list[tuple[float, str]] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            screen = tmux(socket, "capture-pane", "-p", "-e", "-J", "-S", "-", "-t", "progress")
+            screens.append((time.monotonic(), screen))
+            if "EXIT=" in screen:
+                break
+            time.sleep(0.2)
+    finally:
+        subprocess.run(["tmux", "-L", socket, "kill-server"], check=False)
+    final = screens[-1][1]
+    assert "EXIT=2" in final, final
+
+    # a heartbeat within 5 s of the check starting, naming the task under way and who has answered
+    check_began = next(t for t, s in screens if "==> staging: check" in s)
+    heartbeats = [(t, s) for t, s in screens if "[staging check] Gathering Facts: 1/2 host(s) answered" in s]
+    assert heartbeats, "no heartbeat while web1 gathered its facts"
+    first_beat = next(t for t, s in screens if t >= check_began and re.search(r"\.\.\. \d+(s|m)", s))
+    assert first_beat - check_began < 5, first_beat - check_began
+
+    # colour on the terminal: the drifted outcome and the diff's lines; the change is said once, in the report
+    assert "\033[33mdrifted" in final and "\033[32m+workers: 2" in final, final
+    assert final.count("app : Render the application configuration") == 1, final
+
+    # through a pipe: no colour, no status line, whatever TERM says
+    env = {**os.environ, "CONTROLLER_CONFIG": str(converged.config), "TERM": "xterm-256color"}
+    piped = subprocess.run(["bash", "-c", f"{BIN / 'controller'} check --progress 2>&1 | cat"], env=env,
+                           capture_output=True, text=True, timeout=300, check=False)
+    assert "==> staging: check" in piped.stdout and "drifted" in piped.stdout, piped.stdout
+    assert "\033[" not in piped.stdout and "\r" not in piped.stdout
+
+
+def test_colour_only_on_a_terminal_and_never_under_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    leader, follower = os.openpty()
+    with os.fdopen(follower, "w") as terminal, open(os.devnull, "w") as file:
+        monkeypatch.setenv("TERM", "xterm")
+        monkeypatch.delenv("NO_COLOR", raising=False)
+        assert wanted(terminal) and not wanted(file)
+        monkeypatch.setenv("NO_COLOR", "")  # set, even empty: no colour (no-color.org)
+        assert not wanted(terminal)
+        monkeypatch.delenv("NO_COLOR")
+        monkeypatch.setenv("TERM", "dumb")
+        assert not wanted(terminal)
+    os.close(leader)
