@@ -256,6 +256,8 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
         browser.find_element(By.ID, "login").click()
         until(browser, 10, lambda d: d.current_url == base + "/apps/staging")
         assert host_state(browser, "web1.staging") == "drifted"
+        # serve runs no check: no page promises one
+        assert browser.find_element(By.ID, "next-check").text.startswith("none here"), browser.page_source
         no_canary(fleet, browser.page_source)
 
         assert request(base + "/api/apps")[0] == 401
@@ -267,7 +269,9 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
         assert (health["status"], health["running"]) == ("ok", None)
         bearer = {"Authorization": f"Bearer {TOKEN}"}
         status, body = request(base + "/api/apps", headers=bearer)
-        assert status == 200 and json.loads(body)["apps"][0]["host_states"] == {"drifted": 2}
+        [row] = json.loads(body)["apps"]
+        assert status == 200 and row["host_states"] == {"drifted": 2}
+        assert (row["scheduled"], row["next_check"]) == (False, None)
 
         count = len(fleet.runs())
         with open(fleet.state / "controller.lock", "a") as lock:  # a run of someone else's holds the lock

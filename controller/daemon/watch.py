@@ -121,7 +121,7 @@ class Watch:
                 access = Access.of(self.config.ui, self.settings.listen)
                 actions = Actions(self.config, LogProgress())
                 stack.callback(actions.stop)  # after the listener stops: a dashboard sync unwinds
-                dashboard = Dashboard(self.config, access, actions)
+                dashboard = Dashboard(self.config, access, actions, self.schedule)
             secrets = self._secrets()
             self.listener = Listener(self.settings.listen, Routes(
                 branch=self.config.source.branch, secrets=secrets, max_body=self.settings.max_body_bytes,

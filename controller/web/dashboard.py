@@ -76,12 +76,14 @@ class NotFound(Exception):
 class Dashboard:
     """Routes requests to views; ``handle`` runs on a page worker thread."""
 
-    def __init__(self, config: Config, access: Access, actions: Actions) -> None:
+    def __init__(self, config: Config, access: Access, actions: Actions, schedule: DriftSchedule | None) -> None:
+        """``schedule``: the drift checks the daemon serving these pages runs; None under ``serve``, where
+        nothing here runs one (cron or a person does), so no page promises a next check."""
         self.config = config
         self.access = access
         self.actions = actions
         self.throttle = Throttle()
-        self.schedule = DriftSchedule.of(config.watch)
+        self.schedule = schedule
         self.env = Environment(loader=PackageLoader("controller.web", "templates"), autoescape=True,
                                undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.env.filters.update(short=short, ago=ago, stamp=lambda s: (s or "-")[:19].replace("T", " "),
@@ -224,10 +226,12 @@ class Dashboard:
         rows = []
         for status in store.status():
             revision = status.applied_revision
-            due = None if status.suspended else self.schedule.next_check(parse_time(status.last_run.started))
+            due = None if status.suspended or self.schedule is None else self.schedule.next_check(
+                parse_time(status.last_run.started))
             rows.append({**status_document(status),
                          "commit": commit_document(store.revision(revision) if revision else None),
                          "host_states": dict(Counter(h.state for h in status.hosts)),
+                         "scheduled": self.schedule is not None,
                          "next_check": due.isoformat(timespec="seconds") if due else None})
         return {"apps": rows}
 
@@ -313,7 +317,7 @@ def serve(config: Config, listen: HostPort, cancel: Cancel, progress: Progress) 
     """``controller serve``: the dashboard alone on ``listen`` until SIGTERM, reading the state store that
     `sync` from cron writes; its actions run the same cycle."""
     actions = Actions(config, progress)
-    dashboard = Dashboard(config, Access.of(config.ui, listen), actions)
+    dashboard = Dashboard(config, Access.of(config.ui, listen), actions, schedule=None)
     health = Health(running_now=lambda: actions.running and Trigger.UI)
 
     listener = Listener(listen, Routes(branch=config.source.branch, secrets={}, max_body=0, on_push=lambda _: None,
