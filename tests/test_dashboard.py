@@ -32,7 +32,7 @@ from bench.dashboard import fill
 from controller.config import HostPort, load_config
 from controller.daemon.watch import LogProgress
 from controller.state.store import Store
-from controller.vocabulary import Kind, Outcome, Trigger
+from controller.vocabulary import Kind, Outcome, Reason, Trigger
 from controller.web.access import FULL_LINES, GUESS_BURST, Access, Throttle
 from controller.web.actions import Actions
 from controller.web.dashboard import Dashboard
@@ -334,6 +334,18 @@ def test_history_pages_and_filters_over_the_json_api(tmp_path: Path, browser: we
         assert len(rows) == 2 and all("verify" in row.text for row in rows), [row.text for row in rows]
         assert "2 runs" in browser.find_element(By.CSS_SELECTOR, "p.meta").text
 
+        # a newest failure is the app's badge, never a green state beside a red failure
+        with Store(tmp_path / "state" / "state.db") as store:
+            failed = store.start_run("app1", f"{2:040x}", Kind.SYNC, Trigger.MANUAL)
+            store.finish_run(failed, Outcome.FAILED, Reason.SYNTAX_CHECK_FAILED, "site.yml: a syntax error", False, {})
+        browser.get(base + "/")
+        badge = browser.find_element(By.CSS_SELECTOR, 'tr.app[data-app="app1"] [data-badge]')
+        assert (badge.text, badge.get_attribute("class")) == ("failed", "state state-failed")
+        assert "last good: in-sync" in browser.find_element(By.CSS_SELECTOR, 'tr.app[data-app="app1"]').text
+        assert browser.find_element(By.CSS_SELECTOR, 'tr.app[data-app="app0"] [data-badge]').text != "failed"
+        browser.get(base + "/apps/app1")
+        assert browser.find_element(By.CSS_SELECTOR, "h1 [data-badge]").text == "failed"
+
         # a run going on: without JavaScript the pages reload themselves; with it, the stamp tells them to
         before = json.loads(request(base + "/api/stamp")[1])["stamp"]
         assert 'http-equiv="refresh"' not in request(base + "/")[1].decode()
@@ -386,7 +398,8 @@ def test_wrong_tokens_are_throttled_per_client_with_one_summary_line(
     path.write_text(yaml.safe_dump({"source": {"url": str(tmp_path / "none.git")}, "state_dir": "state",
                                     "ui": {"token_file": "ui.token"}}))
     config = load_config(path)
-    dashboard = Dashboard(config, Access.of(config.ui, HostPort("127.0.0.1", 0)), Actions(config, LogProgress()))
+    dashboard = Dashboard(config, Access.of(config.ui, HostPort("127.0.0.1", 0)), Actions(config, LogProgress()),
+                          schedule=None)
     listener = Listener(HostPort("127.0.0.1", 0), Routes(
         branch="main", secrets={}, max_body=0, on_push=lambda _: None, health=lambda: (200, {}),
         metrics=lambda: b"", pages=dashboard.handle, summarise=dashboard.summarise))
