@@ -143,9 +143,26 @@ def test_sync_force_applies_everywhere(converged: Fleet) -> None:
     assert result["apps"][0]["applied_to"] == {"web1.staging": "forced", "web2.staging": "forced"}
 
 
-def test_apps_come_and_go_with_git(tmp_path: Path, lab: Lab, age_key: AgeKey) -> None:
+def test_apps_come_and_go_with_git_and_a_commit_reaches_only_the_apps_it_changes(tmp_path: Path, lab: Lab,
+                                                                                  age_key: AgeKey) -> None:
     fleet = build_fleet(tmp_path / "fleet", lab, age_key, apps=("staging", "production"))
     assert fleet.controller("sync").returncode == 0
+
+    # a commit inside production's inventory alone: staging's hosts are at it without an apply
+    touched = {h: fleet.host_file(h, VERSION).stat().st_mtime_ns for h in ("h1", "h2")}
+    group_vars = fleet.work / "inventories/production/group_vars/all/main.yml"
+    group_vars.write_text(group_vars.read_text() + "\nbase_note: production only\n")
+    sha = fleet.push("Production only")
+    code, result = fleet.controller_json("sync")
+    apps = {a["name"]: a for a in result["apps"]}
+    assert code == 0 and apps["production"]["applied_to"] == {"web1.prod": "new revision"}, result
+    staging = apps["staging"]
+    assert (staging["outcome"], staging["apply"]) == ("in-sync", None), staging["message"]
+    assert f"{sha[:12]} changes nothing this app uses since" in staging["message"]
+    assert {h: fleet.host_file(h, VERSION).stat().st_mtime_ns for h in ("h1", "h2")} == touched
+    assert {r["app"]: (r["applied_revision"], r["hosts_at_revision"]) for r in status(fleet)} == {
+        "staging": (sha, 2), "production": (sha, 1)}
+
     runs = len(fleet.runs())
     nosuch = fleet.controller("check", "--app", "nosuch")
     assert nosuch.returncode == 1 and "no app 'nosuch'" in nosuch.stderr

@@ -395,3 +395,4 @@ def test_when_mitogen_cannot_load_the_linear_fallback_converges_the_same_fleet(f
     for host in ("h1", "h2"):
         assert fleet.host_file(host, VERSION).read_text() == "1.0.0\n"
     assert fleet.controller("check").returncode == 0  # and the default strategy agrees: nothing to change
+

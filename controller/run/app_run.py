@@ -44,11 +44,16 @@ class AppRun:
     before: dict[str, HostRecord] = field(default_factory=dict)
     # per host, the tasks check mode cannot verify, as this run's check counted them
     unverifiable: dict[str, int] = field(default_factory=dict)
+    # the revision last applied, when the commits since change nothing this app uses (only other apps'
+    # inventories): its hosts there are at this revision in all but name, and need no apply for it
+    same_as: str | None = None
 
     @property
     def at_revision(self) -> set[str]:
-        """The hosts this revision was applied to before this run: what check mode cannot verify ran there."""
-        return {host for host, row in self.before.items() if row.revision == self.revision.sha}
+        """The hosts this revision (or one the same for this app) was applied to before this run: what check
+        mode cannot verify ran there."""
+        same = {self.revision.sha, self.same_as} - {None}
+        return {host for host, row in self.before.items() if row.revision in same}
 
     def reconcile(self, source: Source, prepared: Preparation) -> AppResult:
         """Check, then (a sync under policy apply) apply where the plan says; failures become the result."""
@@ -81,18 +86,25 @@ class AppRun:
                                       f"reviewed plan of {reviewed.created} says ({differs}); nothing applied")
             plan = None
             if applying:
-                applied_at = {host: row.revision for host, row in self.before.items()}
+                applied_at = {host: self.revision.sha if host in self.at_revision else row.revision
+                              for host, row in self.before.items()}
                 plan = plan_apply(checked, applied_at, self.revision.sha, force=self.request.force)
             applied = play(check=False, limit=plan.limit) if plan and plan.hosts else None
             outcome, reason = decide(checked, applied)
             rollout = Rollout.of(applied, self.revision, self.at_revision)
             message = _message(app, checked, applied, rollout, plan, self.kind, verdicts, self._last_run(checked))
+            if self.same_as:
+                message += (f"; {self.revision.short} changes nothing this app uses since {self.same_as[:12]} "
+                            "(only other apps' inventories): no apply for it")
             summary = _summary(checked, applied, rollout, plan, verdicts)
             store.finish_run(run_id, outcome, reason, message, applied is not None, summary,
                              verified=sum(1 for v in verdicts if v.verified))
             behind = 0
             if self.kind is not Kind.PREVIEW:  # a preview never becomes the app's (or a host's) state
                 converged = [h.host for h in (applied.hosts if applied else ()) if h.status.reached]
+                if self.same_as:  # in sync at a revision the same for this app: at this one now
+                    converged += [h.host for h in checked.hosts if h.status is TaskStatus.OK and h.host in
+                                  self.at_revision and h.host not in converged]
                 store.record_hosts(app.name, run_id, host_states(checked, applied), converged, self.revision.sha)
                 behind = sum(1 for h in store.hosts(app.name) if h.revision != self.revision.sha)
             return AppResult(app.name, app.policy, run_id, outcome, reason, message, checked, applied, last,

@@ -14,7 +14,7 @@ from controller.run.preparation import Preparation
 from controller.run.results import AppResult, Progress, Request, Result
 from controller.run.schedule import DriftSchedule
 from controller.secrets.workspace import workspace
-from controller.source.apps import App, load_apps
+from controller.source.apps import App, load_apps, reaches
 from controller.source.git import Source
 from controller.source.revision import Revision
 from controller.source.signatures import verify_revision
@@ -77,6 +77,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                 for gone in store.retire_missing([a.name for a in every], revision.sha):
                     progress.notice(f"app {gone} is no longer in gitops.yml at {revision.short}: retired")
             results = []
+            changes: dict[str, list[str] | None] = {}  # since each last applied revision
             suspended = store.suspensions() if kind is Kind.SYNC else {}
             for app in apps:
                 if cancel():
@@ -84,7 +85,8 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                 if app.name in suspended:
                     results.append(_suspended(app, suspended[app.name]))
                     continue
-                run = AppRun(app, request, kind, revision, store, progress, cancel, config, digests[app.name])
+                run = AppRun(app, request, kind, revision, store, progress, cancel, config, digests[app.name],
+                             same_as=_unreached(source, store, app, every, revision.sha, changes))
                 results.append(run.reconcile(source, prepared))
             return Result(request, revision, tuple(results), kind=kind)
     except (ControllerError, Interrupted) as error:
@@ -96,6 +98,19 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
         names = [a.name for a in apps] or _held_back(store, request.app)
         return Result(request, revision, tuple(
             _failed(store, name, request, kind, revision, error) for name in names), kind=kind)
+
+
+def _unreached(source: Source, store: Store, app: App, every: tuple[App, ...], sha: str,
+               changes: dict[str, list[str] | None]) -> str | None:
+    """The revision last applied for ``app``, when the commits since then cannot reach it (apps.reaches);
+    None when they can, or nothing was applied yet."""
+    last = store.last_applied(app.name)
+    if last is None or last == sha:
+        return None
+    if last not in changes:
+        changes[last] = source.changed(last, sha)
+    changed = changes[last]
+    return last if changed is not None and not reaches(app, every, changed) else None
 
 
 def _held_back(store: Store, app: str | None) -> list[str]:

@@ -98,6 +98,14 @@ class Source:
                          reason=Reason.FETCH_FAILED, what=f"comparing {ancestor[:12]} with {sha[:12]}")
         return code == 0
 
+    def changed(self, since: str, sha: str) -> list[str] | None:
+        """The paths a commit range changes (both sides of a rename); None when ``since`` is not in the cache."""
+        if not self.has_commit(since):
+            return None
+        out = self.git("diff", "--name-only", "--no-renames", "-z", since, sha, "--",
+                       what=f"comparing {since[:12]} with {sha[:12]}", reason=Reason.FETCH_FAILED)
+        return [path for path in out.split("\0") if path]
+
     def extract(self, sha: str, destination: Path) -> None:
         """Write exactly the tree of ``sha`` into ``destination``: no untracked files, no leftovers.
 
