@@ -46,6 +46,8 @@ def test_a_branch_that_changes_a_template_on_two_hosts_is_previewed_for_review(c
     assert "| would change | web1.staging, web2.staging |" in comment
     for host in ("web1.staging", "web2.staging"):
         assert f"<summary>staging / {host}: app : Render the application configuration</summary>" in comment
+    assert ("Files this revision changes since the applied one (2): `roles/app/tasks/main.yml`, "
+            "`roles/app/templates/app.yml.j2`") in comment
     # the hand edit is not the pull request's doing: the applied revision's own check finds it too
     assert "| already drifted, not by this change | web2.staging |" in comment
     hand = ("<summary>staging / web2.staging: app : Record the deployed version "

@@ -41,6 +41,7 @@ def _app_json(app: AppResult) -> dict[str, Any]:
         "left_out": app.plan.left_out if app.plan else None,
         Phase.CHECK: _report_json(app.check), Phase.APPLY: _report_json(app.applied),
         "verify": [v.to_json() for v in app.verdicts] or None,
+        "changed_files": list(app.changed),
     }
 
 

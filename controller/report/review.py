@@ -11,6 +11,7 @@ from controller.run.results import AppResult, Result
 from controller.vocabulary import Outcome, TaskStatus
 
 LABELS = {TaskStatus.FAILED: "would fail", TaskStatus.UNREACHABLE: "could not be checked"}
+FILES = 20  # changed files named per app; the rest are counted
 LIMIT = 60_000  # GitHub refuses comments over 65,536 characters; leave room for what CI adds
 
 
@@ -72,6 +73,10 @@ def _app(app: AppResult, ignore_drift: bool) -> list[str]:
     lines = [f"#### {app.app}: {app.outcome.value} {against}", ""]
     if app.check is None:
         return [*lines, f"> {app.message}", ""]
+    if app.changed:
+        shown = ", ".join(f"`{path}`" for path in app.changed[:FILES])
+        more = f" and {len(app.changed) - FILES} more" if len(app.changed) > FILES else ""
+        lines += [f"Files this revision changes since the applied one ({len(app.changed)}): {shown}{more}", ""]
     rows = [("would change", app.check.caused(preexisting=False))]
     if not ignore_drift:
         rows.append(("already drifted, not by this change", app.check.caused(preexisting=True)))

@@ -47,6 +47,7 @@ class AppRun:
     # the revision last applied, when the commits since change nothing this app uses (only other apps'
     # inventories): its hosts there are at this revision in all but name, and need no apply for it
     same_as: str | None = None
+    changed: tuple[str, ...] = ()  # the files this revision changes since the last applied one
 
     @property
     def at_revision(self) -> set[str]:
@@ -109,7 +110,7 @@ class AppRun:
                 behind = sum(1 for h in store.hosts(app.name) if h.revision != self.revision.sha)
             return AppResult(app.name, app.policy, run_id, outcome, reason, message, checked, applied, last,
                              self.revision.sha, time.monotonic() - started, self.kind, plan, behind,
-                             tuple(verdicts))
+                             tuple(verdicts), self.changed)
         except (ControllerError, Interrupted) as error:  # a stop too: this is where the run is recorded
             store.finish_run(run_id, failure(error.reason), error.reason, error.message, False, {})
             return AppResult(app.name, app.policy, run_id, failure(error.reason), error.reason, error.message,

@@ -85,8 +85,11 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                 if app.name in suspended:
                     results.append(_suspended(app, suspended[app.name]))
                     continue
+                since = store.last_applied(app.name)
+                changed = _changed(source, since, revision.sha, changes)
                 run = AppRun(app, request, kind, revision, store, progress, cancel, config, digests[app.name],
-                             same_as=_unreached(source, store, app, every, revision.sha, changes))
+                             same_as=since if changed is not None and not reaches(app, every, changed) else None,
+                             changed=tuple(changed or ()))
                 results.append(run.reconcile(source, prepared))
             return Result(request, revision, tuple(results), kind=kind)
     except (ControllerError, Interrupted) as error:
@@ -100,17 +103,14 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             _failed(store, name, request, kind, revision, error) for name in names), kind=kind)
 
 
-def _unreached(source: Source, store: Store, app: App, every: tuple[App, ...], sha: str,
-               changes: dict[str, list[str] | None]) -> str | None:
-    """The revision last applied for ``app``, when the commits since then cannot reach it (apps.reaches);
-    None when they can, or nothing was applied yet."""
-    last = store.last_applied(app.name)
-    if last is None or last == sha:
+def _changed(source: Source, since: str | None, sha: str, changes: dict[str, list[str] | None]) -> list[str] | None:
+    """The files changed between an app's last applied revision and ``sha``; None when nothing was applied yet
+    or it is the same revision (nothing to compare with), or the cache lacks it."""
+    if since is None or since == sha:
         return None
-    if last not in changes:
-        changes[last] = source.changed(last, sha)
-    changed = changes[last]
-    return last if changed is not None and not reaches(app, every, changed) else None
+    if since not in changes:
+        changes[since] = source.changed(since, sha)
+    return changes[since]
 
 
 def _held_back(store: Store, app: str | None) -> list[str]:

@@ -63,6 +63,7 @@ class AppResult:
     plan: Plan | None = None         # where the apply ran and why
     behind: int = 0                  # hosts not at this revision after the run
     verdicts: tuple[Verdict, ...] = ()  # verify: each host's verdict against its manifest
+    changed: tuple[str, ...] = ()    # the files the revision changes since ``previous`` (a preview names them)
 
     def exit_code(self, accept_unverified: bool = False) -> ExitCode:
         if self.reason is Reason.LOCK_BUSY:
