@@ -74,7 +74,9 @@ class AppRun:
             def play(check: bool, limit: str | None = None) -> Report:
                 return self._play(run_id, prepared, check=check, limit=limit)
 
-            if self.kind is Kind.PREVIEW and last and last != self.revision.sha:
+            # a pull request's preview (--revision) tells its change from drift already there; a dry run of
+            # the branch head shows what the next sync does, whatever caused it, at the cost of one check
+            if self.kind is Kind.PREVIEW and self.request.revision and last and last != self.revision.sha:
                 baseline = self._baseline(prepared, last)
 
                 def play(check: bool, limit: str | None = None) -> Report:
