@@ -140,6 +140,10 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path,
         browser.find_element(By.LINK_TEXT, "staging").click()
         until(browser, 10, lambda d: host_state(d, "web1.staging") == "drifted")  # a click does not wait for the page
         assert host_state(browser, "web2.staging") == "in-sync"
+        # the app's page shows that check's drift inline, diff and all
+        assert f"run #{check['id']}" in browser.find_element(By.ID, "latest-drift").text
+        inline = browser.find_element(By.CSS_SELECTOR, 'section.task[data-host="web1.staging"]')
+        assert "-hand-edited: by someone at 3am" in inline.text
         seen.append(browser.page_source)
         if SCREENSHOTS:
             browser.get(base + "/")

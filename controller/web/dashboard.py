@@ -36,7 +36,7 @@ from controller.run.recovery import recover
 from controller.run.results import Progress
 from controller.run.schedule import DriftSchedule
 from controller.state.store import Store
-from controller.vocabulary import RUNNING, Action, Outcome, Trigger
+from controller.vocabulary import RUNNING, Action, Kind, Outcome, Trigger
 from controller.web.access import Access, Throttle
 from controller.web.actions import Actions
 from controller.web.health import Health
@@ -240,9 +240,13 @@ class Dashboard:
         rows = [row for row in self.fleet(store, request, parts)["apps"] if row["app"] == parts[0]]
         if not rows:
             raise NotFound(f"no app {parts[0]!r} has been reconciled here")
+        # the newest full check's drift report, inline: what differs on the hosts now, as far as anyone looked
+        full = store.latest(parts[0], Kind.CHECK, Kind.SYNC, Kind.VERIFY, full=True)
+        detail = store.run(full.id) if full is not None else None
         return {"app": rows[0], "runs": [run_document(r) for r in store.runs(parts[0], RECENT_RUNS)],
                 "suspension": suspension_document(store.suspensions().get(parts[0])),
-                "running": self.actions.running == parts[0]}
+                "running": self.actions.running == parts[0],
+                "drift": None if detail is None else detail_document(detail)}
 
     def run(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
         """One run as `controller show --json` has it, with its commit."""
