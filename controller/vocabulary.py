@@ -107,6 +107,19 @@ class HostState(StrEnum):
     UNREACHABLE = "unreachable"
 
 
+class Happened(StrEnum):
+    """What one full run did to one host, as its timeline on the dashboard tells it."""
+
+    ROLLED_OUT = "rolled out"        # an apply changed it at a revision new to it
+    CORRECTED = "drift corrected"    # an apply changed it back at the revision it already ran
+    APPLIED = "changes applied"      # an apply changed it (a run from before rollouts were told apart)
+    DRIFT_FOUND = "drift found"      # a check found a change and nothing applied it
+    IN_SYNC = "in sync"
+    UNVERIFIED = "unverified"        # tasks check mode cannot verify were pending
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"
+
+
 class Provider(StrEnum):
     """Who sends the webhook: the last part of its URL, ``/hooks/PROVIDER``."""
 

@@ -105,6 +105,11 @@ def host_state(driver: webdriver.Chrome, host: str) -> str | None:
     return rows[0].get_attribute("data-state") if rows else None
 
 
+def first_run(fleet: Fleet, app: str) -> dict[str, object]:
+    """The app's oldest run in the store."""
+    return next(r for r in reversed(fleet.runs()) if r["app"] == app)
+
+
 def no_canary(fleet: Fleet, *sources: str) -> None:
     for source in sources:
         for plaintext in fleet.secrets.values():
@@ -177,6 +182,20 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path,
         assert latest["app"] == "staging"
         assert (latest["trigger"], latest["mode"], latest["outcome"]) == ("ui", "sync", "converged")
         assert len(fleet.runs()) == count + 1
+
+        # each host's timeline: who did what to it, newest first
+        browser.find_element(By.LINK_TEXT, "web1.staging").click()
+        until(browser, 10, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.event"))
+
+        def timeline(driver: webdriver.Chrome) -> list[tuple[str | None, str]]:
+            return [(row.get_attribute("data-happened"), row.find_elements(By.TAG_NAME, "td")[4].text)
+                    for row in driver.find_elements(By.CSS_SELECTOR, "tr.event")]
+
+        assert timeline(browser) == [("drift corrected", "ui"), ("drift found", "manual"),
+                                     ("rolled out", first_run(fleet, "staging")["trigger"])], timeline(browser)
+        browser.get(base + "/apps/staging/hosts/web2.staging")
+        assert [happened for happened, _ in timeline(browser)] == ["in sync", "in sync", "rolled out"]
+        seen.append(browser.page_source)
         seen.append(browser.page_source)
 
         # a detect app's page says what its buttons do; Apply applies it on purpose, as `sync --apply` would

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controller.vocabulary import HostState, Kind, Outcome, Phase, Policy, Reason, TaskStatus, Trigger
+from controller.vocabulary import Happened, HostState, Kind, Outcome, Phase, Policy, Reason, TaskStatus, Trigger
 
 
 @dataclass(frozen=True)
@@ -139,3 +139,28 @@ class Tally:
     seconds: float
     last_finished: str
     buckets: tuple[int, ...]   # how many took at most each of DURATION_BUCKETS seconds
+
+
+@dataclass(frozen=True)
+class HostEvent:
+    """One full run of an app as one of its hosts saw it: what happened there, when, by what trigger."""
+
+    run: RunRecord
+    happened: Happened
+
+    @classmethod
+    def of(cls, run: RunRecord, host: str, statuses: dict[Phase, TaskStatus]) -> HostEvent:
+        """Classify ``host``'s results in ``run`` (its status in each phase that reached it)."""
+        applied, checked = statuses.get(Phase.APPLY), statuses.get(Phase.CHECK)
+        final = applied or checked
+        if final in (TaskStatus.FAILED, TaskStatus.UNREACHABLE):
+            return cls(run, Happened(final.value))
+        if applied is TaskStatus.CHANGED:
+            if "rolled_out" not in run.summary:
+                return cls(run, Happened.APPLIED)
+            return cls(run, Happened.ROLLED_OUT if host in run.summary["rolled_out"] else Happened.CORRECTED)
+        if applied is None and checked is TaskStatus.CHANGED:
+            return cls(run, Happened.DRIFT_FOUND)
+        if applied is None and checked is TaskStatus.UNVERIFIED:
+            return cls(run, Happened.UNVERIFIED)
+        return cls(run, Happened.IN_SYNC)

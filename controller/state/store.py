@@ -19,6 +19,7 @@ from controller.state.records import (
     AppStatus,
     Commit,
     HostChanges,
+    HostEvent,
     HostRecord,
     HostResult,
     RunDetail,
@@ -280,6 +281,19 @@ class Store:
                   for h in hosts),
             tuple(TaskRecord(Phase(t["phase"]), t["host"], t["task"], t["action"], TaskStatus(t["status"]),
                              t["diff"], t["message"]) for t in tasks))
+
+    def host_events(self, app: str, host: str, limit: int = 50) -> list[HostEvent]:
+        """What the newest full runs of ``app`` (not previews) did to ``host``, newest first."""
+        # a run has a row per phase that reached the host: two at most
+        rows = self.db.execute(
+            "SELECT runs.*, host_results.phase AS phase, host_results.status AS status FROM runs"
+            " JOIN host_results ON host_results.run_id = runs.id WHERE runs.app = ? AND host_results.host = ?"
+            " AND runs.mode != ? ORDER BY runs.id DESC LIMIT ?", (app, host, Kind.PREVIEW, limit * 2)).fetchall()
+        runs: dict[int, tuple[RunRecord, dict[Phase, TaskStatus]]] = {}
+        for row in rows:
+            _, statuses = runs.setdefault(row["id"], (_run(row), {}))
+            statuses[Phase(row["phase"])] = TaskStatus(row["status"])
+        return [HostEvent.of(run, host, statuses) for run, statuses in list(runs.values())[:limit]]
 
     def apps(self) -> list[str]:
         """Apps reconciled here (previews do not count) and not retired from gitops.yml."""

@@ -13,6 +13,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
@@ -91,7 +92,7 @@ class Dashboard:
         self.static = {name: (files("controller.web").joinpath("static", name).read_bytes(), kind)
                        for name, kind in STATIC.items()}
         self.views: dict[str, Callable[[Store, WebRequest, list[str]], dict[str, Any]]] = {
-            "fleet": self.fleet, "app": self.app, "run": self.run, "history": self.history}
+            "fleet": self.fleet, "app": self.app, "host": self.host, "run": self.run, "history": self.history}
 
     # -- routing -------------------------------------------------------------
     def handle(self, request: WebRequest) -> Reply:
@@ -248,6 +249,17 @@ class Dashboard:
                 "running": self.actions.running == parts[0],
                 "drift": None if detail is None else detail_document(detail)}
 
+    def host(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
+        """One host of an app and its timeline: what each full run did there (rolled out, drift found,
+        corrected...), when, and by what trigger, newest first."""
+        app, name = parts
+        row = next((h for h in store.hosts(app) if h.host == name), None)
+        events = store.host_events(app, name)
+        if row is None and not events:
+            raise NotFound(f"no host {name!r} of app {app!r} has been reconciled here")
+        return {"app": app, "host": name, "record": None if row is None else asdict(row),
+                "events": [{**run_document(e.run), "happened": e.happened.value} for e in events]}
+
     def run(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
         """One run as `controller show --json` has it, with its commit."""
         detail = store.run(int(parts[0]))
@@ -278,9 +290,10 @@ class Dashboard:
 
 def route(path: str, api: bool) -> tuple[str, list[str]]:
     """The view for a path (without /api) and its parameters; NotFound otherwise."""
-    table = ((r"/apps", "fleet"), (r"/apps/([^/]+)", "app"), (r"/runs/([0-9]{1,15})", "run"),
+    host = (r"/apps/([^/]+)/hosts/([^/]+)", "host")
+    table = ((r"/apps", "fleet"), (r"/apps/([^/]+)", "app"), host, (r"/runs/([0-9]{1,15})", "run"),
              (r"/runs", "history"), (r"/stamp", "stamp")) if api else (
-        (r"/", "fleet"), (r"/apps/([^/]+)", "app"), (r"/runs/([0-9]{1,15})", "run"), (r"/history", "history"))
+        (r"/", "fleet"), (r"/apps/([^/]+)", "app"), host, (r"/runs/([0-9]{1,15})", "run"), (r"/history", "history"))
     for pattern, name in table:
         match = re.fullmatch(pattern, path)
         if match:
