@@ -56,6 +56,8 @@ class SourceConfig:
     branch: str = "main"
     fetch_timeout: Seconds = Seconds(120)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    # a commit's page on the forge, {sha} replaced: the dashboard links every revision there
+    commit_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,7 @@ def load_config(path: Path) -> Config:
     for number, target in enumerate(config.notify):
         _check_target(target, path, f"notify[{number}]")
     _check_external_url(config.ui, path)
+    _check_commit_url(config.source.commit_url, path)
     base = path.resolve().parent
 
     def absolute(value: str | None) -> str | None:
@@ -313,6 +316,12 @@ def _check_target(target: NotifyTarget, path: Path, key: str) -> None:
                    f"(format: {', '.join(FORGES)})")
     if (target.url is None) == (target.url_file is None):
         raise fail("set exactly one of url and url_file")
+
+
+def _check_commit_url(url: str | None, path: Path) -> None:
+    if url is not None and (urlsplit(url).scheme not in ("http", "https") or "{sha}" not in url):
+        raise ControllerError(Reason.CONFIG_INVALID, f"{path}: source.commit_url: expected a web address with {{sha}} "
+                              f"where the commit goes, such as https://github.com/ORG/REPO/commit/{{sha}}, got {url!r}")
 
 
 def _check_external_url(ui: UiConfig, path: Path) -> None:

@@ -91,6 +91,8 @@ def test_a_bad_config_is_one_line_naming_file_and_key(tmp_path: Path) -> None:
             "notify[0]: token_file: required for github commit statuses",
         "source: {url: x}\nnotify: [{url: 'http://x', token_file: t}]\n": "notify[0]: token_file: only for commit",
         "source: {url: x}\nui: {external_url: controller.example.com}\n": "ui.external_url: expected the dashboard",
+        "source: {url: x, commit_url: 'https://github.com/o/r/commit/'}\n": "source.commit_url: expected a web "
+                                                                            "address with {sha}",
     }
     for text, needle in cases.items():
         config.write_text(text)
@@ -129,7 +131,7 @@ def test_every_problem_of_a_config_is_said_at_once_with_the_value(tmp_path: Path
                           text=True, check=False, env={**os.environ, "CONTROLLER_CONFIG": ""})
     assert done.returncode == 1
     assert done.stderr.splitlines() == [f"controller: {config}: {problem}" for problem in (
-        "source.bogus: unknown key (expected one of: branch, fetch_timeout, url, verify)",
+        "source.bogus: unknown key (expected one of: branch, commit_url, fetch_timeout, url, verify)",
         "source.branch: expected a string, got a whole number (3)",
         "ansible.forks: expected a whole number, got a string ('many')",
         "watch.poll_interval: expected a duration such as 30, 30s, 5m or 1h30m, got '5 minutes'",

@@ -327,8 +327,9 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
 def test_history_pages_and_filters_over_the_json_api(tmp_path: Path, browser: webdriver.Chrome) -> None:
     fill(tmp_path / "state" / "state.db", runs=120)
     config = tmp_path / "controller.yml"
-    config.write_text(yaml.safe_dump({"source": {"url": str(tmp_path / "none.git")}, "state_dir": "state",
-                                      "workspace_dir": "ws"}))
+    config.write_text(yaml.safe_dump({"source": {"url": str(tmp_path / "none.git"),
+                                                 "commit_url": "https://forge.example/shop/commit/{sha}"},
+                                      "state_dir": "state", "workspace_dir": "ws"}))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with served(config, port):
@@ -368,6 +369,12 @@ def test_history_pages_and_filters_over_the_json_api(tmp_path: Path, browser: we
         assert browser.find_element(By.CSS_SELECTOR, 'tr.app[data-app="app0"] [data-badge]').text != "failed"
         browser.get(base + "/apps/app1")
         assert browser.find_element(By.CSS_SELECTOR, "h1 [data-badge]").text == "failed"
+        # every revision links to its commit on the forge (source.commit_url)
+        browser.get(base + "/apps/app0")
+        links = browser.find_elements(By.CSS_SELECTOR, "a.commit")
+        assert links, browser.find_element(By.ID, "main").get_attribute("innerHTML")[:1500]
+        sha = links[0].find_element(By.TAG_NAME, "code").get_attribute("title")
+        assert links[0].get_attribute("href") == f"https://forge.example/shop/commit/{sha}" and len(sha) == 40
 
         # a run going on: without JavaScript the pages reload themselves; with it, the stamp tells them to
         before = json.loads(request(base + "/api/stamp")[1])["stamp"]

@@ -89,6 +89,7 @@ class Dashboard:
                                undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.env.filters.update(short=short, ago=ago, stamp=lambda s: (s or "-")[:19].replace("T", " "),
                                 seconds=seconds, url=lambda s: quote(str(s), safe=""))
+        self.env.globals["commit_url"] = config.source.commit_url
         self.static = {name: (files("controller.web").joinpath("static", name).read_bytes(), kind)
                        for name, kind in STATIC.items()}
         self.views: dict[str, Callable[[Store, WebRequest, list[str]], dict[str, Any]]] = {
