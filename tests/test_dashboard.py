@@ -357,6 +357,11 @@ def test_history_pages_and_filters_over_the_json_api(tmp_path: Path, browser: we
         rows = browser.find_elements(By.CSS_SELECTOR, "table tr")[1:]
         assert len(rows) == 2 and all("verify" in row.text for row in rows), [row.text for row in rows]
         assert "2 runs" in browser.find_element(By.CSS_SELECTOR, "p.meta").text
+        Select(browser.find_element(By.NAME, "trigger")).select_by_visible_text("any")
+        Select(browser.find_element(By.NAME, "kind")).select_by_visible_text("verify")
+        browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
+        until(browser, 10, lambda d: "kind=verify" in d.current_url)
+        assert "2 runs" in browser.find_element(By.CSS_SELECTOR, "p.meta").text
 
         # a newest failure is the app's badge, never a green state beside a red failure
         with Store(tmp_path / "state" / "state.db") as store:
@@ -369,6 +374,15 @@ def test_history_pages_and_filters_over_the_json_api(tmp_path: Path, browser: we
         assert browser.find_element(By.CSS_SELECTOR, 'tr.app[data-app="app0"] [data-badge]').text != "failed"
         browser.get(base + "/apps/app1")
         assert browser.find_element(By.CSS_SELECTOR, "h1 [data-badge]").text == "failed"
+        # the fleet filtered as a person does it: by name, and by what the badge or a host says
+        browser.get(base + "/")
+        browser.find_element(By.NAME, "q").send_keys("app1")
+        browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
+        until(browser, 10, lambda d: "q=app1" in d.current_url)
+        assert [r.get_attribute("data-app") for r in browser.find_elements(By.CSS_SELECTOR, "tr.app")] == ["app1"]
+        assert [a["app"] for a in json.loads(request(base + "/api/apps?state=failed")[1])["apps"]] == ["app1"]
+        assert json.loads(request(base + "/api/apps?q=nothing")[1])["apps"] == []
+        assert json.loads(request(base + "/api/runs?kind=verify")[1])["total"] == 2
         # every revision links to its commit on the forge (source.commit_url)
         browser.get(base + "/apps/app0")
         links = browser.find_elements(By.CSS_SELECTOR, "a.commit")

@@ -243,9 +243,10 @@ class Store:
                                (*values, limit, offset))
         return [_run(row) for row in rows]
 
-    def count_runs(self, app: str | None = None, *, outcome: str | None = None, trigger: str | None = None) -> int:
+    def count_runs(self, app: str | None = None, *, outcome: str | None = None, trigger: str | None = None,
+                   kind: str | None = None) -> int:
         """How many runs ``runs`` would page through with the same filters."""
-        where, values = self._run_filter(app, outcome, trigger)
+        where, values = self._run_filter(app, outcome, trigger, kind)
         return int(self.db.execute(f"SELECT COUNT(*) FROM runs{where}", values).fetchone()[0])
 
     @staticmethod

@@ -37,7 +37,7 @@ from controller.run.recovery import recover
 from controller.run.results import Progress
 from controller.run.schedule import DriftSchedule
 from controller.state.store import Store
-from controller.vocabulary import RUNNING, Action, Kind, Outcome, Trigger
+from controller.vocabulary import RUNNING, Action, HostState, Kind, Outcome, Trigger
 from controller.web.access import Access, Throttle
 from controller.web.actions import Actions
 from controller.web.health import Health
@@ -137,7 +137,8 @@ class Dashboard:
         notice = parse_qs(request.query).get("notice", [""])[0]
         html = self.env.get_template(f"{name}.html").render(
             **facts, stamp=stamp, busy=busy, csrf=self.access.csrf, poll=POLL_SECONDS,
-            notice=NOTICES.get(notice), login=self.access.token is not None, outcomes=OUTCOMES, triggers=tuple(Trigger))
+            notice=NOTICES.get(notice), login=self.access.token is not None, outcomes=OUTCOMES, triggers=tuple(Trigger),
+            kinds=tuple(Kind), states=(RUNNING, *HostState, Outcome.CONVERGED, Outcome.INTERRUPTED))
         return self.reply(200, html.encode(), "text/html; charset=utf-8", self.access.cookie_headers())
 
     def act(self, request: WebRequest) -> Reply:
@@ -224,9 +225,20 @@ class Dashboard:
 
     # -- views: the facts of each page, as the JSON API returns them -------------
     def fleet(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
-        """Every app as `controller status --json` has it, with its commit, host counts and next check."""
+        """Every app as `controller status --json` has it, with its commit, host counts and next check; ``?q=``
+        keeps the apps whose name holds it, ``?state=`` those in that state or with a host in it."""
+        query = parse_qs(request.query)
+        filters = {key: query.get(key, [""])[0] for key in ("q", "state")}
+        return {"apps": self._apps(store, **filters), "filters": filters}
+
+    def _apps(self, store: Store, q: str = "", state: str = "") -> list[dict[str, Any]]:
         rows = []
         for status in store.status():
+            # a state matches what the page shows: the app's badge (its newest failure first) or a host's
+            shown = (status.state or RUNNING, *((status.failure.outcome,) if status.failure else ()),
+                     *(h.state for h in status.hosts))
+            if q.lower() not in status.app.lower() or state not in ("", *shown):
+                continue
             revision = status.applied_revision
             due = None if status.suspended or self.schedule is None else self.schedule.next_check(
                 parse_time(status.last_run.started))
@@ -235,11 +247,11 @@ class Dashboard:
                          "host_states": dict(Counter(h.state for h in status.hosts)),
                          "scheduled": self.schedule is not None,
                          "next_check": due.isoformat(timespec="seconds") if due else None})
-        return {"apps": rows}
+        return rows
 
     def app(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
         """One app's status row (with its hosts) and its recent runs (`controller history --app`)."""
-        rows = [row for row in self.fleet(store, request, parts)["apps"] if row["app"] == parts[0]]
+        rows = [row for row in self._apps(store) if row["app"] == parts[0]]
         if not rows:
             raise NotFound(f"no app {parts[0]!r} has been reconciled here")
         # the newest full check's drift report, inline: what differs on the hosts now, as far as anyone looked
@@ -271,16 +283,18 @@ class Dashboard:
                         "commit": commit_document(store.revision(revision) if revision else None)}}
 
     def history(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
-        """Runs newest first (`controller history --json`), filtered by app, outcome and trigger, a page at a time."""
+        """Runs newest first (`controller history --json`), filtered by app, outcome, trigger and kind, a page at a
+        time."""
         query = parse_qs(request.query)
-        filters = {key: query.get(key, [""])[0] for key in ("app", "outcome", "trigger")}
+        filters = {key: query.get(key, [""])[0] for key in ("app", "outcome", "trigger", "kind")}
         wanted = {k: v or None for k, v in filters.items()}
-        total = store.count_runs(wanted["app"], outcome=wanted["outcome"], trigger=wanted["trigger"])
+        total = store.count_runs(wanted["app"], outcome=wanted["outcome"], trigger=wanted["trigger"],
+                                 kind=wanted["kind"])
         pages = max(1, math.ceil(total / PAGE_SIZE))
         page = query.get("page", ["1"])[0]
         number = min(int(page), pages) if page.isdigit() and int(page) > 0 else 1
         runs = store.runs(wanted["app"], PAGE_SIZE, outcome=wanted["outcome"], trigger=wanted["trigger"],
-                          offset=(number - 1) * PAGE_SIZE)
+                          kind=wanted["kind"], offset=(number - 1) * PAGE_SIZE)
         chosen = {k: v for k, v in filters.items() if v}
         return {"runs": [run_document(r) for r in runs], "total": total, "page": number, "pages": pages,
                 "filters": filters,
