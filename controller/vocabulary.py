@@ -43,6 +43,7 @@ class Action(StrEnum):
     """What a person can do to an app from the dashboard (``POST /apps/APP/ACTION``, and under /api/)."""
 
     SYNC = "sync"        # reconcile it now, as its policy says
+    CHECK = "check"      # check it now, change nothing (whatever its policy)
     APPLY = "apply"      # apply a detect app on purpose (sync --apply)
     SUSPEND = "suspend"
     RESUME = "resume"
@@ -50,7 +51,7 @@ class Action(StrEnum):
     @property
     def reconciles(self) -> bool:
         """The action runs a cycle (under the lock), rather than only changing what the store says."""
-        return self in (Action.SYNC, Action.APPLY)
+        return self in (Action.SYNC, Action.CHECK, Action.APPLY)
 
 
 class Policy(StrEnum):

@@ -39,7 +39,7 @@ from controller.web.dashboard import Dashboard
 from controller.web.listener import Listener, Routes
 from lab import Lab
 from lab.repository import AgeKey
-from tests.conftest import APP_YML, BIN, Fleet, build_fleet, write_config
+from tests.conftest import APP_YML, BIN, VERSION, Fleet, build_fleet, write_config
 from tests.support.daemon import daemon, free_port, wait_for, watch_config
 from tests.support.metrics import promtool
 from tests.support.processes import workspaces
@@ -314,13 +314,23 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
         until(browser, 10, lambda d: "Resumed" in d.find_element(By.ID, "main").text)
         assert json.loads(fleet.controller("status", "--json").stdout)[0]["suspended"] is False
 
+        # Check now, on an app whose policy is apply: a check, recorded as the page's, that changes nothing
+        click(browser, "check")
+        until(browser, 10, lambda d: "Check started" in d.find_element(By.ID, "main").text)
+        wait_for("the check from the page", lambda: len(fleet.runs()) == count + 1 and fleet.runs()[0]["outcome"])
+        checked = fleet.runs()[0]
+        assert (checked["mode"], checked["trigger"], checked["outcome"]) == ("check", "ui", "drifted"), checked
+        assert not fleet.host_file("h1", VERSION).exists()
+        browser.get(base + "/apps/staging")  # the page as it is now the check has ended
+
         # stopped while a sync from the page runs: the run is stopped and unwound, and serve exits 0
         click(browser, "sync")
         until(browser, 10, lambda d: "Sync started" in d.find_element(By.ID, "main").text)
-        wait_for("the run on the hosts", lambda: [r["outcome"] for r in fleet.runs() if r["trigger"] == "ui"] == [None])
+        wait_for("the run on the hosts", lambda: [r["outcome"] for r in fleet.runs()
+                                                  if (r["trigger"], r["mode"]) == ("ui", "sync")] == [None])
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=60) == 0
-    assert [r["outcome"] for r in fleet.runs() if r["trigger"] == "ui"] == ["interrupted"]
+    assert [r["outcome"] for r in fleet.runs() if r["trigger"] == "ui"] == ["interrupted", "drifted"]
     assert workspaces(serve.pid) == set()
 
 

@@ -59,6 +59,7 @@ HEADERS = (
 STATIC = {"style.css": "text/css; charset=utf-8", "live.js": "text/javascript; charset=utf-8"}
 NOTICES = {
     "started": "Sync started: this page follows it.",
+    "checking": "Check started (nothing is changed): this page follows it.",
     "applying": "Apply started (policy detect, on request): this page follows it.",
     "busy": "Another run holds the lock; try again when it has finished.",
     "suspended": "Suspended: watch and sync leave this app alone until it is resumed.",
@@ -66,7 +67,8 @@ NOTICES = {
     "resume-first": "This app is suspended: resume it before syncing it.",
 }
 OUTCOMES = (RUNNING, *(o.value for o in Outcome if o is not Outcome.SUSPENDED))
-VERB_NOTICES = {Action.SYNC: "started", Action.APPLY: "applying", Action.SUSPEND: "suspended", Action.RESUME: "resumed"}
+VERB_NOTICES = {Action.SYNC: "started", Action.CHECK: "checking", Action.APPLY: "applying",
+                Action.SUSPEND: "suspended", Action.RESUME: "resumed"}
 ACTION = re.compile(rf"/(?:api/)?apps/([^/]+)/({'|'.join(Action)})")
 
 
@@ -164,7 +166,7 @@ class Dashboard:
         status, notice = 202, VERB_NOTICES[verb]
         try:
             if verb.reconciles:
-                self.actions.sync(app, request.client, apply=verb is Action.APPLY)
+                self.actions.sync(app, request.client, apply=verb is Action.APPLY, check=verb is Action.CHECK)
             elif verb is Action.SUSPEND:
                 self.actions.suspend(app, form.get("reason", "")[:200], request.client)
             else:
