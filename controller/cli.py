@@ -126,6 +126,9 @@ def reconcile_options(func: F) -> F:
     """run_options, plus a revision to preview and where the report goes (check, sync)."""
     func = click.option("--revision", metavar="SHA", help="Reconcile this commit (or branch) instead of the "
                         "branch head, e.g. to preview a pull request.")(func)
+    func = click.option("--limit", metavar="PATTERN",
+                        help="Only these hosts, as Ansible's --limit (web1.staging, 'web*', 'web:!web3'), within "
+                             "the app's own limit; the other hosts keep what the store says of them.")(func)
     return run_options(output_options(func))
 
 
@@ -192,9 +195,11 @@ def sync(**options: Any) -> None:
     """
     if options["apply_detect"] and (options["app"] is None or options["dry_run"]):
         raise click.UsageError("--apply applies one app on purpose: name it with --app, and leave out --dry-run")
-    if options["plan_path"] and any(options[o] for o in ("revision", "dry_run", "force", "verify_first")):
+    if options["plan_path"] and any(options[o] for o in ("revision", "dry_run", "force", "verify_first", "limit")):
         raise click.UsageError("--plan applies the plan's own revision where its check still holds: leave out "
-                               "--revision, --dry-run, --force and --verify-first")
+                               "--revision, --dry-run, --force, --verify-first and --limit")
+    if options["limit"] and options["verify_first"]:
+        raise click.UsageError("--verify-first looks at every host: leave out --limit, or --verify-first")
     _reconcile(Mode.SYNC, **options)
 
 
@@ -253,14 +258,15 @@ def _reconcile(mode: Mode, *, config_path: str | None, as_json: bool, output_for
                app: str | None, revision: str | None, wait: float, progress: bool | None, verbose: bool, trigger: str,
                dry_run: bool, allow_rewrite: bool, only_if_changed: bool, force: bool,
                accept_unverified: bool, verify_first: bool, apply_detect: bool, ignore_drift: bool = False,
-               plan_path: str | None = None, save_path: str | None = None) -> None:
+               plan_path: str | None = None, save_path: str | None = None, limit: str | None = None) -> None:
     config = _config(config_path, reaches_hosts=True)
     show = sys.stderr.isatty() if progress is None else progress
     cancel = Cancel()
     cancel.install()
     request = Request(mode, app, revision, dry_run, allow_rewrite, Trigger(trigger), only_if_changed=only_if_changed,
                       force=force, accept_unverified=accept_unverified, verify_first=verify_first,
-                      apply_detect=apply_detect, plan=PlanFile.read(Path(plan_path)) if plan_path else None)
+                      apply_detect=apply_detect, plan=PlanFile.read(Path(plan_path)) if plan_path else None,
+                      limit=limit)
     from controller.run.cycle import run_cycle  # status, history and show never load the playbook stages
     live = TerminalProgress(show, verbose, sys.stderr)
     try:

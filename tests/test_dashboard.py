@@ -196,6 +196,14 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path,
         browser.get(base + "/apps/staging/hosts/web2.staging")
         assert [happened for happened, _ in timeline(browser)] == ["in sync", "in sync", "rolled out"]
         seen.append(browser.page_source)
+
+        # this host only: a check of web2 alone, from its page
+        click(browser, "check-host")
+        until(browser, 10, lambda d: "Check started" in d.find_element(By.ID, "main").text)
+        wait_for("the check of web2", lambda: fleet.runs()[0]["mode"] == "check" and fleet.runs()[0]["outcome"])
+        one_host = fleet.runs()[0]
+        alone = fleet.controller("show", str(one_host["id"]), "--json")
+        assert {h["host"] for h in json.loads(alone.stdout)["hosts"]} == {"web2.staging"}, alone.stdout
         seen.append(browser.page_source)
 
         # a detect app's page says what its buttons do; Apply applies it on purpose, as `sync --apply` would
@@ -228,7 +236,7 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path,
         assert run["commit"]["subject"] == "production: detect only"
         assert request(base + "/api/runs/999999")[0] == 404
         status, body = request(base + "/api/runs?trigger=ui")
-        assert [r["id"] for r in json.loads(body)["runs"]] == [applied["id"], latest["id"]]
+        assert [r["id"] for r in json.loads(body)["runs"]] == [applied["id"], one_host["id"], latest["id"]]
         seen.extend(request(base + path)[1].decode() for path in ("/api/apps", "/api/apps/staging", "/history"))
         assert watch.stop() == 0
     no_canary(fleet, *seen)

@@ -396,3 +396,21 @@ def test_when_mitogen_cannot_load_the_linear_fallback_converges_the_same_fleet(f
         assert fleet.host_file(host, VERSION).read_text() == "1.0.0\n"
     assert fleet.controller("check").returncode == 0  # and the default strategy agrees: nothing to change
 
+
+
+def test_limit_reconciles_only_the_hosts_named_and_the_store_keeps_the_others(converged: Fleet) -> None:
+    for host in ("h1", "h2"):
+        config = converged.host_file(host, APP_YML)
+        config.write_text(config.read_text().replace("workers: 2", "workers: 64"))
+    code, result = converged.controller_json("sync", "--limit", "web1.staging")
+    [app] = result["apps"]
+    assert code == 0 and app["applied_to"] == {"web1.staging": "drifted"}, app
+    assert [h["host"] for h in app["check"]["hosts"]] == ["web1.staging"]
+    assert "workers: 2" in converged.host_file("h1", APP_YML).read_text()
+    assert "workers: 64" in converged.host_file("h2", APP_YML).read_text()  # not touched, not even checked
+    [status] = json.loads(converged.controller("status", "--json").stdout)
+    assert sorted(h["host"] for h in status["hosts"]) == ["web1.staging", "web2.staging"]  # none forgotten
+    code, result = converged.controller_json("check", "--limit", "web*:!web1.staging")
+    assert code == 2 and [h["host"] for h in result["apps"][0]["check"]["hosts"]] == ["web2.staging"]
+    refused = converged.controller("sync", "--limit", "web1.staging", "--verify-first")
+    assert refused.returncode == 64 and "--limit" in refused.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from controller.ansible.results import PlayRun
@@ -58,6 +58,9 @@ class AppRun:
 
     def reconcile(self, source: Source, prepared: Preparation) -> AppResult:
         """Check, then (a sync under policy apply) apply where the plan says; failures become the result."""
+        if self.request.limit:  # both plays run within it; Ansible's ":&" keeps the app's own limit too
+            own = self.app.limit
+            self.app = replace(self.app, limit=f"{own}:&{self.request.limit}" if own else self.request.limit)
         app, store = self.app, self.store
         started = time.monotonic()
         self.before = {row.host: row for row in store.hosts(app.name)}
@@ -108,7 +111,8 @@ class AppRun:
                 if self.same_as:  # in sync at a revision the same for this app: at this one now
                     converged += [h.host for h in checked.hosts if h.status is TaskStatus.OK and h.host in
                                   self.at_revision and h.host not in converged]
-                store.record_hosts(app.name, run_id, host_states(checked, applied), converged, self.revision.sha)
+                store.record_hosts(app.name, run_id, host_states(checked, applied), converged, self.revision.sha,
+                                   every_host=not self.request.limit)
                 behind = sum(1 for h in store.hosts(app.name) if h.revision != self.revision.sha)
             return AppResult(app.name, app.policy, run_id, outcome, reason, message, checked, applied, last,
                              self.revision.sha, time.monotonic() - started, self.kind, plan, behind,
@@ -210,7 +214,7 @@ class AppRun:
             self.unverifiable.update({h.host: h.unverified + h.settled for h in found.hosts})
         self.store.add_report(run_id, phase, found)
         if self.kind is not Kind.PREVIEW:
-            self._record_manifests(played, found, space.project, every_host=limit is None)
+            self._record_manifests(played, found, space.project, every_host=limit is None and not self.request.limit)
         return found
 
     def _record_manifests(self, played: PlayRun, found: Report, project: Path, *, every_host: bool) -> None:

@@ -31,6 +31,7 @@ class Request:
     verify_first: bool = False       # verify hosts against their manifests; full check only where needed
     apply_detect: bool = False       # sync --apply: apply the app even though its policy is detect
     plan: PlanFile | None = None     # sync --plan: apply only that revision, only where the check matches it
+    limit: str | None = None         # --limit: only these hosts (Ansible's pattern), within the app's own limit
 
     def kind(self, revision: str | None = None, head: str | None = None) -> Kind:
         """A preview when it is a dry run or not of the branch head; otherwise what the command says."""

@@ -140,13 +140,14 @@ class Store:
              "the controller was killed before this run finished; its workspace was wiped")).rowcount
 
     def record_hosts(self, app: str, run_id: int, states: Mapping[str, HostState], applied: list[str],
-                     revision: str) -> None:
-        """Each host's state after a check or sync of the whole inventory; ``applied`` hosts now run
-        ``revision``. Hosts no longer in the inventory are forgotten."""
+                     revision: str, *, every_host: bool = True) -> None:
+        """Each host's state after a check or sync; ``applied`` hosts now run ``revision``. After a run of the
+        whole inventory (``every_host``), hosts no longer in it are forgotten; a --limit run forgets none."""
         stamp = now()
         with self._transaction() as db:
             known = {r["host"] for r in db.execute("SELECT host FROM hosts WHERE app = ?", (app,))}
-            db.executemany("DELETE FROM hosts WHERE app = ? AND host = ?", [(app, h) for h in known - set(states)])
+            gone = known - set(states) if every_host else set()
+            db.executemany("DELETE FROM hosts WHERE app = ? AND host = ?", [(app, h) for h in gone])
             for host, state in states.items():
                 db.execute(
                     "INSERT INTO hosts (app, host, state, since, run_id) VALUES (?, ?, ?, ?, ?)"

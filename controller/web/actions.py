@@ -60,20 +60,23 @@ class Actions:
         self._thread: threading.Thread | None = None
         self.running: str | None = None  # the app a dashboard sync is running for
 
-    def sync(self, app: str, client: str, *, apply: bool = False, check: bool = False) -> None:
-        """Start syncing ``app`` (``apply``: apply it even under policy detect; ``check``: only check it);
-        LockBusy when another run holds the lock."""
+    def sync(self, app: str, client: str, *, apply: bool = False, check: bool = False,
+             limit: str | None = None) -> None:
+        """Start syncing ``app`` (``apply``: apply it even under policy detect; ``check``: only check it;
+        ``limit``: only that host); LockBusy when another run holds the lock."""
         with self._guard:
             if self.running is not None:
                 raise LockBusy(f"a sync of {self.running} started here is still running")
             self.running = app
         started = _Started(self.progress)
         refused: list[ControllerError] = []
-        log.info("ui: %s of %s asked by %s", "apply" if apply else "check" if check else "sync", app, client)
+        log.info("ui: %s of %s%s asked by %s", "apply" if apply else "check" if check else "sync", app,
+                 f" ({limit} only)" if limit else "", client)
 
         def work() -> None:
             try:
-                request = Request(Mode.CHECK if check else Mode.SYNC, app=app, trigger=Trigger.UI, apply_detect=apply)
+                request = Request(Mode.CHECK if check else Mode.SYNC, app=app, trigger=Trigger.UI, apply_detect=apply,
+                                  limit=limit)
                 result = run_cycle(self.config, request, started, self.cancel)
                 for done in result.apps:
                     log.info("ui: %s: %s: %s", done.app, done.outcome.value, done.message)

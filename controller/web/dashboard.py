@@ -157,16 +157,20 @@ class Dashboard:
             log.warning("ui: %r from %s refused: %s", request.path, request.client, why)  # repr: no control codes
             return self.error(request, 403, why)
         app, verb = unquote(match.group(1)), Action(match.group(2))
+        host = form.get("host") or None  # sync or check one host: a host of the app, never a pattern
         with Store.of(self.config) as store:
             if app not in store.apps():
                 raise NotFound(f"no app {app!r} has been reconciled here")
+            if host is not None and host not in {h.host for h in store.hosts(app)}:
+                raise NotFound(f"no host {host!r} of app {app!r} has been reconciled here")
             suspended = app in store.suspensions()
         if verb.reconciles and suspended:  # the cycle would skip it: say so rather than "started"
             return self.done(request, app, verb, 409, "resume-first")
         status, notice = 202, VERB_NOTICES[verb]
         try:
             if verb.reconciles:
-                self.actions.sync(app, request.client, apply=verb is Action.APPLY, check=verb is Action.CHECK)
+                self.actions.sync(app, request.client, apply=verb is Action.APPLY, check=verb is Action.CHECK,
+                                  limit=host)
             elif verb is Action.SUSPEND:
                 self.actions.suspend(app, form.get("reason", "")[:200], request.client)
             else:
