@@ -31,11 +31,18 @@ class Paint:
         return f"\033[{colour}m{text}\033[0m" if self.on and colour and text else text
 
     def diff(self, line: str) -> str:
-        """A unified diff line: additions green, removals red, hunk headers cyan."""
-        if line.startswith(("+++", "---")):
-            return self(line, DIM)
-        if line.startswith("+"):
-            return self(line, GREEN)
-        if line.startswith("-"):
-            return self(line, RED)
-        return self(line, CYAN) if line.startswith("@@") else line
+        """A unified diff line: additions green, removals red, file headers dim, hunk headers cyan."""
+        return self(line, DIFF.get(diff_kind(line)))
+
+
+def diff_kind(line: str) -> str:
+    """Which part of a unified diff a line is: ``head`` (the files), ``hunk``, ``add``, ``del`` or ``ctx``; a
+    terminal colours by it, the dashboard's pages style by it."""
+    if line.startswith(("+++", "---")):
+        return "head"
+    if line.startswith("@@"):
+        return "hunk"
+    return {"+": "add", "-": "del"}.get(line[:1], "ctx")
+
+
+DIFF = {"head": DIM, "hunk": CYAN, "add": GREEN, "del": RED}

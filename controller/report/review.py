@@ -53,9 +53,9 @@ def _verdict(result: Result) -> str:
     if failed:
         return f"**Verdict:** the preview failed ({failed[0].app}: {failed[0].message}); the hosts were not checked."
     # machines, not app x host pairs: two apps on one server are one server to the reviewer
-    changing = len({h for a in apps if a.check for h in a.check.caused(preexisting=False)})
-    drifted = len({h for a in apps if a.check for h in a.check.caused(preexisting=True)} - {
-        h for a in apps if a.check for h in a.check.caused(preexisting=False)})
+    changed = {h for a in apps if a.check for h in a.check.caused(preexisting=False)}
+    changing = len(changed)
+    drifted = len({h for a in apps if a.check for h in a.check.caused(preexisting=True)} - changed)
     broken = len({h.host for a in apps if a.check for h in a.check.hosts if h.status.broken})
     unverified = sum(1 for a in apps for t in (a.check.tasks if a.check else ()) if t.status is TaskStatus.UNVERIFIED)
     parts = [f"{changing} host(s) would change" if changing else "no host would change"]

@@ -74,16 +74,13 @@ class AppRun:
             if applying:
                 self._refuse_rewrite(source, last)
 
-            def play(check: bool, limit: str | None = None) -> Report:
-                return self._play(run_id, prepared, check=check, limit=limit)
-
             # a pull request's preview (--revision) tells its change from drift already there; a dry run of
             # the branch head shows what the next sync does, whatever caused it, at the cost of one check
-            if self.kind is Kind.PREVIEW and self.request.revision and last and last != self.revision.sha:
-                baseline = self._baseline(prepared, last)
+            baseline = self._baseline(prepared, last) if (
+                self.kind is Kind.PREVIEW and self.request.revision and last and last != self.revision.sha) else None
 
-                def play(check: bool, limit: str | None = None) -> Report:
-                    return self._play(run_id, prepared, check=check, limit=limit, baseline=baseline)
+            def play(check: bool, limit: str | None = None) -> Report:
+                return self._play(run_id, prepared, check=check, limit=limit, baseline=baseline)
 
             checked = self._check_after(verdicts, play) if self.request.verifying else play(check=True)
             reviewed = self.request.plan

@@ -47,9 +47,7 @@ class Preparation:
         """The same for revision ``sha`` (a preview's baseline: what the hosts run now), unpacked beside this
         one in the same wiped workspace, with that revision's apps by name."""
         if sha not in self._at:
-            space = Workspace(self.space.root / f"at-{sha[:12]}")
-            for directory in (space.root, space.project, space.runner, space.job):
-                directory.mkdir(mode=0o700)
+            space = Workspace(self.space.root / f"at-{sha[:12]}").make()
             self.source.extract(sha, space.project)
             apps = {app.name: app for app in load_apps(space.project)}
             digests = {name: inputs_digest(self.config, sha, app, space.project) for name, app in apps.items()}

@@ -38,6 +38,12 @@ class Workspace:
         """Private files of the Ansible job: local temp, ssh sockets, the ssh wrapper."""
         return self.root / "job"
 
+    def make(self) -> Workspace:
+        """Create its directories, 0700 (``root`` too when it does not exist yet)."""
+        for directory in (self.root, self.project, self.runner, self.job):
+            directory.mkdir(mode=0o700, exist_ok=directory == self.root)
+        return self
+
 
 @contextmanager
 def workspace(base: Path) -> Iterator[Workspace]:
@@ -51,10 +57,7 @@ def workspace(base: Path) -> Iterator[Workspace]:
     with guarded(base, prefix):  # armed first: a SIGKILL at any moment after this leaves nothing behind
         root = Path(tempfile.mkdtemp(prefix=prefix, dir=base))  # mkdtemp makes it 0700
         try:
-            space = Workspace(root)
-            for directory in (space.project, space.runner, space.job):
-                directory.mkdir(mode=0o700)
-            yield space
+            yield Workspace(root).make()
         finally:
             try:
                 stop_children()  # nothing may still be writing into it (a sops interrupted mid-decryption)

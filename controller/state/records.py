@@ -153,8 +153,10 @@ class HostEvent:
         """Classify ``host``'s results in ``run`` (its status in each phase that reached it)."""
         applied, checked = statuses.get(Phase.APPLY), statuses.get(Phase.CHECK)
         final = applied or checked
-        if final in (TaskStatus.FAILED, TaskStatus.UNREACHABLE):
-            return cls(run, Happened(final.value))
+        if final is TaskStatus.FAILED:
+            return cls(run, Happened.FAILED)
+        if final is TaskStatus.UNREACHABLE:
+            return cls(run, Happened.UNREACHABLE)
         if applied is TaskStatus.CHANGED:
             if "rolled_out" not in run.summary:
                 return cls(run, Happened.APPLIED)

@@ -25,6 +25,7 @@ from controller.clock import parse_time
 from controller.config import Config, HostPort
 from controller.errors import Interrupted, LockBusy
 from controller.interrupt import Cancel
+from controller.report.colour import diff_kind
 from controller.report.documents import (
     commit_document,
     detail_document,
@@ -90,7 +91,7 @@ class Dashboard:
         self.env = Environment(loader=PackageLoader("controller.web", "templates"), autoescape=True,
                                undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.env.filters.update(short=short, ago=ago, stamp=lambda s: (s or "-")[:19].replace("T", " "),
-                                seconds=seconds, url=lambda s: quote(str(s), safe=""))
+                                seconds=seconds, url=lambda s: quote(str(s), safe=""), diff_kind=diff_kind)
         self.env.globals["commit_url"] = config.source.commit_url
         self.static = {name: (files("controller.web").joinpath("static", name).read_bytes(), kind)
                        for name, kind in STATIC.items()}
