@@ -39,5 +39,12 @@ class Interrupted(BaseException):
         return self.message
 
 
+class Superseded(Interrupted):
+    """The daemon saw the branch move while a check ran: the check is stopped, nothing of it is applied, and
+    the new head is reconciled next."""
+
+    reason = Reason.SUPERSEDED
+
+
 Failure = ControllerError | Interrupted
 """Whatever ends a run early, as a run records it: a reason and a message."""

@@ -159,7 +159,8 @@ class Outcome(StrEnum):
     PARTIAL = "partial"          # some hosts converged or were checked, others failed or were unreachable
     UNVERIFIED = "unverified"    # nothing changed, but tasks check mode cannot verify were not applied
     FAILED = "failed"            # stopped before anything was applied, or the run itself failed
-    INTERRUPTED = "interrupted"  # stopped by a signal, or its controller was killed (found at the next start)
+    INTERRUPTED = "interrupted"  # stopped by a signal, or its controller was killed (found at the next start),
+    #                              or superseded by a push during its check (watch)
     SUSPENDED = "suspended"      # not reconciled: `controller suspend` (not recorded as a run)
 
     def exit_code(self, accept_unverified: bool = False) -> ExitCode:
@@ -181,7 +182,7 @@ class Outcome(StrEnum):
 
 def failure(reason: Reason) -> Outcome:
     """The outcome of a run that raised an error with ``reason``."""
-    return Outcome.INTERRUPTED if reason is Reason.INTERRUPTED else Outcome.FAILED
+    return Outcome.INTERRUPTED if reason in (Reason.INTERRUPTED, Reason.SUPERSEDED) else Outcome.FAILED
 
 
 class Reason(StrEnum):
@@ -201,6 +202,7 @@ class Reason(StrEnum):
     TASK_FAILED = "TaskFailed"
     RUNNER_FAILED = "RunnerFailed"
     INTERRUPTED = "Interrupted"
+    SUPERSEDED = "Superseded"  # watch: the branch moved during the check; the new head is reconciled next
     TIMED_OUT = "TimedOut"
     NOT_FOUND = "NotFound"
     VERIFICATION_FAILED = "VerificationFailed"

@@ -39,10 +39,10 @@ from controller.web.dashboard import Dashboard
 from controller.web.listener import Listener, Routes
 from lab import Lab
 from lab.repository import AgeKey
-from tests.conftest import APP_YML, BIN, VERSION, Fleet, build_fleet, write_config
+from tests.conftest import APP_YML, BIN, VERSION, Fleet, build_fleet, bump_version, write_config
 from tests.support.daemon import daemon, free_port, wait_for, watch_config
 from tests.support.metrics import promtool
-from tests.support.processes import workspaces
+from tests.support.processes import running, workspaces
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 TOKEN = "dashboard-test-token-0123456789"
@@ -342,6 +342,46 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
     assert workspaces(serve.pid) == set()
 
 
+def test_a_running_sync_is_followed_task_by_task(converged: Fleet, browser: webdriver.Chrome) -> None:
+    fleet = converged
+    slow = "sleep 12.345"  # the last task of the apply, on web2 alone: the run is caught under way
+    tasks = fleet.work / "roles/app/tasks/main.yml"
+    tasks.write_text(tasks.read_text() + yaml.safe_dump([{
+        "name": "Warm the caches", "ansible.builtin.command": slow, "changed_when": False,
+        "when": "not ansible_check_mode and inventory_hostname == 'web2.staging'"}]))
+    bump_version(fleet, "2.0.0")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config)}
+    with served(fleet.config, port):
+        sync = subprocess.Popen([str(BIN / "controller"), "sync"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for("the apply's last task on web2", lambda: running(slow), timeout=120)
+            browser.get(base + "/apps/staging")
+            browser.find_element(By.CSS_SELECTOR, "a.running-run").click()  # "a run is in progress: run #N"
+            until(browser, 10, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.live-host"))
+            live = {(row.get_attribute("data-phase"), row.get_attribute("data-host")): row.text
+                    for row in browser.find_elements(By.CSS_SELECTOR, "tr.live-host")}
+            assert set(live) == {(phase, host) for phase in ("check", "apply")
+                                 for host in ("web1.staging", "web2.staging")}, live
+            assert "Record the deployed version" in browser.find_element(By.ID, "live-run").text
+            assert "not yet: running for" in browser.find_element(By.ID, "main").text
+            browser.execute_script("window.notReloaded = true")
+            shown = browser.page_source
+        finally:
+            output, _ = sync.communicate(timeout=180)
+        assert sync.returncode == 0, output
+        # the page follows the run to its end by itself: the outcome, the reports, no live section any more
+        until(browser, 20, lambda d: not d.find_elements(By.ID, "live-run") and "converged" in d.find_element(
+            By.TAG_NAME, "h1").text)
+        assert browser.execute_script("return window.notReloaded") is True
+        assert "took" in browser.find_element(By.ID, "main").text
+    with Store(fleet.state / "state.db") as store:  # the live rows went with the run's end
+        assert store.live(fleet.runs()[0]["id"]) == ()
+    no_canary(fleet, shown, browser.page_source)
+
+
 def test_history_pages_and_filters_over_the_json_api(tmp_path: Path, browser: webdriver.Chrome) -> None:
     fill(tmp_path / "state" / "state.db", runs=120)
     config = tmp_path / "controller.yml"
@@ -463,7 +503,7 @@ def test_wrong_tokens_are_throttled_per_client_with_one_summary_line(
     dashboard = Dashboard(config, Access.of(config.ui, HostPort("127.0.0.1", 0)), Actions(config, LogProgress()),
                           schedule=None)
     listener = Listener(HostPort("127.0.0.1", 0), Routes(
-        branch="main", secrets={}, max_body=0, on_push=lambda _: None, health=lambda: (200, {}),
+        branch="main", secrets={}, max_body=0, on_push=lambda provider, sha: None, health=lambda: (200, {}),
         metrics=lambda: b"", pages=dashboard.handle, summarise=dashboard.summarise))
     # A slower refill than the default, so that a busy machine pausing the test between the flood and the next
     # request (CI: half a second was enough) cannot refill a try the test expects to be refused.

@@ -148,17 +148,23 @@ def test_apps_come_and_go_with_git_and_a_commit_reaches_only_the_apps_it_changes
     fleet = build_fleet(tmp_path / "fleet", lab, age_key, apps=("staging", "production"))
     assert fleet.controller("sync").returncode == 0
 
-    # a commit inside production's inventory alone: staging's hosts are at it without an apply
+    # a commit inside production's inventory and a role neither app's playbook names: staging's hosts are at
+    # it without an apply, and without a check either: one look at each shows it as its manifest says
     touched = {h: fleet.host_file(h, VERSION).stat().st_mtime_ns for h in ("h1", "h2")}
     group_vars = fleet.work / "inventories/production/group_vars/all/main.yml"
     group_vars.write_text(group_vars.read_text() + "\nbase_note: production only\n")
-    sha = fleet.push("Production only")
+    unused = fleet.work / "roles/system/defaults/main.yml"  # only playbooks/system.yml names it
+    unused.write_text(unused.read_text() + "\n# read by the machine layer alone\n")
+    sha = fleet.push("Production only, and a role these apps do not use")
     code, result = fleet.controller_json("sync")
     apps = {a["name"]: a for a in result["apps"]}
     assert code == 0 and apps["production"]["applied_to"] == {"web1.prod": "new revision"}, result
+    assert apps["production"]["verify"] is None  # reached: fully checked and applied
     staging = apps["staging"]
     assert (staging["outcome"], staging["apply"]) == ("in-sync", None), staging["message"]
     assert f"{sha[:12]} changes nothing this app uses since" in staging["message"]
+    assert {v["host"]: v["why"] for v in staging["verify"]} == {"web1.staging": "", "web2.staging": ""}, staging
+    assert "2 host(s) verified against their manifests" in staging["message"]
     assert {h: fleet.host_file(h, VERSION).stat().st_mtime_ns for h in ("h1", "h2")} == touched
     assert {r["app"]: (r["applied_revision"], r["hosts_at_revision"]) for r in status(fleet)} == {
         "staging": (sha, 2), "production": (sha, 1)}

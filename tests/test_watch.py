@@ -23,7 +23,7 @@ from tests.support.daemon import (
     watch_config,
 )
 from tests.support.metrics import promtool
-from tests.support.processes import workspaces
+from tests.support.processes import running, workspaces
 from tests.support.receiver import EXTERNAL, TOKEN, Forge, Receiver, forge_targets
 from tests.support.webhooks import SECRETS, SENDERS, delivery
 
@@ -137,7 +137,10 @@ def test_local_push_burst_and_suspend(converged: Fleet) -> None:
         wait_for("the last run to finish", lambda: runs(fleet)[0]["outcome"] is not None)
         time.sleep(2)  # a third run would have started by now
         burst = runs(fleet)[: len(runs(fleet)) - before]
-        assert 1 <= len(burst) <= 2
+        # one or two cycles reconciled; a check a later push of the burst made stale was stopped, applying nothing
+        whole = [r for r in burst if r["reason"] != "Superseded"]
+        assert 1 <= len(whole) <= 2, burst
+        assert not any(r["applied"] for r in burst if r["reason"] == "Superseded"), burst
         assert burst[0]["revision"] == last and burst[0]["outcome"] == "converged"
 
         suspended = fleet.controller("suspend", "staging", "--reason", "maintenance")
@@ -161,6 +164,49 @@ def test_local_push_burst_and_suspend(converged: Fleet) -> None:
     assert fleet.controller("sync").returncode == 0
     assert version_is(fleet, "4.0.0")()
     assert runs(fleet)[0]["revision"] == held
+
+
+SLOW_CHECK = "sleep 60.4321"  # odd lengths: their processes are told apart from anything else on the machine
+SLOW_APPLY = "sleep 6.4321"
+
+
+def slow_on_web2(fleet: Fleet, original: str, command: str | None, when: str) -> None:
+    """The app role with a first task that runs ``command`` on web2 alone, ``when`` says in which mode."""
+    tasks = fleet.work / "roles/app/tasks/main.yml"
+    slow = [{"name": "Take a while", "ansible.builtin.command": command, "changed_when": False, "check_mode": False,
+             "when": f"{when} and inventory_hostname == 'web2.staging'"}] if command else []
+    tasks.write_text("---\n" + (yaml.safe_dump(slow) if slow else "") + original.removeprefix("---\n"))
+
+
+def test_a_push_during_a_cycle_stops_its_stale_check_but_never_an_apply(converged: Fleet) -> None:
+    fleet = converged
+    watch_config(fleet, watch_local=True)
+    original = (fleet.work / "roles/app/tasks/main.yml").read_text()
+    with daemon(fleet) as watch:
+        wait_for("the first cycle: the fleet is converged already", lambda: "nothing to do" in watch.log())
+        # a commit whose check takes a minute on web2; a second commit arrives while it runs
+        slow_on_web2(fleet, original, SLOW_CHECK, "ansible_check_mode")
+        stale = bump_version(fleet, "1.5.0")
+        wait_for("the slow check on web2", lambda: running(SLOW_CHECK))
+        slow_on_web2(fleet, original, SLOW_APPLY, "not ansible_check_mode")
+        pushed = time.monotonic()
+        head = bump_version(fleet, "1.6.0")
+        wait_for("a run of the new head", lambda: any(r["revision"] == head for r in runs(fleet)), timeout=15)
+        print(f"the new head's run started {time.monotonic() - pushed:.1f} s after the push")
+        superseded = next(r for r in runs(fleet) if r["revision"] == stale)
+        assert (superseded["outcome"], superseded["reason"], superseded["applied"]) == (
+            "interrupted", "Superseded", False), superseded
+        assert f"superseded by {head[:12]}" in superseded["message"]
+
+        # the new head's apply is under way on web2 when a third commit arrives: it finishes all the same
+        wait_for("the slow apply on web2", lambda: running(SLOW_APPLY))
+        slow_on_web2(fleet, original, None, "")
+        last = bump_version(fleet, "1.7.0")
+        wait_for("the third commit on the hosts", version_is(fleet, "1.7.0"))
+        wait_for("its run to finish", lambda: runs(fleet)[0]["revision"] == last and runs(fleet)[0]["finished"])
+        outcomes = {r["revision"]: (r["outcome"], r["applied"]) for r in runs(fleet)}
+        assert outcomes[head] == outcomes[last] == ("converged", True), outcomes
+        assert watch.stop() == 0
 
 
 def test_scheduled_drift_check_corrects_apply_and_reports_detect_once(tmp_path: Path, lab: Any,

@@ -38,11 +38,13 @@ MAY_DEPEND = "may depend on a change not yet applied"
 
 
 class Stopped(Interrupted):
-    """The playbook was stopped by a signal; ``partial`` holds what it had done by then."""
+    """The playbook was stopped by a signal, or (a check) because a newer revision arrived; ``partial`` holds
+    what it had done by then."""
 
-    def __init__(self, message: str, partial: PlayRun) -> None:
+    def __init__(self, message: str, partial: PlayRun, reason: Reason = Reason.INTERRUPTED) -> None:
         super().__init__(message)
         self.partial = partial
+        self.reason = reason
 
 
 class OutOfTime(ControllerError):
@@ -66,11 +68,13 @@ def syntax_check(app: App, project: Path, job: Job, redactor: Redactor) -> None:
 
 def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check: bool, redactor: Redactor,
                  on_task: Callable[[TaskResult], None], on_start: Callable[[str, str], None], cancel: Cancel,
-                 limit: str | None = None) -> PlayRun:
+                 limit: str | None = None, stale: Callable[[], str | None] = lambda: None) -> PlayRun:
     """Run the app's playbook in check+diff or apply mode, streaming each task result to ``on_task`` and each
     task's start on a host to ``on_start`` (task, host).
 
     ``limit`` replaces the app's own limit: the hosts that need an apply, found by a check under that limit.
+    ``stale`` names a newer revision once one arrives: a check then stops at once (it changes nothing), an
+    apply never (a stop between two tasks would lose the handlers a change notified).
     """
     # imported here: ansible-runner brings pexpect and part of Ansible with it, which status, history, show
     # and a sync that finds nothing to do never need
@@ -80,7 +84,7 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
     collector = _Collector(check=check, redactor=redactor, project=project, on_task=on_task, on_start=on_start,
                            task_timeout=job.env.get("ANSIBLE_TASK_TIMEOUT", "?"),
                            connect_timeout=job.env.get("ANSIBLE_TIMEOUT"))  # None: the repository's ansible.cfg says
-    stop = _Stop(cancel, job.run_timeout)
+    stop = _Stop(cancel, job.run_timeout, stale if check else lambda: None)
     config = RunnerConfig(
         private_data_dir=str(private_dir),
         project_dir=str(project),
@@ -111,6 +115,9 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
                       touched=tuple(collector.touched), connections=collector.connections)
     if cancel():
         raise Stopped(f"app {app.name}: interrupted, the playbook was stopped", partial)
+    if stop.newer is not None:
+        raise Stopped(f"app {app.name}: the check was stopped: superseded by {stop.newer}, which is reconciled "
+                      "next; nothing applied", partial, Reason.SUPERSEDED)
     if stop.expired:
         phase = Phase.CHECK if check else Phase.APPLY
         raise OutOfTime(f"app {app.name}: the {phase} did not finish within "
@@ -234,16 +241,20 @@ class _Collector:
 
 
 class _Stop:
-    """ansible-runner's cancel callback: a signal, or the run's deadline; stops the playbook's tree first."""
+    """ansible-runner's cancel callback: a signal, the run's deadline, or a newer revision (a check's);
+    stops the playbook's tree first."""
 
-    def __init__(self, cancel: Cancel, seconds: float) -> None:
+    def __init__(self, cancel: Cancel, seconds: float, stale: Callable[[], str | None]) -> None:
         self.cancel = cancel
         self.deadline = time.monotonic() + seconds
         self.expired = False
+        self.stale = stale
+        self.newer: str | None = None
 
     def __call__(self) -> bool:
         self.expired = self.expired or time.monotonic() > self.deadline
-        if self.cancel() or self.expired:
+        self.newer = self.newer or self.stale()
+        if self.cancel() or self.expired or self.newer:
             # ansible-runner SIGKILLs the process group; the reaper must get to kill the rest first
             stop_children()
             return True

@@ -10,6 +10,10 @@ from urllib.parse import urlsplit
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from controller.errors import ControllerError
+from controller.process import answer
+from controller.vocabulary import Reason
+
 
 def local_bare_repository(url: str) -> Path | None:
     """The repository's directory when ``url`` names a bare repository on this host, else None."""
@@ -24,10 +28,11 @@ def local_bare_repository(url: str) -> Path | None:
 
 
 class RefWatcher(FileSystemEventHandler):
-    """Calls ``on_push`` whenever the branch's ref (loose or packed) is written."""
+    """Calls ``on_push`` with the branch's new head whenever its ref (loose or packed) is written."""
 
-    def __init__(self, repository: Path, branch: str, on_push: Callable[[], None]) -> None:
+    def __init__(self, repository: Path, branch: str, on_push: Callable[[str | None], None]) -> None:
         self.repository = repository
+        self.branch = branch
         self.targets = {str(repository / "refs" / "heads" / branch), str(repository / "packed-refs")}
         self.on_push = on_push
         self.observer = Observer()
@@ -45,4 +50,15 @@ class RefWatcher(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         paths = {os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", "") or "")}
         if paths & self.targets and event.event_type in ("created", "modified", "moved", "closed"):
-            self.on_push()
+            self.on_push(self.head())
+
+    def head(self) -> str | None:
+        """The branch's head in the repository now (None if it cannot be read: the push is taken as news)."""
+        argv = ["git", f"--git-dir={self.repository}", "rev-parse", "--verify", "--quiet", f"refs/heads/{self.branch}"]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+        try:
+            code, out = answer(argv, answers=(0, 1), reason=Reason.FETCH_FAILED, env=env, timeout=10,
+                               what=f"reading {self.branch} in {self.repository}")
+        except ControllerError:
+            return None
+        return out.strip() if code == 0 else None

@@ -125,7 +125,7 @@ class Watch:
             secrets = self._secrets()
             self.listener = Listener(self.settings.listen, Routes(
                 branch=self.config.source.branch, secrets=secrets, max_body=self.settings.max_body_bytes,
-                on_push=lambda provider: self.triggers.add(Trigger.WEBHOOK), health=self.health.report,
+                on_push=lambda provider, sha: self._pushed(Trigger.WEBHOOK, sha), health=self.health.report,
                 metrics=self.metrics.render, pages=dashboard.handle if dashboard else None,
                 summarise=dashboard.summarise if dashboard else lambda: None))
             self.listener.start()
@@ -135,7 +135,7 @@ class Watch:
                      self.listener.port, hooks, "; the dashboard: /" if dashboard else "")
         bare = local_bare_repository(self.config.source.url) if self.settings.watch_local else None
         if bare is not None:
-            watcher = RefWatcher(bare, self.config.source.branch, lambda: self.triggers.add(Trigger.PUSH))
+            watcher = RefWatcher(bare, self.config.source.branch, lambda sha: self._pushed(Trigger.PUSH, sha))
             watcher.start()
             stack.callback(watcher.stop)
             log.info("watching %s for pushes to %s", bare, self.config.source.branch)
@@ -145,6 +145,13 @@ class Watch:
         verify = f"every {self.settings.verify_interval:g}s" if self.settings.verify_interval else "off"
         log.info("watching %s (%s); polling %s; drift checks %s; verify %s",
                  RemoteUrl.parse(self.config.source.url).shown, self.config.source.branch, poll, drift, verify)
+
+    def _pushed(self, kind: Trigger, sha: str | None) -> None:
+        """A push to the branch: the next cycle reconciles it, and a cycle running now stops what it makes stale
+        (its checks at once, an apply not yet begun; never an apply under way)."""
+        self.triggers.add(kind)
+        if self.health.running is not None:
+            self.cancel.supersede(sha)
 
     def _secrets(self) -> dict[Provider, bytes]:
         """Each provider's webhook secret; refused when one shown in clear would also sign for another."""
@@ -222,6 +229,7 @@ class Watch:
         self.health.cycles += 1
         target = request.app or "every app"
         log.info("cycle: %s %s (%s)", request.mode, target, request.trigger)
+        self.cancel.renew()  # the cycle fetches whatever was pushed before it
         try:
             result = run_cycle(self.config, request, LogProgress(), self.cancel, wait=LOCK_WAIT)
         except ControllerError as error:

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from controller.ansible.results import PlayRun
+from controller.ansible.results import PlayRun, TaskResult
 from controller.ansible.runner import OutOfTime, Stopped, run_playbook
 from controller.config import Config
-from controller.errors import ControllerError, Interrupted
+from controller.errors import ControllerError, Interrupted, Superseded
 from controller.interrupt import Cancel
 from controller.run.plan import Plan, plan_apply
 from controller.run.preparation import Preparation
@@ -48,6 +48,9 @@ class AppRun:
     # inventories): its hosts there are at this revision in all but name, and need no apply for it
     same_as: str | None = None
     changed: tuple[str, ...] = ()  # the files this revision changes since the last applied one
+    # hosts are compared with their manifests before any full check: a verify, sync --verify-first, and a
+    # sync of a revision that changes nothing this app uses
+    looks: bool = False
 
     @property
     def at_revision(self) -> set[str]:
@@ -65,7 +68,7 @@ class AppRun:
         started = time.monotonic()
         self.before = {row.host: row for row in store.hosts(app.name)}
         # a verify only looks at first: a stop then is no run (nothing was under way), so the run starts after
-        verdicts = self._look(prepared.space.project) if self.request.verifying else []
+        verdicts = self._look(prepared.space.project) if self.looks else []
         run_id = store.start_run(app.name, self.revision.sha, self.kind, self.request.trigger, app.policy)
         last = store.last_applied(app.name)
         # a detect app is applied only when someone asks for exactly that (sync --apply, the dashboard's Apply)
@@ -82,7 +85,7 @@ class AppRun:
             def play(check: bool, limit: str | None = None) -> Report:
                 return self._play(run_id, prepared, check=check, limit=limit, baseline=baseline)
 
-            checked = self._check_after(verdicts, play) if self.request.verifying else play(check=True)
+            checked = self._check_after(verdicts, play) if self.looks else play(check=True)
             reviewed = self.request.plan
             if applying and reviewed is not None and (differs := reviewed.differs(app.name, checked)):
                 raise ControllerError(Reason.PLAN_STALE, f"app {app.name}: the check no longer finds what the "
@@ -92,13 +95,16 @@ class AppRun:
                 applied_at = {host: self.revision.sha if host in self.at_revision else row.revision
                               for host, row in self.before.items()}
                 plan = plan_apply(checked, applied_at, self.revision.sha, force=self.request.force)
+            if plan and plan.hosts and (newer := self.cancel.superseded(self.revision.sha)):
+                raise Superseded(f"app {app.name}: not applied: superseded by {newer} during the check, which is "
+                                 "reconciled next")
             applied = play(check=False, limit=plan.limit) if plan and plan.hosts else None
             outcome, reason = decide(checked, applied)
             rollout = Rollout.of(applied, self.revision, self.at_revision)
             message = _message(app, checked, applied, rollout, plan, self.kind, verdicts, self._last_run(checked))
             if self.same_as:
                 message += (f"; {self.revision.short} changes nothing this app uses since {self.same_as[:12]} "
-                            "(only other apps' inventories): no apply for it")
+                            "(only files other apps use): no rollout for it")
             summary = _summary(checked, applied, rollout, plan, verdicts)
             store.finish_run(run_id, outcome, reason, message, applied is not None, summary,
                              verified=sum(1 for v in verdicts if v.verified))
@@ -197,7 +203,8 @@ class AppRun:
         try:
             played = run_playbook(app, space.project, space.runner / phase, job, check=check, redactor=redactor,
                                   cancel=self.cancel, limit=limit,
-                                  on_task=lambda task: self.progress.task(app.name, phase, task),
+                                  stale=lambda: self.cancel.superseded(self.revision.sha),
+                                  on_task=lambda task: self._task(run_id, phase, task),
                                   on_start=lambda task, host: self.progress.started(app.name, phase, task, host))
         except (Stopped, OutOfTime) as stopped:
             # what an interrupted apply had already changed is worth keeping
@@ -213,6 +220,11 @@ class AppRun:
         if self.kind is not Kind.PREVIEW:
             self._record_manifests(played, found, space.project, every_host=limit is None and not self.request.limit)
         return found
+
+    def _task(self, run_id: int, phase: Phase, result: TaskResult) -> None:
+        """A task result as it arrives: to the progress sink, and to the store for the dashboard to follow."""
+        self.progress.task(self.app.name, phase, result)
+        self.store.add_live(run_id, phase, result)
 
     def _record_manifests(self, played: PlayRun, found: Report, project: Path, *, every_host: bool) -> None:
         # a check's in-sync hosts, an apply's converged ones: what they have now is what Git says

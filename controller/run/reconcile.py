@@ -14,8 +14,9 @@ from controller.run.preparation import Preparation
 from controller.run.results import AppResult, Progress, Request, Result
 from controller.run.schedule import DriftSchedule
 from controller.secrets.workspace import workspace
-from controller.source.apps import App, load_apps, reaches
+from controller.source.apps import App, load_apps
 from controller.source.git import Source
+from controller.source.impact import Impact
 from controller.source.revision import Revision
 from controller.source.signatures import verify_revision
 from controller.state.records import Suspension
@@ -65,31 +66,44 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             source.extract(revision.sha, space.project)
             every = load_apps(space.project)
             apps = _select(every, request.app)
-            # of the files as committed: a changed secret is a changed ciphertext, and nothing is decrypted yet
-            digests = {app.name: inputs_digest(config, revision.sha, app, space.project) for app in apps}
+            suspended = store.suspensions() if kind is Kind.SYNC else {}
+            changes = _changes(source, store, apps, revision.sha)
+            unreached = _unreached(changes, every, space.project)
+            # of the files as committed: a changed secret is a changed ciphertext, and nothing is decrypted yet;
+            # an app the revision cannot affect keeps the digest of the revision it is the same as, so that its
+            # hosts' manifests still vouch for them
+            digests = {app.name: inputs_digest(config, unreached.get(app.name, revision.sha), app, space.project)
+                       for app in apps}
             running = {h.revision for app in apps for h in store.hosts(app.name) if h.revision} - {revision.sha}
             prepared = Preparation(config, space, progress, source, digests, frozenset(running))
-            if not request.verifying:  # a verify prepares only if a host needs a full check
-                for app in apps:
+            # a sync looks first (one look per host) at an app the revision cannot affect, as a verify does:
+            # it prepares, checks and applies only where a host differs from its manifest; never in place of
+            # the full check the drift schedule asks for
+            looks = {app.name for app in apps if request.verifying or (
+                kind is Kind.SYNC and not request.force and app.name in unreached
+                and not _check_due(config, store, app.name))}
+            for app in apps:
+                if app.name not in looks and app.name not in suspended:
                     prepared.ready(app)
             if kind is Kind.SYNC and request.app is None and not request.verifying:
                 # only a revision that passed every gate retires apps
                 for gone in store.retire_missing([a.name for a in every], revision.sha):
                     progress.notice(f"app {gone} is no longer in gitops.yml at {revision.short}: retired")
             results = []
-            changes: dict[str, list[str] | None] = {}  # since each last applied revision
-            suspended = store.suspensions() if kind is Kind.SYNC else {}
             for app in apps:
                 if cancel():
                     break
+                if newer := cancel.superseded(revision.sha):
+                    results.append(AppResult(app.name, app.policy, None, Outcome.INTERRUPTED, Reason.SUPERSEDED,
+                                             f"not reconciled at {revision.short}: superseded by {newer}, "
+                                             "which is reconciled next", kind=kind))
+                    continue
                 if app.name in suspended:
                     results.append(_suspended(app, suspended[app.name]))
                     continue
-                since = store.last_applied(app.name)
-                changed = _changed(source, since, revision.sha, changes)
                 run = AppRun(app, request, kind, revision, store, progress, cancel, config, digests[app.name],
-                             same_as=since if changed is not None and not reaches(app, every, changed) else None,
-                             changed=tuple(changed or ()))
+                             same_as=unreached.get(app.name), looks=app.name in looks,
+                             changed=tuple(changes[app.name][1]) if changes.get(app.name) else ())
                 results.append(run.reconcile(source, prepared))
             return Result(request, revision, tuple(results), kind=kind)
     except (ControllerError, Interrupted) as error:
@@ -103,14 +117,36 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             _failed(store, name, request, kind, revision, error) for name in names), kind=kind)
 
 
-def _changed(source: Source, since: str | None, sha: str, changes: dict[str, list[str] | None]) -> list[str] | None:
-    """The files changed between an app's last applied revision and ``sha``; None when nothing was applied yet
-    or it is the same revision (nothing to compare with), or the cache lacks it."""
-    if since is None or since == sha:
-        return None
-    if since not in changes:
-        changes[since] = source.changed(since, sha)
-    return changes[since]
+def _changes(source: Source, store: Store, apps: tuple[App, ...], sha: str) -> dict[str, tuple[str, list[str]]]:
+    """Per app, its last applied revision and the files changed from there to ``sha``; no entry when nothing
+    was applied yet or it is the same revision (nothing to compare with), or the cache lacks it."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    between: dict[str, list[str] | None] = {}
+    for app in apps:
+        since = store.last_applied(app.name)
+        if since is None or since == sha:
+            continue
+        if since not in between:
+            between[since] = source.changed(since, sha)
+        if (changed := between[since]) is not None:
+            found[app.name] = (since, changed)
+    return found
+
+
+def _unreached(changes: dict[str, tuple[str, list[str]]], every: tuple[App, ...], project: Path) -> dict[str, str]:
+    """The apps a revision cannot affect (change impact: the commits since each one's last applied revision
+    change nothing it uses), each with that revision."""
+    if not changes:
+        return {}
+    impact = Impact(every, project)
+    return {app.name: changes[app.name][0] for app in every
+            if app.name in changes and not impact.reaches(app, changes[app.name][1])}
+
+
+def _check_due(config: Config, store: Store, app: str) -> bool:
+    """Whether the drift schedule asks for a full check of ``app`` now (never checked: yes)."""
+    full = store.latest(app, full=True)
+    return full is None or DriftSchedule.of(config.watch).due(parse_time(full.started), datetime.now(UTC))
 
 
 def _held_back(store: Store, app: str | None) -> list[str]:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from controller.errors import ControllerError
 from controller.schema import build, read_yaml
@@ -54,16 +53,6 @@ def load_apps(project: Path) -> tuple[App, ...]:
         for field in ("playbook", "inventory"):
             _check_inside(project, getattr(app, field), f"{key}.{field}")
     return apps
-
-
-def reaches(app: App, every: Iterable[App], changed: Iterable[str]) -> bool:
-    """Whether a commit that changes ``changed`` can change what ``app`` does to its hosts. Every file can
-    (playbooks, roles, gitops.yml, ansible.cfg, requirements), except those inside another app's inventory
-    (its hosts, group_vars, host_vars, secrets) when that inventory neither holds nor lies inside this one's."""
-    own = PurePosixPath(app.inventory)
-    foreign = [inventory for inventory in {PurePosixPath(a.inventory) for a in every}
-               if not (inventory.is_relative_to(own) or own.is_relative_to(inventory))]
-    return any(not any(PurePosixPath(path).is_relative_to(inventory) for inventory in foreign) for path in changed)
 
 
 def default_app(project: Path) -> App:

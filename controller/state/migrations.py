@@ -107,6 +107,14 @@ MIGRATIONS = (
                                         corrected = corrected + excluded.corrected;
     END;
     """,
+    # Each task result of a running run as it arrives (host, task, status: no diff, no message), so that the
+    # dashboard follows it task by task; dropped when the run finishes, whose reports then hold everything.
+    """
+    CREATE TABLE live_tasks (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER NOT NULL REFERENCES runs (id),
+        phase TEXT NOT NULL, host TEXT NOT NULL, task TEXT NOT NULL, status TEXT NOT NULL, at TEXT NOT NULL);
+    CREATE INDEX live_tasks_run ON live_tasks (run_id, seq);
+    """,
 )
 
 

@@ -58,6 +58,17 @@ class TaskRecord:
 
 
 @dataclass(frozen=True)
+class LiveTask:
+    """One task result of a run still going, as it arrived (the dashboard follows a run with these)."""
+
+    phase: Phase
+    host: str
+    task: str
+    status: TaskStatus
+    at: str
+
+
+@dataclass(frozen=True)
 class RunDetail:
     """A run with its per-host results and its tasks (``controller show``)."""
 

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from controller.ansible.results import TaskResult
 from controller.clock import now
 from controller.config import Config
 from controller.errors import ControllerError
@@ -22,6 +23,7 @@ from controller.state.records import (
     HostEvent,
     HostRecord,
     HostResult,
+    LiveTask,
     RunDetail,
     RunRecord,
     Suspension,
@@ -121,10 +123,23 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(run_id, phase, t.host, t.task, t.action, t.status, t.diff, t.message) for t in report.tasks])
 
+    def add_live(self, run_id: int, phase: Phase, result: TaskResult) -> None:
+        """One task result of a running run, as it arrives (already redacted; its diff and message are not kept)."""
+        self.db.execute("INSERT INTO live_tasks (run_id, phase, host, task, status, at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (run_id, phase, result.host, result.task, result.status, now()))
+
+    def live(self, run_id: int) -> tuple[LiveTask, ...]:
+        """The task results a running run has had so far, in order (none once it finished)."""
+        rows = self.db.execute("SELECT phase, host, task, status, at FROM live_tasks WHERE run_id = ? ORDER BY seq",
+                               (run_id,))
+        return tuple(LiveTask(Phase(r["phase"]), r["host"], r["task"], TaskStatus(r["status"]), r["at"])
+                     for r in rows)
+
     def finish_run(self, run_id: int, outcome: Outcome, reason: Reason | None, message: str,
                    applied: bool, summary: dict[str, Any], verified: int = 0) -> None:
         started = self._clocks.pop(run_id, None)
         seconds = None if started is None else time.monotonic() - started
+        self.db.execute("DELETE FROM live_tasks WHERE run_id = ?", (run_id,))
         self.db.execute(
             "UPDATE runs SET finished = ?1, outcome = ?2, reason = ?3, message = ?4, applied = ?5, summary = ?6,"
             " verified = ?7, seconds = COALESCE(?8, (julianday(?1) - julianday(started)) * 86400) WHERE id = ?9",
@@ -133,6 +148,7 @@ class Store:
 
     def interrupt_unfinished(self) -> int:
         """Mark runs left running by a controller that was killed; only call while holding the lock."""
+        self.db.execute("DELETE FROM live_tasks")
         return self.db.execute(
             "UPDATE runs SET finished = ?1, outcome = ?2, reason = ?3, message = ?4,"
             " seconds = (julianday(?1) - julianday(started)) * 86400 WHERE finished IS NULL",
@@ -263,11 +279,12 @@ class Store:
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(values)
 
     def stamp(self) -> str:
-        """A value that changes whenever a run starts or ends, its hosts' states are recorded (just after it
-        ends), or an app is suspended or resumed: live pages compare it to know when to refresh."""
+        """A value that changes whenever a run starts or ends, has a task result, its hosts' states are recorded
+        (just after it ends), or an app is suspended or resumed: live pages compare it to know when to refresh."""
         row = self.db.execute(
             "SELECT (SELECT MAX(id) FROM runs), (SELECT COUNT(*) FROM runs WHERE finished IS NULL),"
-            " (SELECT MAX(run_id) FROM hosts), (SELECT group_concat(app || since) FROM suspensions)").fetchone()
+            " (SELECT MAX(run_id) FROM hosts), (SELECT group_concat(app || since) FROM suspensions),"
+            " (SELECT MAX(seq) FROM live_tasks)").fetchone()
         return ":".join(str(value) for value in row)
 
     def run(self, run_id: int) -> RunDetail | None:

@@ -37,8 +37,9 @@ from controller.report.metrics import Metrics
 from controller.run.recovery import recover
 from controller.run.results import Progress
 from controller.run.schedule import DriftSchedule
+from controller.state.records import LiveTask
 from controller.state.store import Store
-from controller.vocabulary import RUNNING, Action, HostState, Kind, Outcome, Trigger
+from controller.vocabulary import RUNNING, Action, HostState, Kind, Outcome, TaskStatus, Trigger
 from controller.web.access import Access, Throttle
 from controller.web.actions import Actions
 from controller.web.health import Health
@@ -48,6 +49,7 @@ log = logging.getLogger("controller")
 
 PAGE_SIZE = 50        # runs per history page
 RECENT_RUNS = 20      # runs on an app's page
+LIVE_RECENT = 15      # the newest task results a running run's page lists
 POLL_SECONDS = 2      # how often a page asks whether anything changed (live.js; the meta refresh is slower)
 HEADERS = (
     # the pages need nothing from elsewhere; scripts only from our own file, so injected markup could not run
@@ -137,9 +139,10 @@ class Dashboard:
             if api:
                 return self.reply(200, json_bytes(facts), "application/json")
             stamp, busy = self.stamp(store), self.busy(store)
+            running_runs = [(r.id, r.app) for r in store.runs(limit=5, outcome=RUNNING)]
         notice = parse_qs(request.query).get("notice", [""])[0]
         html = self.env.get_template(f"{name}.html").render(
-            **facts, stamp=stamp, busy=busy, csrf=self.access.csrf, poll=POLL_SECONDS,
+            **facts, stamp=stamp, busy=busy, running_runs=running_runs, csrf=self.access.csrf, poll=POLL_SECONDS,
             notice=NOTICES.get(notice), login=self.access.token is not None, outcomes=OUTCOMES, triggers=tuple(Trigger),
             kinds=tuple(Kind), states=(RUNNING, *HostState, Outcome.CONVERGED, Outcome.INTERRUPTED))
         return self.reply(200, html.encode(), "text/html; charset=utf-8", self.access.cookie_headers())
@@ -204,7 +207,8 @@ class Dashboard:
 
     def login_page(self, request: WebRequest, status: int, target: str, failed: bool = False) -> Reply:
         html = self.env.get_template("login.html").render(
-            next=target, failed=failed, csrf=self.access.csrf, stamp="", busy=False, poll=POLL_SECONDS, login=False)
+            next=target, failed=failed, csrf=self.access.csrf, stamp="", busy=False, running_runs=(), poll=POLL_SECONDS,
+            login=False)
         return self.reply(status, html.encode(), "text/html; charset=utf-8", self.access.cookie_headers())
 
     def error(self, request: WebRequest, status: int, message: str,
@@ -212,7 +216,8 @@ class Dashboard:
         if request.path.startswith("/api/"):
             return self.reply(status, json_bytes({"error": message}), "application/json", headers)
         html = self.env.get_template("error.html").render(
-            status=status, message=message, stamp="", busy=False, poll=POLL_SECONDS, login=False)
+            status=status, message=message, stamp="", busy=False, running_runs=(), poll=POLL_SECONDS,
+            login=False)
         return self.reply(status, html.encode(), "text/html; charset=utf-8", headers)
 
     def summarise(self) -> None:
@@ -281,13 +286,14 @@ class Dashboard:
                 "events": [{**run_document(e.run), "happened": e.happened.value} for e in events]}
 
     def run(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
-        """One run as `controller show --json` has it, with its commit."""
+        """One run as `controller show --json` has it, with its commit; while it runs, its task results so far."""
         detail = store.run(int(parts[0]))
         if detail is None:
             raise NotFound(f"no run {parts[0]} in the state store")
         revision = detail.run.revision
         return {"run": {**detail_document(detail),
-                        "commit": commit_document(store.revision(revision) if revision else None)}}
+                        "commit": commit_document(store.revision(revision) if revision else None)},
+                "live": None if detail.run.finished else live_document(store.live(detail.run.id))}
 
     def history(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
         """Runs newest first (`controller history --json`), filtered by app, outcome, trigger and kind, a page at a
@@ -321,6 +327,20 @@ def route(path: str, api: bool) -> tuple[str, list[str]]:
         if match:
             return name, [unquote(g) for g in match.groups()]
     raise NotFound(f"no page at {'/api' if api else ''}{path}")
+
+
+def live_document(results: tuple[LiveTask, ...]) -> dict[str, Any]:
+    """A running run's task results so far: per host and phase, how many, how many changed or failed, and the
+    latest; and the newest results first."""
+    hosts: dict[tuple[str, str], dict[str, Any]] = {}
+    for result in results:
+        row = hosts.setdefault((result.phase, result.host), {"phase": result.phase, "host": result.host, "tasks": 0,
+                                                             "changed": 0, "failed": 0})
+        row["tasks"] += 1
+        row["changed"] += result.status is TaskStatus.CHANGED
+        row["failed"] += result.status.broken
+        row["latest"], row["status"], row["at"] = result.task, result.status, result.at
+    return {"hosts": list(hosts.values()), "recent": [asdict(r) for r in reversed(results[-LIVE_RECENT:])]}
 
 
 def json_bytes(facts: Any) -> bytes:
@@ -359,7 +379,8 @@ def serve(config: Config, listen: HostPort, cancel: Cancel, progress: Progress) 
     dashboard = Dashboard(config, Access.of(config.ui, listen), actions, schedule=None)
     health = Health(running_now=lambda: actions.running and Trigger.UI)
 
-    listener = Listener(listen, Routes(branch=config.source.branch, secrets={}, max_body=0, on_push=lambda _: None,
+    listener = Listener(listen, Routes(branch=config.source.branch, secrets={}, max_body=0,
+                                       on_push=lambda provider, sha: None,
                                        health=health.report, metrics=Metrics(config.store_path).render,
                                        pages=dashboard.handle, summarise=dashboard.summarise))
     with Store.of(config) as store:

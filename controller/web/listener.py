@@ -58,7 +58,7 @@ class Routes:
     branch: str
     secrets: Mapping[Provider, bytes]  # the webhook secret of each provider; the others' hooks are off (403)
     max_body: int
-    on_push: Callable[[str], None]
+    on_push: Callable[[Provider, str | None], None]  # the provider, and the revision pushed when it says
     health: Callable[[], tuple[int, dict[str, Any]]]
     metrics: Callable[[], bytes]
     # the dashboard: every other GET and POST
@@ -313,7 +313,7 @@ class Server:
             return Reply.json(200, {"ignored": f"delivery {push.delivery} already received"})
         sha = push.revision(routes.branch)
         log.info("webhook %s: push to %s (%s)", provider, routes.branch, (sha or "?")[:12])
-        routes.on_push(provider)
+        routes.on_push(provider, sha)
         return Reply.json(202, {"accepted": True, "branch": routes.branch, "revision": sha})
 
     def _refusal(self, request: _Request, rejected: Rejected) -> bytes:

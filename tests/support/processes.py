@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from pathlib import Path
+
+
+def running(command: str) -> bool:
+    """Whether a process with exactly this command line runs (a lab host's processes are this machine's)."""
+    return subprocess.run(["pgrep", "-f", f"^{command}$"], capture_output=True, check=False).returncode == 0
 
 
 def workspaces(pid: int | None = None) -> set[Path]:

@@ -33,7 +33,8 @@ def listening(secrets: dict[Provider, bytes] | None = None, max_body: int = MiB,
     """A real listener on a free port of 127.0.0.1, and the providers of the pushes it accepted."""
     pushes: list[str] = []
     routes = Routes(branch="main", secrets=SECRETS if secrets is None else secrets, max_body=max_body,
-                    on_push=pushes.append, health=lambda: (200, {"status": "ok"}), metrics=lambda: b"up 1\n")
+                    on_push=lambda provider, sha: pushes.append(provider), health=lambda: (200, {"status": "ok"}),
+                    metrics=lambda: b"up 1\n")
     listener = Listener(HostPort("127.0.0.1", 0), routes, **limits)
     listener.start()
     try:
