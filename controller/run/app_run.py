@@ -111,11 +111,11 @@ class AppRun:
             behind = 0
             if self.kind is not Kind.PREVIEW:  # a preview never becomes the app's (or a host's) state
                 converged = [h.host for h in (applied.hosts if applied else ()) if h.status.reached]
-                if self.same_as:  # in sync at a revision the same for this app: at this one now
-                    converged += [h.host for h in checked.hosts if h.status is TaskStatus.OK and h.host in
-                                  self.at_revision and h.host not in converged]
+                # in sync at a revision the same for this app: at this one now, though nothing ran there
+                moved = [h.host for h in checked.hosts if h.status is TaskStatus.OK and h.host in self.at_revision
+                         and h.host not in converged] if self.same_as else []
                 store.record_hosts(app.name, run_id, host_states(checked, applied), converged, self.revision.sha,
-                                   every_host=not self.request.limit)
+                                   every_host=not self.request.limit, moved=moved)
                 behind = sum(1 for h in store.hosts(app.name) if h.revision != self.revision.sha)
             return AppResult(app.name, app.policy, run_id, outcome, reason, message, checked, applied, last,
                              self.revision.sha, time.monotonic() - started, self.kind, plan, behind,
@@ -162,7 +162,8 @@ class AppRun:
         if not stamps:
             return ""
         when = _utc(stamps[0]) if stamps[0][:16] == stamps[-1][:16] else f"{_utc(stamps[0])} to {_utc(stamps[-1])}"
-        return f"last run at {self.revision.short} on {when}"
+        # an app a commit did not reach ran them at the revision it is the same as
+        return f"last run at {(self.same_as or self.revision.sha)[:12]} on {when}"
 
     def _refuse_rewrite(self, source: Source, last: str | None) -> None:
         revision = self.revision

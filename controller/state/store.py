@@ -156,7 +156,7 @@ class Store:
              "the controller was killed before this run finished; its workspace was wiped")).rowcount
 
     def record_hosts(self, app: str, run_id: int, states: Mapping[str, HostState], applied: list[str],
-                     revision: str, *, every_host: bool = True) -> None:
+                     revision: str, *, every_host: bool = True, moved: Collection[str] = ()) -> None:
         """Each host's state after a check or sync; ``applied`` hosts now run ``revision``. After a run of the
         whole inventory (``every_host``), hosts no longer in it are forgotten; a --limit run forgets none."""
         stamp = now()
@@ -172,6 +172,9 @@ class Store:
                     " state = excluded.state", (app, host, state, stamp, run_id))
             db.executemany("UPDATE hosts SET revision = ?, applied_at = ? WHERE app = ? AND host = ?",
                            [(revision, stamp, app, host) for host in applied])
+            # at a revision the same for the app: applied_at stays when the playbook last ran there
+            db.executemany("UPDATE hosts SET revision = ? WHERE app = ? AND host = ?",
+                           [(revision, app, host) for host in moved])
 
     def record_manifests(self, app: str, manifests: dict[str, Manifest | None], *, every_host: bool) -> None:
         """Each host's manifest after a full run (None: not in sync, nothing to trust); a run of the whole
