@@ -17,6 +17,7 @@ class Cancel:
     def __init__(self) -> None:
         self.event = threading.Event()
         self._deferring = False
+        self._lock = threading.Lock()
         self._pushed = False  # the daemon saw the branch move while a cycle ran
         self._newer: str | None = None  # to this revision, when the push said
 
@@ -25,17 +26,21 @@ class Cancel:
 
     def supersede(self, sha: str | None) -> None:
         """The branch moved (to ``sha``, when known) while a cycle ran: its checks are stale from now on."""
-        self._pushed, self._newer = True, sha
+        with self._lock:
+            self._pushed, self._newer = True, sha
 
     def superseded(self, sha: str) -> str | None:
         """What makes work at revision ``sha`` stale (the newer revision, shortened), or None."""
-        if not self._pushed or self._newer == sha:
+        with self._lock:
+            pushed, newer = self._pushed, self._newer
+        if not pushed or newer == sha:
             return None
-        return self._newer[:12] if self._newer else "a newer push"
+        return newer[:12] if newer else "a newer push"
 
     def renew(self) -> None:
-        """A cycle starts: it fetches whatever was pushed before."""
-        self._pushed, self._newer = False, None
+        """A cycle that fetches starts: it gets whatever was pushed before."""
+        with self._lock:
+            self._pushed, self._newer = False, None
 
     @contextmanager
     def deferred(self) -> Iterator[None]:

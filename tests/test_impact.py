@@ -93,3 +93,24 @@ def test_what_cannot_be_followed_reaches_every_app_but_other_inventories_do_not(
 def test_a_playbook_that_does_not_parse_reaches_every_app(project: Path) -> None:
     (project / "playbooks/monitoring.yml").write_text("- hosts: all\n  tasks: [\n")
     assert reached(project, "roles/postgresql/tasks/main.yml") == {"web", "db", "monitoring"}
+
+
+def test_a_role_s_file_imported_by_path_reaches_the_app_that_imports_it(project: Path) -> None:
+    monitoring = yaml.safe_load((project / "playbooks/monitoring.yml").read_text())
+    monitoring[0]["tasks"].append({"import_tasks": "../roles/retired/tasks/main.yml"})
+    (project / "playbooks/monitoring.yml").write_text(yaml.safe_dump(monitoring))
+    assert reached(project, "roles/retired/tasks/main.yml") == {"monitoring"}
+
+
+def test_roles_are_found_where_ansible_looks_first_and_by_path_from_the_playbook(project: Path) -> None:
+    # roles/ beside the playbook comes before roles_path: this common shadows roles/common for web and db
+    shadow = project / "playbooks/roles/common/tasks/main.yml"
+    shadow.parent.mkdir(parents=True)
+    shadow.write_text(yaml.safe_dump([{"debug": {"msg": "the one Ansible runs"}}]))
+    assert reached(project, "playbooks/roles/common/tasks/main.yml") == {"web", "db"}
+    assert reached(project, "roles/common/tasks/users.yml") == set()
+    # a role named by its path, in a task file one directory down: resolved from the playbook's directory
+    (project / "tasks/agent.yml").write_text(yaml.safe_dump([{"include_role": {"name": "../roles/postgresql"}}]))
+    assert reached(project, "roles/postgresql/tasks/main.yml") == {"db", "monitoring"}
+    (project / "tasks/agent.yml").write_text(yaml.safe_dump([{"include_role": {"name": "../roles/nowhere"}}]))
+    assert reached(project, "roles/postgresql/tasks/main.yml") == {"web", "db", "monitoring"}

@@ -168,6 +168,13 @@ def test_apps_come_and_go_with_git_and_a_commit_reaches_only_the_apps_it_changes
     assert {h: fleet.host_file(h, VERSION).stat().st_mtime_ns for h in ("h1", "h2")} == touched
     assert {r["app"]: (r["applied_revision"], r["hosts_at_revision"]) for r in status(fleet)} == {
         "staging": (sha, 2), "production": (sha, 1)}
+    # and again at the next such commit: the look vouched for the hosts at the revision it moved them to
+    group_vars.write_text(group_vars.read_text() + "\nbase_note2: production again\n")
+    again = fleet.push("Production only, again")
+    code, result = fleet.controller_json("sync", "--app", "staging")
+    [staging] = result["apps"]
+    assert code == 0 and f"{again[:12]} changes nothing this app uses since {sha[:12]}" in staging["message"]
+    assert {v["host"]: v["why"] for v in staging["verify"]} == {"web1.staging": "", "web2.staging": ""}, staging
 
     runs = len(fleet.runs())
     nosuch = fleet.controller("check", "--app", "nosuch")

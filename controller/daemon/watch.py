@@ -55,6 +55,12 @@ class Triggers:
                 self._first = time.monotonic()
             self._cond.notify_all()
 
+    @property
+    def waiting(self) -> bool:
+        """A trigger arrived that no cycle has taken yet."""
+        with self._cond:
+            return bool(self._kinds)
+
     def take(self, deadline: float) -> set[Trigger]:
         """Wait until a trigger has settled or the monotonic ``deadline`` passes; return what arrived."""
         with self._cond:
@@ -149,9 +155,9 @@ class Watch:
     def _pushed(self, kind: Trigger, sha: str | None) -> None:
         """A push to the branch: the next cycle reconciles it, and a cycle running now stops what it makes stale
         (its checks at once, an apply not yet begun; never an apply under way)."""
-        self.triggers.add(kind)
-        if self.health.running is not None:
+        if self.health.running is not None:  # before the trigger, which the next cycle takes (and renews)
             self.cancel.supersede(sha)
+        self.triggers.add(kind)
 
     def _secrets(self) -> dict[Provider, bytes]:
         """Each provider's webhook secret; refused when one shown in clear would also sign for another."""
@@ -192,7 +198,7 @@ class Watch:
             # a retry runs everything again; other triggers only when the branch moved or a check is due
             self._cycle(Request(Mode.SYNC, trigger=trigger, only_if_changed=trigger is not Trigger.RETRY))
         for app in due_apps if self.retry_at == math.inf else ():  # while backing off, the retry comes first
-            if self.cancel():
+            if self.cancel() or self.triggers.waiting:  # a push first: the next turn fetches it
                 return
             self._cycle(Request(Mode.SYNC, app=app, trigger=Trigger.SCHEDULE, fetch=False))
         if not kinds and not due_apps and self.retry_at == math.inf and time.monotonic() >= self.next_verify:
@@ -229,7 +235,8 @@ class Watch:
         self.health.cycles += 1
         target = request.app or "every app"
         log.info("cycle: %s %s (%s)", request.mode, target, request.trigger)
-        self.cancel.renew()  # the cycle fetches whatever was pushed before it
+        if request.fetch:  # it gets whatever was pushed before; one from the cache stays stale for it
+            self.cancel.renew()
         try:
             result = run_cycle(self.config, request, LogProgress(), self.cancel, wait=LOCK_WAIT)
         except ControllerError as error:

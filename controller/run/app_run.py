@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -25,6 +27,8 @@ from controller.verify.manifest import Verdict
 from controller.verify.verdict import manifests_after, verified_report, verify_hosts
 from controller.vocabulary import Kind, Phase, Policy, Reason, TaskStatus, failure
 
+log = logging.getLogger("controller")
+
 
 @dataclass
 class AppRun:
@@ -39,6 +43,8 @@ class AppRun:
     cancel: Cancel
     config: Config
     digest: str                     # of everything a host manifest derives from (controller.manifest)
+    # the same at this very revision, where ``digest`` is of the one it is the same as (``same_as``)
+    digest_here: str
     relook: set[str] = field(default_factory=set)  # hosts whose manifest is made afresh after this run
     # each host's row in the store before this run: the revision applied there, and when
     before: dict[str, HostRecord] = field(default_factory=dict)
@@ -116,6 +122,8 @@ class AppRun:
                          and h.host not in converged] if self.same_as else []
                 store.record_hosts(app.name, run_id, host_states(checked, applied), converged, self.revision.sha,
                                    every_host=not self.request.limit, moved=moved)
+                if self.same_as:
+                    self._restamp()
                 behind = sum(1 for h in store.hosts(app.name) if h.revision != self.revision.sha)
             return AppResult(app.name, app.policy, run_id, outcome, reason, message, checked, applied, last,
                              self.revision.sha, time.monotonic() - started, self.kind, plan, behind,
@@ -201,16 +209,26 @@ class AppRun:
         job, redactor = prepared.ready(app)
         where = f" on {limit}" if limit else ""
         self.progress.step(f"{app.name}: {phase} ({app.playbook} on {app.inventory}{where})")
+        live = LiveTasks(self.store, run_id, phase)
+
+        def task(result: TaskResult) -> None:
+            self.progress.task(app.name, phase, result)
+            live.add(result)
+
+        def started(name: str, host: str) -> None:
+            live.flush()  # the task before it has ended on every host it ran on (linear: in lockstep)
+            self.progress.started(app.name, phase, name, host)
+
         try:
             played = run_playbook(app, space.project, space.runner / phase, job, check=check, redactor=redactor,
-                                  cancel=self.cancel, limit=limit,
-                                  stale=lambda: self.cancel.superseded(self.revision.sha),
-                                  on_task=lambda task: self._task(run_id, phase, task),
-                                  on_start=lambda task, host: self.progress.started(app.name, phase, task, host))
+                                  cancel=self.cancel, limit=limit, on_task=task, on_start=started,
+                                  stale=lambda: self.cancel.superseded(self.revision.sha))
         except (Stopped, OutOfTime) as stopped:
             # what an interrupted apply had already changed is worth keeping
             self.store.add_report(run_id, phase, report(stopped.partial))
             raise
+        finally:
+            live.flush()
         found = report(played)
         if check:
             found = settle(found, self.at_revision)
@@ -222,10 +240,14 @@ class AppRun:
             self._record_manifests(played, found, space.project, every_host=limit is None and not self.request.limit)
         return found
 
-    def _task(self, run_id: int, phase: Phase, result: TaskResult) -> None:
-        """A task result as it arrives: to the progress sink, and to the store for the dashboard to follow."""
-        self.progress.task(self.app.name, phase, result)
-        self.store.add_live(run_id, phase, result)
+    def _restamp(self) -> None:
+        """Manifests taken at the revision this one is the same as (this run's, and those it relied on) vouch
+        for this revision too: they take its digest, so that the next commit that does not reach the app is
+        compared with them again rather than fully checked."""
+        same = {host: replace(m, digest=self.digest_here, revision=self.revision.sha)
+                for host, m in self.store.manifests(self.app.name).items() if m is not None and m.digest == self.digest}
+        if same:
+            self.store.record_manifests(self.app.name, same, every_host=False)
 
     def _record_manifests(self, played: PlayRun, found: Report, project: Path, *, every_host: bool) -> None:
         # a check's in-sync hosts, an apply's converged ones: what they have now is what Git says
@@ -236,6 +258,31 @@ class AppRun:
                                     self.unverifiable, project)
         # an apply only runs where needed: the hosts it skipped keep the check's manifests
         self.store.record_manifests(self.app.name, manifests, every_host=every_host and played.check)
+
+
+class LiveTasks:
+    """A running run's task results for the dashboard, written to the store a task at a time (as the next
+    task starts, and at the end): one write per task, not per host. A write that fails (the store locked
+    for long, a full disk) is logged once and never stops the playbook, an apply least of all."""
+
+    def __init__(self, store: Store, run_id: int, phase: Phase) -> None:
+        self.store, self.run_id, self.phase = store, run_id, phase
+        self.pending: list[TaskResult] = []
+        self.broken = False
+
+    def add(self, result: TaskResult) -> None:
+        self.pending.append(result)
+
+    def flush(self) -> None:
+        if not self.pending or self.broken:
+            return
+        try:
+            self.store.add_live(self.run_id, self.phase, self.pending)
+        except sqlite3.Error as error:
+            self.broken = True
+            log.warning("run %d: the dashboard will not follow this %s task by task: %s", self.run_id, self.phase,
+                        error)
+        self.pending = []
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,9 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             # of the files as committed: a changed secret is a changed ciphertext, and nothing is decrypted yet;
             # an app the revision cannot affect keeps the digest of the revision it is the same as, so that its
             # hosts' manifests still vouch for them
-            digests = {app.name: inputs_digest(config, unreached.get(app.name, revision.sha), app, space.project)
-                       for app in apps}
+            here = {app.name: inputs_digest(config, revision.sha, app, space.project) for app in apps}
+            digests = {app.name: inputs_digest(config, unreached[app.name], app, space.project)
+                       if app.name in unreached else here[app.name] for app in apps}
             running = {h.revision for app in apps for h in store.hosts(app.name) if h.revision} - {revision.sha}
             prepared = Preparation(config, space, progress, source, digests, frozenset(running))
             # a sync looks first (one look per host) at an app the revision cannot affect, as a verify does:
@@ -102,6 +103,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                     results.append(_suspended(app, suspended[app.name]))
                     continue
                 run = AppRun(app, request, kind, revision, store, progress, cancel, config, digests[app.name],
+                             here[app.name],
                              same_as=unreached.get(app.name), looks=app.name in looks,
                              changed=tuple(changes[app.name][1]) if changes.get(app.name) else ())
                 results.append(run.reconcile(source, prepared))

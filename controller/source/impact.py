@@ -46,9 +46,13 @@ class Impact:
 
     def __init__(self, every: Iterable[App], project: Path) -> None:
         self.apps = tuple(every)
-        self.roots = _role_roots(project, self.apps)
+        configured = _roles_path(project)
+        roots = {root for a in self.apps for root in _search(a, configured)}
+        # every role the repository holds where some app's playbook could find it
+        self.roles = {root / d.name for root in roots if (project / root).is_dir()
+                      for d in (project / root).iterdir() if _is_role(d)}
         try:
-            self.uses: dict[str, Uses] = {a.name: _uses(a, project, self.roots) for a in self.apps}
+            self.uses: dict[str, Uses] = {a.name: _uses(a, project, _search(a, configured)) for a in self.apps}
         except _Unknown:
             self.uses = {}
 
@@ -62,38 +66,37 @@ class Impact:
         for path in map(PurePosixPath, changed):
             if any(path.is_relative_to(inventory) for inventory in foreign):
                 continue
-            if mine is None:
+            if mine is None or path in mine.files:
                 return True
-            role = _role_of(path, self.roots)
+            role = next((r for r in self.roles if path.is_relative_to(r)), None)
             if role is not None:
                 if role in mine.roles:
                     return True
                 continue  # a role this app does not use
-            if path in mine.files or not any(path in u.files for u in others):
+            if not any(path in u.files for u in others):
                 return True
         return False
 
 
-def _role_roots(project: Path, apps: tuple[App, ...]) -> tuple[PurePosixPath, ...]:
-    """Where roles live in the repository: ansible.cfg's roles_path, and ``roles/`` beside each playbook."""
+def _roles_path(project: Path) -> tuple[PurePosixPath, ...]:
+    """ansible.cfg's roles_path entries inside the repository, in order."""
     configured = read_ansible_cfg(project).get("defaults", "roles_path", fallback="") or ""
-    roots = {PurePosixPath(os.path.normpath(p)) for p in configured.split(os.pathsep)
-             if p and not os.path.isabs(p) and not p.startswith("~")}
-    roots |= {PurePosixPath(a.playbook).parent / "roles" for a in apps}
-    return tuple(sorted(r for r in roots if not str(r).startswith("..")))
+    entries = (PurePosixPath(os.path.normpath(p)) for p in configured.split(os.pathsep)
+               if p and not os.path.isabs(p) and not p.startswith("~"))
+    return tuple(e for e in entries if not str(e).startswith(".."))
 
 
-def _role_of(path: PurePosixPath, roots: tuple[PurePosixPath, ...]) -> PurePosixPath | None:
-    """The role directory ``path`` lies in (``roles/NAME``), if any."""
-    for root in roots:
-        if path.is_relative_to(root) and len(path.relative_to(root).parts) > 1:
-            return root / path.relative_to(root).parts[0]
-    return None
+def _search(app: App, configured: tuple[PurePosixPath, ...]) -> tuple[PurePosixPath, ...]:
+    """Where Ansible looks for a role of ``app``'s playbook, in its order: ``roles/`` beside the playbook,
+    roles_path, the playbook's own directory."""
+    beside = PurePosixPath(app.playbook).parent
+    return tuple({root: None for root in (beside / "roles", *configured, beside)})
 
 
 def _uses(app: App, project: Path, roots: tuple[PurePosixPath, ...]) -> Uses:
     files: set[PurePosixPath] = set()
     roles: set[PurePosixPath] = set()
+    beside = PurePosixPath(app.playbook).parent
     pending = [PurePosixPath(app.playbook)]
     while pending:
         path = pending.pop()
@@ -104,7 +107,7 @@ def _uses(app: App, project: Path, roots: tuple[PurePosixPath, ...]) -> Uses:
             if kind == "file":
                 pending.append(_inside(path.parent, name))
             else:
-                pending.extend(_role_files(_role_dir(name, path.parent, project, roots), project, roles))
+                pending.extend(_role_files(_role_dir(name, beside, project, roots), project, roles))
     return Uses(frozenset(files), frozenset(roles))
 
 
@@ -123,12 +126,21 @@ def _role_files(role: PurePosixPath | None, project: Path, seen: set[PurePosixPa
 
 def _role_dir(name: str, beside: PurePosixPath, project: Path,
               roots: tuple[PurePosixPath, ...]) -> PurePosixPath | None:
-    if "/" in name:  # a role named by its path
-        return _inside(beside, name)
+    """The role directory ``name`` resolves to, as Ansible searches ``roots`` (a role named by its path: from
+    the playbook's directory); None for a role from outside the repository (a collection's, the bastion's)."""
+    if "/" in name:
+        role = _inside(beside, name)
+        if not (project / role).is_dir():
+            raise _Unknown(name)
+        return role
     for root in roots:
-        if (project / root / name).is_dir():
+        if _is_role(project / root / name):
             return root / name
-    return None  # from a collection (ns.coll.role) or the bastion's own roles: not in this repository
+    return None
+
+
+def _is_role(directory: Path) -> bool:
+    return (directory / "tasks").is_dir() or (directory / "meta").is_dir()
 
 
 def _inside(directory: PurePosixPath, name: str) -> PurePosixPath:

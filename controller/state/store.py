@@ -123,10 +123,12 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(run_id, phase, t.host, t.task, t.action, t.status, t.diff, t.message) for t in report.tasks])
 
-    def add_live(self, run_id: int, phase: Phase, result: TaskResult) -> None:
-        """One task result of a running run, as it arrives (already redacted; its diff and message are not kept)."""
-        self.db.execute("INSERT INTO live_tasks (run_id, phase, host, task, status, at) VALUES (?, ?, ?, ?, ?, ?)",
-                        (run_id, phase, result.host, result.task, result.status, now()))
+    def add_live(self, run_id: int, phase: Phase, results: Collection[TaskResult]) -> None:
+        """Task results of a running run, as they arrive (already redacted; their diffs and messages not kept)."""
+        stamp = now()
+        with self._transaction() as db:
+            db.executemany("INSERT INTO live_tasks (run_id, phase, host, task, status, at) VALUES (?, ?, ?, ?, ?, ?)",
+                           [(run_id, phase, r.host, r.task, r.status, stamp) for r in results])
 
     def live(self, run_id: int) -> tuple[LiveTask, ...]:
         """The task results a running run has had so far, in order (none once it finished)."""
@@ -176,7 +178,7 @@ class Store:
             db.executemany("UPDATE hosts SET revision = ? WHERE app = ? AND host = ?",
                            [(revision, app, host) for host in moved])
 
-    def record_manifests(self, app: str, manifests: dict[str, Manifest | None], *, every_host: bool) -> None:
+    def record_manifests(self, app: str, manifests: Mapping[str, Manifest | None], *, every_host: bool) -> None:
         """Each host's manifest after a full run (None: not in sync, nothing to trust); a run of the whole
         inventory (``every_host``) also forgets the hosts it did not see."""
         with self._transaction() as db:
@@ -282,13 +284,16 @@ class Store:
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(values)
 
     def stamp(self) -> str:
-        """A value that changes whenever a run starts or ends, has a task result, its hosts' states are recorded
-        (just after it ends), or an app is suspended or resumed: live pages compare it to know when to refresh."""
+        """A value that changes whenever a run starts or ends, its hosts' states are recorded (just after it
+        ends), or an app is suspended or resumed: live pages compare it to know when to refresh."""
         row = self.db.execute(
             "SELECT (SELECT MAX(id) FROM runs), (SELECT COUNT(*) FROM runs WHERE finished IS NULL),"
-            " (SELECT MAX(run_id) FROM hosts), (SELECT group_concat(app || since) FROM suspensions),"
-            " (SELECT MAX(seq) FROM live_tasks)").fetchone()
+            " (SELECT MAX(run_id) FROM hosts), (SELECT group_concat(app || since) FROM suspensions)").fetchone()
         return ":".join(str(value) for value in row)
+
+    def live_stamp(self, run_id: int) -> int:
+        """How many task results a running run has had so far (0 once it ended: they go with it)."""
+        return int(self.db.execute("SELECT COUNT(*) FROM live_tasks WHERE run_id = ?", (run_id,)).fetchone()[0])
 
     def run(self, run_id: int) -> RunDetail | None:
         """One run with its per-host results and its tasks, in the order they were recorded."""
@@ -334,11 +339,12 @@ class Store:
 
     def latest(self, app: str, *kinds: Kind, full: bool = False) -> RunRecord | None:
         """The app's newest run of one of ``kinds`` (checks and syncs when none is given); ``full``: only
-        a run that fully checked every host (the drift schedule's clock)."""
+        a run that fully checked every host (the drift schedule's clock), not one stopped before it had."""
         wanted = list(kinds) or [Kind.CHECK, Kind.SYNC]
         row = self.db.execute(f"SELECT * FROM runs WHERE app = ? AND mode IN ({','.join('?' * len(wanted))})"
-                              + (" AND verified = 0" if full else "") + " ORDER BY id DESC LIMIT 1",
-                              (app, *wanted)).fetchone()
+                              + (" AND verified = 0 AND COALESCE(outcome, '') != ?" if full else "")
+                              + " ORDER BY id DESC LIMIT 1",
+                              (app, *wanted, *((Outcome.INTERRUPTED,) if full else ()))).fetchone()
         return _run(row) if row else None
 
     def latest_sync(self) -> RunRecord | None:

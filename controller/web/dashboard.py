@@ -134,11 +134,12 @@ class Dashboard:
         name, parts = route(path.removeprefix("/api") if api else path, api)
         with Store.of(self.config) as store:
             if name == "stamp":
-                return self.reply(200, json_bytes({"stamp": self.stamp(store)}), "application/json")
+                page = parse_qs(request.query).get("page", [""])[0]
+                return self.reply(200, json_bytes({"stamp": self.stamp(store, page)}), "application/json")
             facts = self.views[name](store, request, parts)
             if api:
                 return self.reply(200, json_bytes(facts), "application/json")
-            stamp, busy = self.stamp(store), self.busy(store)
+            stamp, busy = self.stamp(store, path), self.busy(store)
             running_runs = [(r.id, r.app) for r in store.runs(limit=5, outcome=RUNNING)]
         notice = parse_qs(request.query).get("notice", [""])[0]
         html = self.env.get_template(f"{name}.html").render(
@@ -228,8 +229,11 @@ class Dashboard:
     def reply(status: int, body: bytes, kind: str, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
         return Reply(status, body, kind, (*HEADERS, *headers))
 
-    def stamp(self, store: Store) -> str:
-        return f"{store.stamp()}:{self.actions.running or ''}"
+    def stamp(self, store: Store, page: str) -> str:
+        """What live pages compare to know when to refresh: a run's own page also each task result it has
+        (the others only when runs start and end, so that a form being filled in is not swapped away)."""
+        run = re.fullmatch(r"/runs/([0-9]{1,15})", page)
+        return f"{store.stamp()}:{self.actions.running or ''}:{store.live_stamp(int(run[1])) if run else ''}"
 
     def busy(self, store: Store) -> bool:
         """Whether a run is going on (an unfinished run in the store, or a sync this process started)."""

@@ -22,7 +22,7 @@
       });
   }
   function poll() {
-    fetch("/api/stamp", {credentials: "same-origin"})
+    fetch("/api/stamp?page=" + encodeURIComponent(location.pathname), {credentials: "same-origin"})
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (answer) {
         if (answer && answer.stamp !== stamp) { refresh(); }
