@@ -185,13 +185,10 @@ def _idle(config: Config, store: Store, head: Revision) -> str | None:
     apps = store.active_apps()
     if not apps:
         return None
-    schedule = DriftSchedule.of(config.watch)
-    now = datetime.now(UTC)
     for app in apps:
-        latest, full = store.latest(app), store.latest(app, full=True)
-        if latest is None or full is None or latest.kind is not Kind.SYNC or latest.revision != head.sha \
-                or latest.outcome is None or not latest.outcome.settled \
-                or schedule.due(parse_time(full.started), now):
+        latest = store.latest(app)
+        if latest is None or latest.kind is not Kind.SYNC or latest.revision != head.sha \
+                or latest.outcome is None or not latest.outcome.settled or _check_due(config, store, app):
             return None
     return (f"nothing to do: {config.source.branch} is still at {head.short}, already synced "
             f"({', '.join(apps)}), and no drift check is due")

@@ -165,9 +165,8 @@ def _references(node: Any) -> Iterator[tuple[str, str]]:
         return
     if not isinstance(node, dict):
         return
-    for entry in node.get("roles") or ():  # a play's roles
-        yield "role", _name(entry.get("role") or entry.get("name") if isinstance(entry, dict) else entry)
-    for entry in node.get("dependencies") or ():  # a role's meta/main.yml
+    # a play's roles, a role's dependencies (meta/main.yml)
+    for entry in (*(node.get("roles") or ()), *(node.get("dependencies") or ())):
         yield "role", _name(entry.get("role") or entry.get("name") if isinstance(entry, dict) else entry)
     for action, value in node.items():
         if action in ROLE_ACTIONS:

@@ -141,21 +141,23 @@ class Store:
                    applied: bool, summary: dict[str, Any], verified: int = 0) -> None:
         started = self._clocks.pop(run_id, None)
         seconds = None if started is None else time.monotonic() - started
-        self.db.execute("DELETE FROM live_tasks WHERE run_id = ?", (run_id,))
-        self.db.execute(
-            "UPDATE runs SET finished = ?1, outcome = ?2, reason = ?3, message = ?4, applied = ?5, summary = ?6,"
-            " verified = ?7, seconds = COALESCE(?8, (julianday(?1) - julianday(started)) * 86400) WHERE id = ?9",
-            (now(), outcome.value, reason.value if reason else None, message, int(applied),
-             json.dumps(summary), verified, seconds, run_id))
+        with self._transaction() as db:  # its live task results go as it ends
+            db.execute("DELETE FROM live_tasks WHERE run_id = ?", (run_id,))
+            db.execute(
+                "UPDATE runs SET finished = ?1, outcome = ?2, reason = ?3, message = ?4, applied = ?5, summary = ?6,"
+                " verified = ?7, seconds = COALESCE(?8, (julianday(?1) - julianday(started)) * 86400) WHERE id = ?9",
+                (now(), outcome.value, reason.value if reason else None, message, int(applied),
+                 json.dumps(summary), verified, seconds, run_id))
 
     def interrupt_unfinished(self) -> int:
         """Mark runs left running by a controller that was killed; only call while holding the lock."""
-        self.db.execute("DELETE FROM live_tasks")
-        return self.db.execute(
-            "UPDATE runs SET finished = ?1, outcome = ?2, reason = ?3, message = ?4,"
-            " seconds = (julianday(?1) - julianday(started)) * 86400 WHERE finished IS NULL",
-            (now(), Outcome.INTERRUPTED.value, Reason.INTERRUPTED.value,
-             "the controller was killed before this run finished; its workspace was wiped")).rowcount
+        with self._transaction() as db:
+            db.execute("DELETE FROM live_tasks")
+            return db.execute(
+                "UPDATE runs SET finished = ?1, outcome = ?2, reason = ?3, message = ?4,"
+                " seconds = (julianday(?1) - julianday(started)) * 86400 WHERE finished IS NULL",
+                (now(), Outcome.INTERRUPTED.value, Reason.INTERRUPTED.value,
+                 "the controller was killed before this run finished; its workspace was wiped")).rowcount
 
     def record_hosts(self, app: str, run_id: int, states: Mapping[str, HostState], applied: list[str],
                      revision: str, *, every_host: bool = True, moved: Collection[str] = ()) -> None:

@@ -139,8 +139,9 @@ class Dashboard:
             facts = self.views[name](store, request, parts)
             if api:
                 return self.reply(200, json_bytes(facts), "application/json")
-            stamp, busy = self.stamp(store, path), self.busy(store)
             running_runs = [(r.id, r.app) for r in store.runs(limit=5, outcome=RUNNING)]
+            # a run is going on: one in the store, or a sync this process started (not recorded yet)
+            stamp, busy = self.stamp(store, path), self.actions.running is not None or bool(running_runs)
         notice = parse_qs(request.query).get("notice", [""])[0]
         html = self.env.get_template(f"{name}.html").render(
             **facts, stamp=stamp, busy=busy, running_runs=running_runs, csrf=self.access.csrf, poll=POLL_SECONDS,
@@ -232,12 +233,12 @@ class Dashboard:
     def stamp(self, store: Store, page: str) -> str:
         """What live pages compare to know when to refresh: a run's own page also each task result it has
         (the others only when runs start and end, so that a form being filled in is not swapped away)."""
-        run = re.fullmatch(r"/runs/([0-9]{1,15})", page)
-        return f"{store.stamp()}:{self.actions.running or ''}:{store.live_stamp(int(run[1])) if run else ''}"
-
-    def busy(self, store: Store) -> bool:
-        """Whether a run is going on (an unfinished run in the store, or a sync this process started)."""
-        return self.actions.running is not None or store.count_runs(outcome=RUNNING) > 0
+        try:
+            name, parts = route(page, api=False)
+        except NotFound:
+            name, parts = "", []
+        live = store.live_stamp(int(parts[0])) if name == "run" else ""
+        return f"{store.stamp()}:{self.actions.running or ''}:{live}"
 
     # -- views: the facts of each page, as the JSON API returns them -------------
     def fleet(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
