@@ -11,9 +11,9 @@ PY := $(VENV)/bin/python
 # sudo; the example installs a .deb with the apt module; chromium: the dashboard's browser tests;
 # prometheus: its promtool lints the /metrics exposition in the tests (the server itself is never started);
 # systemd: only its systemd-analyze, which checks the shipped unit offline (nothing starts systemd here);
-# tmux: a real terminal for the tests that read live progress as a person sees it
+# tmux: a real terminal for the tests that read live progress as a person sees it; procps: the tests' pgrep
 SYSTEM_PACKAGES := openssh-server openssh-client git age gnupg util-linux python3-venv sudo python3-apt \
-                   chromium chromium-driver prometheus systemd tmux
+                   chromium chromium-driver prometheus systemd tmux procps
 
 .PHONY: demo test lint bench bench-quick system venv clean
 
