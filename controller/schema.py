@@ -87,6 +87,11 @@ def _convert(tp: Any, data: Any, file: Path, key: str) -> Any:
             return None
         if all(typing.get_origin(o) is typing.Literal for o in options):  # Literal["a"] | Literal["b", "c"]
             return _choice(tuple(c for o in options for c in typing.get_args(o)), data, file, key)
+        if len(options) > 1 and all(o in _NAMES for o in options):  # int | str: the one the value is
+            for option in options:
+                if isinstance(data, option) and not (option is int and isinstance(data, bool)):
+                    return data
+            raise _fail(file, key, f"expected {' or '.join(_NAMES[o] for o in options)}, got {_kind(data)}")
         return _convert(options[0], data, file, key)
     if isinstance(tp, type) and issubclass(tp, Parsed):
         if not isinstance(data, str):

@@ -108,6 +108,15 @@ class HostState(StrEnum):
     UNREACHABLE = "unreachable"
 
 
+class Health(StrEnum):
+    """What an app's health checks (gitops.yml ``health:``) found on one host: a dimension of its own beside its
+    state, as Argo CD tells Healthy from Synced."""
+
+    HEALTHY = "healthy"      # every check passed (within its retries)
+    UNHEALTHY = "unhealthy"  # a check failed every attempt
+    UNKNOWN = "unknown"      # the host could not be asked (unreachable, no ssh connection known yet)
+
+
 class Happened(StrEnum):
     """What one full run did to one host, as its timeline on the dashboard tells it."""
 
@@ -216,6 +225,7 @@ class ExitCode(IntEnum):
     ERROR = 1
     DRIFT = 2
     UNVERIFIED = 3
+    UNHEALTHY = 4   # in sync otherwise, but a health check fails on some host
     USAGE = 64
     BUG = 70
     LOCKED = 75     # EX_TEMPFAIL: try again later
@@ -239,6 +249,8 @@ EXIT_CODE_MEANINGS: dict[ExitCode, tuple[str, str]] = {
     ExitCode.UNVERIFIED: ("in sync as far as check mode can tell, but tasks it cannot verify (`command`, "
                           "`shell`, no check mode) are open: they have not run at this revision on some host yet; "
                           "0 with `--accept-unverified`", "same"),
+    ExitCode.UNHEALTHY: ("in sync otherwise, but an app's health check (gitops.yml `health:`) fails on some host",
+                         "same, after the apply"),
     ExitCode.USAGE: ("usage error", "same"),
     ExitCode.BUG: ("internal error (a bug; traceback printed)", "same"),
     ExitCode.LOCKED: ("another run holds the lock (`--wait` to queue)", "same"),
@@ -254,6 +266,8 @@ class Event(StrEnum):
     RUN_FAILED = "run-failed"
     RECOVERED = "recovered"
     VERIFICATION_FAILED = "verification-failed"
+    HEALTH_DEGRADED = "health-degraded"    # a host's health check failed where it passed (or was not known)
+    HEALTH_RECOVERED = "health-recovered"  # and passes again
 
 
 EVENTS = tuple(e.value for e in Event)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: a local Git remote, real SSH hosts, a real `controller sync`,
 # then a manual change on one host caught by `controller verify` and `controller check` and undone by
-# `controller sync`.
+# `controller sync`, then a host whose health check fails by hand and recovers.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
@@ -115,3 +115,12 @@ for h in 1 2 3 4 5; do printf '  h%s: %s\n' "$h" "$(cat "$WORK/lab/hosts/h$h/opt
 say "controller history and status"
 expect 0 controller history
 expect 0 controller status
+
+say "web2.prod goes into maintenance by hand: its health check fails (gitops.yml health:), nothing Ansible manages changed"
+lab_ssh root 127.0.1.4 "echo 'disk swap, back at 14:00' > /srv/opt/shop/run/maintenance"
+expect 4 controller verify --app production
+expect 0 controller status --hosts production
+
+say "Out of maintenance: the next verify finds it healthy again (health-recovered is announced once)"
+lab_ssh root 127.0.1.4 "rm /srv/opt/shop/run/maintenance"
+expect 0 controller verify --app production

@@ -158,7 +158,7 @@ def test_tables_say_how_long_ago_and_json_keeps_the_time(config: Path) -> None:
     [run] = json.loads(controller(config, "history", "--json", "--app", "production").stdout)
     assert run["started"] == "2026-11-23T20:48:59+00:00"
     status = controller(config, "status", "staging").stdout.splitlines()[1]
-    assert re.search(r" drifted\s+\d+d ago ", status), status  # the newest check or sync: 3, days ago
+    assert re.search(r" drifted\s+-\s+\d+d ago ", status), status  # the newest check or sync: 3, days ago; no health
 
 
 def test_every_document_reads_the_same_as_yaml(config: Path) -> None:

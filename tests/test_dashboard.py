@@ -136,7 +136,19 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path,
         assert "converged" in row.text and "2/2" in row.text
         assert re.search(r"in [3-5]\d min$", row.text)  # the next drift check, an hour after the first sync
         assert "drifted" in browser.find_element(By.CSS_SELECTOR, 'tr.app[data-app="production"]').text
+        # health beside the state: the example's production app has a health check, staging none
+        assert browser.find_element(By.CSS_SELECTOR, 'tr.app[data-app="production"] td.health').text == "healthy"
+        assert browser.find_element(By.CSS_SELECTOR, 'tr.app[data-app="staging"] td.health').text == "-"
         seen.append(browser.page_source)
+        maintenance = fleet.host_file("h3", "/srv/opt/shop/run/maintenance")  # never applied: no directory yet
+        maintenance.parent.mkdir(parents=True)
+        maintenance.write_text("disk swap\n")
+        assert fleet.controller("check", "--app", "production").returncode == 2  # drift too: 2 before 4
+        browser.get(base + "/apps/production")
+        health = browser.find_element(By.CSS_SELECTOR, 'tr.host[data-host="web1.prod"] td.health').text
+        assert health.startswith("unhealthy") and "exit status 1: in maintenance" in health, health
+        assert "unhealthy" in browser.find_element(By.TAG_NAME, "h1").text
+        browser.get(base + "/")
 
         fleet.host_file("h1", APP_YML).write_text("hand-edited: by someone at 3am\n")
         assert fleet.controller("check").returncode == 2

@@ -27,7 +27,7 @@ from controller.vocabulary import NO_APP, Mode, Outcome, Provider, Reason, TaskS
 from controller.web.access import Access
 from controller.web.actions import Actions
 from controller.web.dashboard import Dashboard
-from controller.web.health import Health
+from controller.web.health import DaemonHealth
 from controller.web.listener import Listener, Routes
 from controller.web.webhooks import shared_in_clear
 
@@ -102,7 +102,7 @@ class Watch:
         self.triggers = Triggers(config.watch.debounce)
         self.schedule = DriftSchedule.of(config.watch)
         self.metrics = Metrics(config.store_path)
-        self.health = Health()
+        self.health = DaemonHealth()
         self.listener: Listener | None = None
         self.known_apps: set[str] = set()
         self.failures = 0

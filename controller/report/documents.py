@@ -39,6 +39,7 @@ def status_document(status: AppStatus) -> dict[str, Any]:
         "hosts_at_revision": status.hosts_at_revision,
         "hosts_total": len(status.hosts),
         "state": status.state or RUNNING,
+        "health": status.health,
         "reason": status.reason,
         "detail": status.detail,
         "last_run": status.last_run.started,

@@ -24,7 +24,7 @@ from controller.clock import parse_time
 from controller.state.migrations import DURATION_BUCKETS
 from controller.state.records import AppStatus
 from controller.state.store import Store
-from controller.vocabulary import HostState, Kind, Outcome
+from controller.vocabulary import Health, HostState, Kind, Outcome
 
 
 class StoreCollector:
@@ -82,10 +82,14 @@ def _app_gauges(status: list[AppStatus], good: dict[str, str]) -> Iterator[Metri
     revision = InfoMetricFamily("controller_applied_revision", "The revision last applied to the app.",
                                 labels=["app"])
     suspended = GaugeMetricFamily("controller_suspended", "1 when the app is suspended.", labels=["app"])
+    healthy = GaugeMetricFamily("controller_host_healthy", "1 when the app's health checks (gitops.yml health:) last "
+                                "passed on the host, 0 when one failed; absent while unknown.", labels=["app", "host"])
     for row in status:
         app = row.app
         for entry in row.hosts:
             host.add_metric([app, entry.host], 1 if entry.state is HostState.DRIFTED else 0)
+            if entry.health in (Health.HEALTHY, Health.UNHEALTHY):
+                healthy.add_metric([app, entry.host], 1 if entry.health is Health.HEALTHY else 0)
         drifted.add_metric([app], sum(1 for entry in row.hosts if entry.state is HostState.DRIFTED))
         # only an app with an applied revision can have hosts behind it (a detect app never applied has none)
         behind.add_metric([app], len(row.hosts) - row.hosts_at_revision if row.applied_revision else 0)
@@ -94,7 +98,7 @@ def _app_gauges(status: list[AppStatus], good: dict[str, str]) -> Iterator[Metri
         if row.applied_revision:
             revision.add_metric([app], {"revision": row.applied_revision})
         suspended.add_metric([app], 1 if row.suspended else 0)
-    yield from (drifted, host, behind, last, revision, suspended)
+    yield from (drifted, host, behind, last, revision, suspended, healthy)
 
 
 class Metrics:

@@ -12,7 +12,7 @@ from controller.report.colour import OUTCOME, STATUS, Paint
 from controller.run.results import AppResult, Result
 from controller.state.records import AppStatus, RunDetail, RunRecord
 from controller.verify.drift import Report
-from controller.vocabulary import EXIT_CODE_MEANINGS, RUNNING, HostState, Phase, Reason, TaskStatus
+from controller.vocabulary import EXIT_CODE_MEANINGS, RUNNING, Health, HostState, Phase, Reason, TaskStatus
 
 SHOWN = (TaskStatus.CHANGED, TaskStatus.FAILED, TaskStatus.UNREACHABLE, TaskStatus.UNVERIFIED)
 
@@ -42,6 +42,9 @@ def _app_json(app: AppResult) -> dict[str, Any]:
         Phase.CHECK: _report_json(app.check), Phase.APPLY: _report_json(app.applied),
         "verify": [v.to_json() for v in app.verdicts] or None,
         "changed_files": list(app.changed),
+        "health": [{"host": h.host, "health": h.health.value, "detail": h.detail,
+                    "checks": [asdict(c) for c in h.checks]} for h in app.health] or None,
+        "health_degraded": list(app.degraded), "health_recovered": list(app.recovered),
     }
 
 
@@ -71,6 +74,7 @@ def result_text(result: Result, paint: Paint = PLAIN) -> str:
         lines.append(f"  {app.app:<{width}}  {outcome}  {app.message}{reason}{run}")
     for app in result.apps:
         lines.extend(_verdicts_text(app))
+        lines.extend(_health_text(app))
         # what the check found to change is a rollout where the revision is new to the app, drift where it is not
         found = "drift" if app.previous == app.revision else f"rollout of {(app.revision or '')[:12]}"
         for phase, report in ((found, app.check), ("apply", app.applied)):
@@ -95,6 +99,16 @@ def _verdicts_text(app: AppResult) -> list[str]:
         else:
             lines.append(f"  {verdict.host}  full check  {verdict.why}")
     return lines
+
+
+def _health_text(app: AppResult) -> list[str]:
+    """The hosts not healthy after the run, and what their failed checks said."""
+    shown = [h for h in app.health if h.health is not Health.HEALTHY]
+    if not shown:
+        return []
+    width = max(len(h.host) for h in shown)
+    return ["", f"{app.app} health ({len(app.health) - len(shown)} of {len(app.health)} host(s) healthy):",
+            *(f"  {h.host:<{width}}  {h.health:<9}  {h.detail}" for h in shown)]
 
 
 def _tasks_text(title: str, tasks: tuple[TaskResult, ...] | list[TaskResult], diffs: bool,
@@ -156,13 +170,15 @@ def status_text(statuses: list[AppStatus]) -> str:
     if not statuses:
         return "no app has been reconciled yet: run `controller sync` or `controller check`\n"
     app = _width(s.app for s in statuses)
-    lines = [f"{'APP':<{app}} {'REVISION':<12} {'HOSTS':<7} {'STATE':<11} {'LAST RUN':<10} DETAIL"]
+    lines = [f"{'APP':<{app}} {'REVISION':<12} {'HOSTS':<7} {'STATE':<11} {'HEALTH':<9} {'LAST RUN':<10} DETAIL"]
     for status in statuses:
         revision = status.applied_revision
         held = status.suspension
         details = [f"SUSPENDED since {_hhmm(held.since)}" + (f": {held.reason}" if held.reason else "")] if held else []
         details.extend(f"{h.host} at {(h.revision or 'nothing')[:12]}: {h.state} since {_hhmm(h.since)}"
                        for h in status.hosts if h.revision != revision or h.state is not HostState.IN_SYNC)
+        details.extend(f"{h.host} {h.health} since {_hhmm(h.health_since or h.since)}: {h.health_detail}"
+                       for h in status.hosts if h.health in (Health.UNHEALTHY, Health.UNKNOWN))
         failure = status.failure
         if failure:
             verb = "refused" if failure.reason is Reason.VERIFICATION_FAILED else failure.outcome
@@ -171,7 +187,7 @@ def status_text(statuses: list[AppStatus]) -> str:
             details.append(status.detail)
         hosts = f"{status.hosts_at_revision}/{len(status.hosts)}"
         lines.append(f"{status.app:<{app}} {(revision or '-')[:12]:<12} {hosts:<7} {status.state or RUNNING:<11} "
-                     f"{ago(status.last_run.started):<10} {'; '.join(details)}")
+                     f"{status.health or '-':<9} {ago(status.last_run.started):<10} {'; '.join(details)}")
     return "\n".join(lines) + "\n"
 
 
@@ -179,12 +195,14 @@ def hosts_text(statuses: list[AppStatus]) -> str:
     """One line per host of every app (``controller status --hosts``)."""
     app = _width(s.app for s in statuses)
     host_width = _width((h.host for s in statuses for h in s.hosts), 24)
-    lines = [f"{'APP':<{app}} {'HOST':<{host_width}} {'REVISION':<12} {'APPLIED':<10} {'STATE':<11} SINCE"]
+    lines = [f"{'APP':<{app}} {'HOST':<{host_width}} {'REVISION':<12} {'APPLIED':<10} {'STATE':<11} {'SINCE':<10} "
+             "HEALTH"]
     for status in statuses:
         for host in status.hosts:
             applied = ago(host.applied_at) if host.applied_at else "-"
+            health = f"{host.health}: {host.health_detail}" if host.health_detail else host.health or "-"
             lines.append(f"{status.app:<{app}} {host.host:<{host_width}} {(host.revision or '-')[:12]:<12} "
-                         f"{applied:<10} {host.state:<11} {ago(host.since)}")
+                         f"{applied:<10} {host.state:<11} {ago(host.since):<10} {health}")
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from controller.ansible.results import PlayRun, TaskResult
+from controller.ansible.results import Connection, PlayRun, TaskResult
 from controller.ansible.runner import OutOfTime, Stopped, run_playbook
 from controller.config import Config
 from controller.errors import ControllerError, Interrupted, Superseded
@@ -23,9 +23,10 @@ from controller.source.revision import Revision
 from controller.state.records import HostRecord
 from controller.state.store import Store
 from controller.verify.drift import Report, decide, host_states, merged, report, settle
+from controller.verify.health import HostHealth
 from controller.verify.manifest import Verdict
-from controller.verify.verdict import manifests_after, verified_report, verify_hosts
-from controller.vocabulary import Kind, Phase, Policy, Reason, TaskStatus, failure
+from controller.verify.verdict import check_health, manifests_after, verified_report, verify_hosts
+from controller.vocabulary import Health, Kind, Phase, Policy, Reason, TaskStatus, failure
 
 log = logging.getLogger("controller")
 
@@ -57,6 +58,8 @@ class AppRun:
     # hosts are compared with their manifests before any full check: a verify, sync --verify-first, and a
     # sync of a revision that changes nothing this app uses
     looks: bool = False
+    # how Ansible reached each host in this run's plays: where the health checks go afterwards
+    connections: dict[str, Connection] = field(default_factory=dict)
 
     @property
     def at_revision(self) -> set[str]:
@@ -106,15 +109,22 @@ class AppRun:
                                  "reconciled next")
             applied = play(check=False, limit=plan.limit) if plan and plan.hosts else None
             outcome, reason = decide(checked, applied)
+            health = self._health(prepared, verdicts, checked, applied) if self.kind is not Kind.PREVIEW else {}
             rollout = Rollout.of(applied, self.revision, self.at_revision)
             message = _message(app, checked, applied, rollout, plan, self.kind, verdicts, self._last_run(checked))
             if self.same_as:
                 message += (f"; {self.revision.short} changes nothing this app uses since {self.same_as[:12]} "
                             "(only files other apps use): no rollout for it")
+            if sick := sorted(h.host for h in health.values() if h.health is Health.UNHEALTHY):
+                message += f"; unhealthy: {', '.join(sick)}"
             summary = _summary(checked, applied, rollout, plan, verdicts)
+            if health:
+                summary["unhealthy"] = [f"{h.host}: {h.detail}" for h in sorted(health.values(), key=_host)
+                                        if h.health is Health.UNHEALTHY]
+                summary["healthy"] = sorted(h.host for h in health.values() if h.health is Health.HEALTHY)
             store.finish_run(run_id, outcome, reason, message, applied is not None, summary,
                              verified=sum(1 for v in verdicts if v.verified))
-            behind = 0
+            behind, degraded, recovered = 0, list[str](), list[str]()
             if self.kind is not Kind.PREVIEW:  # a preview never becomes the app's (or a host's) state
                 converged = [h.host for h in (applied.hosts if applied else ()) if h.status.reached]
                 # in sync at a revision the same for this app: at this one now, though nothing ran there
@@ -124,10 +134,12 @@ class AppRun:
                                    every_host=not self.request.limit, moved=moved)
                 if self.same_as:
                     self._restamp()
+                degraded, recovered = store.record_health(app.name, health, declared=bool(app.health))
                 behind = sum(1 for h in store.hosts(app.name) if h.revision != self.revision.sha)
             return AppResult(app.name, app.policy, run_id, outcome, reason, message, checked, applied, last,
                              self.revision.sha, time.monotonic() - started, self.kind, plan, behind,
-                             tuple(verdicts), self.changed)
+                             tuple(verdicts), self.changed, tuple(sorted(health.values(), key=_host)),
+                             tuple(degraded), tuple(recovered))
         except (ControllerError, Interrupted) as error:  # a stop too: this is where the run is recorded
             store.finish_run(run_id, failure(error.reason), error.reason, error.message, False, {})
             return AppResult(app.name, app.policy, run_id, failure(error.reason), error.reason, error.message,
@@ -138,7 +150,8 @@ class AppRun:
         """Compare the hosts with their manifests, one look each."""
         self.progress.step(f"{self.app.name}: verifying the hosts against their manifests (one look each)")
         states = {row.host: row.state for row in self.store.hosts(self.app.name)}
-        verdicts = verify_hosts(self.config, self.store.manifests(self.app.name), states, self.digest, project)
+        verdicts = verify_hosts(self.config, self.store.manifests(self.app.name), states, self.digest, project,
+                                self.app.health)
         rechecked = [v.host for v in verdicts if not v.verified]
         # a host that differed is looked at again after its full check, even if Ansible finds it in sync:
         # the manifest then takes what Ansible does not manage (an owner no task sets) as it is now
@@ -150,6 +163,37 @@ class AppRun:
             if not verdict.verified:
                 self.progress.notice(f"{self.app.name}: {verdict.host} needs a full check: {verdict.why}")
         return verdicts
+
+    def _health(self, prepared: Preparation, verdicts: list[Verdict], checked: Report,
+                applied: Report | None) -> dict[str, HostHealth]:
+        """Each host's health after this run: what the verify's look found where nothing was applied since, the
+        others in one more round trip each; a host that could not be reached is unknown."""
+        checks = self.app.health
+        if not checks:
+            return {}
+        touched = {h.host for h in applied.hosts} if applied else set()
+        found = {v.host: v.health for v in verdicts if v.health is not None and v.host not in touched}
+        connections = {host: m.connection for host, m in self.store.manifests(self.app.name).items()
+                       if m is not None and not m.error}
+        connections.update(self.connections)
+        ask = {}
+        for host in merged(checked, applied).hosts:
+            if host.host in found:
+                continue
+            if host.status is TaskStatus.UNREACHABLE:
+                found[host.host] = HostHealth.of(host.host, (), "unreachable: not asked")
+            elif host.host not in connections:
+                found[host.host] = HostHealth.of(host.host, (), "Ansible does not reach it over ssh: not asked")
+            else:
+                ask[host.host] = connections[host.host]
+        if ask:
+            self.progress.step(f"{self.app.name}: health checks on {len(ask)} host(s): "
+                               f"{', '.join(str(check) for check in checks)}")
+            found.update(check_health(self.config, checks, ask, prepared.space.project))
+        if any(not c.passed for h in found.values() for c in h.checks):
+            mask = prepared.redactor().text  # a failed command's last line may show what it read
+            found = {host: h.redacted(mask) for host, h in found.items()}
+        return found
 
     def _check_after(self, verdicts: list[Verdict], play: Callable[[bool, str | None], Report]) -> Report:
         """Fully check only the hosts that differ from their manifests or have none (every host when no
@@ -229,6 +273,7 @@ class AppRun:
             raise
         finally:
             live.flush()
+        self.connections.update(played.connections or {})
         found = report(played)
         if check:
             found = settle(found, self.at_revision)
@@ -342,6 +387,10 @@ def _message(app: App, checked: Report, applied: Report | None, rollout: Rollout
     if settled and last_run and not checked.drifted:
         parts.append(f"{settled} task(s) check mode cannot verify, {last_run}")
     return "; ".join(parts)
+
+
+def _host(health: HostHealth) -> str:
+    return health.host
 
 
 def _utc(stamp: str) -> str:

@@ -26,10 +26,12 @@ TIMEOUT = 5.0
 SETTLED = "ok"  # the condition of an app with nothing to announce, as stored since the first release
 SHOWN = (TaskStatus.CHANGED, TaskStatus.FAILED, TaskStatus.UNREACHABLE)
 ICONS = {Event.DRIFT_FOUND: ":warning:", Event.DRIFT_CORRECTED: ":wrench:", Event.REVISION_APPLIED: ":rocket:",
-         Event.RUN_FAILED: ":x:", Event.RECOVERED: ":white_check_mark:", Event.VERIFICATION_FAILED: ":lock:"}
+         Event.RUN_FAILED: ":x:", Event.RECOVERED: ":white_check_mark:", Event.VERIFICATION_FAILED: ":lock:",
+         Event.HEALTH_DEGRADED: ":broken_heart:", Event.HEALTH_RECOVERED: ":green_heart:"}
 TITLES = {Event.DRIFT_FOUND: "drift found", Event.DRIFT_CORRECTED: "drift corrected",
           Event.REVISION_APPLIED: "new revision rolled out", Event.RUN_FAILED: "run failed",
-          Event.RECOVERED: "recovered", Event.VERIFICATION_FAILED: "revision refused (commit signatures)"}
+          Event.RECOVERED: "recovered", Event.VERIFICATION_FAILED: "revision refused (commit signatures)",
+          Event.HEALTH_DEGRADED: "health degraded", Event.HEALTH_RECOVERED: "health recovered"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class Notice:
             "url": self.link,
             "hosts": {status: final.with_status(status) for status in SHOWN}
             if final else {},
+            "health": {h.host: {"health": h.health.value, "detail": h.detail} for h in app.health},
             "controller": socket.gethostname(),
             "time": now(),
         }
@@ -69,7 +72,15 @@ class Notice:
         subject = f" ({slack_escape(self.subject)})" if self.subject else ""
         link = f" <{slack_escape(self.link)}|run #{app.run_id}>" if self.link else ""
         return {"text": f"{ICONS[self.event]} *{slack_escape(app.app)}*: {TITLES[self.event]}{revision}{subject}: "
-                        f"{slack_escape(app.message)}{link}"}
+                        f"{slack_escape(self.text())}{link}"}
+
+    def text(self) -> str:
+        """What happened, in one line: the hosts whose health changed for a health event, else the run's message."""
+        hosts = self.app.degraded if self.event is Event.HEALTH_DEGRADED else self.app.recovered
+        if self.event not in (Event.HEALTH_DEGRADED, Event.HEALTH_RECOVERED):
+            return self.app.message
+        detail = {h.host: h.detail for h in self.app.health}
+        return "; ".join(f"{host}: {detail[host]}" if detail.get(host) else host for host in hosts)
 
 
 def slack_escape(text: str) -> str:
@@ -116,6 +127,10 @@ def notices(app: AppResult, before: str | None, new_revision: bool) -> list[Even
             found.append(Event.DRIFT_FOUND)
         elif failed:
             found.append(Event.VERIFICATION_FAILED if app.reason is Reason.VERIFICATION_FAILED else Event.RUN_FAILED)
+    if app.degraded:
+        found.append(Event.HEALTH_DEGRADED)
+    if app.recovered:
+        found.append(Event.HEALTH_RECOVERED)
     return found
 
 

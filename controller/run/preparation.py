@@ -39,7 +39,8 @@ class Preparation:
     digests: Mapping[str, str]  # each app's inputs digest (manifest.inputs_digest)
     # revisions the hosts still run: their secrets are on the hosts and in a check's "before" side
     previous: frozenset[str] = frozenset()
-    _ready: tuple[Job, Redactor] | None = None
+    _redactor: Redactor | None = None
+    _job: Job | None = None
     _gated: set[str] = field(default_factory=set)
     _at: dict[str, tuple[Preparation, dict[str, App]]] = field(default_factory=dict)
 
@@ -54,20 +55,27 @@ class Preparation:
             self._at[sha] = (Preparation(self.config, space, self.progress, self.source, digests), apps)
         return self._at[sha]
 
-    def ready(self, app: App) -> tuple[Job, Redactor]:
-        """The job and the redactor, with the secrets decrypted and ``app`` through its syntax check."""
-        if self._ready is None:
+    def redactor(self) -> Redactor:
+        """What masks every secret of the revision (and of the revisions the hosts still run): the SOPS files
+        decrypted in place, the Vault values learnt."""
+        if self._redactor is None:
             project = self.space.project
             encrypted = find_encrypted(project)
             self.progress.step(f"decrypting {len(encrypted)} SOPS file(s) into {self.space.root}")
             redactor = decrypt_in_place(project, encrypted, self.config.sops.age_key_file)
-            redactor = redactor + learn_vaulted(project, self.config.ansible) + self._earlier_secrets()
+            self._redactor = redactor + learn_vaulted(project, self.config.ansible) + self._earlier_secrets()
+        return self._redactor
+
+    def ready(self, app: App) -> tuple[Job, Redactor]:
+        """The job and the redactor, with the secrets decrypted and ``app`` through its syntax check."""
+        redactor = self.redactor()
+        if self._job is None:
+            project = self.space.project
             job = job_settings(self.config, project, self.space.job)
             for notice in job.notices:
                 self.progress.notice(notice)
-            job = install_requirements(self.config, project, self.space.job, job, self.progress.step)
-            self._ready = (job, redactor)
-        job, redactor = self._ready
+            self._job = install_requirements(self.config, project, self.space.job, job, self.progress.step)
+        job = self._job
         if app.name not in self._gated:
             # the inputs digest covers the revision, the bastion config (so the requirements) and the versions
             digest = self.digests[app.name]

@@ -10,8 +10,9 @@ from controller.run.plan import Plan
 from controller.run.planfile import PlanFile
 from controller.source.revision import Revision
 from controller.verify.drift import Report
+from controller.verify.health import HostHealth
 from controller.verify.manifest import Verdict
-from controller.vocabulary import ExitCode, Kind, Mode, Outcome, Policy, Reason, Trigger
+from controller.vocabulary import ExitCode, Health, Kind, Mode, Outcome, Policy, Reason, Trigger
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,19 @@ class AppResult:
     behind: int = 0                  # hosts not at this revision after the run
     verdicts: tuple[Verdict, ...] = ()  # verify: each host's verdict against its manifest
     changed: tuple[str, ...] = ()    # the files the revision changes since ``previous`` (a preview names them)
+    health: tuple[HostHealth, ...] = ()  # each host's, after the run (gitops.yml ``health:``)
+    degraded: tuple[str, ...] = ()   # hosts whose health went bad with this run
+    recovered: tuple[str, ...] = ()  # hosts healthy again with this run
+
+    @property
+    def unhealthy(self) -> list[HostHealth]:
+        return [h for h in self.health if h.health is Health.UNHEALTHY]
 
     def exit_code(self, accept_unverified: bool = False) -> ExitCode:
         if self.reason is Reason.LOCK_BUSY:
             return ExitCode.LOCKED
-        return self.outcome.exit_code(accept_unverified)
+        code = self.outcome.exit_code(accept_unverified)
+        return ExitCode.UNHEALTHY if code in (ExitCode.OK, ExitCode.UNVERIFIED) and self.unhealthy else code
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,7 @@ class Result:
     @property
     def exit_code(self) -> ExitCode:
         codes = {a.exit_code(self.request.accept_unverified) for a in self.apps}
-        for code in (ExitCode.LOCKED, ExitCode.ERROR, ExitCode.DRIFT, ExitCode.UNVERIFIED):
+        for code in (ExitCode.LOCKED, ExitCode.ERROR, ExitCode.DRIFT, ExitCode.UNHEALTHY, ExitCode.UNVERIFIED):
             if code in codes:
                 return code
         return ExitCode.OK

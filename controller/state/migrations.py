@@ -115,6 +115,13 @@ MIGRATIONS = (
         phase TEXT NOT NULL, host TEXT NOT NULL, task TEXT NOT NULL, status TEXT NOT NULL, at TEXT NOT NULL);
     CREATE INDEX live_tasks_run ON live_tasks (run_id, seq);
     """,
+    # 8: each host's health (gitops.yml ``health:``): the last known (a host that could not be asked keeps it),
+    # since when, and what the failed checks said (NULL: the app declares no health check)
+    """
+    ALTER TABLE hosts ADD COLUMN health TEXT;
+    ALTER TABLE hosts ADD COLUMN health_since TEXT;
+    ALTER TABLE hosts ADD COLUMN health_detail TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controller.vocabulary import Happened, HostState, Kind, Outcome, Phase, Policy, Reason, TaskStatus, Trigger
+from controller.vocabulary import Happened, Health, HostState, Kind, Outcome, Phase, Policy, Reason, TaskStatus, Trigger
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,9 @@ class HostRecord:
     state: HostState
     since: str
     run_id: int | None
+    health: Health | None = None     # None: the app declares no health check
+    health_since: str | None = None
+    health_detail: str = ""          # what the failed checks said, or why they could not run
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,17 @@ class AppStatus:
     @property
     def suspended(self) -> bool:
         return self.suspension is not None
+
+    @property
+    def health(self) -> Health | None:
+        """Unhealthy when a host is, healthy when every host is known to be; None without health checks."""
+        known = {h.health for h in self.hosts if h.health is not None}
+        if not known:
+            return None
+        for health in (Health.UNHEALTHY, Health.UNKNOWN):
+            if health in known:
+                return health
+        return Health.HEALTHY
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,12 @@ from controller.state.records import (
     TaskRecord,
 )
 from controller.verify.drift import Report
+from controller.verify.health import HostHealth
 from controller.verify.manifest import Manifest
 from controller.vocabulary import (
     NO_APP,
     RUNNING,
+    Health,
     HostState,
     Kind,
     Outcome,
@@ -45,7 +47,7 @@ from controller.vocabulary import (
     Trigger,
 )
 
-E = TypeVar("E", Outcome, Reason, Policy)
+E = TypeVar("E", Outcome, Reason, Policy, Health)
 
 
 def private_directory(path: Path) -> None:
@@ -180,6 +182,34 @@ class Store:
             db.executemany("UPDATE hosts SET revision = ? WHERE app = ? AND host = ?",
                            [(revision, app, host) for host in moved])
 
+    def record_health(self, app: str, found: Mapping[str, HostHealth], *,
+                      declared: bool) -> tuple[list[str], list[str]]:
+        """Each host's health after a run (``declared``: the app has health checks; without, health is forgotten);
+        a host that could not be asked keeps its last known. Returns the hosts that became unhealthy (degraded)
+        and those healthy again (recovered)."""
+        degraded: list[str] = []
+        recovered: list[str] = []
+        stamp = now()
+        with self._transaction() as db:
+            if not declared:
+                db.execute("UPDATE hosts SET health = NULL, health_since = NULL, health_detail = '' WHERE app = ?",
+                           (app,))
+                return degraded, recovered
+            rows = db.execute("SELECT host, health FROM hosts WHERE app = ?", (app,))
+            before = {r["host"]: r["health"] for r in rows}
+            for host, there in sorted(found.items()):
+                old = before.get(host, Health.UNKNOWN)
+                if host not in before or (there.health is Health.UNKNOWN and old not in (None, Health.UNKNOWN)):
+                    continue
+                if there.health is Health.UNHEALTHY and old != Health.UNHEALTHY:
+                    degraded.append(host)
+                elif there.health is Health.HEALTHY and old == Health.UNHEALTHY:
+                    recovered.append(host)
+                db.execute("UPDATE hosts SET health_since = CASE WHEN health IS ? THEN health_since ELSE ? END,"
+                           " health = ?, health_detail = ? WHERE app = ? AND host = ?",
+                           (there.health, stamp, there.health, there.detail, app, host))
+        return degraded, recovered
+
     def record_manifests(self, app: str, manifests: Mapping[str, Manifest | None], *, every_host: bool) -> None:
         """Each host's manifest after a full run (None: not in sync, nothing to trust); a run of the whole
         inventory (``every_host``) also forgets the hosts it did not see."""
@@ -250,9 +280,11 @@ class Store:
 
     def hosts(self, app: str) -> list[HostRecord]:
         """Every host of the app: its applied revision and when, its state and since when."""
-        return [HostRecord(r["host"], r["revision"], r["applied_at"], HostState(r["state"]), r["since"], r["run_id"])
-                for r in self.db.execute("SELECT host, revision, applied_at, state, since, run_id FROM hosts"
-                                         " WHERE app = ? ORDER BY host", (app,))]
+        return [HostRecord(r["host"], r["revision"], r["applied_at"], HostState(r["state"]), r["since"], r["run_id"],
+                           _optional(Health, r["health"]), r["health_since"], r["health_detail"])
+                for r in self.db.execute("SELECT host, revision, applied_at, state, since, run_id, health,"
+                                         " health_since, health_detail FROM hosts WHERE app = ? ORDER BY host",
+                                         (app,))]
 
     def manifests(self, app: str) -> dict[str, Manifest | None]:
         """The hosts of the app's last full runs and their manifests (None: not found in sync)."""

@@ -21,6 +21,7 @@ from controller.ansible.results import Connection
 from controller.ansible.targets import STATELESS_ACTIONS, short_action
 from controller.config import Config
 from controller.source.apps import App
+from controller.verify.health import HostHealth
 
 # What a manifest records and how; a manifest of another form (an older controller's) is one of other inputs.
 FORM = 2
@@ -172,6 +173,7 @@ class Verdict:
     verified: bool
     why: str = ""
     manifest: Manifest | None = None
+    health: HostHealth | None = None  # the app's health checks, run in the same look
 
     def to_json(self) -> dict[str, object]:
         found = self.manifest

@@ -21,6 +21,8 @@ from controller.ansible.results import Connection
 from controller.ansible.runner import HOST_KEY_MISMATCH, HOST_KEY_REFUSED
 from controller.config import Config
 from controller.process import run_side_by_side
+from controller.source.apps import HealthCheck
+from controller.verify.health import CheckResult, budget
 from controller.verify.manifest import Entry, Resource
 
 # Runs on the host: for every target (its arguments: a path, or KIND:NAME), what is there now, as one
@@ -186,10 +188,59 @@ def crontabs(names):
                 break
         out.append(state)
     return out
+def command(what, timeout, status):
+    import subprocess
+    try:
+        done = subprocess.run(["/bin/sh", "-c", what], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=timeout,
+                              env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"})
+    except subprocess.TimeoutExpired:
+        return False, "no answer within %gs" % timeout
+    said = done.stdout.decode("utf-8", "replace").strip().splitlines()
+    if done.returncode == 0:  # what a passing check printed is no news, and kept nowhere
+        return True, "exit status 0"
+    return False, "exit status %d" % done.returncode + (": " + said[-1] if said else "")
+def http(what, timeout, status):
+    import urllib.error, urllib.request
+    # never through a proxy: the check asks the host itself
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(what, timeout=timeout) as answer:
+            code = answer.status
+    except urllib.error.HTTPError as exc:
+        code = exc.code
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return False, getattr(reason, "strerror", None) or str(reason)
+    return (code == int(status) if status else 200 <= code < 300), "HTTP %d" % code
+def tcp(what, timeout, status):
+    import socket
+    host, _, port = what.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        return False, exc.strerror or str(exc) or type(exc).__name__
+    return True, "accepted a connection"
+def health(spec):
+    import time
+    kind, timeout, retries, delay, status, what = spec.split("\t", 5)
+    attempts = int(retries) + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            passed, said = {"command": command, "http": http, "tcp": tcp}[kind](what, float(timeout), status)
+        except Exception as exc:
+            passed, said = False, "%s: %s" % (type(exc).__name__, exc)
+        if passed or attempt == attempts:
+            return (passed, said[-300:], attempt)
+        time.sleep(float(delay))
 READ = {"package": packages, "service": services, "user": users, "group": groups, "mount": mounts,
         "sysctl": sysctls, "crontab": crontabs}
+# after --health, the app's health checks (no target is --health: each is a path or KIND:NAME)
+targets, checks = sys.argv[1:], []
+if "--health" in targets:
+    targets, checks = targets[:targets.index("--health")], targets[targets.index("--health") + 1:]
 out, asked = [], {}
-for i, target in enumerate(sys.argv[1:]):
+for i, target in enumerate(targets):
     if target.startswith("/"):
         out.append(path_entry(target))
     else:
@@ -203,7 +254,7 @@ for kind, items in asked.items():
         states = [{"error": "%s: %s" % (type(exc).__name__, exc)}] * len(items)
     for (i, _), state in zip(items, states):
         out[i] = state
-print(repr(out))
+print(repr((out, [health(spec) for spec in checks])))
 """
 
 
@@ -214,24 +265,31 @@ class Looked:
     entries: tuple[Entry, ...] = ()
     resources: tuple[Resource, ...] = ()
     error: str = ""
+    health: tuple[CheckResult, ...] = ()  # the app's health checks, in their order, when it was asked to run them
 
 
 def look(config: Config, asked: Mapping[str, tuple[Connection, Sequence[str]]],
-         cwd: Path | None = None) -> dict[str, Looked]:
-    """Ask every host in ``asked`` (host -> connection, targets) what it has there, all at once.
+         cwd: Path | None = None, checks: Sequence[HealthCheck] = ()) -> dict[str, Looked]:
+    """Ask every host in ``asked`` (host -> connection, targets) what it has there, and run the health ``checks``
+    there in the same round trip, all hosts at once.
 
     ``cwd`` is where Ansible ran (the checkout): a key or an ssh config the inventory names by a
     relative path is found there as Ansible found it.
     """
-    commands = {host: _ssh(config, connection, targets) for host, (connection, targets) in asked.items()}
+    commands = {host: _ssh(config, connection, [*targets, *_health_arguments(checks, connection)])
+                for host, (connection, targets) in asked.items()}
     env = {key: os.environ[key] for key in PASSED_THROUGH if key in os.environ}
     # a jump host's ssh is started through PATH: it finds the wrapper with the bastion's host key options
     wrappers = config.state_path / "bin"
     ssh_wrappers(config, wrappers, ("ssh",))
     env["PATH"] = f"{wrappers}:{env.get('PATH', os.defpath)}"
-    done = run_side_by_side(commands, env=env, timeout=config.ansible.timeout + 30, cwd=cwd)
-    return {host: _looked(host, asked[host][1], finished.code, finished.out, finished.err)
+    done = run_side_by_side(commands, env=env, timeout=config.ansible.timeout + 30 + budget(checks), cwd=cwd)
+    return {host: _looked(host, asked[host][1], checks, finished.code, finished.out, finished.err)
             for host, finished in done.items()}
+
+
+def _health_arguments(checks: Sequence[HealthCheck], connection: Connection) -> list[str]:
+    return ["--health", *(check.argument(connection.address) for check in checks)] if checks else []
 
 
 def _ssh(config: Config, connection: Connection, targets: Sequence[str]) -> list[str]:
@@ -265,7 +323,8 @@ def _ssh(config: Config, connection: Connection, targets: Sequence[str]) -> list
     return [*argv, "--", connection.address, remote]
 
 
-def _looked(host: str, targets: Sequence[str], code: int | None, out: str, err: str) -> Looked:
+def _looked(host: str, targets: Sequence[str], checks: Sequence[HealthCheck], code: int | None, out: str,
+            err: str) -> Looked:
     lines = [line.strip() for line in err.splitlines() if line.strip()]
     if code is None:
         return Looked(error=f"could not look at {host}: no answer within the timeout")
@@ -274,7 +333,7 @@ def _looked(host: str, targets: Sequence[str], code: int | None, out: str, err: 
     if code != 0:
         return Looked(error=f"could not look at {host}: {lines[-1] if lines else f'exit status {code}'}"[:300])
     try:
-        found = ast.literal_eval(out.strip())  # literals only: the host's answer is data, never code
+        found, healths = ast.literal_eval(out.strip())  # literals only: the host's answer is data, never code
         entries, resources = [], []
         for target, state in zip(targets, found, strict=True):
             if target.startswith("/"):
@@ -282,6 +341,8 @@ def _looked(host: str, targets: Sequence[str], code: int | None, out: str, err: 
             else:
                 kind, _, name = target.partition(":")
                 resources.append(Resource(kind, name, tuple(sorted((str(k), str(v)) for k, v in state.items()))))
+        health = tuple(CheckResult(str(check), bool(passed), str(said), int(attempts))
+                       for check, (passed, said, attempts) in zip(checks, healths, strict=True))
     except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, AttributeError) as exc:
         return Looked(error=f"could not read {host}'s answer: {exc}")
-    return Looked(entries=tuple(entries), resources=tuple(resources))
+    return Looked(entries=tuple(entries), resources=tuple(resources), health=health)

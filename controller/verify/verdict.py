@@ -8,14 +8,16 @@ check), so a verdict names what the manifest covers and when the full check ran.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from controller.ansible.results import Connection, PlayRun
 from controller.clock import now
 from controller.config import Config
+from controller.source.apps import HealthCheck
 from controller.verify.drift import HostReport, Report, settle
+from controller.verify.health import HostHealth
 from controller.verify.manifest import Coverage, Manifest, Verdict, ordered
 from controller.verify.probe import look
 from controller.vocabulary import HostState, TaskStatus
@@ -26,11 +28,14 @@ UNSETTLED = (HostState.DRIFTED, HostState.FAILED, HostState.UNREACHABLE)
 
 
 def verify_hosts(config: Config, manifests: Mapping[str, Manifest | None], states: Mapping[str, HostState],
-                 digest: str, cwd: Path | None = None) -> list[Verdict]:
+                 digest: str, cwd: Path | None = None, checks: Sequence[HealthCheck] = ()) -> list[Verdict]:
     """Compare every host of an app with its manifest (``states``: each host's at the last full check), all hosts
-    at once; [] when there is none to use. ``cwd`` is the checkout, where Ansible ran (``probe.look``)."""
+    at once, and run its health ``checks`` in the same look; [] when there is none to use. ``cwd`` is the
+    checkout, where Ansible ran (``probe.look``)."""
     usable = {host: m for host, m in manifests.items() if m is not None and m.digest == digest and not m.error}
-    looked = look(config, {host: (m.connection, m.targets) for host, m in usable.items()}, cwd) if usable else {}
+    asked = {host: (m.connection, m.targets) for host, m in usable.items()}
+    looked = look(config, asked, cwd, checks) if usable else {}
+    health = {host: HostHealth.of(host, found.health, found.error) for host, found in looked.items()} if checks else {}
     verdicts = []
     for host, manifest in sorted(manifests.items()):
         if manifest is None:
@@ -43,7 +48,7 @@ def verify_hosts(config: Config, manifests: Mapping[str, Manifest | None], state
         elif manifest.error:
             verdicts.append(Verdict(host, False, f"{manifest.error} (after the last full check)", manifest))
         elif looked[host].error:
-            verdicts.append(Verdict(host, False, looked[host].error, manifest))
+            verdicts.append(Verdict(host, False, looked[host].error, manifest, health.get(host)))
         else:
             now_there = looked[host]
             # a removed package or user first: the files it owned then differ too
@@ -52,7 +57,8 @@ def verify_hosts(config: Config, manifests: Mapping[str, Manifest | None], state
             said += [d for before, after in zip(manifest.entries, now_there.entries, strict=True)
                      for d in before.differences(after)]
             more = f" (and {len(said) - SHOWN_DIFFERENCES} more)" if len(said) > SHOWN_DIFFERENCES else ""
-            verdicts.append(Verdict(host, not said, "; ".join(said[:SHOWN_DIFFERENCES]) + more, manifest))
+            verdicts.append(Verdict(host, not said, "; ".join(said[:SHOWN_DIFFERENCES]) + more, manifest,
+                                    health.get(host)))
     return verdicts
 
 
@@ -105,3 +111,10 @@ def manifests_after(config: Config, played: PlayRun, in_sync: set[str], digest: 
         assert made is not None
         result[host] = replace(made, entries=looked.entries, resources=looked.resources, error=looked.error)
     return result
+
+
+def check_health(config: Config, checks: Sequence[HealthCheck], connections: Mapping[str, Connection],
+                 cwd: Path | None = None) -> dict[str, HostHealth]:
+    """Run the health ``checks`` on every host of ``connections``: one round trip each, all hosts at once."""
+    looked = look(config, {host: (connection, ()) for host, connection in connections.items()}, cwd, checks)
+    return {host: HostHealth.of(host, found.health, found.error) for host, found in looked.items()}

@@ -42,7 +42,7 @@ from controller.state.store import Store
 from controller.vocabulary import RUNNING, Action, HostState, Kind, Outcome, TaskStatus, Trigger
 from controller.web.access import Access, Throttle
 from controller.web.actions import Actions
-from controller.web.health import Health
+from controller.web.health import DaemonHealth
 from controller.web.listener import Listener, Reply, Routes, WebRequest
 
 log = logging.getLogger("controller")
@@ -382,7 +382,7 @@ def serve(config: Config, listen: HostPort, cancel: Cancel, progress: Progress) 
     `sync` from cron writes; its actions run the same cycle."""
     actions = Actions(config, progress)
     dashboard = Dashboard(config, Access.of(config.ui, listen), actions, schedule=None)
-    health = Health(running_now=lambda: actions.running and Trigger.UI)
+    health = DaemonHealth(running_now=lambda: actions.running and Trigger.UI)
 
     listener = Listener(listen, Routes(branch=config.source.branch, secrets={}, max_body=0,
                                        on_push=lambda provider, sha: None,

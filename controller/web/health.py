@@ -9,7 +9,7 @@ from typing import Any
 
 
 @dataclass
-class Health:
+class DaemonHealth:
     """What /healthz answers, for `watch` and `serve` alike; written by the process's loop (or, for what is
     running, read from ``running_now``), read by the listener's threads."""
 
