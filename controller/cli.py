@@ -170,7 +170,8 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @click.option("--only-if-changed", is_flag=True,
               help="Return at once (exit 0) when the branch has not moved since the last sync and no drift "
                    "check is due (watch.drift_check_interval): the fast path for cron.")
-@click.option("--force", is_flag=True, help="Apply to every host of the app, whatever the check found.")
+@click.option("--force", is_flag=True, help="Apply to every host of the app, whatever the check found; a revision "
+              "whose rollout halted (HealthCheckFailed) is retried too, in batches as gitops.yml says.")
 @click.option("--apply", "apply_detect", is_flag=True,
               help="With --app: apply that app even though its policy is detect, on purpose (recorded with its "
                    "policy; without --apply a detect app is only checked).")

@@ -62,10 +62,18 @@ class Policy(StrEnum):
 
 
 class Phase(StrEnum):
-    """The two ways a run plays a playbook."""
+    """The ways a run plays a playbook."""
 
-    CHECK = "check"  # check + diff mode: what would change
-    APPLY = "apply"  # for real, on the hosts the plan chose
+    CHECK = "check"        # check + diff mode: what would change
+    APPLY = "apply"        # for real, on the hosts the plan chose
+    ROLLBACK = "rollback"  # a halted rollout's failed batch put back to the revision each host had before
+
+
+class OnFailure(StrEnum):
+    """What a rollout in batches does when a batch fails its apply or its health checks (gitops.yml)."""
+
+    HALT = "halt"          # leave the remaining hosts untouched
+    ROLLBACK = "rollback"  # and put the failed batch back to the revision each host had before
 
 
 class TaskStatus(StrEnum):
@@ -216,6 +224,8 @@ class Reason(StrEnum):
     NOT_FOUND = "NotFound"
     VERIFICATION_FAILED = "VerificationFailed"
     PLAN_STALE = "PlanStale"  # sync --plan: the revision or the check differs from the reviewed plan
+    HEALTH_CHECK_FAILED = "HealthCheckFailed"  # a rollout batch failed (its apply or its health checks): halted
+    DEPENDENCY_NOT_READY = "DependencyNotReady"  # depends_on: an app it needs is not converged and healthy yet
 
 
 class ExitCode(IntEnum):
@@ -249,8 +259,8 @@ EXIT_CODE_MEANINGS: dict[ExitCode, tuple[str, str]] = {
     ExitCode.UNVERIFIED: ("in sync as far as check mode can tell, but tasks it cannot verify (`command`, "
                           "`shell`, no check mode) are open: they have not run at this revision on some host yet; "
                           "0 with `--accept-unverified`", "same"),
-    ExitCode.UNHEALTHY: ("in sync otherwise, but an app's health check (gitops.yml `health:`) fails on some host",
-                         "same, after the apply"),
+    ExitCode.UNHEALTHY: ("in sync otherwise (or only unverified: 4 comes before 3), but an app's health check "
+                         "(gitops.yml `health:`) fails on a host the run checked", "same, after the apply"),
     ExitCode.USAGE: ("usage error", "same"),
     ExitCode.BUG: ("internal error (a bug; traceback printed)", "same"),
     ExitCode.LOCKED: ("another run holds the lock (`--wait` to queue)", "same"),

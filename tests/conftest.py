@@ -198,7 +198,8 @@ def build_fleet(root: Path, lab: Lab, key: AgeKey, apps: tuple[str, ...] = ("sta
     sops_config = fleet.work / ".sops.yaml"
     sops_config.write_text(sops_config.read_text().replace("REPLACE_WITH_YOUR_AGE_RECIPIENT", key.recipient))
     gitops = yaml.safe_load((ROOT / "gitops.yml").read_text())
-    gitops["apps"] = [a for a in gitops["apps"] if a["name"] in apps]
+    gitops["apps"] = [{**a, "depends_on": [d for d in a.get("depends_on", []) if d in apps]}
+                      for a in gitops["apps"] if a["name"] in apps]
     fleet.write("gitops.yml", yaml.safe_dump(gitops))
     for env, hosts in placement.items():
         inventory = {"all": {"children": {"web": {"hosts": {

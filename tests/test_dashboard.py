@@ -11,19 +11,14 @@ import re
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.wait import WebDriverWait
@@ -40,11 +35,11 @@ from controller.web.listener import Listener, Routes
 from lab import Lab
 from lab.repository import AgeKey
 from tests.conftest import APP_YML, BIN, VERSION, Fleet, build_fleet, bump_version, write_config
+from tests.support.browser import chromium, request, served
 from tests.support.daemon import daemon, free_port, wait_for, watch_config
 from tests.support.metrics import promtool
 from tests.support.processes import running, workspaces
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 TOKEN = "dashboard-test-token-0123456789"
 # CONTROLLER_SCREENSHOTS=docs makes the watch test save the three main pages for the README
 SCREENSHOTS = os.environ.get("CONTROLLER_SCREENSHOTS")
@@ -52,32 +47,9 @@ SCREENSHOTS = os.environ.get("CONTROLLER_SCREENSHOTS")
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
-    """One headless Chromium for the module, driven through Debian's chromedriver (nothing is downloaded)."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
-                     f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
+    """One headless Chromium for the module."""
+    with chromium(tmp_path_factory.mktemp("chromium")) as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-def request(url: str, method: str = "GET", body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
-
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args: Any) -> None:
-            return None
-
-    try:
-        with urllib.request.build_opener(NoRedirect).open(req, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
 
 
 def screenshot(driver: webdriver.Chrome, name: str) -> None:
@@ -148,6 +120,7 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path,
         health = browser.find_element(By.CSS_SELECTOR, 'tr.host[data-host="web1.prod"] td.health').text
         assert health.startswith("unhealthy") and "exit status 1: in maintenance" in health, health
         assert "unhealthy" in browser.find_element(By.TAG_NAME, "h1").text
+        maintenance.unlink()  # out of maintenance before production is applied below
         browser.get(base + "/")
 
         fleet.host_file("h1", APP_YML).write_text("hand-edited: by someone at 3am\n")
@@ -254,31 +227,9 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path,
     no_canary(fleet, *seen)
 
 
-@contextmanager
-def served(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """A real `controller serve` on 127.0.0.1:``port``."""
-    log = config.parent / "serve.log"
-    env = {**os.environ, "CONTROLLER_CONFIG": str(config)}
-    with open(log, "w") as output:
-        proc = subprocess.Popen([str(BIN / "controller"), "serve", "--listen", f"127.0.0.1:{port}"], env=env,
-                                stdout=output, stderr=subprocess.STDOUT)
-    try:
-        wait_for("the dashboard", lambda: _answers(proc, f"http://127.0.0.1:{port}/healthz"), timeout=30)
-        yield proc
-    except BaseException:
-        print(log.read_text())
-        raise
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
-def _answers(proc: subprocess.Popen[bytes], url: str) -> bool:
-    assert proc.poll() is None, "controller serve exited"
-    try:
-        return request(url)[0] == 200
-    except OSError:
-        return False
+
 
 
 def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, browser: webdriver.Chrome) -> None:

@@ -34,7 +34,10 @@ MAINTENANCE = "/srv/opt/shop/run/maintenance"
     ({"http": "127.0.0.1:8080/healthz"}, "apps[0].health[0]: http: expected an http:// or https:// URL"),
     ({"command": "true", "status": 204}, "apps[0].health[0]: status: only for an http check"),
     ({"command": "true", "timeout": "soon"}, "apps[0].health[0].timeout: expected a duration such as 30"),
-    ({"command": "true", "retries": -1}, "apps[0].health[0]: retries must not be negative"),
+    ({"command": "true", "retries": -1}, "apps[0].health[0]: retries must be 0 to 20, timeout more than 0"),
+    ({"command": "true", "retries": 50}, "apps[0].health[0]: retries must be 0 to 20, timeout more than 0"),
+    ({"http": "http://127.0.0.1/", "status": 302}, "status: only for an http check, an HTTP status such as 204 "
+                                                   "(200-299 or 400-599)"),
     ({"command": "true", "every": 5}, "apps[0].health[0].every: unknown key"),
 ])
 def test_a_health_check_written_wrong_is_one_line_naming_its_key(tmp_path: Path, check: dict[str, Any],

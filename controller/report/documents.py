@@ -48,6 +48,7 @@ def status_document(status: AppStatus) -> dict[str, Any]:
             "revision": failure.revision, "outcome": failure.outcome, "reason": failure.reason,
             "message": failure.message, "run_id": failure.id, "started": failure.started},
         "hosts": [asdict(h) for h in status.hosts],
+        "halt": None if status.halt is None else asdict(status.halt),
     }
 
 

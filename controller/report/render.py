@@ -142,11 +142,33 @@ def run_text(detail: RunDetail) -> str:
         hosts = [h for h in detail.hosts if h.phase is phase]
         if hosts:
             lines.append(f"{phase}: " + ", ".join(f"{h.host} {h.status}" for h in hosts))
+    lines.extend(_rollout_text(run.summary.get("rollout")))
     for phase, title, diffs in ((Phase.CHECK, "drift report", True), (Phase.APPLY, "apply", False)):
         tasks = [TaskResult(t.host, t.task, t.action, t.status, t.diff, t.message)
                  for t in detail.tasks if t.phase is phase]
         lines.extend(_tasks_text(title, tasks, diffs=diffs))
     return "\n".join(lines) + "\n"
+
+
+def _rollout_text(rollout: dict[str, Any] | None) -> list[str]:
+    """A rollout in batches, host by host: in which batch it was applied, what failed, where it was put back."""
+    if not rollout:
+        return []
+    batches, done = rollout["batches"], rollout["done"]
+    halted = " (halted)" if rollout["failed"] else ""
+    lines = [f"rollout   {len(batches)} batch(es), {done} applied{halted}"]
+    width = max(len(host) for batch in batches for host in batch)
+    for number, batch in enumerate(batches, 1):
+        for host in batch:
+            story = [f"applied in batch {number}"] if number <= done else ["not touched (halted before its batch)"]
+            if host in rollout["failed"]:
+                story.append(rollout["failed"][host])
+            if host in rollout["rolled_back"]:
+                story.append(f"rolled back to {rollout['rolled_back'][host][:12]}")
+            if host in rollout["not_rolled_back"]:
+                story.append(f"not rolled back: {rollout['not_rolled_back'][host]}")
+            lines.append(f"  {host:<{width}}  {'; '.join(story)}")
+    return lines
 
 
 def _outcome(run: RunRecord) -> str:
@@ -179,6 +201,10 @@ def status_text(statuses: list[AppStatus]) -> str:
                        for h in status.hosts if h.revision != revision or h.state is not HostState.IN_SYNC)
         details.extend(f"{h.host} {h.health} since {_hhmm(h.health_since or h.since)}: {h.health_detail}"
                        for h in status.hosts if h.health in (Health.UNHEALTHY, Health.UNKNOWN))
+        if halt := status.halt:
+            good = f"; hosts at {halt.last_good[:12]}" if halt.last_good else ""
+            details.append(f"{halt.revision[:12]} halted (run {halt.run_id}): {halt.detail}{good}; not applied again "
+                           "until the branch moves")
         failure = status.failure
         if failure:
             verb = "refused" if failure.reason is Reason.VERIFICATION_FAILED else failure.outcome

@@ -7,8 +7,8 @@ import re
 from collections.abc import Sequence
 
 from controller.ansible.results import TaskResult
-from controller.run.results import AppResult, Result
-from controller.vocabulary import Outcome, TaskStatus
+from controller.run.results import AppResult, Gates, Result
+from controller.vocabulary import OnFailure, Outcome, TaskStatus
 
 LABELS = {TaskStatus.FAILED: "would fail", TaskStatus.UNREACHABLE: "could not be checked"}
 FILES = 20  # changed files named per app; the rest are counted
@@ -87,6 +87,8 @@ def _app(app: AppResult, ignore_drift: bool) -> list[str]:
     if ok:
         lines.append(f"| unchanged | {len(ok)} |")
     lines.append("")
+    if app.gates is not None:
+        lines += [_gates(app.gates), ""]
     for task in app.check.tasks:
         if task.status.broken:
             lines.append(f"- **{task.host}** {task.status}: `{task.task}`: {html.escape(task.message)}")
@@ -96,6 +98,20 @@ def _app(app: AppResult, ignore_drift: bool) -> list[str]:
         lines += [f"- `{task}`" for task in unverified]
     lines.append("")
     return lines
+
+
+def _gates(gates: Gates) -> str:
+    """The rollout a sync would run (gitops.yml ``rollout:`` and ``health:``), in one paragraph."""
+    checks = ", ".join(f"`{check}`" for check in gates.checks)
+    hosts = sum(len(batch) for batch in gates.batches)
+    if gates.on_failure is None:
+        return f"**Health checks** after the apply, on each of the {hosts} host(s) it would apply to: {checks}."
+    steps = " → ".join(", ".join(f"`{host}`" for host in batch) for batch in gates.batches) or "none"
+    gate = f"each must pass {checks} before the next starts" if checks else "each must apply cleanly before the next"
+    failure = ("is rolled back to the revision its hosts ran before" if gates.on_failure is OnFailure.ROLLBACK
+               else "halts the rollout, leaving the rest untouched")
+    return (f"**Rollout:** {len(gates.batches)} batch(es) over the {hosts} host(s) it would apply to: {steps}; "
+            f"{gate}; a failed batch {failure}.")
 
 
 def _changed(app: AppResult, preexisting: bool) -> list[TaskResult]:

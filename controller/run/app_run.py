@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -16,17 +16,18 @@ from controller.errors import ControllerError, Interrupted, Superseded
 from controller.interrupt import Cancel
 from controller.run.plan import Plan, plan_apply
 from controller.run.preparation import Preparation
-from controller.run.results import AppResult, Progress, Request
+from controller.run.results import AppResult, Gates, Progress, Request
+from controller.run.rollout import Staged, roll_out
 from controller.source.apps import App
 from controller.source.git import Source
 from controller.source.revision import Revision
-from controller.state.records import HostRecord
+from controller.state.records import Halt, HostRecord
 from controller.state.store import Store
 from controller.verify.drift import Report, decide, host_states, merged, report, settle
 from controller.verify.health import HostHealth
 from controller.verify.manifest import Verdict
 from controller.verify.verdict import check_health, manifests_after, verified_report, verify_hosts
-from controller.vocabulary import Health, Kind, Phase, Policy, Reason, TaskStatus, failure
+from controller.vocabulary import Health, HostState, Kind, Outcome, Phase, Policy, Reason, TaskStatus, failure
 
 log = logging.getLogger("controller")
 
@@ -60,6 +61,12 @@ class AppRun:
     looks: bool = False
     # how Ansible reached each host in this run's plays: where the health checks go afterwards
     connections: dict[str, Connection] = field(default_factory=dict)
+    # why the app may not be applied yet (depends_on: an app it needs is not converged and healthy at this revision)
+    waiting: str | None = None
+    # the halt of the branch head this run stands in for: it heals drift at the halt's last good revision
+    heals: Halt | None = None
+    # each host's health as the rollout found it after its batch (or its rollback): no need to ask again
+    batch_health: dict[str, HostHealth] = field(default_factory=dict)
 
     @property
     def at_revision(self) -> set[str]:
@@ -83,7 +90,7 @@ class AppRun:
         # a detect app is applied only when someone asks for exactly that (sync --apply, the dashboard's Apply)
         applying = self.kind is Kind.SYNC and (app.policy is Policy.APPLY or self.request.apply_detect)
         try:
-            if applying:
+            if applying and self.heals is None:  # the last good revision is an ancestor of the halted head
                 self._refuse_rewrite(source, last)
 
             # a pull request's preview (--revision) tells its change from drift already there; a dry run of
@@ -100,24 +107,49 @@ class AppRun:
                 raise ControllerError(Reason.PLAN_STALE, f"app {app.name}: the check no longer finds what the "
                                       f"reviewed plan of {reviewed.created} says ({differs}); nothing applied")
             plan = None
-            if applying:
-                applied_at = {host: self.revision.sha if host in self.at_revision else row.revision
-                              for host, row in self.before.items()}
-                plan = plan_apply(checked, applied_at, self.revision.sha, force=self.request.force)
+            gates = self._gates(checked) if self.kind is Kind.PREVIEW else None
+            # a revision whose rollout halted is not applied again until the branch moves (or on purpose: --force)
+            held = store.halted(app.name, self.revision.sha) if applying and not self.request.force else None
+            if applying and held is None:
+                plan = plan_apply(checked, self._applied_at(), self.revision.sha, force=self.request.force)
+            waited = plan if plan and plan.hosts and self.waiting else None
+            if waited:
+                plan = None
             if plan and plan.hosts and (newer := self.cancel.superseded(self.revision.sha)):
                 raise Superseded(f"app {app.name}: not applied: superseded by {newer} during the check, which is "
                                  "reconciled next")
-            applied = play(check=False, limit=plan.limit) if plan and plan.hosts else None
+            staged = roll_out(app, plan.hosts, plan.limit, lambda limit: play(False, limit),
+                              lambda hosts: self._batch_health(prepared, app, hosts, prepared.space.project),
+                              lambda hosts, into: self._rollback(run_id, prepared, hosts, into),
+                              self.progress) if plan and plan.hosts else None
+            applied = staged.applied if staged else None
             outcome, reason = decide(checked, applied)
+            if (staged and staged.halted) or held:
+                outcome, reason = Outcome.FAILED if staged else outcome, Reason.HEALTH_CHECK_FAILED
+            elif waited and not outcome.troubled:  # held back with hosts to apply to: left as they differ
+                outcome, reason = Outcome.DRIFTED, Reason.DEPENDENCY_NOT_READY
+            elif self.heals and not outcome.troubled:  # in sync with the last good revision: not with the branch
+                outcome, reason = Outcome.DRIFTED, Reason.HEALTH_CHECK_FAILED
             health = self._health(prepared, verdicts, checked, applied) if self.kind is not Kind.PREVIEW else {}
-            rollout = Rollout.of(applied, self.revision, self.at_revision)
+            rolled_back = staged.rolled_back if staged else {}
+            rollout = Rollout.of(applied, self.revision, self.at_revision | set(rolled_back), rolled_back)
             message = _message(app, checked, applied, rollout, plan, self.kind, verdicts, self._last_run(checked))
+            if staged and staged.story():
+                message += f"; {staged.story()}"
+            if waited:
+                message += f"; not applied to {', '.join(waited.hosts)}: {self.waiting}"
+            if halt := held or self.heals:
+                healing = f"drift healed at {self.revision.short}, the last good revision, while " if self.heals else ""
+                message += (f"; {healing}{halt.revision[:12]} halted in run #{halt.run_id} ({halt.detail}): not "
+                            "applied again until the branch moves (sync --force retries it)")
             if self.same_as:
                 message += (f"; {self.revision.short} changes nothing this app uses since {self.same_as[:12]} "
                             "(only files other apps use): no rollout for it")
             if sick := sorted(h.host for h in health.values() if h.health is Health.UNHEALTHY):
                 message += f"; unhealthy: {', '.join(sick)}"
-            summary = _summary(checked, applied, rollout, plan, verdicts)
+            summary: dict[str, object] = {**_summary(checked, applied, rollout, plan, verdicts)}
+            if staged and app.rollout is not None:
+                summary["rollout"] = staged.summary()
             if health:
                 summary["unhealthy"] = [f"{h.host}: {h.detail}" for h in sorted(health.values(), key=_host)
                                         if h.health is Health.UNHEALTHY]
@@ -126,12 +158,21 @@ class AppRun:
                              verified=sum(1 for v in verdicts if v.verified))
             behind, degraded, recovered = 0, list[str](), list[str]()
             if self.kind is not Kind.PREVIEW:  # a preview never becomes the app's (or a host's) state
-                converged = [h.host for h in (applied.hosts if applied else ()) if h.status.reached]
+                converged = [h.host for h in (applied.hosts if applied else ()) if h.status.reached
+                             and h.host not in rolled_back]
                 # in sync at a revision the same for this app: at this one now, though nothing ran there
                 moved = [h.host for h in checked.hosts if h.status is TaskStatus.OK and h.host in self.at_revision
                          and h.host not in converged] if self.same_as else []
-                store.record_hosts(app.name, run_id, host_states(checked, applied), converged, self.revision.sha,
+                # a host put back differs from the branch head again, as the check found it
+                states = {**host_states(checked, applied), **{h: HostState.DRIFTED for h in rolled_back}}
+                store.record_hosts(app.name, run_id, states, converged, self.revision.sha,
                                    every_host=not self.request.limit, moved=moved)
+                if rolled_back:  # their manifests were taken at this revision, which they no longer run
+                    store.record_manifests(app.name, dict.fromkeys(rolled_back), every_host=False)
+                if staged and staged.halted:
+                    store.halt(app.name, self.revision.sha, run_id, last, staged.detail)
+                elif staged and outcome is Outcome.CONVERGED:
+                    store.clear_halts(app.name)
                 if self.same_as:
                     self._restamp()
                 degraded, recovered = store.record_health(app.name, health, declared=bool(app.health))
@@ -139,7 +180,9 @@ class AppRun:
             return AppResult(app.name, app.policy, run_id, outcome, reason, message, checked, applied, last,
                              self.revision.sha, time.monotonic() - started, self.kind, plan, behind,
                              tuple(verdicts), self.changed, tuple(sorted(health.values(), key=_host)),
-                             tuple(degraded), tuple(recovered))
+                             tuple(degraded), tuple(recovered), gates,
+                             halted=self.revision.sha if (staged and staged.halted) or held
+                             else self.heals.revision if self.heals else None)
         except (ControllerError, Interrupted) as error:  # a stop too: this is where the run is recorded
             store.finish_run(run_id, failure(error.reason), error.reason, error.message, False, {})
             return AppResult(app.name, app.policy, run_id, failure(error.reason), error.reason, error.message,
@@ -150,8 +193,10 @@ class AppRun:
         """Compare the hosts with their manifests, one look each."""
         self.progress.step(f"{self.app.name}: verifying the hosts against their manifests (one look each)")
         states = {row.host: row.state for row in self.store.hosts(self.app.name)}
+        # a preview's look never becomes any host's health: no check runs for it
+        checks = self.app.health if self.kind is not Kind.PREVIEW else ()
         verdicts = verify_hosts(self.config, self.store.manifests(self.app.name), states, self.digest, project,
-                                self.app.health)
+                                checks)
         rechecked = [v.host for v in verdicts if not v.verified]
         # a host that differed is looked at again after its full check, even if Ansible finds it in sync:
         # the manifest then takes what Ansible does not manage (an owner no task sets) as it is now
@@ -164,36 +209,110 @@ class AppRun:
                 self.progress.notice(f"{self.app.name}: {verdict.host} needs a full check: {verdict.why}")
         return verdicts
 
+    def _applied_at(self) -> dict[str, str | None]:
+        """Each host's revision as the plan counts it: this one where a revision the same for the app ran."""
+        return {host: self.revision.sha if host in self.at_revision else row.revision
+                for host, row in self.before.items()}
+
+    def _gates(self, checked: Report) -> Gates | None:
+        """A preview's batches over the hosts a sync would apply to, and the checks each must pass."""
+        steps, checks = self.app.rollout, tuple(str(check) for check in self.app.health)
+        if steps is None and not checks:
+            return None
+        hosts = plan_apply(checked, self._applied_at(), self.revision.sha).hosts
+        batches = steps.split(hosts) if steps else [hosts]
+        return Gates(tuple(tuple(batch) for batch in batches), checks, steps.on_failure if steps else None)
+
     def _health(self, prepared: Preparation, verdicts: list[Verdict], checked: Report,
                 applied: Report | None) -> dict[str, HostHealth]:
-        """Each host's health after this run: what the verify's look found where nothing was applied since, the
-        others in one more round trip each; a host that could not be reached is unknown."""
-        checks = self.app.health
-        if not checks:
+        """Each host's health after this run: what the verify's look found where nothing was applied since, or the
+        rollout after a host's batch; the others in one more round trip each. An unreachable host is unknown; a
+        host Ansible does not reach over ssh (local, a container) has none."""
+        if not self.app.health:
             return {}
         touched = {h.host for h in applied.hosts} if applied else set()
-        found = {v.host: v.health for v in verdicts if v.health is not None and v.host not in touched}
-        connections = {host: m.connection for host, m in self.store.manifests(self.app.name).items()
+        # a look that failed (a key only the checkout holds, decrypted later) is asked again after the full check
+        found = {v.host: v.health for v in verdicts
+                 if v.health is not None and v.health.health is not Health.UNKNOWN and v.host not in touched}
+        if any(not c.passed for h in found.values() for c in h.checks):
+            found = self._masked(prepared, found)
+        found.update(self.batch_health)
+        final = merged(checked, applied).hosts
+        found.update({h.host: HostHealth.of(h.host, (), "unreachable: not asked") for h in final
+                      if h.host not in found and h.status is TaskStatus.UNREACHABLE})
+        found.update(self._ask_health(prepared, self.app, [h.host for h in final if h.host not in found],
+                                      prepared.space.project))
+        return found
+
+    def _ask_health(self, prepared: Preparation, app: App, hosts: list[str], project: Path) -> dict[str, HostHealth]:
+        """``app``'s health checks on those of ``hosts`` reached over ssh (as this run's plays or the last full run
+        reached them), all at once; masked. A failure to ask makes them unknown, never the run a failure."""
+        connections = {host: m.connection for host, m in self.store.manifests(app.name).items()
                        if m is not None and not m.error}
         connections.update(self.connections)
-        ask = {}
-        for host in merged(checked, applied).hosts:
-            if host.host in found:
-                continue
-            if host.status is TaskStatus.UNREACHABLE:
-                found[host.host] = HostHealth.of(host.host, (), "unreachable: not asked")
-            elif host.host not in connections:
-                found[host.host] = HostHealth.of(host.host, (), "Ansible does not reach it over ssh: not asked")
-            else:
-                ask[host.host] = connections[host.host]
-        if ask:
-            self.progress.step(f"{self.app.name}: health checks on {len(ask)} host(s): "
-                               f"{', '.join(str(check) for check in checks)}")
-            found.update(check_health(self.config, checks, ask, prepared.space.project))
-        if any(not c.passed for h in found.values() for c in h.checks):
-            mask = prepared.redactor().text  # a failed command's last line may show what it read
-            found = {host: h.redacted(mask) for host, h in found.items()}
+        ask = {host: connections[host] for host in hosts if host in connections}
+        if not ask:
+            return {}
+        self.progress.step(f"{app.name}: health checks on {', '.join(ask)}")
+        try:
+            found = check_health(self.config, app.health, ask, project)
+        except (ControllerError, OSError, ValueError) as error:
+            why = error.message if isinstance(error, ControllerError) else str(error)
+            return {host: HostHealth.of(host, (), f"could not run the health checks: {why}") for host in ask}
+        return self._masked(prepared, found)
+
+    def _masked(self, prepared: Preparation, found: dict[str, HostHealth]) -> dict[str, HostHealth]:
+        """What the checks said, every secret of the revision masked (decrypted to learn them when a check failed
+        and nothing was decrypted yet); withheld when they cannot be."""
+        if not any(not c.passed for h in found.values() for c in h.checks):
+            return found
+        try:
+            mask = prepared.redactor().text
+        except ControllerError as error:
+            self.progress.notice(f"{self.app.name}: what the failed health checks printed is withheld: {error}")
+            return {host: h.withheld() for host, h in found.items()}
+        return {host: h.redacted(mask) for host, h in found.items()}
+
+    def _batch_health(self, prepared: Preparation, app: App, hosts: list[str],
+                      project: Path) -> dict[str, HostHealth]:
+        """``app``'s health checks on ``hosts`` (of a batch just applied, or rolled back), remembered for the run."""
+        found = self._ask_health(prepared, app, hosts, project)
+        self.batch_health.update(found)
         return found
+
+    def _rollback(self, run_id: int, prepared: Preparation, hosts: list[str], staged: Staged) -> None:
+        """Put ``hosts`` back to the revision each ran before this run: that revision extracted, decrypted and
+        syntax-checked like any, its apply limited to them, then its health checks."""
+        by_revision: dict[str, list[str]] = {}
+        for host in hosts:
+            before = self.before.get(host)
+            if before is None or before.revision is None or before.revision == self.revision.sha:
+                staged.kept[host] = "no earlier revision was applied there"
+            else:
+                by_revision.setdefault(before.revision, []).append(host)
+        for sha, group in sorted(by_revision.items()):
+            self.progress.step(f"{self.app.name}: rolling {', '.join(group)} back to {sha[:12]}")
+            try:
+                at, apps = prepared.at(sha)
+                old = apps.get(self.app.name)
+                if old is None:
+                    raise ControllerError(Reason.NOT_FOUND, f"{self.app.name} is not in gitops.yml at {sha[:12]}")
+                job, redactor = at.ready(old)
+                played = run_playbook(old, at.space.project, at.space.runner / Phase.ROLLBACK, job, check=False,
+                                      redactor=redactor, cancel=self.cancel, limit=",".join(group),
+                                      on_task=lambda task: self.progress.task(self.app.name, Phase.ROLLBACK, task),
+                                      on_start=lambda task, host: self.progress.started(
+                                          self.app.name, Phase.ROLLBACK, task, host))
+            except ControllerError as error:
+                staged.kept.update(dict.fromkeys(group, error.message))
+                continue
+            found = report(played)
+            self.store.add_report(run_id, Phase.ROLLBACK, found)
+            staged.rolled_back.update({h.host: sha for h in found.hosts if h.status.reached})
+            staged.kept.update({h.host: f"its rollback {h.status}" for h in found.hosts if not h.status.reached})
+            if old.health:
+                self._batch_health(prepared, old, [h.host for h in found.hosts if h.status.reached],
+                                   at.space.project)
 
     def _check_after(self, verdicts: list[Verdict], play: Callable[[bool, str | None], Report]) -> Report:
         """Fully check only the hosts that differ from their manifests or have none (every host when no
@@ -340,8 +459,10 @@ class Rollout:
     corrected: list[str]
 
     @classmethod
-    def of(cls, applied: Report | None, revision: Revision, at_revision: set[str]) -> Rollout:
-        changed = applied.with_status(TaskStatus.CHANGED) if applied is not None else []
+    def of(cls, applied: Report | None, revision: Revision, at_revision: set[str],
+           rolled_back: Mapping[str, str]) -> Rollout:
+        """``rolled_back`` hosts got the revision and lost it again: neither rolled out to nor corrected."""
+        changed = [h for h in applied.with_status(TaskStatus.CHANGED) if h not in rolled_back] if applied else []
         return cls(revision.short, [h for h in changed if h not in at_revision],
                    [h for h in changed if h in at_revision])
 

@@ -97,6 +97,10 @@ def condition(app: AppResult) -> str | None:
     """The app's state as far as notifications care; the same state is announced only once."""
     if app.outcome in (Outcome.SUSPENDED, Outcome.INTERRUPTED) or app.run_id is None:
         return None  # a stop (a restart of the daemon, Ctrl-C) is not news, nor is a run that never ran
+    if app.reason is Reason.HEALTH_CHECK_FAILED and app.halted:
+        # the halting run and every sync that holds the revision after it (healing at the last good one): one
+        # state, announced once
+        return f"failed:{app.reason}:{_digest(app.halted)}"
     if app.outcome.troubled:
         final = merged(app.check, app.applied) if app.check else None
         hosts = sorted(h.host for h in final.hosts if h.status.broken) if final else []
@@ -117,8 +121,8 @@ def notices(app: AppResult, before: str | None, new_revision: bool) -> list[Even
     found = []
     if app.applied is not None and new_revision:
         found.append(Event.REVISION_APPLIED)
-    elif app.applied is not None and app.check is not None and app.check.drifted:
-        found.append(Event.DRIFT_CORRECTED)
+    elif app.applied is not None and app.check is not None and app.check.drifted and app.halted != app.revision:
+        found.append(Event.DRIFT_CORRECTED)  # (a halted rollout corrected nothing: it is run-failed)
     if after != before:
         failed = after.startswith("failed:")
         if not failed and before is not None and before.startswith("failed:"):
@@ -143,7 +147,8 @@ def announce(config: Config, store: Store, result: Result) -> list[Notice]:
     targets = [t for t in config.notify if t.format not in FORGES]
     for app in result.apps:
         before = store.condition(app.app)
-        reached = app.applied is not None and any(h.status.reached for h in app.applied.hosts)
+        # a halted rollout's revision was not rolled out, whatever its first batch reached
+        reached = app.applied is not None and app.halted is None and any(h.status.reached for h in app.applied.hosts)
         new_revision = bool(reached and app.revision and store.announce_revision(app.app, app.revision))
         found = [Notice(event, app, subject if app.revision else None, run_link(config.ui.external_url, app.run_id))
                  for event in notices(app, before, new_revision)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from controller.source.signatures import verify_revision
 from controller.state.records import Suspension
 from controller.state.store import Store
 from controller.verify.manifest import inputs_digest
-from controller.vocabulary import NO_APP, Kind, Outcome, Reason, failure
+from controller.vocabulary import NO_APP, Health, HostState, Kind, Outcome, Reason, failure
 
 
 def source_of(config: Config) -> Source:
@@ -90,7 +91,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                 # only a revision that passed every gate retires apps
                 for gone in store.retire_missing([a.name for a in every], revision.sha):
                     progress.notice(f"app {gone} is no longer in gitops.yml at {revision.short}: retired")
-            results = []
+            results: list[AppResult] = []
             for app in apps:
                 if cancel():
                     break
@@ -102,10 +103,15 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                 if app.name in suspended:
                     results.append(_suspended(app, suspended[app.name]))
                     continue
+                if healing := _healing(config, request, kind, store, source, prepared, progress, cancel, app,
+                                       revision.sha):
+                    results.append(healing[0].reconcile(source, healing[1]))
+                    continue
                 run = AppRun(app, request, kind, revision, store, progress, cancel, config, digests[app.name],
                              here[app.name],
                              same_as=unreached.get(app.name), looks=app.name in looks,
-                             changed=tuple(changes[app.name][1]) if changes.get(app.name) else ())
+                             changed=tuple(changes[app.name][1]) if changes.get(app.name) else (),
+                             waiting=_waiting(app, results, store, revision.sha) if kind is Kind.SYNC else None)
                 results.append(run.reconcile(source, prepared))
             return Result(request, revision, tuple(results), kind=kind)
     except (ControllerError, Interrupted) as error:
@@ -117,6 +123,43 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
         names = [a.name for a in apps] or _held_back(store, request.app)
         return Result(request, revision, tuple(
             _failed(store, name, request, kind, revision, error) for name in names), kind=kind)
+
+
+def _healing(config: Config, request: Request, kind: Kind, store: Store, source: Source, prepared: Preparation,
+             progress: Progress, cancel: Cancel, app: App, head: str) -> tuple[AppRun, Preparation] | None:
+    """While the branch head's rollout is halted on ``app``, a sync heals drift at the last good revision instead,
+    on the hosts that run it (never a host the halted revision reached): that revision's run, and where it runs."""
+    halt = store.halted(app.name, head) if kind is Kind.SYNC and not request.force and not request.limit else None
+    hosts = [h.host for h in store.hosts(app.name) if halt and h.revision == halt.last_good]
+    if halt is None or halt.last_good is None or not hosts:
+        return None
+    at, apps = prepared.at(halt.last_good)
+    good = apps.get(app.name)
+    if good is None:
+        return None
+    progress.step(f"{app.name}: {head[:12]} is halted; healing drift at {halt.last_good[:12]} on {', '.join(hosts)}")
+    digest = at.digests[app.name]
+    return AppRun(good, replace(request, limit=",".join(hosts)), kind, source.resolve(halt.last_good), store,
+                  progress, cancel, config, digest, digest, heals=halt), at
+
+
+def _waiting(app: App, done: list[AppResult], store: Store, sha: str) -> str | None:
+    """Why ``app`` may not be applied at ``sha`` yet: an app it depends on is not converged and healthy there (as
+    this cycle left it, or, not reconciled in it, as the store has its hosts)."""
+    results = {result.app: result for result in done}
+    for upstream in app.depends_on:
+        if (result := results.get(upstream)) is not None:
+            if result.revision == sha and result.outcome in (Outcome.CONVERGED, Outcome.IN_SYNC, Outcome.UNVERIFIED) \
+                    and not result.reason and not result.unhealthy:
+                continue
+            why = result.outcome.value + (f", {result.reason}" if result.reason else "") + \
+                (", unhealthy" if result.unhealthy else "")
+            return f"it depends on {upstream}, which is {why} at {sha[:12]}"
+        hosts = store.hosts(upstream)
+        if not hosts or any(h.revision != sha or h.state is not HostState.IN_SYNC or h.health is Health.UNHEALTHY
+                            for h in hosts):
+            return f"it depends on {upstream}, which is not converged and healthy at {sha[:12]}"
+    return None
 
 
 def _changes(source: Source, store: Store, apps: tuple[App, ...], sha: str) -> dict[str, tuple[str, list[str]]]:
@@ -187,7 +230,10 @@ def _idle(config: Config, store: Store, head: Revision) -> str | None:
         return None
     for app in apps:
         latest = store.latest(app)
-        if latest is None or latest.kind is not Kind.SYNC or latest.revision != head.sha \
+        halt = store.halted(app, head.sha)
+        # a head whose rollout halted is synced as the drift healing at its last good revision
+        synced = head.sha if halt is None else halt.last_good
+        if latest is None or latest.kind is not Kind.SYNC or latest.revision not in (head.sha, synced) \
                 or latest.outcome is None or not latest.outcome.settled or _check_due(config, store, app):
             return None
     return (f"nothing to do: {config.source.branch} is still at {head.short}, already synced "

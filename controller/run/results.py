@@ -12,7 +12,7 @@ from controller.source.revision import Revision
 from controller.verify.drift import Report
 from controller.verify.health import HostHealth
 from controller.verify.manifest import Verdict
-from controller.vocabulary import ExitCode, Health, Kind, Mode, Outcome, Policy, Reason, Trigger
+from controller.vocabulary import ExitCode, Health, Kind, Mode, OnFailure, Outcome, Policy, Reason, Trigger
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,16 @@ class Request:
 
 
 @dataclass(frozen=True)
+class Gates:
+    """What would gate the apply of a previewed revision: its batches over the hosts it would apply to, the
+    health checks each batch must pass, and what a failed batch does (None: no rollout in batches)."""
+
+    batches: tuple[tuple[str, ...], ...]
+    checks: tuple[str, ...]
+    on_failure: OnFailure | None
+
+
+@dataclass(frozen=True)
 class AppResult:
     """How one app's run ended, with the reports it produced."""
 
@@ -69,6 +79,8 @@ class AppResult:
     health: tuple[HostHealth, ...] = ()  # each host's, after the run (gitops.yml ``health:``)
     degraded: tuple[str, ...] = ()   # hosts whose health went bad with this run
     recovered: tuple[str, ...] = ()  # hosts healthy again with this run
+    gates: Gates | None = None       # a preview: what would gate its apply (gitops.yml rollout:, health:)
+    halted: str | None = None        # the branch head whose rollout halted, when this run halted or holds it
 
     @property
     def unhealthy(self) -> list[HostHealth]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -11,9 +13,10 @@ from controller.config import HostPort
 from controller.errors import ControllerError
 from controller.schema import Seconds, build, read_yaml
 from controller.source.ansible_cfg import read_ansible_cfg
-from controller.vocabulary import Policy, Reason
+from controller.vocabulary import OnFailure, Policy, Reason
 
 APPS_FILE = "gitops.yml"
+SHARE = re.compile(r"\d+(?:\.\d+)?%")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_PLAYBOOKS = ("site.yml", "playbooks/site.yml")
 DEFAULT_INVENTORIES = ("inventory", "inventory.yml", "hosts", "hosts.yml")
@@ -68,10 +71,43 @@ class HealthCheck:
                     raise ValueError
             except ValueError:
                 return f"tcp: expected a port (1-65535) or HOST:PORT, got {self.tcp!r}"
-        if self.status is not None and (self.http is None or not 100 <= self.status < 600):
-            return "status: only for an http check, an HTTP status such as 204"
-        if self.retries < 0 or self.timeout <= 0:
-            return "retries must not be negative, and timeout must be more than 0"
+        # redirects are followed, so the status checked is never a 3xx
+        if self.status is not None and (self.http is None or not (200 <= self.status < 300
+                                                                   or 400 <= self.status < 600)):
+            return "status: only for an http check, an HTTP status such as 204 (200-299 or 400-599)"
+        if not 0 <= self.retries <= 20 or not 0 < self.timeout <= 300 or self.delay > 300:
+            return "retries must be 0 to 20, timeout more than 0 and at most 300s, delay at most 300s"
+        return None
+
+
+@dataclass(frozen=True)
+class RolloutSteps:
+    """How a sync applies an app (gitops.yml ``rollout:``): batch after batch of the hosts that need the apply, each
+    healthy before the next starts; a batch that fails halts the rest (``on_failure: rollback`` also puts it back)."""
+
+    batches: tuple[int | str, ...] = ("100%",)  # hosts per step: a count, or a share such as 25%; the last: the rest
+    on_failure: OnFailure = OnFailure.HALT
+
+    def split(self, hosts: Sequence[str]) -> list[list[str]]:
+        """``hosts`` in batches, in order: each step's count (a share rounds up, at least one), the last the rest."""
+        left, batches = list(hosts), []
+        for i, step in enumerate(self.batches):
+            if not left:
+                break
+            size = len(left) if i == len(self.batches) - 1 else \
+                step if isinstance(step, int) else max(1, math.ceil(len(hosts) * float(step[:-1]) / 100))
+            batches.append(left[:size])
+            left = left[size:]
+        return batches
+
+    def problem(self) -> str | None:
+        """What is wrong with the steps as written, if anything."""
+        if not self.batches:
+            return "batches: lists no step"
+        for step in self.batches:
+            if (isinstance(step, int) and step < 1) or (isinstance(step, str) and not (
+                    SHARE.fullmatch(step) and 0 < float(step[:-1]) <= 100)):
+                return f"batches: expected a number of hosts (1 or more) or a share such as 25%, got {step!r}"
         return None
 
 
@@ -85,6 +121,8 @@ class App:
     limit: str | None = None
     policy: Policy = Policy.APPLY
     health: tuple[HealthCheck, ...] = ()
+    rollout: RolloutSteps | None = None  # None: every host that needs the apply at once
+    depends_on: tuple[str, ...] = ()     # apps applied (converged and healthy at the same revision) before this one
 
 
 @dataclass(frozen=True)
@@ -114,7 +152,33 @@ def load_apps(project: Path) -> tuple[App, ...]:
         for j, check in enumerate(app.health):
             if problem := check.problem():
                 raise _invalid(f"{key}.health[{j}]", problem)
-    return apps
+        if app.rollout is not None and (problem := app.rollout.problem()):
+            raise _invalid(f"{key}.rollout", problem)
+    names = {app.name for app in apps}
+    for i, app in enumerate(apps):
+        for j, upstream in enumerate(app.depends_on):
+            if upstream not in names:
+                raise _invalid(f"apps[{i}].depends_on[{j}]", f"no app {upstream!r} (apps: {', '.join(sorted(names))})")
+    return in_order(apps)
+
+
+def in_order(apps: tuple[App, ...]) -> tuple[App, ...]:
+    """The apps with each one after those it depends on, otherwise as listed; a cycle is a ConfigInvalid error."""
+    by_name = {app.name: app for app in apps}
+    done: dict[str, App] = {}
+
+    def visit(app: App, trail: tuple[str, ...]) -> None:
+        if app.name in trail:
+            cycle = " -> ".join((*trail[trail.index(app.name):], app.name))
+            raise ControllerError(Reason.CONFIG_INVALID, f"{APPS_FILE}: depends_on cycle: {cycle}")
+        if app.name not in done:
+            for upstream in app.depends_on:
+                visit(by_name[upstream], (*trail, app.name))
+            done[app.name] = app
+
+    for app in apps:
+        visit(app, ())
+    return tuple(done.values())
 
 
 def default_app(project: Path) -> App:

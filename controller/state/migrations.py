@@ -122,6 +122,13 @@ MIGRATIONS = (
     ALTER TABLE hosts ADD COLUMN health_since TEXT;
     ALTER TABLE hosts ADD COLUMN health_detail TEXT NOT NULL DEFAULT '';
     """,
+    # 9: revisions a rollout in batches halted (a batch failed its apply or its health checks), per app: not applied
+    # again until the branch moves or a sync is forced; forgotten when a later rollout of the app completes
+    """
+    CREATE TABLE halts (
+        app TEXT NOT NULL, revision TEXT NOT NULL, run_id INTEGER NOT NULL, since TEXT NOT NULL,
+        last_good TEXT, detail TEXT NOT NULL, PRIMARY KEY (app, revision));
+    """,
 )
 
 

@@ -93,6 +93,17 @@ class HostRecord:
 
 
 @dataclass(frozen=True)
+class Halt:
+    """A revision whose rollout in batches halted on an app: not applied again until the branch moves."""
+
+    revision: str
+    run_id: int
+    since: str
+    last_good: str | None  # the revision the app's hosts ran before (what a rollback puts back)
+    detail: str            # which hosts failed, and how
+
+
+@dataclass(frozen=True)
 class Suspension:
     """Why and since when an app is not reconciled."""
 
@@ -127,6 +138,7 @@ class AppStatus:
     last_run: RunRecord        # the newest check or sync
     failure: RunRecord | None  # the newest run, when it failed after the state above was known
     hosts: tuple[HostRecord, ...]
+    halt: Halt | None = None   # the newest revision a rollout halted on, until one completes
 
     @property
     def suspended(self) -> bool:

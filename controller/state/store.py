@@ -19,6 +19,7 @@ from controller.state.migrations import BUCKET_COLUMNS, migrate
 from controller.state.records import (
     AppStatus,
     Commit,
+    Halt,
     HostChanges,
     HostEvent,
     HostRecord,
@@ -209,6 +210,21 @@ class Store:
                            " health = ?, health_detail = ? WHERE app = ? AND host = ?",
                            (there.health, stamp, there.health, there.detail, app, host))
         return degraded, recovered
+
+    def halt(self, app: str, revision: str, run_id: int, last_good: str | None, detail: str) -> None:
+        """Remember that ``revision``'s rollout halted on ``app`` (again: the newest run and detail)."""
+        self.db.execute("INSERT OR REPLACE INTO halts VALUES (?, ?, ?, ?, ?, ?)",
+                        (app, revision, run_id, now(), last_good, detail))
+
+    def clear_halts(self, app: str) -> None:
+        """A rollout of ``app`` completed: the revisions halted before are history, not holds."""
+        self.db.execute("DELETE FROM halts WHERE app = ?", (app,))
+
+    def halted(self, app: str, revision: str | None = None) -> Halt | None:
+        """The halt of ``revision`` on ``app`` (None: the newest halt of the app), if any."""
+        row = self.db.execute("SELECT * FROM halts WHERE app = ? AND revision = COALESCE(?, revision)"
+                              " ORDER BY since DESC, run_id DESC LIMIT 1", (app, revision)).fetchone()
+        return Halt(row["revision"], row["run_id"], row["since"], row["last_good"], row["detail"]) if row else None
 
     def record_manifests(self, app: str, manifests: Mapping[str, Manifest | None], *, every_host: bool) -> None:
         """Each host's manifest after a full run (None: not in sync, nothing to trust); a run of the whole
@@ -410,7 +426,7 @@ class Store:
                 app=app, policy=good.policy, suspension=suspended.get(app), applied_revision=revision,
                 hosts_at_revision=sum(1 for h in hosts if revision and h.revision == revision),
                 state=good.outcome, reason=good.reason, detail=good.message, last_run=latest,
-                failure=latest if failed else None, hosts=hosts))
+                failure=latest if failed else None, hosts=hosts, halt=self.halted(app)))
         return statuses
 
     def _latest_good(self, app: str) -> RunRecord | None:

@@ -47,8 +47,20 @@ class HostHealth:
                          for c in self.checks if not c.passed)
 
     def redacted(self, mask: Callable[[str], str]) -> HostHealth:
-        """The same with ``mask`` over what the checks said (a command may print what it reads)."""
-        return replace(self, checks=tuple(replace(c, said=mask(c.said)) for c in self.checks), why=mask(self.why))
+        """The same with ``mask`` over what the checks said (a command may print what it reads), then shortened:
+        the host sends a whole line, so that no secret is cut in two before it is masked."""
+        return replace(self, checks=tuple(replace(c, said=_shortened(mask(c.said))) for c in self.checks),
+                       why=mask(self.why))
+
+    def withheld(self) -> HostHealth:
+        """The same with what failed commands printed left out (no secret was known to mask it with)."""
+        return replace(self, checks=tuple(
+            replace(c, said=c.said.partition(": ")[0] + " (output withheld: the secrets to mask it could not be "
+                    "decrypted)") if c.check.startswith("command") and not c.passed else c for c in self.checks))
+
+
+def _shortened(text: str, most: int = 300) -> str:
+    return text if len(text) <= most else "..." + text[-most:]
 
 
 def budget(checks: Sequence[HealthCheck]) -> float:

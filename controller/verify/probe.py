@@ -72,7 +72,7 @@ def run(argvs):
     import subprocess
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
     procs = [subprocess.Popen(a, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              env=env, text=True) for a in argvs]
+                              env=env, universal_newlines=True) for a in argvs]
     return [(p.communicate(timeout=30)[0], p.returncode) for p in procs]
 def packages(names):
     try:
@@ -189,17 +189,22 @@ def crontabs(names):
         out.append(state)
     return out
 def command(what, timeout, status):
-    import subprocess
+    import signal, subprocess
+    # a session of its own: at the timeout the whole group goes, grandchildren holding the pipe too
+    proc = subprocess.Popen(["/bin/sh", "-c", what], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"})
     try:
-        done = subprocess.run(["/bin/sh", "-c", what], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, timeout=timeout,
-                              env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"})
+        out = proc.communicate(timeout=timeout)[0]
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         return False, "no answer within %gs" % timeout
-    said = done.stdout.decode("utf-8", "replace").strip().splitlines()
-    if done.returncode == 0:  # what a passing check printed is no news, and kept nowhere
+    if proc.returncode == 0:  # what a passing check printed is no news, and kept nowhere
         return True, "exit status 0"
-    return False, "exit status %d" % done.returncode + (": " + said[-1] if said else "")
+    said = out.decode("utf-8", "replace").strip().splitlines()
+    # the whole last line (up to 4 KiB): the controller masks secrets in it before it shortens it
+    return False, "exit status %d" % proc.returncode + (": " + said[-1][-4096:] if said else "")
 def http(what, timeout, status):
     import urllib.error, urllib.request
     # never through a proxy: the check asks the host itself
@@ -231,7 +236,7 @@ def health(spec):
         except Exception as exc:
             passed, said = False, "%s: %s" % (type(exc).__name__, exc)
         if passed or attempt == attempts:
-            return (passed, said[-300:], attempt)
+            return (passed, said, attempt)
         time.sleep(float(delay))
 READ = {"package": packages, "service": services, "user": users, "group": groups, "mount": mounts,
         "sysctl": sysctls, "crontab": crontabs}
@@ -254,7 +259,7 @@ for kind, items in asked.items():
         states = [{"error": "%s: %s" % (type(exc).__name__, exc)}] * len(items)
     for (i, _), state in zip(items, states):
         out[i] = state
-print(repr((out, [health(spec) for spec in checks])))
+print(ascii((out, [health(spec) for spec in checks])))
 """
 
 
@@ -276,7 +281,9 @@ def look(config: Config, asked: Mapping[str, tuple[Connection, Sequence[str]]],
     ``cwd`` is where Ansible ran (the checkout): a key or an ssh config the inventory names by a
     relative path is found there as Ansible found it.
     """
-    commands = {host: _ssh(config, connection, [*targets, *_health_arguments(checks, connection)])
+    # a failed command check's last line of output may hold a secret: that look keeps OpenSSH's own key exchange
+    private = any(check.command is not None for check in checks)
+    commands = {host: _ssh(config, connection, [*targets, *_health_arguments(checks, connection)], private)
                 for host, (connection, targets) in asked.items()}
     env = {key: os.environ[key] for key in PASSED_THROUGH if key in os.environ}
     # a jump host's ssh is started through PATH: it finds the wrapper with the bastion's host key options
@@ -292,7 +299,7 @@ def _health_arguments(checks: Sequence[HealthCheck], connection: Connection) -> 
     return ["--health", *(check.argument(connection.address) for check in checks)] if checks else []
 
 
-def _ssh(config: Config, connection: Connection, targets: Sequence[str]) -> list[str]:
+def _ssh(config: Config, connection: Connection, targets: Sequence[str], private: bool = False) -> list[str]:
     python = shlex.join(shlex.split(connection.python or "python3"))  # "/usr/bin/env python3" is two words
     program = f'{python} -I -S -c "$p" "$@"'
     if connection.become and (connection.become_method or "sudo") == "sudo":
@@ -306,7 +313,7 @@ def _ssh(config: Config, connection: Connection, targets: Sequence[str]) -> list
     # host key checking, batch mode or the single connection; theirs before our preferences after them
     first = [*host_key_options(config), "BatchMode=yes", "LogLevel=ERROR", "ControlMaster=no", "ControlPath=none"]
     preferences = [f"ConnectTimeout={round(config.ansible.timeout)}"]
-    if config.ssh.verify_key_exchange:
+    if config.ssh.verify_key_exchange and not private:
         # offered first, OpenSSH's own list after it: a host that lacks it still answers
         preferences.append(f"KexAlgorithms=^{config.ssh.verify_key_exchange}")
     # in Ansible's order: ssh_args, then the key, port and user, then ssh_common_args and ssh_extra_args

@@ -1,0 +1,172 @@
+"""Rollouts in batches (gitops.yml ``rollout:``) on real lab hosts and a real remote: a canary batch, a health check
+gating the next batch, a halt that leaves the rest untouched, a rollback to the revision each host had before, and
+a halted revision that is not applied again until the branch moves; an app that depends on it held meanwhile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from selenium.webdriver.common.by import By
+
+from controller.errors import ControllerError
+from controller.source.apps import load_apps
+from lab.repository import git
+from tests.conftest import APP_YML, VERSION, Fleet, bump_version, write_config
+from tests.support.browser import chromium, served
+from tests.support.daemon import free_port
+from tests.support.receiver import Receiver
+
+BROKEN = f"if grep -q broken {VERSION}; then echo version $(cat {VERSION}) does not start; exit 2; fi"
+
+
+def test_a_commit_that_fails_its_canary_s_health_is_rolled_back_there_and_reaches_no_other_host(
+        converged: Fleet, tmp_path: Path) -> None:
+    fleet = converged
+    receiver = Receiver()
+    write_config(fleet, notify=[{"url": receiver.url}])
+    gitops = yaml.safe_load((fleet.work / "gitops.yml").read_text())
+    gitops["apps"][0].update(health=[{"command": BROKEN, "retries": 0}],
+                             rollout={"batches": [1, "100%"], "on_failure": "rollback"})
+    # production (h3) is applied only once staging converged and is healthy at the same revision
+    gitops["apps"].append({"name": "production", "playbook": "playbooks/site.yml",
+                           "inventory": "inventories/production", "depends_on": ["staging"]})
+    fleet.write("gitops.yml", yaml.safe_dump(gitops))
+    good = fleet.push("Roll staging out in batches, behind a health check; production after it")
+    first = sync(fleet)
+    assert first["exit_code"] == 0, first
+    assert [a["name"] for a in first["apps"]] == ["staging", "production"]
+    production = deployed(fleet, "h3")
+    assert last_run(fleet)["summary"]["rollout"]["batches"] == [["web1.staging"], ["web2.staging"]]
+    before = {h: deployed(fleet, h) for h in ("h1", "h2")}
+
+    # the pull request's preview says which batches and checks would gate it; then it is merged
+    broken = bump_version(fleet, "2.0-broken", ref="pr")
+    preview = fleet.controller("check", "--revision", "pr", "--format", "markdown")
+    assert preview.returncode == 2, preview.stdout + preview.stderr
+    assert ("**Rollout:** 2 batch(es) over the 2 host(s) it would apply to: `web1.staging` → `web2.staging`; each "
+            f'must pass `command "{BROKEN}"` before the next starts; a failed batch is rolled back to the revision '
+            "its hosts ran before.") in preview.stdout
+    git(fleet.work, "push", "-q", "origin", "HEAD:main")
+    halted = sync(fleet)
+    app = halted["apps"][0]
+    assert (halted["exit_code"], app["outcome"], app["reason"]) == (1, "failed", "HealthCheckFailed"), app
+    assert "halted at batch 1 of 2: web1.staging: health unhealthy: command" in app["message"]
+    assert "version 2.0-broken does not start" in app["message"]
+    assert f"rolled back web1.staging to {good[:12]}" in app["message"]
+    assert "not touched: web2.staging" in app["message"]
+    # the canary is back where it was and healthy; the other host never got the commit
+    assert fleet.host_file("h1", VERSION).read_text() == before["h1"][0]
+    assert deployed(fleet, "h2") == before["h2"]
+    waiting = halted["apps"][1]
+    assert (waiting["name"], waiting["outcome"], waiting["reason"]) == ("production", "drifted", "DependencyNotReady")
+    assert "not applied to web1.prod: it depends on staging, which is failed, HealthCheckFailed" in waiting["message"]
+    assert deployed(fleet, "h3") == production
+    status = app_status(fleet)
+    assert status["halt"]["revision"] == broken and status["halt"]["last_good"] == good
+    assert {h["host"]: (h["revision"], h["health"]) for h in status["hosts"]} == {
+        "web1.staging": (good, "healthy"), "web2.staging": (good, "healthy")}
+    assert f"{broken[:12]} halted" in fleet.controller("status").stdout
+    shown = fleet.controller("show", str(app["run_id"])).stdout
+    assert "web1.staging  applied in batch 1; health unhealthy: command" in shown
+    assert f"rolled back to {good[:12]}" in shown and "web2.staging  not touched (halted before its batch)" in shown
+
+    # the same head again (as watch's next cycle would): never applied again, announced once; a hand edit on a host
+    # at the last good revision is healed there, at that revision
+    fleet.host_file("h2", APP_YML).write_text("hand-edited while the rollout is halted\n")
+    again = sync(fleet)
+    held = again["apps"][0]
+    assert again["apps"][1]["reason"] == "DependencyNotReady" and deployed(fleet, "h3") == production
+    assert (held["outcome"], held["reason"], held["applied_to"]) == ("drifted", "HealthCheckFailed",
+                                                                    {"web2.staging": "drifted"}), held
+    assert f"drift healed at {good[:12]}, the last good revision, while {broken[:12]} halted" in held["message"]
+    assert "not applied again until the branch moves" in held["message"]
+    assert fleet.host_file("h2", APP_YML).read_text() != "hand-edited while the rollout is halted\n"
+    assert deployed(fleet, "h2") == before["h2"]
+    assert fleet.host_file("h1", VERSION).read_text() == before["h1"][0]
+    assert last_run(fleet)["revision"] == good
+    assert receiver.events("staging") == ["revision-applied", "run-failed", "drift-corrected"]
+    assert not sync(fleet)["apps"][0]["applied_to"]  # nothing left to heal; still held
+
+    # the dashboard tells the rollout host by host, and the app's page the halt
+    port = free_port()
+    with served(fleet.config, port), chromium(tmp_path / "chromium") as browser:
+        browser.get(f"http://127.0.0.1:{port}/runs/{app['run_id']}")
+        assert "2 batch(es), 1 applied, halted" in browser.find_element(By.ID, "rollout").text
+        rows = {row.get_attribute("data-host"): row.text
+                for row in browser.find_elements(By.CSS_SELECTOR, "tr.rollout-host")}
+        assert "health unhealthy: command" in rows["web1.staging"] and f"rolled back to {good[:12]}" in rows[
+            "web1.staging"]
+        assert "not touched: halted before its batch" in rows["web2.staging"]
+        browser.get(f"http://127.0.0.1:{port}/apps/staging")
+        assert f"halted {broken[:12]}" in browser.find_element(By.ID, "halt").text
+
+    # the fix rolls out in batches to every host, and the halt is history
+    fixed = bump_version(fleet, "2.1")
+    done = sync(fleet)
+    assert done["exit_code"] == 0, done
+    assert [fleet.host_file(h, VERSION).read_text() for h in ("h1", "h2", "h3")] == ["2.1\n"] * 3
+    assert last_run(fleet)["summary"]["rollout"]["done"] == 2
+    status = app_status(fleet)
+    assert status["halt"] is None and {h["revision"] for h in status["hosts"]} == {fixed}
+    assert receiver.events("staging") == ["revision-applied", "run-failed", "drift-corrected", "revision-applied",
+                                          "recovered"]
+    receiver.server.shutdown()
+
+
+@pytest.mark.parametrize(("rollout", "problem"), [
+    ({"batches": [0, "100%"]}, "apps[0].rollout: batches: expected a number of hosts (1 or more) or a share"),
+    ({"batches": ["150%"]}, "apps[0].rollout: batches: expected a number of hosts (1 or more) or a share"),
+    ({"batches": []}, "apps[0].rollout: batches: lists no step"),
+    ({"on_failure": "retry"}, "apps[0].rollout.on_failure: must be one of halt, rollback, got 'retry'"),
+])
+def test_a_rollout_written_wrong_is_one_line_naming_its_key(tmp_path: Any, rollout: dict[str, Any],
+                                                            problem: str) -> None:
+    (tmp_path / "site.yml").write_text("- hosts: all\n  tasks: []\n")
+    (tmp_path / "hosts").write_text("web1\n")
+    (tmp_path / "gitops.yml").write_text(yaml.safe_dump({"apps": [
+        {"name": "web", "playbook": "site.yml", "inventory": "hosts", "rollout": rollout}]}))
+    with pytest.raises(ControllerError) as raised:
+        load_apps(tmp_path)
+    assert len(raised.value.message.splitlines()) == 1 and problem in raised.value.message
+
+
+def deployed(fleet: Fleet, host: str) -> tuple[str, int]:
+    """What VERSION says on a lab host, and when it was last written."""
+    path = fleet.host_file(host, VERSION)
+    return path.read_text(), path.stat().st_mtime_ns
+
+
+@pytest.mark.parametrize(("depends", "problem"), [
+    ({"a": ["b"], "b": ["a"]}, "gitops.yml: depends_on cycle: a -> b -> a"),
+    ({"a": ["a"], "b": []}, "gitops.yml: depends_on cycle: a -> a"),
+    ({"a": [], "b": ["c"]}, "gitops.yml: apps[1].depends_on[0]: no app 'c' (apps: a, b)"),
+])
+def test_depends_on_a_cycle_or_an_unknown_app_is_refused_when_gitops_yml_is_read(
+        tmp_path: Any, depends: dict[str, list[str]], problem: str) -> None:
+    (tmp_path / "site.yml").write_text("- hosts: all\n  tasks: []\n")
+    (tmp_path / "hosts").write_text("web1\n")
+    (tmp_path / "gitops.yml").write_text(yaml.safe_dump({"apps": [
+        {"name": name, "playbook": "site.yml", "inventory": "hosts", "depends_on": upstream}
+        for name, upstream in depends.items()]}))
+    with pytest.raises(ControllerError) as raised:
+        load_apps(tmp_path)
+    assert raised.value.message == problem
+
+
+def sync(fleet: Fleet) -> dict[str, Any]:
+    done = fleet.controller("sync", "--json")
+    found: dict[str, Any] = json.loads(done.stdout)
+    return found
+
+
+def last_run(fleet: Fleet) -> dict[str, Any]:
+    return next(r for r in fleet.runs() if r["app"] == "staging")
+
+
+def app_status(fleet: Fleet) -> dict[str, Any]:
+    done = fleet.controller("status", "--json")
+    return next(a for a in json.loads(done.stdout) if a["app"] == "staging")
