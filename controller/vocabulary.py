@@ -131,6 +131,7 @@ class Happened(StrEnum):
     ROLLED_OUT = "rolled out"        # an apply changed it at a revision new to it
     CORRECTED = "drift corrected"    # an apply changed it back at the revision it already ran
     APPLIED = "changes applied"      # an apply changed it (a run from before rollouts were told apart)
+    ROLLED_BACK = "rolled back"      # its batch of a rollout failed: put back to the revision it ran before
     DRIFT_FOUND = "drift found"      # a check found a change and nothing applied it
     IN_SYNC = "in sync"
     UNVERIFIED = "unverified"        # tasks check mode cannot verify were pending

@@ -88,7 +88,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 # The modules that take longest, longest first (their --durations summed from a CI log). Workers take whole
 # modules in collection order (--dist loadfile --no-loadscope-reorder): with these first, each worker ends on
 # short modules and neither waits long for the other. The others follow in file order.
-LONGEST = ("test_sync", "test_state_model", "test_real_repositories", "test_verify", "test_watch",
+LONGEST = ("test_sync", "test_state_model", "test_rollout", "test_real_repositories", "test_verify", "test_watch",
            "test_ops_repository", "test_crash", "test_dashboard", "test_requirements", "test_signatures",
            "test_molecule", "test_host_keys", "test_secrets", "test_listener", "test_example_repository")
 

@@ -45,6 +45,7 @@ def _app_json(app: AppResult) -> dict[str, Any]:
         "health": [{"host": h.host, "health": h.health.value, "detail": h.detail,
                     "checks": [asdict(c) for c in h.checks]} for h in app.health] or None,
         "health_degraded": list(app.degraded), "health_recovered": list(app.recovered),
+        "halted": app.halted,
     }
 
 
@@ -143,7 +144,8 @@ def run_text(detail: RunDetail) -> str:
         if hosts:
             lines.append(f"{phase}: " + ", ".join(f"{h.host} {h.status}" for h in hosts))
     lines.extend(_rollout_text(run.summary.get("rollout")))
-    for phase, title, diffs in ((Phase.CHECK, "drift report", True), (Phase.APPLY, "apply", False)):
+    for phase, title, diffs in ((Phase.CHECK, "drift report", True), (Phase.APPLY, "apply", False),
+                                (Phase.ROLLBACK, "rollback", False)):
         tasks = [TaskResult(t.host, t.task, t.action, t.status, t.diff, t.message)
                  for t in detail.tasks if t.phase is phase]
         lines.extend(_tasks_text(title, tasks, diffs=diffs))

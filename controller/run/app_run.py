@@ -109,7 +109,8 @@ class AppRun:
             plan = None
             gates = self._gates(checked) if self.kind is Kind.PREVIEW else None
             # a revision whose rollout halted is not applied again until the branch moves (or on purpose: --force)
-            held = store.halted(app.name, self.revision.sha) if applying and not self.request.force else None
+            standing = store.halted(app.name, self.revision.sha) if self.kind is not Kind.PREVIEW else None
+            held = standing if applying and not self.request.force else None
             if applying and held is None:
                 plan = plan_apply(checked, self._applied_at(), self.revision.sha, force=self.request.force)
             waited = plan if plan and plan.hosts and self.waiting else None
@@ -124,15 +125,19 @@ class AppRun:
                               self.progress) if plan and plan.hosts else None
             applied = staged.applied if staged else None
             outcome, reason = decide(checked, applied)
-            if (staged and staged.halted) or held:
-                outcome, reason = Outcome.FAILED if staged else outcome, Reason.HEALTH_CHECK_FAILED
+            halted = staged is not None and staged.halted
+            if halted:
+                outcome, reason = Outcome.FAILED, Reason.HEALTH_CHECK_FAILED
+                # the plan's hosts after the halt were never applied to
+                assert plan is not None and staged is not None
+                plan = replace(plan, why={h.host: plan.why[h.host] for h in staged.applied.hosts})
+            elif (held or self.heals) and not outcome.troubled:  # not in sync with the branch head: it is halted
+                outcome, reason = Outcome.DRIFTED, Reason.HEALTH_CHECK_FAILED
             elif waited and not outcome.troubled:  # held back with hosts to apply to: left as they differ
                 outcome, reason = Outcome.DRIFTED, Reason.DEPENDENCY_NOT_READY
-            elif self.heals and not outcome.troubled:  # in sync with the last good revision: not with the branch
-                outcome, reason = Outcome.DRIFTED, Reason.HEALTH_CHECK_FAILED
             health = self._health(prepared, verdicts, checked, applied) if self.kind is not Kind.PREVIEW else {}
             rolled_back = staged.rolled_back if staged else {}
-            rollout = Rollout.of(applied, self.revision, self.at_revision | set(rolled_back), rolled_back)
+            rollout = Rollout.of(applied, self.revision, self.at_revision, rolled_back)
             message = _message(app, checked, applied, rollout, plan, self.kind, verdicts, self._last_run(checked))
             if staged and staged.story():
                 message += f"; {staged.story()}"
@@ -158,31 +163,37 @@ class AppRun:
                              verified=sum(1 for v in verdicts if v.verified))
             behind, degraded, recovered = 0, list[str](), list[str]()
             if self.kind is not Kind.PREVIEW:  # a preview never becomes the app's (or a host's) state
+                mixed = staged.mixed if staged else set()
                 converged = [h.host for h in (applied.hosts if applied else ()) if h.status.reached
-                             and h.host not in rolled_back]
+                             and h.host not in rolled_back and h.host not in mixed]
                 # in sync at a revision the same for this app: at this one now, though nothing ran there
                 moved = [h.host for h in checked.hosts if h.status is TaskStatus.OK and h.host in self.at_revision
                          and h.host not in converged] if self.same_as else []
                 # a host put back differs from the branch head again, as the check found it
-                states = {**host_states(checked, applied), **{h: HostState.DRIFTED for h in rolled_back}}
+                # and one whose rollback failed part way is neither revision
+                states = {**host_states(checked, applied), **dict.fromkeys(rolled_back, HostState.DRIFTED),
+                          **dict.fromkeys(mixed, HostState.FAILED)}
                 store.record_hosts(app.name, run_id, states, converged, self.revision.sha,
                                    every_host=not self.request.limit, moved=moved)
-                if rolled_back:  # their manifests were taken at this revision, which they no longer run
-                    store.record_manifests(app.name, dict.fromkeys(rolled_back), every_host=False)
-                if staged and staged.halted:
-                    store.halt(app.name, self.revision.sha, run_id, last, staged.detail)
-                elif staged and outcome is Outcome.CONVERGED:
-                    store.clear_halts(app.name)
+                if rolled_back or mixed:  # their manifests were taken at this revision, which they no longer run
+                    store.record_manifests(app.name, dict.fromkeys([*rolled_back, *mixed]), every_host=False)
+                if halted and staged is not None:
+                    store.halt(app.name, self.revision.sha, run_id, standing.last_good if standing else
+                               self._last_good(), staged.detail)
+                elif self.kind is Kind.SYNC and not held and not self.heals and not outcome.troubled:
+                    store.clear_halts(app.name)  # a revision after the halted one went through: they are history
                 if self.same_as:
                     self._restamp()
-                degraded, recovered = store.record_health(app.name, health, declared=bool(app.health))
+                # a heal runs the last good revision's app, which may have no checks yet: it forgets none
+                degraded, recovered = store.record_health(app.name, health,
+                                                          declared=bool(app.health) or self.heals is not None)
                 behind = sum(1 for h in store.hosts(app.name) if h.revision != self.revision.sha)
             return AppResult(app.name, app.policy, run_id, outcome, reason, message, checked, applied, last,
                              self.revision.sha, time.monotonic() - started, self.kind, plan, behind,
                              tuple(verdicts), self.changed, tuple(sorted(health.values(), key=_host)),
                              tuple(degraded), tuple(recovered), gates,
-                             halted=self.revision.sha if (staged and staged.halted) or held
-                             else self.heals.revision if self.heals else None)
+                             halted=self.revision.sha if halted or standing else
+                             self.heals.revision if self.heals else None)
         except (ControllerError, Interrupted) as error:  # a stop too: this is where the run is recorded
             store.finish_run(run_id, failure(error.reason), error.reason, error.message, False, {})
             return AppResult(app.name, app.policy, run_id, failure(error.reason), error.reason, error.message,
@@ -209,6 +220,13 @@ class AppRun:
                 self.progress.notice(f"{self.app.name}: {verdict.host} needs a full check: {verdict.why}")
         return verdicts
 
+    def _last_good(self) -> str | None:
+        """The revision the app's hosts ran before this one, newest first, that no rollout halted on."""
+        rows = sorted((row for row in self.before.values() if row.revision and row.revision != self.revision.sha
+                       and self.store.halted(self.app.name, row.revision) is None),
+                      key=lambda row: row.applied_at or "", reverse=True)
+        return rows[0].revision if rows else None
+
     def _applied_at(self) -> dict[str, str | None]:
         """Each host's revision as the plan counts it: this one where a revision the same for the app ran."""
         return {host: self.revision.sha if host in self.at_revision else row.revision
@@ -234,8 +252,7 @@ class AppRun:
         # a look that failed (a key only the checkout holds, decrypted later) is asked again after the full check
         found = {v.host: v.health for v in verdicts
                  if v.health is not None and v.health.health is not Health.UNKNOWN and v.host not in touched}
-        if any(not c.passed for h in found.values() for c in h.checks):
-            found = self._masked(prepared, found)
+        found = self._masked(prepared, found)
         found.update(self.batch_health)
         final = merged(checked, applied).hosts
         found.update({h.host: HostHealth.of(h.host, (), "unreachable: not asked") for h in final
@@ -293,16 +310,7 @@ class AppRun:
         for sha, group in sorted(by_revision.items()):
             self.progress.step(f"{self.app.name}: rolling {', '.join(group)} back to {sha[:12]}")
             try:
-                at, apps = prepared.at(sha)
-                old = apps.get(self.app.name)
-                if old is None:
-                    raise ControllerError(Reason.NOT_FOUND, f"{self.app.name} is not in gitops.yml at {sha[:12]}")
-                job, redactor = at.ready(old)
-                played = run_playbook(old, at.space.project, at.space.runner / Phase.ROLLBACK, job, check=False,
-                                      redactor=redactor, cancel=self.cancel, limit=",".join(group),
-                                      on_task=lambda task: self.progress.task(self.app.name, Phase.ROLLBACK, task),
-                                      on_start=lambda task, host: self.progress.started(
-                                          self.app.name, Phase.ROLLBACK, task, host))
+                played, old, at = self._play_at(prepared, sha, Phase.ROLLBACK, check=False, limit=",".join(group))
             except ControllerError as error:
                 staged.kept.update(dict.fromkeys(group, error.message))
                 continue
@@ -310,9 +318,13 @@ class AppRun:
             self.store.add_report(run_id, Phase.ROLLBACK, found)
             staged.rolled_back.update({h.host: sha for h in found.hosts if h.status.reached})
             staged.kept.update({h.host: f"its rollback {h.status}" for h in found.hosts if not h.status.reached})
+            staged.mixed.update(h.host for h in found.hosts if not h.status.reached)
+            back = [h.host for h in found.hosts if h.status.reached]
             if old.health:
-                self._batch_health(prepared, old, [h.host for h in found.hosts if h.status.reached],
-                                   at.space.project)
+                self._batch_health(prepared, old, back, at.space.project)
+            else:  # what the failed batch's checks found is not what runs there now: asked again at the end
+                for host in back:
+                    self.batch_health.pop(host, None)
 
     def _check_after(self, verdicts: list[Verdict], play: Callable[[bool, str | None], Report]) -> Report:
         """Fully check only the hosts that differ from their manifests or have none (every host when no
@@ -348,23 +360,31 @@ class AppRun:
         """A preview's check of the revision the app's hosts run now, on its hosts: the drift already there,
         which the pull request does not cause. None (every change is the pull request's) if it cannot run."""
         short = applied[:12]
+        self.progress.step(f"{self.app.name}: check at {short}, the revision its hosts run, to tell drift already "
+                           "there apart")
         try:
-            at, apps = prepared.at(applied)
-            app = apps.get(self.app.name)
-            if app is None:
-                return None
-            job, redactor = at.ready(app)
-            phase = f"check at {short}"
-            self.progress.step(f"{app.name}: {phase}, the revision its hosts run, to tell drift already there apart")
-            played = run_playbook(app, at.space.project, at.space.runner / Phase.CHECK, job, check=True,
-                                  redactor=redactor, cancel=self.cancel,
-                                  on_task=lambda task: self.progress.task(app.name, phase, task),
-                                  on_start=lambda task, host: self.progress.started(app.name, phase, task, host))
+            played, _, _ = self._play_at(prepared, applied, Phase.CHECK, check=True)
         except ControllerError as error:  # a stop is no error: it ends the preview
             self.progress.notice(f"{self.app.name}: the applied {short} could not be checked ({error}); every "
                                  "change the preview finds is shown as this change's")
             return None
         return report(played)
+
+    def _play_at(self, prepared: Preparation, sha: str, phase: Phase, *, check: bool,
+                 limit: str | None = None) -> tuple[PlayRun, App, Preparation]:
+        """The app's playbook as revision ``sha`` has it (a preview's baseline, a rollback), unpacked, decrypted and
+        syntax-checked beside this revision's; both revisions' secrets are masked in what it shows."""
+        at, apps = prepared.at(sha)
+        app = apps.get(self.app.name)
+        if app is None:
+            raise ControllerError(Reason.NOT_FOUND, f"{self.app.name} is not in gitops.yml at {sha[:12]}")
+        job, redactor = at.ready(app)
+        label = f"{phase} at {sha[:12]}"
+        played = run_playbook(app, at.space.project, at.space.runner / phase, job, check=check,
+                              redactor=redactor + prepared.redactor(), cancel=self.cancel, limit=limit,
+                              on_task=lambda task: self.progress.task(app.name, label, task),
+                              on_start=lambda task, host: self.progress.started(app.name, label, task, host))
+        return played, app, at
 
     def _play(self, run_id: int, prepared: Preparation, *, check: bool, limit: str | None,
               baseline: Report | None = None) -> Report:

@@ -65,6 +65,8 @@ def post_statuses(config: Config, store: Store, result: Result) -> None:
     for app in result.apps:
         if not targets or app.kind not in (Kind.CHECK, Kind.SYNC) or app.run_id is None or not app.revision:
             continue  # a preview, a verify, or a run that never reached a commit
+        if app.halted and app.outcome is not Outcome.FAILED:
+            continue  # the halting run told the halted commit; holding it, or healing at the last good, is no news
         previous = store.previous_run(app.app, app.run_id, POSTED)
         for target in targets:
             forge = API[target.format]

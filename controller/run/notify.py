@@ -97,10 +97,12 @@ def condition(app: AppResult) -> str | None:
     """The app's state as far as notifications care; the same state is announced only once."""
     if app.outcome in (Outcome.SUSPENDED, Outcome.INTERRUPTED) or app.run_id is None:
         return None  # a stop (a restart of the daemon, Ctrl-C) is not news, nor is a run that never ran
-    if app.reason is Reason.HEALTH_CHECK_FAILED and app.halted:
-        # the halting run and every sync that holds the revision after it (healing at the last good one): one
-        # state, announced once
-        return f"failed:{app.reason}:{_digest(app.halted)}"
+    if app.halted and (app.reason is Reason.HEALTH_CHECK_FAILED or not app.outcome.troubled):
+        # the halting run and every run at the halted head after it (a held sync, drift healed at the last good
+        # revision, a check): one state, announced once
+        return f"failed:{Reason.HEALTH_CHECK_FAILED}:{_digest(app.halted)}"
+    if app.reason is Reason.DEPENDENCY_NOT_READY:
+        return f"waiting:{_digest(app.message)}"  # held for another app: its failure is that app's news
     if app.outcome.troubled:
         final = merged(app.check, app.applied) if app.check else None
         hosts = sorted(h.host for h in final.hosts if h.status.broken) if final else []

@@ -133,14 +133,19 @@ def _healing(config: Config, request: Request, kind: Kind, store: Store, source:
     hosts = [h.host for h in store.hosts(app.name) if halt and h.revision == halt.last_good]
     if halt is None or halt.last_good is None or not hosts:
         return None
-    at, apps = prepared.at(halt.last_good)
+    try:
+        at, apps = prepared.at(halt.last_good)
+        revision = source.resolve(halt.last_good)
+    except ControllerError as error:  # then the sync holds the head without healing, and says why
+        progress.notice(f"{app.name}: drift cannot be healed at {halt.last_good[:12]}: {error}")
+        return None
     good = apps.get(app.name)
     if good is None:
         return None
     progress.step(f"{app.name}: {head[:12]} is halted; healing drift at {halt.last_good[:12]} on {', '.join(hosts)}")
     digest = at.digests[app.name]
-    return AppRun(good, replace(request, limit=",".join(hosts)), kind, source.resolve(halt.last_good), store,
-                  progress, cancel, config, digest, digest, heals=halt), at
+    return AppRun(good, replace(request, limit=",".join(hosts)), kind, revision, store, progress, cancel, config,
+                  digest, digest, heals=halt), at
 
 
 def _waiting(app: App, done: list[AppResult], store: Store, sha: str) -> str | None:
@@ -156,8 +161,8 @@ def _waiting(app: App, done: list[AppResult], store: Store, sha: str) -> str | N
                 (", unhealthy" if result.unhealthy else "")
             return f"it depends on {upstream}, which is {why} at {sha[:12]}"
         hosts = store.hosts(upstream)
-        if not hosts or any(h.revision != sha or h.state is not HostState.IN_SYNC or h.health is Health.UNHEALTHY
-                            for h in hosts):
+        if not hosts or any(h.revision != sha or h.state not in (HostState.IN_SYNC, HostState.UNVERIFIED)
+                            or h.health is Health.UNHEALTHY for h in hosts):
             return f"it depends on {upstream}, which is not converged and healthy at {sha[:12]}"
     return None
 
@@ -234,6 +239,7 @@ def _idle(config: Config, store: Store, head: Revision) -> str | None:
         # a head whose rollout halted is synced as the drift healing at its last good revision
         synced = head.sha if halt is None else halt.last_good
         if latest is None or latest.kind is not Kind.SYNC or latest.revision not in (head.sha, synced) \
+                or latest.reason is Reason.DEPENDENCY_NOT_READY \
                 or latest.outcome is None or not latest.outcome.settled or _check_due(config, store, app):
             return None
     return (f"nothing to do: {config.source.branch} is still at {head.short}, already synced "

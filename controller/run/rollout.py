@@ -26,6 +26,7 @@ class Staged:
     untouched: list[str] = field(default_factory=list)        # the hosts of the batches after a halt
     rolled_back: dict[str, str] = field(default_factory=dict)  # host -> the revision it was put back to
     kept: dict[str, str] = field(default_factory=dict)        # host -> why it could not be put back
+    mixed: set[str] = field(default_factory=set)              # hosts whose rollback failed part way
 
     @property
     def halted(self) -> bool:
@@ -80,8 +81,8 @@ def roll_out(app: App, hosts: list[str], limit: str | None, apply: Callable[[str
         if failed:
             staged.failed = failed
             staged.untouched = [host for later in staged.batches[number:] for host in later]
-            if steps.on_failure is OnFailure.ROLLBACK:
-                rollback(sorted(failed), staged)
+            if steps.on_failure is OnFailure.ROLLBACK:  # the whole batch, as it ran before
+                rollback(sorted(h.host for h in report.hosts), staged)
             break
     staged.applied = Report(tuple(h for r in reports for h in r.hosts), tuple(t for r in reports for t in r.tasks))
     return staged

@@ -189,6 +189,8 @@ class HostEvent:
     def of(cls, run: RunRecord, host: str, statuses: dict[Phase, TaskStatus]) -> HostEvent:
         """Classify ``host``'s results in ``run`` (its status in each phase that reached it)."""
         applied, checked = statuses.get(Phase.APPLY), statuses.get(Phase.CHECK)
+        if statuses.get(Phase.ROLLBACK, TaskStatus.FAILED).reached:
+            return cls(run, Happened.ROLLED_BACK)
         final = applied or checked
         if final is TaskStatus.FAILED:
             return cls(run, Happened.FAILED)

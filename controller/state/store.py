@@ -223,7 +223,7 @@ class Store:
     def halted(self, app: str, revision: str | None = None) -> Halt | None:
         """The halt of ``revision`` on ``app`` (None: the newest halt of the app), if any."""
         row = self.db.execute("SELECT * FROM halts WHERE app = ? AND revision = COALESCE(?, revision)"
-                              " ORDER BY since DESC, run_id DESC LIMIT 1", (app, revision)).fetchone()
+                              " ORDER BY run_id DESC LIMIT 1", (app, revision)).fetchone()
         return Halt(row["revision"], row["run_id"], row["since"], row["last_good"], row["detail"]) if row else None
 
     def record_manifests(self, app: str, manifests: Mapping[str, Manifest | None], *, every_host: bool) -> None:
@@ -361,11 +361,11 @@ class Store:
 
     def host_events(self, app: str, host: str, limit: int = 50) -> list[HostEvent]:
         """What the newest full runs of ``app`` (not previews) did to ``host``, newest first."""
-        # a run has a row per phase that reached the host: two at most
+        # a run has a row per phase that reached the host: three at most (check, apply, rollback)
         rows = self.db.execute(
             "SELECT runs.*, host_results.phase AS phase, host_results.status AS status FROM runs"
             " JOIN host_results ON host_results.run_id = runs.id WHERE runs.app = ? AND host_results.host = ?"
-            " AND runs.mode != ? ORDER BY runs.id DESC LIMIT ?", (app, host, Kind.PREVIEW, limit * 2)).fetchall()
+            " AND runs.mode != ? ORDER BY runs.id DESC LIMIT ?", (app, host, Kind.PREVIEW, limit * 3)).fetchall()
         runs: dict[int, tuple[RunRecord, dict[Phase, TaskStatus]]] = {}
         for row in rows:
             _, statuses = runs.setdefault(row["id"], (_run(row), {}))
