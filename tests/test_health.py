@@ -19,6 +19,7 @@ from controller.report.metrics import Metrics
 from controller.source.apps import load_apps
 from controller.vocabulary import ExitCode
 from tests.conftest import Fleet, write_config
+from tests.support.daemon import daemon, runs, wait_for, watch_config
 from tests.support.metrics import promtool
 from tests.support.receiver import Receiver
 
@@ -167,6 +168,19 @@ def test_health_is_checked_in_the_verify_look_reported_per_host_and_announced_on
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     assert receiver.events("staging").count("health-recovered") == 1
     assert app_status(fleet)["health"] == "healthy"
+
+    # the daemon's verify interval finds a service put into maintenance between rollouts, and its return
+    watch_config(fleet, verify_interval=1, notify=[{"url": receiver.url}])
+    with daemon(fleet) as watch:
+        wait_for("the daemon's first verify", lambda: any(r["trigger"] == "verify" for r in runs(fleet)), timeout=60)
+        fleet.host_file("h2", MAINTENANCE).write_text("back at noon\n")
+        wait_for("health-degraded from a verify", lambda: receiver.events("staging").count("health-degraded") == 2,
+                 timeout=30)
+        fleet.host_file("h2", MAINTENANCE).unlink()
+        wait_for("health-recovered", lambda: receiver.events("staging").count("health-recovered") == 2, timeout=30)
+        assert watch.stop() == 0
+    told = [b for b in receiver.bodies if b["event"] in ("health-degraded", "health-recovered")][2:]
+    assert [next(r for r in runs(fleet) if r["id"] == b["run_id"])["trigger"] for b in told] == ["verify", "verify"]
     receiver.server.shutdown()
 
     everything = json.dumps(receiver.bodies) + verified.stdout + again.stdout + status_text.stdout + hosts
