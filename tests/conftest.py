@@ -171,6 +171,12 @@ class Fleet:
         done = self.controller(*args, "--json")
         return done.returncode, json.loads(done.stdout)
 
+    def status_of(self, app: str) -> dict[str, Any]:
+        """One app as ``controller status --json`` lists it."""
+        done = self.controller("status", "--json")
+        assert done.returncode == 0, done.stderr
+        return next(a for a in json.loads(done.stdout) if a["app"] == app)
+
     def runs(self) -> list[dict[str, Any]]:
         """Every run in the state store, newest first, as ``controller history --json`` shows them, after the same
         clean-up the command does first. Read in this process: tests poll it ten times a second while a daemon

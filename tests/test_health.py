@@ -122,7 +122,7 @@ def test_health_is_checked_in_the_verify_look_reported_per_host_and_announced_on
 
     synced = fleet.controller("sync")
     assert synced.returncode == 0, synced.stdout + synced.stderr
-    status = app_status(fleet)
+    status = fleet.status_of("staging")
     assert status["health"] == "healthy"
     assert {h["host"]: h["health"] for h in status["hosts"]} == {"web1.staging": "healthy", "web2.staging": "healthy"}
     assert receiver.events("staging").count("health-degraded") == 0
@@ -167,7 +167,7 @@ def test_health_is_checked_in_the_verify_look_reported_per_host_and_announced_on
     recovered = fleet.controller("verify")
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     assert receiver.events("staging").count("health-recovered") == 1
-    assert app_status(fleet)["health"] == "healthy"
+    assert fleet.status_of("staging")["health"] == "healthy"
 
     # the daemon's verify interval finds a service put into maintenance between rollouts, and its return
     watch_config(fleet, verify_interval=1, notify=[{"url": receiver.url}])
@@ -187,9 +187,3 @@ def test_health_is_checked_in_the_verify_look_reported_per_host_and_announced_on
     everything += fleet.controller("history", "--json").stdout
     assert secret not in everything and "[redacted]" in everything
 
-
-def app_status(fleet: Fleet) -> dict[str, Any]:
-    done = fleet.controller("status", "--json")
-    assert done.returncode == 0, done.stderr
-    found: list[dict[str, Any]] = json.loads(done.stdout)
-    return next(a for a in found if a["app"] == "staging")

@@ -65,7 +65,7 @@ def test_a_commit_that_fails_its_canary_s_health_is_rolled_back_there_and_reache
     assert (waiting["name"], waiting["outcome"], waiting["reason"]) == ("production", "drifted", "DependencyNotReady")
     assert "not applied to web1.prod: it depends on staging, which is failed, HealthCheckFailed" in waiting["message"]
     assert deployed(fleet, "h3") == production
-    status = app_status(fleet)
+    status = fleet.status_of("staging")
     assert status["halt"]["revision"] == broken and status["halt"]["last_good"] == good
     assert {h["host"]: (h["revision"], h["health"]) for h in status["hosts"]} == {
         "web1.staging": (good, "healthy"), "web2.staging": (good, "healthy")}
@@ -110,7 +110,7 @@ def test_a_commit_that_fails_its_canary_s_health_is_rolled_back_there_and_reache
     assert done["exit_code"] == 0, done
     assert [fleet.host_file(h, VERSION).read_text() for h in ("h1", "h2", "h3")] == ["2.1\n"] * 3
     assert last_run(fleet)["summary"]["rollout"]["done"] == 2
-    status = app_status(fleet)
+    status = fleet.status_of("staging")
     assert status["halt"] is None and {h["revision"] for h in status["hosts"]} == {fixed}
     assert receiver.events("staging") == ["revision-applied", "run-failed", "drift-corrected", "revision-applied",
                                           "recovered"]
@@ -166,7 +166,3 @@ def sync(fleet: Fleet) -> dict[str, Any]:
 def last_run(fleet: Fleet) -> dict[str, Any]:
     return next(r for r in fleet.runs() if r["app"] == "staging")
 
-
-def app_status(fleet: Fleet) -> dict[str, Any]:
-    done = fleet.controller("status", "--json")
-    return next(a for a in json.loads(done.stdout) if a["app"] == "staging")

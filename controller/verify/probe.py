@@ -22,7 +22,7 @@ from controller.ansible.runner import HOST_KEY_MISMATCH, HOST_KEY_REFUSED
 from controller.config import Config
 from controller.process import run_side_by_side
 from controller.source.apps import HealthCheck
-from controller.verify.health import CheckResult, budget
+from controller.verify.health import CheckResult, HostHealth, budget
 from controller.verify.manifest import Entry, Resource
 
 # Runs on the host: for every target (its arguments: a path, or KIND:NAME), what is there now, as one
@@ -271,6 +271,10 @@ class Looked:
     resources: tuple[Resource, ...] = ()
     error: str = ""
     health: tuple[CheckResult, ...] = ()  # the app's health checks, in their order, when it was asked to run them
+
+    def host_health(self, host: str) -> HostHealth:
+        """What the health checks found on ``host`` (unknown when it could not be asked)."""
+        return HostHealth.of(host, self.health, self.error)
 
 
 def look(config: Config, asked: Mapping[str, tuple[Connection, Sequence[str]]],

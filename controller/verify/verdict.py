@@ -35,7 +35,7 @@ def verify_hosts(config: Config, manifests: Mapping[str, Manifest | None], state
     usable = {host: m for host, m in manifests.items() if m is not None and m.digest == digest and not m.error}
     asked = {host: (m.connection, m.targets) for host, m in usable.items()}
     looked = look(config, asked, cwd, checks) if usable else {}
-    health = {host: HostHealth.of(host, found.health, found.error) for host, found in looked.items()} if checks else {}
+    health = {host: found.host_health(host) for host, found in looked.items()} if checks else {}
     verdicts = []
     for host, manifest in sorted(manifests.items()):
         if manifest is None:
@@ -117,4 +117,4 @@ def check_health(config: Config, checks: Sequence[HealthCheck], connections: Map
                  cwd: Path | None = None) -> dict[str, HostHealth]:
     """Run the health ``checks`` on every host of ``connections``: one round trip each, all hosts at once."""
     looked = look(config, {host: (connection, ()) for host, connection in connections.items()}, cwd, checks)
-    return {host: HostHealth.of(host, found.health, found.error) for host, found in looked.items()}
+    return {host: found.host_health(host) for host, found in looked.items()}
