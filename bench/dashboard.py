@@ -177,10 +177,7 @@ def main() -> None:
     print(json.dumps(results, indent=2))
     if args.update:
         from bench import report
-        stored = json.loads((args.update / "benchmarks.json").read_text())
-        stored["dashboard"] = results
-        (args.update / "benchmarks.json").write_text(json.dumps(stored, indent=2) + "\n")
-        report.write(stored, args.update)
+        report.update(args.update, "dashboard", results)
     met = results["slowest_max_ms"] < TARGET_MS
     print(f"every page under {TARGET_MS:.0f} ms: {'yes' if met else 'NO'} "
           f"(slowest median {results['slowest_median_ms']} ms, slowest single request {results['slowest_max_ms']} ms)")

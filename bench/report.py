@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -32,6 +33,14 @@ def write(results: dict[str, Any], out: Path) -> None:
     """Write benchmarks.md and benchmarks.png into ``out``."""
     _plot(results, out / "benchmarks.png")
     (out / "benchmarks.md").write_text(markdown(results))
+
+
+def update(out: Path, key: str, measured: dict[str, Any]) -> None:
+    """Put one measurement's results under ``key`` into ``out``'s benchmarks.json, and write the rest again."""
+    stored = json.loads((out / "benchmarks.json").read_text())
+    stored[key] = measured
+    (out / "benchmarks.json").write_text(json.dumps(stored, indent=2) + "\n")
+    write(stored, out)
 
 
 def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -120,6 +129,24 @@ def dashboard_markdown(board: dict[str, Any]) -> list[str]:
     return lines
 
 
+def health_markdown(health: dict[str, Any]) -> list[str]:
+    """The health gate's table: each look's median wall and client CPU time at each size."""
+    sizes = sorted(health["sizes"], key=int)
+    ways = list(health["sizes"][sizes[0]])
+    lines = ["", "## Health checks", "",
+             f"What a rollout's health gate costs (`python -m bench.health`, {health['measured_at']}, load "
+             f"{health['load']:.1f} at the start): one ssh round trip per host of the batch, all at once, in the "
+             "look `verify` takes. Checks: `command: test -d /srv/bench`, `tcp:` the host's sshd, `http:` a local "
+             f"service answering 200. Medians of {health['reps']} runs, interleaved; CPU is that of the ssh clients "
+             "and the reaper on the bastion (the hosts' side is not counted).", "",
+             "| look | " + " | ".join(f"{h} hosts: wall / CPU" for h in sizes) + " |",
+             "| --- |" + " ---: |" * len(sizes)]
+    lines += [f"| {way} | " + " | ".join(f"{health['sizes'][h][way]['seconds']:.2f} / "
+                                       f"{health['sizes'][h][way]['cpu']:.2f} s" for h in sizes) + " |"
+              for way in ways]
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     sizes = results["sizes"]
@@ -187,6 +214,8 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     if "dashboard" in results:
         lines += dashboard_markdown(results["dashboard"])
+    if "health" in results:
+        lines += health_markdown(results["health"])
     lines.append("")
     if NOTES.exists():
         lines += [NOTES.read_text().rstrip(), ""]

@@ -172,6 +172,10 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
                    "check is due (watch.drift_check_interval): the fast path for cron.")
 @click.option("--force", is_flag=True, help="Apply to every host of the app, whatever the check found; a revision "
               "whose rollout halted (HealthCheckFailed) is retried too, in batches as gitops.yml says.")
+@click.option("--override-window", is_flag=True,
+              help="Apply even inside a maintenance window that holds applies (gitops.yml windows:); the run "
+                   "records that it was applied inside the window. Without it a held sync exits 5 and says until "
+                   "when.")
 @click.option("--apply", "apply_detect", is_flag=True,
               help="With --app: apply that app even though its policy is detect, on purpose (recorded with its "
                    "policy; without --apply a detect app is only checked).")
@@ -224,7 +228,7 @@ def check(**options: Any) -> None:
     (a pull request's commit or branch) it is a preview: never the app's state.
     """
     _reconcile(Mode.CHECK, dry_run=False, allow_rewrite=False, only_if_changed=False, force=False, verify_first=False,
-               apply_detect=False, **options)
+               apply_detect=False, override_window=False, **options)
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -252,13 +256,15 @@ def verify(**options: Any) -> None:
     `watch` (watch.verify_interval) and keep a full check on a slower schedule.
     """
     _reconcile(Mode.VERIFY, revision=None, dry_run=False, allow_rewrite=False,
-               only_if_changed=False, force=False, verify_first=False, apply_detect=False, **options)
+               only_if_changed=False, force=False, verify_first=False, apply_detect=False, override_window=False,
+               **options)
 
 
 def _reconcile(mode: Mode, *, config_path: str | None, as_json: bool, output_format: str | None, output: str | None,
                app: str | None, revision: str | None, wait: float, progress: bool | None, verbose: bool, trigger: str,
                dry_run: bool, allow_rewrite: bool, only_if_changed: bool, force: bool,
-               accept_unverified: bool, verify_first: bool, apply_detect: bool, ignore_drift: bool = False,
+               accept_unverified: bool, verify_first: bool, apply_detect: bool, override_window: bool,
+               ignore_drift: bool = False,
                plan_path: str | None = None, save_path: str | None = None, limit: str | None = None) -> None:
     config = _config(config_path, reaches_hosts=True)
     show = sys.stderr.isatty() if progress is None else progress
@@ -267,7 +273,7 @@ def _reconcile(mode: Mode, *, config_path: str | None, as_json: bool, output_for
     request = Request(mode, app, revision, dry_run, allow_rewrite, Trigger(trigger), only_if_changed=only_if_changed,
                       force=force, accept_unverified=accept_unverified, verify_first=verify_first,
                       apply_detect=apply_detect, plan=PlanFile.read(Path(plan_path)) if plan_path else None,
-                      limit=limit)
+                      limit=limit, override_window=override_window)
     from controller.run.cycle import run_cycle  # status, history and show never load the playbook stages
     live = TerminalProgress(show, verbose, sys.stderr)
     try:

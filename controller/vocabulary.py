@@ -37,6 +37,7 @@ class Trigger(StrEnum):
     SCHEDULE = "schedule"  # an app's drift check was due
     RETRY = "retry"        # the daemon retries a failed cycle
     VERIFY = "verify"      # the daemon's verify interval: one look per host between full checks
+    WINDOW = "window"      # a maintenance window that held an app's applies ended (gitops.yml windows:)
 
 
 class Action(StrEnum):
@@ -74,6 +75,22 @@ class OnFailure(StrEnum):
 
     HALT = "halt"          # leave the remaining hosts untouched
     ROLLBACK = "rollback"  # and put the failed batch back to the revision each host had before
+
+
+class Heal(StrEnum):
+    """Whether drift at the revision already applied is corrected inside a window that holds applies (gitops.yml)."""
+
+    WHEN_OPEN = "when-open"  # only when the app's windows allow applies, as a new revision
+    ALWAYS = "always"        # at any time: only new revisions wait for the window
+
+
+class RolloutStep(StrEnum):
+    """What a running rollout in batches is doing to its current batch (the dashboard follows it)."""
+
+    APPLYING = "applying"
+    CHECKING = "checking health"
+    ROLLING_BACK = "rolling back"
+    DONE = "done"          # every batch went through, or the rollout halted (and rolled back)
 
 
 class TaskStatus(StrEnum):
@@ -180,6 +197,7 @@ class Outcome(StrEnum):
     INTERRUPTED = "interrupted"  # stopped by a signal, or its controller was killed (found at the next start),
     #                              or superseded by a push during its check (watch)
     SUSPENDED = "suspended"      # not reconciled: `controller suspend` (not recorded as a run)
+    HELD = "held"                # checked, applies held by a maintenance window (gitops.yml windows:)
 
     def exit_code(self, accept_unverified: bool = False) -> ExitCode:
         """The exit code this outcome stands for (``--accept-unverified`` makes unverified 0)."""
@@ -227,6 +245,7 @@ class Reason(StrEnum):
     PLAN_STALE = "PlanStale"  # sync --plan: the revision or the check differs from the reviewed plan
     HEALTH_CHECK_FAILED = "HealthCheckFailed"  # a rollout batch failed (its apply or its health checks): halted
     DEPENDENCY_NOT_READY = "DependencyNotReady"  # depends_on: an app it needs is not converged and healthy yet
+    WINDOW_CLOSED = "WindowClosed"  # inside a deny window, or outside every allow window: applies wait
 
 
 class ExitCode(IntEnum):
@@ -237,6 +256,7 @@ class ExitCode(IntEnum):
     DRIFT = 2
     UNVERIFIED = 3
     UNHEALTHY = 4   # in sync otherwise, but a health check fails on some host
+    HELD = 5        # a maintenance window holds the applies a sync would make
     USAGE = 64
     BUG = 70
     LOCKED = 75     # EX_TEMPFAIL: try again later
@@ -246,7 +266,7 @@ _EXIT_CODES = {
     Outcome.IN_SYNC: ExitCode.OK, Outcome.CONVERGED: ExitCode.OK, Outcome.SUSPENDED: ExitCode.OK,
     Outcome.DRIFTED: ExitCode.DRIFT, Outcome.PARTIAL: ExitCode.DRIFT,
     Outcome.UNVERIFIED: ExitCode.UNVERIFIED,
-    Outcome.FAILED: ExitCode.ERROR, Outcome.INTERRUPTED: ExitCode.ERROR,
+    Outcome.FAILED: ExitCode.ERROR, Outcome.INTERRUPTED: ExitCode.ERROR, Outcome.HELD: ExitCode.HELD,
 }
 
 # What each exit code means to `check` and to `sync`: the README's table and --help are made from this.
@@ -262,6 +282,9 @@ EXIT_CODE_MEANINGS: dict[ExitCode, tuple[str, str]] = {
                           "0 with `--accept-unverified`", "same"),
     ExitCode.UNHEALTHY: ("in sync otherwise (or only unverified: 4 comes before 3), but an app's health check "
                          "(gitops.yml `health:`) fails on a host the run checked", "same, after the apply"),
+    ExitCode.HELD: ("(never: a check applies nothing)", "a maintenance window (gitops.yml `windows:`) holds the "
+                    "apply: the hosts that differ are left as they are until it opens, which the output says "
+                    "(`--override-window` applies now)"),
     ExitCode.USAGE: ("usage error", "same"),
     ExitCode.BUG: ("internal error (a bug; traceback printed)", "same"),
     ExitCode.LOCKED: ("another run holds the lock (`--wait` to queue)", "same"),

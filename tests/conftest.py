@@ -171,6 +171,16 @@ class Fleet:
         done = self.controller(*args, "--json")
         return done.returncode, json.loads(done.stdout)
 
+    def sync(self, *options: str) -> dict[str, Any]:
+        """``controller sync --json`` with ``options``, as its JSON reads."""
+        found: dict[str, Any] = json.loads(self.controller("sync", "--json", *options).stdout)
+        return found
+
+    def deployed(self, host: str) -> tuple[str, int]:
+        """What VERSION says on a lab host, and when it was last written."""
+        path = self.host_file(host, VERSION)
+        return path.read_text(), path.stat().st_mtime_ns
+
     def status_of(self, app: str) -> dict[str, Any]:
         """One app as ``controller status --json`` lists it."""
         done = self.controller("status", "--json")

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 from controller.errors import ControllerError
@@ -17,10 +18,11 @@ from controller.source.apps import load_apps
 from lab.repository import git
 from tests.conftest import APP_YML, VERSION, Fleet, bump_version, write_config
 from tests.support.browser import chromium, served
-from tests.support.daemon import free_port
+from tests.support.daemon import daemon, free_port, runs, wait_for, watch_config
 from tests.support.receiver import Receiver
 
 BROKEN = f"if grep -q broken {VERSION}; then echo version $(cat {VERSION}) does not start; exit 2; fi"
+HOLD = "/srv/opt/shop/HOLD"  # while on a host, its health check waits (so the test can look at the rollout)
 
 
 def test_a_commit_that_fails_its_canary_s_health_is_rolled_back_there_and_reaches_no_other_host(
@@ -36,12 +38,12 @@ def test_a_commit_that_fails_its_canary_s_health_is_rolled_back_there_and_reache
                            "inventory": "inventories/production", "depends_on": ["staging"]})
     fleet.write("gitops.yml", yaml.safe_dump(gitops))
     good = fleet.push("Roll staging out in batches, behind a health check; production after it")
-    first = sync(fleet)
+    first = fleet.sync()
     assert first["exit_code"] == 0, first
     assert [a["name"] for a in first["apps"]] == ["staging", "production"]
-    production = deployed(fleet, "h3")
+    production = fleet.deployed("h3")
     assert last_run(fleet)["summary"]["rollout"]["batches"] == [["web1.staging"], ["web2.staging"]]
-    before = {h: deployed(fleet, h) for h in ("h1", "h2")}
+    before = {h: fleet.deployed(h) for h in ("h1", "h2")}
 
     # the pull request's preview says which batches and checks would gate it; then it is merged
     broken = bump_version(fleet, "2.0-broken", ref="pr")
@@ -51,7 +53,7 @@ def test_a_commit_that_fails_its_canary_s_health_is_rolled_back_there_and_reache
             f'must pass `command "{BROKEN}"` before the next starts; a failed batch is rolled back to the revision '
             "its hosts ran before.") in preview.stdout
     git(fleet.work, "push", "-q", "origin", "HEAD:main")
-    halted = sync(fleet)
+    halted = fleet.sync()
     app = halted["apps"][0]
     assert (halted["exit_code"], app["outcome"], app["reason"]) == (1, "failed", "HealthCheckFailed"), app
     assert "halted at batch 1 of 2: web1.staging: health unhealthy: command" in app["message"]
@@ -60,11 +62,11 @@ def test_a_commit_that_fails_its_canary_s_health_is_rolled_back_there_and_reache
     assert "not touched: web2.staging" in app["message"]
     # the canary is back where it was and healthy; the other host never got the commit
     assert fleet.host_file("h1", VERSION).read_text() == before["h1"][0]
-    assert deployed(fleet, "h2") == before["h2"]
+    assert fleet.deployed("h2") == before["h2"]
     waiting = halted["apps"][1]
     assert (waiting["name"], waiting["outcome"], waiting["reason"]) == ("production", "drifted", "DependencyNotReady")
     assert "not applied to web1.prod: it depends on staging, which is failed, HealthCheckFailed" in waiting["message"]
-    assert deployed(fleet, "h3") == production
+    assert fleet.deployed("h3") == production
     status = fleet.status_of("staging")
     assert status["halt"]["revision"] == broken and status["halt"]["last_good"] == good
     assert {h["host"]: (h["revision"], h["health"]) for h in status["hosts"]} == {
@@ -77,19 +79,24 @@ def test_a_commit_that_fails_its_canary_s_health_is_rolled_back_there_and_reache
     # the same head again (as watch's next cycle would): never applied again, announced once; a hand edit on a host
     # at the last good revision is healed there, at that revision
     fleet.host_file("h2", APP_YML).write_text("hand-edited while the rollout is halted\n")
-    again = sync(fleet)
+    again = fleet.sync()
     held = again["apps"][0]
-    assert again["apps"][1]["reason"] == "DependencyNotReady" and deployed(fleet, "h3") == production
+    assert again["apps"][1]["reason"] == "DependencyNotReady" and fleet.deployed("h3") == production
     assert (held["outcome"], held["reason"], held["applied_to"]) == ("drifted", "HealthCheckFailed",
                                                                     {"web2.staging": "drifted"}), held
     assert f"drift healed at {good[:12]}, the last good revision, while {broken[:12]} halted" in held["message"]
     assert "not applied again until the branch moves" in held["message"]
     assert fleet.host_file("h2", APP_YML).read_text() != "hand-edited while the rollout is halted\n"
-    assert deployed(fleet, "h2") == before["h2"]
+    assert fleet.deployed("h2") == before["h2"]
     assert fleet.host_file("h1", VERSION).read_text() == before["h1"][0]
     assert last_run(fleet)["revision"] == good
     assert receiver.events("staging") == ["revision-applied", "run-failed", "drift-corrected"]
-    assert not sync(fleet)["apps"][0]["applied_to"]  # nothing left to heal; still held
+    assert not fleet.sync()["apps"][0]["applied_to"]  # nothing left to heal; still held
+    # production alone (--app) reads staging's hosts from the store: not converged at the head, so held too
+    alone = json.loads(fleet.controller("sync", "--app", "production", "--json").stdout)["apps"][0]
+    assert (alone["outcome"], alone["reason"]) == ("drifted", "DependencyNotReady"), alone
+    assert f"it depends on staging, which is not converged and healthy at {broken[:12]}" in alone["message"]
+    assert fleet.deployed("h3") == production
 
     # the dashboard tells the rollout host by host, and the app's page the halt
     port = free_port()
@@ -100,14 +107,17 @@ def test_a_commit_that_fails_its_canary_s_health_is_rolled_back_there_and_reache
                 for row in browser.find_elements(By.CSS_SELECTOR, "tr.rollout-host")}
         assert "health unhealthy: command" in rows["web1.staging"] and f"rolled back to {good[:12]}" in rows[
             "web1.staging"]
-        assert "not touched: halted before its batch" in rows["web2.staging"]
+        assert "not touched (halted before its batch)" in rows["web2.staging"]
         browser.get(f"http://127.0.0.1:{port}/apps/staging")
         assert f"halted {broken[:12]}" in browser.find_element(By.ID, "halt").text
 
     # the fix rolls out in batches to every host, and the halt is history
     fixed = bump_version(fleet, "2.1")
-    done = sync(fleet)
-    assert done["exit_code"] == 0, done
+    done = fleet.controller("sync", "--progress")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for step in ("staging: batch 1 of 2: web1.staging", "staging: batch 1 of 2 done: 1 host(s) applied, healthy",
+                 "staging: batch 2 of 2: web2.staging", "staging: batch 2 of 2 done: 1 host(s) applied, healthy"):
+        assert f"==> {step}\n" in done.stderr, done.stderr
     assert [fleet.host_file(h, VERSION).read_text() for h in ("h1", "h2", "h3")] == ["2.1\n"] * 3
     assert last_run(fleet)["summary"]["rollout"]["done"] == 2
     status = fleet.status_of("staging")
@@ -115,6 +125,83 @@ def test_a_commit_that_fails_its_canary_s_health_is_rolled_back_there_and_reache
     assert receiver.events("staging") == ["revision-applied", "run-failed", "drift-corrected", "revision-applied",
                                           "recovered"]
     receiver.server.shutdown()
+
+
+def test_watch_shows_a_rollout_batch_by_batch_halts_it_once_and_heals_the_untouched_at_the_last_good_revision(
+        converged: Fleet, tmp_path: Path) -> None:
+    fleet = converged
+    receiver, port = Receiver(), free_port()
+    gitops = yaml.safe_load((fleet.work / "gitops.yml").read_text())
+    gitops["apps"][0].update(
+        health=[{"command": f"while test -e {HOLD}; do sleep 0.2; done; {BROKEN}", "retries": 0, "timeout": 120}],
+        rollout={"batches": [1, "100%"], "on_failure": "halt"})
+    fleet.write("gitops.yml", yaml.safe_dump(gitops))
+    good = fleet.push("Roll staging out in batches, behind a health check; halt, no rollback")
+    assert fleet.sync()["exit_code"] == 0
+    untouched = fleet.deployed("h2")
+    watch_config(fleet, poll_interval=1, verify_interval=2, backoff=1, backoff_max=1, listen=f"127.0.0.1:{port}",
+                 notify=[{"url": receiver.url}])
+    fleet.host_file("h1", HOLD).write_text("")
+    broken = bump_version(fleet, "2.0-broken")
+    with daemon(fleet, port) as watch, chromium(tmp_path / "chromium") as browser:
+        # the canary's health check is under way: the dashboard shows where the rollout stands
+        def checking() -> bool:
+            running = [r for r in runs(fleet) if r["finished"] is None and r["revision"] == broken]
+            if not running:
+                return False
+            status, body = watch.request("GET", f"/api/runs/{running[0]['id']}")
+            live = json.loads(body)["live"] if status == 200 else None
+            return bool(live and live["rollout"] and live["rollout"]["step"] == "checking health")
+        wait_for("the canary's health check", checking, timeout=120)
+        run_id = next(r["id"] for r in runs(fleet) if r["revision"] == broken)
+        browser.get(f"{watch.url}/runs/{run_id}")
+        assert browser.find_element(By.ID, "rollout").text == "Rollout: batch 1 of 2, checking health"
+        assert rollout_rows(browser) == {
+            "web1.staging": "1 of 2 web1.staging running applied in batch 1; checking health",
+            "web2.staging": "2 of 2 web2.staging waiting for its batch"}
+        # the check fails once let go: the page follows the halt without a reload; the canary is left as it is
+        fleet.host_file("h1", HOLD).unlink()
+        wait_for("the page to tell the halt", lambda: "halted" in text_of(browser, "rollout"), timeout=120)
+        assert text_of(browser, "rollout") == "Rollout: 2 batch(es), 1 applied, halted"
+        assert rollout_rows(browser) == {
+            "web1.staging": "1 of 2 web1.staging failed applied in batch 1; health unhealthy: command "
+                            f'"while test -e {HOLD}; do sleep 0.2; done; {BROKEN}": exit status 2: '
+                            "version 2.0-broken does not start",
+            "web2.staging": "2 of 2 web2.staging not touched (halted before its batch)"}
+        canary = fleet.deployed("h1")
+        assert canary[0] == "2.0-broken\n"
+        halted = next(r for r in runs(fleet) if r["id"] == run_id)
+        assert (halted["outcome"], halted["reason"]) == ("failed", "HealthCheckFailed")
+
+        # not retried: the daemon waits for the branch, and its verify interval heals a hand edit at the last
+        # good revision on the host the halted revision never reached
+        fleet.host_file("h2", APP_YML).write_text("hand-edited while the rollout is halted\n")
+        wait_for("the heal at the last good revision",
+                 lambda: fleet.host_file("h2", APP_YML).read_text() != "hand-edited while the rollout is halted\n",
+                 timeout=60)
+        assert "revision halted; the last good revision stays applied until the branch moves" in watch.log()
+        assert "retrying" not in watch.log()
+        assert watch.stop() == 0
+    later = [r for r in runs(fleet) if r["id"] > run_id]
+    assert later and {r["revision"] for r in later} == {good}, later
+    assert fleet.deployed("h1") == canary and fleet.deployed("h2") == untouched
+    assert {h["host"]: (h["revision"], h["health"]) for h in fleet.status_of("staging")["hosts"]} == {
+        "web1.staging": (broken, "unhealthy"), "web2.staging": (good, "healthy")}
+    assert receiver.events("staging").count("run-failed") == 1
+    receiver.server.shutdown()
+
+
+def text_of(browser: Any, element: str) -> str:
+    """An element's text, read again after live.js swapped the page's main part."""
+    try:
+        return str(browser.find_element(By.ID, element).text)
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
+
+
+def rollout_rows(browser: Any) -> dict[str, str]:
+    return {row.get_attribute("data-host"): " ".join(row.text.split())
+            for row in browser.find_elements(By.CSS_SELECTOR, "tr.rollout-host")}
 
 
 @pytest.mark.parametrize(("rollout", "problem"), [
@@ -134,11 +221,6 @@ def test_a_rollout_written_wrong_is_one_line_naming_its_key(tmp_path: Any, rollo
     assert len(raised.value.message.splitlines()) == 1 and problem in raised.value.message
 
 
-def deployed(fleet: Fleet, host: str) -> tuple[str, int]:
-    """What VERSION says on a lab host, and when it was last written."""
-    path = fleet.host_file(host, VERSION)
-    return path.read_text(), path.stat().st_mtime_ns
-
 
 @pytest.mark.parametrize(("depends", "problem"), [
     ({"a": ["b"], "b": ["a"]}, "gitops.yml: depends_on cycle: a -> b -> a"),
@@ -156,11 +238,6 @@ def test_depends_on_a_cycle_or_an_unknown_app_is_refused_when_gitops_yml_is_read
         load_apps(tmp_path)
     assert raised.value.message == problem
 
-
-def sync(fleet: Fleet) -> dict[str, Any]:
-    done = fleet.controller("sync", "--json")
-    found: dict[str, Any] = json.loads(done.stdout)
-    return found
 
 
 def last_run(fleet: Fleet) -> dict[str, Any]:

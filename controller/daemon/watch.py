@@ -36,7 +36,9 @@ log = logging.getLogger("controller")
 MAX_SLEEP = 3600.0  # waits are bounded even when nothing is scheduled (math.inf)
 LOCK_WAIT = 24 * 3600.0  # the daemon queues behind a manual sync instead of giving up
 # which trigger names the run when several arrived together
-TRIGGER_ORDER = (Trigger.RETRY, Trigger.WEBHOOK, Trigger.PUSH, Trigger.POLL)
+TRIGGER_ORDER = (Trigger.RETRY, Trigger.WEBHOOK, Trigger.PUSH, Trigger.WINDOW, Trigger.POLL)
+# failures a retry cannot mend: the revision stays refused (unsigned) or halted (its rollout) until the branch moves
+WAIT_FOR_THE_BRANCH = (Reason.VERIFICATION_FAILED, Reason.HEALTH_CHECK_FAILED)
 
 
 class Triggers:
@@ -107,6 +109,7 @@ class Watch:
         self.known_apps: set[str] = set()
         self.failures = 0
         self.retry_at = math.inf
+        self.window_ends = math.inf  # when a maintenance window that held an apply ends: the apply runs then
         self.next_poll = time.monotonic()  # the first cycle runs at once
         self.next_verify = self._after(self.settings.verify_interval)
 
@@ -185,7 +188,8 @@ class Watch:
     def _turn(self) -> None:
         due_apps, next_check = self._drift_due()
         # with checks due, only collect what has already arrived; otherwise sleep until something is due
-        deadline = time.monotonic() if due_apps else min(self.next_poll, self.retry_at, next_check, self.next_verify)
+        deadline = time.monotonic() if due_apps else min(self.next_poll, self.retry_at, next_check, self.next_verify,
+                                                         self.window_ends)
         kinds = self.triggers.take(deadline)
         now = time.monotonic()
         if now >= self.next_poll:
@@ -193,6 +197,9 @@ class Watch:
             self.next_poll = self._after(self.settings.poll_interval)
         if now >= self.retry_at:
             kinds.add(Trigger.RETRY)
+        if now >= self.window_ends:
+            kinds.add(Trigger.WINDOW)
+            self.window_ends = math.inf
         if kinds:
             trigger = next(k for k in TRIGGER_ORDER if k in kinds)
             # a retry runs everything again; other triggers only when the branch moved or a check is due
@@ -256,6 +263,10 @@ class Watch:
             log.info("%s: %s: %s%s", app.app, app.outcome.value, app.message,
                      f" (run {app.run_id}, {app.seconds:.1f}s)" if app.run_id else "")
         # apps read from gitops.yml have a policy; the drift schedule leaves apps removed from Git alone
+        for app in result.apps:  # a held apply runs when its window ends, without waiting for another trigger
+            if app.held_until:
+                ends = time.monotonic() + (parse_time(app.held_until) - datetime.now(UTC)).total_seconds() + 1
+                self.window_ends = min(self.window_ends, ends)
         names = {a.app for a in result.apps if a.policy}
         if result.request.app is None and names:
             self.known_apps = names
@@ -263,11 +274,13 @@ class Watch:
                   and a.reason is not Reason.INTERRUPTED]
         if self.cancel():
             return
-        if failed and all(a.reason is Reason.VERIFICATION_FAILED for a in failed):
-            # retrying cannot make a refused commit signed: keep the last good revision, wait for the branch
+        if failed and all(a.reason in WAIT_FOR_THE_BRANCH for a in failed):
+            # retrying cannot make a refused commit signed, nor a halted rollout healthy: keep the last good
+            # revision (drift is healed there), wait for the branch
             self.failures, self.retry_at = 0, math.inf
             self.health.last_failure = f"{failed[0].app}: {failed[0].message}"
-            log.warning("revision refused; the last good revision stays applied until the branch moves")
+            log.warning("revision %s; the last good revision stays applied until the branch moves",
+                        "refused" if failed[0].reason is Reason.VERIFICATION_FAILED else "halted")
         elif failed:
             self.failures += 1
             delay = min(self.settings.backoff * 2 ** (self.failures - 1), self.settings.backoff_max)

@@ -13,7 +13,8 @@ RED, GREEN, YELLOW, BLUE, MAGENTA, CYAN, DIM = "31", "32", "33", "34", "35", "36
 STATUS = {TaskStatus.CHANGED: YELLOW, TaskStatus.FAILED: RED, TaskStatus.UNREACHABLE: RED,
           TaskStatus.UNVERIFIED: MAGENTA, TaskStatus.SKIPPED: DIM, TaskStatus.OK: GREEN}
 OUTCOME = {Outcome.CONVERGED: GREEN, Outcome.IN_SYNC: GREEN, Outcome.DRIFTED: YELLOW, Outcome.UNVERIFIED: MAGENTA,
-           Outcome.PARTIAL: RED, Outcome.FAILED: RED, Outcome.INTERRUPTED: RED, Outcome.SUSPENDED: BLUE}
+           Outcome.PARTIAL: RED, Outcome.FAILED: RED, Outcome.INTERRUPTED: RED, Outcome.SUSPENDED: BLUE,
+           Outcome.HELD: BLUE}
 
 
 def wanted(stream: TextIO) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from controller.ansible.results import TaskResult
@@ -12,7 +12,7 @@ from controller.report.colour import OUTCOME, STATUS, Paint
 from controller.run.results import AppResult, Result
 from controller.state.records import AppStatus, RunDetail, RunRecord
 from controller.verify.drift import Report
-from controller.vocabulary import EXIT_CODE_MEANINGS, RUNNING, Health, HostState, Phase, Reason, TaskStatus
+from controller.vocabulary import EXIT_CODE_MEANINGS, RUNNING, Health, HostState, Phase, Reason, RolloutStep, TaskStatus
 
 SHOWN = (TaskStatus.CHANGED, TaskStatus.FAILED, TaskStatus.UNREACHABLE, TaskStatus.UNVERIFIED)
 
@@ -46,6 +46,7 @@ def _app_json(app: AppResult) -> dict[str, Any]:
                     "checks": [asdict(c) for c in h.checks]} for h in app.health] or None,
         "health_degraded": list(app.degraded), "health_recovered": list(app.recovered),
         "halted": app.halted,
+        "held_until": app.held_until,
     }
 
 
@@ -156,21 +157,47 @@ def _rollout_text(rollout: dict[str, Any] | None) -> list[str]:
     """A rollout in batches, host by host: in which batch it was applied, what failed, where it was put back."""
     if not rollout:
         return []
-    batches, done = rollout["batches"], rollout["done"]
     halted = " (halted)" if rollout["failed"] else ""
-    lines = [f"rollout   {len(batches)} batch(es), {done} applied{halted}"]
-    width = max(len(host) for batch in batches for host in batch)
-    for number, batch in enumerate(batches, 1):
+    lines = [f"rollout   {len(rollout['batches'])} batch(es), {rollout['done']} applied{halted}"]
+    hosts = rollout_hosts(rollout)
+    width = max(len(h.host) for h in hosts)
+    lines.extend(f"  {h.host:<{width}}  {'; '.join(h.story)}" for h in hosts)
+    return lines
+
+
+@dataclass(frozen=True)
+class RolloutHost:
+    """One host of a rollout in batches, as `show` and the dashboard tell it."""
+
+    batch: int
+    host: str
+    state: str               # a state's word for its badge: ok, failed, running; "" for none (not reached)
+    story: tuple[str, ...]   # what happened to it, in order
+
+
+def rollout_hosts(rollout: dict[str, Any]) -> list[RolloutHost]:
+    """Each host of a rollout (a run's ``summary["rollout"]``, or while it runs ``Staged.now``) and its story."""
+    done, current = rollout["done"], rollout.get("current", 0)
+    step = RolloutStep(rollout.get("step", RolloutStep.DONE))
+    hosts = []
+    for number, batch in enumerate(rollout["batches"], 1):
         for host in batch:
-            story = [f"applied in batch {number}"] if number <= done else ["not touched (halted before its batch)"]
+            state, story = "ok", [f"applied in batch {number}"]
+            if step is not RolloutStep.DONE and number == current:
+                state = "running"
+                story = [f"{step} (batch {number})"] if step is RolloutStep.APPLYING else [*story, str(step)]
+            elif number > done:
+                waiting = step is not RolloutStep.DONE
+                state, story = "", ["waiting for its batch" if waiting else "not touched (halted before its batch)"]
             if host in rollout["failed"]:
-                story.append(rollout["failed"][host])
+                state = "failed"
+                story.insert(1, rollout["failed"][host])
             if host in rollout["rolled_back"]:
                 story.append(f"rolled back to {rollout['rolled_back'][host][:12]}")
             if host in rollout["not_rolled_back"]:
                 story.append(f"not rolled back: {rollout['not_rolled_back'][host]}")
-            lines.append(f"  {host:<{width}}  {'; '.join(story)}")
-    return lines
+            hosts.append(RolloutHost(number, host, state, tuple(story)))
+    return hosts
 
 
 def _outcome(run: RunRecord) -> str:

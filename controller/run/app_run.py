@@ -18,6 +18,7 @@ from controller.run.plan import Plan, plan_apply
 from controller.run.preparation import Preparation
 from controller.run.results import AppResult, Gates, Progress, Request
 from controller.run.rollout import Staged, roll_out
+from controller.run.windows import Closed, within
 from controller.source.apps import App
 from controller.source.git import Source
 from controller.source.revision import Revision
@@ -65,6 +66,8 @@ class AppRun:
     waiting: str | None = None
     # the halt of the branch head this run stands in for: it heals drift at the halt's last good revision
     heals: Halt | None = None
+    # the maintenance window that holds the app's applies now (gitops.yml windows:), if one does
+    window: Closed | None = None
     # each host's health as the rollout found it after its batch (or its rollback): no need to ask again
     batch_health: dict[str, HostHealth] = field(default_factory=dict)
 
@@ -116,13 +119,17 @@ class AppRun:
             waited = plan if plan and plan.hosts and self.waiting else None
             if waited:
                 plan = None
+            shut = self.window if plan and plan.hosts and not self.request.override_window else None
+            kept_out: list[str] = []
+            if shut and plan:
+                plan, kept_out = within(plan, shut, app.heal)
             if plan and plan.hosts and (newer := self.cancel.superseded(self.revision.sha)):
                 raise Superseded(f"app {app.name}: not applied: superseded by {newer} during the check, which is "
                                  "reconciled next")
             staged = roll_out(app, plan.hosts, plan.limit, lambda limit: play(False, limit),
                               lambda hosts: self._batch_health(prepared, app, hosts, prepared.space.project),
                               lambda hosts, into: self._rollback(run_id, prepared, hosts, into),
-                              self.progress) if plan and plan.hosts else None
+                              lambda now, told: self._rolling(run_id, now, told)) if plan and plan.hosts else None
             applied = staged.applied if staged else None
             outcome, reason = decide(checked, applied)
             halted = staged is not None and staged.halted
@@ -135,6 +142,8 @@ class AppRun:
                 outcome, reason = Outcome.DRIFTED, Reason.HEALTH_CHECK_FAILED
             elif waited and not outcome.troubled:  # held back with hosts to apply to: left as they differ
                 outcome, reason = Outcome.DRIFTED, Reason.DEPENDENCY_NOT_READY
+            elif kept_out and not outcome.troubled:
+                outcome, reason = Outcome.HELD, Reason.WINDOW_CLOSED
             health = self._health(prepared, verdicts, checked, applied) if self.kind is not Kind.PREVIEW else {}
             rolled_back = staged.rolled_back if staged else {}
             rollout = Rollout.of(applied, self.revision, self.at_revision, rolled_back)
@@ -143,6 +152,10 @@ class AppRun:
                 message += f"; {staged.story()}"
             if waited:
                 message += f"; not applied to {', '.join(waited.hosts)}: {self.waiting}"
+            if kept_out and shut:
+                message += f"; {shut}: not applied to {', '.join(kept_out)} (sync --override-window applies now)"
+            elif self.window and applied is not None and self.request.override_window:
+                message += f"; applied inside window {self.window.window} (--override-window)"
             if halt := held or self.heals:
                 healing = f"drift healed at {self.revision.short}, the last good revision, while " if self.heals else ""
                 message += (f"; {healing}{halt.revision[:12]} halted in run #{halt.run_id} ({halt.detail}): not "
@@ -155,6 +168,10 @@ class AppRun:
             summary: dict[str, object] = {**_summary(checked, applied, rollout, plan, verdicts)}
             if staged and app.rollout is not None:
                 summary["rollout"] = staged.summary()
+            if kept_out and shut:
+                summary["window"] = {"window": str(shut.window), "until": shut.until.isoformat(), "held": kept_out}
+            elif self.window and applied is not None and self.request.override_window:
+                summary["window"] = {"window": str(self.window.window), "overridden": True}
             if health:
                 summary["unhealthy"] = [f"{h.host}: {h.detail}" for h in sorted(health.values(), key=_host)
                                         if h.health is Health.UNHEALTHY]
@@ -193,7 +210,8 @@ class AppRun:
                              tuple(verdicts), self.changed, tuple(sorted(health.values(), key=_host)),
                              tuple(degraded), tuple(recovered), gates,
                              halted=self.revision.sha if halted or standing else
-                             self.heals.revision if self.heals else None)
+                             self.heals.revision if self.heals else None,
+                             held_until=shut.until.isoformat() if kept_out and shut else None)
         except (ControllerError, Interrupted) as error:  # a stop too: this is where the run is recorded
             store.finish_run(run_id, failure(error.reason), error.reason, error.message, False, {})
             return AppResult(app.name, app.policy, run_id, failure(error.reason), error.reason, error.message,
@@ -296,6 +314,16 @@ class AppRun:
         found = self._ask_health(prepared, app, hosts, project)
         self.batch_health.update(found)
         return found
+
+    def _rolling(self, run_id: int, staged: Staged, message: str) -> None:
+        """A step of a rollout in batches: on the terminal, and for the dashboard (which a store write that fails
+        leaves behind, never the rollout)."""
+        if message:
+            self.progress.step(message)
+        try:
+            self.store.set_live_rollout(run_id, staged.now())
+        except sqlite3.Error as error:
+            log.warning("run %d: the dashboard will not follow this rollout batch by batch: %s", run_id, error)
 
     def _rollback(self, run_id: int, prepared: Preparation, hosts: list[str], staged: Staged) -> None:
         """Put ``hosts`` back to the revision each ran before this run: that revision extracted, decrypted and
@@ -510,8 +538,11 @@ def _message(app: App, checked: Report, applied: Report | None, rollout: Rollout
         parts.append(f"drifted: {', '.join(checked.with_status(TaskStatus.CHANGED))}")
         if any(t.preexisting for t in checked.tasks):
             parts.append(f"already drifted at the applied revision: {', '.join(checked.caused(preexisting=True))}")
-        why = {Kind.PREVIEW: "preview", Kind.CHECK: "check only", Kind.VERIFY: "verify only"}.get(kind, "policy detect")
-        parts.append(f"not applied ({why})")
+        # a sync under policy apply that applied nothing says why further on (halted, waiting, held by a window)
+        why = {Kind.PREVIEW: "preview", Kind.CHECK: "check only", Kind.VERIFY: "verify only"}.get(
+            kind, "policy detect" if app.policy is Policy.DETECT else None)
+        if why:
+            parts.append(f"not applied ({why})")
     if plan is not None and plan.left_out:
         parts.append(f"not applied to {', '.join(sorted(plan.left_out))}: unreachable in the check, not dialled again")
     final = merged(checked, applied)

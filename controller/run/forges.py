@@ -36,7 +36,8 @@ class Forge:
     states: dict[Outcome, str]               # the forge's state for each outcome posted
 
 
-SUCCESS = {Outcome.IN_SYNC: "success", Outcome.CONVERGED: "success"}
+# a held apply waits for its maintenance window: pending on every forge
+SUCCESS = {Outcome.IN_SYNC: "success", Outcome.CONVERGED: "success", Outcome.HELD: "pending"}
 API: dict[str, Forge] = {
     # POST /repos/{owner}/{repo}/statuses/{sha}: error | failure | pending | success
     "github": Forge("/repos/{repository}/statuses/{sha}", "context", lambda token: {

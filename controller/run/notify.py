@@ -103,6 +103,8 @@ def condition(app: AppResult) -> str | None:
         return f"failed:{Reason.HEALTH_CHECK_FAILED}:{_digest(app.halted)}"
     if app.reason is Reason.DEPENDENCY_NOT_READY:
         return f"waiting:{_digest(app.message)}"  # held for another app: its failure is that app's news
+    if app.outcome is Outcome.HELD:
+        return f"held:{app.revision}"  # waiting for a maintenance window is the plan, not news
     if app.outcome.troubled:
         final = merged(app.check, app.applied) if app.check else None
         hosts = sorted(h.host for h in final.hosts if h.status.broken) if final else []

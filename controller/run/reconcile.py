@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from controller.clock import parse_time
 from controller.config import Config
@@ -14,6 +15,7 @@ from controller.run.app_run import AppRun
 from controller.run.preparation import Preparation
 from controller.run.results import AppResult, Progress, Request, Result
 from controller.run.schedule import DriftSchedule
+from controller.run.windows import closed
 from controller.secrets.workspace import workspace
 from controller.source.apps import App, load_apps
 from controller.source.git import Source
@@ -40,6 +42,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
     # only looking whether anything is to do (a poll, --only-if-changed; a verify's look at the hosts):
     # a stop then is no run, since nothing was under way, and the apps keep their real last failure
     looking = request.only_if_changed or request.verifying
+    results: list[AppResult] = []
     try:
         source = source_of(config)
         if request.fetch:
@@ -91,7 +94,6 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                 # only a revision that passed every gate retires apps
                 for gone in store.retire_missing([a.name for a in every], revision.sha):
                     progress.notice(f"app {gone} is no longer in gitops.yml at {revision.short}: retired")
-            results: list[AppResult] = []
             for app in apps:
                 if cancel():
                     break
@@ -103,15 +105,19 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                 if app.name in suspended:
                     results.append(_suspended(app, suspended[app.name]))
                     continue
+                # the app's windows as the branch head has them, whichever revision the sync applies
+                shut = closed(app.windows, datetime.now(UTC)) if kind is Kind.SYNC and app.windows else None
                 if healing := _healing(config, request, kind, store, source, prepared, progress, cancel, app,
                                        revision.sha):
+                    healing[0].window = shut
                     results.append(healing[0].reconcile(source, healing[1]))
                     continue
                 run = AppRun(app, request, kind, revision, store, progress, cancel, config, digests[app.name],
                              here[app.name],
                              same_as=unreached.get(app.name), looks=app.name in looks,
                              changed=tuple(changes[app.name][1]) if changes.get(app.name) else (),
-                             waiting=_waiting(app, results, store, revision.sha) if kind is Kind.SYNC else None)
+                             waiting=_waiting(app, results, store, revision.sha) if kind is Kind.SYNC else None,
+                             window=shut)
                 results.append(run.reconcile(source, prepared))
             return Result(request, revision, tuple(results), kind=kind)
     except (ControllerError, Interrupted) as error:
@@ -120,9 +126,11 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
         if error.reason is Reason.NOT_FOUND:  # an unknown --app: nothing ran, nothing is recorded
             return Result(request, revision, (AppResult(request.app or NO_APP, None, None, Outcome.FAILED,
                                                         error.reason, error.message),), kind=kind)
-        names = [a.name for a in apps] or _held_back(store, request.app)
-        return Result(request, revision, tuple(
-            _failed(store, name, request, kind, revision, error) for name in names), kind=kind)
+        # the apps already reconciled keep their runs: a stop after them is the stop of those not reached
+        done = {result.app for result in results}
+        names = [a.name for a in apps if a.name not in done] or ([] if done else _held_back(store, request.app))
+        return Result(request, revision, (*results, *(
+            _failed(store, name, request, kind, revision, error) for name in names)), kind=kind)
 
 
 def _healing(config: Config, request: Request, kind: Kind, store: Store, source: Source, prepared: Preparation,
@@ -240,10 +248,17 @@ def _idle(config: Config, store: Store, head: Revision) -> str | None:
         synced = head.sha if halt is None else halt.last_good
         if latest is None or latest.kind is not Kind.SYNC or latest.revision not in (head.sha, synced) \
                 or latest.reason is Reason.DEPENDENCY_NOT_READY \
-                or latest.outcome is None or not latest.outcome.settled or _check_due(config, store, app):
+                or latest.outcome is None or not (latest.outcome.settled or _still_held(latest.summary)) \
+                or _check_due(config, store, app):
             return None
     return (f"nothing to do: {config.source.branch} is still at {head.short}, already synced "
             f"({', '.join(apps)}), and no drift check is due")
+
+
+def _still_held(summary: dict[str, Any]) -> bool:
+    """A sync held by a maintenance window that has not ended yet: nothing to do until it does."""
+    until = summary.get("window", {}).get("until")
+    return bool(until) and parse_time(until) > datetime.now(UTC)
 
 
 def _select(apps: tuple[App, ...], name: str | None) -> tuple[App, ...]:

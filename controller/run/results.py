@@ -32,6 +32,7 @@ class Request:
     verify_first: bool = False       # verify hosts against their manifests; full check only where needed
     apply_detect: bool = False       # sync --apply: apply the app even though its policy is detect
     plan: PlanFile | None = None     # sync --plan: apply only that revision, only where the check matches it
+    override_window: bool = False    # sync --override-window: apply even inside a window that holds applies
     limit: str | None = None         # --limit: only these hosts (Ansible's pattern), within the app's own limit
 
     def kind(self, revision: str | None = None, head: str | None = None) -> Kind:
@@ -81,6 +82,7 @@ class AppResult:
     recovered: tuple[str, ...] = ()  # hosts healthy again with this run
     gates: Gates | None = None       # a preview: what would gate its apply (gitops.yml rollout:, health:)
     halted: str | None = None        # the branch head whose rollout halted, when this run halted or holds it
+    held_until: str | None = None    # when the maintenance window that held this run's apply ends (UTC, ISO)
 
     @property
     def unhealthy(self) -> list[HostHealth]:
@@ -106,7 +108,8 @@ class Result:
     @property
     def exit_code(self) -> ExitCode:
         codes = {a.exit_code(self.request.accept_unverified) for a in self.apps}
-        for code in (ExitCode.LOCKED, ExitCode.ERROR, ExitCode.DRIFT, ExitCode.UNHEALTHY, ExitCode.UNVERIFIED):
+        for code in (ExitCode.LOCKED, ExitCode.ERROR, ExitCode.DRIFT, ExitCode.HELD, ExitCode.UNHEALTHY,
+                     ExitCode.UNVERIFIED):
             if code in codes:
                 return code
         return ExitCode.OK

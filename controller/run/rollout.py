@@ -8,11 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from controller.run.results import Progress
 from controller.source.apps import App
 from controller.verify.drift import Report
 from controller.verify.health import HostHealth
-from controller.vocabulary import Health, OnFailure
+from controller.vocabulary import Health, OnFailure, RolloutStep
 
 
 @dataclass
@@ -22,6 +21,8 @@ class Staged:
     batches: list[list[str]]
     applied: Report = field(default_factory=lambda: Report((), ()))
     done: int = 0                                             # batches applied
+    current: int = 0                                          # the batch being worked on (while it runs)
+    step: RolloutStep = RolloutStep.APPLYING                  # what is being done to it
     failed: dict[str, str] = field(default_factory=dict)      # host -> what failed: its apply or a health check
     untouched: list[str] = field(default_factory=list)        # the hosts of the batches after a halt
     rolled_back: dict[str, str] = field(default_factory=dict)  # host -> the revision it was put back to
@@ -56,33 +57,56 @@ class Staged:
         return {"batches": self.batches, "done": self.done, "failed": self.failed, "untouched": self.untouched,
                 "rolled_back": self.rolled_back, "not_rolled_back": self.kept}
 
+    def now(self) -> dict[str, object]:
+        """The rollout as it stands while it runs (the dashboard's): the summary, and what is being done."""
+        return {**self.summary(), "current": self.current, "step": self.step}
+
 
 def roll_out(app: App, hosts: list[str], limit: str | None, apply: Callable[[str | None], Report],
              health: Callable[[list[str]], Mapping[str, HostHealth]],
-             rollback: Callable[[list[str], Staged], None], progress: Progress) -> Staged:
+             rollback: Callable[[list[str], Staged], None], tell: Callable[[Staged, str], None]) -> Staged:
     """Apply ``hosts`` (``limit``: Ansible's for all of them at once) batch by batch as ``app.rollout`` says;
-    ``health`` runs the app's checks on a batch, ``rollback`` puts hosts back."""
+    ``health`` runs the app's checks on a batch, ``rollback`` puts hosts back, ``tell`` hears each step of a
+    rollout of more than one batch (and a last, with no message, when it is done)."""
     steps = app.rollout
     if steps is None:
         return Staged([hosts], apply(limit), done=1)
     staged = Staged(steps.split(hosts))
+    count = len(staged.batches)
+
+    def say(message: str) -> None:
+        if count > 1:
+            tell(staged, message)
+
     reports: list[Report] = []
     for number, batch in enumerate(staged.batches, 1):
-        if len(staged.batches) > 1:
-            progress.step(f"{app.name}: batch {number} of {len(staged.batches)}: {', '.join(batch)}")
-        report = apply(limit if len(staged.batches) == 1 else ",".join(batch))
+        staged.current, staged.step = number, RolloutStep.APPLYING
+        say(f"{app.name}: batch {number} of {count}: {', '.join(batch)}")
+        report = apply(limit if count == 1 else ",".join(batch))
         reports.append(report)
         staged.done = number
         failed = {h.host: f"apply {h.status}" for h in report.hosts if h.status.broken}
         if app.health:
+            staged.step = RolloutStep.CHECKING
+            say("")  # the checks say so themselves
             found = health([h.host for h in report.hosts if h.host not in failed])
             failed.update({host: f"health {h.health}: {h.detail}" for host, h in found.items()
                            if h.health is not Health.HEALTHY})
-        if failed:
-            staged.failed = failed
-            staged.untouched = [host for later in staged.batches[number:] for host in later]
-            if steps.on_failure is OnFailure.ROLLBACK:  # the whole batch, as it ran before
-                rollback(sorted(h.host for h in report.hosts), staged)
-            break
+        if not failed:
+            say(f"{app.name}: batch {number} of {count} done: {len(report.hosts)} host(s) applied"
+                + (", healthy" if app.health else ""))
+            continue
+        staged.failed = failed
+        staged.untouched = [host for later in staged.batches[number:] for host in later]
+        halts = f"{app.name}: batch {number} of {count} failed, the rollout halts: {staged.detail}"
+        if steps.on_failure is OnFailure.ROLLBACK:  # the whole batch, as it ran before
+            staged.step = RolloutStep.ROLLING_BACK
+            say(f"{halts}; rolling the batch back")
+            rollback(sorted(h.host for h in report.hosts), staged)
+        else:
+            say(halts)
+        break
+    staged.step = RolloutStep.DONE
+    say("")
     staged.applied = Report(tuple(h for r in reports for h in r.hosts), tuple(t for r in reports for t in r.tasks))
     return staged

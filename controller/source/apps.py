@@ -6,14 +6,18 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
 
 from controller.config import HostPort
 from controller.errors import ControllerError
 from controller.schema import Seconds, build, read_yaml
 from controller.source.ansible_cfg import read_ansible_cfg
-from controller.vocabulary import OnFailure, Policy, Reason
+from controller.vocabulary import Heal, OnFailure, Policy, Reason
 
 APPS_FILE = "gitops.yml"
 SHARE = re.compile(r"\d+(?:\.\d+)?%")
@@ -112,6 +116,43 @@ class RolloutSteps:
 
 
 @dataclass(frozen=True)
+class Window:
+    """A maintenance window (gitops.yml ``windows:``): from each start its cron expression gives, for ``duration``,
+    applies are held (``deny``), or allowed (``allow``: outside every allow window of the app they are held). The
+    cron expression is read in ``timezone`` (an IANA name), or in the bastion's own time zone."""
+
+    deny: str | None = None
+    allow: str | None = None
+    duration: Seconds | None = None
+    timezone: str | None = None
+
+    @property
+    def cron(self) -> str:
+        return self.deny or self.allow or ""
+
+    def __str__(self) -> str:
+        """How output names it: ``"0 9 * * 1-5"``, with its time zone when it has one."""
+        return f'"{self.cron}"' + (f" ({self.timezone})" if self.timezone else "")
+
+    def problem(self) -> str | None:
+        """What is wrong with the window as written, if anything."""
+        if (self.deny is None) == (self.allow is None):
+            return "needs exactly one of deny, allow (a cron expression: when the window starts)"
+        try:
+            CronSim(self.cron, datetime.now(UTC))
+        except CronSimError as error:
+            return f"{'deny' if self.deny is not None else 'allow'}: not a cron expression ({error}): {self.cron!r}"
+        if self.duration is None or not 0 < self.duration <= 7 * 86400:
+            return "duration: how long the window lasts from each start, such as 8h (more than 0, at most 7 days)"
+        if self.timezone is not None:
+            try:
+                ZoneInfo(self.timezone)
+            except (ZoneInfoNotFoundError, ValueError, OSError):
+                return f"timezone: no time zone {self.timezone!r} (an IANA name such as Europe/Paris)"
+        return None
+
+
+@dataclass(frozen=True)
 class App:
     """One playbook applied to one inventory, with a policy and the health checks of its hosts."""
 
@@ -123,6 +164,8 @@ class App:
     health: tuple[HealthCheck, ...] = ()
     rollout: RolloutSteps | None = None  # None: every host that needs the apply at once
     depends_on: tuple[str, ...] = ()     # apps applied (converged and healthy at the same revision) before this one
+    windows: tuple[Window, ...] = ()     # when a sync may apply it (none: at any time)
+    heal: Heal = Heal.WHEN_OPEN          # whether drift at the applied revision is corrected while a window holds
 
 
 @dataclass(frozen=True)
@@ -154,6 +197,9 @@ def load_apps(project: Path) -> tuple[App, ...]:
                 raise _invalid(f"{key}.health[{j}]", problem)
         if app.rollout is not None and (problem := app.rollout.problem()):
             raise _invalid(f"{key}.rollout", problem)
+        for j, window in enumerate(app.windows):
+            if problem := window.problem():
+                raise _invalid(f"{key}.windows[{j}]", problem)
     names = {app.name for app in apps}
     for i, app in enumerate(apps):
         for j, upstream in enumerate(app.depends_on):

@@ -129,6 +129,12 @@ MIGRATIONS = (
         app TEXT NOT NULL, revision TEXT NOT NULL, run_id INTEGER NOT NULL, since TEXT NOT NULL,
         last_good TEXT, detail TEXT NOT NULL, PRIMARY KEY (app, revision));
     """,
+    # 10: a running rollout in batches as it stands (which batch, which hosts applied, healthy, failed, rolled
+    # back), so that the dashboard follows it batch by batch; dropped when the run finishes, as live_tasks
+    """
+    CREATE TABLE live_rollouts (
+        run_id INTEGER PRIMARY KEY REFERENCES runs (id), rollout TEXT NOT NULL, changes INTEGER NOT NULL);
+    """,
 )
 
 

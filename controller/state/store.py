@@ -140,12 +140,23 @@ class Store:
         return tuple(LiveTask(Phase(r["phase"]), r["host"], r["task"], TaskStatus(r["status"]), r["at"])
                      for r in rows)
 
+    def set_live_rollout(self, run_id: int, rollout: dict[str, Any]) -> None:
+        """A running rollout as it stands now (``Staged.summary``), replacing what it was."""
+        self.db.execute("INSERT INTO live_rollouts VALUES (?, ?, 1) ON CONFLICT (run_id) DO UPDATE"
+                        " SET rollout = excluded.rollout, changes = changes + 1", (run_id, json.dumps(rollout)))
+
+    def live_rollout(self, run_id: int) -> dict[str, Any] | None:
+        """A running run's rollout as it stands (None: none in batches, or the run finished)."""
+        row = self.db.execute("SELECT rollout FROM live_rollouts WHERE run_id = ?", (run_id,)).fetchone()
+        return dict(json.loads(row[0])) if row else None
+
     def finish_run(self, run_id: int, outcome: Outcome, reason: Reason | None, message: str,
                    applied: bool, summary: dict[str, Any], verified: int = 0) -> None:
         started = self._clocks.pop(run_id, None)
         seconds = None if started is None else time.monotonic() - started
         with self._transaction() as db:  # its live task results go as it ends
             db.execute("DELETE FROM live_tasks WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM live_rollouts WHERE run_id = ?", (run_id,))
             db.execute(
                 "UPDATE runs SET finished = ?1, outcome = ?2, reason = ?3, message = ?4, applied = ?5, summary = ?6,"
                 " verified = ?7, seconds = COALESCE(?8, (julianday(?1) - julianday(started)) * 86400) WHERE id = ?9",
@@ -156,6 +167,7 @@ class Store:
         """Mark runs left running by a controller that was killed; only call while holding the lock."""
         with self._transaction() as db:
             db.execute("DELETE FROM live_tasks")
+            db.execute("DELETE FROM live_rollouts")
             return db.execute(
                 "UPDATE runs SET finished = ?1, outcome = ?2, reason = ?3, message = ?4,"
                 " seconds = (julianday(?1) - julianday(started)) * 86400 WHERE finished IS NULL",
@@ -341,9 +353,12 @@ class Store:
             " (SELECT MAX(run_id) FROM hosts), (SELECT group_concat(app || since) FROM suspensions)").fetchone()
         return ":".join(str(value) for value in row)
 
-    def live_stamp(self, run_id: int) -> int:
-        """How many task results a running run has had so far (0 once it ended: they go with it)."""
-        return int(self.db.execute("SELECT COUNT(*) FROM live_tasks WHERE run_id = ?", (run_id,)).fetchone()[0])
+    def live_stamp(self, run_id: int) -> str:
+        """How many task results a running run has had so far, and how many times its rollout moved on (0 once
+        it ended: they go with it)."""
+        row = self.db.execute("SELECT (SELECT COUNT(*) FROM live_tasks WHERE run_id = ?1),"
+                              " (SELECT changes FROM live_rollouts WHERE run_id = ?1)", (run_id,)).fetchone()
+        return f"{row[0]}:{row[1] or 0}"
 
     def run(self, run_id: int) -> RunDetail | None:
         """One run with its per-host results and its tasks, in the order they were recorded."""

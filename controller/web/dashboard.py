@@ -34,6 +34,7 @@ from controller.report.documents import (
     suspension_document,
 )
 from controller.report.metrics import Metrics
+from controller.report.render import rollout_hosts
 from controller.run.recovery import recover
 from controller.run.results import Progress
 from controller.run.schedule import DriftSchedule
@@ -95,6 +96,7 @@ class Dashboard:
         self.env.filters.update(short=short, ago=ago, stamp=lambda s: (s or "-")[:19].replace("T", " "),
                                 seconds=seconds, url=lambda s: quote(str(s), safe=""), diff_kind=diff_kind)
         self.env.globals["commit_url"] = config.source.commit_url
+        self.env.globals["rollout_hosts"] = rollout_hosts
         self.static = {name: (files("controller.web").joinpath("static", name).read_bytes(), kind)
                        for name, kind in STATIC.items()}
         self.views: dict[str, Callable[[Store, WebRequest, list[str]], dict[str, Any]]] = {
@@ -298,7 +300,8 @@ class Dashboard:
         revision = detail.run.revision
         return {"run": {**detail_document(detail),
                         "commit": commit_document(store.revision(revision) if revision else None)},
-                "live": None if detail.run.finished else live_document(store.live(detail.run.id))}
+                "live": None if detail.run.finished else live_document(store.live(detail.run.id),
+                                                                       store.live_rollout(detail.run.id))}
 
     def history(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
         """Runs newest first (`controller history --json`), filtered by app, outcome, trigger and kind, a page at a
@@ -334,9 +337,9 @@ def route(path: str, api: bool) -> tuple[str, list[str]]:
     raise NotFound(f"no page at {'/api' if api else ''}{path}")
 
 
-def live_document(results: tuple[LiveTask, ...]) -> dict[str, Any]:
+def live_document(results: tuple[LiveTask, ...], rollout: dict[str, Any] | None) -> dict[str, Any]:
     """A running run's task results so far: per host and phase, how many, how many changed or failed, and the
-    latest; and the newest results first."""
+    latest; the newest results first; and its rollout in batches as it stands."""
     hosts: dict[tuple[str, str], dict[str, Any]] = {}
     for result in results:
         row = hosts.setdefault((result.phase, result.host), {"phase": result.phase, "host": result.host, "tasks": 0,
@@ -345,7 +348,8 @@ def live_document(results: tuple[LiveTask, ...]) -> dict[str, Any]:
         row["changed"] += result.status is TaskStatus.CHANGED
         row["failed"] += result.status.broken
         row["latest"], row["status"], row["at"] = result.task, result.status, result.at
-    return {"hosts": list(hosts.values()), "recent": [asdict(r) for r in reversed(results[-LIVE_RECENT:])]}
+    return {"hosts": list(hosts.values()), "recent": [asdict(r) for r in reversed(results[-LIVE_RECENT:])],
+            "rollout": rollout}
 
 
 def json_bytes(facts: Any) -> bytes:
