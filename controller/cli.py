@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
@@ -156,6 +157,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
       controller history              recent runs
       controller show RUN             one run's drift report with diffs
       controller suspend APP          leave an app alone (resume APP to undo)
+      controller approve APP [REV]    let the next sync apply a revision (approval: required)
       controller version              every component's version, for a bug report
       controller completion bash      tab completion for bash, zsh or fish
     """
@@ -495,6 +497,40 @@ def suspend(config_path: str | None, app: str, reason: str) -> None:
     why = f" ({kept})" if kept else ""
     said = f"already suspended since {before.since}" if before else "suspended"
     click.echo(f"{app} {said}{why}: `controller resume {app}` to reconcile it again")
+
+
+@cli.command()
+@config_option
+@click.argument("app")
+@click.argument("revision", required=False)
+@click.option("--reason", default="", metavar="TEXT", help="Why (kept with the approval, shown by history --json).")
+def approve(config_path: str | None, app: str, revision: str | None, reason: str) -> None:
+    """Let the next sync apply REVISION of APP (gitops.yml approval: required).
+
+    REVISION (a sha or its first characters) defaults to the one APP's latest
+    sync checked and held for approval. An approval names that revision only:
+    a later commit waits for its own. Recorded with who (this user) and when.
+    """
+    with _store(config_path) as store:
+        _known_app(store, app)
+        sha = _approvable(store, app, revision)
+        approved = store.approve(app, sha, getpass.getuser(), reason)
+    click.echo(f"{app}: {sha[:12]} approved by {approved.who} at {approved.at}: the next sync applies it")
+
+
+def _approvable(store: Store, app: str, revision: str | None) -> str:
+    """The full sha ``revision`` names, among those reconciled here; the one waiting for approval by default."""
+    if revision is None:
+        waiting = store.awaiting_approval(app)
+        if waiting is None:
+            raise ControllerError(Reason.NOT_FOUND, f"no revision of {app} waits for approval (its latest sync did "
+                                  "not hold one): name the revision, `controller approve APP REVISION`")
+        return waiting
+    found = store.revisions_named(revision)
+    if len(found) != 1:
+        said = "names several revisions" if found else "is no revision checked here yet (a sync checks it first)"
+        raise ControllerError(Reason.NOT_FOUND, f"{revision!r} {said}")
+    return found[0]
 
 
 @cli.command()

@@ -48,6 +48,7 @@ class Action(StrEnum):
     APPLY = "apply"      # apply a detect app on purpose (sync --apply)
     SUSPEND = "suspend"
     RESUME = "resume"
+    APPROVE = "approve"  # let the next sync apply the revision the app's latest sync held for approval
 
     @property
     def reconciles(self) -> bool:
@@ -75,6 +76,13 @@ class OnFailure(StrEnum):
 
     HALT = "halt"          # leave the remaining hosts untouched
     ROLLBACK = "rollback"  # and put the failed batch back to the revision each host had before
+
+
+class Approval(StrEnum):
+    """Whether a new revision of an app waits for `controller approve` before a sync applies it (gitops.yml)."""
+
+    NONE = "none"          # applied as soon as it is checked
+    REQUIRED = "required"  # checked and previewed, then held until someone approves that very revision
 
 
 class Heal(StrEnum):
@@ -197,7 +205,7 @@ class Outcome(StrEnum):
     INTERRUPTED = "interrupted"  # stopped by a signal, or its controller was killed (found at the next start),
     #                              or superseded by a push during its check (watch)
     SUSPENDED = "suspended"      # not reconciled: `controller suspend` (not recorded as a run)
-    HELD = "held"                # checked, applies held by a maintenance window (gitops.yml windows:)
+    HELD = "held"                # checked; applies held by a maintenance window, or waiting for an approval
 
     def exit_code(self, accept_unverified: bool = False) -> ExitCode:
         """The exit code this outcome stands for (``--accept-unverified`` makes unverified 0)."""
@@ -246,6 +254,7 @@ class Reason(StrEnum):
     HEALTH_CHECK_FAILED = "HealthCheckFailed"  # a rollout batch failed (its apply or its health checks): halted
     DEPENDENCY_NOT_READY = "DependencyNotReady"  # depends_on: an app it needs is not converged and healthy yet
     WINDOW_CLOSED = "WindowClosed"  # inside a deny window, or outside every allow window: applies wait
+    APPROVAL_REQUIRED = "ApprovalRequired"  # approval: required, and nobody approved this revision yet
 
 
 class ExitCode(IntEnum):
@@ -256,7 +265,7 @@ class ExitCode(IntEnum):
     DRIFT = 2
     UNVERIFIED = 3
     UNHEALTHY = 4   # in sync otherwise, but a health check fails on some host
-    HELD = 5        # a maintenance window holds the applies a sync would make
+    HELD = 5        # a maintenance window, or a missing approval, holds the applies a sync would make
     USAGE = 64
     BUG = 70
     LOCKED = 75     # EX_TEMPFAIL: try again later
@@ -284,7 +293,8 @@ EXIT_CODE_MEANINGS: dict[ExitCode, tuple[str, str]] = {
                          "(gitops.yml `health:`) fails on a host the run checked", "same, after the apply"),
     ExitCode.HELD: ("(never: a check applies nothing)", "a maintenance window (gitops.yml `windows:`) holds the "
                     "apply: the hosts that differ are left as they are until it opens, which the output says "
-                    "(`--override-window` applies now)"),
+                    "(`--override-window` applies now); or the revision waits for `controller approve` "
+                    "(gitops.yml `approval: required`)"),
     ExitCode.USAGE: ("usage error", "same"),
     ExitCode.BUG: ("internal error (a bug; traceback printed)", "same"),
     ExitCode.LOCKED: ("another run holds the lock (`--wait` to queue)", "same"),
@@ -302,6 +312,7 @@ class Event(StrEnum):
     VERIFICATION_FAILED = "verification-failed"
     HEALTH_DEGRADED = "health-degraded"    # a host's health check failed where it passed (or was not known)
     HEALTH_RECOVERED = "health-recovered"  # and passes again
+    APPROVAL_REQUIRED = "approval-required"  # a new revision was checked and waits for `controller approve`
 
 
 EVENTS = tuple(e.value for e in Event)

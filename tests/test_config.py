@@ -137,4 +137,4 @@ def test_every_problem_of_a_config_is_said_at_once_with_the_value(tmp_path: Path
         "watch.poll_interval: expected a duration such as 30, 30s, 5m or 1h30m, got '5 minutes'",
         "watch.listen: expected HOST:PORT such as 127.0.0.1:8080, got 'localhost'",
         "notify[0].events[0]: must be one of drift-found, drift-corrected, revision-applied, run-failed, recovered, "
-        "verification-failed, health-degraded, health-recovered, got 'boom'")]
+        "verification-failed, health-degraded, health-recovered, approval-required, got 'boom'")]

@@ -263,9 +263,11 @@ class Watch:
             log.info("%s: %s: %s%s", app.app, app.outcome.value, app.message,
                      f" (run {app.run_id}, {app.seconds:.1f}s)" if app.run_id else "")
         # apps read from gitops.yml have a policy; the drift schedule leaves apps removed from Git alone
-        for app in result.apps:  # a held apply runs when its window ends, without waiting for another trigger
-            if app.held_until:
-                ends = time.monotonic() + (parse_time(app.held_until) - datetime.now(UTC)).total_seconds() + 1
+        # a held apply runs when its window ends, without waiting for another trigger (an idle cycle says when a
+        # hold recorded before, by this daemon before a restart or by a sync from cron, ends)
+        for until in [a.held_until for a in result.apps] + [result.held_until]:
+            if until:
+                ends = time.monotonic() + (parse_time(until) - datetime.now(UTC)).total_seconds() + 1
                 self.window_ends = min(self.window_ends, ends)
         names = {a.app for a in result.apps if a.policy}
         if result.request.app is None and names:

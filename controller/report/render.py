@@ -187,7 +187,7 @@ def rollout_hosts(rollout: dict[str, Any]) -> list[RolloutHost]:
                 state = "running"
                 story = [f"{step} (batch {number})"] if step is RolloutStep.APPLYING else [*story, str(step)]
             elif number > done:
-                waiting = step is not RolloutStep.DONE
+                waiting = step is not RolloutStep.DONE and host not in rollout["untouched"]
                 state, story = "", ["waiting for its batch" if waiting else "not touched (halted before its batch)"]
             if host in rollout["failed"]:
                 state = "failed"

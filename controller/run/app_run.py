@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from controller.ansible.results import Connection, PlayRun, TaskResult
@@ -14,12 +15,12 @@ from controller.ansible.runner import OutOfTime, Stopped, run_playbook
 from controller.config import Config
 from controller.errors import ControllerError, Interrupted, Superseded
 from controller.interrupt import Cancel
-from controller.run.plan import Plan, plan_apply
+from controller.run.plan import HEALING, Plan, plan_apply
 from controller.run.preparation import Preparation
 from controller.run.results import AppResult, Gates, Progress, Request
 from controller.run.rollout import Staged, roll_out
-from controller.run.windows import Closed, within
-from controller.source.apps import App
+from controller.run.windows import closed
+from controller.source.apps import App, Window
 from controller.source.git import Source
 from controller.source.revision import Revision
 from controller.state.records import Halt, HostRecord
@@ -66,8 +67,8 @@ class AppRun:
     waiting: str | None = None
     # the halt of the branch head this run stands in for: it heals drift at the halt's last good revision
     heals: Halt | None = None
-    # the maintenance window that holds the app's applies now (gitops.yml windows:), if one does
-    window: Closed | None = None
+    # the app's maintenance windows (gitops.yml windows:, as the branch head has them): asked when it comes to apply
+    windows: tuple[Window, ...] = ()
     # each host's health as the rollout found it after its batch (or its rollback): no need to ask again
     batch_health: dict[str, HostHealth] = field(default_factory=dict)
 
@@ -119,10 +120,17 @@ class AppRun:
             waited = plan if plan and plan.hosts and self.waiting else None
             if waited:
                 plan = None
-            shut = self.window if plan and plan.hosts and not self.request.override_window else None
+            # a new revision of an app that needs approval waits for one that names it; drift at one applied does not
+            approved = store.approval(app.name, self.revision.sha) if app.needs_approval else None
+            awaiting: list[str] = []
+            if plan and plan.hosts and app.needs_approval and approved is None:
+                plan, awaiting = plan.only(HEALING)
+            # asked now, after the check: a window that opened while it ran holds the apply
+            window = closed(self.windows, datetime.now(UTC)) if plan and plan.hosts and self.windows else None
+            shut = window if not self.request.override_window else None
             kept_out: list[str] = []
             if shut and plan:
-                plan, kept_out = within(plan, shut, app.heal)
+                plan, kept_out = plan.only(HEALING if app.heals_while_held else ())
             if plan and plan.hosts and (newer := self.cancel.superseded(self.revision.sha)):
                 raise Superseded(f"app {app.name}: not applied: superseded by {newer} during the check, which is "
                                  "reconciled next")
@@ -142,8 +150,8 @@ class AppRun:
                 outcome, reason = Outcome.DRIFTED, Reason.HEALTH_CHECK_FAILED
             elif waited and not outcome.troubled:  # held back with hosts to apply to: left as they differ
                 outcome, reason = Outcome.DRIFTED, Reason.DEPENDENCY_NOT_READY
-            elif kept_out and not outcome.troubled:
-                outcome, reason = Outcome.HELD, Reason.WINDOW_CLOSED
+            elif (awaiting or kept_out) and not outcome.troubled:
+                outcome, reason = Outcome.HELD, Reason.APPROVAL_REQUIRED if awaiting else Reason.WINDOW_CLOSED
             health = self._health(prepared, verdicts, checked, applied) if self.kind is not Kind.PREVIEW else {}
             rolled_back = staged.rolled_back if staged else {}
             rollout = Rollout.of(applied, self.revision, self.at_revision, rolled_back)
@@ -152,10 +160,13 @@ class AppRun:
                 message += f"; {staged.story()}"
             if waited:
                 message += f"; not applied to {', '.join(waited.hosts)}: {self.waiting}"
+            if awaiting:
+                message += (f"; {self.revision.short} waits for approval: not applied to {', '.join(awaiting)} "
+                            f"(controller approve {app.name} {self.revision.short})")
             if kept_out and shut:
                 message += f"; {shut}: not applied to {', '.join(kept_out)} (sync --override-window applies now)"
-            elif self.window and applied is not None and self.request.override_window:
-                message += f"; applied inside window {self.window.window} (--override-window)"
+            elif window and applied is not None:
+                message += f"; applied inside window {window.window} (--override-window)"
             if halt := held or self.heals:
                 healing = f"drift healed at {self.revision.short}, the last good revision, while " if self.heals else ""
                 message += (f"; {healing}{halt.revision[:12]} halted in run #{halt.run_id} ({halt.detail}): not "
@@ -168,10 +179,14 @@ class AppRun:
             summary: dict[str, object] = {**_summary(checked, applied, rollout, plan, verdicts)}
             if staged and app.rollout is not None:
                 summary["rollout"] = staged.summary()
+            if awaiting:
+                summary["approval"] = {"waiting": awaiting}
+            elif approved and applied is not None:
+                summary["approval"] = {"who": approved.who, "at": approved.at, "reason": approved.reason}
             if kept_out and shut:
                 summary["window"] = {"window": str(shut.window), "until": shut.until.isoformat(), "held": kept_out}
-            elif self.window and applied is not None and self.request.override_window:
-                summary["window"] = {"window": str(self.window.window), "overridden": True}
+            elif window and applied is not None:
+                summary["window"] = {"window": str(window.window), "overridden": True}
             if health:
                 summary["unhealthy"] = [f"{h.host}: {h.detail}" for h in sorted(health.values(), key=_host)
                                         if h.health is Health.UNHEALTHY]
@@ -197,7 +212,8 @@ class AppRun:
                 if halted and staged is not None:
                     store.halt(app.name, self.revision.sha, run_id, standing.last_good if standing else
                                self._last_good(), staged.detail)
-                elif self.kind is Kind.SYNC and not held and not self.heals and not outcome.troubled:
+                elif self.kind is Kind.SYNC and not held and not self.heals and not outcome.troubled \
+                        and outcome is not Outcome.HELD:
                     store.clear_halts(app.name)  # a revision after the halted one went through: they are history
                 if self.same_as:
                     self._restamp()

@@ -103,8 +103,8 @@ def condition(app: AppResult) -> str | None:
         return f"failed:{Reason.HEALTH_CHECK_FAILED}:{_digest(app.halted)}"
     if app.reason is Reason.DEPENDENCY_NOT_READY:
         return f"waiting:{_digest(app.message)}"  # held for another app: its failure is that app's news
-    if app.outcome is Outcome.HELD:
-        return f"held:{app.revision}"  # waiting for a maintenance window is the plan, not news
+    if app.outcome is Outcome.HELD:  # waiting for a window is the plan, not news; a revision to approve is
+        return f"{'awaiting' if app.reason is Reason.APPROVAL_REQUIRED else 'held'}:{app.revision}"
     if app.outcome.troubled:
         final = merged(app.check, app.applied) if app.check else None
         hosts = sorted(h.host for h in final.hosts if h.status.broken) if final else []
@@ -133,6 +133,8 @@ def notices(app: AppResult, before: str | None, new_revision: bool) -> list[Even
             found.append(Event.RECOVERED)  # settled again, in sync or drifted, after a failure
         if after.startswith("drifted:"):
             found.append(Event.DRIFT_FOUND)
+        elif after.startswith("awaiting:"):
+            found.append(Event.APPROVAL_REQUIRED)
         elif failed:
             found.append(Event.VERIFICATION_FAILED if app.reason is Reason.VERIFICATION_FAILED else Event.RUN_FAILED)
     if app.degraded:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from controller.clock import parse_time
 from controller.config import Config
@@ -15,7 +14,6 @@ from controller.run.app_run import AppRun
 from controller.run.preparation import Preparation
 from controller.run.results import AppResult, Progress, Request, Result
 from controller.run.schedule import DriftSchedule
-from controller.run.windows import closed
 from controller.secrets.workspace import workspace
 from controller.source.apps import App, load_apps
 from controller.source.git import Source
@@ -57,8 +55,8 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             progress.notice(f"previewing {revision.short}, which no signature check vouches for (source.verify is "
                             "off): its plugins and local tasks run on this bastion, its check_mode: false tasks "
                             "on the hosts")
-        if request.only_if_changed and (idle := _idle(config, store, revision)):
-            return Result(request, revision, (), idle, kind)
+        if request.only_if_changed and (idle := _idle(config, store, revision, request.override_window)):
+            return Result(request, revision, (), idle, kind, held_until=_held_until(store))
         # a verify goes on looking until a host needs a playbook: AppRun records the run from then on, so a
         # stop that reaches this far is a stop while looking (or between two apps)
         looking = request.verifying
@@ -106,10 +104,10 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                     results.append(_suspended(app, suspended[app.name]))
                     continue
                 # the app's windows as the branch head has them, whichever revision the sync applies
-                shut = closed(app.windows, datetime.now(UTC)) if kind is Kind.SYNC and app.windows else None
+                windows = app.windows if kind is Kind.SYNC else ()
                 if healing := _healing(config, request, kind, store, source, prepared, progress, cancel, app,
                                        revision.sha):
-                    healing[0].window = shut
+                    healing[0].windows = windows
                     results.append(healing[0].reconcile(source, healing[1]))
                     continue
                 run = AppRun(app, request, kind, revision, store, progress, cancel, config, digests[app.name],
@@ -117,7 +115,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                              same_as=unreached.get(app.name), looks=app.name in looks,
                              changed=tuple(changes[app.name][1]) if changes.get(app.name) else (),
                              waiting=_waiting(app, results, store, revision.sha) if kind is Kind.SYNC else None,
-                             window=shut)
+                             windows=windows)
                 results.append(run.reconcile(source, prepared))
             return Result(request, revision, tuple(results), kind=kind)
     except (ControllerError, Interrupted) as error:
@@ -230,9 +228,10 @@ def _suspended(app: App, suspension: Suspension) -> AppResult:
                      kind=Kind.SYNC)
 
 
-def _idle(config: Config, store: Store, head: Revision) -> str | None:
+def _idle(config: Config, store: Store, head: Revision, override: bool) -> str | None:
     """Why a sync can return at once: every app's last check or sync was a sync at ``head`` that left
-    nothing to do (no host behind, none failed), and no drift check is due."""
+    nothing to do (no host behind, none failed) or was held by a maintenance window that has not ended (unless
+    ``override``: --override-window), and no drift check is due."""
     newest = store.latest_sync()
     refused = newest is not None and newest.revision == head.sha and newest.reason is Reason.VERIFICATION_FAILED
     if config.source.verify.mode != "off" and refused:  # polls wait for the branch to move
@@ -241,24 +240,35 @@ def _idle(config: Config, store: Store, head: Revision) -> str | None:
     apps = store.active_apps()
     if not apps:
         return None
+    held = _held_until(store) is not None and not override
     for app in apps:
         latest = store.latest(app)
         halt = store.halted(app, head.sha)
         # a head whose rollout halted is synced as the drift healing at its last good revision
         synced = head.sha if halt is None else halt.last_good
+        # held by a window, or waiting for an app that is (its dependency is not ready until the window ends), or
+        # for an approval nobody gave yet
+        waits = latest is not None and ((held and (latest.outcome is Outcome.HELD
+                                                   or latest.reason is Reason.DEPENDENCY_NOT_READY))
+                                        or (latest.reason is Reason.APPROVAL_REQUIRED
+                                            and store.approval(app, latest.revision or "") is None))
         if latest is None or latest.kind is not Kind.SYNC or latest.revision not in (head.sha, synced) \
-                or latest.reason is Reason.DEPENDENCY_NOT_READY \
-                or latest.outcome is None or not (latest.outcome.settled or _still_held(latest.summary)) \
-                or _check_due(config, store, app):
+                or (latest.reason is Reason.DEPENDENCY_NOT_READY and not waits) \
+                or latest.outcome is None or not (latest.outcome.settled or waits) or _check_due(config, store, app):
             return None
     return (f"nothing to do: {config.source.branch} is still at {head.short}, already synced "
-            f"({', '.join(apps)}), and no drift check is due")
+            f"({', '.join(apps)})" + (", held by a maintenance window" if held else "") + ", and no drift check is due")
 
 
-def _still_held(summary: dict[str, Any]) -> bool:
-    """A sync held by a maintenance window that has not ended yet: nothing to do until it does."""
-    until = summary.get("window", {}).get("until")
-    return bool(until) and parse_time(until) > datetime.now(UTC)
+def _held_until(store: Store) -> str | None:
+    """When the first maintenance window that holds an app's apply (as its last sync found) ends, if one does."""
+    ends = []
+    for app in store.active_apps():
+        latest = store.latest(app)
+        until = latest.summary.get("window", {}).get("until") if latest and latest.outcome is Outcome.HELD else None
+        if until and parse_time(until) > datetime.now(UTC):
+            ends.append(until)
+    return min(ends, key=parse_time) if ends else None
 
 
 def _select(apps: tuple[App, ...], name: str | None) -> tuple[App, ...]:

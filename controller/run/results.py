@@ -104,6 +104,7 @@ class Result:
     apps: tuple[AppResult, ...]
     idle: str | None = None          # why nothing ran (--only-if-changed)
     kind: Kind = Kind.CHECK
+    held_until: str | None = None    # idle: when the first maintenance window holding an app's apply ends
 
     @property
     def exit_code(self) -> ExitCode:

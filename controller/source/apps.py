@@ -17,7 +17,7 @@ from controller.config import HostPort
 from controller.errors import ControllerError
 from controller.schema import Seconds, build, read_yaml
 from controller.source.ansible_cfg import read_ansible_cfg
-from controller.vocabulary import Heal, OnFailure, Policy, Reason
+from controller.vocabulary import Approval, Heal, OnFailure, Policy, Reason
 
 APPS_FILE = "gitops.yml"
 SHARE = re.compile(r"\d+(?:\.\d+)?%")
@@ -166,6 +166,16 @@ class App:
     depends_on: tuple[str, ...] = ()     # apps applied (converged and healthy at the same revision) before this one
     windows: tuple[Window, ...] = ()     # when a sync may apply it (none: at any time)
     heal: Heal = Heal.WHEN_OPEN          # whether drift at the applied revision is corrected while a window holds
+    approval: Approval = Approval.NONE   # required: a new revision waits for `controller approve` before it is applied
+
+    @property
+    def needs_approval(self) -> bool:
+        return self.approval is Approval.REQUIRED
+
+    @property
+    def heals_while_held(self) -> bool:
+        """Drift at the revision a host runs is corrected even while a window holds applies (heal: always)."""
+        return self.heal is Heal.ALWAYS
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,12 @@ MIGRATIONS = (
     CREATE TABLE live_rollouts (
         run_id INTEGER PRIMARY KEY REFERENCES runs (id), rollout TEXT NOT NULL, changes INTEGER NOT NULL);
     """,
+    # 11: approvals (gitops.yml ``approval: required``): who let a sync apply which revision of an app, when, why
+    """
+    CREATE TABLE approvals (
+        app TEXT NOT NULL, revision TEXT NOT NULL, who TEXT NOT NULL, at TEXT NOT NULL, reason TEXT NOT NULL,
+        PRIMARY KEY (app, revision));
+    """,
 )
 
 

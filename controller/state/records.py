@@ -112,6 +112,16 @@ class Suspension:
 
 
 @dataclass(frozen=True)
+class Approved:
+    """Who let a sync apply a revision of an app (``controller approve``), when and why."""
+
+    revision: str
+    who: str
+    at: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Commit:
     """A revision as recorded when first reconciled."""
 

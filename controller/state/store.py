@@ -17,6 +17,7 @@ from controller.errors import ControllerError
 from controller.source.revision import Revision
 from controller.state.migrations import BUCKET_COLUMNS, migrate
 from controller.state.records import (
+    Approved,
     AppStatus,
     Commit,
     Halt,
@@ -274,6 +275,13 @@ class Store:
             self.db.execute("UPDATE suspensions SET reason = ? WHERE app = ?", (reason, app))
         return before
 
+    def approve(self, app: str, revision: str, who: str, reason: str) -> Approved:
+        """Let the next sync apply ``revision`` of ``app``; approving it again keeps the first approval."""
+        self.db.execute("INSERT OR IGNORE INTO approvals VALUES (?, ?, ?, ?, ?)", (app, revision, who, now(), reason))
+        found = self.approval(app, revision)
+        assert found is not None
+        return found
+
     def resume(self, app: str) -> bool:
         """Lift a suspension; False when the app was not suspended."""
         return self.db.execute("DELETE FROM suspensions WHERE app = ?", (app,)).rowcount > 0
@@ -462,6 +470,24 @@ class Store:
         """Per app not retired, the hosts its syncs rolled a revision out to and corrected drift on (for /metrics)."""
         return [HostChanges(row["app"], row["rolled_out"], row["corrected"]) for row in self.db.execute(
             "SELECT * FROM host_changes WHERE app NOT IN (SELECT app FROM retired) ORDER BY app")]
+
+    def approval(self, app: str, revision: str) -> Approved | None:
+        """Who approved ``revision`` of ``app``, if anyone did."""
+        row = self.db.execute("SELECT revision, who, at, reason FROM approvals WHERE app = ? AND revision = ?",
+                              (app, revision)).fetchone()
+        return Approved(row["revision"], row["who"], row["at"], row["reason"]) if row else None
+
+    def awaiting_approval(self, app: str) -> str | None:
+        """The revision ``app``'s latest sync held for approval, while nobody has approved it."""
+        latest = self.latest(app, Kind.SYNC)
+        if latest is None or latest.reason is not Reason.APPROVAL_REQUIRED or latest.revision is None:
+            return None
+        return None if self.approval(app, latest.revision) else latest.revision
+
+    def revisions_named(self, prefix: str) -> list[str]:
+        """The revisions reconciled here whose sha starts with ``prefix`` (a short sha)."""
+        return [r[0] for r in self.db.execute("SELECT sha FROM revisions WHERE substr(sha, 1, ?) = ?",
+                                              (len(prefix), prefix.lower()))]
 
     def revision(self, sha: str) -> Commit | None:
         """A revision as recorded when first reconciled."""

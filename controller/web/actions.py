@@ -1,5 +1,5 @@
 """What a person can do from the dashboard: sync an app now (or apply one whose policy is detect), suspend it,
-resume it.
+resume it, approve the revision it waits for.
 
 A sync is the CLI's cycle (same lock, same pipeline, recorded with the trigger ``ui``) on a thread of its own:
 the listener's loop never waits for a playbook, and a busy lock is an answer at once, not a queue. Applying a
@@ -99,6 +99,15 @@ class Actions:
         with Store.of(self.config) as store:
             store.suspend(app, reason or "suspended from the dashboard")
         log.info("ui: %s suspended by %s", app, client)
+
+    def approve(self, app: str, client: str) -> bool:
+        """Approve the revision the app's latest sync held for approval; False when none waits."""
+        with Store.of(self.config) as store:
+            waiting = store.awaiting_approval(app)
+            if waiting is not None:
+                store.approve(app, waiting, f"dashboard ({client})", "approved from the dashboard")
+        log.info("ui: %s %s by %s", app, f"{waiting[:12]} approved" if waiting else "had nothing to approve", client)
+        return waiting is not None
 
     def resume(self, app: str, client: str) -> None:
         with Store.of(self.config) as store:

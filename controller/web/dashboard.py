@@ -69,10 +69,12 @@ NOTICES = {
     "suspended": "Suspended: watch and sync leave this app alone until it is resumed.",
     "resumed": "Resumed: the next cycle reconciles this app.",
     "resume-first": "This app is suspended: resume it before syncing it.",
+    "approved": "Approved: the next sync applies this revision.",
+    "nothing-to-approve": "No revision of this app waits for approval.",
 }
 OUTCOMES = (RUNNING, *(o.value for o in Outcome if o is not Outcome.SUSPENDED))
 VERB_NOTICES = {Action.SYNC: "started", Action.CHECK: "checking", Action.APPLY: "applying",
-                Action.SUSPEND: "suspended", Action.RESUME: "resumed"}
+                Action.SUSPEND: "suspended", Action.RESUME: "resumed", Action.APPROVE: "approved"}
 ACTION = re.compile(rf"/(?:api/)?apps/([^/]+)/({'|'.join(Action)})")
 
 
@@ -181,6 +183,9 @@ class Dashboard:
                                   limit=host)
             elif verb is Action.SUSPEND:
                 self.actions.suspend(app, form.get("reason", "")[:200], request.client)
+            elif verb is Action.APPROVE:
+                if not self.actions.approve(app, request.client):
+                    status, notice = 409, "nothing-to-approve"
             else:
                 self.actions.resume(app, request.client)
         except LockBusy:
@@ -279,6 +284,7 @@ class Dashboard:
         return {"app": rows[0], "runs": [run_document(r) for r in store.runs(parts[0], RECENT_RUNS)],
                 "suspension": suspension_document(store.suspensions().get(parts[0])),
                 "running": self.actions.running == parts[0],
+                "awaiting": store.awaiting_approval(parts[0]),
                 "drift": None if detail is None else detail_document(detail)}
 
     def host(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
