@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
 import os
+import pwd
+import re
 import sys
 import tempfile
 import traceback
@@ -514,8 +515,15 @@ def approve(config_path: str | None, app: str, revision: str | None, reason: str
     with _store(config_path) as store:
         _known_app(store, app)
         sha = _approvable(store, app, revision)
-        approved = store.approve(app, sha, getpass.getuser(), reason)
+        approved = store.approve(app, sha, _who(), reason)
     click.echo(f"{app}: {sha[:12]} approved by {approved.who} at {approved.at}: the next sync applies it")
+
+
+def _who() -> str:
+    """The local user running the command (from the system, not the environment), and who ran sudo if one did."""
+    name = pwd.getpwuid(os.getuid()).pw_name
+    via = os.environ.get("SUDO_USER")
+    return f"{via} (sudo as {name})" if via and via != name else name
 
 
 def _approvable(store: Store, app: str, revision: str | None) -> str:
@@ -526,9 +534,11 @@ def _approvable(store: Store, app: str, revision: str | None) -> str:
             raise ControllerError(Reason.NOT_FOUND, f"no revision of {app} waits for approval (its latest sync did "
                                   "not hold one): name the revision, `controller approve APP REVISION`")
         return waiting
-    found = store.revisions_named(revision)
+    if not re.fullmatch(r"[0-9a-fA-F]{4,40}", revision):
+        raise ControllerError(Reason.NOT_FOUND, f"{revision!r} is not a revision: give its sha (4 characters or more)")
+    found = store.revisions_named(app, revision)
     if len(found) != 1:
-        said = "names several revisions" if found else "is no revision checked here yet (a sync checks it first)"
+        said = "names several revisions" if found else f"is no revision a sync of {app} checked yet (it checks first)"
         raise ControllerError(Reason.NOT_FOUND, f"{revision!r} {said}")
     return found[0]
 

@@ -4,8 +4,9 @@ needs its own; who approved is in the history."""
 
 from __future__ import annotations
 
-import getpass
 import json
+import os
+import pwd
 from pathlib import Path
 
 import yaml
@@ -16,6 +17,8 @@ from tests.conftest import APP_YML, VERSION, Fleet, bump_version, write_config
 from tests.support.browser import chromium, served
 from tests.support.daemon import free_port
 from tests.support.receiver import Receiver
+
+USER = pwd.getpwuid(os.getuid()).pw_name
 
 
 def test_a_new_revision_waits_for_an_approval_that_names_it(converged: Fleet, tmp_path: Path) -> None:
@@ -39,18 +42,19 @@ def test_a_new_revision_waits_for_an_approval_that_names_it(converged: Fleet, tm
     idle = fleet.controller("sync", "--only-if-changed")
     assert idle.returncode == 0 and "nothing to do" in idle.stdout + idle.stderr, idle.stdout + idle.stderr
     unknown = fleet.controller("approve", "staging", "0123abc")
-    assert unknown.returncode == 1 and "'0123abc' is no revision checked here yet" in unknown.stderr, unknown.stderr
+    assert unknown.returncode == 1 and "'0123abc' is no revision a sync of staging checked yet" in unknown.stderr
+    assert "is not a revision" in fleet.controller("approve", "staging", "").stderr
 
     # approved (the revision waiting, by default): cron's next run applies it, and the history says who
     approved = fleet.controller("approve", "staging", "--reason", "change 42 reviewed")
     assert approved.returncode == 0, approved.stderr
-    assert f"staging: {first[:12]} approved by {getpass.getuser()} at " in approved.stdout
+    assert f"staging: {first[:12]} approved by {USER} at " in approved.stdout
     applied = fleet.sync("--only-if-changed")
     assert (applied["exit_code"], applied["apps"][0]["outcome"]) == (0, "converged"), applied
     assert [fleet.host_file(h, VERSION).read_text() for h in ("h1", "h2")] == ["2.0\n"] * 2
     history = json.loads(fleet.controller("history", "--json").stdout)
     approval = history[0]["summary"]["approval"]
-    assert (approval["who"], approval["reason"]) == (getpass.getuser(), "change 42 reviewed"), history[0]
+    assert (approval["who"], approval["reason"]) == (USER, "change 42 reviewed"), history[0]
     again = fleet.controller("approve", "staging")
     assert again.returncode == 1 and "no revision of staging waits for approval" in again.stderr, again.stderr
 
@@ -78,5 +82,16 @@ def test_a_new_revision_waits_for_an_approval_that_names_it(converged: Fleet, tm
     assert fleet.sync()["exit_code"] == 0
     assert [fleet.host_file(h, VERSION).read_text() for h in ("h1", "h2")] == ["2.1\n"] * 2
     assert fleet.runs()[0]["summary"]["approval"]["who"] == "dashboard (127.0.0.1)"
-    assert receiver.events("staging").count("approval-required") == 2
+
+    # a commit that drops the requirement is itself a new revision that needs an approval; the next does not
+    gitops["apps"][0].pop("approval")
+    fleet.write("gitops.yml", yaml.safe_dump(gitops))
+    dropped = fleet.push("No more approvals for staging")
+    assert fleet.sync()["apps"][0]["reason"] == "ApprovalRequired"
+    assert fleet.controller("approve", "staging", dropped).returncode == 0
+    assert fleet.sync()["exit_code"] == 0
+    bump_version(fleet, "2.2")
+    assert fleet.sync()["exit_code"] == 0
+    assert [fleet.host_file(h, VERSION).read_text() for h in ("h1", "h2")] == ["2.2\n"] * 2
+    assert receiver.events("staging").count("approval-required") == 3  # 2.0, 2.1 and the commit that drops it
     receiver.server.shutdown()

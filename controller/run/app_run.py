@@ -15,7 +15,7 @@ from controller.ansible.runner import OutOfTime, Stopped, run_playbook
 from controller.config import Config
 from controller.errors import ControllerError, Interrupted, Superseded
 from controller.interrupt import Cancel
-from controller.run.plan import HEALING, Plan, plan_apply
+from controller.run.plan import Plan, plan_apply
 from controller.run.preparation import Preparation
 from controller.run.results import AppResult, Gates, Progress, Request
 from controller.run.rollout import Staged, roll_out
@@ -121,16 +121,21 @@ class AppRun:
             if waited:
                 plan = None
             # a new revision of an app that needs approval waits for one that names it; drift at one applied does not
-            approved = store.approval(app.name, self.revision.sha) if app.needs_approval else None
+            # (as gitops.yml says at this revision, or said at the last one applied: a commit that drops the
+            # requirement needs an approval too)
+            needs = app.needs_approval or store.requires_approval(app.name)
+            approved = store.approval(app.name, self.revision.sha) if needs else None
+            # correcting drift where this revision already runs is healing, not a new revision
+            running_it = {host for host, sha in self._applied_at().items() if sha == self.revision.sha}
             awaiting: list[str] = []
-            if plan and plan.hosts and app.needs_approval and approved is None:
-                plan, awaiting = plan.only(HEALING)
+            if plan and plan.hosts and needs and approved is None:
+                plan, awaiting = plan.only(running_it)
             # asked now, after the check: a window that opened while it ran holds the apply
             window = closed(self.windows, datetime.now(UTC)) if plan and plan.hosts and self.windows else None
             shut = window if not self.request.override_window else None
             kept_out: list[str] = []
             if shut and plan:
-                plan, kept_out = plan.only(HEALING if app.heals_while_held else ())
+                plan, kept_out = plan.only(running_it if app.heals_while_held else set())
             if plan and plan.hosts and (newer := self.cancel.superseded(self.revision.sha)):
                 raise Superseded(f"app {app.name}: not applied: superseded by {newer} during the check, which is "
                                  "reconciled next")
@@ -165,7 +170,7 @@ class AppRun:
                             f"(controller approve {app.name} {self.revision.short})")
             if kept_out and shut:
                 message += f"; {shut}: not applied to {', '.join(kept_out)} (sync --override-window applies now)"
-            elif window and applied is not None:
+            elif window and applied is not None and self.request.override_window:
                 message += f"; applied inside window {window.window} (--override-window)"
             if halt := held or self.heals:
                 healing = f"drift healed at {self.revision.short}, the last good revision, while " if self.heals else ""
@@ -185,7 +190,7 @@ class AppRun:
                 summary["approval"] = {"who": approved.who, "at": approved.at, "reason": approved.reason}
             if kept_out and shut:
                 summary["window"] = {"window": str(shut.window), "until": shut.until.isoformat(), "held": kept_out}
-            elif window and applied is not None:
+            elif window and applied is not None and self.request.override_window:
                 summary["window"] = {"window": str(window.window), "overridden": True}
             if health:
                 summary["unhealthy"] = [f"{h.host}: {h.detail}" for h in sorted(health.values(), key=_host)
@@ -217,6 +222,8 @@ class AppRun:
                     store.clear_halts(app.name)  # a revision after the halted one went through: they are history
                 if self.same_as:
                     self._restamp()
+                if self.kind is Kind.SYNC and applied is not None and not self.heals and not awaiting:
+                    store.require_approval(app.name, app.needs_approval)
                 # a heal runs the last good revision's app, which may have no checks yet: it forgets none
                 degraded, recovered = store.record_health(app.name, health,
                                                           declared=bool(app.health) or self.heals is not None)

@@ -35,18 +35,13 @@ class Plan:
         """Ansible's --limit for exactly these hosts, or None for the whole inventory."""
         return None if self.every_host else ",".join(self.hosts)
 
-    def only(self, reasons: tuple[ApplyReason, ...]) -> tuple[Plan | None, list[str]]:
-        """This plan kept to the hosts applied for one of ``reasons`` (None: none is), and the hosts held back."""
-        kept = {host: why for host, why in self.why.items() if why in reasons}
+    def only(self, hosts: set[str]) -> tuple[Plan | None, list[str]]:
+        """This plan kept to ``hosts`` (None: it applies to none of them), and the hosts held back."""
+        kept = {host: why for host, why in self.why.items() if host in hosts}
         held = sorted(host for host in self.why if host not in kept)
         if not held:
             return self, []
         return (Plan(kept, every_host=False, left_out=self.left_out) if kept else None), held
-
-
-# what an apply does for a revision the hosts already run: correct their drift (a window with heal: always, an
-# approval that names another revision, hold everything else)
-HEALING = (ApplyReason.DRIFTED, ApplyReason.FAILED_IN_CHECK)
 
 
 def plan_apply(check: Report, applied: Mapping[str, str | None], revision: str, force: bool = False) -> Plan:

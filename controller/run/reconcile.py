@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from controller.clock import parse_time
 from controller.config import Config
@@ -246,12 +247,12 @@ def _idle(config: Config, store: Store, head: Revision, override: bool) -> str |
         halt = store.halted(app, head.sha)
         # a head whose rollout halted is synced as the drift healing at its last good revision
         synced = head.sha if halt is None else halt.last_good
-        # held by a window, or waiting for an app that is (its dependency is not ready until the window ends), or
-        # for an approval nobody gave yet
-        waits = latest is not None and ((held and (latest.outcome is Outcome.HELD
-                                                   or latest.reason is Reason.DEPENDENCY_NOT_READY))
-                                        or (latest.reason is Reason.APPROVAL_REQUIRED
-                                            and store.approval(app, latest.revision or "") is None))
+        # held by its own window that has not ended, or waiting for an app that is (its dependency is not ready until
+        # that window ends), or for an approval nobody gave yet
+        waits = latest is not None and (
+            (latest.reason is Reason.WINDOW_CLOSED and _until(latest.summary) is not None and not override)
+            or (latest.reason is Reason.DEPENDENCY_NOT_READY and held)
+            or (latest.reason is Reason.APPROVAL_REQUIRED and store.approval(app, latest.revision or "") is None))
         if latest is None or latest.kind is not Kind.SYNC or latest.revision not in (head.sha, synced) \
                 or (latest.reason is Reason.DEPENDENCY_NOT_READY and not waits) \
                 or latest.outcome is None or not (latest.outcome.settled or waits) or _check_due(config, store, app):
@@ -262,13 +263,15 @@ def _idle(config: Config, store: Store, head: Revision, override: bool) -> str |
 
 def _held_until(store: Store) -> str | None:
     """When the first maintenance window that holds an app's apply (as its last sync found) ends, if one does."""
-    ends = []
-    for app in store.active_apps():
-        latest = store.latest(app)
-        until = latest.summary.get("window", {}).get("until") if latest and latest.outcome is Outcome.HELD else None
-        if until and parse_time(until) > datetime.now(UTC):
-            ends.append(until)
+    ends = [until for app in store.active_apps() if (latest := store.latest(app)) is not None
+            and latest.reason is Reason.WINDOW_CLOSED and (until := _until(latest.summary)) is not None]
     return min(ends, key=parse_time) if ends else None
+
+
+def _until(summary: dict[str, Any]) -> str | None:
+    """When the window that held a sync ends, if it has not yet."""
+    until = summary.get("window", {}).get("until")
+    return str(until) if until and parse_time(until) > datetime.now(UTC) else None
 
 
 def _select(apps: tuple[App, ...], name: str | None) -> tuple[App, ...]:

@@ -135,11 +135,13 @@ MIGRATIONS = (
     CREATE TABLE live_rollouts (
         run_id INTEGER PRIMARY KEY REFERENCES runs (id), rollout TEXT NOT NULL, changes INTEGER NOT NULL);
     """,
-    # 11: approvals (gitops.yml ``approval: required``): who let a sync apply which revision of an app, when, why
+    # 11: approvals (gitops.yml ``approval: required``): who let a sync apply which revision of an app, when, why;
+    # and the apps whose last applied revision required them (so that a commit dropping the key needs one too)
     """
     CREATE TABLE approvals (
         app TEXT NOT NULL, revision TEXT NOT NULL, who TEXT NOT NULL, at TEXT NOT NULL, reason TEXT NOT NULL,
         PRIMARY KEY (app, revision));
+    CREATE TABLE approval_required (app TEXT PRIMARY KEY, since TEXT NOT NULL);
     """,
 )
 

@@ -282,6 +282,13 @@ class Store:
         assert found is not None
         return found
 
+    def require_approval(self, app: str, required: bool) -> None:
+        """Remember whether the revision just applied to ``app`` required approvals (the next one needs one if so)."""
+        if required:
+            self.db.execute("INSERT OR IGNORE INTO approval_required VALUES (?, ?)", (app, now()))
+        else:
+            self.db.execute("DELETE FROM approval_required WHERE app = ?", (app,))
+
     def resume(self, app: str) -> bool:
         """Lift a suspension; False when the app was not suspended."""
         return self.db.execute("DELETE FROM suspensions WHERE app = ?", (app,)).rowcount > 0
@@ -471,6 +478,10 @@ class Store:
         return [HostChanges(row["app"], row["rolled_out"], row["corrected"]) for row in self.db.execute(
             "SELECT * FROM host_changes WHERE app NOT IN (SELECT app FROM retired) ORDER BY app")]
 
+    def requires_approval(self, app: str) -> bool:
+        """Whether the revision last applied to ``app`` required approvals."""
+        return self.db.execute("SELECT 1 FROM approval_required WHERE app = ?", (app,)).fetchone() is not None
+
     def approval(self, app: str, revision: str) -> Approved | None:
         """Who approved ``revision`` of ``app``, if anyone did."""
         row = self.db.execute("SELECT revision, who, at, reason FROM approvals WHERE app = ? AND revision = ?",
@@ -478,16 +489,19 @@ class Store:
         return Approved(row["revision"], row["who"], row["at"], row["reason"]) if row else None
 
     def awaiting_approval(self, app: str) -> str | None:
-        """The revision ``app``'s latest sync held for approval, while nobody has approved it."""
-        latest = self.latest(app, Kind.SYNC)
-        if latest is None or latest.reason is not Reason.APPROVAL_REQUIRED or latest.revision is None:
-            return None
-        return None if self.approval(app, latest.revision) else latest.revision
+        """The revision ``app``'s latest finished sync held for approval (whatever else it found: a host
+        unreachable, a failure), while nobody has approved it."""
+        row = self.db.execute("SELECT revision FROM runs WHERE app = ? AND mode = ? AND finished IS NOT NULL"
+                              " AND json_extract(summary, '$.approval.waiting') IS NOT NULL"
+                              " AND id = (SELECT MAX(id) FROM runs WHERE app = ?1 AND mode = ?2"
+                              " AND finished IS NOT NULL)", (app, Kind.SYNC)).fetchone()
+        return None if row is None or self.approval(app, row[0]) else str(row[0])
 
-    def revisions_named(self, prefix: str) -> list[str]:
-        """The revisions reconciled here whose sha starts with ``prefix`` (a short sha)."""
-        return [r[0] for r in self.db.execute("SELECT sha FROM revisions WHERE substr(sha, 1, ?) = ?",
-                                              (len(prefix), prefix.lower()))]
+    def revisions_named(self, app: str, prefix: str) -> list[str]:
+        """The revisions ``app``'s syncs checked whose sha starts with ``prefix`` (a short sha)."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT revision FROM runs WHERE app = ? AND mode = ? AND substr(revision, 1, ?) = ?",
+            (app, Kind.SYNC, len(prefix), prefix.lower()))]
 
     def revision(self, sha: str) -> Commit | None:
         """A revision as recorded when first reconciled."""

@@ -100,14 +100,16 @@ class Actions:
             store.suspend(app, reason or "suspended from the dashboard")
         log.info("ui: %s suspended by %s", app, client)
 
-    def approve(self, app: str, client: str) -> bool:
-        """Approve the revision the app's latest sync held for approval; False when none waits."""
+    def approve(self, app: str, revision: str, client: str) -> bool:
+        """Approve ``revision``, which the person saw waiting; False when it is not the one that waits (any more)."""
         with Store.of(self.config) as store:
             waiting = store.awaiting_approval(app)
-            if waiting is not None:
+            if waiting is not None and waiting == revision:
                 store.approve(app, waiting, f"dashboard ({client})", "approved from the dashboard")
-        log.info("ui: %s %s by %s", app, f"{waiting[:12]} approved" if waiting else "had nothing to approve", client)
-        return waiting is not None
+        done = waiting is not None and waiting == revision
+        log.info("ui: %s: %s by %s", app, f"{revision[:12]} approved" if done else
+                 f"approval of {revision[:12]!r} refused: {waiting[:12] if waiting else 'nothing'} waits", client)
+        return done
 
     def resume(self, app: str, client: str) -> None:
         with Store.of(self.config) as store:

@@ -70,7 +70,7 @@ NOTICES = {
     "resumed": "Resumed: the next cycle reconciles this app.",
     "resume-first": "This app is suspended: resume it before syncing it.",
     "approved": "Approved: the next sync applies this revision.",
-    "nothing-to-approve": "No revision of this app waits for approval.",
+    "nothing-to-approve": "That revision does not wait for approval (any more): see what does below.",
 }
 OUTCOMES = (RUNNING, *(o.value for o in Outcome if o is not Outcome.SUSPENDED))
 VERB_NOTICES = {Action.SYNC: "started", Action.CHECK: "checking", Action.APPLY: "applying",
@@ -184,7 +184,7 @@ class Dashboard:
             elif verb is Action.SUSPEND:
                 self.actions.suspend(app, form.get("reason", "")[:200], request.client)
             elif verb is Action.APPROVE:
-                if not self.actions.approve(app, request.client):
+                if not self.actions.approve(app, form.get("revision", ""), request.client):
                     status, notice = 409, "nothing-to-approve"
             else:
                 self.actions.resume(app, request.client)
