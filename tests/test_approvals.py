@@ -10,12 +10,13 @@ import pwd
 from pathlib import Path
 
 import yaml
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 from controller.vocabulary import ExitCode
 from tests.conftest import APP_YML, VERSION, Fleet, bump_version, write_config
 from tests.support.browser import chromium, served
-from tests.support.daemon import free_port
+from tests.support.daemon import free_port, wait_for
 from tests.support.receiver import Receiver
 
 USER = pwd.getpwuid(os.getuid()).pw_name
@@ -77,8 +78,15 @@ def test_a_new_revision_waits_for_an_approval_that_names_it(converged: Fleet, tm
         browser.get(f"http://127.0.0.1:{port}/apps/staging")
         assert f"waiting for approval {second[:12]} was checked" in browser.find_element(By.ID, "approval").text
         browser.find_element(By.ID, "approve").click()
-        assert "Approved: the next sync applies this revision." in browser.find_element(By.TAG_NAME, "body").text
-        assert not browser.find_elements(By.ID, "approval")
+
+        def approved_page() -> bool:  # the redirect back to the app's page, read once it has loaded
+            try:
+                body = browser.find_element(By.TAG_NAME, "body").text
+                return "Approved: the next sync applies this revision." in body and not browser.find_elements(
+                    By.ID, "approval")
+            except StaleElementReferenceException:
+                return False
+        wait_for("the app's page saying it is approved", approved_page, timeout=30)
     assert fleet.sync()["exit_code"] == 0
     assert [fleet.host_file(h, VERSION).read_text() for h in ("h1", "h2")] == ["2.1\n"] * 2
     assert fleet.runs()[0]["summary"]["approval"]["who"] == "dashboard (127.0.0.1)"
