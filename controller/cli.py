@@ -23,13 +23,21 @@ from controller.config import Config, HostPort, find_config, load_config
 from controller.errors import ControllerError, Interrupted, LockBusy
 from controller.interrupt import Cancel
 from controller.report.colour import Paint, wanted
-from controller.report.documents import detail_document, run_document, status_document
-from controller.report.render import history_text, hosts_text, result_json, result_text, run_text, status_text
+from controller.report.documents import audit_document, detail_document, run_document, status_document
+from controller.report.render import (
+    audit_text,
+    history_text,
+    hosts_text,
+    result_json,
+    result_text,
+    run_text,
+    status_text,
+)
 from controller.report.review import review_markdown
 from controller.report.terminal import TerminalProgress
 from controller.run.planfile import PlanFile
 from controller.run.recovery import recover
-from controller.run.results import Request, Result
+from controller.run.results import Actor, Request, Result
 from controller.state.store import Store
 from controller.vocabulary import (
     EXIT_CODE_MEANINGS,
@@ -104,8 +112,14 @@ def _emit(shape: str, document: Callable[[], Any], text: Callable[[], str]) -> N
 
 def run_options(func: F) -> F:
     """The options of every command that runs the pipeline (check, sync, verify)."""
+    func = click.option("--trigger", type=click.Choice([t.value for t in Trigger]), default=Trigger.MANUAL.value,
+                        hidden=True)(func)
+    return click.option("--app", metavar="NAME", help="Only this app from gitops.yml.")(_watching_options(func))
+
+
+def _watching_options(func: F) -> F:
+    """How a run is waited for and followed (rollback too): --wait, --progress, -v, --accept-unverified."""
     for option in reversed([
-        click.option("--app", metavar="NAME", help="Only this app from gitops.yml."),
         click.option("--wait", type=float, default=0, metavar="SECONDS",
                      help="Wait this long for another run to finish (default: do not wait)."),
         click.option("--progress/--no-progress", default=None,
@@ -116,8 +130,6 @@ def run_options(func: F) -> F:
                      help="Progress with every task result on every host, ok ones too (implies --progress)."),
         click.option("--accept-unverified", is_flag=True,
                      help="Exit 0, not 3, when the only open items are tasks check mode cannot verify."),
-        click.option("--trigger", type=click.Choice([t.value for t in Trigger]), default=Trigger.MANUAL.value,
-                     hidden=True),
         config_option,
     ]):
         func = option(func)
@@ -159,6 +171,8 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
       controller show RUN             one run's drift report with diffs
       controller suspend APP          leave an app alone (resume APP to undo)
       controller approve APP [REV]    let the next sync apply a revision (approval: required)
+      controller rollback APP         put an app back to its previous revision, and pin it
+      controller unpin APP            follow the branch again after a rollback
       controller version              every component's version, for a bug report
       controller completion bash      tab completion for bash, zsh or fish
     """
@@ -177,8 +191,10 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
               "whose rollout halted (HealthCheckFailed) is retried too, in batches as gitops.yml says.")
 @click.option("--override-window", is_flag=True,
               help="Apply even inside a maintenance window that holds applies (gitops.yml windows:); the run "
-                   "records that it was applied inside the window. Without it a held sync exits 5 and says until "
-                   "when.")
+                   "records that it was applied inside the window, and the audit trail who did it and why "
+                   "(--reason). Without it a held sync exits 5 and says until when.")
+@click.option("--reason", default="", metavar="TEXT",
+              help="Why, for the audit trail of what this sync does on purpose (--override-window).")
 @click.option("--apply", "apply_detect", is_flag=True,
               help="With --app: apply that app even though its policy is detect, on purpose (recorded with its "
                    "policy; without --apply a detect app is only checked).")
@@ -267,8 +283,8 @@ def _reconcile(mode: Mode, *, config_path: str | None, as_json: bool, output_for
                app: str | None, revision: str | None, wait: float, progress: bool | None, verbose: bool, trigger: str,
                dry_run: bool, allow_rewrite: bool, only_if_changed: bool, force: bool,
                accept_unverified: bool, verify_first: bool, apply_detect: bool, override_window: bool,
-               ignore_drift: bool = False,
-               plan_path: str | None = None, save_path: str | None = None, limit: str | None = None) -> None:
+               ignore_drift: bool = False, plan_path: str | None = None, save_path: str | None = None,
+               limit: str | None = None, rollback: bool = False, reason: str = "") -> None:
     config = _config(config_path, reaches_hosts=True)
     show = sys.stderr.isatty() if progress is None else progress
     cancel = Cancel()
@@ -276,7 +292,7 @@ def _reconcile(mode: Mode, *, config_path: str | None, as_json: bool, output_for
     request = Request(mode, app, revision, dry_run, allow_rewrite, Trigger(trigger), only_if_changed=only_if_changed,
                       force=force, accept_unverified=accept_unverified, verify_first=verify_first,
                       apply_detect=apply_detect, plan=PlanFile.read(Path(plan_path)) if plan_path else None,
-                      limit=limit, override_window=override_window)
+                      limit=limit, override_window=override_window, rollback=rollback, by=Actor(_who(), reason))
     from controller.run.cycle import run_cycle  # status, history and show never load the playbook stages
     live = TerminalProgress(show, verbose, sys.stderr)
     try:
@@ -362,13 +378,24 @@ def status(config_path: str | None, as_json: bool, output_format: str | None, pe
 @click.option("--outcome", type=click.Choice([*(o.value for o in Outcome), RUNNING]),
               help="Only runs that ended so (running: not yet).")
 @click.option("--trigger", type=click.Choice([t.value for t in Trigger]), help="Only runs started so.")
-@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True, help="How many runs.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True,
+              help="How many runs (or audit entries).")
+@click.option("--audit", is_flag=True,
+              help="The audit trail instead: what people did to apps (approve, rollback, unpin, suspend, resume, "
+                   "sync --override-window, the dashboard's buttons), who (the local user, or the dashboard "
+                   "token's name and address), when, why, and the run it started.")
 def history(config_path: str | None, as_json: bool, output_format: str | None, app: str | None, kind: str | None,
-            outcome: str | None, trigger: str | None, limit: int) -> None:
-    """Recent runs, newest first; e.g. `history --kind verify --outcome drifted`."""
+            outcome: str | None, trigger: str | None, limit: int, audit: bool) -> None:
+    """Recent runs, newest first; e.g. `history --kind verify --outcome drifted`; `--audit`: who did what."""
+    if audit and (kind or outcome or trigger):
+        raise click.UsageError("--audit lists actions, not runs: leave out --kind, --outcome and --trigger")
+    shape = _shape(as_json, output_format)
     with _store(config_path) as store:
+        if audit:
+            entries = store.audit(app, limit)
+            return _emit(shape, lambda: [audit_document(e) for e in entries], lambda: audit_text(entries))
         runs = store.runs(app, limit, kind=kind, outcome=outcome, trigger=trigger)
-    _emit(_shape(as_json, output_format), lambda: [run_document(r) for r in runs], lambda: history_text(runs))
+    _emit(shape, lambda: [run_document(r) for r in runs], lambda: history_text(runs))
 
 
 @cli.command()
@@ -493,7 +520,7 @@ def suspend(config_path: str | None, app: str, reason: str) -> None:
     """Stop reconciling APP: watch leaves it alone and sync skips it (check still reports)."""
     with _store(config_path) as store:
         _known_app(store, app)
-        before = store.suspend(app, reason)
+        before = store.suspend(app, _who(), reason)
     kept = reason or (before.reason if before else "")
     why = f" ({kept})" if kept else ""
     said = f"already suspended since {before.since}" if before else "suspended"
@@ -543,14 +570,57 @@ def _approvable(store: Store, app: str, revision: str | None) -> str:
     return found[0]
 
 
+@cli.command(epilog=EXIT_CODES)
+@click.argument("app")
+@click.option("--to", "revision", metavar="REVISION",
+              help="The revision to go back to (a sha, its first characters, or a ref); an ancestor of the branch "
+                   "head. Default: the newest that converged before the one APP runs now.")
+@click.option("--reason", default="", metavar="TEXT", help="Why (kept with the pin, shown by status and the run).")
+@_watching_options
+@output_options
+def rollback(app: str, revision: str | None, reason: str, **options: Any) -> None:
+    """Put APP back to an earlier revision now, and pin it there.
+
+    \b
+    The revision passes every gate a sync's does (signatures, decryption,
+    syntax check, the check) and is applied to every host of APP that runs
+    something else, in batches as gitops.yml says at that revision, inside a
+    maintenance window too; no approval is asked. APP is then pinned: sync and
+    watch heal drift at the pinned revision (exit 5, held) and leave the branch
+    head alone until the branch moves past it (a fix or a `git revert` is
+    pushed) or `controller unpin APP`. `controller status` shows the pin and
+    the `git revert` that makes Git say what the hosts run.
+    """
+    _reconcile(Mode.SYNC, app=app, revision=revision, rollback=True, reason=reason,
+               trigger=Trigger.ROLLBACK.value, dry_run=False, allow_rewrite=False, only_if_changed=False, force=False,
+               verify_first=False, apply_detect=False, override_window=False, **options)
+
+
 @cli.command()
 @config_option
 @click.argument("app")
-def resume(config_path: str | None, app: str) -> None:
+@click.option("--reason", default="", metavar="TEXT", help="Why (kept in the audit trail: history --audit).")
+def unpin(config_path: str | None, app: str, reason: str) -> None:
+    """Let APP follow the branch again after `controller rollback`: the next sync (or watch's next poll) applies the
+    branch head."""
+    with _store(config_path) as store:
+        _known_app(store, app)
+        pin = store.unpin(app, _who(), reason)
+    if pin is None:
+        click.echo(f"{app} was not pinned: nothing to do")
+    else:
+        click.echo(f"{app}: no longer pinned at {pin.revision[:12]}; the next sync applies the head of the branch")
+
+
+@cli.command()
+@config_option
+@click.argument("app")
+@click.option("--reason", default="", metavar="TEXT", help="Why (kept in the audit trail: history --audit).")
+def resume(config_path: str | None, app: str, reason: str) -> None:
     """Reconcile APP again after `controller suspend` (at the next sync or watch cycle)."""
     with _store(config_path) as store:
         _known_app(store, app)
-        lifted = store.resume(app)
+        lifted = store.resume(app, _who(), reason)
     click.echo(f"resumed {app}" if lifted else f"{app} was not suspended: nothing to do")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from controller.vocabulary import Event, Provider, Reason
 SEARCH_PATH = (Path("controller.yml"), Path("/etc/controller/controller.yml"))
 Forge = Literal["github", "gitlab", "gitea"]  # notify formats that post commit statuses
 FORGES: tuple[Forge, ...] = get_args(Forge)
+TOKEN_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")  # a dashboard token's name: in the audit trail and its cookie
 
 
 @dataclass(frozen=True)
@@ -139,11 +141,21 @@ class WatchConfig:
 
 
 @dataclass(frozen=True)
+class UiToken:
+    """A named dashboard token: its holder's actions are recorded under ``name``; ``read_only``: pages only."""
+
+    name: str
+    file: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class UiConfig:
     """The dashboard on the listener (``watch`` and ``serve``): who may read it and act from it."""
 
     enabled: bool = True                 # false: the listener serves only webhooks, /healthz and /metrics
     token_file: str | None = None        # when set, every page asks for it; required off loopback
+    tokens: tuple[UiToken, ...] = ()     # named tokens (several people, read-only ones), beside or instead of it
     external_url: str | None = None      # where people reach the dashboard (behind a proxy): links to runs
 
 
@@ -218,6 +230,7 @@ def load_config(path: Path) -> Config:
     for number, target in enumerate(config.notify):
         _check_target(target, path, f"notify[{number}]")
     _check_external_url(config.ui, path)
+    _check_tokens(config.ui, path)
     _check_commit_url(config.source.commit_url, path)
     base = path.resolve().parent
 
@@ -248,6 +261,7 @@ def load_config(path: Path) -> Config:
         notify=tuple(replace(t, url_file=absolute(t.url_file), token_file=absolute(t.token_file))
                      for t in config.notify),
         ui=replace(config.ui, token_file=absolute(config.ui.token_file),
+                   tokens=tuple(replace(t, file=str(absolute(t.file))) for t in config.ui.tokens),
                    external_url=config.ui.external_url and config.ui.external_url.rstrip("/")),
     )
 
@@ -322,6 +336,16 @@ def _check_commit_url(url: str | None, path: Path) -> None:
     if url is not None and (urlsplit(url).scheme not in ("http", "https") or "{sha}" not in url):
         raise ControllerError(Reason.CONFIG_INVALID, f"{path}: source.commit_url: expected a web address with {{sha}} "
                               f"where the commit goes, such as https://github.com/ORG/REPO/commit/{{sha}}, got {url!r}")
+
+
+def _check_tokens(ui: UiConfig, path: Path) -> None:
+    names = [t.name for t in ui.tokens]
+    for number, name in enumerate(names):
+        if not TOKEN_NAME.fullmatch(name):
+            raise ControllerError(Reason.CONFIG_INVALID, f"{path}: ui.tokens[{number}].name: {name!r}: letters, "
+                                  "digits, '.', '_', '-' and '@' only (it names the holder in the audit trail)")
+        if name in names[:number]:
+            raise ControllerError(Reason.CONFIG_INVALID, f"{path}: ui.tokens[{number}].name: {name!r} is named twice")
 
 
 def _check_external_url(ui: UiConfig, path: Path) -> None:

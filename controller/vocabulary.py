@@ -38,6 +38,7 @@ class Trigger(StrEnum):
     RETRY = "retry"        # the daemon retries a failed cycle
     VERIFY = "verify"      # the daemon's verify interval: one look per host between full checks
     WINDOW = "window"      # a maintenance window that held an app's applies ended (gitops.yml windows:)
+    ROLLBACK = "rollback"  # `controller rollback`: a person put an app back to an earlier revision and pinned it
 
 
 class Action(StrEnum):
@@ -54,6 +55,20 @@ class Action(StrEnum):
     def reconciles(self) -> bool:
         """The action runs a cycle (under the lock), rather than only changing what the store says."""
         return self in (Action.SYNC, Action.CHECK, Action.APPLY)
+
+
+class Act(StrEnum):
+    """What a person did to an app, as the audit trail records it (with who, when and why)."""
+
+    SYNC = "sync"                        # the dashboard's Sync now (Sync this host only)
+    CHECK = "check"                      # the dashboard's Check now
+    APPLY = "apply"                      # the dashboard's Apply now (a detect app)
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    APPROVE = "approve"
+    ROLLBACK = "rollback"                # put back to an earlier revision, and pinned there
+    UNPIN = "unpin"                      # let follow the branch again (by a person, or the branch moving)
+    OVERRIDE_WINDOW = "override-window"  # applied inside a maintenance window that held it (sync --override-window)
 
 
 class Policy(StrEnum):
@@ -205,7 +220,7 @@ class Outcome(StrEnum):
     INTERRUPTED = "interrupted"  # stopped by a signal, or its controller was killed (found at the next start),
     #                              or superseded by a push during its check (watch)
     SUSPENDED = "suspended"      # not reconciled: `controller suspend` (not recorded as a run)
-    HELD = "held"                # checked; applies held by a maintenance window, or waiting for an approval
+    HELD = "held"                # checked; applies held by a maintenance window, an approval or a pin
 
     def exit_code(self, accept_unverified: bool = False) -> ExitCode:
         """The exit code this outcome stands for (``--accept-unverified`` makes unverified 0)."""
@@ -255,6 +270,7 @@ class Reason(StrEnum):
     DEPENDENCY_NOT_READY = "DependencyNotReady"  # depends_on: an app it needs is not converged and healthy yet
     WINDOW_CLOSED = "WindowClosed"  # inside a deny window, or outside every allow window: applies wait
     APPROVAL_REQUIRED = "ApprovalRequired"  # approval: required, and nobody approved this revision yet
+    PINNED = "Pinned"  # `controller rollback` pinned the app to an earlier revision: the branch head waits
 
 
 class ExitCode(IntEnum):
@@ -265,7 +281,7 @@ class ExitCode(IntEnum):
     DRIFT = 2
     UNVERIFIED = 3
     UNHEALTHY = 4   # in sync otherwise, but a health check fails on some host
-    HELD = 5        # a maintenance window, or a missing approval, holds the applies a sync would make
+    HELD = 5        # a maintenance window, a missing approval or a pin holds the applies a sync would make
     USAGE = 64
     BUG = 70
     LOCKED = 75     # EX_TEMPFAIL: try again later
@@ -294,7 +310,8 @@ EXIT_CODE_MEANINGS: dict[ExitCode, tuple[str, str]] = {
     ExitCode.HELD: ("(never: a check applies nothing)", "a maintenance window (gitops.yml `windows:`) holds the "
                     "apply: the hosts that differ are left as they are until it opens, which the output says "
                     "(`--override-window` applies now); or the revision waits for `controller approve` "
-                    "(gitops.yml `approval: required`)"),
+                    "(gitops.yml `approval: required`); or `controller rollback` pinned the app to an earlier "
+                    "revision, which it heals drift at until the branch moves or `controller unpin`"),
     ExitCode.USAGE: ("usage error", "same"),
     ExitCode.BUG: ("internal error (a bug; traceback printed)", "same"),
     ExitCode.LOCKED: ("another run holds the lock (`--wait` to queue)", "same"),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: a local Git remote, real SSH hosts, a real `controller sync`,
 # then a manual change on one host caught by `controller verify` and `controller check` and undone by
-# `controller sync`, then a host whose health check fails by hand and recovers.
+# `controller sync`, then a release rolled back and pinned, then unpinned, then a host whose health check fails
+# by hand and recovers.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
@@ -115,6 +116,16 @@ for h in 1 2 3 4 5; do printf '  h%s: %s\n' "$h" "$(cat "$WORK/lab/hosts/h$h/opt
 say "controller history and status"
 expect 0 controller history
 expect 0 controller status
+
+say "1.1.0 misbehaves in production: roll it back at once and pin it there until a fix is pushed"
+expect 0 controller rollback production --reason "1.1.0 misbehaves"
+echo "VERSION on web1.prod: $(cat "$WORK/lab/hosts/h3/opt/shop/VERSION")"
+expect 0 controller status production
+say "cron's next sync leaves production pinned (held, exit 5); unpin follows the branch again"
+expect 5 controller sync --app production
+expect 0 controller unpin production --reason "1.1.0 is fine after all"
+expect 0 controller sync --app production
+expect 0 controller history --audit
 
 say "web2.prod goes into maintenance by hand: its health check fails (gitops.yml health:), nothing Ansible manages changed"
 lab_ssh root 127.0.1.4 "echo 'disk swap, back at 14:00' > /srv/opt/shop/run/maintenance"

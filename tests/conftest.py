@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,7 @@ def own_prefix(offset: int) -> str:
     return f"{first}.{int(second) + offset}.{third}"
 
 
+USER = pwd.getpwuid(os.getuid()).pw_name  # who the audit trail says ran a command of these tests
 APP_YML = "/srv/opt/shop/conf/app.yml"
 VERSION = "/srv/opt/shop/VERSION"
 
@@ -88,9 +90,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 # The modules that take longest, longest first (their --durations summed from a CI log). Workers take whole
 # modules in collection order (--dist loadfile --no-loadscope-reorder): with these first, each worker ends on
 # short modules and neither waits long for the other. The others follow in file order.
-LONGEST = ("test_sync", "test_state_model", "test_rollout", "test_real_repositories", "test_verify", "test_watch",
-           "test_ops_repository", "test_crash", "test_dashboard", "test_requirements", "test_signatures",
-           "test_molecule", "test_host_keys", "test_secrets", "test_listener", "test_example_repository")
+LONGEST = ("test_watch", "test_sync", "test_verify", "test_ops_repository", "test_state_model",
+           "test_real_repositories", "test_rollout", "test_dashboard", "test_requirements", "test_signatures",
+           "test_crash", "test_molecule", "test_approvals", "test_windows", "test_host_keys", "test_example_repository",
+           "test_rollback", "test_secrets", "test_review", "test_listener", "test_progress", "test_health",
+           "test_deploy", "test_vault")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

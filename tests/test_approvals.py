@@ -5,8 +5,6 @@ needs its own; who approved is in the history."""
 from __future__ import annotations
 
 import json
-import os
-import pwd
 from pathlib import Path
 
 import yaml
@@ -14,12 +12,10 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 from controller.vocabulary import ExitCode
-from tests.conftest import APP_YML, VERSION, Fleet, bump_version, write_config
+from tests.conftest import APP_YML, USER, VERSION, Fleet, bump_version, write_config
 from tests.support.browser import chromium, served
 from tests.support.daemon import free_port, wait_for
 from tests.support.receiver import Receiver
-
-USER = pwd.getpwuid(os.getuid()).pw_name
 
 
 def test_a_new_revision_waits_for_an_approval_that_names_it(converged: Fleet, tmp_path: Path) -> None:
@@ -90,6 +86,9 @@ def test_a_new_revision_waits_for_an_approval_that_names_it(converged: Fleet, tm
     assert fleet.sync()["exit_code"] == 0
     assert [fleet.host_file(h, VERSION).read_text() for h in ("h1", "h2")] == ["2.1\n"] * 2
     assert fleet.runs()[0]["summary"]["approval"]["who"] == "dashboard (127.0.0.1)"
+    trail = json.loads(fleet.controller("history", "--audit", "--app", "staging", "--json").stdout)
+    assert [(e["act"], e["who"], e["revision"]) for e in trail] == [
+        ("approve", "dashboard (127.0.0.1)", second), ("approve", USER, first)], trail
 
     # a commit that drops the requirement is itself a new revision that needs an approval; the next does not
     gitops["apps"][0].pop("approval")

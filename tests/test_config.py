@@ -10,11 +10,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from controller.config import load_config
+from controller.config import HostPort, load_config
 from controller.errors import ControllerError
 from controller.source.apps import load_apps
 from controller.vocabulary import Reason
+from controller.web.access import Access
 from tests.conftest import BIN
 
 NOT_UTF8 = b"source: {url: /srv/git/fleet.git}\nstate_dir: /var/lib/caf\xe9\n"  # Latin-1, as an old editor saves
@@ -138,3 +140,35 @@ def test_every_problem_of_a_config_is_said_at_once_with_the_value(tmp_path: Path
         "watch.listen: expected HOST:PORT such as 127.0.0.1:8080, got 'localhost'",
         "notify[0].events[0]: must be one of drift-found, drift-corrected, revision-applied, run-failed, recovered, "
         "verification-failed, health-degraded, health-recovered, approval-required, got 'boom'")]
+
+
+def test_named_dashboard_tokens_are_refused_in_one_line_when_they_cannot_tell_holders_apart(tmp_path: Path) -> None:
+    (tmp_path / "a.token").write_text("alice-s-own-dashboard-token-0123\n")
+    (tmp_path / "b.token").write_text("bob-s-own-dashboard-token-012345\n")
+    (tmp_path / "short.token").write_text("short\n")
+    config = tmp_path / "controller.yml"
+    listen = HostPort("0.0.0.0", 8080)
+
+    def ui(**keys: object) -> str:
+        config.write_text(yaml.safe_dump({"source": {"url": "/srv/git/fleet.git"}, "ui": keys}))
+        return refusal(lambda: Access.of(load_config(config).ui, listen))
+
+    assert ui(tokens=[{"name": "alice smith", "file": "a.token"}]) == (
+        f"{config}: ui.tokens[0].name: 'alice smith': letters, digits, '.', '_', '-' and '@' only (it names the "
+        "holder in the audit trail)")
+    assert ui(tokens=[{"name": "alice", "file": "a.token"}, {"name": "alice", "file": "b.token"}]) == (
+        f"{config}: ui.tokens[1].name: 'alice' is named twice")
+    assert ui(tokens=[{"name": "alice", "file": "a.token"}, {"name": "bob", "file": "a.token"}]) == (
+        "ui.tokens[1].file: 'bob' holds alice's token too: give each holder a name and a token of their own")
+    assert ui(token_file="b.token", tokens=[{"name": "dashboard", "file": "a.token"}]) == (
+        "ui.tokens[0].file: 'dashboard' holds the name of ui.token_file's holder: give each holder a name and a "
+        "token of their own")
+    assert ui(tokens=[{"name": "bob", "file": "short.token"}]) == (
+        f"ui.tokens[0].file {tmp_path / 'short.token'} holds a token of 5 characters; use at least 16 (openssl "
+        "rand -hex 32)")
+    assert ui(tokens=[{"name": "bob", "file": "b.token", "read_only": "sometimes"}]).startswith(
+        f"{config}: ui.tokens[0].read_only: ")
+    config.write_text(yaml.safe_dump({"source": {"url": "/srv/git/fleet.git"}, "ui": {"tokens": [
+        {"name": "alice", "file": "a.token"}, {"name": "grafana", "file": "b.token", "read_only": True}]}}))
+    holders = Access.of(load_config(config).ui, listen).holders
+    assert [(h.name, h.read_only) for h in holders] == [("alice", False), ("grafana", True)]

@@ -41,6 +41,8 @@ from tests.support.metrics import promtool
 from tests.support.processes import running, workspaces
 
 TOKEN = "dashboard-test-token-0123456789"
+ALICE = "alice-s-own-dashboard-token-0123"
+VIEWER = "a-read-only-dashboard-token-0123"
 # CONTROLLER_SCREENSHOTS=docs makes the watch test save the three main pages for the README
 SCREENSHOTS = os.environ.get("CONTROLLER_SCREENSHOTS")
 
@@ -70,6 +72,22 @@ def until(driver: webdriver.Chrome, seconds: float, predicate: Callable[[webdriv
 def click(driver: webdriver.Chrome, element_id: str) -> None:
     """Click a button, again if the page's live update swapped it out just before."""
     until(driver, 10, lambda d: d.find_element(By.ID, element_id).click() or True)
+
+
+def log_in(driver: webdriver.Chrome, base: str, token: str) -> None:
+    """Log out of the dashboard, then in with ``token``, onto the staging app's page."""
+    driver.find_element(By.CSS_SELECTOR, "form.logout button").click()
+    until(driver, 10, lambda d: d.find_elements(By.ID, "token"))
+    driver.get(base + "/apps/staging")
+    driver.find_element(By.ID, "token").send_keys(token)
+    driver.find_element(By.ID, "login").click()
+    until(driver, 10, lambda d: d.current_url == base + "/apps/staging" and d.find_elements(By.TAG_NAME, "h1"))
+
+
+def audit_trail(fleet: Fleet) -> list[dict[str, object]]:
+    """``controller history --audit --json``."""
+    found: list[dict[str, object]] = json.loads(fleet.controller("history", "--audit", "--json").stdout)
+    return found
 
 
 def host_state(driver: webdriver.Chrome, host: str) -> str | None:
@@ -234,7 +252,11 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path,
 
 def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, browser: webdriver.Chrome) -> None:
     fleet.root.joinpath("ui.token").write_text(TOKEN + "\n")
-    write_config(fleet, ui={"token_file": "ui.token"})
+    # named tokens beside it: what alice does is recorded as hers; the viewer's token reads and acts on nothing
+    fleet.root.joinpath("alice.token").write_text(ALICE + "\n")
+    fleet.root.joinpath("viewer.token").write_text(VIEWER + "\n")
+    write_config(fleet, ui={"token_file": "ui.token", "tokens": [
+        {"name": "alice", "file": "alice.token"}, {"name": "viewer", "file": "viewer.token", "read_only": True}]})
     assert fleet.controller("check").returncode == 2  # nothing applied yet: every host differs
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -246,7 +268,7 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
         until(browser, 10, lambda d: d.find_elements(By.ID, "failed"))  # a click does not wait for the answer
         assert browser.find_element(By.ID, "failed").text == "Wrong token."
         assert browser.find_elements(By.CSS_SELECTOR, "tr.host") == []
-        browser.find_element(By.ID, "token").send_keys(TOKEN)
+        browser.find_element(By.ID, "token").send_keys(ALICE)
         browser.find_element(By.ID, "login").click()
         until(browser, 10, lambda d: d.current_url == base + "/apps/staging")
         assert host_state(browser, "web1.staging") == "drifted"
@@ -274,6 +296,10 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
         assert status == 409 and "lock" in json.loads(body)["notice"]
         assert len(fleet.runs()) == count
 
+        status, body = request(base + "/api/apps/staging/suspend", "POST", b"reason=peeking",
+                               {"Authorization": f"Bearer {VIEWER}"})
+        assert status == 403 and "the token of viewer is read-only" in body.decode(), body
+        assert json.loads(fleet.controller("status", "--json").stdout)[0]["suspended"] is False
         status, _ = request(base + "/api/apps/staging/suspend", "POST", b"reason=maintenance", bearer)
         assert status == 202
         assert json.loads(fleet.controller("status", "--json").stdout)[0]["suspended"] is True
@@ -292,7 +318,24 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
         checked = fleet.runs()[0]
         assert (checked["mode"], checked["trigger"], checked["outcome"]) == ("check", "ui", "drifted"), checked
         assert not fleet.host_file("h1", VERSION).exists()
-        browser.get(base + "/apps/staging")  # the page as it is now the check has ended
+
+        # the audit trail: who did what (the token's name and the address), on its page and at the command line
+        alice = "alice (dashboard, 127.0.0.1)"
+        # the check's entry names its run once the page's thread has it
+        wait_for("the check's run in the audit trail", lambda: audit_trail(fleet)[0]["run_id"] is not None)
+        assert [(e["act"], e["who"], e["reason"], e["run_id"]) for e in audit_trail(fleet)] == [
+            ("check", alice, "", checked["id"]), ("resume", alice, "resumed from the dashboard", None),
+            ("suspend", "dashboard (127.0.0.1)", "maintenance", None)]
+        browser.get(base + "/audit")
+        rows = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "tr.audit-entry")]
+        assert len(rows) == 3 and alice in rows[0] and f"#{checked['id']}" in rows[0], rows
+        browser.get(base + f"/runs/{checked['id']}")
+        assert browser.find_element(By.CSS_SELECTOR, "dd.by").text.startswith(f"{alice}: check")
+        # the read-only token's holder sees the app and no button that acts
+        log_in(browser, base, VIEWER)
+        assert "read-only" in browser.find_element(By.ID, "read-only").text
+        assert browser.find_elements(By.ID, "sync") == [] and browser.find_elements(By.ID, "suspend") == []
+        log_in(browser, base, ALICE)  # the app's page as it is now the check has ended
 
         # stopped while a sync from the page runs: the run is stopped and unwound, and serve exits 0
         click(browser, "sync")
@@ -435,7 +478,7 @@ def test_history_pages_and_filters_over_the_json_api(tmp_path: Path, browser: we
                      'controller_drifted_hosts{app="app0"} 0.0', 'controller_suspended{app="app0"} 0.0'):
             assert line in text, line
         with Store(tmp_path / "state" / "state.db") as store:
-            store.suspend("app0", "maintenance")
+            store.suspend("app0", "tester", "maintenance")
         assert 'controller_suspended{app="app0"} 1.0' in request(base + "/metrics")[1].decode()
 
 
@@ -449,7 +492,7 @@ def test_refuses_to_start_open_to_others_without_a_token(tmp_path: Path, command
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         f"controller: the dashboard would answer anyone on {yaml.safe_load(config.read_text())['watch']['listen']}: "
-        "set ui.token_file (or listen on 127.0.0.1, or set ui.enabled: false)"]
+        "set ui.token_file or ui.tokens (or listen on 127.0.0.1, or set ui.enabled: false)"]
 
 
 RATE = 0.25  # tries a second the throttle test allows: a try comes back after 4 s

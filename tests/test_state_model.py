@@ -322,7 +322,7 @@ def test_one_query_names_the_active_apps_and_the_json_keys_are_the_columns(tmp_p
                              {})
         refused = store.start_run(NO_APP, "2" * 40, Kind.SYNC, Trigger.POLL)
         store.finish_run(refused, Outcome.FAILED, Reason.VERIFICATION_FAILED, "unsigned", False, {})
-        store.suspend("b", "freeze")
+        store.suspend("b", "tester", "freeze")
         store.retire_missing(["a", "b"], "1" * 40)
         assert (store.apps(), store.active_apps()) == (["a", "b"], ["a"])
         newest = store.latest_sync()

@@ -5,6 +5,7 @@ ends, with no new trigger."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from controller.run.windows import closed
 from controller.schema import Seconds
 from controller.source.apps import Window, load_apps
 from controller.vocabulary import ExitCode
-from tests.conftest import APP_YML, VERSION, Fleet, bump_version
+from tests.conftest import APP_YML, USER, VERSION, Fleet, bump_version
 from tests.support.daemon import daemon, runs, version_is, wait_for, watch_config
 
 MONDAY = datetime(2026, 12, 7, 10, 30, tzinfo=UTC)
@@ -105,11 +106,14 @@ def test_a_deny_window_holds_the_apply_until_it_ends_or_is_overridden(converged:
     assert check.returncode == ExitCode.DRIFT, check.stdout + check.stderr
 
     # on purpose: applied inside the window (cron's fast path too), and recorded as such
-    overridden = fleet.sync("--only-if-changed", "--override-window")
+    overridden = fleet.sync("--only-if-changed", "--override-window", "--reason", "CHG-7: hotfix")
     assert overridden["exit_code"] == 0, overridden
     assert f'applied inside window "{cron}" (UTC) (--override-window)' in overridden["apps"][0]["message"]
     assert [fleet.host_file(h, VERSION).read_text() for h in ("h1", "h2")] == ["2.0\n"] * 2
     assert fleet.runs()[0]["summary"]["window"] == {"window": f'"{cron}" (UTC)', "overridden": True}
+    [entry] = json.loads(fleet.controller("history", "--audit", "--json").stdout)
+    assert (entry["act"], entry["who"], entry["reason"], entry["run_id"]) == (
+        "override-window", USER, "CHG-7: hotfix", overridden["apps"][0]["run_id"]), entry
 
     # drift at the applied revision waits for the window too (heal: when-open, the default)
     fleet.host_file("h2", APP_YML).write_text("hand-edited inside the window\n")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from controller.state.records import AppStatus, Commit, RunDetail, RunRecord, Suspension
+from controller.state.records import AppStatus, AuditEntry, Commit, RunDetail, RunRecord, Suspension
 from controller.vocabulary import RUNNING
 
 
@@ -24,7 +24,12 @@ def run_document(run: RunRecord) -> dict[str, Any]:
 def detail_document(detail: RunDetail) -> dict[str, Any]:
     """One run with its per-host results and tasks, as `controller show --json` prints it."""
     return {**run_document(detail.run), "hosts": [asdict(h) for h in detail.hosts],
-            "tasks": [asdict(t) for t in detail.tasks]}
+            "tasks": [asdict(t) for t in detail.tasks], "audit": [asdict(a) for a in detail.audit]}
+
+
+def audit_document(entry: AuditEntry) -> dict[str, Any]:
+    """What a person did to an app, as `controller history --audit --json` lists it."""
+    return asdict(entry)
 
 
 def status_document(status: AppStatus) -> dict[str, Any]:
@@ -49,6 +54,7 @@ def status_document(status: AppStatus) -> dict[str, Any]:
             "message": failure.message, "run_id": failure.id, "started": failure.started},
         "hosts": [asdict(h) for h in status.hosts],
         "halt": None if status.halt is None else asdict(status.halt),
+        "pin": None if status.pin is None else {**asdict(status.pin), "revert": status.pin.revert},
     }
 
 

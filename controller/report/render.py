@@ -10,7 +10,7 @@ from controller.ansible.results import TaskResult
 from controller.clock import ago
 from controller.report.colour import OUTCOME, STATUS, Paint
 from controller.run.results import AppResult, Result
-from controller.state.records import AppStatus, RunDetail, RunRecord
+from controller.state.records import AppStatus, AuditEntry, RunDetail, RunRecord
 from controller.verify.drift import Report
 from controller.vocabulary import EXIT_CODE_MEANINGS, RUNNING, Health, HostState, Phase, Reason, RolloutStep, TaskStatus
 
@@ -35,7 +35,7 @@ def _app_json(app: AppResult) -> dict[str, Any]:
     return {
         "name": app.app, "policy": app.policy, "run_id": app.run_id, "outcome": app.outcome.value,
         "reason": app.reason.value if app.reason else None, "message": app.message,
-        "previous_revision": app.previous, "seconds": round(app.seconds, 2),
+        "revision": app.revision, "previous_revision": app.previous, "seconds": round(app.seconds, 2),
         "exit_code": int(app.exit_code()), "hosts_behind": app.behind,
         "applied_to": app.plan.why if app.plan else None,
         "left_out": app.plan.left_out if app.plan else None,
@@ -140,6 +140,8 @@ def run_text(detail: RunDetail) -> str:
         f"outcome   {_outcome(run)}",
         f"message   {run.message}",
     ]
+    lines.extend(f"by        {a.who}: {a.act}" + (f" ({a.reason})" if a.reason else "") + f" at {a.at}"
+                 for a in detail.audit)
     for phase in Phase:
         hosts = [h for h in detail.hosts if h.phase is phase]
         if hosts:
@@ -216,6 +218,19 @@ def history_text(runs: list[RunRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def audit_text(entries: list[AuditEntry]) -> str:
+    """What people did to apps, newest first (``controller history --audit``)."""
+    if not entries:
+        return ("no action recorded yet (approve, rollback, unpin, suspend, resume, sync --override-window, the "
+                "dashboard's buttons)\n")
+    app, who = _width(e.app for e in entries), _width((e.who for e in entries), 3)
+    lines = [f"{'WHEN':<10} {'WHO':<{who}} {'ACTION':<15} {'APP':<{app}} {'REVISION':<12} {'RUN':>5}  WHY"]
+    for entry in entries:
+        lines.append(f"{ago(entry.at):<10} {entry.who:<{who}} {entry.act:<15} {entry.app:<{app}} "
+                     f"{(entry.revision or '-')[:12]:<12} {entry.run_id or '-':>5}  {entry.reason}")
+    return "\n".join(lines) + "\n"
+
+
 def status_text(statuses: list[AppStatus]) -> str:
     """Each app: its revision and hosts at it, its state, and what is wrong where (``controller status``)."""
     if not statuses:
@@ -234,6 +249,11 @@ def status_text(statuses: list[AppStatus]) -> str:
             good = f"; hosts at {halt.last_good[:12]}" if halt.last_good else ""
             details.append(f"{halt.revision[:12]} halted (run {halt.run_id}): {halt.detail}{good}; not applied again "
                            "until the branch moves")
+        if pin := status.pin:
+            why = f": {pin.reason}" if pin.reason else ""
+            details.append(f"PINNED at {pin.revision[:12]} by {pin.by} at {_hhmm(pin.at)}{why}; "
+                           f"{pin.rolled_back_from[:12]} held until the branch moves past it or `controller unpin "
+                           f"{status.app}`; to make Git match: {pin.revert}")
         failure = status.failure
         if failure:
             verb = "refused" if failure.reason is Reason.VERIFICATION_FAILED else failure.outcome

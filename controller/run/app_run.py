@@ -6,7 +6,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,19 +17,19 @@ from controller.errors import ControllerError, Interrupted, Superseded
 from controller.interrupt import Cancel
 from controller.run.plan import Plan, plan_apply
 from controller.run.preparation import Preparation
-from controller.run.results import AppResult, Gates, Progress, Request
+from controller.run.results import Actor, AppResult, Gates, Progress, Request
 from controller.run.rollout import Staged, roll_out
 from controller.run.windows import closed
 from controller.source.apps import App, Window
 from controller.source.git import Source
 from controller.source.revision import Revision
-from controller.state.records import Halt, HostRecord
+from controller.state.records import Halt, HostRecord, Pin
 from controller.state.store import Store
 from controller.verify.drift import Report, decide, host_states, merged, report, settle
 from controller.verify.health import HostHealth
 from controller.verify.manifest import Verdict
 from controller.verify.verdict import check_health, manifests_after, verified_report, verify_hosts
-from controller.vocabulary import Health, HostState, Kind, Outcome, Phase, Policy, Reason, TaskStatus, failure
+from controller.vocabulary import Act, Health, HostState, Kind, Outcome, Phase, Policy, Reason, TaskStatus, failure
 
 log = logging.getLogger("controller")
 
@@ -71,6 +71,10 @@ class AppRun:
     windows: tuple[Window, ...] = ()
     # each host's health as the rollout found it after its batch (or its rollback): no need to ask again
     batch_health: dict[str, HostHealth] = field(default_factory=dict)
+    # `controller rollback` pinned the app at this revision: drift is healed here, and the branch head waits
+    pinned: Pin | None = None
+    # this is a rollback (`controller rollback`) from the branch head it names: pinned here once it has run
+    rolled_back_from: str | None = None
 
     @property
     def at_revision(self) -> set[str]:
@@ -94,7 +98,8 @@ class AppRun:
         # a detect app is applied only when someone asks for exactly that (sync --apply, the dashboard's Apply)
         applying = self.kind is Kind.SYNC and (app.policy is Policy.APPLY or self.request.apply_detect)
         try:
-            if applying and self.heals is None:  # the last good revision is an ancestor of the halted head
+            # the last good revision is an ancestor of the halted head; a rollback goes back on purpose
+            if applying and self.heals is None and self.pinned is None and self.rolled_back_from is None:
                 self._refuse_rewrite(source, last)
 
             # a pull request's preview (--revision) tells its change from drift already there; a dry run of
@@ -123,7 +128,8 @@ class AppRun:
             # a new revision of an app that needs approval waits for one that names it; drift at one applied does not
             # (as gitops.yml says at this revision, or said at the last one applied: a commit that drops the
             # requirement needs an approval too)
-            needs = app.needs_approval or store.requires_approval(app.name)
+            # (a rollback, and the pin it makes, are a person's decision already)
+            needs = (app.needs_approval or store.requires_approval(app.name)) and not self.on_purpose
             approved = store.approval(app.name, self.revision.sha) if needs else None
             # correcting drift where this revision already runs is healing, not a new revision
             running_it = {host for host, sha in self._applied_at().items() if sha == self.revision.sha}
@@ -132,7 +138,8 @@ class AppRun:
                 plan, awaiting = plan.only(running_it)
             # asked now, after the check: a window that opened while it ran holds the apply
             window = closed(self.windows, datetime.now(UTC)) if plan and plan.hosts and self.windows else None
-            shut = window if not self.request.override_window else None
+            overriding = self.request.override_window or self.rolled_back_from is not None
+            shut = window if not overriding else None
             kept_out: list[str] = []
             if shut and plan:
                 plan, kept_out = plan.only(running_it if app.heals_while_held else set())
@@ -153,6 +160,8 @@ class AppRun:
                 plan = replace(plan, why={h.host: plan.why[h.host] for h in staged.applied.hosts})
             elif (held or self.heals) and not outcome.troubled:  # not in sync with the branch head: it is halted
                 outcome, reason = Outcome.DRIFTED, Reason.HEALTH_CHECK_FAILED
+            elif self.pinned and not outcome.troubled:  # the branch head waits for the pin to go
+                outcome, reason = Outcome.HELD, Reason.PINNED
             elif waited and not outcome.troubled:  # held back with hosts to apply to: left as they differ
                 outcome, reason = Outcome.DRIFTED, Reason.DEPENDENCY_NOT_READY
             elif (awaiting or kept_out) and not outcome.troubled:
@@ -170,12 +179,13 @@ class AppRun:
                             f"(controller approve {app.name} {self.revision.short})")
             if kept_out and shut:
                 message += f"; {shut}: not applied to {', '.join(kept_out)} (sync --override-window applies now)"
-            elif window and applied is not None and self.request.override_window:
-                message += f"; applied inside window {window.window} (--override-window)"
+            elif window and applied is not None and overriding:
+                message += f"; applied inside window {window.window} ({self._overridden_by})"
             if halt := held or self.heals:
                 healing = f"drift healed at {self.revision.short}, the last good revision, while " if self.heals else ""
                 message += (f"; {healing}{halt.revision[:12]} halted in run #{halt.run_id} ({halt.detail}): not "
                             "applied again until the branch moves (sync --force retries it)")
+            message += self._pin_story()
             if self.same_as:
                 message += (f"; {self.revision.short} changes nothing this app uses since {self.same_as[:12]} "
                             "(only files other apps use): no rollout for it")
@@ -190,8 +200,13 @@ class AppRun:
                 summary["approval"] = {"who": approved.who, "at": approved.at, "reason": approved.reason}
             if kept_out and shut:
                 summary["window"] = {"window": str(shut.window), "until": shut.until.isoformat(), "held": kept_out}
-            elif window and applied is not None and self.request.override_window:
+            elif window and applied is not None and overriding:
                 summary["window"] = {"window": str(window.window), "overridden": True}
+            if self.pinned:
+                summary["pin"] = asdict(self.pinned)
+            by = self._by
+            if self.rolled_back_from:
+                summary["rollback"] = {"from": self.rolled_back_from, "who": by.who, "reason": by.reason}
             if health:
                 summary["unhealthy"] = [f"{h.host}: {h.detail}" for h in sorted(health.values(), key=_host)
                                         if h.health is Health.UNHEALTHY]
@@ -220,6 +235,11 @@ class AppRun:
                 elif self.kind is Kind.SYNC and not held and not self.heals and not outcome.troubled \
                         and outcome is not Outcome.HELD:
                     store.clear_halts(app.name)  # a revision after the halted one went through: they are history
+                if self.rolled_back_from:
+                    store.pin(app.name, self.revision.sha, self.rolled_back_from, run_id, by.who, by.reason)
+                elif window and applied is not None and self.request.override_window:
+                    store.record_act(Act.OVERRIDE_WINDOW, app.name, by.who, by.reason, revision=self.revision.sha,
+                                     run_id=run_id)
                 if self.same_as:
                     self._restamp()
                 if self.kind is Kind.SYNC and applied is not None and not self.heals and not awaiting:
@@ -240,6 +260,34 @@ class AppRun:
             return AppResult(app.name, app.policy, run_id, failure(error.reason), error.reason, error.message,
                              previous=last, revision=self.revision.sha, seconds=time.monotonic() - started,
                              kind=self.kind)
+
+    @property
+    def on_purpose(self) -> bool:
+        """A rollback, or a sync of what one pinned: a person chose this revision for the app."""
+        return self.pinned is not None or self.rolled_back_from is not None
+
+    @property
+    def _by(self) -> Actor:
+        """Who asked for this run, for the audit trail (a rollback or an override always says)."""
+        return self.request.by or Actor("unknown")
+
+    @property
+    def _overridden_by(self) -> str:
+        return "a rollback" if self.rolled_back_from else "--override-window"
+
+    def _pin_story(self) -> str:
+        """What the message says of a rollback, or of a pin the run stayed at."""
+        name, short = self.app.name, self.revision.short
+        if self.pinned:
+            pin = self.pinned
+            why = f": {pin.reason}" if pin.reason else ""
+            return (f"; pinned at {short} by {pin.by} at {pin.at}{why}: {pin.rolled_back_from[:12]} waits until the "
+                    f"branch moves past it or `controller unpin {name}`")
+        if self.rolled_back_from:
+            who, why = self._by.who, f": {self._by.reason}" if self._by.reason else ""
+            return (f"; rolled back from {self.rolled_back_from[:12]} by {who}{why}; pinned at {short} until the "
+                    f"branch moves past {self.rolled_back_from[:12]} or `controller unpin {name}`")
+        return ""
 
     def _look(self, project: Path) -> list[Verdict]:
         """Compare the hosts with their manifests, one look each."""

@@ -44,15 +44,15 @@ class Preparation:
     _gated: set[str] = field(default_factory=set)
     _at: dict[str, tuple[Preparation, dict[str, App]]] = field(default_factory=dict)
 
-    def at(self, sha: str) -> tuple[Preparation, dict[str, App]]:
-        """The same for revision ``sha`` (a preview's baseline: what the hosts run now), unpacked beside this
-        one in the same wiped workspace, with that revision's apps by name."""
+    def at(self, sha: str, previous: frozenset[str] = frozenset()) -> tuple[Preparation, dict[str, App]]:
+        """The same for revision ``sha`` (a preview's baseline: what the hosts run now; a pin), unpacked beside
+        this one in the same wiped workspace, with that revision's apps by name; ``previous`` as above."""
         if sha not in self._at:
             space = Workspace(self.space.root / f"at-{sha[:12]}").make()
             self.source.extract(sha, space.project)
             apps = {app.name: app for app in load_apps(space.project)}
             digests = {name: inputs_digest(self.config, sha, app, space.project) for name, app in apps.items()}
-            self._at[sha] = (Preparation(self.config, space, self.progress, self.source, digests), apps)
+            self._at[sha] = (Preparation(self.config, space, self.progress, self.source, digests, previous), apps)
         return self._at[sha]
 
     def redactor(self) -> Redactor:

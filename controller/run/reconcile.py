@@ -16,12 +16,12 @@ from controller.run.preparation import Preparation
 from controller.run.results import AppResult, Progress, Request, Result
 from controller.run.schedule import DriftSchedule
 from controller.secrets.workspace import workspace
-from controller.source.apps import App, load_apps
+from controller.source.apps import App, Window, load_apps
 from controller.source.git import Source
 from controller.source.impact import Impact
 from controller.source.revision import Revision
 from controller.source.signatures import verify_revision
-from controller.state.records import Suspension
+from controller.state.records import Pin, Suspension
 from controller.state.store import Store
 from controller.verify.manifest import inputs_digest
 from controller.vocabulary import NO_APP, Health, HostState, Kind, Outcome, Reason, failure
@@ -47,7 +47,8 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
         if request.fetch:
             progress.step(f"fetching {config.source.branch} from {source.url.shown}")
         head = source.fetch() if request.fetch else source.head()
-        revision = source.resolve(request.revision) if request.revision else head
+        revision = _rollback_target(config, source, store, request, head) if request.rollback else (
+            source.resolve(request.revision) if request.revision else head)
         kind = request.kind(revision.sha, head.sha)
         if request.plan is not None and request.plan.revision != revision.sha:
             raise ControllerError(Reason.PLAN_STALE, f"the plan is for {request.plan.revision[:12]}, but "
@@ -106,6 +107,16 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                     continue
                 # the app's windows as the branch head has them, whichever revision the sync applies
                 windows = app.windows if kind is Kind.SYNC else ()
+                if kind is Kind.SYNC and not request.rollback and (pin := store.pinned(app.name)):
+                    if pin.rolled_back_from == revision.sha:
+                        results.append(_pinned(config, request, store, source, prepared, progress, cancel, app, pin,
+                                               revision, windows))
+                        continue
+                    # the branch moved past the head it was rolled back from: followed again
+                    moved = f"{config.source.branch} moved past {pin.rolled_back_from[:12]}"
+                    store.unpin(app.name, "controller", f"{moved} to {revision.short}")
+                    progress.notice(f"{app.name}: {moved}, which {app.name} was rolled back from: no longer pinned "
+                                    f"at {pin.revision[:12]}")
                 if healing := _healing(config, request, kind, store, source, prepared, progress, cancel, app,
                                        revision.sha):
                     healing[0].windows = windows
@@ -115,8 +126,10 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
                              here[app.name],
                              same_as=unreached.get(app.name), looks=app.name in looks,
                              changed=tuple(changes[app.name][1]) if changes.get(app.name) else (),
-                             waiting=_waiting(app, results, store, revision.sha) if kind is Kind.SYNC else None,
-                             windows=windows)
+                             # a rollback goes back on purpose, whatever the apps it depends on run
+                             waiting=_waiting(app, results, store, revision.sha)
+                             if kind is Kind.SYNC and not request.rollback else None,
+                             windows=windows, rolled_back_from=head.sha if request.rollback else None)
                 results.append(run.reconcile(source, prepared))
             return Result(request, revision, tuple(results), kind=kind)
     except (ControllerError, Interrupted) as error:
@@ -141,18 +154,69 @@ def _healing(config: Config, request: Request, kind: Kind, store: Store, source:
     if halt is None or halt.last_good is None or not hosts:
         return None
     try:
-        at, apps = prepared.at(halt.last_good)
-        revision = source.resolve(halt.last_good)
+        good, revision, at = _stand_in(prepared, source, app, halt.last_good)
     except ControllerError as error:  # then the sync holds the head without healing, and says why
         progress.notice(f"{app.name}: drift cannot be healed at {halt.last_good[:12]}: {error}")
-        return None
-    good = apps.get(app.name)
-    if good is None:
         return None
     progress.step(f"{app.name}: {head[:12]} is halted; healing drift at {halt.last_good[:12]} on {', '.join(hosts)}")
     digest = at.digests[app.name]
     return AppRun(good, replace(request, limit=",".join(hosts)), kind, revision, store, progress, cancel, config,
                   digest, digest, heals=halt), at
+
+
+def _pinned(config: Config, request: Request, store: Store, source: Source, prepared: Preparation,
+            progress: Progress, cancel: Cancel, app: App, pin: Pin, head: Revision,
+            windows: tuple[Window, ...]) -> AppResult:
+    """A sync of an app a rollback pinned: the pinned revision's run on every host (drift healed there); the branch
+    head waits. If that revision cannot run here, the run fails and nothing is applied."""
+    running = frozenset(h.revision for h in store.hosts(app.name) if h.revision) - {pin.revision}
+    try:
+        there, revision, at = _stand_in(prepared, source, app, pin.revision, running)
+    except ControllerError as error:
+        return _failed(store, app.name, request, Kind.SYNC, head, ControllerError(
+            error.reason, f"app {app.name} is pinned at {pin.revision[:12]}, which cannot run: {error.message}; "
+            f"nothing applied (`controller unpin {app.name}` follows the branch again)"))
+    progress.step(f"{app.name}: pinned at {pin.revision[:12]} by a rollback; {head.short} waits")
+    digest = at.digests[app.name]
+    return AppRun(there, request, Kind.SYNC, revision, store, progress, cancel, config, digest, digest,
+                  looks=request.verifying, windows=windows, pinned=pin).reconcile(source, at)
+
+
+def _stand_in(prepared: Preparation, source: Source, app: App, sha: str,
+              previous: frozenset[str] = frozenset()) -> tuple[App, Revision, Preparation]:
+    """``app`` as revision ``sha`` declares it, that revision, and its preparation beside the branch head's."""
+    at, apps = prepared.at(sha, previous)
+    revision = source.resolve(sha)
+    there = apps.get(app.name)
+    if there is None:
+        raise ControllerError(Reason.CONFIG_INVALID, f"app {app.name} is not in gitops.yml at {sha[:12]}")
+    return there, revision, at
+
+
+def _rollback_target(config: Config, source: Source, store: Store, request: Request, head: Revision) -> Revision:
+    """Where `controller rollback` puts ``request.app``: the revision named, or the newest that converged before
+    the one applied now; an ancestor of the branch head either way. Nothing is recorded when there is none."""
+    app = request.app
+    assert app is not None  # the command names it
+    if request.revision:
+        target = source.resolve(request.revision)
+    else:
+        current = store.last_applied(app)
+        earlier = [sha for sha in store.converged_revisions(app) if current and sha != current
+                   and source.has_commit(sha) and source.descends(sha, current)]
+        if not earlier:
+            since = f"before {current[:12]}, the revision applied now" if current else "here yet"
+            raise ControllerError(Reason.NOT_FOUND, f"no revision of {app} converged {since}: name one, "
+                                  f"`controller rollback {app} --to REVISION`")
+        target = source.resolve(earlier[0])
+    branch = config.source.branch
+    if target.sha == head.sha:
+        raise ControllerError(Reason.NOT_FOUND, f"{target.short} is the head of {branch}: nothing to roll back to "
+                              "(`controller sync` applies it)")
+    if not source.descends(target.sha, head.sha):
+        raise ControllerError(Reason.NOT_FOUND, f"{target.short} is not in the history of {branch} (its head is "
+                              f"{head.short}): a rollback goes back along the branch; nothing applied")
+    return target
 
 
 def _waiting(app: App, done: list[AppResult], store: Store, sha: str) -> str | None:
@@ -245,14 +309,17 @@ def _idle(config: Config, store: Store, head: Revision, override: bool) -> str |
     for app in apps:
         latest = store.latest(app)
         halt = store.halted(app, head.sha)
-        # a head whose rollout halted is synced as the drift healing at its last good revision
-        synced = head.sha if halt is None else halt.last_good
+        pin = store.pinned(app)
+        pinned = pin is not None and pin.rolled_back_from == head.sha
+        # a head whose rollout halted is synced as the drift healing at its last good revision; a pinned app at its pin
+        synced = pin.revision if pin is not None and pinned else head.sha if halt is None else halt.last_good
         # held by its own window that has not ended, or waiting for an app that is (its dependency is not ready until
         # that window ends), or for an approval nobody gave yet
         waits = latest is not None and (
             (latest.reason is Reason.WINDOW_CLOSED and _until(latest.summary) is not None and not override)
             or (latest.reason is Reason.DEPENDENCY_NOT_READY and held)
-            or (latest.reason is Reason.APPROVAL_REQUIRED and store.approval(app, latest.revision or "") is None))
+            or (latest.reason is Reason.APPROVAL_REQUIRED and store.approval(app, latest.revision or "") is None)
+            or (latest.reason is Reason.PINNED and pinned))
         if latest is None or latest.kind is not Kind.SYNC or latest.revision not in (head.sha, synced) \
                 or (latest.reason is Reason.DEPENDENCY_NOT_READY and not waits) \
                 or latest.outcome is None or not (latest.outcome.settled or waits) or _check_due(config, store, app):

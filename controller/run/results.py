@@ -16,6 +16,14 @@ from controller.vocabulary import ExitCode, Health, Kind, Mode, OnFailure, Outco
 
 
 @dataclass(frozen=True)
+class Actor:
+    """The person who asked for a run, and why: the audit trail records it for what they did on purpose."""
+
+    who: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Request:
     """What to reconcile: ``check`` never applies; ``sync`` applies under policy ``apply``."""
 
@@ -34,10 +42,13 @@ class Request:
     plan: PlanFile | None = None     # sync --plan: apply only that revision, only where the check matches it
     override_window: bool = False    # sync --override-window: apply even inside a window that holds applies
     limit: str | None = None         # --limit: only these hosts (Ansible's pattern), within the app's own limit
+    rollback: bool = False           # apply ``revision`` (default: the one before) to ``app`` at once, and pin it
+    by: Actor | None = None          # who asked (a person at the CLI or the dashboard), for the audit trail
 
     def kind(self, revision: str | None = None, head: str | None = None) -> Kind:
         """A preview when it is a dry run or not of the branch head; otherwise what the command says."""
-        if self.dry_run or (self.revision is not None and (revision is None or revision != head)):
+        if self.dry_run or (self.revision is not None and not self.rollback
+                            and (revision is None or revision != head)):
             return Kind.PREVIEW
         return Kind(self.mode)
 

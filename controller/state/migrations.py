@@ -143,6 +143,19 @@ MIGRATIONS = (
         PRIMARY KEY (app, revision));
     CREATE TABLE approval_required (app TEXT PRIMARY KEY, since TEXT NOT NULL);
     """,
+    # 12: pins (`controller rollback`): the revision an app was put back to, the branch head it was rolled back from
+    # (held until the branch moves), the rollback's run, who, when and why; and the audit trail: what people did to
+    # apps (vocabulary.Act), who, when, why, at which revision, and the run it started when it started one
+    """
+    CREATE TABLE pins (
+        app TEXT PRIMARY KEY, revision TEXT NOT NULL, rolled_back_from TEXT NOT NULL,
+        run_id INTEGER NOT NULL REFERENCES runs (id), by TEXT NOT NULL, at TEXT NOT NULL, reason TEXT NOT NULL);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, who TEXT NOT NULL, act TEXT NOT NULL,
+        app TEXT NOT NULL, revision TEXT, reason TEXT NOT NULL, run_id INTEGER REFERENCES runs (id));
+    CREATE INDEX audit_app ON audit (app, id);
+    CREATE INDEX audit_run ON audit (run_id);
+    """,
 )
 
 

@@ -9,7 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controller.vocabulary import Happened, Health, HostState, Kind, Outcome, Phase, Policy, Reason, TaskStatus, Trigger
+from controller.vocabulary import (
+    Act,
+    Happened,
+    Health,
+    HostState,
+    Kind,
+    Outcome,
+    Phase,
+    Policy,
+    Reason,
+    TaskStatus,
+    Trigger,
+)
 
 
 @dataclass(frozen=True)
@@ -69,12 +81,27 @@ class LiveTask:
 
 
 @dataclass(frozen=True)
+class AuditEntry:
+    """What a person did to an app (vocabulary.Act): who, when, why, at which revision, and the run it started."""
+
+    id: int
+    at: str
+    who: str
+    act: Act
+    app: str
+    revision: str | None
+    reason: str
+    run_id: int | None
+
+
+@dataclass(frozen=True)
 class RunDetail:
     """A run with its per-host results and its tasks (``controller show``)."""
 
     run: RunRecord
     hosts: tuple[HostResult, ...]
     tasks: tuple[TaskRecord, ...]
+    audit: tuple[AuditEntry, ...] = ()  # what a person did that started it, or that it did for them
 
 
 @dataclass(frozen=True)
@@ -101,6 +128,24 @@ class Halt:
     since: str
     last_good: str | None  # the revision the app's hosts ran before (what a rollback puts back)
     detail: str            # which hosts failed, and how
+
+
+@dataclass(frozen=True)
+class Pin:
+    """An app put back to an earlier revision by `controller rollback`: syncs stay there (and heal drift there)
+    until the branch moves past the head it was rolled back from, or `controller unpin`."""
+
+    revision: str
+    rolled_back_from: str  # the branch head when it was rolled back: the one held
+    run_id: int            # the rollback's run
+    by: str
+    at: str
+    reason: str
+
+    @property
+    def revert(self) -> str:
+        """The Git command that makes the branch say what the hosts run (one revert commit per commit since)."""
+        return f"git revert --no-edit {self.revision[:12]}..{self.rolled_back_from[:12]}"
 
 
 @dataclass(frozen=True)
@@ -149,6 +194,7 @@ class AppStatus:
     failure: RunRecord | None  # the newest run, when it failed after the state above was known
     hosts: tuple[HostRecord, ...]
     halt: Halt | None = None   # the newest revision a rollout halted on, until one completes
+    pin: Pin | None = None     # where `controller rollback` put the app, until the branch moves or an unpin
 
     @property
     def suspended(self) -> bool:

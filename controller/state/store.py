@@ -19,6 +19,7 @@ from controller.state.migrations import BUCKET_COLUMNS, migrate
 from controller.state.records import (
     Approved,
     AppStatus,
+    AuditEntry,
     Commit,
     Halt,
     HostChanges,
@@ -26,6 +27,7 @@ from controller.state.records import (
     HostRecord,
     HostResult,
     LiveTask,
+    Pin,
     RunDetail,
     RunRecord,
     Suspension,
@@ -38,6 +40,7 @@ from controller.verify.manifest import Manifest
 from controller.vocabulary import (
     NO_APP,
     RUNNING,
+    Act,
     Health,
     HostState,
     Kind,
@@ -239,6 +242,54 @@ class Store:
                               " ORDER BY run_id DESC LIMIT 1", (app, revision)).fetchone()
         return Halt(row["revision"], row["run_id"], row["since"], row["last_good"], row["detail"]) if row else None
 
+    def pin(self, app: str, revision: str, rolled_back_from: str, run_id: int, by: str, reason: str) -> None:
+        """Keep ``app`` at ``revision`` (a rollback's) until the branch moves past ``rolled_back_from``; audited."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO pins VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (app, revision, rolled_back_from, run_id, by, now(), reason))
+            self.record_act(Act.ROLLBACK, app, by, reason, revision=revision, run_id=run_id)
+
+    def pinned(self, app: str) -> Pin | None:
+        """Where a rollback pinned ``app``, if it is."""
+        row = self.db.execute("SELECT * FROM pins WHERE app = ?", (app,)).fetchone()
+        return Pin(row["revision"], row["rolled_back_from"], row["run_id"], row["by"], row["at"], row["reason"]) \
+            if row else None
+
+    def unpin(self, app: str, who: str, reason: str) -> Pin | None:
+        """Let ``app`` follow the branch again; the pin it had, if any (its end audited)."""
+        with self._transaction() as db:
+            found = self.pinned(app)
+            if found is not None:
+                db.execute("DELETE FROM pins WHERE app = ?", (app,))
+                self.record_act(Act.UNPIN, app, who, reason, revision=found.revision)
+        return found
+
+    def record_act(self, act: Act, app: str, who: str, reason: str = "", *, revision: str | None = None,
+                   run_id: int | None = None) -> int:
+        """Add what ``who`` did to ``app`` to the audit trail; its entry's id."""
+        cursor = self.db.execute("INSERT INTO audit (at, who, act, app, revision, reason, run_id)"
+                                 " VALUES (?, ?, ?, ?, ?, ?, ?)", (now(), who, act, app, revision, reason, run_id))
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def link_act(self, entry: int, run_id: int) -> None:
+        """The run an audit entry (a dashboard's Sync now) started, once it has one."""
+        self.db.execute("UPDATE audit SET run_id = ? WHERE id = ?", (run_id, entry))
+
+    def audit(self, app: str | None = None, limit: int = 50, *, run_id: int | None = None) -> list[AuditEntry]:
+        """The audit trail newest first: of one app, or of what started one run."""
+        rows = self.db.execute("SELECT * FROM audit WHERE app = COALESCE(?, app) AND (? IS NULL OR run_id = ?)"
+                               " ORDER BY id DESC LIMIT ?", (app, run_id, run_id, limit))
+        return [AuditEntry(r["id"], r["at"], r["who"], Act(r["act"]), r["app"], r["revision"], r["reason"],
+                           r["run_id"]) for r in rows]
+
+    def converged_revisions(self, app: str) -> list[str]:
+        """The revisions syncs applied to ``app`` and left it converged at, newest first, each once: what a rollback
+        goes back to."""
+        return list(dict.fromkeys(r[0] for r in self.db.execute(
+            "SELECT revision FROM runs WHERE app = ? AND mode = ? AND applied = 1 AND outcome = ? ORDER BY id DESC",
+            (app, Kind.SYNC, Outcome.CONVERGED))))
+
     def record_manifests(self, app: str, manifests: Mapping[str, Manifest | None], *, every_host: bool) -> None:
         """Each host's manifest after a full run (None: not in sync, nothing to trust); a run of the whole
         inventory (``every_host``) also forgets the hosts it did not see."""
@@ -266,18 +317,24 @@ class Store:
                         " ON CONFLICT (app) DO UPDATE SET revision = excluded.revision", (app, now(), revision))
         return True
 
-    def suspend(self, app: str, reason: str) -> Suspension | None:
-        """Suspend ``app`` (again: since when stays, a new reason replaces the old); the suspension it had."""
-        before = self.suspensions().get(app)
-        if before is None:
-            self.db.execute("INSERT INTO suspensions VALUES (?, ?, ?)", (app, now(), reason))
-        elif reason:
-            self.db.execute("UPDATE suspensions SET reason = ? WHERE app = ?", (reason, app))
+    def suspend(self, app: str, who: str, reason: str) -> Suspension | None:
+        """Suspend ``app`` (again: since when stays, a new reason replaces the old); the suspension it had. Audited."""
+        with self._transaction() as db:
+            before = self.suspensions().get(app)
+            if before is None:
+                db.execute("INSERT INTO suspensions VALUES (?, ?, ?)", (app, now(), reason))
+            elif reason:
+                db.execute("UPDATE suspensions SET reason = ? WHERE app = ?", (reason, app))
+            self.record_act(Act.SUSPEND, app, who, reason)
         return before
 
     def approve(self, app: str, revision: str, who: str, reason: str) -> Approved:
-        """Let the next sync apply ``revision`` of ``app``; approving it again keeps the first approval."""
-        self.db.execute("INSERT OR IGNORE INTO approvals VALUES (?, ?, ?, ?, ?)", (app, revision, who, now(), reason))
+        """Let the next sync apply ``revision`` of ``app``; approving it again keeps the first approval (and is
+        not audited again)."""
+        with self._transaction() as db:
+            if db.execute("INSERT OR IGNORE INTO approvals VALUES (?, ?, ?, ?, ?)",
+                          (app, revision, who, now(), reason)).rowcount:
+                self.record_act(Act.APPROVE, app, who, reason, revision=revision)
         found = self.approval(app, revision)
         assert found is not None
         return found
@@ -289,9 +346,13 @@ class Store:
         else:
             self.db.execute("DELETE FROM approval_required WHERE app = ?", (app,))
 
-    def resume(self, app: str) -> bool:
-        """Lift a suspension; False when the app was not suspended."""
-        return self.db.execute("DELETE FROM suspensions WHERE app = ?", (app,)).rowcount > 0
+    def resume(self, app: str, who: str, reason: str) -> bool:
+        """Lift a suspension (audited); False when the app was not suspended."""
+        with self._transaction() as db:
+            lifted = db.execute("DELETE FROM suspensions WHERE app = ?", (app,)).rowcount > 0
+            if lifted:
+                self.record_act(Act.RESUME, app, who, reason)
+        return lifted
 
     def set_condition(self, app: str, condition: str) -> None:
         """Remember what was last announced for ``app``, so the same state is not announced twice."""
@@ -387,7 +448,8 @@ class Store:
             tuple(HostResult(Phase(h["phase"]), h["host"], TaskStatus(h["status"]), h["changed"], h["unverified"])
                   for h in hosts),
             tuple(TaskRecord(Phase(t["phase"]), t["host"], t["task"], t["action"], TaskStatus(t["status"]),
-                             t["diff"], t["message"]) for t in tasks))
+                             t["diff"], t["message"]) for t in tasks),
+            tuple(reversed(self.audit(run_id=run_id))))
 
     def host_events(self, app: str, host: str, limit: int = 50) -> list[HostEvent]:
         """What the newest full runs of ``app`` (not previews) did to ``host``, newest first."""
@@ -456,7 +518,8 @@ class Store:
                 app=app, policy=good.policy, suspension=suspended.get(app), applied_revision=revision,
                 hosts_at_revision=sum(1 for h in hosts if revision and h.revision == revision),
                 state=good.outcome, reason=good.reason, detail=good.message, last_run=latest,
-                failure=latest if failed else None, hosts=hosts, halt=self.halted(app)))
+                failure=latest if failed else None, hosts=hosts, halt=self.halted(app),
+                pin=self.pinned(app)))
         return statuses
 
     def _latest_good(self, app: str) -> RunRecord | None:

@@ -1,9 +1,11 @@
-"""Who may read the dashboard and act from it: the token, the session cookie, the CSRF check, the login throttle.
+"""Who may read the dashboard and act from it: the tokens, the session cookie, the CSRF check, the login throttle.
 
-Pages are read-only and answer without a token only on a loopback listener with no ``ui.token_file``; a listener
-other people can reach must have a token, or the controller refuses to start. Actions (sync, suspend, resume) are
-POSTs that also need the CSRF token of this process, which only a page of this dashboard carries. Guesses at the
-token (a wrong login, a wrong Bearer) are throttled per client.
+Pages are read-only and answer without a token only on a loopback listener with no ``ui.token_file`` and no
+``ui.tokens``; a listener other people can reach must have a token, or the controller refuses to start. Each
+token has a holder's name (``ui.token_file``'s is ``dashboard``), which the audit trail records for what its
+holder does; a read-only token reads every page and acts on none. Actions (sync, suspend, resume) are POSTs that
+also need the CSRF token of this process, which only a page of this dashboard carries. Guesses at a token (a
+wrong login, a wrong Bearer) are throttled per client.
 """
 
 from __future__ import annotations
@@ -47,54 +49,91 @@ def is_loopback(host: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Holder:
+    """Who a request comes from: a token's holder (or anyone, on a loopback dashboard without tokens)."""
+
+    name: str
+    token: bytes | None = None  # None: the dashboard has no token
+    read_only: bool = False
+
+    def who(self, client: str) -> str:
+        """The holder as the audit trail names them: the token's name and the address the request came from."""
+        return f"{UNNAMED} ({client})" if self.name == UNNAMED else f"{self.name} (dashboard, {client})"
+
+    @property
+    def session(self) -> str:
+        """The session cookie's value: the holder's name and a MAC derived from their token, so a new token ends
+        its sessions (and only its)."""
+        assert self.token is not None
+        return f"{self.name}:{hmac.new(self.token, b'controller dashboard session', 'sha256').hexdigest()}"
+
+
+UNNAMED = "dashboard"   # ui.token_file's holder, and anyone on a dashboard without tokens
+ANYONE = Holder(UNNAMED)
+
+
+@dataclass(frozen=True)
 class Access:
     """The access rules of one running dashboard."""
 
-    token: bytes | None
+    holders: tuple[Holder, ...] = ()  # no token: answers anyone (on loopback only)
     # a fresh value per process: forms of an older process are refused, and nothing outside a page knows it
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     @classmethod
     def of(cls, ui: UiConfig, listen: HostPort) -> Access:
         """The rules for a dashboard on ``listen``; a ControllerError when it would be open to others."""
-        token = None
-        if ui.token_file is not None:
-            token = read_secret_file(ui.token_file, "ui.token_file", Reason.CONFIG_INVALID)
+        given = ([(UNNAMED, ui.token_file, "ui.token_file", False)] if ui.token_file is not None else []) + [
+            (t.name, t.file, f"ui.tokens[{number}].file", t.read_only) for number, t in enumerate(ui.tokens)]
+        holders: list[Holder] = []
+        for name, path, key, read_only in given:
+            token = read_secret_file(path, key, Reason.CONFIG_INVALID)
             if len(token) < MIN_TOKEN:
-                raise ControllerError(Reason.CONFIG_INVALID, f"ui.token_file {ui.token_file} holds a token of "
-                                      f"{len(token)} characters; use at least {MIN_TOKEN} (openssl rand -hex 32)")
-        if token is None and not is_loopback(listen.host):
+                raise ControllerError(Reason.CONFIG_INVALID, f"{key} {path} holds a token of {len(token)} characters; "
+                                      f"use at least {MIN_TOKEN} (openssl rand -hex 32)")
+            for other in holders:
+                if other.name == name or hmac.compare_digest(other.token or b"", token):
+                    why = "the name of ui.token_file's holder" if other.name == name else f"{other.name}'s token too"
+                    raise ControllerError(Reason.CONFIG_INVALID, f"{key}: {name!r} holds {why}: give each holder a "
+                                          "name and a token of their own")
+            holders.append(Holder(name, token, read_only))
+        if not holders and not is_loopback(listen.host):
             raise ControllerError(Reason.CONFIG_INVALID, f"the dashboard would answer anyone on {listen}: set "
-                                  "ui.token_file (or listen on 127.0.0.1, or set ui.enabled: false)")
-        return cls(token)
+                                  "ui.token_file or ui.tokens (or listen on 127.0.0.1, or set ui.enabled: false)")
+        return cls(tuple(holders))
 
     @property
-    def session(self) -> str:
-        """The session cookie's value: derived from the token, so a new token ends every session."""
-        assert self.token is not None
-        return hmac.new(self.token, b"controller dashboard session", "sha256").hexdigest()
+    def protected(self) -> bool:
+        """Whether every page asks for a token."""
+        return bool(self.holders)
 
     def host_allowed(self, headers: dict[str, str]) -> bool:
         """Without a token, only loopback names may be asked for: a page fetched through another name
         (DNS rebinding: a web site whose name resolves to 127.0.0.1) must not read the dashboard."""
-        if self.token is not None:
+        if self.protected:
             return True
         host = headers.get("host", "")
         return is_loopback(host.rpartition(":")[0] if host.count(":") == 1 or "]:" in host else host)
 
-    def bearer(self, headers: dict[str, str]) -> bool:
-        """Whether the request carries the token in ``Authorization: Bearer`` (a browser never adds it by itself)."""
+    def bearer(self, headers: dict[str, str]) -> Holder | None:
+        """Whose token the request carries in ``Authorization: Bearer`` (a browser never adds it by itself)."""
         scheme, _, given = headers.get("authorization", "").partition(" ")
-        return (self.token is not None and scheme.lower() == "bearer"
-                and hmac.compare_digest(given.strip().encode(), self.token))
+        return self.login(given) if scheme.lower() == "bearer" else None
 
-    def authenticated(self, headers: dict[str, str]) -> bool:
-        if self.token is None:
-            return True
-        return self.bearer(headers) or hmac.compare_digest(cookies(headers).get(SESSION_COOKIE, ""), self.session)
+    def holder(self, headers: dict[str, str]) -> Holder | None:
+        """Who the request comes from (its Bearer token or its session cookie); None: nobody this dashboard knows."""
+        if not self.protected:
+            return ANYONE
+        if found := self.bearer(headers):
+            return found
+        session = cookies(headers).get(SESSION_COOKIE, "")
+        name = session.partition(":")[0]
+        return next((h for h in self.holders if h.name == name and hmac.compare_digest(session, h.session)), None)
 
-    def login(self, given: str) -> bool:
-        return self.token is not None and hmac.compare_digest(given.strip().encode(), self.token)
+    def login(self, given: str) -> Holder | None:
+        """The holder of token ``given``, if any (every token is compared: no answer comes sooner for some)."""
+        matches = [h for h in self.holders if hmac.compare_digest(given.strip().encode(), h.token or b"")]
+        return matches[0] if matches else None
 
     def csrf_passed(self, headers: dict[str, str], form: dict[str, str]) -> str | None:
         """Why a form POST is refused as a possible cross-site request; None when it passes.
@@ -110,12 +149,12 @@ class Access:
             return "the form is out of date or did not come from this dashboard: reload the page and try again"
         return None
 
-    def cookie_headers(self, *, session: bool | None = None) -> tuple[tuple[str, str], ...]:
-        """Set-Cookie headers: the CSRF cookie always; the session cookie set (True) or cleared (False)."""
+    def cookie_headers(self, *, session: Holder | bool | None = None) -> tuple[tuple[str, str], ...]:
+        """Set-Cookie headers: the CSRF cookie always; the session cookie set (a holder's) or cleared (False)."""
         flags = "Path=/; HttpOnly; SameSite=Strict"
         headers = [("Set-Cookie", f"{CSRF_COOKIE}={self.csrf}; {flags}")]
-        if session is True:
-            headers.append(("Set-Cookie", f"{SESSION_COOKIE}={self.session}; {flags}"))
+        if isinstance(session, Holder):
+            headers.append(("Set-Cookie", f"{SESSION_COOKIE}={session.session}; {flags}"))
         elif session is False:
             headers.append(("Set-Cookie", f"{SESSION_COOKIE}=; Max-Age=0; {flags}"))
         return tuple(headers)

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from controller.ansible.results import TaskResult
 from controller.config import Config
 from controller.errors import ControllerError, Interrupted, LockBusy
 from controller.interrupt import Cancel
 from controller.run.cycle import run_cycle
-from controller.run.results import Progress, Request
+from controller.run.results import Actor, Progress, Request
 from controller.state.store import Store
-from controller.vocabulary import Mode, Trigger
+from controller.vocabulary import Act, Mode, Trigger
 
 log = logging.getLogger("controller")
 
@@ -27,14 +28,18 @@ STARTED_WAIT = 5.0  # seconds to wait for a sync to take the lock, so a busy loc
 
 
 class _Started:
-    """Progress that also tells the page when the cycle got past the lock (its first step)."""
+    """Progress that also tells the page when the cycle got past the lock (its first step), and calls ``begun``
+    then."""
 
-    def __init__(self, inner: Progress) -> None:
+    def __init__(self, inner: Progress, begun: Callable[[], None]) -> None:
         self.inner = inner
+        self.begun = begun
         self.event = threading.Event()
 
     def step(self, message: str) -> None:
-        self.event.set()
+        if not self.event.is_set():
+            self.event.set()
+            self.begun()
         self.inner.step(message)
 
     def started(self, app: str, phase: str, task: str, host: str) -> None:
@@ -60,26 +65,35 @@ class Actions:
         self._thread: threading.Thread | None = None
         self.running: str | None = None  # the app a dashboard sync is running for
 
-    def sync(self, app: str, client: str, *, apply: bool = False, check: bool = False,
+    def sync(self, app: str, who: str, *, apply: bool = False, check: bool = False,
              limit: str | None = None) -> None:
         """Start syncing ``app`` (``apply``: apply it even under policy detect; ``check``: only check it;
-        ``limit``: only that host); LockBusy when another run holds the lock."""
+        ``limit``: only that host) for ``who``; LockBusy when another run holds the lock. Audited with its run."""
         with self._guard:
             if self.running is not None:
                 raise LockBusy(f"a sync of {self.running} started here is still running")
             self.running = app
-        started = _Started(self.progress)
         refused: list[ControllerError] = []
-        log.info("ui: %s of %s%s asked by %s", "apply" if apply else "check" if check else "sync", app,
-                 f" ({limit} only)" if limit else "", client)
+        act = Act.APPLY if apply else Act.CHECK if check else Act.SYNC
+        log.info("ui: %s of %s%s asked by %s", act, app, f" ({limit} only)" if limit else "", who)
+        entry: list[int] = []
+
+        def begun() -> None:  # past the lock: a busy lock is no action of anyone's
+            with Store.of(self.config) as store:
+                entry.append(store.record_act(act, app, who, f"{limit} only" if limit else ""))
+
+        started = _Started(self.progress, begun)
 
         def work() -> None:
             try:
                 request = Request(Mode.CHECK if check else Mode.SYNC, app=app, trigger=Trigger.UI, apply_detect=apply,
-                                  limit=limit)
+                                  limit=limit, by=Actor(who))
                 result = run_cycle(self.config, request, started, self.cancel)
-                for done in result.apps:
-                    log.info("ui: %s: %s: %s", done.app, done.outcome.value, done.message)
+                with Store.of(self.config) as store:
+                    for done in result.apps:
+                        log.info("ui: %s: %s: %s", done.app, done.outcome.value, done.message)
+                        if done.run_id is not None and entry:
+                            store.link_act(entry[0], done.run_id)
             except ControllerError as error:
                 refused.append(error)
                 log.warning("ui: sync of %s: %s", app, error.message)
@@ -95,26 +109,26 @@ class Actions:
         if refused:
             raise refused[0]
 
-    def suspend(self, app: str, reason: str, client: str) -> None:
+    def suspend(self, app: str, reason: str, who: str) -> None:
         with Store.of(self.config) as store:
-            store.suspend(app, reason or "suspended from the dashboard")
-        log.info("ui: %s suspended by %s", app, client)
+            store.suspend(app, who, reason or "suspended from the dashboard")
+        log.info("ui: %s suspended by %s", app, who)
 
-    def approve(self, app: str, revision: str, client: str) -> bool:
+    def approve(self, app: str, revision: str, who: str) -> bool:
         """Approve ``revision``, which the person saw waiting; False when it is not the one that waits (any more)."""
         with Store.of(self.config) as store:
             waiting = store.awaiting_approval(app)
             if waiting is not None and waiting == revision:
-                store.approve(app, waiting, f"dashboard ({client})", "approved from the dashboard")
+                store.approve(app, waiting, who, "approved from the dashboard")
         done = waiting is not None and waiting == revision
         log.info("ui: %s: %s by %s", app, f"{revision[:12]} approved" if done else
-                 f"approval of {revision[:12]!r} refused: {waiting[:12] if waiting else 'nothing'} waits", client)
+                 f"approval of {revision[:12]!r} refused: {waiting[:12] if waiting else 'nothing'} waits", who)
         return done
 
-    def resume(self, app: str, client: str) -> None:
+    def resume(self, app: str, who: str) -> None:
         with Store.of(self.config) as store:
-            store.resume(app)
-        log.info("ui: %s resumed by %s", app, client)
+            store.resume(app, who, "resumed from the dashboard")
+        log.info("ui: %s resumed by %s", app, who)
 
     def stop(self, timeout: float = UNWIND) -> None:
         """Stop a sync in progress (its playbook is stopped, its workspace wiped) and wait for it to unwind."""

@@ -27,6 +27,7 @@ from controller.errors import Interrupted, LockBusy
 from controller.interrupt import Cancel
 from controller.report.colour import diff_kind
 from controller.report.documents import (
+    audit_document,
     commit_document,
     detail_document,
     run_document,
@@ -41,7 +42,7 @@ from controller.run.schedule import DriftSchedule
 from controller.state.records import LiveTask
 from controller.state.store import Store
 from controller.vocabulary import RUNNING, Action, HostState, Kind, Outcome, TaskStatus, Trigger
-from controller.web.access import Access, Throttle
+from controller.web.access import Access, Holder, Throttle
 from controller.web.actions import Actions
 from controller.web.health import DaemonHealth
 from controller.web.listener import Listener, Reply, Routes, WebRequest
@@ -49,7 +50,8 @@ from controller.web.listener import Listener, Reply, Routes, WebRequest
 log = logging.getLogger("controller")
 
 PAGE_SIZE = 50        # runs per history page
-RECENT_RUNS = 20      # runs on an app's page
+RECENT_RUNS = 20      # runs (and audit entries) on an app's page
+AUDIT_ENTRIES = 200   # on the audit page
 LIVE_RECENT = 15      # the newest task results a running run's page lists
 POLL_SECONDS = 2      # how often a page asks whether anything changed (live.js; the meta refresh is slower)
 HEADERS = (
@@ -102,7 +104,8 @@ class Dashboard:
         self.static = {name: (files("controller.web").joinpath("static", name).read_bytes(), kind)
                        for name, kind in STATIC.items()}
         self.views: dict[str, Callable[[Store, WebRequest, list[str]], dict[str, Any]]] = {
-            "fleet": self.fleet, "app": self.app, "host": self.host, "run": self.run, "history": self.history}
+            "fleet": self.fleet, "app": self.app, "host": self.host, "run": self.run, "history": self.history,
+            "audit": self.audit}
 
     # -- routing -------------------------------------------------------------
     def handle(self, request: WebRequest) -> Reply:
@@ -112,14 +115,15 @@ class Dashboard:
             return Reply(200, body, kind, (("Cache-Control", "max-age=300"), ("X-Content-Type-Options", "nosniff")))
         if not self.access.host_allowed(request.headers):
             return self.error(request, 403, "this dashboard answers only to loopback names (localhost, 127.0.0.1)")
-        guessing = self.access.token is not None and (
+        guessing = self.access.protected and (
             (path == "/login" and request.method == "POST") or "authorization" in request.headers)
         if guessing and not self.throttle.allowed(request.client):  # refused before any token is compared
             return self.error(request, 429, "too many wrong tokens from this address: wait a second",
                               (("Retry-After", "1"),))
         if path == "/login":
             return self.login(request)
-        if not self.access.authenticated(request.headers):
+        holder = self.access.holder(request.headers)
+        if holder is None:
             if "authorization" in request.headers:
                 self.throttle.wrong(request.client, "Authorization")
             if path.startswith("/api/"):
@@ -128,12 +132,12 @@ class Dashboard:
             return self.login_page(request, 401, path)
         try:
             if request.method == "POST":
-                return self.act(request)
-            return self.page(request)
+                return self.act(request, holder)
+            return self.page(request, holder)
         except NotFound as missing:
             return self.error(request, 404, str(missing))
 
-    def page(self, request: WebRequest) -> Reply:
+    def page(self, request: WebRequest, holder: Holder) -> Reply:
         path, api = request.path, request.path.startswith("/api/")
         name, parts = route(path.removeprefix("/api") if api else path, api)
         with Store.of(self.config) as store:
@@ -149,12 +153,14 @@ class Dashboard:
         notice = parse_qs(request.query).get("notice", [""])[0]
         html = self.env.get_template(f"{name}.html").render(
             **facts, stamp=stamp, busy=busy, running_runs=running_runs, csrf=self.access.csrf, poll=POLL_SECONDS,
-            notice=NOTICES.get(notice), login=self.access.token is not None, outcomes=OUTCOMES, triggers=tuple(Trigger),
+            notice=NOTICES.get(notice), login=self.access.protected, holder=holder, outcomes=OUTCOMES,
+            triggers=tuple(Trigger),
             kinds=tuple(Kind), states=(RUNNING, *HostState, Outcome.CONVERGED, Outcome.INTERRUPTED))
         return self.reply(200, html.encode(), "text/html; charset=utf-8", self.access.cookie_headers())
 
-    def act(self, request: WebRequest) -> Reply:
-        """Sync, suspend or resume: a form from a page (redirect back) or a Bearer client under /api/ (JSON)."""
+    def act(self, request: WebRequest, holder: Holder) -> Reply:
+        """Sync, suspend or resume: a form from a page (redirect back) or a Bearer client under /api/ (JSON); recorded
+        in the audit trail under the holder's name."""
         form = {k: v[0] for k, v in parse_qs(request.body.decode("utf-8", "replace")).items()}
         if request.path == "/logout":
             return self.reply(303, b"", "text/plain", (("Location", "/"), *self.access.cookie_headers(session=False)))
@@ -163,6 +169,8 @@ class Dashboard:
             raise NotFound(f"no action at {request.path}")
         # a header a browser never adds by itself proves the request is not cross-site; a form must prove it
         why = None if self.access.bearer(request.headers) else self.access.csrf_passed(request.headers, form)
+        if why is None and holder.read_only:
+            why = f"the token of {holder.name} is read-only: it reads every page and acts on none"
         if why is not None:
             log.warning("ui: %r from %s refused: %s", request.path, request.client, why)  # repr: no control codes
             return self.error(request, 403, why)
@@ -176,18 +184,17 @@ class Dashboard:
             suspended = app in store.suspensions()
         if verb.reconciles and suspended:  # the cycle would skip it: say so rather than "started"
             return self.done(request, app, verb, 409, "resume-first")
-        status, notice = 202, VERB_NOTICES[verb]
+        status, notice, who = 202, VERB_NOTICES[verb], holder.who(request.client)
         try:
             if verb.reconciles:
-                self.actions.sync(app, request.client, apply=verb is Action.APPLY, check=verb is Action.CHECK,
-                                  limit=host)
+                self.actions.sync(app, who, apply=verb is Action.APPLY, check=verb is Action.CHECK, limit=host)
             elif verb is Action.SUSPEND:
-                self.actions.suspend(app, form.get("reason", "")[:200], request.client)
+                self.actions.suspend(app, form.get("reason", "")[:200], who)
             elif verb is Action.APPROVE:
-                if not self.actions.approve(app, form.get("revision", ""), request.client):
+                if not self.actions.approve(app, form.get("revision", ""), who):
                     status, notice = 409, "nothing-to-approve"
             else:
-                self.actions.resume(app, request.client)
+                self.actions.resume(app, who)
         except LockBusy:
             status, notice = 409, "busy"
         return self.done(request, app, verb, status, notice)
@@ -200,7 +207,7 @@ class Dashboard:
         return self.reply(303, b"", "text/plain", (("Location", f"/apps/{quote(app, safe='')}?notice={notice}"),))
 
     def login(self, request: WebRequest) -> Reply:
-        if self.access.token is None:
+        if not self.access.protected:
             return self.reply(303, b"", "text/plain", (("Location", "/"),))
         if request.method != "POST":
             return self.login_page(request, 200, parse_qs(request.query).get("next", ["/"])[0])
@@ -208,11 +215,12 @@ class Dashboard:
         target = form.get("next", "/")
         if not target.startswith("/") or target.startswith("//") or "\\" in target:
             target = "/"  # never a redirect to another site (browsers read /\\host as //host)
-        if self.access.csrf_passed(request.headers, form) is not None or not self.access.login(form.get("token", "")):
+        holder = self.access.login(form.get("token", ""))
+        if self.access.csrf_passed(request.headers, form) is not None or holder is None:
             self.throttle.wrong(request.client, "login")
             return self.login_page(request, 401, target, failed=True)
-        log.info("ui: login from %s", request.client)
-        return self.reply(303, b"", "text/plain", (("Location", target), *self.access.cookie_headers(session=True)))
+        log.info("ui: login of %s from %s", holder.name, request.client)
+        return self.reply(303, b"", "text/plain", (("Location", target), *self.access.cookie_headers(session=holder)))
 
     def login_page(self, request: WebRequest, status: int, target: str, failed: bool = False) -> Reply:
         html = self.env.get_template("login.html").render(
@@ -285,6 +293,7 @@ class Dashboard:
                 "suspension": suspension_document(store.suspensions().get(parts[0])),
                 "running": self.actions.running == parts[0],
                 "awaiting": store.awaiting_approval(parts[0]),
+                "audit": [audit_document(a) for a in store.audit(parts[0], RECENT_RUNS)],
                 "drift": None if detail is None else detail_document(detail)}
 
     def host(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
@@ -330,12 +339,20 @@ class Dashboard:
                 "next": f"?{urlencode({**chosen, 'page': number + 1})}" if number < pages else None}
 
 
+    def audit(self, store: Store, request: WebRequest, parts: list[str]) -> dict[str, Any]:
+        """What people did to apps, newest first (`controller history --audit --json`), of one app with ``?app=``."""
+        app = parse_qs(request.query).get("app", [""])[0]
+        return {"audit": [audit_document(a) for a in store.audit(app or None, AUDIT_ENTRIES)], "app": app,
+                "apps": store.apps()}
+
+
 def route(path: str, api: bool) -> tuple[str, list[str]]:
     """The view for a path (without /api) and its parameters; NotFound otherwise."""
     host = (r"/apps/([^/]+)/hosts/([^/]+)", "host")
     table = ((r"/apps", "fleet"), (r"/apps/([^/]+)", "app"), host, (r"/runs/([0-9]{1,15})", "run"),
-             (r"/runs", "history"), (r"/stamp", "stamp")) if api else (
-        (r"/", "fleet"), (r"/apps/([^/]+)", "app"), host, (r"/runs/([0-9]{1,15})", "run"), (r"/history", "history"))
+             (r"/runs", "history"), (r"/audit", "audit"), (r"/stamp", "stamp")) if api else (
+        (r"/", "fleet"), (r"/apps/([^/]+)", "app"), host, (r"/runs/([0-9]{1,15})", "run"), (r"/history", "history"),
+        (r"/audit", "audit"))
     for pattern, name in table:
         match = re.fullmatch(pattern, path)
         if match:
@@ -402,7 +419,7 @@ def serve(config: Config, listen: HostPort, cancel: Cancel, progress: Progress) 
         recover(config, store)
     listener.start()
     log.info("dashboard on http://%s/ (%s)", HostPort(listen.host, listener.port),
-             "token required" if dashboard.access.token else "no token: loopback only")
+             "token required" if dashboard.access.protected else "no token: loopback only")
     try:
         while not cancel():
             cancel.event.wait(1)
