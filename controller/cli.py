@@ -573,8 +573,8 @@ def _approvable(store: Store, app: str, revision: str | None) -> str:
 @cli.command(epilog=EXIT_CODES)
 @click.argument("app")
 @click.option("--to", "revision", metavar="REVISION",
-              help="The revision to go back to (a sha, its first characters, or a ref); an ancestor of the branch "
-                   "head. Default: the newest that converged before the one APP runs now.")
+              help="The revision to go back to (a sha, its first characters, or a ref): one that comes before the "
+                   "revision APP runs now on the branch. Default: the newest that converged before it.")
 @click.option("--reason", default="", metavar="TEXT", help="Why (kept with the pin, shown by status and the run).")
 @_watching_options
 @output_options
@@ -585,15 +585,16 @@ def rollback(app: str, revision: str | None, reason: str, **options: Any) -> Non
     The revision passes every gate a sync's does (signatures, decryption,
     syntax check, the check) and is applied to every host of APP that runs
     something else, in batches as gitops.yml says at that revision, inside a
-    maintenance window too; no approval is asked. APP is then pinned: sync and
-    watch heal drift at the pinned revision (exit 5, held) and leave the branch
-    head alone until the branch moves past it (a fix or a `git revert` is
-    pushed) or `controller unpin APP`. `controller status` shows the pin and
-    the `git revert` that makes Git say what the hosts run.
+    maintenance window too, under policy detect too; no approval is asked.
+    APP is then pinned (unless the rollout halted): sync and watch heal drift
+    at the pinned revision (exit 5, held) and leave the branch head alone
+    until the branch moves past it (a fix or a `git revert` is pushed) or
+    `controller unpin APP`. `controller status` shows the pin and the `git
+    revert` that makes Git say what the hosts run.
     """
     _reconcile(Mode.SYNC, app=app, revision=revision, rollback=True, reason=reason,
                trigger=Trigger.ROLLBACK.value, dry_run=False, allow_rewrite=False, only_if_changed=False, force=False,
-               verify_first=False, apply_detect=False, override_window=False, **options)
+               verify_first=False, apply_detect=True, override_window=False, **options)
 
 
 @cli.command()

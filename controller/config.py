@@ -94,6 +94,8 @@ class AnsibleConfig:
     """Speed settings; each applies only where the repository's ansible.cfg does not set it."""
 
     forks: int = 50                 # Ansible starts at most one worker per host: every host of a usual fleet at once
+    # apps that do not depend on each other run this many at once, each with forks / parallel_apps of the forks
+    parallel_apps: int = 1
     # auto: mitogen (unpinned) when it can run, else linear
     strategy: Literal["auto", "mitogen", "linear", "free"] = "auto"
     cpu_pinning: bool = False       # mitogen's own CPU placement (measured slower on small machines)
@@ -219,8 +221,9 @@ def find_config(explicit: str | None) -> Path:
 def load_config(path: Path) -> Config:
     """Read and validate the bastion config file."""
     config = build(Config, read_yaml(path, "configuration file"), file=path)
-    if config.ansible.forks < 1:
-        raise ControllerError(Reason.CONFIG_INVALID, f"{path}: ansible.forks: must be at least 1")
+    for key in ("forks", "parallel_apps"):
+        if getattr(config.ansible, key) < 1:
+            raise ControllerError(Reason.CONFIG_INVALID, f"{path}: ansible.{key}: must be at least 1")
     for key in ("task_timeout", "run_timeout", "timeout", "control_persist"):
         if getattr(config.ansible, key) < 1:  # 0 would mean "at once" or, to ssh, "for ever"
             raise ControllerError(Reason.CONFIG_INVALID, f"{path}: ansible.{key}: must be at least 1s")

@@ -32,10 +32,12 @@ def test_a_rollback_puts_every_host_back_pins_the_app_and_lets_go_when_the_branc
     git(fleet.work, "reset", "-q", "--hard", second)
     runs = len(fleet.runs())
     off = fleet.controller("rollback", "staging", "--to", side[:10])
-    assert off.returncode == ExitCode.ERROR and (f"{side[:12]} is not in the history of main (its head is "
-                                                 f"{second[:12]}): a rollback goes back along the branch") in off.stderr
+    assert off.returncode == ExitCode.ERROR and (f"{side[:12]} does not come before {second[:12]}, the revision "
+                                                 "staging runs now: a rollback goes back") in off.stderr, off.stderr
     assert "is the head of main: nothing to roll back to" in fleet.controller("rollback", "staging", "--to",
                                                                               second).stderr
+    typo = fleet.controller("rollback", "staging", "--to", "no-such-ref")
+    assert typo.returncode == ExitCode.ERROR and "revision 'no-such-ref' not found" in typo.stderr, typo.stderr
     assert len(fleet.runs()) == runs
     assert [fleet.host_file(h, VERSION).read_text() for h in HOSTS] == ["2.1\n"] * 2
 
@@ -56,6 +58,10 @@ def test_a_rollback_puts_every_host_back_pins_the_app_and_lets_go_when_the_branc
     assert status["pin"] is not None and (status["pin"]["revision"], status["pin"]["rolled_back_from"],
                                           status["pin"]["by"], status["pin"]["reason"]) == (
         first, second, USER, "2.1 leaks memory")
+    # never forward: that is a sync's, through approvals and windows
+    forward = fleet.controller("rollback", "staging", "--to", second[:10])
+    assert (f"{second[:12]} does not come before {first[:12]}, the revision staging runs now: a rollback goes "
+            "back") in forward.stderr and forward.returncode == ExitCode.ERROR, forward.stderr
     revert = f"git revert --no-edit {first[:12]}..{second[:12]}"
     assert status["pin"]["revert"] == revert
     said = fleet.controller("status").stdout
@@ -79,6 +85,9 @@ def test_a_rollback_puts_every_host_back_pins_the_app_and_lets_go_when_the_branc
         browser.get(f"http://127.0.0.1:{port}/apps/staging")
         pin = browser.find_element(By.ID, "pin").text
         assert f"pinned at {first[:12]} by {USER}" in pin and revert in pin, pin
+        browser.get(f"http://127.0.0.1:{port}/audit")
+        [entry] = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "tr.audit-entry")]
+        assert f"{USER} rollback staging {first[:12]} #{run['id']} 2.1 leaks memory" in entry, entry
 
     # a fix pushed (C): the branch moved past B, so the pin goes and C is applied
     third = bump_version(fleet, "2.2")
@@ -89,13 +98,16 @@ def test_a_rollback_puts_every_host_back_pins_the_app_and_lets_go_when_the_branc
     assert [fleet.host_file(h, VERSION).read_text() for h in HOSTS] == ["2.2\n"] * 2
     assert fleet.status_of("staging")["pin"] is None
 
-    # rolled back again (to what ran before C: A), then unpinned: the next sync applies the head at once
-    assert fleet.controller("rollback", "staging").returncode == 0
+    # rolled back again (to A, named), then unpinned: the next sync applies the head at once
+    assert fleet.controller("rollback", "staging", "--to", first[:10]).returncode == 0
     assert [fleet.host_file(h, VERSION).read_text() for h in HOSTS] == [at_first["h1"][0]] * 2
     assert fleet.status_of("staging")["pin"]["rolled_back_from"] == third
     unpinned = fleet.controller("unpin", "staging", "--reason", "2.2 is the fix")
     assert unpinned.returncode == 0 and f"no longer pinned at {first[:12]}" in unpinned.stdout, unpinned.stdout
     assert "was not pinned" in fleet.controller("unpin", "staging").stdout
+    # suspending and resuming from the command line are in the trail too, with why
+    assert fleet.controller("suspend", "staging", "--reason", "disk swap").returncode == 0
+    assert fleet.controller("resume", "staging", "--reason", "disk swapped").returncode == 0
     resumed = fleet.sync("--only-if-changed")
     assert (resumed["exit_code"], resumed["apps"][0]["revision"]) == (0, third), resumed
     assert [fleet.host_file(h, VERSION).read_text() for h in HOSTS] == ["2.2\n"] * 2
@@ -103,9 +115,10 @@ def test_a_rollback_puts_every_host_back_pins_the_app_and_lets_go_when_the_branc
     # each rollback and unpin in the audit trail: who, why, the revision, the rollback's run
     trail = json.loads(fleet.controller("history", "--audit", "--json").stdout)
     assert [(e["act"], e["who"], e["reason"], e["revision"]) for e in trail] == [
+        ("resume", USER, "disk swapped", None), ("suspend", USER, "disk swap", None),
         ("unpin", USER, "2.2 is the fix", first), ("rollback", USER, "", first),
         ("unpin", "controller", f"main moved past {second[:12]} to {third[:12]}", first),
         ("rollback", USER, "2.1 leaks memory", first)], trail
-    assert trail[3]["run_id"] == run["id"]
+    assert trail[5]["run_id"] == run["id"] and all(e["at"] for e in trail)
     said = fleet.controller("history", "--audit").stdout
     assert said.splitlines()[0].split() == ["WHEN", "WHO", "ACTION", "APP", "REVISION", "RUN", "WHY"], said

@@ -19,6 +19,7 @@ from lab.repository import git
 from tests.conftest import APP_YML, VERSION, Fleet, bump_version, write_config
 from tests.support.browser import chromium, served
 from tests.support.daemon import daemon, free_port, runs, wait_for, watch_config
+from tests.support.processes import PlaybookWatch
 from tests.support.receiver import Receiver
 
 BROKEN = f"if grep -q broken {VERSION}; then echo version $(cat {VERSION}) does not start; exit 2; fi"
@@ -193,6 +194,52 @@ def test_watch_shows_a_rollout_batch_by_batch_halts_it_once_and_heals_the_untouc
     receiver.server.shutdown()
 
 
+def test_independent_apps_run_at_once_sharing_the_forks_and_a_dependent_one_after(converged: Fleet) -> None:
+    fleet = converged
+    write_config(fleet, ansible={"parallel_apps": 2, "forks": 4})
+    gitops = yaml.safe_load((fleet.work / "gitops.yml").read_text())
+    gitops["apps"].append({"name": "production", "playbook": "playbooks/site.yml",
+                           "inventory": "inventories/production"})
+    fleet.write("gitops.yml", yaml.safe_dump(gitops))
+    bump_version(fleet, "2.0")
+
+    def synced() -> tuple[PlaybookWatch, str]:
+        watch = PlaybookWatch()
+        watch.start()
+        try:
+            done = fleet.controller("sync", "--progress")
+        finally:
+            watch.done.set()
+            watch.join()
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert [fleet.host_file(h, VERSION).read_text() for h in ("h1", "h2", "h3")] == [f"{version}\n"] * 3
+        return watch, done.stderr + done.stdout
+
+    # staging (h1, h2) and production (h3) depend on nothing: played at the same moment, 2 forks each of 4
+    version = "2.0"
+    watch, said = synced()
+    assert frozenset({"staging", "production"}) in watch.together, watch.together
+    staging, production = (last_run(fleet, app) for app in ("staging", "production"))
+    assert production["started"] < staging["finished"] and staging["started"] < production["finished"]
+    assert watch.forks == {"2"}, watch.forks
+    assert "==> up to 2 apps at once (staging, production, as depends_on allows), 2 of ansible.forks 4 each" in said
+    # the live lines each name their app; the report tells each app apart, staging first as gitops.yml lists it
+    lines = [line for line in said.splitlines() if line.startswith(("==> staging", "==> production", "    ["))]
+    assert all(line.startswith(("==> staging:", "==> production:", "    [staging ", "    [production "))
+               for line in lines), lines
+    assert said.index("staging rollout of") < said.index("production rollout of"), said
+
+    # production depends on staging: its run starts once staging's has ended (the processes a playbook forks may
+    # outlive it by a moment, so the samples are no measure here)
+    gitops["apps"][1]["depends_on"] = ["staging"]
+    fleet.write("gitops.yml", yaml.safe_dump(gitops))
+    version = "2.1"
+    bump_version(fleet, version)
+    synced()
+    staging, production = (last_run(fleet, app) for app in ("staging", "production"))
+    assert staging["finished"] <= production["started"], (staging, production)
+
+
 def text_of(browser: Any, element: str) -> str:
     """An element's text, read again after live.js swapped the page's main part."""
     try:
@@ -246,6 +293,6 @@ def test_depends_on_a_cycle_or_an_unknown_app_is_refused_when_gitops_yml_is_read
 
 
 
-def last_run(fleet: Fleet) -> dict[str, Any]:
-    return next(r for r in fleet.runs() if r["app"] == "staging")
+def last_run(fleet: Fleet, app: str = "staging") -> dict[str, Any]:
+    return next(r for r in fleet.runs() if r["app"] == app)
 

@@ -239,7 +239,7 @@ def test_status_history_show_and_json_tell_the_same_story(fleet: Fleet) -> None:
         "app": "staging", "policy": "apply", "suspended": False, "suspension": None,
         "applied_revision": result["revision"]["sha"],
         "hosts_at_revision": 2, "hosts_total": 2, "last_run_id": app["run_id"], "state": "converged",
-        "reason": None, "detail": app["message"], "failure": None, "health": None, "halt": None}
+        "reason": None, "detail": app["message"], "failure": None, "health": None, "halt": None, "pin": None}
     assert [(h["host"], h["revision"], h["state"]) for h in status["hosts"]] == [
         ("web1.staging", result["revision"]["sha"], "in-sync"), ("web2.staging", result["revision"]["sha"], "in-sync")]
     shown = json.loads(fleet.controller("show", str(app["run_id"]), "--json").stdout)

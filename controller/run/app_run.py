@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from controller.ansible.job import Job
 from controller.ansible.results import Connection, PlayRun, TaskResult
 from controller.ansible.runner import OutOfTime, Stopped, run_playbook
 from controller.config import Config
@@ -75,6 +76,8 @@ class AppRun:
     pinned: Pin | None = None
     # this is a rollback (`controller rollback`) from the branch head it names: pinned here once it has run
     rolled_back_from: str | None = None
+    # this app's share of ansible.forks while other apps run beside it (ansible.parallel_apps); None: all of them
+    forks: int | None = None
 
     @property
     def at_revision(self) -> set[str]:
@@ -94,6 +97,9 @@ class AppRun:
         # a verify only looks at first: a stop then is no run (nothing was under way), so the run starts after
         verdicts = self._look(prepared.space.project) if self.looks else []
         run_id = store.start_run(app.name, self.revision.sha, self.kind, self.request.trigger, app.policy)
+        if self.rolled_back_from:  # who asked is known before anything is applied, whatever becomes of it
+            store.record_act(Act.ROLLBACK, app.name, self._by.who, self._by.reason, revision=self.revision.sha,
+                             run_id=run_id)
         last = store.last_applied(app.name)
         # a detect app is applied only when someone asks for exactly that (sync --apply, the dashboard's Apply)
         applying = self.kind is Kind.SYNC and (app.policy is Policy.APPLY or self.request.apply_detect)
@@ -119,7 +125,8 @@ class AppRun:
             gates = self._gates(checked) if self.kind is Kind.PREVIEW else None
             # a revision whose rollout halted is not applied again until the branch moves (or on purpose: --force)
             standing = store.halted(app.name, self.revision.sha) if self.kind is not Kind.PREVIEW else None
-            held = standing if applying and not self.request.force else None
+            # (a rollback to it is on purpose too)
+            held = standing if applying and not self.request.force and not self.rolled_back_from else None
             if applying and held is None:
                 plan = plan_apply(checked, self._applied_at(), self.revision.sha, force=self.request.force)
             waited = plan if plan and plan.hosts and self.waiting else None
@@ -146,6 +153,9 @@ class AppRun:
             if plan and plan.hosts and (newer := self.cancel.superseded(self.revision.sha)):
                 raise Superseded(f"app {app.name}: not applied: superseded by {newer} during the check, which is "
                                  "reconciled next")
+            if window and plan and plan.hosts and self.request.override_window:  # recorded before it applies
+                store.record_act(Act.OVERRIDE_WINDOW, app.name, self._by.who, self._by.reason,
+                                 revision=self.revision.sha, run_id=run_id)
             staged = roll_out(app, plan.hosts, plan.limit, lambda limit: play(False, limit),
                               lambda hosts: self._batch_health(prepared, app, hosts, prepared.space.project),
                               lambda hosts, into: self._rollback(run_id, prepared, hosts, into),
@@ -185,7 +195,7 @@ class AppRun:
                 healing = f"drift healed at {self.revision.short}, the last good revision, while " if self.heals else ""
                 message += (f"; {healing}{halt.revision[:12]} halted in run #{halt.run_id} ({halt.detail}): not "
                             "applied again until the branch moves (sync --force retries it)")
-            message += self._pin_story()
+            message += self._pin_story(halted)
             if self.same_as:
                 message += (f"; {self.revision.short} changes nothing this app uses since {self.same_as[:12]} "
                             "(only files other apps use): no rollout for it")
@@ -233,13 +243,12 @@ class AppRun:
                     store.halt(app.name, self.revision.sha, run_id, standing.last_good if standing else
                                self._last_good(), staged.detail)
                 elif self.kind is Kind.SYNC and not held and not self.heals and not outcome.troubled \
-                        and outcome is not Outcome.HELD:
-                    store.clear_halts(app.name)  # a revision after the halted one went through: they are history
-                if self.rolled_back_from:
+                        and outcome is not Outcome.HELD and not self.rolled_back_from:
+                    # a revision after the halted one went through: they are history (a rollback went back to an
+                    # older one: the head it left stays halted)
+                    store.clear_halts(app.name)
+                if self.rolled_back_from and not halted:
                     store.pin(app.name, self.revision.sha, self.rolled_back_from, run_id, by.who, by.reason)
-                elif window and applied is not None and self.request.override_window:
-                    store.record_act(Act.OVERRIDE_WINDOW, app.name, by.who, by.reason, revision=self.revision.sha,
-                                     run_id=run_id)
                 if self.same_as:
                     self._restamp()
                 if self.kind is Kind.SYNC and applied is not None and not self.heals and not awaiting:
@@ -261,6 +270,10 @@ class AppRun:
                              previous=last, revision=self.revision.sha, seconds=time.monotonic() - started,
                              kind=self.kind)
 
+    def _shared(self, job: Job) -> Job:
+        """The job with this app's share of the forks, over what ansible.cfg says, when apps run at once."""
+        return job if self.forks is None else replace(job, args=(*job.args, "--forks", str(self.forks)))
+
     @property
     def on_purpose(self) -> bool:
         """A rollback, or a sync of what one pinned: a person chose this revision for the app."""
@@ -275,8 +288,9 @@ class AppRun:
     def _overridden_by(self) -> str:
         return "a rollback" if self.rolled_back_from else "--override-window"
 
-    def _pin_story(self) -> str:
-        """What the message says of a rollback, or of a pin the run stayed at."""
+    def _pin_story(self, halted: bool) -> str:
+        """What the message says of a rollback (``halted``: its rollout halted, so nothing is pinned), or of a pin
+        the run stayed at."""
         name, short = self.app.name, self.revision.short
         if self.pinned:
             pin = self.pinned
@@ -285,6 +299,8 @@ class AppRun:
                     f"branch moves past it or `controller unpin {name}`")
         if self.rolled_back_from:
             who, why = self._by.who, f": {self._by.reason}" if self._by.reason else ""
+            if halted:
+                return f"; the rollback from {self.rolled_back_from[:12]} by {who}{why} halted: nothing is pinned"
             return (f"; rolled back from {self.rolled_back_from[:12]} by {who}{why}; pinned at {short} until the "
                     f"branch moves past {self.rolled_back_from[:12]} or `controller unpin {name}`")
         return ""
@@ -478,6 +494,7 @@ class AppRun:
         if app is None:
             raise ControllerError(Reason.NOT_FOUND, f"{self.app.name} is not in gitops.yml at {sha[:12]}")
         job, redactor = at.ready(app)
+        job = self._shared(job)
         label = f"{phase} at {sha[:12]}"
         played = run_playbook(app, at.space.project, at.space.runner / phase, job, check=check,
                               redactor=redactor + prepared.redactor(), cancel=self.cancel, limit=limit,
@@ -489,6 +506,7 @@ class AppRun:
               baseline: Report | None = None) -> Report:
         app, phase, space = self.app, Phase.CHECK if check else Phase.APPLY, prepared.space
         job, redactor = prepared.ready(app)
+        job = self._shared(job)
         where = f" on {limit}" if limit else ""
         self.progress.step(f"{app.name}: {phase} ({app.playbook} on {app.inventory}{where})")
         live = LiveTasks(self.store, run_id, phase)

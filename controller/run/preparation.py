@@ -9,6 +9,7 @@ decrypted in place, Ansible Vault values learnt for masking, the job settings, t
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -42,51 +43,57 @@ class Preparation:
     _redactor: Redactor | None = None
     _job: Job | None = None
     _gated: set[str] = field(default_factory=set)
-    _at: dict[str, tuple[Preparation, dict[str, App]]] = field(default_factory=dict)
+    _at: dict[tuple[str, frozenset[str]], tuple[Preparation, dict[str, App]]] = field(default_factory=dict)
+    # apps that run at once (ansible.parallel_apps) share it: what it makes on first use is made once
+    _making: threading.RLock = field(default_factory=threading.RLock)
 
     def at(self, sha: str, previous: frozenset[str] = frozenset()) -> tuple[Preparation, dict[str, App]]:
         """The same for revision ``sha`` (a preview's baseline: what the hosts run now; a pin), unpacked beside
         this one in the same wiped workspace, with that revision's apps by name; ``previous`` as above."""
-        if sha not in self._at:
-            space = Workspace(self.space.root / f"at-{sha[:12]}").make()
-            self.source.extract(sha, space.project)
-            apps = {app.name: app for app in load_apps(space.project)}
-            digests = {name: inputs_digest(self.config, sha, app, space.project) for name, app in apps.items()}
-            self._at[sha] = (Preparation(self.config, space, self.progress, self.source, digests, previous), apps)
-        return self._at[sha]
+        with self._making:  # each set of earlier revisions masks its own secrets: one preparation per set
+            if (sha, previous) not in self._at:
+                space = Workspace(self.space.root / f"at-{sha[:12]}-{len(self._at)}").make()
+                self.source.extract(sha, space.project)
+                apps = {app.name: app for app in load_apps(space.project)}
+                digests = {name: inputs_digest(self.config, sha, app, space.project) for name, app in apps.items()}
+                self._at[sha, previous] = (Preparation(self.config, space, self.progress, self.source, digests,
+                                                       previous), apps)
+            return self._at[sha, previous]
 
     def redactor(self) -> Redactor:
         """What masks every secret of the revision (and of the revisions the hosts still run): the SOPS files
         decrypted in place, the Vault values learnt."""
-        if self._redactor is None:
-            project = self.space.project
-            encrypted = find_encrypted(project)
-            self.progress.step(f"decrypting {len(encrypted)} SOPS file(s) into {self.space.root}")
-            redactor = decrypt_in_place(project, encrypted, self.config.sops.age_key_file)
-            self._redactor = redactor + learn_vaulted(project, self.config.ansible) + self._earlier_secrets()
-        return self._redactor
+        with self._making:
+            if self._redactor is None:
+                project = self.space.project
+                encrypted = find_encrypted(project)
+                self.progress.step(f"decrypting {len(encrypted)} SOPS file(s) into {self.space.root}")
+                redactor = decrypt_in_place(project, encrypted, self.config.sops.age_key_file)
+                self._redactor = redactor + learn_vaulted(project, self.config.ansible) + self._earlier_secrets()
+            return self._redactor
 
     def ready(self, app: App) -> tuple[Job, Redactor]:
         """The job and the redactor, with the secrets decrypted and ``app`` through its syntax check."""
-        redactor = self.redactor()
-        if self._job is None:
-            project = self.space.project
-            job = job_settings(self.config, project, self.space.job)
-            for notice in job.notices:
-                self.progress.notice(notice)
-            self._job = install_requirements(self.config, project, self.space.job, job, self.progress.step)
-        job = self._job
-        if app.name not in self._gated:
-            # the inputs digest covers the revision, the bastion config (so the requirements) and the versions
-            digest = self.digests[app.name]
-            if memo.known(self.config, "syntax-checked", digest):
-                self.progress.step(f"syntax check of {app.name}: passed before at the same inputs")
-            else:
-                self.progress.step(f"syntax check of {app.name}: {app.playbook}")
-                syntax_check(app, self.space.project, job, redactor)
-                memo.remember(self.config, "syntax-checked", digest)
-            self._gated.add(app.name)
-        return job, redactor
+        with self._making:
+            redactor = self.redactor()
+            if self._job is None:
+                project = self.space.project
+                job = job_settings(self.config, project, self.space.job)
+                for notice in job.notices:
+                    self.progress.notice(notice)
+                self._job = install_requirements(self.config, project, self.space.job, job, self.progress.step)
+            job = self._job
+            if app.name not in self._gated:
+                # the inputs digest covers the revision, the bastion config (so the requirements) and the versions
+                digest = self.digests[app.name]
+                if memo.known(self.config, "syntax-checked", digest):
+                    self.progress.step(f"syntax check of {app.name}: passed before at the same inputs")
+                else:
+                    self.progress.step(f"syntax check of {app.name}: {app.playbook}")
+                    syntax_check(app, self.space.project, job, redactor)
+                    memo.remember(self.config, "syntax-checked", digest)
+                self._gated.add(app.name)
+            return job, redactor
 
     def _earlier_secrets(self) -> Redactor:
         """The SOPS values of the revisions the hosts still run, masked too: after a secret is rotated, the

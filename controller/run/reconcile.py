@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from controller.clock import parse_time
 from controller.config import Config
-from controller.errors import ControllerError, Failure, Interrupted
+from controller.errors import ControllerError, Interrupted
 from controller.interrupt import Cancel
-from controller.run.app_run import AppRun
+from controller.run.dispatch import Dispatch, failed_run, holds
 from controller.run.preparation import Preparation
 from controller.run.results import AppResult, Progress, Request, Result
 from controller.run.schedule import DriftSchedule
 from controller.secrets.workspace import workspace
-from controller.source.apps import App, Window, load_apps
+from controller.source.apps import App, load_apps
 from controller.source.git import Source
 from controller.source.impact import Impact
 from controller.source.revision import Revision
 from controller.source.signatures import verify_revision
-from controller.state.records import Pin, Suspension
 from controller.state.store import Store
 from controller.verify.manifest import inputs_digest
-from controller.vocabulary import NO_APP, Health, HostState, Kind, Outcome, Reason, failure
+from controller.vocabulary import NO_APP, Kind, Outcome, Reason
 
 
 def source_of(config: Config) -> Source:
@@ -57,7 +55,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             progress.notice(f"previewing {revision.short}, which no signature check vouches for (source.verify is "
                             "off): its plugins and local tasks run on this bastion, its check_mode: false tasks "
                             "on the hosts")
-        if request.only_if_changed and (idle := _idle(config, store, revision, request.override_window)):
+        if request.only_if_changed and (idle := _idle(config, store, source, revision, request.override_window)):
             return Result(request, revision, (), idle, kind, held_until=_held_until(store))
         # a verify goes on looking until a host needs a playbook: AppRun records the run from then on, so a
         # stop that reaches this far is a stop while looking (or between two apps)
@@ -87,51 +85,19 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             looks = {app.name for app in apps if request.verifying or (
                 kind is Kind.SYNC and not request.force and app.name in unreached
                 and not _check_due(config, store, app.name))}
+            # an app pinned by a rollback runs the pinned revision's playbook: the head's is not prepared for it
+            pinned = {app.name for app in apps if kind is Kind.SYNC and not request.rollback
+                      and holds(store.pinned(app.name), source, revision.sha)}
             for app in apps:
-                if app.name not in looks and app.name not in suspended:
+                if app.name not in looks and app.name not in suspended and app.name not in pinned:
                     prepared.ready(app)
             if kind is Kind.SYNC and request.app is None and not request.verifying:
                 # only a revision that passed every gate retires apps
                 for gone in store.retire_missing([a.name for a in every], revision.sha):
                     progress.notice(f"app {gone} is no longer in gitops.yml at {revision.short}: retired")
-            for app in apps:
-                if cancel():
-                    break
-                if newer := cancel.superseded(revision.sha):
-                    results.append(AppResult(app.name, app.policy, None, Outcome.INTERRUPTED, Reason.SUPERSEDED,
-                                             f"not reconciled at {revision.short}: superseded by {newer}, "
-                                             "which is reconciled next", kind=kind))
-                    continue
-                if app.name in suspended:
-                    results.append(_suspended(app, suspended[app.name]))
-                    continue
-                # the app's windows as the branch head has them, whichever revision the sync applies
-                windows = app.windows if kind is Kind.SYNC else ()
-                if kind is Kind.SYNC and not request.rollback and (pin := store.pinned(app.name)):
-                    if pin.rolled_back_from == revision.sha:
-                        results.append(_pinned(config, request, store, source, prepared, progress, cancel, app, pin,
-                                               revision, windows))
-                        continue
-                    # the branch moved past the head it was rolled back from: followed again
-                    moved = f"{config.source.branch} moved past {pin.rolled_back_from[:12]}"
-                    store.unpin(app.name, "controller", f"{moved} to {revision.short}")
-                    progress.notice(f"{app.name}: {moved}, which {app.name} was rolled back from: no longer pinned "
-                                    f"at {pin.revision[:12]}")
-                if healing := _healing(config, request, kind, store, source, prepared, progress, cancel, app,
-                                       revision.sha):
-                    healing[0].windows = windows
-                    results.append(healing[0].reconcile(source, healing[1]))
-                    continue
-                run = AppRun(app, request, kind, revision, store, progress, cancel, config, digests[app.name],
-                             here[app.name],
-                             same_as=unreached.get(app.name), looks=app.name in looks,
-                             changed=tuple(changes[app.name][1]) if changes.get(app.name) else (),
-                             # a rollback goes back on purpose, whatever the apps it depends on run
-                             waiting=_waiting(app, results, store, revision.sha)
-                             if kind is Kind.SYNC and not request.rollback else None,
-                             windows=windows, rolled_back_from=head.sha if request.rollback else None)
-                results.append(run.reconcile(source, prepared))
-            return Result(request, revision, tuple(results), kind=kind)
+            dispatch = Dispatch(config, request, kind, source, prepared, progress, cancel, revision, head, suspended,
+                                digests, here, unreached, looks, changes, results)
+            return Result(request, revision, tuple(dispatch.all(apps, store)), kind=kind)
     except (ControllerError, Interrupted) as error:
         if isinstance(error, Interrupted) and looking:
             raise
@@ -142,55 +108,13 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
         done = {result.app for result in results}
         names = [a.name for a in apps if a.name not in done] or ([] if done else _held_back(store, request.app))
         return Result(request, revision, (*results, *(
-            _failed(store, name, request, kind, revision, error) for name in names)), kind=kind)
+            failed_run(store, name, request, kind, revision, error) for name in names)), kind=kind)
 
 
-def _healing(config: Config, request: Request, kind: Kind, store: Store, source: Source, prepared: Preparation,
-             progress: Progress, cancel: Cancel, app: App, head: str) -> tuple[AppRun, Preparation] | None:
-    """While the branch head's rollout is halted on ``app``, a sync heals drift at the last good revision instead,
-    on the hosts that run it (never a host the halted revision reached): that revision's run, and where it runs."""
-    halt = store.halted(app.name, head) if kind is Kind.SYNC and not request.force and not request.limit else None
-    hosts = [h.host for h in store.hosts(app.name) if halt and h.revision == halt.last_good]
-    if halt is None or halt.last_good is None or not hosts:
-        return None
-    try:
-        good, revision, at = _stand_in(prepared, source, app, halt.last_good)
-    except ControllerError as error:  # then the sync holds the head without healing, and says why
-        progress.notice(f"{app.name}: drift cannot be healed at {halt.last_good[:12]}: {error}")
-        return None
-    progress.step(f"{app.name}: {head[:12]} is halted; healing drift at {halt.last_good[:12]} on {', '.join(hosts)}")
-    digest = at.digests[app.name]
-    return AppRun(good, replace(request, limit=",".join(hosts)), kind, revision, store, progress, cancel, config,
-                  digest, digest, heals=halt), at
 
 
-def _pinned(config: Config, request: Request, store: Store, source: Source, prepared: Preparation,
-            progress: Progress, cancel: Cancel, app: App, pin: Pin, head: Revision,
-            windows: tuple[Window, ...]) -> AppResult:
-    """A sync of an app a rollback pinned: the pinned revision's run on every host (drift healed there); the branch
-    head waits. If that revision cannot run here, the run fails and nothing is applied."""
-    running = frozenset(h.revision for h in store.hosts(app.name) if h.revision) - {pin.revision}
-    try:
-        there, revision, at = _stand_in(prepared, source, app, pin.revision, running)
-    except ControllerError as error:
-        return _failed(store, app.name, request, Kind.SYNC, head, ControllerError(
-            error.reason, f"app {app.name} is pinned at {pin.revision[:12]}, which cannot run: {error.message}; "
-            f"nothing applied (`controller unpin {app.name}` follows the branch again)"))
-    progress.step(f"{app.name}: pinned at {pin.revision[:12]} by a rollback; {head.short} waits")
-    digest = at.digests[app.name]
-    return AppRun(there, request, Kind.SYNC, revision, store, progress, cancel, config, digest, digest,
-                  looks=request.verifying, windows=windows, pinned=pin).reconcile(source, at)
 
 
-def _stand_in(prepared: Preparation, source: Source, app: App, sha: str,
-              previous: frozenset[str] = frozenset()) -> tuple[App, Revision, Preparation]:
-    """``app`` as revision ``sha`` declares it, that revision, and its preparation beside the branch head's."""
-    at, apps = prepared.at(sha, previous)
-    revision = source.resolve(sha)
-    there = apps.get(app.name)
-    if there is None:
-        raise ControllerError(Reason.CONFIG_INVALID, f"app {app.name} is not in gitops.yml at {sha[:12]}")
-    return there, revision, at
 
 
 def _rollback_target(config: Config, source: Source, store: Store, request: Request, head: Revision) -> Revision:
@@ -198,10 +122,16 @@ def _rollback_target(config: Config, source: Source, store: Store, request: Requ
     the one applied now; an ancestor of the branch head either way. Nothing is recorded when there is none."""
     app = request.app
     assert app is not None  # the command names it
+    current = store.last_applied(app)
     if request.revision:
-        target = source.resolve(request.revision)
+        try:
+            target = source.resolve(request.revision)
+        except ControllerError as error:  # a typo is no failed run of the app
+            raise ControllerError(Reason.NOT_FOUND, error.message) from None
+        if current and not source.descends(target.sha, current):  # forward would skip approvals and windows
+            raise ControllerError(Reason.NOT_FOUND, f"{target.short} does not come before {current[:12]}, the "
+                                  f"revision {app} runs now: a rollback goes back (`controller sync` goes forward)")
     else:
-        current = store.last_applied(app)
         earlier = [sha for sha in store.converged_revisions(app) if current and sha != current
                    and source.has_commit(sha) and source.descends(sha, current)]
         if not earlier:
@@ -219,23 +149,6 @@ def _rollback_target(config: Config, source: Source, store: Store, request: Requ
     return target
 
 
-def _waiting(app: App, done: list[AppResult], store: Store, sha: str) -> str | None:
-    """Why ``app`` may not be applied at ``sha`` yet: an app it depends on is not converged and healthy there (as
-    this cycle left it, or, not reconciled in it, as the store has its hosts)."""
-    results = {result.app: result for result in done}
-    for upstream in app.depends_on:
-        if (result := results.get(upstream)) is not None:
-            if result.revision == sha and result.outcome in (Outcome.CONVERGED, Outcome.IN_SYNC, Outcome.UNVERIFIED) \
-                    and not result.reason and not result.unhealthy:
-                continue
-            why = result.outcome.value + (f", {result.reason}" if result.reason else "") + \
-                (", unhealthy" if result.unhealthy else "")
-            return f"it depends on {upstream}, which is {why} at {sha[:12]}"
-        hosts = store.hosts(upstream)
-        if not hosts or any(h.revision != sha or h.state not in (HostState.IN_SYNC, HostState.UNVERIFIED)
-                            or h.health is Health.UNHEALTHY for h in hosts):
-            return f"it depends on {upstream}, which is not converged and healthy at {sha[:12]}"
-    return None
 
 
 def _changes(source: Source, store: Store, apps: tuple[App, ...], sha: str) -> dict[str, tuple[str, list[str]]]:
@@ -278,22 +191,11 @@ def _held_back(store: Store, app: str | None) -> list[str]:
     return known or [NO_APP]
 
 
-def _failed(store: Store, app: str, request: Request, kind: Kind, revision: Revision | None,
-            error: Failure) -> AppResult:
-    run_id = store.start_run(app, revision.sha if revision else None, kind, request.trigger)
-    store.finish_run(run_id, failure(error.reason), error.reason, error.message, False, {})
-    return AppResult(app, None, run_id, failure(error.reason), error.reason, error.message,
-                     previous=store.last_applied(app), revision=revision.sha if revision else None, kind=kind)
 
 
-def _suspended(app: App, suspension: Suspension) -> AppResult:
-    why = f": {suspension.reason}" if suspension.reason else ""
-    return AppResult(app.name, app.policy, None, Outcome.SUSPENDED, None,
-                     f"suspended since {suspension.since}{why}; not applied (`controller resume {app.name}`)",
-                     kind=Kind.SYNC)
 
 
-def _idle(config: Config, store: Store, head: Revision, override: bool) -> str | None:
+def _idle(config: Config, store: Store, source: Source, head: Revision, override: bool) -> str | None:
     """Why a sync can return at once: every app's last check or sync was a sync at ``head`` that left
     nothing to do (no host behind, none failed) or was held by a maintenance window that has not ended (unless
     ``override``: --override-window), and no drift check is due."""
@@ -306,20 +208,20 @@ def _idle(config: Config, store: Store, head: Revision, override: bool) -> str |
     if not apps:
         return None
     held = _held_until(store) is not None and not override
+    # an app a rollback pinned keeps the apps that depend on it waiting too, as a window does
+    pins = {app: pin for app in apps if (pin := store.pinned(app)) is not None and holds(pin, source, head.sha)}
     for app in apps:
         latest = store.latest(app)
         halt = store.halted(app, head.sha)
-        pin = store.pinned(app)
-        pinned = pin is not None and pin.rolled_back_from == head.sha
         # a head whose rollout halted is synced as the drift healing at its last good revision; a pinned app at its pin
-        synced = pin.revision if pin is not None and pinned else head.sha if halt is None else halt.last_good
+        synced = pins[app].revision if app in pins else head.sha if halt is None else halt.last_good
         # held by its own window that has not ended, or waiting for an app that is (its dependency is not ready until
         # that window ends), or for an approval nobody gave yet
         waits = latest is not None and (
             (latest.reason is Reason.WINDOW_CLOSED and _until(latest.summary) is not None and not override)
-            or (latest.reason is Reason.DEPENDENCY_NOT_READY and held)
+            or (latest.reason is Reason.DEPENDENCY_NOT_READY and (held or bool(pins)))
             or (latest.reason is Reason.APPROVAL_REQUIRED and store.approval(app, latest.revision or "") is None)
-            or (latest.reason is Reason.PINNED and pinned))
+            or (latest.reason is Reason.PINNED and app in pins))
         if latest is None or latest.kind is not Kind.SYNC or latest.revision not in (head.sha, synced) \
                 or (latest.reason is Reason.DEPENDENCY_NOT_READY and not waits) \
                 or latest.outcome is None or not (latest.outcome.settled or waits) or _check_due(config, store, app):

@@ -243,11 +243,10 @@ class Store:
         return Halt(row["revision"], row["run_id"], row["since"], row["last_good"], row["detail"]) if row else None
 
     def pin(self, app: str, revision: str, rolled_back_from: str, run_id: int, by: str, reason: str) -> None:
-        """Keep ``app`` at ``revision`` (a rollback's) until the branch moves past ``rolled_back_from``; audited."""
-        with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO pins VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (app, revision, rolled_back_from, run_id, by, now(), reason))
-            self.record_act(Act.ROLLBACK, app, by, reason, revision=revision, run_id=run_id)
+        """Keep ``app`` at ``revision`` (a rollback's, audited with its run) until the branch moves past
+        ``rolled_back_from``."""
+        self.db.execute("INSERT OR REPLACE INTO pins VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (app, revision, rolled_back_from, run_id, by, now(), reason))
 
     def pinned(self, app: str) -> Pin | None:
         """Where a rollback pinned ``app``, if it is."""

@@ -53,7 +53,7 @@ class Holder:
     """Who a request comes from: a token's holder (or anyone, on a loopback dashboard without tokens)."""
 
     name: str
-    token: bytes | None = None  # None: the dashboard has no token
+    token: bytes | None = field(default=None, repr=False)  # None: the dashboard has no token
     read_only: bool = False
 
     def who(self, client: str) -> str:
@@ -124,8 +124,8 @@ class Access:
         """Who the request comes from (its Bearer token or its session cookie); None: nobody this dashboard knows."""
         if not self.protected:
             return ANYONE
-        if found := self.bearer(headers):
-            return found
+        if "authorization" in headers:  # a wrong one is a guess, whatever cookie comes with it
+            return self.bearer(headers)
         session = cookies(headers).get(SESSION_COOKIE, "")
         name = session.partition(":")[0]
         return next((h for h in self.holders if h.name == name and hmac.compare_digest(session, h.session)), None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from itertools import pairwise
 from pathlib import Path
 
 
@@ -42,3 +43,32 @@ class ProcWatch(threading.Thread):
                         self.programs.update(os.path.basename(arg.decode(errors="replace"))
                                              for arg in data.split(b"\0"))
                     self.found.update(f"{name} of {pid}: {n.decode()}" for n in self.needles if n in data)
+
+
+class PlaybookWatch(threading.Thread):
+    """Samples the ansible-playbook processes every ~20 ms: which inventories were played at the same moment, and
+    every ``--forks`` they were given."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.together: set[frozenset[str]] = set()  # the inventories of the playbooks alive at one moment
+        self.forks: set[str] = set()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.02):
+            inventories = set()
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    argv = [a.decode(errors="replace") for a in Path("/proc", pid, "cmdline").read_bytes().split(b"\0")]
+                except OSError:
+                    continue
+                if not any(a.endswith("/ansible-playbook") for a in argv):
+                    continue
+                for flag, value in pairwise(argv):
+                    if flag in ("-i", "--inventory"):
+                        inventories.add(Path(value).name)
+                    elif flag == "--forks":
+                        self.forks.add(value)
+            if inventories:
+                self.together.add(frozenset(inventories))
