@@ -131,20 +131,31 @@ def dashboard_markdown(board: dict[str, Any]) -> list[str]:
 
 def health_markdown(health: dict[str, Any]) -> list[str]:
     """The health gate's table: each look's median wall and client CPU time at each size."""
-    sizes = sorted(health["sizes"], key=int)
-    ways = list(health["sizes"][sizes[0]])
-    lines = ["", "## Health checks", "",
-             f"What a rollout's health gate costs (`python -m bench.health`, {health['measured_at']}, load "
-             f"{health['load']:.1f} at the start): one ssh round trip per host of the batch, all at once, in the "
-             "look `verify` takes. Checks: `command: test -d /srv/bench`, `tcp:` the host's sshd, `http:` a local "
-             f"service answering 200. Medians of {health['reps']} runs, interleaved; CPU is that of the ssh clients "
-             "and the reaper on the bastion (the hosts' side is not counted).", "",
-             "| look | " + " | ".join(f"{h} hosts: wall / CPU" for h in sizes) + " |",
+    return ["", "## Health checks", "",
+            f"What a rollout's health gate costs (`python -m bench.health`, {health['measured_at']}, load "
+            f"{health['load']:.1f} at the start): one ssh round trip per host of the batch, all at once, in the "
+            "look `verify` takes. Checks: `command: test -d /srv/bench`, `tcp:` the host's sshd, `http:` a local "
+            f"service answering 200. Medians of {health['reps']} runs, interleaved; CPU is that of the ssh clients "
+            "and the reaper on the bastion (the hosts' side is not counted).", "", *_ways_table(health, "look")]
+
+
+def parallel_markdown(parallel: dict[str, Any]) -> list[str]:
+    """Two independent apps one after the other or at once: the check's median wall and machine CPU time."""
+    return ["", "## Independent apps at once", "",
+            f"`controller check` of two apps that depend on nothing, each half of the hosts (`python -m "
+            f"bench.parallel`, {parallel['measured_at']}, {parallel['cores']} cores, load {parallel['load']:.1f} "
+            f"at the start). Medians of {parallel['reps']} runs, interleaved; CPU is the whole machine's, the lab's "
+            "hosts included (they run on it too).", "", *_ways_table(parallel, "apps")]
+
+
+def _ways_table(measured: dict[str, Any], what: str) -> list[str]:
+    """A table of each way's median wall and CPU seconds (``what`` heads its first column), a column per size."""
+    sizes = sorted(measured["sizes"], key=int)
+    lines = ["| " + what + " | " + " | ".join(f"{h} hosts: wall / CPU" for h in sizes) + " |",
              "| --- |" + " ---: |" * len(sizes)]
-    lines += [f"| {way} | " + " | ".join(f"{health['sizes'][h][way]['seconds']:.2f} / "
-                                       f"{health['sizes'][h][way]['cpu']:.2f} s" for h in sizes) + " |"
-              for way in ways]
-    return lines
+    return lines + [f"| {way} | " + " | ".join(f"{measured['sizes'][h][way]['seconds']:.2f} / "
+                                             f"{measured['sizes'][h][way]['cpu']:.2f} s" for h in sizes) + " |"
+                    for way in measured["sizes"][sizes[0]]]
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -216,6 +227,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += dashboard_markdown(results["dashboard"])
     if "health" in results:
         lines += health_markdown(results["health"])
+    if "parallel" in results:
+        lines += parallel_markdown(results["parallel"])
     lines.append("")
     if NOTES.exists():
         lines += [NOTES.read_text().rstrip(), ""]

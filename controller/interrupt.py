@@ -16,7 +16,7 @@ class Cancel:
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self._deferring = False
+        self._deferring = 0  # playbooks running now (apps at once: several)
         self._lock = threading.Lock()
         self._pushed = False  # the daemon saw the branch move while a cycle ran
         self._newer: str | None = None  # to this revision, when the push said
@@ -45,11 +45,13 @@ class Cancel:
     @contextmanager
     def deferred(self) -> Iterator[None]:
         """While inside, a signal only sets the flag: ansible-runner then stops its child itself."""
-        self._deferring = True
+        with self._lock:
+            self._deferring += 1
         try:
             yield
         finally:
-            self._deferring = False
+            with self._lock:
+                self._deferring -= 1
 
     def request(self, signum: int, frame: FrameType | None = None) -> None:
         """Signal handler: set the flag, and raise at once unless a playbook is running.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 from controller.config import Config
 
@@ -29,9 +30,16 @@ def remember(config: Config, kind: str, key: str) -> None:
     directory = config.state_path / "cache" / kind
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     (directory / _name(key)).touch()
-    markers = sorted(directory.iterdir(), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    markers = sorted(directory.iterdir(), key=_used, reverse=True)
     for old in markers[KEEP:]:
         old.unlink(missing_ok=True)
+
+
+def _used(marker: Path) -> int:
+    try:
+        return marker.stat().st_mtime_ns
+    except FileNotFoundError:  # another app's run, at once, let it go
+        return 0
 
 
 def _name(key: str) -> str:

@@ -196,8 +196,9 @@ def guarded(base: Path, prefix: str) -> Iterator[None]:
         guard.wait()
 
 
-def stop_children() -> None:
-    """Ask every reaper this process started to kill its tree, and wait until they are gone.
+def stop_children(only: Sequence[str] | None = None) -> None:
+    """Ask every reaper this process started (``only``: the one running exactly that reaped command) to kill its
+    tree, and wait until they are gone.
 
     Also catches a child whose Popen a signal interrupted (so nobody holds its handle), and one
     still between fork and exec: the SIGTERM stays pending across exec and ends it there. Other
@@ -207,6 +208,9 @@ def stop_children() -> None:
     # the reapers _spawn started are in the registry; ansible-runner's (spawned by pexpect) are found by their
     # command line, which _started_here reads again while it is empty (a reaper mid-exec)
     mine = list(_REAPERS | {pid for pid in children(os.getpid()) if _started_here(pid)})
+    if only is not None:  # one playbook of several under way (apps at once): the others go on
+        wanted = [arg.encode() for arg in only]
+        mine = [pid for pid in mine if _command_line(pid) == wanted]
     for pid in mine:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

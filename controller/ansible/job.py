@@ -55,6 +55,7 @@ class Job:
     args: tuple[str, ...]
     notices: tuple[str, ...]
     run_timeout: float              # seconds one playbook run (check or apply) may take as a whole
+    forks: int = 50                 # as the repository's ansible.cfg (or else the bastion config) says
 
     @property
     def cmdline(self) -> str:
@@ -109,7 +110,16 @@ def job_settings(config: Config, project: Path, private: Path) -> Job:
     # extra vars beat inventory vars: a repository's ansible_ssh_executable cannot route around the wrappers
     extra = [("-e", f"ansible_{tool}_executable={path}") for tool, path in wrappers.items()]
     return Job(env, (*(arg for pair in extra for arg in pair), *vault_args(settings)), tuple(notices),
-               settings.run_timeout)
+               settings.run_timeout, _forks(repo, env, settings.forks))
+
+
+def _forks(repo: configparser.ConfigParser, env: dict[str, str], default: int) -> int:
+    """The forks a playbook of this job gets: the repository's, the environment's, or the bastion's."""
+    given = repo.get("defaults", "forks", fallback=None) or env.get("ANSIBLE_FORKS")
+    try:
+        return max(1, int(given)) if given else default
+    except ValueError:  # Ansible refuses it with its own words
+        return default
 
 
 def host_key_options(config: Config) -> tuple[str, ...]:

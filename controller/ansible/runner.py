@@ -105,9 +105,11 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
     # ansible-runner seeds the job env from os.environ and stores it in the "command" artifact
     config.env = {k: v for k, v in config.env.items() if k not in os.environ or k in job.env}
     # the playbook and all it starts (workers, mitogen, ssh masters) die with us, SIGKILL included
-    config.command = reaped(config.command)
+    config.command = stop.command = reaped(config.command)
     config.pexpect_timeout = POLL_SECONDS
     runner = Runner(config, event_handler=collector.handle, cancel_callback=stop)
+    if cancel():  # a stop that came while another app's playbook ran (apps at once): this one never starts
+        raise Interrupted(f"app {app.name}: interrupted before its {'check' if check else 'apply'} started")
     with cancel.deferred():
         runner.run()
     partial = PlayRun(check=check, status=str(runner.status), rc=int(runner.rc or 0),
@@ -250,13 +252,15 @@ class _Stop:
         self.expired = False
         self.stale = stale
         self.newer: str | None = None
+        self.command: list[str] | None = None  # the reaped command this run started
 
     def __call__(self) -> bool:
         self.expired = self.expired or time.monotonic() > self.deadline
         self.newer = self.newer or self.stale()
         if self.cancel() or self.expired or self.newer:
-            # ansible-runner SIGKILLs the process group; the reaper must get to kill the rest first
-            stop_children()
+            # ansible-runner SIGKILLs the process group; the reaper must get to kill the rest first: every reaper
+            # when the whole process stops, else only this run's (another app's playbook may run beside it)
+            stop_children(None if self.cancel() else self.command)
             return True
         return False
 

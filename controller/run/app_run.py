@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sqlite3
 import time
@@ -76,8 +77,8 @@ class AppRun:
     pinned: Pin | None = None
     # this is a rollback (`controller rollback`) from the branch head it names: pinned here once it has run
     rolled_back_from: str | None = None
-    # this app's share of ansible.forks while other apps run beside it (ansible.parallel_apps); None: all of them
-    forks: int | None = None
+    # how many apps may run at once beside it (ansible.parallel_apps): each playbook gets that share of the forks
+    lanes: int = 1
 
     @property
     def at_revision(self) -> set[str]:
@@ -271,8 +272,15 @@ class AppRun:
                              kind=self.kind)
 
     def _shared(self, job: Job) -> Job:
-        """The job with this app's share of the forks, over what ansible.cfg says, when apps run at once."""
-        return job if self.forks is None else replace(job, args=(*job.args, "--forks", str(self.forks)))
+        """The job as this app runs it beside others (ansible.parallel_apps): its share of the forks, and ssh
+        master connections of its own (another app's playbook ending would close shared ones under it)."""
+        if self.lanes == 1:
+            return job
+        masters = Path(job.env["ANSIBLE_SSH_CONTROL_PATH_DIR"])
+        own = masters.with_name(f"{masters.name}-{hashlib.sha256(self.app.name.encode()).hexdigest()[:12]}")
+        own.mkdir(mode=0o700, exist_ok=True)
+        return replace(job, args=(*job.args, "--forks", str(max(1, job.forks // self.lanes))),
+                       env={**job.env, "ANSIBLE_SSH_CONTROL_PATH_DIR": str(own)})
 
     @property
     def on_purpose(self) -> bool:

@@ -4,7 +4,6 @@ independent (``ansible.parallel_apps``, sharing ``ansible.forks``); at the revis
 from __future__ import annotations
 
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import suppress
 from dataclasses import dataclass, field, replace
 
 from controller.config import Config
@@ -52,21 +51,19 @@ class Dispatch:
                 if self.cancel():
                     break
                 self.results.append(self.one(app, store))
-        order = {app.name: place for place, app in enumerate(apps)}
-        return sorted(self.results, key=lambda result: order.get(result.app, len(order)))
+        return in_order(self.results, apps)
 
     def _concurrently(self, apps: tuple[App, ...], lanes: int) -> None:
         """Up to ``lanes`` apps at once, each with its share of the forks and a store connection of its own; an app
         starts once the apps of this reconcile it depends on are done."""
-        forks = max(1, self.config.ansible.forks // lanes)
         names = {app.name for app in apps}
         pending, running = list(apps), dict[Future[AppResult], App]()
         self.progress.step(f"up to {lanes} apps at once ({', '.join(a.name for a in apps)}, as depends_on allows), "
-                           f"{forks} of ansible.forks {self.config.ansible.forks} each")
+                           f"each playbook with 1/{lanes} of the forks")
 
         def alone(app: App) -> AppResult:
             with Store.of(self.config) as store:
-                return self.one(app, store, forks)
+                return self.one(app, store, lanes)
 
         with ThreadPoolExecutor(lanes, thread_name_prefix="app") as pool:
             try:
@@ -83,17 +80,17 @@ class Dispatch:
                         break  # stopped: the apps not started are not reconciled
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for future in finished:
-                        running.pop(future)
                         self.results.append(future.result())
+                        running.pop(future)
             except BaseException:
                 # a stop, or a failure outside an app's run: the apps under way end first (each records its own
                 # run, a stop unwinds them), so that only the apps not reached are recorded as stopped with it
-                for future in running:
-                    with suppress(BaseException):
-                        self.results.append(future.result())
+                wait(running)
+                self.results.extend(f.result() for f in running if not f.cancelled() and f.exception() is None
+                                    and f.result() not in self.results)
                 raise
 
-    def one(self, app: App, store: Store, forks: int | None = None) -> AppResult:
+    def one(self, app: App, store: Store, lanes: int = 1) -> AppResult:
         """``app``'s run: at its pin, healing at its last good revision, or at the revision reconciled."""
         request, revision, kind = self.request, self.revision, self.kind
         if newer := self.cancel.superseded(revision.sha):
@@ -106,16 +103,16 @@ class Dispatch:
         windows = app.windows if kind is Kind.SYNC else ()
         if kind is Kind.SYNC and not request.rollback and (pin := store.pinned(app.name)):
             if holds(pin, self.source, revision.sha):
-                return self._pinned(app, pin, store, replace(self._run(app, store, forks), windows=windows))
+                return self._pinned(app, pin, store, replace(self._run(app, store, lanes), windows=windows))
             # the branch moved past the head it was rolled back from: followed again
             moved = f"{self.config.source.branch} moved past {pin.rolled_back_from[:12]}"
             store.unpin(app.name, "controller", f"{moved} to {revision.short}")
             self.progress.notice(f"{app.name}: {moved}, which {app.name} was rolled back from: no longer pinned "
                                  f"at {pin.revision[:12]}")
-        if healing := self._healing(app, store, forks):
+        if healing := self._healing(app, store, lanes):
             healing[0].windows = windows
             return healing[0].reconcile(self.source, healing[1])
-        run = replace(self._run(app, store, forks), windows=windows, same_as=self.unreached.get(app.name),
+        run = replace(self._run(app, store, lanes), windows=windows, same_as=self.unreached.get(app.name),
                       looks=app.name in self.looks,
                       changed=tuple(self.changes[app.name][1]) if self.changes.get(app.name) else (),
                       # a rollback goes back on purpose, whatever the apps it depends on run
@@ -124,11 +121,11 @@ class Dispatch:
                       rolled_back_from=self.head.sha if request.rollback else None)
         return run.reconcile(self.source, self.prepared)
 
-    def _run(self, app: App, store: Store, forks: int | None) -> AppRun:
+    def _run(self, app: App, store: Store, lanes: int) -> AppRun:
         return AppRun(app, self.request, self.kind, self.revision, store, self.progress, self.cancel, self.config,
-                      self.digests[app.name], self.here[app.name], forks=forks)
+                      self.digests[app.name], self.here[app.name], lanes=lanes)
 
-    def _healing(self, app: App, store: Store, forks: int | None) -> tuple[AppRun, Preparation] | None:
+    def _healing(self, app: App, store: Store, lanes: int) -> tuple[AppRun, Preparation] | None:
         """While the branch head's rollout is halted on ``app``, a sync heals drift at the last good revision
         instead, on the hosts that run it (never a host the halted revision reached): that revision's run, and
         where it runs."""
@@ -146,7 +143,7 @@ class Dispatch:
         self.progress.step(f"{app.name}: {head[:12]} is halted; healing drift at {halt.last_good[:12]} on "
                            f"{', '.join(hosts)}")
         digest = at.digests[app.name]
-        return replace(self._run(app, store, forks), app=good, request=replace(request, limit=",".join(hosts)),
+        return replace(self._run(app, store, lanes), app=good, request=replace(request, limit=",".join(hosts)),
                        revision=revision, digest=digest, digest_here=digest, heals=halt), at
 
     def _pinned(self, app: App, pin: Pin, store: Store, run: AppRun) -> AppResult:
@@ -178,7 +175,17 @@ class Dispatch:
 def holds(pin: Pin | None, source: Source, head: str) -> bool:
     """Whether ``pin`` still holds the app at the branch ``head``: until the branch moves past the head it was rolled
     back from (a rewind, a force-push elsewhere, does not let go)."""
-    return pin is not None and (pin.rolled_back_from == head or not source.descends(pin.rolled_back_from, head))
+    if pin is None:
+        return False
+    # the head it was rolled back from gone from the cache (a force-push, then a gc) is a rewind too
+    return pin.rolled_back_from == head or not (source.has_commit(pin.rolled_back_from)
+                                                and source.descends(pin.rolled_back_from, head))
+
+
+def in_order(results: list[AppResult], apps: tuple[App, ...]) -> list[AppResult]:
+    """``results`` in gitops.yml's order (apps at once end in any order); a result of no app listed last."""
+    order = {app.name: place for place, app in enumerate(apps)}
+    return sorted(results, key=lambda result: order.get(result.app, len(order)))
 
 
 def _waiting(app: App, done: list[AppResult], store: Store, sha: str) -> str | None:

@@ -10,7 +10,7 @@ from controller.clock import parse_time
 from controller.config import Config
 from controller.errors import ControllerError, Interrupted
 from controller.interrupt import Cancel
-from controller.run.dispatch import Dispatch, failed_run, holds
+from controller.run.dispatch import Dispatch, failed_run, holds, in_order
 from controller.run.preparation import Preparation
 from controller.run.results import AppResult, Progress, Request, Result
 from controller.run.schedule import DriftSchedule
@@ -107,14 +107,8 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
         # the apps already reconciled keep their runs: a stop after them is the stop of those not reached
         done = {result.app for result in results}
         names = [a.name for a in apps if a.name not in done] or ([] if done else _held_back(store, request.app))
-        return Result(request, revision, (*results, *(
-            failed_run(store, name, request, kind, revision, error) for name in names)), kind=kind)
-
-
-
-
-
-
+        return Result(request, revision, tuple(in_order([*results, *(
+            failed_run(store, name, request, kind, revision, error) for name in names)], apps)), kind=kind)
 
 
 def _rollback_target(config: Config, source: Source, store: Store, request: Request, head: Revision) -> Revision:
@@ -147,8 +141,6 @@ def _rollback_target(config: Config, source: Source, store: Store, request: Requ
         raise ControllerError(Reason.NOT_FOUND, f"{target.short} is not in the history of {branch} (its head is "
                               f"{head.short}): a rollback goes back along the branch; nothing applied")
     return target
-
-
 
 
 def _changes(source: Source, store: Store, apps: tuple[App, ...], sha: str) -> dict[str, tuple[str, list[str]]]:
@@ -189,10 +181,6 @@ def _held_back(store: Store, app: str | None) -> list[str]:
     if app is not None:
         return [app] if app in known else [NO_APP]
     return known or [NO_APP]
-
-
-
-
 
 
 def _idle(config: Config, store: Store, source: Source, head: Revision, override: bool) -> str | None:

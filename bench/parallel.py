@@ -1,0 +1,109 @@
+"""`python -m bench.parallel`: two independent apps one after the other, or at once (``ansible.parallel_apps``).
+
+The reference fleet's hosts are split into two apps of the same playbook (each with its own ``limit:``), which
+depend on nothing. ``controller check`` of both is timed with ``parallel_apps: 1`` (the default: one app, then
+the other) and ``parallel_apps: 2`` (both at once, each playbook with half of ``ansible.forks``), interleaved so
+that noise hits them alike: wall time, and the CPU of everything the command starts (ssh and the hosts' own
+processes run on this same machine, so a 2-core bench machine is the worst case for running at once).
+``--update DIR`` puts the figures into DIR's benchmarks.*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import yaml
+
+from bench.fleet import BenchFleet
+from bench.ways import base_env, controller, timed
+from lab import Lab
+from lab.repository import make_age_key
+
+PREFIX = "127.0.5"  # the bench's addresses, apart from the tests'
+WAYS = {"one app, then the other (parallel_apps: 1)": 1, "both at once (parallel_apps: 2)": 2}
+
+
+def two_apps(fleet: BenchFleet) -> None:
+    """Split the fleet's one app in two halves of its hosts, each an app of its own, and push."""
+    names = sorted((f"web{h.name[1:]}" for h in fleet.lab.hosts), key=lambda n: int(n[3:]))
+    half = len(names) // 2
+    apps = [{"name": f"half{n + 1}", "playbook": "playbooks/bench.yml", "inventory": "inventories/bench",
+             "limit": ",".join(part)} for n, part in enumerate((names[:half], names[half:]))]
+    fleet.write("gitops.yml", yaml.safe_dump({"apps": apps}))
+    fleet.push("Two apps of half the hosts each")
+
+
+def measure(root: Path, sizes: list[int], reps: int) -> dict[str, Any]:
+    """Each way at each size, ``reps`` times in rotating order: wall and CPU seconds of the whole command."""
+    started, load = time.time(), round(os.getloadavg()[0], 1)
+    key = make_age_key(root / "age")
+    results: dict[str, Any] = {"reps": reps, "load": load, "measured_at": time.strftime("%Y-%m-%d"),
+                               "cores": os.cpu_count(), "sizes": {}}
+    for hosts in sizes:
+        with Lab(root / f"lab{hosts}", hosts, prefix=PREFIX) as lab:
+            fleet = BenchFleet(root / f"fleet{hosts}", lab, key)
+            fleet.build()
+            two_apps(fleet)
+            print(f"bench.parallel: {hosts} hosts: converging once", flush=True)
+            first = controller(fleet, "sync")
+            if first.code != 0:
+                raise SystemExit(f"benchmark: the first sync exited {first.code}:\n{first.output[-3000:]}")
+            configs = {name: fleet.variant(f"lanes{lanes}", parallel_apps=lanes) for name, lanes in WAYS.items()}
+            # each variant's store starts empty: one check each first, so that every timed run is alike
+            for config in configs.values():
+                _check(config)
+            measured: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
+            for rep in range(reps):
+                names = list(configs)
+                for name in names[rep % len(names):] + names[: rep % len(names)]:
+                    measured[name].append(_check(configs[name]))
+            results["sizes"][str(hosts)] = {
+                name: {"seconds": median(r["seconds"] for r in runs), "cpu": median(r["cpu"] for r in runs)}
+                for name, runs in measured.items()}
+            print(json.dumps(results["sizes"][str(hosts)], indent=1), flush=True)
+    results["duration_minutes"] = round((time.time() - started) / 60, 1)
+    return results
+
+
+def _check(config: Path) -> dict[str, float]:
+    """One ``controller check`` of both apps: its wall time and the machine's CPU time meanwhile."""
+    before = _busy()
+    run = timed([str(Path(sys.executable).parent / "controller"), "check"],
+                {**base_env(), "CONTROLLER_CONFIG": str(config)})
+    if run.code != 0:
+        raise SystemExit(f"benchmark: a check exited {run.code}:\n{run.output[-3000:]}")
+    return {"seconds": run.seconds, "cpu": _busy() - before}
+
+
+def _busy() -> float:
+    """Seconds of CPU this machine has spent, every process counted (the lab's hosts are this machine's)."""
+    with open("/proc/stat") as stat:
+        fields = [int(f) for f in stat.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.parallel", description=__doc__)
+    parser.add_argument("--hosts", default="10,50", help="comma-separated fleet sizes (default 10,50)")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions per way (default 5)")
+    parser.add_argument("--update", type=Path, metavar="DIR",
+                        help="put the figures into DIR/benchmarks.json and write DIR's benchmarks.md again")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-parallel-") as tmp:
+        results = measure(Path(tmp), [int(n) for n in args.hosts.split(",")], args.reps)
+    print(json.dumps(results, indent=2))
+    if args.update:
+        from bench import report
+        report.update(args.update, "parallel", results)
+
+
+if __name__ == "__main__":
+    main()
