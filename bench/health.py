@@ -9,20 +9,18 @@ and reapers it starts). ``--update DIR`` puts the figures into DIR's benchmarks.
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from statistics import median
 from typing import Any
 
 from bench.fleet import BenchFleet
-from bench.ways import controller
+from bench.ways import controller, interleaved, sizes_command
 from controller.config import load_config
 from controller.schema import Seconds
 from controller.source.apps import HealthCheck
@@ -97,14 +95,8 @@ def measure(root: Path, sizes: list[int], reps: int) -> dict[str, Any]:
                 if first.code != 0:
                     raise SystemExit(f"benchmark: the first sync exited {first.code}:\n{first.output[-3000:]}")
                 timed = ways(fleet, server.server_address[1])
-                measured: dict[str, list[dict[str, float]]] = {name: [] for name in timed}
-                for rep in range(reps):
-                    names = list(timed)
-                    for name in names[rep % len(names):] + names[: rep % len(names)]:
-                        measured[name].append(_time(timed[name]))
-                results["sizes"][str(hosts)] = {
-                    name: {"seconds": median(r["seconds"] for r in runs), "cpu": median(r["cpu"] for r in runs)}
-                    for name, runs in measured.items()}
+                results["sizes"][str(hosts)] = interleaved(
+                    {name: functools.partial(_time, way) for name, way in timed.items()}, reps)
                 print(json.dumps(results["sizes"][str(hosts)], indent=1), flush=True)
     finally:
         server.shutdown()
@@ -120,20 +112,5 @@ def _time(way: Callable[[], None]) -> dict[str, float]:
     return {"seconds": time.monotonic() - wall, "cpu": cpu}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.health", description=__doc__)
-    parser.add_argument("--hosts", default="10,50", help="comma-separated fleet sizes (default 10,50)")
-    parser.add_argument("--reps", type=int, default=9, help="repetitions per way (default 9)")
-    parser.add_argument("--update", type=Path, metavar="DIR",
-                        help="put the figures into DIR/benchmarks.json and write DIR's benchmarks.md again")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-health-") as tmp:
-        results = measure(Path(tmp), [int(n) for n in args.hosts.split(",")], args.reps)
-    print(json.dumps(results, indent=2))
-    if args.update:
-        from bench import report
-        report.update(args.update, "health", results)
-
-
 if __name__ == "__main__":
-    main()
+    sizes_command("health", __doc__, measure, reps=9)

@@ -10,20 +10,18 @@ processes run on this same machine, so a 2-core bench machine is the worst case 
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
-from statistics import median
 from typing import Any
 
 import yaml
 
 from bench.fleet import BenchFleet
-from bench.ways import base_env, controller, timed
+from bench.ways import base_env, controller, interleaved, sizes_command, timed
 from lab import Lab
 from lab.repository import make_age_key
 
@@ -60,14 +58,8 @@ def measure(root: Path, sizes: list[int], reps: int) -> dict[str, Any]:
             # each variant's store starts empty: one check each first, so that every timed run is alike
             for config in configs.values():
                 _check(config)
-            measured: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
-            for rep in range(reps):
-                names = list(configs)
-                for name in names[rep % len(names):] + names[: rep % len(names)]:
-                    measured[name].append(_check(configs[name]))
-            results["sizes"][str(hosts)] = {
-                name: {"seconds": median(r["seconds"] for r in runs), "cpu": median(r["cpu"] for r in runs)}
-                for name, runs in measured.items()}
+            results["sizes"][str(hosts)] = interleaved(
+                {name: functools.partial(_check, config) for name, config in configs.items()}, reps)
             print(json.dumps(results["sizes"][str(hosts)], indent=1), flush=True)
     results["duration_minutes"] = round((time.time() - started) / 60, 1)
     return results
@@ -90,20 +82,5 @@ def _busy() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.parallel", description=__doc__)
-    parser.add_argument("--hosts", default="10,50", help="comma-separated fleet sizes (default 10,50)")
-    parser.add_argument("--reps", type=int, default=5, help="repetitions per way (default 5)")
-    parser.add_argument("--update", type=Path, metavar="DIR",
-                        help="put the figures into DIR/benchmarks.json and write DIR's benchmarks.md again")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-parallel-") as tmp:
-        results = measure(Path(tmp), [int(n) for n in args.hosts.split(",")], args.reps)
-    print(json.dumps(results, indent=2))
-    if args.update:
-        from bench import report
-        report.update(args.update, "parallel", results)
-
-
 if __name__ == "__main__":
-    main()
+    sizes_command("parallel", __doc__, measure, reps=5)

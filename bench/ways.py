@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
+from typing import Any
 
 from bench.fleet import BenchFleet
 from lab import counting_ssh
@@ -102,3 +107,32 @@ def verify_look(fleet: BenchFleet) -> dict[str, int]:
     return {"hosts": len(verdicts), "verified": sum(1 for v in verdicts if v["verified"]),
             "connections": len(calls.read_text().splitlines()) if calls.exists() else 0,
             "paths": max(v["paths"] for v in verdicts), "resources": max(v["resources"] for v in verdicts)}
+
+
+def interleaved(ways: Mapping[str, Callable[[], dict[str, float]]], reps: int) -> dict[str, dict[str, float]]:
+    """Each way ``reps`` times in rotating order, so that noise hits them alike; each figure's median per way."""
+    names = list(ways)
+    measured: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            measured[name].append(ways[name]())
+    return {name: {figure: median(run[figure] for run in runs) for figure in runs[0]}
+            for name, runs in measured.items()}
+
+
+def sizes_command(key: str, doc: str | None, measure: Callable[[Path, list[int], int], dict[str, Any]],
+                  reps: int) -> None:
+    """`python -m bench.KEY`: ``measure`` at the fleet sizes of --hosts, --reps times each; --update DIR puts the
+    figures under ``key`` into DIR's benchmarks.*."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{key}", description=doc)
+    parser.add_argument("--hosts", default="10,50", help="comma-separated fleet sizes (default 10,50)")
+    parser.add_argument("--reps", type=int, default=reps, help=f"repetitions per way (default {reps})")
+    parser.add_argument("--update", type=Path, metavar="DIR",
+                        help="put the figures into DIR/benchmarks.json and write DIR's benchmarks.md again")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix=f"bench-{key}-") as tmp:
+        results = measure(Path(tmp), [int(n) for n in args.hosts.split(",")], args.reps)
+    print(json.dumps(results, indent=2))
+    if args.update:
+        from bench import report
+        report.update(args.update, key, results)

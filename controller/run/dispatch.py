@@ -39,6 +39,8 @@ class Dispatch:
     unreached: dict[str, str]       # the apps this revision cannot affect, each with the revision it is the same as
     looks: set[str]                 # the apps whose hosts are looked at before any full check
     changes: dict[str, tuple[str, list[str]]]
+    pins: dict[str, Pin]            # the apps a rollback pinned (a sync's)
+    holding: set[str]               # those the pin still holds at the branch head (holds())
     results: list[AppResult] = field(default_factory=list)
 
     def all(self, apps: tuple[App, ...], store: Store) -> list[AppResult]:
@@ -101,8 +103,8 @@ class Dispatch:
             return _suspended(app, self.suspended[app.name])
         # the app's windows as the branch head has them, whichever revision the sync applies
         windows = app.windows if kind is Kind.SYNC else ()
-        if kind is Kind.SYNC and not request.rollback and (pin := store.pinned(app.name)):
-            if holds(pin, self.source, revision.sha):
+        if (pin := self.pins.get(app.name)) is not None:
+            if app.name in self.holding:
                 return self._pinned(app, pin, store, replace(self._run(app, store, lanes), windows=windows))
             # the branch moved past the head it was rolled back from: followed again
             moved = f"{self.config.source.branch} moved past {pin.rolled_back_from[:12]}"

@@ -55,8 +55,10 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             progress.notice(f"previewing {revision.short}, which no signature check vouches for (source.verify is "
                             "off): its plugins and local tasks run on this bastion, its check_mode: false tasks "
                             "on the hosts")
-        if request.only_if_changed and (idle := _idle(config, store, source, revision, request.override_window)):
-            return Result(request, revision, (), idle, kind, held_until=_held_until(store))
+        if request.only_if_changed:
+            until = _held_until(store)
+            if idle := _idle(config, store, source, revision, request.override_window, until):
+                return Result(request, revision, (), idle, kind, held_until=until)
         # a verify goes on looking until a host needs a playbook: AppRun records the run from then on, so a
         # stop that reaches this far is a stop while looking (or between two apps)
         looking = request.verifying
@@ -85,18 +87,20 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             looks = {app.name for app in apps if request.verifying or (
                 kind is Kind.SYNC and not request.force and app.name in unreached
                 and not _check_due(config, store, app.name))}
-            # an app pinned by a rollback runs the pinned revision's playbook: the head's is not prepared for it
-            pinned = {app.name for app in apps if kind is Kind.SYNC and not request.rollback
-                      and holds(store.pinned(app.name), source, revision.sha)}
+            # the apps a rollback pinned; those the pin still holds run the pinned revision's playbook: the head's
+            # is not prepared for them
+            pins = {app.name: pin for app in apps if kind is Kind.SYNC and not request.rollback
+                    and (pin := store.pinned(app.name)) is not None}
+            holding = {name for name, pin in pins.items() if holds(pin, source, revision.sha)}
             for app in apps:
-                if app.name not in looks and app.name not in suspended and app.name not in pinned:
+                if app.name not in looks and app.name not in suspended and app.name not in holding:
                     prepared.ready(app)
             if kind is Kind.SYNC and request.app is None and not request.verifying:
                 # only a revision that passed every gate retires apps
                 for gone in store.retire_missing([a.name for a in every], revision.sha):
                     progress.notice(f"app {gone} is no longer in gitops.yml at {revision.short}: retired")
             dispatch = Dispatch(config, request, kind, source, prepared, progress, cancel, revision, head, suspended,
-                                digests, here, unreached, looks, changes, results)
+                                digests, here, unreached, looks, changes, pins, holding, results)
             return Result(request, revision, tuple(dispatch.all(apps, store)), kind=kind)
     except (ControllerError, Interrupted) as error:
         if isinstance(error, Interrupted) and looking:
@@ -183,10 +187,11 @@ def _held_back(store: Store, app: str | None) -> list[str]:
     return known or [NO_APP]
 
 
-def _idle(config: Config, store: Store, source: Source, head: Revision, override: bool) -> str | None:
+def _idle(config: Config, store: Store, source: Source, head: Revision, override: bool,
+          until: str | None) -> str | None:
     """Why a sync can return at once: every app's last check or sync was a sync at ``head`` that left
-    nothing to do (no host behind, none failed) or was held by a maintenance window that has not ended (unless
-    ``override``: --override-window), and no drift check is due."""
+    nothing to do (no host behind, none failed) or was held by a maintenance window that has not ended (``until``:
+    when the first such ends; unless ``override``: --override-window), and no drift check is due."""
     newest = store.latest_sync()
     refused = newest is not None and newest.revision == head.sha and newest.reason is Reason.VERIFICATION_FAILED
     if config.source.verify.mode != "off" and refused:  # polls wait for the branch to move
@@ -195,7 +200,7 @@ def _idle(config: Config, store: Store, source: Source, head: Revision, override
     apps = store.active_apps()
     if not apps:
         return None
-    held = _held_until(store) is not None and not override
+    held = until is not None and not override
     # an app a rollback pinned keeps the apps that depend on it waiting too, as a window does
     pins = {app: pin for app in apps if (pin := store.pinned(app)) is not None and holds(pin, source, head.sha)}
     for app in apps:
