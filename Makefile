@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 # test modules run this many at once, each worker with its own lab addresses (tests/conftest.py); on two cores a
 # third worker measured no faster (17:40 against 17:50, the CPU saturated) and leaves timing tests less room
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 # Debian 12's own interpreter (3.11.2) is what a bastion has; a newer python3 earlier on PATH hides what breaks there
 PYTHON ?= /usr/bin/python3
 PY := $(VENV)/bin/python

@@ -222,6 +222,9 @@ def test_independent_apps_run_at_once_sharing_the_forks_and_a_dependent_one_afte
     staging, production = (last_run(fleet, app) for app in ("staging", "production"))
     assert production["started"] < staging["finished"] and staging["started"] < production["finished"]
     assert watch.forks == {"2"}, watch.forks
+    # each writes ansible-runner's files in a directory of its own (two starting in one would race)
+    apart = watch.artifacts
+    assert apart["staging"] and apart["production"] and not apart["staging"] & apart["production"], apart
     assert "==> up to 2 apps at once (staging, production, as depends_on allows), each playbook with 1/2 of the " \
            "forks" in said
     # the live lines each name their app; the report tells each app apart, staging first as gitops.yml lists it

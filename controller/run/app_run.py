@@ -282,6 +282,11 @@ class AppRun:
         return replace(job, args=(*job.args, "--forks", str(max(1, job.forks // self.lanes))),
                        env={**job.env, "ANSIBLE_SSH_CONTROL_PATH_DIR": str(own)})
 
+    def _private(self, runner: Path) -> Path:
+        """ansible-runner's directory for this app: its own beside other apps (ansible-runner creates a job's
+        artifact directories unlocked, so two playbooks starting at once in one of them race)."""
+        return runner if self.lanes == 1 else runner / self.app.name
+
     @property
     def on_purpose(self) -> bool:
         """A rollback, or a sync of what one pinned: a person chose this revision for the app."""
@@ -504,7 +509,7 @@ class AppRun:
         job, redactor = at.ready(app)
         job = self._shared(job)
         label = f"{phase} at {sha[:12]}"
-        played = run_playbook(app, at.space.project, at.space.runner / phase, job, check=check,
+        played = run_playbook(app, at.space.project, self._private(at.space.runner) / phase, job, check=check,
                               redactor=redactor + prepared.redactor(), cancel=self.cancel, limit=limit,
                               on_task=lambda task: self.progress.task(app.name, label, task),
                               on_start=lambda task, host: self.progress.started(app.name, label, task, host))
@@ -528,8 +533,8 @@ class AppRun:
             self.progress.started(app.name, phase, name, host)
 
         try:
-            played = run_playbook(app, space.project, space.runner / phase, job, check=check, redactor=redactor,
-                                  cancel=self.cancel, limit=limit, on_task=task, on_start=started,
+            played = run_playbook(app, space.project, self._private(space.runner) / phase, job, check=check,
+                                  redactor=redactor, cancel=self.cancel, limit=limit, on_task=task, on_start=started,
                                   stale=lambda: self.cancel.superseded(self.revision.sha))
         except (Stopped, OutOfTime) as stopped:
             # what an interrupted apply had already changed is worth keeping

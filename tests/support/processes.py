@@ -46,13 +46,14 @@ class ProcWatch(threading.Thread):
 
 
 class PlaybookWatch(threading.Thread):
-    """Samples the ansible-playbook processes every ~20 ms: which inventories were played at the same moment, and
-    every ``--forks`` they were given."""
+    """Samples the ansible-playbook processes every ~20 ms: which inventories were played at the same moment, every
+    ``--forks`` they were given, and the artifact directories of ansible-runner each inventory's playbooks wrote to."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.together: set[frozenset[str]] = set()  # the inventories of the playbooks alive at one moment
         self.forks: set[str] = set()
+        self.artifacts: dict[str, set[str]] = {}
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -61,13 +62,17 @@ class PlaybookWatch(threading.Thread):
             for pid in filter(str.isdigit, os.listdir("/proc")):
                 try:
                     argv = [a.decode(errors="replace") for a in Path("/proc", pid, "cmdline").read_bytes().split(b"\0")]
+                    environ = Path("/proc", pid, "environ").read_bytes().split(b"\0")
                 except OSError:
                     continue
                 if not any(a.endswith("/ansible-playbook") for a in argv):
                     continue
+                artifacts = {value.decode() for key, _, value in (e.partition(b"=") for e in environ)
+                             if key == b"AWX_ISOLATED_DATA_DIR"}
                 for flag, value in pairwise(argv):
                     if flag in ("-i", "--inventory"):
                         inventories.add(Path(value).name)
+                        self.artifacts.setdefault(Path(value).name, set()).update(artifacts)
                     elif flag == "--forks":
                         self.forks.add(value)
             if inventories:
