@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from controller.ansible.results import TaskResult
 from controller.report.colour import wanted
+from controller.report.terminal import TICK, TTY_QUIET, TerminalProgress
+from controller.vocabulary import TaskStatus
 from tests.conftest import APP_YML, BIN, Fleet
 
 SLOW_FACT = "#!/bin/sh\nsleep 6\necho '{\"slow\": true}'\n"  # a local fact: Gathering Facts waits for it
@@ -82,3 +85,21 @@ def test_colour_only_on_a_terminal_and_never_under_no_color(monkeypatch: pytest.
         monkeypatch.setenv("TERM", "dumb")
         assert not wanted(terminal)
     os.close(leader)
+
+
+def test_apps_at_once_each_keep_their_task_in_the_terminals_status_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    leader, follower = os.openpty()
+    with os.fdopen(follower, "w") as terminal:
+        progress = TerminalProgress(True, False, terminal)
+        progress.started("staging", "check", "Install the app", "web1.staging")
+        progress.started("staging", "check", "Install the app", "web2.staging")
+        progress.started("production", "apply", "Render app.yml", "web1.prod")
+        progress.task("staging", "check", TaskResult("web1.staging", "Install the app", "copy", TaskStatus.OK))
+        time.sleep(TTY_QUIET + 2 * TICK)
+        progress.close()
+        shown = os.read(leader, 65536).decode()
+    os.close(leader)
+    status = shown.rpartition("\r\033[K")[0].rpartition("\r\033[K")[2]  # the last status line before close
+    assert "[staging check] Install the app: 1/2 host(s) answered; " \
+           "[production apply] Render app.yml: 0/1 host(s) answered" in status, shown

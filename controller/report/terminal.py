@@ -1,9 +1,10 @@
 """Live progress on stderr: each step, the task results worth seeing, and a heartbeat while Ansible is quiet.
 
-On a terminal the heartbeat is one status line rewritten in place (elapsed time, the app and phase, the task
-under way and how many of its hosts have answered), and results are coloured; the report printed at the end
-holds the details, so a plain ok result is never a line of its own unless -v asks for every one. Into a pipe
-or a file (cron, CI, a log) the heartbeat is a whole line every 15 s of silence, without colour.
+On a terminal the heartbeat is one status line rewritten in place (elapsed time, then per app under way its
+phase, the task under way and how many of its hosts have answered), and results are coloured; the report
+printed at the end holds the details, so a plain ok result is never a line of its own unless -v asks for every
+one. Into a pipe or a file (cron, CI, a log) the heartbeat is a whole line every 15 s of silence, without
+colour.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ TICK = 0.5
 
 @dataclass
 class Activity:
-    """The task under way: its name, the hosts it started on and the hosts that answered."""
+    """An app's task under way: its name, the hosts it started on and the hosts that answered."""
 
-    app: str
     phase: str
     task: str
     started: set[str] = field(default_factory=set)
@@ -54,7 +54,7 @@ class TerminalProgress:
         self.paint = Paint(wanted(stream))
         self.begun = time.monotonic()
         self.quiet_since = self.begun
-        self.activity: Activity | None = None
+        self.activities: dict[str, Activity] = {}  # per app: apps may run at once (ansible.parallel_apps)
         self.notices: list[str] = []  # also said in a preview's review comment
         self.status_shown = False
         self.lock = threading.Lock()
@@ -65,21 +65,22 @@ class TerminalProgress:
 
     def step(self, message: str) -> None:
         with self.lock:
-            self.activity = None
+            self.activities.clear()  # what ran before the step is over (an app at once shows again at its next task)
         if self.enabled:
             self._line(f"==> {message}")
 
     def started(self, app: str, phase: str, task: str, host: str) -> None:
         with self.lock:
-            if self.activity is None or (self.activity.app, self.activity.phase, self.activity.task) != (
-                    app, phase, task):
-                self.activity = Activity(app, phase, task)
-            self.activity.started.add(host)
+            doing = self.activities.get(app)
+            if doing is None or (doing.phase, doing.task) != (phase, task):
+                doing = self.activities[app] = Activity(phase, task)
+            doing.started.add(host)
 
     def task(self, app: str, phase: str, result: TaskResult) -> None:
         with self.lock:
-            if self.activity is not None and self.activity.task == result.task:
-                self.activity.answered.add(result.host)
+            doing = self.activities.get(app)
+            if doing is not None and doing.task == result.task:
+                doing.answered.add(result.host)
         if not self.enabled or not (self.verbose or result.status is not TaskStatus.OK):
             return
         if self.tty and not self.verbose and result.status in (TaskStatus.CHANGED, TaskStatus.SKIPPED):
@@ -125,9 +126,6 @@ class TerminalProgress:
                 self.stream.flush()
 
     def _status(self, now: float) -> str:
-        head = f"... {elapsed(now - self.begun)}"
-        doing = self.activity
-        if doing is None:
-            return head
-        hosts = f"{len(doing.answered)}/{len(doing.started)} host(s) answered"
-        return f"{head}  [{doing.app} {doing.phase}] {doing.task}: {hosts}"
+        under_way = "; ".join(f"[{app} {doing.phase}] {doing.task}: {len(doing.answered)}/{len(doing.started)} "
+                              "host(s) answered" for app, doing in self.activities.items())
+        return f"... {elapsed(now - self.begun)}" + (f"  {under_way}" if under_way else "")
