@@ -89,12 +89,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 # The modules that take longest, longest first (their --durations summed from a CI log). Workers take whole
 # modules in collection order (--dist loadfile --no-loadscope-reorder): with these first, each worker ends on
-# short modules and neither waits long for the other. The others follow in file order.
-LONGEST = ("test_watch", "test_sync", "test_verify", "test_ops_repository", "test_state_model",
-           "test_real_repositories", "test_rollout", "test_dashboard", "test_requirements", "test_signatures",
-           "test_crash", "test_molecule", "test_approvals", "test_windows", "test_host_keys", "test_example_repository",
-           "test_rollback", "test_secrets", "test_review", "test_listener", "test_progress", "test_health",
-           "test_deploy", "test_vault")
+# short modules and none waits long for another. The others follow in file order.
+LONGEST = ("test_sync", "test_watch", "test_state_model", "test_rollout", "test_real_repositories", "test_verify",
+           "test_ops_repository", "test_dashboard", "test_windows", "test_crash", "test_approvals", "test_molecule",
+           "test_signatures", "test_requirements", "test_rollback", "test_host_keys", "test_example_repository",
+           "test_review", "test_secrets", "test_listener", "test_health", "test_progress", "test_vault", "test_deploy")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
