@@ -88,18 +88,32 @@ class Host:
         return Path(f"/proc/{pid}/root") / inside.relative_to("/")
 
 
+MAX_HOSTS = 1000
+PER_BLOCK = 250  # hosts per /24 of loopback addresses
+
+
+def address(prefix: str, number: int) -> str:
+    """Host ``number``'s address: ``{prefix}.{number}`` up to 250, then on through the next /24s."""
+    block, last = divmod(number - 1, PER_BLOCK)
+    first, second, third = prefix.split(".")
+    if int(third) + block > 255:
+        raise LabError(f"prefix {prefix} has no room for host {number}: pick a lower third octet")
+    return f"{first}.{second}.{int(third) + block}.{last + 1}"
+
+
 class Lab:
-    """N sshd hosts on ``{prefix}.1 .. {prefix}.N``; a context manager that always cleans up."""
+    """N sshd hosts on ``{prefix}.1 .. {prefix}.N`` (past 250, on the next /24s: host 251 is ``{prefix+1}.1``); a
+    context manager that always cleans up."""
 
     def __init__(self, directory: Path, count: int, prefix: str = "127.0.2",
                  port: int = DEFAULT_PORT, die_with_parent: bool = True) -> None:
-        if not 1 <= count <= 250:
-            raise LabError(f"a lab holds 1 to 250 hosts, not {count}")
+        if not 1 <= count <= MAX_HOSTS:
+            raise LabError(f"a lab holds 1 to {MAX_HOSTS} hosts, not {count}")
         self.directory = Path(directory).resolve()
         self.port = port
         self.die_with_parent = die_with_parent
         self.hosts = [
-            Host(f"h{i}", f"{prefix}.{i}", port, self.directory / "hosts" / f"h{i}")
+            Host(f"h{i}", address(prefix, i), port, self.directory / "hosts" / f"h{i}")
             for i in range(1, count + 1)
         ]
         self.private_key = self.directory / "id_ed25519"

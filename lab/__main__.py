@@ -14,7 +14,8 @@ def main() -> int:
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument("--dir", type=Path, required=True, help="the lab's directory (keys, host roots)")
     parser.add_argument("--hosts", type=int, default=3, help="how many hosts (default 3)")
-    parser.add_argument("--prefix", default="127.0.1", help="address prefix; host i is PREFIX.i")
+    parser.add_argument("--prefix", default="127.0.1",
+                        help="address prefix; host i is PREFIX.i (past 250, on the next /24s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"sshd port (default {DEFAULT_PORT})")
     args = parser.parse_args()
     lab = Lab(args.dir, args.hosts, prefix=args.prefix, port=args.port, die_with_parent=False)

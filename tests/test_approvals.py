@@ -13,8 +13,8 @@ from selenium.webdriver.common.by import By
 
 from controller.vocabulary import ExitCode
 from tests.conftest import APP_YML, USER, VERSION, Fleet, bump_version, write_config
-from tests.support.browser import chromium, served
-from tests.support.daemon import free_port, wait_for
+from tests.support.browser import chromium
+from tests.support.daemon import daemon, free_port, version_is, wait_for, watch_config
 from tests.support.receiver import Receiver
 
 
@@ -68,9 +68,13 @@ def test_a_new_revision_waits_for_an_approval_that_names_it(converged: Fleet, tm
     assert fleet.controller("approve", "staging", first[:9]).returncode == 0  # the first's again: no use
     assert fleet.sync()["exit_code"] == ExitCode.HELD
 
-    # approved from the dashboard, in a real browser: the app's page says what waits, its button approves it
+    # approved from the dashboard of a running watch, in a real browser: the app's page says what waits, its
+    # button approves it, and the daemon applies it at once (it polls never, verifies never)
     port = free_port()
-    with served(fleet.config, port), chromium(tmp_path / "chromium") as browser:
+    watch_config(fleet, listen=f"127.0.0.1:{port}", verify_interval=0, notify=[{"url": receiver.url}])
+    with daemon(fleet, port) as watch, chromium(tmp_path / "chromium") as browser:
+        wait_for("the first cycle", watch.settled)
+        assert fleet.runs()[0]["trigger"] != "ui"
         browser.get(f"http://127.0.0.1:{port}/apps/staging")
         assert f"waiting for approval {second[:12]} was checked" in browser.find_element(By.ID, "approval").text
         browser.find_element(By.ID, "approve").click()
@@ -83,9 +87,12 @@ def test_a_new_revision_waits_for_an_approval_that_names_it(converged: Fleet, tm
             except StaleElementReferenceException:
                 return False
         wait_for("the app's page saying it is approved", approved_page, timeout=30)
-    assert fleet.sync()["exit_code"] == 0
-    assert [fleet.host_file(h, VERSION).read_text() for h in ("h1", "h2")] == ["2.1\n"] * 2
-    assert fleet.runs()[0]["summary"]["approval"]["who"] == "dashboard (127.0.0.1)"
+        wait_for("the approved revision applied", version_is(fleet, "2.1"), timeout=60)
+        wait_for("the run recorded", watch.settled)
+        assert watch.stop() == 0
+    applied = fleet.runs()[0]
+    assert (applied["trigger"], applied["outcome"], applied["summary"]["approval"]["who"]) == (
+        "ui", "converged", "dashboard (127.0.0.1)"), applied
     trail = json.loads(fleet.controller("history", "--audit", "--app", "staging", "--json").stdout)
     assert [(e["act"], e["who"], e["revision"]) for e in trail] == [
         ("approve", "dashboard (127.0.0.1)", second), ("approve", USER, first)], trail

@@ -158,3 +158,21 @@ def test_the_lab_command_line(tmp_path: Path) -> None:
                               text=True, timeout=30)
     assert down.returncode == 0
     assert lab_processes(directory) == []
+
+
+def test_five_hundred_hosts_come_up_on_consecutive_blocks_and_each_answers(tmp_path: Path) -> None:
+    first, second, third = PREFIX.split(".")
+    with Lab(tmp_path / "lab", 500, prefix=PREFIX) as lab:
+        by_name = {host.name: host.address for host in lab.hosts}
+        assert (by_name["h1"], by_name["h250"], by_name["h251"], by_name["h500"]) == (
+            f"{PREFIX}.1", f"{PREFIX}.250", f"{first}.{second}.{int(third) + 1}.1",
+            f"{first}.{second}.{int(third) + 1}.250")
+        assert len(set(by_name.values())) == 500
+        for host in (lab.hosts[0], lab.hosts[250], lab.hosts[-1]):
+            done = lab.ssh(host, "hostname")
+            assert (done.returncode, done.stdout.strip()) == (0, host.name), done.stderr
+    assert lab_processes(lab.directory) == []
+    with pytest.raises(LabError, match="a lab holds 1 to 1000 hosts, not 1001"):
+        Lab(tmp_path / "big", 1001, prefix=PREFIX)
+    with pytest.raises(LabError, match=r"prefix 127\.0\.255 has no room for host 251"):
+        Lab(tmp_path / "top", 251, prefix="127.0.255")

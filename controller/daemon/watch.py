@@ -36,7 +36,7 @@ log = logging.getLogger("controller")
 MAX_SLEEP = 3600.0  # waits are bounded even when nothing is scheduled (math.inf)
 LOCK_WAIT = 24 * 3600.0  # the daemon queues behind a manual sync instead of giving up
 # which trigger names the run when several arrived together
-TRIGGER_ORDER = (Trigger.RETRY, Trigger.WEBHOOK, Trigger.PUSH, Trigger.WINDOW, Trigger.POLL)
+TRIGGER_ORDER = (Trigger.RETRY, Trigger.WEBHOOK, Trigger.PUSH, Trigger.WINDOW, Trigger.UI, Trigger.POLL)
 # failures a retry cannot mend: the revision stays refused (unsigned) or halted (its rollout) until the branch moves
 WAIT_FOR_THE_BRANCH = (Reason.VERIFICATION_FAILED, Reason.HEALTH_CHECK_FAILED)
 
@@ -128,7 +128,7 @@ class Watch:
             dashboard = None
             if self.config.ui.enabled:  # refused before anything listens when it would be open to anyone
                 access = Access.of(self.config.ui, self.settings.listen)
-                actions = Actions(self.config, LogProgress())
+                actions = Actions(self.config, LogProgress(), acted=lambda: self.triggers.add(Trigger.UI))
                 stack.callback(actions.stop)  # after the listener stops: a dashboard sync unwinds
                 dashboard = Dashboard(self.config, access, actions, self.schedule)
             secrets = self._secrets()
