@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import select
 import shlex
+import struct
 import subprocess
+import termios
 import time
 from pathlib import Path
 
@@ -90,16 +94,30 @@ def test_colour_only_on_a_terminal_and_never_under_no_color(monkeypatch: pytest.
 def test_apps_at_once_each_keep_their_task_in_the_terminals_status_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NO_COLOR", "1")
     leader, follower = os.openpty()
-    with os.fdopen(follower, "w") as terminal:
+
+    def status_line(columns: int) -> str:
+        """The status line the terminal shows last, ``columns`` wide."""
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        os.read(leader, 65536) if select.select([leader], [], [], 0)[0] else b""
+        time.sleep(2 * TICK)  # redrawn every tick once the terminal is quiet
+        shown = os.read(leader, 65536).decode()
+        return shown.rpartition("\r\033[K")[2]
+
+    with os.fdopen(follower, "w", closefd=False) as terminal:
         progress = TerminalProgress(True, False, terminal)
         progress.started("staging", "check", "Install the app", "web1.staging")
         progress.started("staging", "check", "Install the app", "web2.staging")
         progress.started("production", "apply", "Render app.yml", "web1.prod")
         progress.task("staging", "check", TaskResult("web1.staging", "Install the app", "copy", TaskStatus.OK))
-        time.sleep(TTY_QUIET + 2 * TICK)
+        progress.started("audit", "check", "Read the logs", "log1")
+        progress.task("audit", "check", TaskResult("log1", "Read the logs", "command", TaskStatus.OK))
+        progress.step("production: apply (playbooks/site.yml on inventories/production)")  # the tasks done go
+        time.sleep(TTY_QUIET)
+        wide, narrow = status_line(160), status_line(40)
         progress.close()
-        shown = os.read(leader, 65536).decode()
+    os.close(follower)
     os.close(leader)
-    status = shown.rpartition("\r\033[K")[0].rpartition("\r\033[K")[2]  # the last status line before close
     assert "[staging check] Install the app: 1/2 host(s) answered; " \
-           "[production apply] Render app.yml: 0/1 host(s) answered" in status, shown
+           "[production apply] Render app.yml: 0/1 host(s) answered" in wide and "audit" not in wide, wide
+    # one screen row whatever the width: a wrapped line would pile up, as \r\033[K clears only the cursor's row
+    assert len(narrow) == 39 and wide.partition("  ")[2].startswith(narrow.partition("  ")[2]), (narrow, wide)

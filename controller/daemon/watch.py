@@ -36,7 +36,7 @@ log = logging.getLogger("controller")
 MAX_SLEEP = 3600.0  # waits are bounded even when nothing is scheduled (math.inf)
 LOCK_WAIT = 24 * 3600.0  # the daemon queues behind a manual sync instead of giving up
 # which trigger names the run when several arrived together
-TRIGGER_ORDER = (Trigger.RETRY, Trigger.WEBHOOK, Trigger.PUSH, Trigger.WINDOW, Trigger.UI, Trigger.POLL)
+TRIGGER_ORDER = (Trigger.RETRY, Trigger.WEBHOOK, Trigger.PUSH, Trigger.WINDOW, Trigger.POLL)
 # failures a retry cannot mend: the revision stays refused (unsigned) or halted (its rollout) until the branch moves
 WAIT_FOR_THE_BRANCH = (Reason.VERIFICATION_FAILED, Reason.HEALTH_CHECK_FAILED)
 
@@ -48,6 +48,7 @@ class Triggers:
         self.debounce = debounce
         self._cond = threading.Condition()
         self._kinds: set[Trigger] = set()
+        self._apps: set[str] = set()  # the apps a person approved or resumed on the dashboard
         self._first: float | None = None
 
     def add(self, kind: Trigger) -> None:
@@ -56,6 +57,18 @@ class Triggers:
             if self._first is None:
                 self._first = time.monotonic()
             self._cond.notify_all()
+
+    def ask(self, app: str) -> None:
+        """A person approved or resumed ``app`` on the dashboard: a cycle of that app (trigger ui)."""
+        with self._cond:
+            self._apps.add(app)
+        self.add(Trigger.UI)
+
+    def asked(self) -> set[str]:
+        """The apps asked for since the last call."""
+        with self._cond:
+            apps, self._apps = self._apps, set()
+            return apps
 
     @property
     def waiting(self) -> bool:
@@ -128,7 +141,7 @@ class Watch:
             dashboard = None
             if self.config.ui.enabled:  # refused before anything listens when it would be open to anyone
                 access = Access.of(self.config.ui, self.settings.listen)
-                actions = Actions(self.config, LogProgress(), acted=lambda: self.triggers.add(Trigger.UI))
+                actions = Actions(self.config, LogProgress(), acted=self.triggers.ask)
                 stack.callback(actions.stop)  # after the listener stops: a dashboard sync unwinds
                 dashboard = Dashboard(self.config, access, actions, self.schedule)
             secrets = self._secrets()
@@ -200,10 +213,14 @@ class Watch:
         if now >= self.window_ends:
             kinds.add(Trigger.WINDOW)
             self.window_ends = math.inf
-        if kinds:
-            trigger = next(k for k in TRIGGER_ORDER if k in kinds)
-            # a retry runs everything again; other triggers only when the branch moved or a check is due
+        asked, others = self.triggers.asked(), kinds - {Trigger.UI}
+        if others:
+            trigger = next(k for k in TRIGGER_ORDER if k in others)
+            # a retry runs everything again; other triggers only when the branch moved or a check is due (an app
+            # asked for on the dashboard among them)
             self._cycle(Request(Mode.SYNC, trigger=trigger, only_if_changed=trigger is not Trigger.RETRY))
+        for app in sorted(asked) if not others else ():
+            self._cycle(Request(Mode.SYNC, app=app, trigger=Trigger.UI, only_if_changed=True))
         for app in due_apps if self.retry_at == math.inf else ():  # while backing off, the retry comes first
             if self.cancel() or self.triggers.waiting:  # a push first: the next turn fetches it
                 return

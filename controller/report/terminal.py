@@ -9,6 +9,7 @@ colour.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -65,7 +66,10 @@ class TerminalProgress:
 
     def step(self, message: str) -> None:
         with self.lock:
-            self.activities.clear()  # what ran before the step is over (an app at once shows again at its next task)
+            # what ran before the step is over; with apps at once (the step may be another app's), only the tasks
+            # every host answered are: an app's task under way stays on the line
+            self.activities = {app: doing for app, doing in self.activities.items()
+                               if len(self.activities) > 1 and not doing.started <= doing.answered}
         if self.enabled:
             self._line(f"==> {message}")
 
@@ -118,12 +122,19 @@ class TerminalProgress:
                     continue
                 text = self._status(now)
                 if self.tty:
-                    self.stream.write("\r\033[K" + self.paint(text, DIM))
+                    # one screen row: \r\033[K clears only the row the cursor is on, so a wrapped line would pile up
+                    self.stream.write("\r\033[K" + self.paint(text[:self._columns() - 1], DIM))
                     self.status_shown = True
                 else:
                     self.stream.write(text + "\n")
                     self.quiet_since = now
                 self.stream.flush()
+
+    def _columns(self) -> int:
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns or 80
+        except (OSError, ValueError):
+            return 80
 
     def _status(self, now: float) -> str:
         under_way = "; ".join(f"[{app} {doing.phase}] {doing.task}: {len(doing.answered)}/{len(doing.started)} "

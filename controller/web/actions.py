@@ -55,9 +55,9 @@ class _Started:
 class Actions:
     """The dashboard's actions for one process; at most one sync of its own at a time."""
 
-    def __init__(self, config: Config, progress: Progress, acted: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, config: Config, progress: Progress, acted: Callable[[str], None] = lambda app: None) -> None:
         self.config = config
-        self.acted = acted  # an approval or a resume has something to apply: the daemon serving the page wakes
+        self.acted = acted  # an app approved or resumed may have something to apply: a daemon serving us syncs it
         # a flag of its own, set by stop(): the process's Cancel must keep raising in the main thread on SIGTERM,
         # which it would not while this thread's playbook defers signals through it
         self.cancel = Cancel()
@@ -123,7 +123,7 @@ class Actions:
                 store.approve(app, waiting, who, "approved from the dashboard")
         done = waiting is not None and waiting == revision
         if done:
-            self.acted()
+            self.acted(app)
         log.info("ui: %s: %s by %s", app, f"{revision[:12]} approved" if done else
                  f"approval of {revision[:12]!r} refused: {waiting[:12] if waiting else 'nothing'} waits", who)
         return done
@@ -131,7 +131,7 @@ class Actions:
     def resume(self, app: str, who: str) -> None:
         with Store.of(self.config) as store:
             if store.resume(app, who, "resumed from the dashboard"):
-                self.acted()
+                self.acted(app)
         log.info("ui: %s resumed by %s", app, who)
 
     def stop(self, timeout: float = UNWIND) -> None:
