@@ -65,8 +65,8 @@ class PlaybookWatch(threading.Thread):
                     environ = Path("/proc", pid, "environ").read_bytes().split(b"\0")
                 except OSError:
                     continue
-                if not any(a.endswith("/ansible-playbook") for a in argv):
-                    continue
+                if not any(a.endswith("/ansible-playbook") for a in argv) or not _descends(int(pid), os.getpid()):
+                    continue  # another test's (other workers play their own fleets at the same moment)
                 artifacts = {value.decode() for key, _, value in (e.partition(b"=") for e in environ)
                              if key == b"AWX_ISOLATED_DATA_DIR"}
                 for flag, value in pairwise(argv):
@@ -77,3 +77,17 @@ class PlaybookWatch(threading.Thread):
                         self.forks.add(value)
             if inventories:
                 self.together.add(frozenset(inventories))
+
+
+def _descends(pid: int, ancestor: int) -> bool:
+    """Whether process ``pid`` was started, at any depth, by process ``ancestor``."""
+    for _ in range(12):
+        try:
+            pid = int(Path("/proc", str(pid), "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+    return False
