@@ -102,6 +102,24 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
         rows.append((f"every dashboard page (HTML and JSON) < {board['target_ms']:.0f} ms, {board['hosts']} hosts and "
                      f"{board['runs']:,} runs", f"{board['slowest_max_ms']:.0f} ms (slowest request)",
                      board["slowest_max_ms"] < board["target_ms"]))
+    if "scale" in results:
+        scale = results["scale"]
+        sizes = sorted(scale["sizes"], key=int)
+        worst = max((way for way in scale["sizes"][sizes[0]] if way != "ansible-playbook"),
+                    key=lambda way: scale_growth(scale, way))
+        growth = scale_growth(scale, worst)
+        rows.append((f"no cost grows worse than linearly from {sizes[0]} to {sizes[-1]} hosts (CPU per host within "
+                     "25%)", f"{growth:.2f} at most ({worst})", growth <= 1.25))
+    if "retention" in results:
+        kept = results["retention"]
+        rows.append((f"a generated week of {kept['verify_every_s']}-second verifies on {kept['hosts']} hosts: "
+                     f"state.db < {kept['target_mb']:.0f} MB", f"{kept['state_db_mb']:.2f} MB",
+                     kept["state_db_mb"] < kept["target_mb"]))
+        rows.append((f"the same store: every dashboard page < {kept['target_ms']:.0f} ms",
+                     f"{kept['slowest_max_ms']:.0f} ms (slowest request)", kept["slowest_max_ms"] < kept["target_ms"]))
+        rows.append(("the same store: every state change still in `history`",
+                     f"{kept['state_changes_in_history']} of {kept['state_changes']}",
+                     kept["state_changes_in_history"] == kept["state_changes"]))
     return rows
 
 
@@ -137,6 +155,70 @@ def health_markdown(health: dict[str, Any]) -> list[str]:
             "look `verify` takes. Checks: `command: test -d /srv/bench`, `tcp:` the host's sshd, `http:` a local "
             f"service answering 200. Medians of {health['reps']} runs, interleaved; CPU is that of the ssh clients "
             "and the reaper on the bastion (the hosts' side is not counted).", "", *_ways_table(health, "look")]
+
+
+def retention_markdown(kept: dict[str, Any]) -> list[str]:
+    """A generated week of a watch's history: what state.db keeps of it, and the dashboard on it."""
+    generated = ", ".join(f"{n:,} {kind}" for kind, n in sorted(kept["generated"].items()))
+    rows = ", ".join(f"{n:,} {kind}" for kind, n in sorted(kept["rows"].items()))
+    newest = kept["newest_verify"]
+    lines = ["", "## Retention", "",
+             f"A generated week of a watch's history (`python -m bench.retention`, {kept['measured_at']}, load "
+             f"{kept['load']:.1f} at the start): {kept['apps']} apps of {kept['hosts'] // kept['apps']} hosts, a "
+             f"verify of each every {kept['verify_every_s']} s, a scheduled drift check of each every hour, two hand "
+             "edits an app a day (found by a verify, corrected by a sync) and one release an app a day, recorded "
+             "through `controller.state.Store` on a clock of its own, then `controller serve` on it.", "",
+             f"- Runs recorded: {kept['generated_runs']:,} ({generated}); rows kept: {kept['rows_total']:,} ({rows}).",
+             f"- `state.db`: {kept['state_db_mb']:.2f} MB (target under {kept['target_mb']:.0f} MB); recording took "
+             f"{kept['ms_per_run_recorded']:.2f} ms a run, folding and pruning included.",
+             f"- State changes still in the history: {kept['state_changes_in_history']} of {kept['state_changes']}; "
+             f"app0's newest verify stands for {newest['folded']:,} runs since {newest['first_started']} and finished "
+             f"at {newest['finished']}, when the last was generated ({newest['last_generated']}); every host of "
+             "app0 points at it: " + ("yes" if kept["hosts_point_at_newest_verify"] else "no") + ".", "",
+             "| page | median | slowest | size |", "| --- | ---: | ---: | ---: |"]
+    return lines + [f"| `{page}` | {t['median_ms']:.1f} ms | {t['max_ms']:.1f} ms | {t['bytes'] / 1024:.1f} KiB |"
+                     for page, t in kept["pages"].items()]
+
+
+def scale_markdown(scale: dict[str, Any]) -> list[str]:
+    """One bastion as the fleet grows: each way's wall, machine CPU and peak memory per size, and how its CPU per
+    host grows from the smallest size to the largest (1.0: linear)."""
+    sizes = sorted(scale["sizes"], key=int)
+    small, large = sizes[0], sizes[-1]
+    lines = ["", "## Scale", "",
+             f"`python -m bench.scale --hosts {','.join(sizes)}` ({scale['measured_at']}, {scale['cores']} cores, load "
+             f"{scale['load']:.1f} at the start): the reference fleet at each size, converged by a first sync, then "
+             f"each way {scale['reps']} times interleaved (medians). Wall / CPU: seconds, CPU of the whole machine "
+             "(the lab's hosts share it); peak: the `controller` process / the largest process it started "
+             f"(MiB). Growth: CPU per host at {large} hosts over CPU per host at {small} (1.00 is linear).", "",
+             "| way | " + " | ".join(f"{h} hosts: wall / CPU / peak" for h in sizes) + " | growth |",
+             "| --- |" + " ---: |" * (len(sizes) + 1)]
+    for way in scale["sizes"][small]:
+        if way == "ansible-playbook":
+            continue
+        cells = [scale["sizes"][h][way] for h in sizes]
+        lines.append(f"| {way} | " + " | ".join(
+            f"{c['seconds']:.1f} / {c['cpu']:.0f} s / {c['peak_mib']:.0f} / {c['child_peak_mib']:.0f}" for c in cells)
+            + f" | {scale_growth(scale, way):.2f} |")
+    plain = scale["sizes"][small].get("ansible-playbook")
+    if plain:
+        per_host = plain["seconds"] / int(small)
+        guesses = []
+        for hosts in sizes[1:]:
+            guess = per_host * int(hosts)
+            check = scale["sizes"][hosts]["controller check"]["seconds"]
+            guesses.append(f"{hosts} hosts ≈ {guess / 60:.0f} min, {guess / check:.0f}x `controller check`")
+        lines += ["", f"ansible-playbook --check --diff with Ansible's defaults ran at {small} hosts only: "
+                  f"{plain['seconds']:.0f} s. Extrapolated at its {per_host:.1f} s a host (not measured): "
+                  + ", ".join(guesses) + "."]
+    return lines
+
+
+def scale_growth(scale: dict[str, Any], way: str) -> float:
+    """How ``way``'s machine CPU per host grows from the smallest size to the largest (1.0: linear)."""
+    sizes = sorted(scale["sizes"], key=int)
+    small, large = scale["sizes"][sizes[0]][way], scale["sizes"][sizes[-1]][way]
+    return float((large["cpu"] / int(sizes[-1])) / (small["cpu"] / int(sizes[0])))
 
 
 def parallel_markdown(parallel: dict[str, Any]) -> list[str]:
@@ -229,6 +311,10 @@ def markdown(results: dict[str, Any]) -> str:
         lines += health_markdown(results["health"])
     if "parallel" in results:
         lines += parallel_markdown(results["parallel"])
+    if "scale" in results:
+        lines += scale_markdown(results["scale"])
+    if "retention" in results:
+        lines += retention_markdown(results["retention"])
     lines.append("")
     if NOTES.exists():
         lines += [NOTES.read_text().rstrip(), ""]

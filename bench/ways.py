@@ -25,30 +25,33 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Timing:
-    """One measured process: wall time, exit code and the peak RSS of the process itself (MiB)."""
+    """One measured process: wall time, exit code, the peak RSS of the process itself and the largest of any
+    process it started (MiB: the ansible-playbook of a check)."""
 
     seconds: float
     code: int
     peak_mib: float
     output: str
+    child_peak_mib: float = 0.0
 
 
 def timed(argv: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 3600) -> Timing:
     """Run ``argv`` and time it, sampling its VmHWM (peak RSS) until it exits."""
     started = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = [0.0]
+    peak, child_peak = [0.0], [0.0]
     done = threading.Event()
 
     def sample() -> None:
-        status = Path(f"/proc/{proc.pid}/status")
+        rounds = 0
         while not done.is_set():
             try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak[0] = max(peak[0], int(line.split()[1]) / 1024)
+                peak[0] = max(peak[0], _hwm(proc.pid))
             except (OSError, ValueError):
                 return
+            if rounds % 10 == 0:  # the children less often: at 500 hosts there are hundreds of ssh processes
+                child_peak[0] = max([child_peak[0], *(_hwm(child) for child in _descendants(proc.pid))])
+            rounds += 1
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -57,7 +60,29 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path | None = None, timeout
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()
-    return Timing(seconds, proc.returncode, peak[0], output)
+    return Timing(seconds, proc.returncode, peak[0], output, child_peak[0])
+
+
+def _hwm(pid: int) -> float:
+    """A process's peak RSS in MiB (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0.0)
+
+
+def _descendants(pid: int) -> list[int]:
+    found, queue = [], [pid]
+    while queue:
+        try:
+            children = Path(f"/proc/{queue.pop()}/task").glob("*/children")
+            for listing in children:
+                found += [int(n) for n in listing.read_text().split()]
+                queue += [int(n) for n in listing.read_text().split()]
+        except OSError:
+            continue
+    return found
 
 
 def base_env() -> dict[str, str]:

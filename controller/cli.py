@@ -386,7 +386,13 @@ def status(config_path: str | None, as_json: bool, output_format: str | None, pe
                    "token's name and address), when, why, and the run it started.")
 def history(config_path: str | None, as_json: bool, output_format: str | None, app: str | None, kind: str | None,
             outcome: str | None, trigger: str | None, limit: int, audit: bool) -> None:
-    """Recent runs, newest first; e.g. `history --kind verify --outcome drifted`; `--audit`: who did what."""
+    """Recent runs, newest first; e.g. `history --kind verify --outcome drifted`; `--audit`: who did what.
+
+    A run the same as the one before it (a verify every 10 s of a fleet in sync) takes its place:
+    `in-sync, 8640 times since 23h ago` (JSON: folded, first_started). Unremarkable runs go after
+    retention.max_age or beyond retention.max_runs; applies, failures and runs that found something new (a
+    state change, a new diff) stay.
+    """
     if audit and (kind or outcome or trigger):
         raise click.UsageError("--audit lists actions, not runs: leave out --kind, --outcome and --trigger")
     shape = _shape(as_json, output_format)
@@ -407,7 +413,9 @@ def show(config_path: str | None, as_json: bool, output_format: str | None, run_
     with _store(config_path) as store:
         run = store.run(run_id)
     if run is None:
-        raise ControllerError(Reason.NOT_FOUND, f"no run {run_id} in the state store (see `controller history`)")
+        raise ControllerError(Reason.NOT_FOUND, f"no run {run_id} in the state store (see `controller history`: a "
+                                                "run the same as the next one is folded into it; retention prunes "
+                                                "old unremarkable runs)")
     found = run
     _emit(_shape(as_json, output_format), lambda: detail_document(found), lambda: run_text(found))
 

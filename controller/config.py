@@ -175,6 +175,16 @@ class NotifyTarget:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """How much of the history the state store keeps (state/retention.py). The same run again folds into one row
+    as it comes; of the unremarkable runs, those older than ``max_age`` or beyond the newest ``max_runs`` go.
+    Applies, failures and runs that found something new (a state change, a new diff) stay whatever these say."""
+
+    max_age: Seconds = Seconds(90 * 86400)
+    max_runs: int = 10_000
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole bastion configuration, paths made absolute relative to the file."""
 
@@ -188,6 +198,7 @@ class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     notify: tuple[NotifyTarget, ...] = ()
     ui: UiConfig = field(default_factory=UiConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @property
     def state_path(self) -> Path:
@@ -227,6 +238,10 @@ def load_config(path: Path) -> Config:
     for key in ("task_timeout", "run_timeout", "timeout", "control_persist"):
         if getattr(config.ansible, key) < 1:  # 0 would mean "at once" or, to ssh, "for ever"
             raise ControllerError(Reason.CONFIG_INVALID, f"{path}: ansible.{key}: must be at least 1s")
+    if config.retention.max_age < 3600 or config.retention.max_runs < 100:
+        raise ControllerError(Reason.CONFIG_INVALID, f"{path}: retention: keep at least 1h and 100 runs (max_age: "
+                                                     f"{config.retention.max_age:g}s, max_runs: "
+                                                     f"{config.retention.max_runs})")
     if config.source.fetch_timeout < 1:
         raise ControllerError(Reason.CONFIG_INVALID, f"{path}: source.fetch_timeout: must be at least 1s")
     _check_watch(config.watch, path)

@@ -18,7 +18,7 @@ from controller.errors import ControllerError
 from controller.vocabulary import Reason
 
 T = TypeVar("T")
-DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?")
+DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?")
 
 
 class Parsed(ABC):
@@ -33,16 +33,17 @@ class Parsed(ABC):
 
 
 class Seconds(float):
-    """A duration in the config: a number of seconds, or ``30s``, ``5m``, ``1h30m`` as Flux and Argo CD take."""
+    """A duration in the config: a number of seconds, or ``30s``, ``5m``, ``1h30m`` as Flux and Argo CD take
+    (and ``90d``, for how long history is kept)."""
 
 
 def parse_duration(text: str) -> float | None:
-    """``1h30m`` -> 5400.0; None when ``text`` is not a duration."""
+    """``1h30m`` -> 5400.0, ``2d`` -> 172800.0; None when ``text`` is not a duration."""
     match = DURATION.fullmatch(text.strip())
     if not text.strip() or match is None or not any(match.groups()):
         return None
-    hours, minutes, secs = match.groups()
-    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
+    days, hours, minutes, secs = match.groups()
+    return int(days or 0) * 86400 + int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
 
 
 def read_yaml(path: Path, what: str, shown: Path | None = None) -> Any:

@@ -95,6 +95,9 @@ def test_a_bad_config_is_one_line_naming_file_and_key(tmp_path: Path) -> None:
         "source: {url: x}\nui: {external_url: controller.example.com}\n": "ui.external_url: expected the dashboard",
         "source: {url: x, commit_url: 'https://github.com/o/r/commit/'}\n": "source.commit_url: expected a web "
                                                                             "address with {sha}",
+        "source: {url: x}\nretention: {max_age: 30m}\n": "retention: keep at least 1h and 100 runs (max_age: 1800s",
+        "source: {url: x}\nretention: {max_runs: 10}\n": "retention: keep at least 1h and 100 runs",
+        "source: {url: x}\nretention: {max_age: a week}\n": "retention.max_age: expected a duration",
     }
     for text, needle in cases.items():
         config.write_text(text)

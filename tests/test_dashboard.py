@@ -411,11 +411,12 @@ def test_history_pages_and_filters_over_the_json_api(tmp_path: Path, browser: we
         assert status == 200 and page.decode().count('<tr>') == 10  # the heading and nine runs
         assert request(base + "/apps/nothing")[0] == 404
 
-        # the daemon's most frequent runs, its verifies, can be picked out on the page as a person does it
+        # the daemon's most frequent runs, its verifies, can be picked out on the page as a person does it; the
+        # third is the same as the second and takes its place (retention), saying so
         with Store(tmp_path / "state" / "state.db") as store:
-            verifies = [store.start_run("app1", f"{1:040x}", Kind.VERIFY, Trigger.VERIFY) for _ in range(2)]
-            for run_id in verifies:
-                store.finish_run(run_id, Outcome.IN_SYNC, None, "in sync", False, {}, verified=4)
+            for message in ("in sync, the first look", "in sync", "in sync"):
+                run_id = store.start_run("app1", f"{1:040x}", Kind.VERIFY, Trigger.VERIFY)
+                store.finish_run(run_id, Outcome.IN_SYNC, None, message, False, {}, verified=4)
         browser.get(base + "/history")
         Select(browser.find_element(By.NAME, "trigger")).select_by_visible_text("verify")
         browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
@@ -423,6 +424,13 @@ def test_history_pages_and_filters_over_the_json_api(tmp_path: Path, browser: we
         rows = browser.find_elements(By.CSS_SELECTOR, "table tr")[1:]
         assert len(rows) == 2 and all("verify" in row.text for row in rows), [row.text for row in rows]
         assert "2 runs" in browser.find_element(By.CSS_SELECTOR, "p.meta").text
+        folded = rows[0].find_element(By.CSS_SELECTOR, ".folded")
+        assert folded.text.startswith("2 times since") and "the same run 2 times" in folded.get_attribute("title")
+        rows[0].find_element(By.TAG_NAME, "a").click()
+        until(browser, 10, lambda d: "/runs/" in d.current_url)
+        assert "the same run 2 times" in browser.find_element(By.CSS_SELECTOR, "dd.folded").text
+        browser.back()
+        until(browser, 10, lambda d: "trigger=verify" in d.current_url)
         Select(browser.find_element(By.NAME, "trigger")).select_by_visible_text("any")
         Select(browser.find_element(By.NAME, "kind")).select_by_visible_text("verify")
         browser.find_element(By.CSS_SELECTOR, "form.filters button").click()

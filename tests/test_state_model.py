@@ -332,7 +332,7 @@ def test_one_query_names_the_active_apps_and_the_json_keys_are_the_columns(tmp_p
         columns = [row[1] for row in store.db.execute("PRAGMA table_info(runs)")]
         assert list(detail_document(detail)) == [*columns, "hosts", "tasks", "audit"]
         row = dict(store.db.execute("SELECT * FROM runs WHERE id = ?", (refused,)).fetchone())
-        assert run_document(detail.run) == {**row, "applied": False, "summary": {}}
+        assert run_document(detail.run) == {**row, "applied": False, "summary": {}, "kept": True}
 
 
 def test_a_store_opened_while_another_process_migrates_it_is_not_migrated_twice(tmp_path: Path) -> None:

@@ -57,6 +57,12 @@ def test_an_unchanged_fleet_verifies_with_one_ssh_connection_per_host_and_no_pla
     text = converged.controller("verify")
     assert text.returncode == 0
     assert "web1.staging  verified" in text.stdout and "as the full check at" in text.stdout
+    # the same verify again: one row stands for the two that found the same (retention)
+    assert converged.controller("verify").returncode == 0
+    newest = converged.runs()[0]
+    assert (newest["mode"], newest["folded"]) == ("verify", 2) and newest["first_started"] <= newest["started"]
+    assert [r["mode"] for r in converged.runs()] == ["verify", "verify", "sync"]
+    assert "in-sync, 2 times since" in converged.controller("history").stdout
 
 
 def test_a_host_unreachable_at_the_last_full_check_is_fully_checked_alone(fleet: Fleet) -> None:

@@ -18,7 +18,8 @@ def run_document(run: RunRecord) -> dict[str, Any]:
     return {"id": run.id, "app": run.app, "revision": run.revision, "mode": run.kind, "trigger": run.trigger,
             "started": run.started, "finished": run.finished, "outcome": run.outcome, "reason": run.reason,
             "message": run.message, "applied": run.applied, "summary": run.summary, "verified": run.verified,
-            "seconds": run.seconds, "policy": run.policy}
+            "seconds": run.seconds, "policy": run.policy, "folded": run.folded, "first_started": run.first_started,
+            "kept": run.kept}
 
 
 def detail_document(detail: RunDetail) -> dict[str, Any]:

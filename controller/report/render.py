@@ -203,7 +203,12 @@ def rollout_hosts(rollout: dict[str, Any]) -> list[RolloutHost]:
 
 
 def _outcome(run: RunRecord) -> str:
-    return (run.outcome or RUNNING) + (f" [{run.reason}]" if run.reason else "")
+    return (run.outcome or RUNNING) + (f" [{run.reason}]" if run.reason else "") + _folded(run)
+
+
+def _folded(run: RunRecord) -> str:
+    """``, 8640 times since 23h ago`` for a run standing for the same runs before it (state/retention.py)."""
+    return f", {run.folded} times since {ago(run.first_started)}" if run.folded > 1 and run.first_started else ""
 
 
 def history_text(runs: list[RunRecord]) -> str:

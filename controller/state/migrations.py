@@ -156,6 +156,16 @@ MIGRATIONS = (
     CREATE INDEX audit_app ON audit (app, id);
     CREATE INDEX audit_run ON audit (run_id);
     """,
+    # 13: retention (controller/state/retention.py). A run the same as the app's run before it, which it found
+    # unremarkable, takes that run's place: ``folded`` counts the runs it stands for, ``first_started`` is when the
+    # first of them started. ``kept`` marks what retention never prunes (an apply, a failure, a diff, a state
+    # change); every run recorded before this release is kept.
+    """
+    ALTER TABLE runs ADD COLUMN folded INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE runs ADD COLUMN first_started TEXT;
+    ALTER TABLE runs ADD COLUMN kept INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX runs_prunable ON runs (kept, id);
+    """,
 )
 
 

@@ -43,6 +43,9 @@ class RunRecord:
     verified: int              # hosts verified against their manifests instead of fully checked
     seconds: float | None
     policy: Policy | None      # the app's in gitops.yml then (None: not read by that run)
+    folded: int = 1            # how many runs, all the same, this one stands for (state/retention.py)
+    first_started: str | None = None  # when the first of them started (None: it stands for itself alone)
+    kept: bool = True          # never pruned: an apply, a failure, a diff, a state change (state/retention.py)
 
 
 @dataclass(frozen=True)

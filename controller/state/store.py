@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from controller.ansible.results import TaskResult
 from controller.clock import now
-from controller.config import Config
+from controller.config import Config, RetentionConfig
 from controller.errors import ControllerError
 from controller.source.revision import Revision
 from controller.state.migrations import BUCKET_COLUMNS, migrate
@@ -34,6 +34,7 @@ from controller.state.records import (
     Tally,
     TaskRecord,
 )
+from controller.state.retention import settle
 from controller.verify.drift import Report
 from controller.verify.health import HostHealth
 from controller.verify.manifest import Manifest
@@ -64,8 +65,12 @@ def private_directory(path: Path) -> None:
 class Store:
     """A thin typed layer over the SQLite file; every value it holds is already redacted."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, retention: RetentionConfig | None = None, clock: Callable[[], str] = now) -> None:
+        """Open (creating and migrating) the store at ``path``; ``clock`` stamps what it records (a generated
+        history in the benchmarks runs its own)."""
         self.path = path
+        self.retention = retention or RetentionConfig()
+        self.now = clock
         private_directory(path.parent)
         try:
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
@@ -86,7 +91,7 @@ class Store:
     @classmethod
     def of(cls, config: Config) -> Store:
         """The store of the configured state directory."""
-        return cls(config.store_path)
+        return cls(config.store_path, config.retention)
 
     def close(self) -> None:
         self.db.close()
@@ -110,14 +115,14 @@ class Store:
     # -- writing -------------------------------------------------------------
     def record_revision(self, revision: Revision) -> None:
         self.db.execute("INSERT OR IGNORE INTO revisions VALUES (?, ?, ?, ?, ?)",
-                        (revision.sha, revision.subject, revision.author, revision.committed_at, now()))
+                        (revision.sha, revision.subject, revision.author, revision.committed_at, self.now()))
 
     def start_run(self, app: str, revision: str | None, kind: Kind, trigger: Trigger,
                   policy: Policy | None = None) -> int:
         """Record a run as started; ``policy`` is the app's in gitops.yml (None: not read yet)."""
         cursor = self.db.execute(
             "INSERT INTO runs (app, revision, mode, trigger, started, policy) VALUES (?, ?, ?, ?, ?, ?)",
-            (app, revision, kind, trigger, now(), policy))
+            (app, revision, kind, trigger, self.now(), policy))
         run_id = int(cursor.lastrowid or 0)
         self._clocks[run_id] = time.monotonic()
         return run_id
@@ -132,7 +137,7 @@ class Store:
 
     def add_live(self, run_id: int, phase: Phase, results: Collection[TaskResult]) -> None:
         """Task results of a running run, as they arrive (already redacted; their diffs and messages not kept)."""
-        stamp = now()
+        stamp = self.now()
         with self._transaction() as db:
             db.executemany("INSERT INTO live_tasks (run_id, phase, host, task, status, at) VALUES (?, ?, ?, ?, ?, ?)",
                            [(run_id, phase, r.host, r.task, r.status, stamp) for r in results])
@@ -158,14 +163,16 @@ class Store:
                    applied: bool, summary: dict[str, Any], verified: int = 0) -> None:
         started = self._clocks.pop(run_id, None)
         seconds = None if started is None else time.monotonic() - started
+        finished = self.now()
         with self._transaction() as db:  # its live task results go as it ends
             db.execute("DELETE FROM live_tasks WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM live_rollouts WHERE run_id = ?", (run_id,))
             db.execute(
                 "UPDATE runs SET finished = ?1, outcome = ?2, reason = ?3, message = ?4, applied = ?5, summary = ?6,"
                 " verified = ?7, seconds = COALESCE(?8, (julianday(?1) - julianday(started)) * 86400) WHERE id = ?9",
-                (now(), outcome.value, reason.value if reason else None, message, int(applied),
+                (finished, outcome.value, reason.value if reason else None, message, int(applied),
                  json.dumps(summary), verified, seconds, run_id))
+            settle(db, run_id, self.retention, finished)
 
     def interrupt_unfinished(self) -> int:
         """Mark runs left running by a controller that was killed; only call while holding the lock."""
@@ -175,14 +182,14 @@ class Store:
             return db.execute(
                 "UPDATE runs SET finished = ?1, outcome = ?2, reason = ?3, message = ?4,"
                 " seconds = (julianday(?1) - julianday(started)) * 86400 WHERE finished IS NULL",
-                (now(), Outcome.INTERRUPTED.value, Reason.INTERRUPTED.value,
+                (self.now(), Outcome.INTERRUPTED.value, Reason.INTERRUPTED.value,
                  "the controller was killed before this run finished; its workspace was wiped")).rowcount
 
     def record_hosts(self, app: str, run_id: int, states: Mapping[str, HostState], applied: list[str],
                      revision: str, *, every_host: bool = True, moved: Collection[str] = ()) -> None:
         """Each host's state after a check or sync; ``applied`` hosts now run ``revision``. After a run of the
         whole inventory (``every_host``), hosts no longer in it are forgotten; a --limit run forgets none."""
-        stamp = now()
+        stamp = self.now()
         with self._transaction() as db:
             known = {r["host"] for r in db.execute("SELECT host FROM hosts WHERE app = ?", (app,))}
             gone = known - set(states) if every_host else set()
@@ -206,7 +213,7 @@ class Store:
         and those healthy again (recovered)."""
         degraded: list[str] = []
         recovered: list[str] = []
-        stamp = now()
+        stamp = self.now()
         with self._transaction() as db:
             if not declared:
                 db.execute("UPDATE hosts SET health = NULL, health_since = NULL, health_detail = '' WHERE app = ?",
@@ -230,7 +237,7 @@ class Store:
     def halt(self, app: str, revision: str, run_id: int, last_good: str | None, detail: str) -> None:
         """Remember that ``revision``'s rollout halted on ``app`` (again: the newest run and detail)."""
         self.db.execute("INSERT OR REPLACE INTO halts VALUES (?, ?, ?, ?, ?, ?)",
-                        (app, revision, run_id, now(), last_good, detail))
+                        (app, revision, run_id, self.now(), last_good, detail))
 
     def clear_halts(self, app: str) -> None:
         """A rollout of ``app`` completed: the revisions halted before are history, not holds."""
@@ -246,7 +253,7 @@ class Store:
         """Keep ``app`` at ``revision`` (a rollback's, audited with its run) until the branch moves past
         ``rolled_back_from``."""
         self.db.execute("INSERT OR REPLACE INTO pins VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (app, revision, rolled_back_from, run_id, by, now(), reason))
+                        (app, revision, rolled_back_from, run_id, by, self.now(), reason))
 
     def pinned(self, app: str) -> Pin | None:
         """Where a rollback pinned ``app``, if it is."""
@@ -267,7 +274,7 @@ class Store:
                    run_id: int | None = None) -> int:
         """Add what ``who`` did to ``app`` to the audit trail; its entry's id."""
         cursor = self.db.execute("INSERT INTO audit (at, who, act, app, revision, reason, run_id)"
-                                 " VALUES (?, ?, ?, ?, ?, ?, ?)", (now(), who, act, app, revision, reason, run_id))
+                                 " VALUES (?, ?, ?, ?, ?, ?, ?)", (self.now(), who, act, app, revision, reason, run_id))
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
@@ -296,14 +303,14 @@ class Store:
             if every_host:
                 db.execute("DELETE FROM manifests WHERE app = ?", (app,))
             db.executemany("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?, ?)", [
-                (app, host, m.digest if m else "", now(), m.to_json() if m else None)
+                (app, host, m.digest if m else "", self.now(), m.to_json() if m else None)
                 for host, m in manifests.items()])
 
     def retire_missing(self, present: list[str], revision: str) -> list[str]:
         """Retire the apps no longer in gitops.yml at ``revision`` (history stays); return them."""
         gone = [app for app in self.apps() if app not in present]
         with self._transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO retired VALUES (?, ?, ?)", [(a, now(), revision) for a in gone])
+            db.executemany("INSERT OR REPLACE INTO retired VALUES (?, ?, ?)", [(a, self.now(), revision) for a in gone])
             db.executemany("DELETE FROM retired WHERE app = ?", [(a,) for a in present])
         return gone
 
@@ -313,7 +320,7 @@ class Store:
         if row is not None and row["revision"] == revision:
             return False
         self.db.execute("INSERT INTO conditions (app, condition, since, revision) VALUES (?, 'ok', ?, ?)"
-                        " ON CONFLICT (app) DO UPDATE SET revision = excluded.revision", (app, now(), revision))
+                        " ON CONFLICT (app) DO UPDATE SET revision = excluded.revision", (app, self.now(), revision))
         return True
 
     def suspend(self, app: str, who: str, reason: str) -> Suspension | None:
@@ -321,7 +328,7 @@ class Store:
         with self._transaction() as db:
             before = self.suspensions().get(app)
             if before is None:
-                db.execute("INSERT INTO suspensions VALUES (?, ?, ?)", (app, now(), reason))
+                db.execute("INSERT INTO suspensions VALUES (?, ?, ?)", (app, self.now(), reason))
             elif reason:
                 db.execute("UPDATE suspensions SET reason = ? WHERE app = ?", (reason, app))
             self.record_act(Act.SUSPEND, app, who, reason)
@@ -332,7 +339,7 @@ class Store:
         not audited again)."""
         with self._transaction() as db:
             if db.execute("INSERT OR IGNORE INTO approvals VALUES (?, ?, ?, ?, ?)",
-                          (app, revision, who, now(), reason)).rowcount:
+                          (app, revision, who, self.now(), reason)).rowcount:
                 self.record_act(Act.APPROVE, app, who, reason, revision=revision)
         found = self.approval(app, revision)
         assert found is not None
@@ -341,7 +348,7 @@ class Store:
     def require_approval(self, app: str, required: bool) -> None:
         """Remember whether the revision just applied to ``app`` required approvals (the next one needs one if so)."""
         if required:
-            self.db.execute("INSERT OR IGNORE INTO approval_required VALUES (?, ?)", (app, now()))
+            self.db.execute("INSERT OR IGNORE INTO approval_required VALUES (?, ?)", (app, self.now()))
         else:
             self.db.execute("DELETE FROM approval_required WHERE app = ?", (app,))
 
@@ -357,7 +364,7 @@ class Store:
         """Remember what was last announced for ``app``, so the same state is not announced twice."""
         self.db.execute("INSERT INTO conditions (app, condition, since) VALUES (?, ?, ?) ON CONFLICT (app)"
                         " DO UPDATE SET condition = excluded.condition, since = excluded.since",
-                        (app, condition, now()))
+                        (app, condition, self.now()))
 
     # -- reading -------------------------------------------------------------
     def suspensions(self) -> dict[str, Suspension]:
@@ -578,7 +585,8 @@ def _run(row: sqlite3.Row) -> RunRecord:
         started=row["started"], finished=row["finished"], outcome=_optional(Outcome, row["outcome"]),
         reason=_optional(Reason, row["reason"]), message=row["message"], applied=bool(row["applied"]),
         summary=json.loads(row["summary"]), verified=row["verified"], seconds=row["seconds"],
-        policy=_optional(Policy, row["policy"]))
+        policy=_optional(Policy, row["policy"]), folded=row["folded"], first_started=row["first_started"],
+        kept=bool(row["kept"]))
 
 
 def _optional(kind: type[E], value: str | None) -> E | None:

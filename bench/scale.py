@@ -1,0 +1,79 @@
+"""`python -m bench.scale --hosts 50,200,500`: one bastion's costs as the fleet grows, in one run.
+
+At each size a fresh lab and the reference fleet (bench/fleet.py), converged once by a first ``controller
+sync`` (timed), then, interleaved: a no-change ``controller check`` (every host fully checked), ``controller
+verify`` (one look per host against its manifest) and ``controller sync --verify-first``. Wall time, the peak
+RSS of the ``controller`` process and the largest of the processes it starts (the ansible-playbook of a
+check), and the whole machine's CPU time (the lab's hosts run on it too). Ansible-playbook with its defaults
+(forks 5, linear) runs at the smallest size only: at 500 hosts it would take over an hour; the report
+extrapolates it per host, and says so. ``--update DIR`` puts the figures into DIR's benchmarks.*.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.fleet import BenchFleet
+from bench.ways import Timing, ansible_playbook, controller, interleaved, sizes_command
+from lab import Lab
+from lab.repository import make_age_key
+
+PREFIX = "127.0.5"  # the bench's addresses, apart from the tests'
+
+
+def cpu_seconds() -> float:
+    """The whole machine's busy CPU time so far (every process: the controller, Ansible, ssh, the lab's hosts)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(run: Callable[[], Timing], what: str) -> dict[str, float]:
+    """One run of ``run``: wall and machine CPU seconds, peak MiB of the controller and of its playbook."""
+    before = cpu_seconds()
+    timing = run()
+    cpu = cpu_seconds() - before
+    if timing.code != 0:
+        raise SystemExit(f"benchmark: {what} exited {timing.code}:\n{timing.output[-3000:]}")
+    return {"seconds": timing.seconds, "cpu": cpu, "peak_mib": timing.peak_mib, "child_peak_mib": timing.child_peak_mib}
+
+
+def measure(tmp: Path, sizes: list[int], reps: int) -> dict[str, Any]:
+    """Every size in turn (see the module's docstring)."""
+    key = make_age_key(tmp / "age")
+    results: dict[str, Any] = {"sizes": {}, "reps": reps, "cores": os.cpu_count(),
+                               "measured_at": time.strftime("%Y-%m-%d"), "load": round(os.getloadavg()[0], 1)}
+    for hosts in sizes:
+        with Lab(tmp / f"lab{hosts}", hosts, prefix=PREFIX) as lab:
+            fleet = BenchFleet(tmp / f"fleet{hosts}", lab, key)
+            fleet.build()
+            results["sizes"][str(hosts)] = size = one_size(fleet, reps, plain=hosts == sizes[0])
+            print(f"bench: {hosts} hosts: " + ", ".join(f"{name} {figures['seconds']:.1f}s"
+                                                        for name, figures in size.items()), flush=True)
+    return results
+
+
+def one_size(fleet: BenchFleet, reps: int, *, plain: bool) -> dict[str, Any]:
+    """The first sync, then each way ``reps`` times interleaved; ``plain``: ansible-playbook's defaults too."""
+    size: dict[str, Any] = {"first sync": measured(lambda: controller(fleet, "sync"), "the first sync")}
+    ways = {name: (lambda args=args, name=name: measured(lambda: controller(fleet, *args), name))
+            for name, args in (("controller check", ("check",)), ("controller verify", ("verify",)),
+                               ("controller sync --verify-first", ("sync", "--verify-first")))}
+    size.update(interleaved(ways, reps))
+    if plain:
+        project = fleet.plaintext_project()
+        try:
+            size["ansible-playbook"] = measured(lambda: ansible_playbook(fleet, project, pipelining=False),
+                                                "ansible-playbook")
+        finally:
+            shutil.rmtree(project.parent, ignore_errors=True)
+    return size
+
+
+if __name__ == "__main__":
+    sizes_command("scale", __doc__, measure, reps=3)
