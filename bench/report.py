@@ -166,15 +166,20 @@ def retention_markdown(kept: dict[str, Any]) -> list[str]:
              f"A generated week of a watch's history (`python -m bench.retention`, {kept['measured_at']}, load "
              f"{kept['load']:.1f} at the start): {kept['apps']} apps of {kept['hosts'] // kept['apps']} hosts, a "
              f"verify of each every {kept['verify_every_s']} s, a scheduled drift check of each every hour, two hand "
-             "edits an app a day (found by a verify, corrected by a sync) and one release an app a day, recorded "
-             "through `controller.state.Store` on a clock of its own, then `controller serve` on it.", "",
+             "edits an app a day (found by a verify, corrected by a sync) and one release an app a day; the last app "
+             "is under policy detect with one host drifted all week (each verify checks it in full and reports the "
+             "same diff). Recorded as `controller watch` records them, through `controller.state.Store` on a clock "
+             "of its own, then `controller serve` on it.", "",
              f"- Runs recorded: {kept['generated_runs']:,} ({generated}); rows kept: {kept['rows_total']:,} ({rows}).",
              f"- `state.db`: {kept['state_db_mb']:.2f} MB (target under {kept['target_mb']:.0f} MB); recording took "
              f"{kept['ms_per_run_recorded']:.2f} ms a run, folding and pruning included.",
              f"- State changes still in the history: {kept['state_changes_in_history']} of {kept['state_changes']}; "
              f"app0's newest verify stands for {newest['folded']:,} runs since {newest['first_started']} and finished "
              f"at {newest['finished']}, when the last was generated ({newest['last_generated']}); every host of "
-             "app0 points at it: " + ("yes" if kept["hosts_point_at_newest_verify"] else "no") + ".", "",
+             "app0 points at it: " + ("yes" if kept["hosts_point_at_newest_verify"] else "no") + ".",
+             f"- The drift schedule's clock (app0's newest full check) ended "
+             f"{kept['last_full_check_minutes_before_the_end']:.0f} min before the last verify; the detect app with "
+             f"its standing drift holds {kept['rows_of_the_detect_app']:,} rows.", "",
              "| page | median | slowest | size |", "| --- | ---: | ---: | ---: |"]
     return lines + [f"| `{page}` | {t['median_ms']:.1f} ms | {t['max_ms']:.1f} ms | {t['bytes'] / 1024:.1f} KiB |"
                      for page, t in kept["pages"].items()]

@@ -164,9 +164,9 @@ def measure(root: Path, requests: int = 15) -> dict[str, Any]:
         clock = store.latest("app0", full=True)  # the drift schedule's: the newest full check
         detect = store.count_runs(f"app{APPS - 1}")
     assert clock is not None and clock.finished is not None
-    pages = ["/", "/apps/app0", f"/runs/{newest.id}", f"/runs/{history.changes[-1]}", "/history",
-             "/history?kind=verify", "/history?page=2", "/audit", "/api/apps", "/api/runs", "/api/runs?kind=sync",
-             "/metrics"]
+    pages = ["/", "/apps/app0", f"/apps/app{APPS - 1}", f"/runs/{newest.id}", f"/runs/{history.changes[-1]}",
+             "/history", "/history?trigger=verify", "/history?page=2", "/audit", "/api/apps", "/api/runs",
+             "/api/runs?trigger=schedule", "/metrics"]
     timings = time_pages(root, state, pages, requests)
     size = sum(p.stat().st_size for p in state.iterdir() if p.name.startswith("state.db"))
     return {
