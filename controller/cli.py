@@ -38,6 +38,7 @@ from controller.report.terminal import TerminalProgress
 from controller.run.planfile import PlanFile
 from controller.run.recovery import recover
 from controller.run.results import Actor, Request, Result
+from controller.state.retention import GONE
 from controller.state.store import Store
 from controller.vocabulary import (
     EXIT_CODE_MEANINGS,
@@ -413,9 +414,8 @@ def show(config_path: str | None, as_json: bool, output_format: str | None, run_
     with _store(config_path) as store:
         run = store.run(run_id)
     if run is None:
-        raise ControllerError(Reason.NOT_FOUND, f"no run {run_id} in the state store (see `controller history`: a "
-                                                "run the same as the next one is folded into it; retention prunes "
-                                                "old unremarkable runs)")
+        raise ControllerError(Reason.NOT_FOUND, f"no run {run_id} in the state store (see `controller history`; "
+                                                f"{GONE})")
     found = run
     _emit(_shape(as_json, output_format), lambda: detail_document(found), lambda: run_text(found))
 

@@ -168,3 +168,10 @@ def test_a_generated_half_day_of_10_second_verifies_keeps_every_state_change_in_
     [run] = json.loads(shown.stdout)
     assert (run["id"], run["folded"], run["finished"]) == (newest.id, newest.folded, history.last_verify["app0"])
     assert run["first_started"] < run["started"] and run["kept"] is False
+    # the id of a run folded into a later one is gone, and asking for it says why
+    gone = next(number for number in range(1, max(present)) if number not in present)
+    missing = subprocess.run([str(BIN / "controller"), "--config", str(config), "show", str(gone)],
+                             capture_output=True, text=True, check=False)
+    assert missing.returncode == 1 and missing.stderr.strip().endswith(
+        f"no run {gone} in the state store (see `controller history`; a run the same as the next is folded into it, "
+        "and old unremarkable runs are pruned (retention))"), missing.stderr

@@ -38,6 +38,8 @@ def _named_in(*tables: str) -> str:
 NAMED = _named_in("audit", "halts", "pins")
 # and for pruning, the run that recorded a host's present state: when that host was last looked at
 REFERENCED = _named_in("audit", "halts", "pins", "hosts")
+# why a run id once printed may be gone, said wherever a run is asked for by its id
+GONE = "a run the same as the next is folded into it, and old unremarkable runs are pruned (retention)"
 PRUNE_BATCH = 500  # runs deleted per finished run at most
 # the oldest unremarkable runs looked at for pruning as each run finishes: what goes is always among the oldest,
 # and a look at a window keeps the cost of a finish the same however many runs are kept

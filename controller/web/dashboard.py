@@ -40,6 +40,7 @@ from controller.run.recovery import recover
 from controller.run.results import Progress
 from controller.run.schedule import DriftSchedule
 from controller.state.records import LiveTask
+from controller.state.retention import GONE
 from controller.state.store import Store
 from controller.vocabulary import RUNNING, Action, HostState, Kind, Outcome, TaskStatus, Trigger
 from controller.web.access import Access, Holder, Throttle
@@ -311,7 +312,7 @@ class Dashboard:
         """One run as `controller show --json` has it, with its commit; while it runs, its task results so far."""
         detail = store.run(int(parts[0]))
         if detail is None:
-            raise NotFound(f"no run {parts[0]} in the state store")
+            raise NotFound(f"no run {parts[0]} in the state store: {GONE}")
         revision = detail.run.revision
         return {"run": {**detail_document(detail),
                         "commit": commit_document(store.revision(revision) if revision else None)},
