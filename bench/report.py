@@ -194,7 +194,8 @@ def scale_markdown(scale: dict[str, Any]) -> list[str]:
              f"`python -m bench.scale --hosts {','.join(sizes)}` ({scale['measured_at']}, {scale['cores']} cores, load "
              f"{scale['load']:.1f} at the start): the reference fleet at each size, converged by a first sync, then "
              f"each way {scale['reps']} times interleaved (medians). Wall / CPU: seconds, CPU of the whole machine "
-             "(the lab's hosts share it); peak: the `controller` process / the largest process it started "
+             "(the lab's hosts share it, so `ansible.timeout` is 30 s here); peak: the `controller` process / "
+             "the largest process it started "
              f"(MiB). Growth: CPU per host at {large} hosts over CPU per host at {small} (1.00 is linear).", "",
              "| way | " + " | ".join(f"{h} hosts: wall / CPU / peak" for h in sizes) + " | growth |",
              "| --- |" + " ---: |" * (len(sizes) + 1)]
