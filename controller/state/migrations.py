@@ -165,7 +165,6 @@ MIGRATIONS = (
     ALTER TABLE runs ADD COLUMN first_started TEXT;
     ALTER TABLE runs ADD COLUMN kept INTEGER NOT NULL DEFAULT 1;
     CREATE INDEX runs_prunable ON runs (kept, id);
-    CREATE INDEX hosts_run ON hosts (run_id);
     """,
 )
 
