@@ -88,8 +88,8 @@ def measure(root: Path, runs: int = RUNS, requests: int = REQUESTS,
              "/history?app=app0&outcome=drifted&trigger=schedule"]
     pages += ["/api/apps", "/api/apps/app0", f"/api/runs/{ids['drifted_run']}", "/api/runs",
               f"/api/runs?page={runs // 50}", "/api/runs?app=app0&outcome=drifted", "/api/stamp", "/metrics"]
-    timings = time_pages(root, state, pages, requests)
-    config = root / "controller.yml"
+    config = serve_config(root, state)
+    timings = time_pages(config, pages, requests)
     slowest = max(t["max_ms"] for t in timings.values())
     commands = {"status": ["status"], "history": ["history"], "show": ["show", str(ids["drifted_run"])]}
     builds = {"now": Path(sys.executable).parent / "controller", **({"before": before[1]} if before else {})}
@@ -101,14 +101,19 @@ def measure(root: Path, runs: int = RUNS, requests: int = REQUESTS,
             "measured_at": time.strftime("%Y-%m-%d"), "load": round(os.getloadavg()[0], 1)}
 
 
-def time_pages(root: Path, state: Path, pages: list[str], requests: int) -> dict[str, dict[str, Any]]:
-    """Start a real ``controller serve`` on the store in ``state`` and time each of ``pages`` over HTTP,
-    ``requests`` times one after another (milliseconds: median and slowest; bytes)."""
-    port = _free_port()
+def serve_config(root: Path, state: Path) -> Path:
+    """A bastion config in ``root`` for the store in ``state`` (no repository: only its pages are read)."""
     config = root / "controller.yml"
     config.write_text(yaml.safe_dump({"source": {"url": str(root / "none.git")}, "state_dir": str(state),
                                       "workspace_dir": str(root / "workspaces")}))
-    log = root / "serve.log"
+    return config
+
+
+def time_pages(config: Path, pages: list[str], requests: int) -> dict[str, dict[str, Any]]:
+    """Start a real ``controller serve`` with ``config`` and time each of ``pages`` over HTTP, ``requests`` times
+    one after another (milliseconds: median and slowest; bytes)."""
+    port = _free_port()
+    log = config.parent / "serve.log"
     with open(log, "w") as output:
         serve = subprocess.Popen([str(Path(sys.executable).parent / "controller"), "--config", str(config), "serve",
                                   "--listen", f"127.0.0.1:{port}"], stderr=output)

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.dashboard import TARGET_MS, time_pages
+from bench.dashboard import TARGET_MS, serve_config, time_pages
 from controller.ansible.results import TaskResult
 from controller.clock import parse_time
 from controller.source.revision import Revision
@@ -167,7 +167,7 @@ def measure(root: Path, requests: int = 15) -> dict[str, Any]:
     pages = ["/", "/apps/app0", f"/apps/app{APPS - 1}", f"/runs/{newest.id}", f"/runs/{history.changes[-1]}",
              "/history", "/history?trigger=verify", "/history?page=2", "/audit", "/api/apps", "/api/runs",
              "/api/runs?trigger=schedule", "/metrics"]
-    timings = time_pages(root, state, pages, requests)
+    timings = time_pages(serve_config(root, state), pages, requests)
     size = sum(p.stat().st_size for p in state.iterdir() if p.name.startswith("state.db"))
     return {
         "apps": APPS, "hosts": APPS * HOSTS_PER_APP, "days": DAYS, "verify_every_s": VERIFY_EVERY,

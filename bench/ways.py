@@ -78,8 +78,9 @@ def _descendants(pid: int) -> list[int]:
         try:
             children = Path(f"/proc/{queue.pop()}/task").glob("*/children")
             for listing in children:
-                found += [int(n) for n in listing.read_text().split()]
-                queue += [int(n) for n in listing.read_text().split()]
+                pids = [int(n) for n in listing.read_text().split()]
+                found += pids
+                queue += pids
         except OSError:
             continue
     return found

@@ -115,10 +115,15 @@ def _prune(db: sqlite3.Connection, retention: RetentionConfig, now: str) -> None
     _delete(db, doomed)
 
 
+def fully_checked(table: str) -> str:
+    """SQL: ``table``'s run checked every host it reached in full, and was not stopped before it had (what
+    ``Store.latest(full=True)`` looks for)."""
+    return f"{table}.verified = 0 AND COALESCE({table}.outcome, '') != '{Outcome.INTERRUPTED}'"
+
+
 def _full(table: str) -> str:
-    """SQL: ``table``'s run fully checked every host it reached (what ``Store.latest(full=True)`` looks for)."""
-    return (f"{table}.mode IN ('{Kind.CHECK}', '{Kind.SYNC}') AND {table}.verified = 0"
-            f" AND COALESCE({table}.outcome, '') != '{Outcome.INTERRUPTED}'")
+    """SQL: ``table``'s run is a full check the drift schedule counts from (``Store.latest(app, full=True)``)."""
+    return f"{table}.mode IN ('{Kind.CHECK}', '{Kind.SYNC}') AND {fully_checked(table)}"
 
 
 def _delete(db: sqlite3.Connection, runs: list[int]) -> None:

@@ -34,7 +34,7 @@ from controller.state.records import (
     Tally,
     TaskRecord,
 )
-from controller.state.retention import settle
+from controller.state.retention import fully_checked, settle
 from controller.verify.drift import Report
 from controller.verify.health import HostHealth
 from controller.verify.manifest import Manifest
@@ -490,9 +490,8 @@ class Store:
         a run that fully checked every host (the drift schedule's clock), not one stopped before it had."""
         wanted = list(kinds) or [Kind.CHECK, Kind.SYNC]
         row = self.db.execute(f"SELECT * FROM runs WHERE app = ? AND mode IN ({','.join('?' * len(wanted))})"
-                              + (" AND verified = 0 AND COALESCE(outcome, '') != ?" if full else "")
-                              + " ORDER BY id DESC LIMIT 1",
-                              (app, *wanted, *((Outcome.INTERRUPTED,) if full else ()))).fetchone()
+                              + (f" AND {fully_checked('runs')}" if full else "") + " ORDER BY id DESC LIMIT 1",
+                              (app, *wanted)).fetchone()
         return _run(row) if row else None
 
     def latest_sync(self) -> RunRecord | None:
