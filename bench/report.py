@@ -217,6 +217,8 @@ def scale_markdown(scale: dict[str, Any]) -> list[str]:
         lines += ["", f"ansible-playbook --check --diff with Ansible's defaults ran at {small} hosts only: "
                   f"{plain['seconds']:.0f} s. Extrapolated at its {per_host:.1f} s a host (not measured): "
                   + ", ".join(guesses) + "."]
+    if "failed" in scale:
+        lines += ["", f"At {scale['failed']['hosts']} hosts the run stopped: {scale['failed']['error']}"]
     return lines
 
 

@@ -12,6 +12,7 @@ extrapolates it per host, and says so. The fleet's ``ansible.timeout`` is 30 s (
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -62,9 +63,14 @@ def measure(tmp: Path, sizes: list[int], reps: int) -> dict[str, Any]:
             config = yaml.safe_load(fleet.config.read_text())
             config["ansible"] = {**config.get("ansible", {}), "timeout": CONNECT_TIMEOUT}
             fleet.config.write_text(yaml.safe_dump(config))
-            results["sizes"][str(hosts)] = size = one_size(fleet, reps, plain=hosts == sizes[0])
-            print(f"bench: {hosts} hosts: " + ", ".join(f"{name} {figures['seconds']:.1f}s"
-                                                        for name, figures in size.items()), flush=True)
+            try:
+                size = one_size(fleet, reps, plain=hosts == sizes[0])
+            except SystemExit as failure:  # the sizes measured so far stand; the report says where it stopped
+                results["failed"] = {"hosts": hosts, "error": str(failure).splitlines()[0]}
+                print(f"bench: {hosts} hosts failed: {failure}", flush=True)
+                break
+            results["sizes"][str(hosts)] = size
+            print(f"bench: {hosts} hosts: {json.dumps(size)}", flush=True)
     return results
 
 
