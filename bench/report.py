@@ -102,7 +102,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
         rows.append((f"every dashboard page (HTML and JSON) < {board['target_ms']:.0f} ms, {board['hosts']} hosts and "
                      f"{board['runs']:,} runs", f"{board['slowest_max_ms']:.0f} ms (slowest request)",
                      board["slowest_max_ms"] < board["target_ms"]))
-    if "scale" in results:
+    if results.get("scale", {}).get("sizes"):
         scale = results["scale"]
         sizes = sorted(scale["sizes"], key=int)
         worst = max((way for way in scale["sizes"][sizes[0]] if way != "ansible-playbook"),
@@ -319,7 +319,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += health_markdown(results["health"])
     if "parallel" in results:
         lines += parallel_markdown(results["parallel"])
-    if "scale" in results:
+    if results.get("scale", {}).get("sizes"):
         lines += scale_markdown(results["scale"])
     if "retention" in results:
         lines += retention_markdown(results["retention"])
