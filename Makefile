@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 # systemd: only its systemd-analyze, which checks the shipped unit offline (nothing starts systemd here);
 # tmux: a real terminal for the tests that read live progress as a person sees it; procps: the tests' pgrep
 SYSTEM_PACKAGES := openssh-server openssh-client git age gnupg util-linux python3-venv sudo python3-apt \
-                   chromium chromium-driver prometheus systemd tmux procps tzdata
+                   chromium chromium-driver prometheus systemd tmux procps tzdata postgresql
 
 .PHONY: demo test lint bench bench-quick system venv clean
 

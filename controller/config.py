@@ -185,6 +185,14 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    """Where the state store is: the state directory's SQLite file, or a PostgreSQL database (``url``) that two
+    bastions share."""
+
+    url: str | None = None  # postgresql://USER@HOST/DB; a password in it or, better, in ~/.pgpass (PGPASSFILE)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole bastion configuration, paths made absolute relative to the file."""
 
@@ -199,6 +207,7 @@ class Config:
     notify: tuple[NotifyTarget, ...] = ()
     ui: UiConfig = field(default_factory=UiConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    state: StateConfig = field(default_factory=StateConfig)
 
     @property
     def state_path(self) -> Path:
@@ -206,7 +215,7 @@ class Config:
 
     @property
     def store_path(self) -> Path:
-        """The state store's file (``Store.of`` opens it)."""
+        """The state store's SQLite file, unless ``state.url`` names a PostgreSQL database (``Store.of``)."""
         return self.state_path / "state.db"
 
     @property
@@ -242,6 +251,9 @@ def load_config(path: Path) -> Config:
         raise ControllerError(Reason.CONFIG_INVALID, f"{path}: retention: keep at least 1h and 100 runs (max_age: "
                                                      f"{config.retention.max_age:g}s, max_runs: "
                                                      f"{config.retention.max_runs})")
+    if config.state.url is not None and not config.state.url.startswith(("postgresql://", "postgres://")):
+        raise ControllerError(Reason.CONFIG_INVALID, f"{path}: state.url: not a PostgreSQL URL (postgresql://USER@HOST"
+                                                     "/DB); leave state.url out for the SQLite file in state_dir")
     if config.source.fetch_timeout < 1:
         raise ControllerError(Reason.CONFIG_INVALID, f"{path}: source.fetch_timeout: must be at least 1s")
     _check_watch(config.watch, path)

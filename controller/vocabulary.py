@@ -271,6 +271,7 @@ class Reason(StrEnum):
     WINDOW_CLOSED = "WindowClosed"  # inside a deny window, or outside every allow window: applies wait
     APPROVAL_REQUIRED = "ApprovalRequired"  # approval: required, and nobody approved this revision yet
     PINNED = "Pinned"  # `controller rollback` pinned the app to an earlier revision: the branch head waits
+    STORE_UNAVAILABLE = "StoreUnavailable"  # the state store's PostgreSQL server cannot be reached
 
 
 class ExitCode(IntEnum):

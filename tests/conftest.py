@@ -24,6 +24,7 @@ from controller.state.store import Store
 from lab import Lab
 from lab.repository import AgeKey, git, make_age_key, sops_encrypt
 from tests.support.leaks import files_containing
+from tests.support.postgres import Postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -111,6 +112,25 @@ def pytest_testnodedown(node: Any) -> None:
 @pytest.fixture(scope="session")
 def age_key(tmp_path_factory: pytest.TempPathFactory) -> AgeKey:
     return make_age_key(tmp_path_factory.mktemp("age"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL server, one per test process, started when a test first asks for it."""
+    server = Postgres().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """Each engine of the state store in turn: None for the SQLite file, else a new PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return None
+    server: Postgres = request.getfixturevalue("postgres")
+    return server.url(f"t{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture

@@ -283,7 +283,8 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
         status, body = request(base + "/healthz")  # the same report as watch's, no token needed
         health = json.loads(body)
         assert status == 200 and set(health) == {"status", "uptime_seconds", "cycles", "running",
-                                                 "last_success_age_seconds", "last_failure"}, health
+                                                 "last_success_age_seconds", "last_failure", "role", "leader"}, health
+        assert (health["role"], health["leader"]) == (None, None)  # a SQLite store: no other bastion to lead
         assert (health["status"], health["running"]) == ("ok", None)
         bearer = {"Authorization": f"Bearer {TOKEN}"}
         status, body = request(base + "/api/apps", headers=bearer)

@@ -17,6 +17,7 @@ import yaml
 from controller.errors import ControllerError
 from controller.report.metrics import Metrics
 from controller.source.apps import load_apps
+from controller.state.store import Store
 from controller.vocabulary import ExitCode
 from tests.conftest import Fleet, write_config
 from tests.support.daemon import daemon, runs, wait_for, watch_config
@@ -153,7 +154,7 @@ def test_health_is_checked_in_the_verify_look_reported_per_host_and_announced_on
                                         if line.startswith("staging ") and "web1" in line] == ["healthy"]
     degraded = [b for b in receiver.bodies if b["event"] == "health-degraded"]
     assert len(degraded) == 1 and degraded[0]["health"]["web2.staging"]["health"] == "unhealthy"
-    exposition = Metrics(fleet.state / "state.db").render()
+    exposition = Metrics(lambda: Store(fleet.state / "state.db")).render()
     assert promtool(exposition) == ""
     assert 'controller_host_healthy{app="staging",host="web1.staging"} 1.0' in exposition.decode()
     assert 'controller_host_healthy{app="staging",host="web2.staging"} 0.0' in exposition.decode()

@@ -1,5 +1,6 @@
-"""Retention in a real SQLite state store: the same run again and again is one row, what matters is never folded
-or pruned, and the rest goes by age and count (the store's own clock stands in for the hours that pass)."""
+"""Retention in a real state store (a SQLite file, a PostgreSQL database): the same run again and again is one
+row, what matters is never folded or pruned, and the rest goes by age and count (the store's own clock stands in
+for the hours that pass)."""
 
 from __future__ import annotations
 
@@ -65,9 +66,9 @@ def rows(store: Store) -> list[tuple[int, int]]:
     return [(r.id, r.folded) for r in reversed(store.runs("web", 100))]
 
 
-def test_the_same_run_again_is_folded_into_it_and_a_changed_one_never(tmp_path: Path) -> None:
+def test_the_same_run_again_is_folded_into_it_and_a_changed_one_never(tmp_path: Path, store_url: str | None) -> None:
     clock = Clock()
-    with Store(tmp_path / "state.db", clock=clock) as store:
+    with Store(tmp_path / "state.db", clock=clock, url=store_url) as store:
         store.record_revision(Revision(SHA, "Release", "Ops <ops@example.com>", clock()))
         synced = record(store, trigger=Trigger.POLL, outcome=Outcome.CONVERGED, drifted=HOSTS, applied=True)
         first = record(store)  # every host verified, in sync after the sync: a state change, kept
@@ -115,9 +116,10 @@ def test_the_same_run_again_is_folded_into_it_and_a_changed_one_never(tmp_path: 
         assert tallies[Kind.SYNC, Outcome.IN_SYNC] == 10 and tallies[Kind.SYNC, Outcome.DRIFTED] == 6
 
 
-def test_retention_prunes_the_unremarkable_by_age_and_count_and_never_the_drift_clock(tmp_path: Path) -> None:
+def test_retention_prunes_the_unremarkable_by_age_and_count_and_never_the_drift_clock(tmp_path: Path,
+                                                                                     store_url: str | None) -> None:
     clock = Clock()
-    with Store(tmp_path / "state.db", RetentionConfig(max_age=3600, max_runs=4), clock=clock) as store:
+    with Store(tmp_path / "state.db", RetentionConfig(max_age=3600, max_runs=4), clock=clock, url=store_url) as store:
         applied = record(store, trigger=Trigger.POLL, outcome=Outcome.CONVERGED, drifted=HOSTS, applied=True)
         drift = record(store, Outcome.DRIFTED, trigger=Trigger.SCHEDULE, drifted=("web2",), checked=HOSTS)
         failed = record(store, Outcome.FAILED, trigger=Trigger.SCHEDULE, reason=Reason.FETCH_FAILED)

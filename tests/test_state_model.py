@@ -244,7 +244,7 @@ def test_a_database_from_the_previous_release_migrates_and_keeps_its_history(tmp
 
 def test_metrics_are_read_from_the_store_and_previews_never_count(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    metrics = Metrics(path)
+    metrics = Metrics(lambda: Store(path))
     before = metrics.render()
     with Store(path) as store:
         preview = store.start_run("staging", "a" * 40, Kind.PREVIEW, "manual", "apply")

@@ -22,6 +22,7 @@ from controller.run.results import AppResult, Request, Result
 from controller.run.schedule import DriftSchedule
 from controller.secrets.sops import read_secret_file
 from controller.source.git import RemoteUrl
+from controller.state.locks import Leadership
 from controller.state.store import Store
 from controller.vocabulary import NO_APP, Mode, Outcome, Provider, Reason, TaskStatus, Trigger, failure
 from controller.web.access import Access
@@ -37,6 +38,9 @@ MAX_SLEEP = 3600.0  # waits are bounded even when nothing is scheduled (math.inf
 LOCK_WAIT = 24 * 3600.0  # the daemon queues behind a manual sync instead of giving up
 # which trigger names the run when several arrived together
 TRIGGER_ORDER = (Trigger.RETRY, Trigger.WEBHOOK, Trigger.PUSH, Trigger.WINDOW, Trigger.POLL)
+# with a PostgreSQL store two bastions share: how often the standby asks for the leader lock, and the leader
+# checks it still holds it (a takeover within about this long of the leader's death)
+LEADER_CHECK = 2.0
 # failures a retry cannot mend: the revision stays refused (unsigned) or halted (its rollout) until the branch moves
 WAIT_FOR_THE_BRANCH = (Reason.VERIFICATION_FAILED, Reason.HEALTH_CHECK_FAILED)
 
@@ -116,8 +120,9 @@ class Watch:
         self.settings = config.watch
         self.triggers = Triggers(config.watch.debounce)
         self.schedule = DriftSchedule.of(config.watch)
-        self.metrics = Metrics(config.store_path)
+        self.metrics = Metrics(lambda: Store.of(config))
         self.health = DaemonHealth()
+        self.leadership = Leadership(config)
         self.listener: Listener | None = None
         self.known_apps: set[str] = set()
         self.failures = 0
@@ -130,9 +135,13 @@ class Watch:
         """Serve until SIGTERM/SIGINT; a cycle in progress is stopped and unwound first."""
         with ExitStack() as stack:
             self._start(stack)
+            stack.callback(self.leadership.close)
             with contextlib.suppress(Interrupted):
                 while not self.cancel():
-                    self._turn()
+                    if self._lead():
+                        self._turn()
+                    else:  # a trigger taken here is not lost: the leader (or this watch, taking over) polls
+                        self.triggers.take(time.monotonic() + LEADER_CHECK)
             self.health.stopping = True
             log.info("stopping: %s", "signal received")
 
@@ -143,7 +152,7 @@ class Watch:
                 access = Access.of(self.config.ui, self.settings.listen)
                 actions = Actions(self.config, LogProgress(), acted=self.triggers.ask)
                 stack.callback(actions.stop)  # after the listener stops: a dashboard sync unwinds
-                dashboard = Dashboard(self.config, access, actions, self.schedule)
+                dashboard = Dashboard(self.config, access, actions, self.schedule, standby=self._standby)
             secrets = self._secrets()
             self.listener = Listener(self.settings.listen, Routes(
                 branch=self.config.source.branch, secrets=secrets, max_body=self.settings.max_body_bytes,
@@ -167,6 +176,26 @@ class Watch:
         verify = f"every {self.settings.verify_interval:g}s" if self.settings.verify_interval else "off"
         log.info("watching %s (%s); polling %s; drift checks %s; verify %s",
                  RemoteUrl.parse(self.config.source.url).shown, self.config.source.branch, poll, drift, verify)
+
+    def _lead(self) -> bool:
+        """Whether this watch leads now; taking over, it reconciles at once what the last leader left."""
+        was = self.health.role
+        leading = self.leadership.leading()
+        if self.leadership.shared:
+            self.health.role = "leader" if leading else "standby"
+            self.health.leader = None if leading else self.leadership.leader()
+            if leading and was != "leader":
+                self.next_poll = time.monotonic()
+            elif not leading and was != "standby":
+                log.info("standing by: %s leads the store; the dashboard here is read-only",
+                         self.health.leader or "another watch")
+        return leading
+
+    def _standby(self) -> str | None:
+        """Why this process's dashboard may not act now (None: it may)."""
+        if self.health.role != "standby":
+            return None
+        return f"this watch stands by: {self.health.leader or 'another watch'} leads the store; act on its dashboard"
 
     def _pushed(self, kind: Trigger, sha: str | None) -> None:
         """A push to the branch: the next cycle reconciles it, and a cycle running now stops what it makes stale
@@ -203,6 +232,8 @@ class Watch:
         # with checks due, only collect what has already arrived; otherwise sleep until something is due
         deadline = time.monotonic() if due_apps else min(self.next_poll, self.retry_at, next_check, self.next_verify,
                                                          self.window_ends)
+        if self.leadership.shared:  # back soon to check the leader lock is still held
+            deadline = min(deadline, time.monotonic() + LEADER_CHECK)
         kinds = self.triggers.take(deadline)
         now = time.monotonic()
         if now >= self.next_poll:

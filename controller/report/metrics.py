@@ -8,8 +8,7 @@ ever added to, so they stay monotonic across restarts. Names and labels are a co
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -28,13 +27,13 @@ from controller.vocabulary import Health, HostState, Kind, Outcome
 
 
 class StoreCollector:
-    """A prometheus_client collector over the state store at ``path``."""
+    """A prometheus_client collector over the state store that ``open_store`` opens."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, open_store: Callable[[], Store]) -> None:
+        self.open_store = open_store
 
     def collect(self) -> Iterator[Metric]:
-        with Store(self.path) as store:
+        with self.open_store() as store:
             tallies = store.run_tallies()
             changes = store.host_changes()
             status = store.status()
@@ -104,9 +103,9 @@ def _app_gauges(status: list[AppStatus], good: dict[str, str]) -> Iterator[Metri
 class Metrics:
     """The /metrics exposition of one state store."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, open_store: Callable[[], Store]) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(StoreCollector(path))
+        self.registry.register(StoreCollector(open_store))
 
     def render(self) -> bytes:
         """The Prometheus text format, read from the store now (blocking: call it off the event loop)."""

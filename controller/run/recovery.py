@@ -8,14 +8,9 @@ from pathlib import Path
 
 from controller.config import Config
 from controller.errors import LockBusy
-from controller.lock import hold
 from controller.secrets.workspace import sweep
+from controller.state.locks import reconcile_turn
 from controller.state.store import Store
-
-
-def lock_path(config: Config) -> Path:
-    """The lock every reconcile of this state directory holds."""
-    return config.state_path / "controller.lock"
 
 
 def recover(config: Config, store: Store, locked: bool = False) -> None:
@@ -28,5 +23,5 @@ def recover(config: Config, store: Store, locked: bool = False) -> None:
     if locked:
         store.interrupt_unfinished()
         return
-    with contextlib.suppress(LockBusy), hold(lock_path(config)):
+    with contextlib.suppress(LockBusy), reconcile_turn(config):
         store.interrupt_unfinished()

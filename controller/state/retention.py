@@ -15,11 +15,12 @@ and newest full check (the drift schedule's clock). Runs recorded before this re
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import timedelta
+from typing import Any
 
 from controller.clock import parse_time
 from controller.config import RetentionConfig
+from controller.state.database import Database
 from controller.vocabulary import Kind, Outcome
 
 # outcomes a run may be unremarkable with: nothing failed, nothing was stopped
@@ -46,7 +47,7 @@ PRUNE_BATCH = 500  # runs deleted per finished run at most
 WINDOW = 2000
 
 
-def settle(db: sqlite3.Connection, run_id: int, retention: RetentionConfig, now: str) -> None:
+def settle(db: Database, run_id: int, retention: RetentionConfig, now: str) -> None:
     """After run ``run_id`` finished (inside its transaction, at ``now``): mark it unremarkable when it found the
     app as the run before it did, fold that run into it when the two are the same, and prune what retention lets
     go."""
@@ -70,7 +71,7 @@ def _kinds(mode: str) -> str:
     return f"('{Kind.PREVIEW}')" if mode == Kind.PREVIEW else f"('{Kind.CHECK}', '{Kind.SYNC}', '{Kind.VERIFY}')"
 
 
-def _state(run: sqlite3.Row) -> tuple[object, ...]:
+def _state(run: Any) -> tuple[object, ...]:
     """What a run found the app's hosts to be: its revision and outcome, and which hosts drifted, failed, were
     unreachable, unhealthy or healthy (the summary's lists, whatever the kind of run)."""
     summary = json.loads(run["summary"])
@@ -78,25 +79,25 @@ def _state(run: sqlite3.Row) -> tuple[object, ...]:
         "drifted", "failed", "unreachable", "unhealthy", "healthy")))
 
 
-def _findings(db: sqlite3.Connection, run_id: int) -> list[tuple[object, ...]]:
+def _findings(db: Database, run_id: int) -> list[tuple[object, ...]]:
     """Each task a run recorded (changed, failed, unverified: what it found), with its diff and message."""
     return [tuple(row) for row in db.execute(
         "SELECT host, task, action, status, diff, message FROM task_results WHERE run_id = ? ORDER BY 1, 2, 3, 4",
         (run_id,))]
 
 
-def _same(db: sqlite3.Connection, run: sqlite3.Row, previous: sqlite3.Row) -> bool:
+def _same(db: Database, run: Any, previous: Any) -> bool:
     if any(run[column] != previous[column] for column in SAME):
         return False
     results = "SELECT phase, host, status, changed, unverified FROM host_results WHERE run_id = ? ORDER BY 1, 2"
     return db.execute(results, (run["id"],)).fetchall() == db.execute(results, (previous["id"],)).fetchall()
 
 
-def _referenced(db: sqlite3.Connection, run_id: int) -> bool:
+def _referenced(db: Database, run_id: int) -> bool:
     return db.execute(f"SELECT 1 FROM runs WHERE id = ? AND ({NAMED})", (run_id,)).fetchone() is not None
 
 
-def _prune(db: sqlite3.Connection, retention: RetentionConfig, now: str) -> None:
+def _prune(db: Database, retention: RetentionConfig, now: str) -> None:
     """Delete the unremarkable runs older than ``max_age`` or beyond the newest ``max_runs`` of them."""
     cutoff = (parse_time(now) - timedelta(seconds=retention.max_age)).isoformat(timespec="seconds")
     bound = db.execute("SELECT id FROM runs WHERE kept = 0 ORDER BY id DESC LIMIT 1 OFFSET ?",
@@ -126,7 +127,7 @@ def _full(table: str) -> str:
     return f"{table}.mode IN ('{Kind.CHECK}', '{Kind.SYNC}') AND {fully_checked(table)}"
 
 
-def _delete(db: sqlite3.Connection, runs: list[int]) -> None:
+def _delete(db: Database, runs: list[int]) -> None:
     """Runs and their results (none of them referenced: see REFERENCED)."""
     if not runs:
         return

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from controller.ansible.results import TaskResult
-from controller.clock import now
+from controller.clock import now, parse_time
 from controller.config import Config, RetentionConfig
 from controller.errors import ControllerError
 from controller.source.revision import Revision
+from controller.state.database import Database, Rows, StoreError, open_database
 from controller.state.migrations import BUCKET_COLUMNS, migrate
 from controller.state.records import (
     Approved,
@@ -63,35 +63,35 @@ def private_directory(path: Path) -> None:
 
 
 class Store:
-    """A thin typed layer over the SQLite file; every value it holds is already redacted."""
+    """A thin typed layer over the store's database; every value it holds is already redacted."""
 
-    def __init__(self, path: Path, retention: RetentionConfig | None = None, clock: Callable[[], str] = now) -> None:
-        """Open (creating and migrating) the store at ``path``; ``clock`` stamps what it records (a generated
-        history in the benchmarks runs its own)."""
-        self.path = path
+    def __init__(self, path: Path, retention: RetentionConfig | None = None, clock: Callable[[], str] = now, *,
+                 url: str | None = None) -> None:
+        """Open (creating and migrating) the store: the SQLite file ``path``, or the PostgreSQL database at ``url``
+        when given; ``clock`` stamps what it records (a generated history in the benchmarks runs its own)."""
         self.retention = retention or RetentionConfig()
         self.now = clock
-        private_directory(path.parent)
+        self._clocks: dict[int, float] = {}  # run -> monotonic start, for runs this process started
+        if url is None:
+            private_directory(path.parent)
+        self.db: Database = open_database(path, url)
         try:
-            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self._clocks: dict[int, float] = {}  # run -> monotonic start, for runs this process started
-            for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-                if name.exists():
-                    name.chmod(0o600)  # whatever the umask: runs hold hostnames, diffs, masked or not
-            migrate(self.db, self._transaction, path)
-        except sqlite3.DatabaseError as exc:
-            raise ControllerError(Reason.CONFIG_INVALID, f"state store {path}: {exc}") from exc
+            if url is None:
+                for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                    if name.exists():
+                        name.chmod(0o600)  # whatever the umask: runs hold hostnames, diffs, masked or not
+            migrate(self.db)
+        except StoreError as exc:
+            self.db.close()
+            raise ControllerError(Reason.CONFIG_INVALID, f"state store {self.db.where}: {exc}") from exc
         except ControllerError:
             self.db.close()
             raise
 
     @classmethod
     def of(cls, config: Config) -> Store:
-        """The store of the configured state directory."""
-        return cls(config.store_path, config.retention)
+        """The configured store: ``state.url``'s PostgreSQL database, else the state directory's SQLite file."""
+        return cls(config.store_path, config.retention, url=config.state.url)
 
     def close(self) -> None:
         self.db.close()
@@ -102,33 +102,26 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[Database]:
+        return self.db.transaction()
 
     # -- writing -------------------------------------------------------------
     def record_revision(self, revision: Revision) -> None:
-        self.db.execute("INSERT OR IGNORE INTO revisions VALUES (?, ?, ?, ?, ?)",
+        self.db.execute("INSERT INTO revisions VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                         (revision.sha, revision.subject, revision.author, revision.committed_at, self.now()))
 
     def start_run(self, app: str, revision: str | None, kind: Kind, trigger: Trigger,
                   policy: Policy | None = None) -> int:
         """Record a run as started; ``policy`` is the app's in gitops.yml (None: not read yet)."""
-        cursor = self.db.execute(
-            "INSERT INTO runs (app, revision, mode, trigger, started, policy) VALUES (?, ?, ?, ?, ?, ?)",
-            (app, revision, kind, trigger, self.now(), policy))
-        run_id = int(cursor.lastrowid or 0)
+        run_id = _inserted(self.db.execute(
+            "INSERT INTO runs (app, revision, mode, trigger, started, policy) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            (app, revision, kind, trigger, self.now(), policy)))
         self._clocks[run_id] = time.monotonic()
         return run_id
     def add_report(self, run_id: int, phase: str, report: Report) -> None:
         with self._transaction() as db:
-            db.executemany("INSERT INTO host_results VALUES (?, ?, ?, ?, ?, ?)",
+            db.executemany("INSERT INTO host_results (run_id, phase, host, status, changed, unverified)"
+                           " VALUES (?, ?, ?, ?, ?, ?)",
                            [(run_id, phase, h.host, h.status, h.changed, h.unverified) for h in report.hosts])
             db.executemany(
                 "INSERT INTO task_results (run_id, phase, host, task, action, status, diff, message)"
@@ -152,7 +145,8 @@ class Store:
     def set_live_rollout(self, run_id: int, rollout: dict[str, Any]) -> None:
         """A running rollout as it stands now (``Staged.summary``), replacing what it was."""
         self.db.execute("INSERT INTO live_rollouts VALUES (?, ?, 1) ON CONFLICT (run_id) DO UPDATE"
-                        " SET rollout = excluded.rollout, changes = changes + 1", (run_id, json.dumps(rollout)))
+                        " SET rollout = excluded.rollout, changes = live_rollouts.changes + 1",
+                        (run_id, json.dumps(rollout)))
 
     def live_rollout(self, run_id: int) -> dict[str, Any] | None:
         """A running run's rollout as it stands (None: none in batches, or the run finished)."""
@@ -167,23 +161,29 @@ class Store:
         with self._transaction() as db:  # its live task results go as it ends
             db.execute("DELETE FROM live_tasks WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM live_rollouts WHERE run_id = ?", (run_id,))
+            if seconds is None:  # started by another process: to the second, from the times
+                seconds = _between(db.execute("SELECT started FROM runs WHERE id = ?", (run_id,)).fetchone()[0],
+                                   finished)
             db.execute(
-                "UPDATE runs SET finished = ?1, outcome = ?2, reason = ?3, message = ?4, applied = ?5, summary = ?6,"
-                " verified = ?7, seconds = COALESCE(?8, (julianday(?1) - julianday(started)) * 86400) WHERE id = ?9",
+                "UPDATE runs SET finished = ?, outcome = ?, reason = ?, message = ?, applied = ?, summary = ?,"
+                " verified = ?, seconds = ? WHERE id = ?",
                 (finished, outcome.value, reason.value if reason else None, message, int(applied),
                  json.dumps(summary), verified, seconds, run_id))
             settle(db, run_id, self.retention, finished)
 
     def interrupt_unfinished(self) -> int:
         """Mark runs left running by a controller that was killed; only call while holding the lock."""
+        stamp = self.now()
         with self._transaction() as db:
             db.execute("DELETE FROM live_tasks")
             db.execute("DELETE FROM live_rollouts")
-            return db.execute(
-                "UPDATE runs SET finished = ?1, outcome = ?2, reason = ?3, message = ?4,"
-                " seconds = (julianday(?1) - julianday(started)) * 86400 WHERE finished IS NULL",
-                (self.now(), Outcome.INTERRUPTED.value, Reason.INTERRUPTED.value,
-                 "the controller was killed before this run finished; its workspace was wiped")).rowcount
+            left = db.execute("SELECT id, started FROM runs WHERE finished IS NULL").fetchall()
+            db.executemany("UPDATE runs SET finished = ?, outcome = ?, reason = ?, message = ?, seconds = ?"
+                           " WHERE id = ?",
+                           [(stamp, Outcome.INTERRUPTED, Reason.INTERRUPTED,
+                             "the controller was killed before this run finished; its workspace was wiped",
+                             _between(row["started"], stamp), row["id"]) for row in left])
+            return len(left)
 
     def record_hosts(self, app: str, run_id: int, states: Mapping[str, HostState], applied: list[str],
                      revision: str, *, every_host: bool = True, moved: Collection[str] = ()) -> None:
@@ -198,7 +198,7 @@ class Store:
                 db.execute(
                     "INSERT INTO hosts (app, host, state, since, run_id) VALUES (?, ?, ?, ?, ?)"
                     " ON CONFLICT (app, host) DO UPDATE SET run_id = excluded.run_id,"
-                    " since = CASE WHEN state = excluded.state THEN since ELSE excluded.since END,"
+                    " since = CASE WHEN hosts.state = excluded.state THEN hosts.since ELSE excluded.since END,"
                     " state = excluded.state", (app, host, state, stamp, run_id))
             db.executemany("UPDATE hosts SET revision = ?, applied_at = ? WHERE app = ? AND host = ?",
                            [(revision, stamp, app, host) for host in applied])
@@ -229,15 +229,17 @@ class Store:
                     degraded.append(host)
                 elif there.health is Health.HEALTHY and old == Health.UNHEALTHY:
                     recovered.append(host)
-                db.execute("UPDATE hosts SET health_since = CASE WHEN health IS ? THEN health_since ELSE ? END,"
+                db.execute("UPDATE hosts SET health_since = CASE WHEN health IS NOT DISTINCT FROM ? THEN health_since"
+                           " ELSE ? END,"
                            " health = ?, health_detail = ? WHERE app = ? AND host = ?",
                            (there.health, stamp, there.health, there.detail, app, host))
         return degraded, recovered
 
     def halt(self, app: str, revision: str, run_id: int, last_good: str | None, detail: str) -> None:
         """Remember that ``revision``'s rollout halted on ``app`` (again: the newest run and detail)."""
-        self.db.execute("INSERT OR REPLACE INTO halts VALUES (?, ?, ?, ?, ?, ?)",
-                        (app, revision, run_id, self.now(), last_good, detail))
+        self.db.execute("INSERT INTO halts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (app, revision) DO UPDATE SET"
+                        " run_id = excluded.run_id, since = excluded.since, last_good = excluded.last_good,"
+                        " detail = excluded.detail", (app, revision, run_id, self.now(), last_good, detail))
 
     def clear_halts(self, app: str) -> None:
         """A rollout of ``app`` completed: the revisions halted before are history, not holds."""
@@ -252,7 +254,9 @@ class Store:
     def pin(self, app: str, revision: str, rolled_back_from: str, run_id: int, by: str, reason: str) -> None:
         """Keep ``app`` at ``revision`` (a rollback's, audited with its run) until the branch moves past
         ``rolled_back_from``."""
-        self.db.execute("INSERT OR REPLACE INTO pins VALUES (?, ?, ?, ?, ?, ?, ?)",
+        self.db.execute("INSERT INTO pins VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (app) DO UPDATE SET"
+                        ' revision = excluded.revision, rolled_back_from = excluded.rolled_back_from,'
+                        ' run_id = excluded.run_id, "by" = excluded."by", at = excluded.at, reason = excluded.reason',
                         (app, revision, rolled_back_from, run_id, by, self.now(), reason))
 
     def pinned(self, app: str) -> Pin | None:
@@ -273,10 +277,9 @@ class Store:
     def record_act(self, act: Act, app: str, who: str, reason: str = "", *, revision: str | None = None,
                    run_id: int | None = None) -> int:
         """Add what ``who`` did to ``app`` to the audit trail; its entry's id."""
-        cursor = self.db.execute("INSERT INTO audit (at, who, act, app, revision, reason, run_id)"
-                                 " VALUES (?, ?, ?, ?, ?, ?, ?)", (self.now(), who, act, app, revision, reason, run_id))
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        return _inserted(self.db.execute("INSERT INTO audit (at, who, act, app, revision, reason, run_id)"
+                                         " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                                         (self.now(), who, act, app, revision, reason, run_id)))
 
     def link_act(self, entry: int, run_id: int) -> None:
         """The run an audit entry (a dashboard's Sync now) started, once it has one."""
@@ -302,7 +305,8 @@ class Store:
         with self._transaction() as db:
             if every_host:
                 db.execute("DELETE FROM manifests WHERE app = ?", (app,))
-            db.executemany("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?, ?)", [
+            db.executemany("INSERT INTO manifests VALUES (?, ?, ?, ?, ?) ON CONFLICT (app, host) DO UPDATE SET"
+                           " digest = excluded.digest, recorded = excluded.recorded, body = excluded.body", [
                 (app, host, m.digest if m else "", self.now(), m.to_json() if m else None)
                 for host, m in manifests.items()])
 
@@ -310,7 +314,9 @@ class Store:
         """Retire the apps no longer in gitops.yml at ``revision`` (history stays); return them."""
         gone = [app for app in self.apps() if app not in present]
         with self._transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO retired VALUES (?, ?, ?)", [(a, self.now(), revision) for a in gone])
+            db.executemany("INSERT INTO retired VALUES (?, ?, ?) ON CONFLICT (app) DO UPDATE SET"
+                           " since = excluded.since, revision = excluded.revision",
+                           [(a, self.now(), revision) for a in gone])
             db.executemany("DELETE FROM retired WHERE app = ?", [(a,) for a in present])
         return gone
 
@@ -338,7 +344,7 @@ class Store:
         """Let the next sync apply ``revision`` of ``app``; approving it again keeps the first approval (and is
         not audited again)."""
         with self._transaction() as db:
-            if db.execute("INSERT OR IGNORE INTO approvals VALUES (?, ?, ?, ?, ?)",
+            if db.execute("INSERT INTO approvals VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                           (app, revision, who, self.now(), reason)).rowcount:
                 self.record_act(Act.APPROVE, app, who, reason, revision=revision)
         found = self.approval(app, revision)
@@ -348,7 +354,7 @@ class Store:
     def require_approval(self, app: str, required: bool) -> None:
         """Remember whether the revision just applied to ``app`` required approvals (the next one needs one if so)."""
         if required:
-            self.db.execute("INSERT OR IGNORE INTO approval_required VALUES (?, ?)", (app, self.now()))
+            self.db.execute("INSERT INTO approval_required VALUES (?, ?) ON CONFLICT DO NOTHING", (app, self.now()))
         else:
             self.db.execute("DELETE FROM approval_required WHERE app = ?", (app,))
 
@@ -432,14 +438,14 @@ class Store:
         ends), or an app is suspended or resumed: live pages compare it to know when to refresh."""
         row = self.db.execute(
             "SELECT (SELECT MAX(id) FROM runs), (SELECT COUNT(*) FROM runs WHERE finished IS NULL),"
-            " (SELECT MAX(run_id) FROM hosts), (SELECT group_concat(app || since) FROM suspensions)").fetchone()
-        return ":".join(str(value) for value in row)
+            " (SELECT MAX(run_id) FROM hosts)").fetchone()
+        return ":".join([*(str(value) for value in row), *(app + s.since for app, s in self.suspensions().items())])
 
     def live_stamp(self, run_id: int) -> str:
         """How many task results a running run has had so far, and how many times its rollout moved on (0 once
         it ended: they go with it)."""
-        row = self.db.execute("SELECT (SELECT COUNT(*) FROM live_tasks WHERE run_id = ?1),"
-                              " (SELECT changes FROM live_rollouts WHERE run_id = ?1)", (run_id,)).fetchone()
+        row = self.db.execute("SELECT (SELECT COUNT(*) FROM live_tasks WHERE run_id = ?),"
+                              " (SELECT changes FROM live_rollouts WHERE run_id = ?)", (run_id, run_id)).fetchone()
         return f"{row[0]}:{row[1] or 0}"
 
     def run(self, run_id: int) -> RunDetail | None:
@@ -447,8 +453,9 @@ class Store:
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             return None
-        hosts = self.db.execute("SELECT * FROM host_results WHERE run_id = ? ORDER BY rowid", (run_id,))
-        tasks = self.db.execute("SELECT * FROM task_results WHERE run_id = ? ORDER BY rowid", (run_id,))
+        hosts = self.db.execute(f"SELECT * FROM host_results WHERE run_id = ? ORDER BY {self.db.recorded_order}",
+                                (run_id,)).fetchall()
+        tasks = self.db.execute("SELECT * FROM task_results WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
         return RunDetail(
             _run(row),
             tuple(HostResult(Phase(h["phase"]), h["host"], TaskStatus(h["status"]), h["changed"], h["unverified"])
@@ -559,11 +566,11 @@ class Store:
     def awaiting_approval(self, app: str) -> str | None:
         """The revision ``app``'s latest finished sync held for approval (whatever else it found: a host
         unreachable, a failure), while nobody has approved it."""
-        row = self.db.execute("SELECT revision FROM runs WHERE app = ? AND mode = ? AND finished IS NOT NULL"
-                              " AND json_extract(summary, '$.approval.waiting') IS NOT NULL"
-                              " AND id = (SELECT MAX(id) FROM runs WHERE app = ?1 AND mode = ?2"
-                              " AND finished IS NOT NULL)", (app, Kind.SYNC)).fetchone()
-        return None if row is None or self.approval(app, row[0]) else str(row[0])
+        row = self.db.execute("SELECT revision, summary FROM runs WHERE app = ? AND mode = ? AND finished IS NOT NULL"
+                              " ORDER BY id DESC LIMIT 1", (app, Kind.SYNC)).fetchone()
+        if row is None or (json.loads(row["summary"]).get("approval") or {}).get("waiting") is None:
+            return None
+        return None if self.approval(app, row[0]) else str(row[0])
 
     def revisions_named(self, app: str, prefix: str) -> list[str]:
         """The revisions ``app``'s syncs checked whose sha starts with ``prefix`` (a short sha)."""
@@ -578,7 +585,7 @@ class Store:
             else None
 
 
-def _run(row: sqlite3.Row) -> RunRecord:
+def _run(row: Any) -> RunRecord:
     return RunRecord(
         id=row["id"], app=row["app"], revision=row["revision"], kind=Kind(row["mode"]), trigger=Trigger(row["trigger"]),
         started=row["started"], finished=row["finished"], outcome=_optional(Outcome, row["outcome"]),
@@ -590,3 +597,13 @@ def _run(row: sqlite3.Row) -> RunRecord:
 
 def _optional(kind: type[E], value: str | None) -> E | None:
     return None if value is None else kind(value)
+
+
+def _inserted(rows: Rows) -> int:
+    """The id an ``INSERT ... RETURNING id`` gave (its rows read to the end, so that the statement is done)."""
+    return int(rows.fetchall()[0][0])
+
+
+def _between(started: str, finished: str) -> float:
+    """Seconds from one stored time to another (to the second, as stored)."""
+    return (parse_time(finished) - parse_time(started)).total_seconds()

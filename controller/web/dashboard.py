@@ -88,10 +88,13 @@ class NotFound(Exception):
 class Dashboard:
     """Routes requests to views; ``handle`` runs on a page worker thread."""
 
-    def __init__(self, config: Config, access: Access, actions: Actions, schedule: DriftSchedule | None) -> None:
+    def __init__(self, config: Config, access: Access, actions: Actions, schedule: DriftSchedule | None,
+                 standby: Callable[[], str | None] = lambda: None) -> None:
         """``schedule``: the drift checks the daemon serving these pages runs; None under ``serve``, where
-        nothing here runs one (cron or a person does), so no page promises a next check."""
+        nothing here runs one (cron or a person does), so no page promises a next check. ``standby``: why the
+        pages may not act now (a watch standing by for another bastion's), None when they may."""
         self.config = config
+        self.standby = standby
         self.access = access
         self.actions = actions
         self.throttle = Throttle()
@@ -154,7 +157,8 @@ class Dashboard:
         notice = parse_qs(request.query).get("notice", [""])[0]
         html = self.env.get_template(f"{name}.html").render(
             **facts, stamp=stamp, busy=busy, running_runs=running_runs, csrf=self.access.csrf, poll=POLL_SECONDS,
-            notice=NOTICES.get(notice), login=self.access.protected, holder=holder, outcomes=OUTCOMES,
+            notice=NOTICES.get(notice), standby=self.standby(), login=self.access.protected, holder=holder,
+            outcomes=OUTCOMES,
             triggers=tuple(Trigger),
             kinds=tuple(Kind), states=(RUNNING, *HostState, Outcome.CONVERGED, Outcome.INTERRUPTED))
         return self.reply(200, html.encode(), "text/html; charset=utf-8", self.access.cookie_headers())
@@ -175,6 +179,10 @@ class Dashboard:
         if why is not None:
             log.warning("ui: %r from %s refused: %s", request.path, request.client, why)  # repr: no control codes
             return self.error(request, 403, why)
+        standby = self.standby()
+        if standby is not None:
+            log.info("ui: %r from %s refused: %s", request.path, request.client, standby)
+            return self.error(request, 503, standby)
         app, verb = unquote(match.group(1)), Action(match.group(2))
         host = form.get("host") or None  # sync or check one host: a host of the app, never a pattern
         with Store.of(self.config) as store:
@@ -414,7 +422,7 @@ def serve(config: Config, listen: HostPort, cancel: Cancel, progress: Progress) 
 
     listener = Listener(listen, Routes(branch=config.source.branch, secrets={}, max_body=0,
                                        on_push=lambda provider, sha: None,
-                                       health=health.report, metrics=Metrics(config.store_path).render,
+                                       health=health.report, metrics=Metrics(lambda: Store.of(config)).render,
                                        pages=dashboard.handle, summarise=dashboard.summarise))
     with Store.of(config) as store:
         recover(config, store)

@@ -20,6 +20,8 @@ class DaemonHealth:
     last_failure: str | None = None
     stopping: bool = False
     running_now: Callable[[], str | None] | None = None  # serve: what its dashboard is running, asked at each call
+    role: str | None = None  # watch on a PostgreSQL store two bastions share: leader or standby
+    leader: str | None = None  # standing by: who leads, as its connection names itself
 
     def report(self) -> tuple[int, dict[str, Any]]:
         age = None if self.last_success is None else round(time.time() - self.last_success, 1)
@@ -30,4 +32,6 @@ class DaemonHealth:
             "running": self.running_now() if self.running_now else self.running,
             "last_success_age_seconds": age,
             "last_failure": self.last_failure,
+            "role": self.role,
+            "leader": self.leader,
         }
