@@ -26,7 +26,7 @@ test: system venv  ## lint, type-check, then the whole test suite against real h
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
-bench: system venv  ## measure against plain Ansible at 10 and 50 hosts (about 80 minutes); writes docs/benchmarks.*
+bench: system venv  ## against plain Ansible at 10 and 50 hosts, then one bastion at 50, 200 and 500 (about 3.5 hours); writes docs/benchmarks.*
 	$(VENV)/bin/pip install -q -e '.[dev,bench]'
 	$(PY) -m bench
 

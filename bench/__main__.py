@@ -17,7 +17,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import bigrepo, dashboard, latency, report
+from bench import bigrepo, dashboard, latency, report, scale
 from bench.fleet import BenchFleet
 from bench.ways import Timing, ansible_playbook, controller, raw_runner, verify_look
 from lab import Lab
@@ -35,19 +35,25 @@ def main() -> None:
     parser.add_argument("--slow-reps", type=int, default=2,
                         help="repetitions of the two plain ansible-playbook ways (default 2: at 50 hosts one "
                              "run with Ansible's defaults takes about nine minutes)")
+    parser.add_argument("--scale", default=None,
+                        help="fleet sizes of one bastion's scale run, one repetition each (default 50,200,500: "
+                             "about two hours; quick 3,10; none to skip it)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where the results go")
     args = parser.parse_args()
     sizes = [int(n) for n in (args.hosts or ("3,10" if args.quick else "10,50")).split(",")]
     reps = args.reps or (1 if args.quick else 3)
+    grown = args.scale or ("3,10" if args.quick else "50,200,500")
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        results = run(Path(tmp), sizes, reps, min(args.slow_reps, reps), quick=args.quick)
+        results = run(Path(tmp), sizes, reps, min(args.slow_reps, reps), quick=args.quick,
+                      scale_sizes=[] if grown == "none" else [int(n) for n in grown.split(",")])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks.json").write_text(json.dumps(results, indent=2) + "\n")
     report.write(results, args.out)
     print(f"wrote {args.out / 'benchmarks.md'}, benchmarks.png, benchmarks.json")
 
 
-def run(tmp: Path, sizes: list[int], reps: int, slow_reps: int, *, quick: bool) -> dict[str, Any]:
+def run(tmp: Path, sizes: list[int], reps: int, slow_reps: int, *, quick: bool,
+        scale_sizes: list[int]) -> dict[str, Any]:
     started = time.time()
     load = [round(x, 1) for x in os.getloadavg()]  # other work on the machine shows in every way's times
     key = make_age_key(tmp / "age")
@@ -88,6 +94,9 @@ def run(tmp: Path, sizes: list[int], reps: int, slow_reps: int, *, quick: bool) 
                              **bigrepo.fetch_and_snapshot(tmp / "large", files, commits, max(reps, 3))}
     _say("dashboard: every page at 50 hosts and 5,000 runs")
     results["dashboard"] = dashboard.measure(tmp / "dashboard")
+    if scale_sizes:
+        _say(f"scale: {', '.join(map(str, scale_sizes))} hosts, one run each way")
+        results["scale"] = scale.measure(tmp / "scale", scale_sizes, 1)
     results["duration_minutes"] = round((time.time() - started) / 60, 1)
     results["load"] = {"start": load, "end": [round(x, 1) for x in os.getloadavg()]}
     return results

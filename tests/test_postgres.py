@@ -1,6 +1,6 @@
 """The state store on a real PostgreSQL server (Debian's package, started by the tests): the same calls give the
-same answers as on the SQLite file, a fleet syncs and verifies with its state there, a store that cannot be
-reached is one line whose URL keeps its password masked, and two watch daemons on one store make an HA pair."""
+same answers as on the SQLite file, a store that cannot be reached is one line whose URL keeps its password
+masked, and two watch daemons on one store make an HA pair that reconciles, and verifies, from it."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from controller.verify.drift import HostReport, Report
 from controller.verify.health import CheckResult, HostHealth
 from controller.verify.manifest import Entry, Manifest
 from controller.vocabulary import Act, Health, HostState, Kind, Outcome, Phase, Policy, Reason, TaskStatus, Trigger
-from tests.conftest import BIN, Fleet, bump_version, write_config
+from tests.conftest import BIN, Fleet, bump_version
 from tests.support.daemon import daemon, free_port, version_is, wait_for, watch_config
 from tests.support.postgres import PASSWORD, Postgres
 from tests.test_retention import Clock
@@ -144,32 +144,6 @@ def test_the_same_calls_give_the_same_answers_on_sqlite_and_postgresql(tmp_path:
     assert [h.host for h in detail.hosts][:3] == list(reversed(HOSTS))
 
 
-def pg_config(fleet: Fleet, url: str) -> None:
-    write_config(fleet, state={"url": url})
-
-
-def test_a_fleet_syncs_and_verifies_with_its_state_in_postgresql(converged: Fleet, postgres: Postgres) -> None:
-    url = postgres.url("fleet")
-    pg_config(converged, url)
-    (converged.state / "state.db").unlink()  # the converged copy's SQLite history: not where this one goes
-    synced = converged.controller("sync", "--json")
-    assert synced.returncode == 0, synced.stderr
-    looked = converged.controller("verify", "--json")
-    assert looked.returncode == 0, looked.stderr
-    [app] = json.loads(looked.stdout)["apps"]
-    assert [v["verified"] for v in app["verify"]] == [True, True]  # the sync's manifests, read back from PostgreSQL
-    shown = converged.controller("history", "--json")
-    assert [r["mode"] for r in json.loads(shown.stdout)] == ["verify", "sync"]
-    assert not (converged.state / "state.db").exists()
-    with psycopg.connect(url) as db:
-        assert db.execute("SELECT COUNT(*) FROM runs").fetchone() == (2,)
-        everything = "\n".join(str(row) for table in ("runs", "task_results", "manifests", "hosts", "audit")
-                               for row in db.execute(f"SELECT * FROM {table}"))
-    for text in (synced.stdout, synced.stderr, looked.stdout, shown.stdout, everything):
-        assert PASSWORD not in text
-    assert not any(plaintext in everything for plaintext in converged.secrets.values())
-
-
 def test_a_store_that_cannot_be_reached_is_one_line_with_the_password_masked(tmp_path: Path,
                                                                              postgres: Postgres) -> None:
     config = tmp_path / "controller.yml"
@@ -258,3 +232,14 @@ def test_two_watches_on_one_postgresql_store_one_leads_and_the_other_takes_over_
     assert all(r["outcome"] not in (None, "interrupted") for r in found), found  # nothing left running or lost
     took_over = next(r for r in found if r["applied"])
     assert parse_time(took_over["started"]).timestamp() - killed < 15
+
+    # the manifests the new leader's sync recorded, read back from PostgreSQL: one look per host
+    looked = second.controller("verify", "--json")
+    [app] = json.loads(looked.stdout)["apps"]
+    assert looked.returncode == 0 and [v["verified"] for v in app["verify"]] == [True, True], looked.stdout
+    assert not any(b.state.joinpath("state.db").exists() for b in (converged, first, second))
+    with psycopg.connect(url) as db:
+        everything = "\n".join(str(row) for table in ("runs", "task_results", "manifests", "hosts", "audit")
+                               for row in db.execute(f"SELECT * FROM {table}"))
+    assert "web1.staging" in everything and PASSWORD not in everything + looked.stdout + standby.log()
+    assert not any(plaintext in everything for plaintext in converged.secrets.values())
