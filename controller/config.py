@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Self, get_args
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from cronsim import CronSim, CronSimError
 
@@ -251,9 +251,7 @@ def load_config(path: Path) -> Config:
         raise ControllerError(Reason.CONFIG_INVALID, f"{path}: retention: keep at least 1h and 100 runs (max_age: "
                                                      f"{config.retention.max_age:g}s, max_runs: "
                                                      f"{config.retention.max_runs})")
-    if config.state.url is not None and not config.state.url.startswith(("postgresql://", "postgres://")):
-        raise ControllerError(Reason.CONFIG_INVALID, f"{path}: state.url: not a PostgreSQL URL (postgresql://USER@HOST"
-                                                     "/DB); leave state.url out for the SQLite file in state_dir")
+    _check_state_url(config.state.url, path)
     if config.source.fetch_timeout < 1:
         raise ControllerError(Reason.CONFIG_INVALID, f"{path}: source.fetch_timeout: must be at least 1s")
     _check_watch(config.watch, path)
@@ -294,6 +292,17 @@ def load_config(path: Path) -> Config:
                    tokens=tuple(replace(t, file=str(absolute(t.file))) for t in config.ui.tokens),
                    external_url=config.ui.external_url and config.ui.external_url.rstrip("/")),
     )
+
+
+def _check_state_url(url: str | None, path: Path) -> None:
+    if url is None:
+        return
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ControllerError(Reason.CONFIG_INVALID, f"{path}: state.url: not a PostgreSQL URL (postgresql://USER@HOST"
+                                                     "/DB); leave state.url out for the SQLite file in state_dir")
+    if "password" in parse_qs(urlsplit(url).query):  # it would be shown wherever the store is named
+        raise ControllerError(Reason.CONFIG_INVALID, f"{path}: state.url: a password in the query string; keep it in "
+                                                     "a passfile (?passfile=/var/lib/controller/.pgpass) or ~/.pgpass")
 
 
 def _check_watch(watch: WatchConfig, path: Path) -> None:

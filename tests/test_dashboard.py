@@ -147,7 +147,8 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path,
         assert fleet.controller("check").returncode == 2
         check = next(r for r in fleet.runs() if r["app"] == "staging")
 
-        browser.find_element(By.LINK_TEXT, "staging").click()
+        # the link again if the fleet page's live update (the check just recorded) swapped it out just before
+        until(browser, 10, lambda d: d.find_element(By.LINK_TEXT, "staging").click() or True)
         until(browser, 10, lambda d: host_state(d, "web1.staging") == "drifted")  # a click does not wait for the page
         assert host_state(browser, "web2.staging") == "in-sync"
         # the app's page shows that check's drift inline, diff and all

@@ -123,6 +123,8 @@ class Watch:
         self.metrics = Metrics(lambda: Store.of(config))
         self.health = DaemonHealth()
         self.leadership = Leadership(config)
+        self.health.role = "standby" if self.leadership.shared else None  # until it knows it leads
+        self.was: str | None = None  # the role last taken (and logged)
         self.listener: Listener | None = None
         self.known_apps: set[str] = set()
         self.failures = 0
@@ -179,22 +181,26 @@ class Watch:
 
     def _lead(self) -> bool:
         """Whether this watch leads now; taking over, it reconciles at once what the last leader left."""
-        was = self.health.role
         leading = self.leadership.leading()
+        if self.leadership.problem:
+            self.health.last_failure = self.leadership.problem
         if self.leadership.shared:
-            self.health.role = "leader" if leading else "standby"
+            role = "leader" if leading else "standby"
             self.health.leader = None if leading else self.leadership.leader()
-            if leading and was != "leader":
+            if leading and self.was != role:
                 self.next_poll = time.monotonic()
-            elif not leading and was != "standby":
-                log.info("standing by: %s leads the store; the dashboard here is read-only",
-                         self.health.leader or "another watch")
+            elif not leading and self.was != role:
+                log.info("standing by: %s; the dashboard here is read-only",
+                         self.leadership.problem or f"{self.health.leader or 'another watch'} leads the store")
+            self.health.role = self.was = role
         return leading
 
     def _standby(self) -> str | None:
         """Why this process's dashboard may not act now (None: it may)."""
         if self.health.role != "standby":
             return None
+        if self.leadership.problem:
+            return f"this watch stands by: {self.leadership.problem}"
         return f"this watch stands by: {self.health.leader or 'another watch'} leads the store; act on its dashboard"
 
     def _pushed(self, kind: Trigger, sha: str | None) -> None:
@@ -251,9 +257,11 @@ class Watch:
             # asked for on the dashboard among them)
             self._cycle(Request(Mode.SYNC, trigger=trigger, only_if_changed=trigger is not Trigger.RETRY))
         for app in sorted(asked) if not others else ():
+            if not self._lead():
+                return
             self._cycle(Request(Mode.SYNC, app=app, trigger=Trigger.UI, only_if_changed=True))
         for app in due_apps if self.retry_at == math.inf else ():  # while backing off, the retry comes first
-            if self.cancel() or self.triggers.waiting:  # a push first: the next turn fetches it
+            if self.cancel() or self.triggers.waiting or not self._lead():  # a push first: the next turn fetches it
                 return
             self._cycle(Request(Mode.SYNC, app=app, trigger=Trigger.SCHEDULE, fetch=False))
         if not kinds and not due_apps and self.retry_at == math.inf and time.monotonic() >= self.next_verify:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -25,6 +24,7 @@ from controller.run.windows import closed
 from controller.source.apps import App, Window
 from controller.source.git import Source
 from controller.source.revision import Revision
+from controller.state.database import StoreError
 from controller.state.records import Halt, HostRecord, Pin
 from controller.state.store import Store
 from controller.verify.drift import Report, decide, host_states, merged, report, settle
@@ -422,7 +422,7 @@ class AppRun:
             self.progress.step(message)
         try:
             self.store.set_live_rollout(run_id, staged.now())
-        except sqlite3.Error as error:
+        except StoreError as error:
             log.warning("run %d: the dashboard will not follow this rollout batch by batch: %s", run_id, error)
 
     def _rollback(self, run_id: int, prepared: Preparation, hosts: list[str], staged: Staged) -> None:
@@ -592,7 +592,7 @@ class LiveTasks:
             return
         try:
             self.store.add_live(self.run_id, self.phase, self.pending)
-        except sqlite3.Error as error:
+        except StoreError as error:
             self.broken = True
             log.warning("run %d: the dashboard will not follow this %s task by task: %s", self.run_id, self.phase,
                         error)

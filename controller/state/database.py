@@ -14,7 +14,7 @@ import socket
 import sqlite3
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,8 +28,12 @@ from controller.vocabulary import Reason
 WRITE_LOCK = 0x67_69_74_6F  # "gito"
 
 
-class StoreError(Exception):
-    """The database refused or failed a statement (either driver's error, its message kept)."""
+class StoreError(ControllerError):
+    """The database could not run a statement (locked too long, a disk full, the server gone): either driver's
+    operational error, its message kept. A statement it refuses (a bug) keeps its driver's error."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(Reason.STORE_UNAVAILABLE, f"state store {where}: {message}")
 
 
 class Rows(Protocol):
@@ -61,17 +65,26 @@ class Database:
         except sqlite3.DatabaseError as exc:
             raise ControllerError(Reason.CONFIG_INVALID, f"state store {path}: {exc}") from exc
 
+    errors: tuple[type[Exception], ...] = (sqlite3.DatabaseError,)  # what a file that is no store raises
+
     def execute(self, sql: str, values: Sequence[object] = ()) -> Rows:
         try:
             return self.connection.execute(sql, values)
-        except sqlite3.Error as exc:
-            raise StoreError(str(exc)) from exc
+        except sqlite3.OperationalError as exc:
+            raise StoreError(self.where, str(exc)) from exc
 
     def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
         try:
             self.connection.executemany(sql, rows)
-        except sqlite3.Error as exc:
-            raise StoreError(str(exc)) from exc
+        except sqlite3.OperationalError as exc:
+            raise StoreError(self.where, str(exc)) from exc
+
+    def insert(self, sql: str, values: Sequence[object]) -> int:
+        """Run an INSERT into a table with an ``id``; the id it gave the row."""
+        try:
+            return int(self.connection.execute(sql, values).lastrowid or 0)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(self.where, str(exc)) from exc
 
     def script(self, sql: str) -> None:
         """Run a migration's statements (inside the caller's transaction)."""
@@ -82,12 +95,15 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Database]:
         """One writer at a time; rolled back on any exception, interruptions included."""
-        for statement in self.begin:
-            self.execute(statement)
+        first, *rest = self.begin
+        self.execute(first)
         try:
+            for statement in rest:  # the writers' turn: taken inside the transaction, rolled back with it
+                self.execute(statement)
             yield self
         except BaseException:
-            self.execute("ROLLBACK")
+            with suppress(StoreError):  # the error that broke the transaction is the one to tell
+                self.execute("ROLLBACK")
             raise
         self.execute("COMMIT")
 
@@ -112,46 +128,57 @@ class PostgresDatabase(Database):
     recorded_order = "seq"
     begin = ("BEGIN", f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
 
-    def __init__(self, url: str) -> None:  # another driver: no Database.__init__
+    def __init__(self, url: str, *, holds_locks: bool = False) -> None:  # another driver: no Database.__init__
+        """Connect; ``holds_locks``: a connection that holds an advisory lock for long, whose end both sides
+        must notice within seconds (TCP keepalives)."""
         try:
             import psycopg
         except ImportError:
             raise ControllerError(Reason.CONFIG_INVALID, "state.url: a PostgreSQL store needs psycopg, which is not "
                                   "installed: pip install 'psycopg[binary]>=3.1' into the controller's venv") from None
         self.where = masked(url)
-        self.driver_error: type[Exception] = psycopg.Error
+        self.operational: type[Exception] = psycopg.OperationalError
+        self.errors = (psycopg.Error,)
+        # either side notices a peer gone for good (a power cut, a partition) within about 25 s, not hours
+        lasting: dict[str, Any] = {
+            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+            "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3",
+        } if holds_locks else {}
         try:
             self.pg = psycopg.connect(url, autocommit=True, cursor_factory=psycopg.ClientCursor,
                                       row_factory=_row_maker, connect_timeout=10,
-                                      application_name=_application_name())
+                                      application_name=_application_name(sys.argv), **lasting)
         except psycopg.Error as exc:
-            raise ControllerError(Reason.STORE_UNAVAILABLE,
-                                  f"state store {self.where}: {_first_line(exc, url)}") from None
+            raise StoreError(self.where, _first_line(exc, url)) from None
 
     def execute(self, sql: str, values: Sequence[object] = ()) -> Rows:
         try:
             if not values:  # no parameters: psycopg reads the SQL as written, % and all
                 return self.pg.execute(sql.encode())
             return self.pg.execute(_placeholders(sql), [_value(v) for v in values])
-        except self.driver_error as exc:
-            raise StoreError(_first_line(exc, "")) from exc
+        except self.operational as exc:
+            raise StoreError(self.where, _first_line(exc, "")) from exc
 
     def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
         try:
             with self.pg.cursor() as cursor:
                 cursor.executemany(_placeholders(sql), [[_value(v) for v in row] for row in rows])
-        except self.driver_error as exc:
-            raise StoreError(_first_line(exc, "")) from exc
+        except self.operational as exc:
+            raise StoreError(self.where, _first_line(exc, "")) from exc
+
+    def insert(self, sql: str, values: Sequence[object]) -> int:
+        return int(self.execute(f"{sql} RETURNING id", values).fetchone()[0])
 
     def script(self, sql: str) -> None:
         self.execute(sql)  # all its statements at once: a function's body keeps its semicolons
 
     def version(self) -> int:
-        self.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = self.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        return int(row[0] or 0)
+        if self.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None:
+            return 0  # a new database: the table comes with the first migration's transaction
+        return int(self.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0)
 
     def set_version(self, version: int) -> None:
+        self.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         self.execute("DELETE FROM schema_version")
         self.execute("INSERT INTO schema_version VALUES (?)", (version,))
 
@@ -192,10 +219,13 @@ def _row_maker(cursor: Any) -> Any:
     return make
 
 
-def _application_name() -> str:
-    """How a connection names itself to the server (pg_stat_activity, who holds a lock): bastion, pid, command."""
-    command = " ".join(["controller", *sys.argv[1:2]]) if sys.argv else "controller"
-    return f"{socket.gethostname()} pid {os.getpid()}: {command}"[:63]
+def _application_name(argv: Sequence[str]) -> str:
+    """How a connection names itself to the server (pg_stat_activity, who holds a lock): bastion, pid, command
+    (the server keeps 63 bytes: the host name is what gets cut)."""
+    words = [word for before, word in zip(["", *argv[1:]], argv[1:], strict=False)
+             if not word.startswith("-") and before != "--config"]
+    said = f" pid {os.getpid()}: controller {words[0] if words else ''}".rstrip()
+    return socket.gethostname()[:63 - len(said)] + said
 
 
 def _placeholders(sql: str) -> str:
@@ -208,6 +238,8 @@ def _value(value: object) -> object:
         return int(value)
     if isinstance(value, Enum):
         return value.value
+    if isinstance(value, str) and "\x00" in value:  # PostgreSQL's text refuses NUL, which SQLite keeps
+        return value.replace("\x00", "\ufffd")
     return value
 
 

@@ -3,7 +3,8 @@
 With the SQLite file, the turn is a file lock in the state directory (controller/lock.py), and every watch
 leads: nothing else shares its store. With a PostgreSQL store that two bastions share, both are advisory locks
 of the store's database, each held by a connection of its own: the server lets go of a lock when its holder's
-connection ends, so a bastion killed (SIGKILL, a crash, a power cut) frees them without anyone cleaning up.
+connection ends, so a bastion killed (SIGKILL, a crash) frees them without anyone cleaning up, and one that is
+gone for good (a power cut, a partition) within about 25 s (TCP keepalives on both sides).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def reconcile_turn(config: Config, wait: float = 0) -> Iterator[None]:
         with hold(config.state_path / "controller.lock", wait):
             yield
         return
-    db = PostgresDatabase(config.state.url)
+    db = PostgresDatabase(config.state.url, holds_locks=True)
     try:
         deadline = time.monotonic() + wait
         while not _take(db, RECONCILE):
@@ -54,6 +55,7 @@ class Leadership:
         self.url = config.state.url
         self.db: PostgresDatabase | None = None
         self.held = self.url is None
+        self.problem: str | None = None  # why the last ask could not be made (the store unreachable)
 
     @property
     def shared(self) -> bool:
@@ -65,9 +67,10 @@ class Leadership:
         connection that broke has lost it)."""
         if self.url is None:
             return True
+        self.problem = None
         try:
             if self.db is None:
-                self.db = PostgresDatabase(self.url)
+                self.db = PostgresDatabase(self.url, holds_locks=True)
             if self.held:
                 self.db.execute("SELECT 1")
             else:
@@ -78,6 +81,7 @@ class Leadership:
             if self.held:
                 log.error("no longer leading: the leader lock's connection broke (%s)", error)
             self.close()
+            self.problem = str(error)
         return self.held
 
     def leader(self) -> str | None:
@@ -104,5 +108,6 @@ def holder(db: PostgresDatabase, kind: int) -> str | None:
     """The connection holding lock ``kind``, as it named itself (host, pid and command)."""
     row = db.execute("SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
                      " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = ? AND l.objid = ?"
-                     " AND l.objsubid = 2", (NAMESPACE, kind)).fetchone()
+                     " AND l.objsubid = 2 AND l.database = (SELECT oid FROM pg_database"
+                     " WHERE datname = current_database())", (NAMESPACE, kind)).fetchone()
     return str(row[0]) if row else None

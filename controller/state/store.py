@@ -14,7 +14,7 @@ from controller.clock import now, parse_time
 from controller.config import Config, RetentionConfig
 from controller.errors import ControllerError
 from controller.source.revision import Revision
-from controller.state.database import Database, Rows, StoreError, open_database
+from controller.state.database import Database, open_database
 from controller.state.migrations import BUCKET_COLUMNS, migrate
 from controller.state.records import (
     Approved,
@@ -81,10 +81,10 @@ class Store:
                     if name.exists():
                         name.chmod(0o600)  # whatever the umask: runs hold hostnames, diffs, masked or not
             migrate(self.db)
-        except StoreError as exc:
+        except self.db.errors as exc:  # a file that is no store, a schema the database refuses
             self.db.close()
             raise ControllerError(Reason.CONFIG_INVALID, f"state store {self.db.where}: {exc}") from exc
-        except ControllerError:
+        except BaseException:
             self.db.close()
             raise
 
@@ -113,9 +113,9 @@ class Store:
     def start_run(self, app: str, revision: str | None, kind: Kind, trigger: Trigger,
                   policy: Policy | None = None) -> int:
         """Record a run as started; ``policy`` is the app's in gitops.yml (None: not read yet)."""
-        run_id = _inserted(self.db.execute(
-            "INSERT INTO runs (app, revision, mode, trigger, started, policy) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-            (app, revision, kind, trigger, self.now(), policy)))
+        run_id = self.db.insert(
+            "INSERT INTO runs (app, revision, mode, trigger, started, policy) VALUES (?, ?, ?, ?, ?, ?)",
+            (app, revision, kind, trigger, self.now(), policy))
         self._clocks[run_id] = time.monotonic()
         return run_id
     def add_report(self, run_id: int, phase: str, report: Report) -> None:
@@ -229,7 +229,7 @@ class Store:
                     degraded.append(host)
                 elif there.health is Health.HEALTHY and old == Health.UNHEALTHY:
                     recovered.append(host)
-                db.execute("UPDATE hosts SET health_since = CASE WHEN health IS NOT DISTINCT FROM ? THEN health_since"
+                db.execute("UPDATE hosts SET health_since = CASE WHEN COALESCE(health, '') = ? THEN health_since"
                            " ELSE ? END,"
                            " health = ?, health_detail = ? WHERE app = ? AND host = ?",
                            (there.health, stamp, there.health, there.detail, app, host))
@@ -277,9 +277,8 @@ class Store:
     def record_act(self, act: Act, app: str, who: str, reason: str = "", *, revision: str | None = None,
                    run_id: int | None = None) -> int:
         """Add what ``who`` did to ``app`` to the audit trail; its entry's id."""
-        return _inserted(self.db.execute("INSERT INTO audit (at, who, act, app, revision, reason, run_id)"
-                                         " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                                         (self.now(), who, act, app, revision, reason, run_id)))
+        return self.db.insert("INSERT INTO audit (at, who, act, app, revision, reason, run_id)"
+                              " VALUES (?, ?, ?, ?, ?, ?, ?)", (self.now(), who, act, app, revision, reason, run_id))
 
     def link_act(self, entry: int, run_id: int) -> None:
         """The run an audit entry (a dashboard's Sync now) started, once it has one."""
@@ -385,7 +384,7 @@ class Store:
     def last_applied(self, app: str) -> str | None:
         """The revision last applied successfully to any host of the app (the newest such apply)."""
         row = self.db.execute("SELECT revision FROM hosts WHERE app = ? AND revision IS NOT NULL"
-                              " ORDER BY applied_at DESC, run_id DESC LIMIT 1", (app,)).fetchone()
+                              " ORDER BY applied_at IS NULL, applied_at DESC, run_id DESC LIMIT 1", (app,)).fetchone()
         return str(row["revision"]) if row else None
 
     def applied_revisions(self, app: str | None) -> list[str]:
@@ -575,7 +574,8 @@ class Store:
     def revisions_named(self, app: str, prefix: str) -> list[str]:
         """The revisions ``app``'s syncs checked whose sha starts with ``prefix`` (a short sha)."""
         return [r[0] for r in self.db.execute(
-            "SELECT DISTINCT revision FROM runs WHERE app = ? AND mode = ? AND substr(revision, 1, ?) = ?",
+            "SELECT DISTINCT revision FROM runs WHERE app = ? AND mode = ? AND substr(revision, 1, ?) = ?"
+            " ORDER BY revision",
             (app, Kind.SYNC, len(prefix), prefix.lower()))]
 
     def revision(self, sha: str) -> Commit | None:
@@ -597,11 +597,6 @@ def _run(row: Any) -> RunRecord:
 
 def _optional(kind: type[E], value: str | None) -> E | None:
     return None if value is None else kind(value)
-
-
-def _inserted(rows: Rows) -> int:
-    """The id an ``INSERT ... RETURNING id`` gave (its rows read to the end, so that the statement is done)."""
-    return int(rows.fetchall()[0][0])
 
 
 def _between(started: str, finished: str) -> float:
