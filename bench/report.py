@@ -205,7 +205,7 @@ def scale_markdown(scale: dict[str, Any]) -> list[str]:
             continue
         cells = [scale["sizes"][h][way] for h in sizes]
         lines.append(f"| {way} | " + " | ".join(
-            f"{c['seconds']:.1f} / {_bastion(c)}{c['cpu']:.0f} s / {c['peak_mib']:.0f} / {c['child_peak_mib']:.0f}"
+            f"{c['seconds']:.1f} / {_bastion(c)}{_cpu(c['cpu'])} s / {c['peak_mib']:.0f} / {c['child_peak_mib']:.0f}"
             for c in cells) + f" | {_growths(scale, way)} |")
     plain = scale["sizes"][small].get("ansible-playbook")
     if plain:
@@ -233,7 +233,11 @@ def scale_growth(scale: dict[str, Any], way: str, figure: str = "") -> float:
 
 
 def _bastion(cell: dict[str, float]) -> str:
-    return f"{cell['bastion_cpu']:.0f} / " if "bastion_cpu" in cell else ""
+    return f"{_cpu(cell['bastion_cpu'])} / " if "bastion_cpu" in cell else ""
+
+
+def _cpu(seconds: float) -> str:
+    return f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"
 
 
 def _growths(scale: dict[str, Any], way: str) -> str:

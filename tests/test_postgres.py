@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import yaml
+from selenium.webdriver.common.by import By
 
 from controller.ansible.results import Connection, TaskResult
 from controller.clock import parse_time
@@ -25,6 +26,7 @@ from controller.verify.health import CheckResult, HostHealth
 from controller.verify.manifest import Entry, Manifest
 from controller.vocabulary import Act, Health, HostState, Kind, Outcome, Phase, Policy, Reason, TaskStatus, Trigger
 from tests.conftest import BIN, Fleet, bump_version
+from tests.support.browser import chromium
 from tests.support.daemon import daemon, free_port, version_is, wait_for, watch_config
 from tests.support.postgres import PASSWORD, Postgres
 from tests.test_retention import Clock
@@ -209,9 +211,13 @@ def test_two_watches_on_one_postgresql_store_one_leads_and_the_other_takes_over_
             wait_for("2.0.0 on the hosts", version_is(converged, "2.0.0"))
             wait_for("the leader's cycle to end", leader.settled)
             # the standby's dashboard reads the shared store, says it stands by, and acts on nothing
-            status, page = standby.request("GET", "/apps/staging")
-            assert status == 200 and b'id="standby"' in page and b"2.0.0" in page
-            assert standby.act("/apps/staging/sync", {}) == 503
+            with chromium(converged.root / "chromium") as browser:
+                browser.get(standby.url + "/apps/staging")
+                banner = browser.find_element(By.ID, "standby").text
+                assert banner.startswith("Read-only: this watch stands by") and f"pid {leader.proc.pid}" in banner
+                assert browser.find_elements(By.ID, "sync") == [] and "2.0.0" in browser.page_source
+            status, said = standby.request("POST", "/api/apps/staging/sync")
+            assert status == 503 and "stands by" in json.loads(said)["error"]
             # cron on either bastion takes its turn as it always did: busy while another run holds the lock
             with psycopg.connect(url, application_name="bastion-a pid 1: controller sync") as other:
                 other.execute("SELECT pg_advisory_lock(%s, %s)", (NAMESPACE, RECONCILE))

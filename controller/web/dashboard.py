@@ -172,6 +172,10 @@ class Dashboard:
         match = ACTION.fullmatch(request.path)
         if match is None:
             raise NotFound(f"no action at {request.path}")
+        standby = self.standby()  # nothing here acts, whoever asks and however
+        if standby is not None:
+            log.info("ui: %r from %s refused: %s", request.path, request.client, standby)
+            return self.error(request, 503, standby)
         # a header a browser never adds by itself proves the request is not cross-site; a form must prove it
         why = None if self.access.bearer(request.headers) else self.access.csrf_passed(request.headers, form)
         if why is None and holder.read_only:
@@ -179,10 +183,6 @@ class Dashboard:
         if why is not None:
             log.warning("ui: %r from %s refused: %s", request.path, request.client, why)  # repr: no control codes
             return self.error(request, 403, why)
-        standby = self.standby()
-        if standby is not None:
-            log.info("ui: %r from %s refused: %s", request.path, request.client, standby)
-            return self.error(request, 503, standby)
         app, verb = unquote(match.group(1)), Action(match.group(2))
         host = form.get("host") or None  # sync or check one host: a host of the app, never a pattern
         with Store.of(self.config) as store:
