@@ -204,7 +204,8 @@ def test_two_watches_on_one_postgresql_store_one_leads_and_the_other_takes_over_
     with daemon(first, ports[0]) as leader:
         wait_for("the first cycle", lambda: leader.health()["cycles"] >= 1 and leader.settled())
         with daemon(second, ports[1]) as standby:
-            wait_for("the second watch to stand by", lambda: standby.health()["role"] == "standby")
+            wait_for("the second watch to stand by, naming the leader", lambda: standby.health()["leader"])
+            assert standby.health()["role"] == "standby"
             assert leader.health()["role"] == "leader"
             assert f"pid {leader.proc.pid}: controller watch" in standby.health()["leader"]
             second_release = bump_version(converged, "2.0.0")
