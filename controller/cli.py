@@ -445,6 +445,10 @@ def watch(config_path: str | None, verbose: bool) -> None:
     backoff; suspended apps are left alone. GET /healthz and /metrics
     (Prometheus, read from the state store at each scrape) are served on the
     same listener, with the dashboard. Logs go to stderr.
+
+    With a PostgreSQL store two bastions share (state.url), one watch leads
+    and reconciles; the other stands by, its dashboard read-only, and takes
+    over within seconds of the leader's death (docs/deploy.md, "Two bastions").
     """
     from controller.daemon.watch import Watch  # the daemon's HTTP and watchdog imports stay out of cron's fast path
 
