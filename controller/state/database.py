@@ -173,7 +173,10 @@ class PostgresDatabase(Database):
         self.execute(sql)  # all its statements at once: a function's body keeps its semicolons
 
     def version(self) -> int:
-        if self.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None:
+        # pg_tables, not to_regclass: a scan sees what committed before this statement, where the catalog cache
+        # of a session that just waited for the write lock may still miss the table another one created
+        if self.execute("SELECT 1 FROM pg_tables WHERE schemaname = current_schema()"
+                        " AND tablename = 'schema_version'").fetchone() is None:
             return 0  # a new database: the table comes with the first migration's transaction
         return int(self.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0)
 
