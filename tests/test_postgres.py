@@ -19,7 +19,8 @@ from controller.ansible.results import Connection, TaskResult
 from controller.clock import parse_time
 from controller.report.metrics import Metrics
 from controller.source.revision import Revision
-from controller.state.locks import NAMESPACE, RECONCILE
+from controller.state.database import NAMESPACE
+from controller.state.locks import RECONCILE
 from controller.state.store import Store
 from controller.verify.drift import HostReport, Report
 from controller.verify.health import CheckResult, HostHealth

@@ -23,9 +23,10 @@ from urllib.parse import urlsplit, urlunsplit
 from controller.errors import ControllerError
 from controller.vocabulary import Reason
 
-# the advisory lock PostgreSQL writers take turns on (a transaction's, released as it ends); any number the
-# database's other users do not take
-WRITE_LOCK = 0x67_69_74_6F  # "gito"
+# the controller's advisory locks are (NAMESPACE, kind): a namespace the database's other users do not take; kind
+# WRITE is the one writers take turns on (a transaction's, released as it ends), locks.py holds the others
+NAMESPACE = 0x67_69_74_6F  # "gito"
+WRITE = 0
 
 
 class StoreError(ControllerError):
@@ -126,7 +127,7 @@ class PostgresDatabase(Database):
 
     engine = "postgresql"
     recorded_order = "seq"
-    begin = ("BEGIN", f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+    begin = ("BEGIN", f"SELECT pg_advisory_xact_lock({NAMESPACE}, {WRITE})")
 
     def __init__(self, url: str, *, holds_locks: bool = False) -> None:  # another driver: no Database.__init__
         """Connect; ``holds_locks``: a connection that holds an advisory lock for long, whose end both sides

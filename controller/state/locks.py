@@ -17,13 +17,11 @@ from contextlib import contextmanager
 from controller.config import Config
 from controller.errors import ControllerError, LockBusy
 from controller.lock import hold
-from controller.state.database import PostgresDatabase, StoreError
+from controller.state.database import NAMESPACE, PostgresDatabase, StoreError
 
 log = logging.getLogger("controller")
 
-# advisory locks of two keys (key, kind): a namespace the database's other users do not take, and what is locked
-NAMESPACE = 0x67_69_74_6F  # "gito"
-RECONCILE, LEADER = 1, 2
+RECONCILE, LEADER = 1, 2  # the kinds of advisory lock held here, in database.NAMESPACE
 POLL = 0.2  # seconds between tries while waiting for the reconcile lock
 
 
