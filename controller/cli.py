@@ -216,7 +216,8 @@ def sync(**options: Any) -> None:
     purpose); suspended apps (`controller suspend`) are skipped, and the
     output says so. With --revision (other than the branch
     head) or --dry-run it is a preview: checked and recorded, never applied,
-    never the app's state.
+    never the app's state. The hosts of groups an execution node serves
+    (execution_nodes: in the bastion config) are checked and applied there.
     """
     if options["apply_detect"] and (options["app"] is None or options["dry_run"]):
         raise click.UsageError("--apply applies one app on purpose: name it with --app, and leave out --dry-run")

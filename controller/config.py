@@ -193,6 +193,19 @@ class StateConfig:
 
 
 @dataclass(frozen=True)
+class ExecutionNode:
+    """A machine that checks and applies the hosts of some inventory groups for this bastion (ansible-runner's
+    worker, reached over ssh); the bastion still decrypts, decides and records."""
+
+    name: str
+    ssh: str                              # user@address, or ssh://user@address:port
+    groups: tuple[str, ...]               # the inventory groups whose hosts it serves
+    python: str = "python3"               # a Python on the node with ansible-core and ansible-runner
+    workspace_dir: str = "/dev/shm"       # a tmpfs on the node: each job's directory, wiped when it ends
+    private_key_file: str | None = None   # on the node: the key it reaches its hosts with (default: its own ssh's)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole bastion configuration, paths made absolute relative to the file."""
 
@@ -208,6 +221,7 @@ class Config:
     ui: UiConfig = field(default_factory=UiConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    execution_nodes: tuple[ExecutionNode, ...] = ()
 
     @property
     def state_path(self) -> Path:
@@ -260,6 +274,7 @@ def load_config(path: Path) -> Config:
     _check_external_url(config.ui, path)
     _check_tokens(config.ui, path)
     _check_commit_url(config.source.commit_url, path)
+    _check_nodes(config.execution_nodes, path)
     base = path.resolve().parent
 
     def absolute(value: str | None) -> str | None:
@@ -292,6 +307,27 @@ def load_config(path: Path) -> Config:
                    tokens=tuple(replace(t, file=str(absolute(t.file))) for t in config.ui.tokens),
                    external_url=config.ui.external_url and config.ui.external_url.rstrip("/")),
     )
+
+
+def _check_nodes(nodes: tuple[ExecutionNode, ...], path: Path) -> None:
+    seen: dict[str, str] = {}
+    for number, node in enumerate(nodes):
+        where = f"{path}: execution_nodes[{number}]"
+        if not TOKEN_NAME.fullmatch(node.name) or node.name in {n.name for n in nodes[:number]}:
+            raise ControllerError(Reason.CONFIG_INVALID, f"{where}: name: {node.name!r} must be unique, letters, "
+                                                         "digits and ._@- only")
+        if not node.ssh.strip() or node.ssh.startswith("-"):
+            raise ControllerError(Reason.CONFIG_INVALID, f"{where}: ssh: expected user@address or "
+                                                         "ssh://user@address:port")
+        if not node.groups:
+            raise ControllerError(Reason.CONFIG_INVALID, f"{where}: groups: name the inventory groups it serves")
+        for group in node.groups:
+            if group in seen:  # which node a host goes to must never depend on the order of a list
+                raise ControllerError(Reason.CONFIG_INVALID, f"{where}: groups: {group} is served by "
+                                                             f"{seen[group]} already")
+            seen[group] = node.name
+        if not node.workspace_dir.startswith("/"):
+            raise ControllerError(Reason.CONFIG_INVALID, f"{where}: workspace_dir: an absolute path on the node")
 
 
 def _check_state_url(url: str | None, path: Path) -> None:

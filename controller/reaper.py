@@ -51,6 +51,11 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def become_subreaper() -> None:
+    """Descendants that detach (ssh ControlPersist masters, mitogen) are re-parented here, for kill_all to find."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
 def kill_all() -> None:
     """SIGKILL every descendant until none is left (they may fork while we kill)."""
     deadline = time.monotonic() + 2  # well inside the controller's grace (process.STOP_GRACE) before it kills us
@@ -85,7 +90,7 @@ def main(argv: list[str]) -> int:
         return 64
     # the PID the controller passed, not getppid(): the controller may already be gone by now
     parent, argv = int(argv[0]), argv[1:]
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    become_subreaper()
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     for signum in STOP_SIGNALS:
         signal.signal(signum, _stop)

@@ -106,12 +106,13 @@ class Lab:
     context manager that always cleans up."""
 
     def __init__(self, directory: Path, count: int, prefix: str = "127.0.2",
-                 port: int = DEFAULT_PORT, die_with_parent: bool = True) -> None:
+                 port: int = DEFAULT_PORT, die_with_parent: bool = True, shared: tuple[Path, ...] = ()) -> None:
         if not 1 <= count <= MAX_HOSTS:
             raise LabError(f"a lab holds 1 to {MAX_HOSTS} hosts, not {count}")
         self.directory = Path(directory).resolve()
         self.port = port
         self.die_with_parent = die_with_parent
+        self.shared = shared  # this machine's directories every host sees, read-only (a venv an execution node runs)
         self.hosts = [
             Host(f"h{i}", address(prefix, i), port, self.directory / "hosts" / f"h{i}")
             for i in range(1, count + 1)
@@ -261,6 +262,8 @@ class Lab:
             f"mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs {merged}/tmp",
             f"mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs {merged}/run",
             f"mkdir -m 0755 {merged}/run/sshd",  # sshd's privilege separation directory
+            *(f"mkdir -p {merged}{shlex.quote(str(path))} && mount --bind -o ro {shlex.quote(str(path))} "
+              f"{merged}{shlex.quote(str(path))}" for path in self.shared),
             f"mount --bind {root} {merged}{MANAGED_PATH}",
             f"hostname {host.name}",
             f"exec chroot {merged} {SSHD} -D -e -f {LAB_ETC}/sshd_config "

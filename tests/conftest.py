@@ -91,7 +91,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 # The modules that take longest, longest first (their --durations summed from a CI log). Workers take whole
 # modules in collection order (--dist loadfile --no-loadscope-reorder): with these first, each worker ends on
 # short modules and none waits long for another. The others follow in file order.
-LONGEST = ("test_sync", "test_watch", "test_state_model", "test_rollout", "test_real_repositories", "test_verify",
+LONGEST = ("test_sync", "test_watch", "test_state_model", "test_rollout", "test_real_repositories",
+           "test_execution_nodes", "test_verify",
            "test_ops_repository", "test_dashboard", "test_windows", "test_crash", "test_approvals", "test_molecule",
            "test_signatures", "test_requirements", "test_rollback", "test_host_keys", "test_example_repository",
            "test_review", "test_secrets", "test_listener", "test_health", "test_progress", "test_vault", "test_deploy")

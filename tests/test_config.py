@@ -98,6 +98,18 @@ def test_a_bad_config_is_one_line_naming_file_and_key(tmp_path: Path) -> None:
         "source: {url: x}\nretention: {max_age: 30m}\n": "retention: keep at least 1h and 100 runs (max_age: 1800s",
         "source: {url: x}\nretention: {max_runs: 10}\n": "retention: keep at least 1h and 100 runs",
         "source: {url: x}\nretention: {max_age: a week}\n": "retention.max_age: expected a duration",
+        "source: {url: x}\nexecution_nodes: [{name: dc2, ssh: deploy@10.1.2.3}]\n":
+            "execution_nodes[0].groups: missing required key",
+        "source: {url: x}\nexecution_nodes: [{name: dc2, ssh: deploy@10.1.2.3, groups: []}]\n":
+            "execution_nodes[0]: groups: name the inventory groups it serves",
+        "source: {url: x}\nexecution_nodes: [{name: a, ssh: n1, groups: [dc2]}, {name: b, ssh: n2, groups: [dc2]}]\n":
+            "execution_nodes[1]: groups: dc2 is served by a already",
+        "source: {url: x}\nexecution_nodes: [{name: a, ssh: n1, groups: [x]}, {name: a, ssh: n2, groups: [y]}]\n":
+            "execution_nodes[1]: name: 'a' must be unique",
+        "source: {url: x}\nexecution_nodes: [{name: a, ssh: -oProxyCommand=x, groups: [x]}]\n":
+            "execution_nodes[0]: ssh: expected user@address",
+        "source: {url: x}\nexecution_nodes: [{name: a, ssh: n1, groups: [x], workspace_dir: shm}]\n":
+            "execution_nodes[0]: workspace_dir: an absolute path on the node",
     }
     for text, needle in cases.items():
         config.write_text(text)

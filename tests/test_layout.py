@@ -20,7 +20,8 @@ def module_name(path: Path) -> str:
 # vocabulary at the bottom, then the stages in the order data flows (Git, secrets, the check run, what differs,
 # the record, the run that drives them), then what people and other programs see, and the entry points.
 FLOORS = (
-    {"vocabulary", "errors", "clock", "schema", "config", "process", "reaper", "guard", "lock", "interrupt", "memo"},
+    {"vocabulary", "errors", "clock", "schema", "config", "process", "reaper", "guard", "lock", "interrupt", "memo",
+     "mounts"},
     {"source"}, {"secrets"}, {"ansible"}, {"verify"}, {"state"}, {"run"}, {"report"}, {"web"}, {"daemon"},
     {"cli"},
 )

@@ -15,12 +15,14 @@ import os
 import shlex
 import shutil
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from controller import memo
+from controller.ansible.nodes import NodeAccess, node_access
 from controller.config import Config
 from controller.errors import ControllerError
 from controller.secrets.vault import vault_args
@@ -56,6 +58,7 @@ class Job:
     notices: tuple[str, ...]
     run_timeout: float              # seconds one playbook run (check or apply) may take as a whole
     forks: int = 50                 # as the repository's ansible.cfg (or else the bastion config) says
+    nodes: NodeAccess | None = None  # execution nodes that run some groups' hosts (ansible/nodes.py)
 
     @property
     def cmdline(self) -> str:
@@ -110,7 +113,8 @@ def job_settings(config: Config, project: Path, private: Path) -> Job:
     # extra vars beat inventory vars: a repository's ansible_ssh_executable cannot route around the wrappers
     extra = [("-e", f"ansible_{tool}_executable={path}") for tool, path in wrappers.items()]
     return Job(env, (*(arg for pair in extra for arg in pair), *vault_args(settings)), tuple(notices),
-               settings.run_timeout, _forks(repo, env, settings.forks))
+               settings.run_timeout, _forks(repo, env, settings.forks),
+               node_access(config, project, private, PLUGINS, host_key_options(config)))
 
 
 def _forks(repo: configparser.ConfigParser, env: dict[str, str], default: int) -> int:
@@ -244,8 +248,12 @@ def mitogen_refused(config: Config) -> str | None:
 @functools.cache
 def _import_mitogen() -> str | None:
     try:
-        import ansible_mitogen.loaders
-        import ansible_mitogen.strategy  # noqa: F401
+        # Ansible's plugin loaders warn of deprecations in libraries they import (cryptography's DSA): the
+        # playbook, not the controller, is the place for them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import ansible_mitogen.loaders
+            import ansible_mitogen.strategy  # noqa: F401
     except Exception as exc:  # mitogen refuses unsupported ansible-core versions with its own errors
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'cannot be imported'}"[:200]
     return None

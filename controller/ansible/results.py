@@ -74,10 +74,7 @@ class PlayRun:
     """The typed result of one ansible-runner run; ok tasks are counted, not kept."""
 
     check: bool
-    status: str
-    rc: int
     tasks: tuple[TaskResult, ...]
     hosts: tuple[HostSummary, ...]
-    error: str = ""
     touched: tuple[Touched, ...] = ()
     connections: Mapping[str, Connection] | None = None   # how Ansible reached each host

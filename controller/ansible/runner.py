@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -13,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.ansible.job import Job
+from controller.ansible.nodes import run_on_node
+from controller.ansible.placement import HERE, place
 from controller.ansible.results import Connection, HostSummary, PlayRun, TaskResult, Touched
 from controller.ansible.targets import targets_of
 from controller.errors import ControllerError, Interrupted
@@ -76,58 +81,132 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
     ``stale`` names a newer revision once one arrives: a check then stops at once (it changes nothing), an
     apply never (a stop between two tasks would lose the handlers a change notified).
     """
-    # imported here: ansible-runner brings pexpect and part of Ansible with it, which status, history, show
-    # and a sync that finds nothing to do never need
-    from ansible_runner.config.runner import RunnerConfig
-    from ansible_runner.runner import Runner
+    # parts on execution nodes run beside the local one, in threads; what they tell is told in this one (the
+    # store's connection is this thread's)
+    told: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.SimpleQueue()
 
-    collector = _Collector(check=check, redactor=redactor, project=project, on_task=on_task, on_start=on_start,
-                           task_timeout=job.env.get("ANSIBLE_TASK_TIMEOUT", "?"),
-                           connect_timeout=job.env.get("ANSIBLE_TIMEOUT"))  # None: the repository's ansible.cfg says
+    def later(callback: Callable[..., None]) -> Callable[..., None]:
+        return lambda *args: told.put((callback, args))
+
+    def collector(threaded: bool) -> _Collector:
+        return _Collector(check=check, redactor=redactor, project=project,
+                          on_task=later(on_task) if threaded else on_task,
+                          on_start=later(on_start) if threaded else on_start,
+                          task_timeout=job.env.get("ANSIBLE_TASK_TIMEOUT", "?"),
+                          connect_timeout=job.env.get("ANSIBLE_TIMEOUT"))  # None: the repository's ansible.cfg says
+
     stop = _Stop(cancel, job.run_timeout, stale if check else lambda: None)
-    config = RunnerConfig(
-        private_data_dir=str(private_dir),
-        project_dir=str(project),
-        playbook=app.playbook,
-        inventory=str(project / app.inventory),
-        limit=limit or app.limit,  # a plan's hosts come from a check that already honoured app.limit
-        cmdline=" ".join(("--check --diff" if check else "--diff", job.cmdline)),
-        envvars=dict(job.env),
-        ident=Phase.CHECK if check else Phase.APPLY,
-        quiet=True,
-        suppress_ansible_output=True,
-        fact_cache_type="memory",  # facts stay in the run (ansible-runner would set a jsonfile cache)
-    )
-    config.prepare()
-    # prepare() resets this from env/settings (False without one; a settings= dict is dropped too), and the
-    # "stdout" and "stderr" artifacts would then hold the raw --diff text, secrets unmasked
-    config.suppress_output_file = True
-    # ansible-runner seeds the job env from os.environ and stores it in the "command" artifact
-    config.env = {k: v for k, v in config.env.items() if k not in os.environ or k in job.env}
-    # the playbook and all it starts (workers, mitogen, ssh masters) die with us, SIGKILL included
-    config.command = stop.command = reaped(config.command)
-    config.pexpect_timeout = POLL_SECONDS
-    runner = Runner(config, event_handler=collector.handle, cancel_callback=stop)
+    phase = Phase.CHECK if check else Phase.APPLY
+    settings: dict[str, Any] = {
+        "playbook": app.playbook,
+        "limit": limit or app.limit,  # a plan's hosts come from a check that already honoured app.limit
+        "cmdline": " ".join(("--check --diff" if check else "--diff", job.cmdline)),
+        "envvars": dict(job.env),
+        "ident": str(phase),
+        "quiet": True,
+        "suppress_ansible_output": True,
+        "fact_cache_type": "memory",  # facts stay in the run (ansible-runner would set a jsonfile cache)
+    }
+    placed = {HERE: []} if job.nodes is None else place(app.inventory, settings["limit"], job.nodes.served(),
+                                                          project=project, env=job.env, args=job.args)
+    if set(placed) <= {HERE}:  # nothing for a node (or no host at all): the playbook as it always ran
+        placed = {HERE: []}
     if cancel():  # a stop that came while another app's playbook ran (apps at once): this one never starts
-        raise Interrupted(f"app {app.name}: interrupted before its {'check' if check else 'apply'} started")
+        raise Interrupted(f"app {app.name}: interrupted before its {phase} started")
+    parts: dict[str, tuple[_Collector, str | None]] = {}
+    broke: list[BaseException] = []
+
+    def part(where: str, hosts: list[str]) -> None:
+        collected = collector(threaded=len(placed) > 1)
+        parts[where] = collected, None
+        if where == HERE:
+            # the limit names the hosts placed here, and the implicit localhost where the app's own limit did not
+            # leave it out (a play of `hosts: localhost` is the bastion's)
+            mine = ",".join([*hosts, *([] if settings["limit"] else ["localhost"])])
+            local = {**settings, "limit": mine} if len(placed) > 1 else settings
+            parts[where] = collected, _run_here(local, project / app.inventory, project, private_dir, collected,
+                                                stop, cancel)
+            return
+        assert job.nodes is not None
+        try:
+            why = run_on_node(job.nodes, where, private_dir.with_name(f"{private_dir.name}@{where}"),
+                              {**settings, "inventory": f"project/{app.inventory}", "limit": ",".join(hosts)},
+                              collected.handle, stop, lambda: collected.connections)
+        except ControllerError as error:
+            why = f"execution node {where}: {error.message}"
+        if collected.stats is None and not stop.fired:  # the playbook never got to its recap there
+            why = why or f"execution node {where}: {' '.join(collected.tail) or 'the playbook ended early'}"
+            collected.cut_off(hosts, redactor.text(why))
+        parts[where] = collected, why
+
+    def guarded(where: str, hosts: list[str]) -> None:
+        try:
+            part(where, hosts)
+        except BaseException as error:  # raised again in the calling thread, once every part has ended
+            broke.append(error)
+
     with cancel.deferred():
-        runner.run()
-    partial = PlayRun(check=check, status=str(runner.status), rc=int(runner.rc or 0),
-                      tasks=tuple(collector.tasks), hosts=collector.stats or (),
-                      touched=tuple(collector.touched), connections=collector.connections)
+        if len(placed) == 1:
+            [(where, hosts)] = placed.items()
+            part(where, hosts)
+        else:
+            threads = [threading.Thread(target=guarded, args=(where, hosts)) for where, hosts in placed.items()]
+            for thread in threads:
+                thread.start()
+            while any(thread.is_alive() for thread in threads) or not told.empty():
+                with contextlib.suppress(queue.Empty):
+                    callback, args = told.get(timeout=0.1)
+                    callback(*args)
+            if broke:
+                raise broke[0]
+    partial = _joined(check, [collected for collected, _ in parts.values()])
     if cancel():
         raise Stopped(f"app {app.name}: interrupted, the playbook was stopped", partial)
     if stop.newer is not None:
         raise Stopped(f"app {app.name}: the check was stopped: superseded by {stop.newer}, which is reconciled "
                       "next; nothing applied", partial, Reason.SUPERSEDED)
     if stop.expired:
-        phase = Phase.CHECK if check else Phase.APPLY
         raise OutOfTime(f"app {app.name}: the {phase} did not finish within "
-                      f"ansible.run_timeout ({job.run_timeout:.0f}s) and was stopped", partial)
-    if collector.stats is None:
-        detail = " ".join(collector.tail) or f"ansible-runner ended {runner.status} (rc {runner.rc})"
-        raise ControllerError(Reason.RUNNER_FAILED, f"app {app.name}: {detail}")
+                        f"ansible.run_timeout ({job.run_timeout:.0f}s) and was stopped", partial)
+    for where, (collected, said) in parts.items():
+        if where == HERE and collected.stats is None:
+            detail = " ".join(collected.tail) or f"ansible-runner ended {said}"
+            raise ControllerError(Reason.RUNNER_FAILED, f"app {app.name}: {detail}")
     return partial
+
+
+def _run_here(settings: dict[str, Any], inventory: Path, project: Path, private_dir: Path, collected: _Collector,
+              stop: _Stop, cancel: Cancel) -> str:
+    """The playbook for the hosts this bastion reaches itself; how ansible-runner ended."""
+    # imported here: ansible-runner brings pexpect and part of Ansible with it, which status, history, show
+    # and a sync that finds nothing to do never need
+    from ansible_runner.config.runner import RunnerConfig
+    from ansible_runner.runner import Runner
+
+    config = RunnerConfig(private_data_dir=str(private_dir), project_dir=str(project),
+                          inventory=str(inventory), **settings)
+    config.prepare()
+    # prepare() resets this from env/settings (False without one; a settings= dict is dropped too), and the
+    # "stdout" and "stderr" artifacts would then hold the raw --diff text, secrets unmasked
+    config.suppress_output_file = True
+    # ansible-runner seeds the job env from os.environ and stores it in the "command" artifact
+    config.env = {k: v for k, v in config.env.items() if k not in os.environ or k in settings["envvars"]}
+    # the playbook and all it starts (workers, mitogen, ssh masters) die with us, SIGKILL included
+    config.command = stop.command = reaped(config.command)
+    config.pexpect_timeout = POLL_SECONDS
+    runner = Runner(config, event_handler=collected.handle, cancel_callback=stop)
+    if not cancel():
+        runner.run()
+    return f"{runner.status} (rc {runner.rc})"
+
+
+def _joined(check: bool, collected: list[_Collector]) -> PlayRun:
+    """One PlayRun of the parts run here and on execution nodes."""
+    return PlayRun(check=check,
+                   tasks=tuple(task for c in collected for task in c.tasks),
+                   hosts=tuple(sorted((h for c in collected for h in c.stats or ()), key=lambda h: h.host)),
+                   touched=tuple(touch for c in collected for touch in c.touched),
+                   connections={host: how for c in collected for host, how in c.connections.items()})
 
 
 class _Collector:
@@ -193,6 +272,15 @@ class _Collector:
             self.tail.append(_relative(self.redactor.text(event["stdout"].strip()), self.project))
         return False  # never write job_events to disk: they hold diffs and secrets
 
+    def cut_off(self, hosts: list[str], why: str) -> None:
+        """The hosts of an execution node that could not run them: unreachable, saying why."""
+        self.stats = tuple(HostSummary(host, unreachable=1) for host in hosts)
+        for host in hosts:
+            result = TaskResult(host=host, task="execution node", action="", status=TaskStatus.UNREACHABLE,
+                                message=why)
+            self.tasks.append(result)
+            self.on_task(result)
+
     def _masked(self, value: Any) -> Any:
         if isinstance(value, list):
             return [self._masked(v) for v in value]
@@ -254,13 +342,19 @@ class _Stop:
         self.newer: str | None = None
         self.command: list[str] | None = None  # the reaped command this run started
 
+    @property
+    def fired(self) -> bool:
+        """The run was stopped (a signal, its deadline or a newer revision)."""
+        return self.cancel() or self.expired or self.newer is not None
+
     def __call__(self) -> bool:
         self.expired = self.expired or time.monotonic() > self.deadline
         self.newer = self.newer or self.stale()
         if self.cancel() or self.expired or self.newer:
             # ansible-runner SIGKILLs the process group; the reaper must get to kill the rest first: every reaper
             # when the whole process stops, else only this run's (another app's playbook may run beside it)
-            stop_children(None if self.cancel() else self.command)
+            if self.cancel() or self.command is not None:
+                stop_children(None if self.cancel() else self.command)
             return True
         return False
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.errors import ControllerError
+from controller.mounts import MEMORY_FILESYSTEMS, filesystem_type
 from controller.process import guarded, stop_children
 from controller.vocabulary import Reason
 
-MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
 PREFIX = "controller-"
 
 
@@ -110,17 +110,3 @@ def ensure_memory_backed(path: Path) -> None:
         raise ControllerError(Reason.WORKSPACE_UNAVAILABLE,
                               f"workspace_dir {path} is on {fstype}, not tmpfs: decrypted secrets "
                               "must never reach a persistent disk (mount a tmpfs or use /dev/shm)")
-
-
-def filesystem_type(path: Path) -> str:
-    """The type of the filesystem holding ``path``, from /proc/self/mounts."""
-    target = os.path.realpath(path)
-    best, fstype = "", "unknown"
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            fields = line.split()
-            mount_point = fields[1].replace("\\040", " ")
-            inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
-            if inside and len(mount_point) >= len(best):
-                best, fstype = mount_point, fields[2]
-    return fstype

@@ -8,14 +8,16 @@ from pathlib import Path
 SEARCHED = ("/tmp", "/dev/shm", "/var/log", str(Path.home() / ".ansible"), "/var/tmp")
 
 
-def files_containing(needles: list[bytes], searched: tuple[str, ...] = SEARCHED) -> list[str]:
-    """``path: plaintext`` for each file under ``searched`` that holds a needle (lab hosts' own files aside)."""
+def files_containing(needles: list[bytes], searched: tuple[str, ...] = SEARCHED,
+                     keep_out: str | None = "/lab/hosts/") -> list[str]:
+    """``path: plaintext`` for each file under ``searched`` that holds a needle, except in directories whose path
+    holds ``keep_out`` (by default the lab hosts' own files, where secrets belong)."""
     found: list[str] = []
     # the needles' common ending (``-plaintext``), looked for first: one pass over a file that holds none
     common = _ending(needles)
     for top in searched:
         for directory, _, names in os.walk(top):
-            if "/lab/hosts/" in directory + "/":
+            if keep_out is not None and keep_out in directory + "/":
                 continue  # the managed servers' own files: secrets belong there
             for name in names:
                 path = Path(directory, name)
