@@ -89,7 +89,7 @@ def _run(root: str, job: bytes) -> int:
 
     worker = NodeWorker(_input=io.BytesIO(job), private_data_dir=root)
     worker.run()
-    return 0 if worker.status == "successful" else 1
+    return 0 if worker.rc == 0 else 1
 
 
 def _placed(value: str, here: dict[str, str]) -> str:

@@ -121,8 +121,9 @@ def run_on_node(access: NodeAccess, name: str, staging: Path, settings: Mapping[
                 handle: Callable[[dict[str, Any]], bool], stop: Callable[[], bool],
                 reached: Callable[[], Mapping[str, Connection]]) -> str | None:
     """Run the job of ``settings`` (its hosts in its limit) on node ``name``, each event to ``handle`` in this thread;
-    ``stop`` says when to give up, ``reached`` how the hosts were reached. None once the node ran it (or it was
-    stopped), else why it could not (its hosts are then unreachable)."""
+    ``stop`` says when to give up, ``reached`` how the hosts were reached. What the node or ssh said last, if
+    anything: why the job could not run, where it did not get to the playbook's recap (its hosts are then
+    unreachable)."""
     node = access.node(name)
     _stage(access, staging)
     told = staging.with_name(f"{staging.name}.json")  # not in argv: the job's environment is nobody's business
@@ -166,11 +167,9 @@ def run_on_node(access: NodeAccess, name: str, staging: Path, settings: Mapping[
                     learnt.extend(str(line) for line in event.get("lines", ()))
                 else:
                     handle(event)  # in this thread, as a local run's events (the store's connection is its own)
-        if processor.status in ("successful", "failed"):
-            _learn(access, learnt, reached())
-            return None
-    why = ([*said, *errors] or [f"its worker ended {processor.status}"])[-1]  # ssh or the worker says why
-    return f"execution node {name}: {why}"
+        _learn(access, learnt, reached())  # the worker's last event: only a job that ran to its end has it
+    said.extend(errors)  # ssh, or the worker, says last why it could not run the job
+    return f"execution node {name}: {said[-1]}" if said else None
 
 
 def _stage(access: NodeAccess, staging: Path) -> None:
