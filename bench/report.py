@@ -256,6 +256,24 @@ def parallel_markdown(parallel: dict[str, Any]) -> list[str]:
             "hosts included (they run on it too).", "", *_ways_table(parallel, "apps")]
 
 
+def nodes_markdown(nodes: dict[str, Any]) -> list[str]:
+    """A check from the bastion and through an execution node: median wall, bastion and machine CPU seconds."""
+    sizes = sorted(nodes["sizes"], key=int)
+    return ["", "## Execution nodes", "",
+            f"A no-change `controller check` of every host from the bastion, and with every host placed on an "
+            f"execution node (another lab host; `python -m bench.nodes`, {nodes['measured_at']}, {nodes['cores']} "
+            f"cores, load {nodes['load']:.1f} at the start). Medians of {nodes['reps']} runs, interleaved. Bastion "
+            "CPU is the command's and all it starts (through the node: ssh and the stream; the playbook runs on "
+            "the node); machine CPU counts everything, the node and the hosts included (they run on this machine "
+            "too).", "",
+            "| way | " + " | ".join(f"{h} hosts: wall / bastion CPU / machine CPU" for h in sizes) + " |",
+            "| --- |" + " ---: |" * len(sizes),
+            *(f"| {way} | " + " | ".join(f"{nodes['sizes'][h][way]['seconds']:.1f} s / "
+                                         f"{_cpu(nodes['sizes'][h][way]['bastion_cpu'])} s / "
+                                         f"{_cpu(nodes['sizes'][h][way]['cpu'])} s" for h in sizes) + " |"
+              for way in nodes["sizes"][sizes[0]])]
+
+
 def _ways_table(measured: dict[str, Any], what: str) -> list[str]:
     """A table of each way's median wall and CPU seconds (``what`` heads its first column), a column per size."""
     sizes = sorted(measured["sizes"], key=int)
@@ -337,6 +355,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += health_markdown(results["health"])
     if "parallel" in results:
         lines += parallel_markdown(results["parallel"])
+    if "nodes" in results:
+        lines += nodes_markdown(results["nodes"])
     if results.get("scale", {}).get("sizes"):
         lines += scale_markdown(results["scale"])
     if "retention" in results:
