@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.fleet import BenchFleet
-from bench.ways import controller, interleaved, sizes_command
+from bench.ways import converged, interleaved, sizes_command
 from controller.config import load_config
 from controller.schema import Seconds
 from controller.source.apps import HealthCheck
@@ -90,10 +90,7 @@ def measure(root: Path, sizes: list[int], reps: int) -> dict[str, Any]:
             with Lab(root / f"lab{hosts}", hosts, prefix=PREFIX) as lab:
                 fleet = BenchFleet(root / f"fleet{hosts}", lab, key)
                 fleet.build()
-                print(f"bench.health: {hosts} hosts: converging once", flush=True)
-                first = controller(fleet, "sync")
-                if first.code != 0:
-                    raise SystemExit(f"benchmark: the first sync exited {first.code}:\n{first.output[-3000:]}")
+                converged(fleet, "health")
                 timed = ways(fleet, server.server_address[1])
                 results["sizes"][str(hosts)] = interleaved(
                     {name: functools.partial(_time, way) for name, way in timed.items()}, reps)

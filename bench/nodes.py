@@ -10,9 +10,6 @@ into DIR's benchmarks.*.
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +19,7 @@ import yaml
 
 from bench.fleet import BenchFleet
 from bench.scale import measured
-from bench.ways import base_env, controller, interleaved, sizes_command, timed
+from bench.ways import base_env, compared, converged, run_record, sizes_command, timed
 from lab import Lab
 from lab.repository import make_age_key
 
@@ -32,10 +29,8 @@ HERE, THERE = "from the bastion", "through an execution node"
 
 def measure(root: Path, sizes: list[int], reps: int) -> dict[str, Any]:
     """Both ways at each size, ``reps`` times in rotating order."""
-    started, load = time.time(), round(os.getloadavg()[0], 1)
+    started, results = time.time(), run_record(reps)
     key = make_age_key(root / "age")
-    results: dict[str, Any] = {"reps": reps, "load": load, "measured_at": time.strftime("%Y-%m-%d"),
-                               "cores": os.cpu_count(), "sizes": {}}
     for hosts in sizes:
         with Lab(root / f"lab{hosts}", hosts + 1, prefix=PREFIX, shared=(Path(sys.prefix),)) as lab:
             node = lab.hosts[-1]
@@ -49,20 +44,13 @@ def measure(root: Path, sizes: list[int], reps: int) -> dict[str, Any]:
             fleet.write("inventories/bench/hosts.yml", yaml.safe_dump({"all": {"children": {"web": {
                 "hosts": served}}}}))
             fleet.push("The node is no host of the fleet")
-            print(f"bench.nodes: {hosts} hosts: converging once", flush=True)
-            first = controller(fleet, "sync")
-            if first.code != 0:
-                raise SystemExit(f"benchmark: the first sync exited {first.code}:\n{first.output[-3000:]}")
+            converged(fleet, "nodes")
             configs = {HERE: fleet.variant("here"), THERE: fleet.variant("node")}
             config = yaml.safe_load(configs[THERE].read_text())
             config["execution_nodes"] = [{"name": "node", "ssh": f"ssh://root@{node.address}:{node.port}",
                                           "python": sys.executable, "groups": ["web"]}]
             configs[THERE].write_text(yaml.safe_dump(config))
-            for path in configs.values():  # each variant's store starts empty: one check first, alike for both
-                _check(path)
-            results["sizes"][str(hosts)] = interleaved(
-                {name: functools.partial(_check, path) for name, path in configs.items()}, reps)
-            print(json.dumps(results["sizes"][str(hosts)], indent=1), flush=True)
+            results["sizes"][str(hosts)] = compared(configs, _check, reps)
     results["duration_minutes"] = round((time.time() - started) / 60, 1)
     return results
 

@@ -10,8 +10,6 @@ processes run on this same machine, so a 2-core bench machine is the worst case 
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 import sys
 import time
@@ -21,7 +19,7 @@ from typing import Any
 import yaml
 
 from bench.fleet import BenchFleet
-from bench.ways import base_env, controller, interleaved, sizes_command, timed
+from bench.ways import base_env, compared, converged, run_record, sizes_command, timed
 from lab import Lab
 from lab.repository import make_age_key
 
@@ -41,26 +39,16 @@ def two_apps(fleet: BenchFleet) -> None:
 
 def measure(root: Path, sizes: list[int], reps: int) -> dict[str, Any]:
     """Each way at each size, ``reps`` times in rotating order: wall and CPU seconds of the whole command."""
-    started, load = time.time(), round(os.getloadavg()[0], 1)
+    started, results = time.time(), run_record(reps)
     key = make_age_key(root / "age")
-    results: dict[str, Any] = {"reps": reps, "load": load, "measured_at": time.strftime("%Y-%m-%d"),
-                               "cores": os.cpu_count(), "sizes": {}}
     for hosts in sizes:
         with Lab(root / f"lab{hosts}", hosts, prefix=PREFIX) as lab:
             fleet = BenchFleet(root / f"fleet{hosts}", lab, key)
             fleet.build()
             two_apps(fleet)
-            print(f"bench.parallel: {hosts} hosts: converging once", flush=True)
-            first = controller(fleet, "sync")
-            if first.code != 0:
-                raise SystemExit(f"benchmark: the first sync exited {first.code}:\n{first.output[-3000:]}")
+            converged(fleet, "parallel")
             configs = {name: fleet.variant(f"lanes{lanes}", parallel_apps=lanes) for name, lanes in WAYS.items()}
-            # each variant's store starts empty: one check each first, so that every timed run is alike
-            for config in configs.values():
-                _check(config)
-            results["sizes"][str(hosts)] = interleaved(
-                {name: functools.partial(_check, config) for name, config in configs.items()}, reps)
-            print(json.dumps(results["sizes"][str(hosts)], indent=1), flush=True)
+            results["sizes"][str(hosts)] = compared(configs, _check, reps)
     results["duration_minutes"] = round((time.time() - started) / 60, 1)
     return results
 

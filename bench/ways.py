@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -144,6 +145,32 @@ def interleaved(ways: Mapping[str, Callable[[], dict[str, float]]], reps: int) -
             measured[name].append(ways[name]())
     return {name: {figure: median(run[figure] for run in runs) for figure in runs[0]}
             for name, runs in measured.items()}
+
+
+def run_record(reps: int) -> dict[str, Any]:
+    """What a bench run records beside its figures (under ``sizes``): repetitions, the load at the start, the day
+    and the cores."""
+    return {"reps": reps, "load": round(os.getloadavg()[0], 1), "measured_at": time.strftime("%Y-%m-%d"),
+            "cores": os.cpu_count(), "sizes": {}}
+
+
+def converged(fleet: BenchFleet, bench: str) -> None:
+    """The fleet converged by one first ``controller sync``; a benchmark that cannot get there stops."""
+    print(f"bench.{bench}: {len(fleet.lab.hosts)} lab hosts: converging once", flush=True)
+    first = controller(fleet, "sync")
+    if first.code != 0:
+        raise SystemExit(f"benchmark: the first sync exited {first.code}:\n{first.output[-3000:]}")
+
+
+def compared(configs: Mapping[str, Path], check: Callable[[Path], dict[str, float]],
+             reps: int) -> dict[str, dict[str, float]]:
+    """``check`` under each bastion config: once first (each config's store starts empty, and every timed run must
+    be alike), then ``reps`` times interleaved; each figure's median per config, printed too."""
+    for config in configs.values():
+        check(config)
+    found = interleaved({name: functools.partial(check, config) for name, config in configs.items()}, reps)
+    print(json.dumps(found, indent=1), flush=True)
+    return found
 
 
 def sizes_command(key: str, doc: str | None, measure: Callable[[Path, list[int], int], dict[str, Any]],
