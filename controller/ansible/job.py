@@ -13,7 +13,6 @@ import functools
 import importlib.util
 import os
 import shlex
-import shutil
 import sys
 import warnings
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from controller import memo
 from controller.ansible.nodes import NodeAccess, node_access
+from controller.ansible.wrappers import TOOLS, option_args, write_wrappers
 from controller.config import Config
 from controller.errors import ControllerError
 from controller.secrets.vault import vault_args
@@ -155,36 +155,13 @@ def writable_known_hosts(config: Config) -> None:
 
 
 def _host_key_args(config: Config) -> str:
-    return " ".join(f"-o {shlex.quote(option)}" for option in host_key_options(config))
+    return option_args(host_key_options(config))
 
 
-def ssh_wrappers(config: Config, directory: Path, tools: Sequence[str] = ("ssh", "sftp", "scp")) -> dict[str, Path]:
-    """``ssh`` (and ``sftp``, ``scp``) in ``directory`` that put the bastion's host-key options first.
-
-    ssh keeps the first value of an option, so nothing a repository or a strategy adds after them
-    can weaken them. ssh hands a ProxyJump's own ssh none of its ``-o`` options, and starts it as
-    it was started itself (its argv[0]): the real ssh runs as plain ``ssh``, so that with
-    ``directory`` first on PATH the connection to a jump host (or a ProxyCommand's ``ssh``) goes
-    through the wrapper too, and is checked as the bastion says.
-    """
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    options = _host_key_args(config)
-    bash = shutil.which("bash") or "/bin/bash"  # for exec -a
-    wrappers = {}
-    for tool in tools:
-        path = os.pathsep.join(p for p in os.environ.get("PATH", os.defpath).split(os.pathsep)
-                               if p and Path(p).resolve() != directory.resolve())
-        real = shutil.which(tool, path=path)
-        if real is None:
-            continue
-        wrapper = directory / tool
-        # written aside and renamed: a run that starts one of them meanwhile never sees half a file
-        partial = directory / f".{tool}.{os.getpid()}"
-        partial.write_text(f"#!{bash}\nexec -a {tool} {shlex.quote(real)} {options} \"$@\"\n")
-        partial.chmod(0o700)
-        partial.replace(wrapper)
-        wrappers[tool] = wrapper
-    return wrappers
+def ssh_wrappers(config: Config, directory: Path, tools: Sequence[str] = TOOLS) -> dict[str, Path]:
+    """``ssh`` (and ``sftp``, ``scp``) in ``directory`` that put the bastion's host-key options first, jump hosts
+    included (wrappers.py says how)."""
+    return write_wrappers(directory, host_key_options(config), tools)
 
 
 def _host_keys(config: Config, repo: configparser.ConfigParser, private: Path,

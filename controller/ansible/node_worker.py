@@ -1,4 +1,5 @@
-"""ansible-runner's worker for one job on an execution node, sent over ssh with mounts.py and reaper.py.
+"""ansible-runner's worker for one job on an execution node, sent over ssh with mounts.py, reaper.py and
+wrappers.py.
 
 It needs only the standard library and ansible-runner there (the node has nothing of the controller).
 The job arrives on stdin as ``LENGTH\\n`` and that many bytes of ``ansible-runner transmit``'s stream;
@@ -11,16 +12,17 @@ from __future__ import annotations
 
 import io
 import os
-import shlex
 import shutil
 import sys
 import tempfile
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
-from controller.mounts import MEMORY_FILESYSTEMS, filesystem_type
+from controller.ansible.wrappers import write_wrappers
+from controller.mounts import MEMORY_FILESYSTEMS, filesystem_type, orphaned
 from controller.reaper import become_subreaper, kill_all
 
 PREFIX = "controller-node-"
@@ -38,7 +40,8 @@ def main(base: str, told: dict[str, Any]) -> int:
         print(f"workspace_dir {base} is on {fstype}, not tmpfs: the job's decrypted vars must never reach this "
               "node's disk", file=sys.stderr)
         return 3
-    _sweep(base)
+    for left in orphaned(Path(base), PREFIX):  # by a worker killed outright
+        shutil.rmtree(left, ignore_errors=True)
     become_subreaper()  # ssh masters that detach stay ours to kill
     root = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base)
     try:
@@ -47,7 +50,8 @@ def main(base: str, told: dict[str, Any]) -> int:
         length = int(sys.stdin.buffer.readline())
         job = sys.stdin.buffer.read(length)
         threading.Thread(target=_end_with_stdin, args=(root,), daemon=True).start()
-        _wrappers(root, told["ssh_options"])
+        # the bastion's host-key options first, as on the bastion
+        write_wrappers(Path(root, "job", "bin"), [option.replace(HERE, root) for option in told["ssh_options"]])
         status = _run(root, job)
     except Exception as exc:  # said last, in one line: the bastion reports the last line its ssh printed
         traceback.print_exc()
@@ -106,22 +110,6 @@ def _mitogen() -> str:
     return os.path.join(os.path.dirname(spec.origin), "plugins", "strategy")
 
 
-def _wrappers(root: str, options: list[str]) -> None:
-    """``ssh``, ``sftp`` and ``scp`` with the bastion's host-key options first (ssh keeps the first value)."""
-    directory = os.path.join(root, "job", "bin")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    bash = shutil.which("bash") or "/bin/bash"
-    path = os.pathsep.join(p for p in os.environ.get("PATH", os.defpath).split(os.pathsep) if p != directory)
-    quoted = " ".join(f"-o {shlex.quote(option.replace(HERE, root))}" for option in options)
-    for tool in ("ssh", "sftp", "scp"):
-        real = shutil.which(tool, path=path)
-        if real is not None:
-            wrapper = os.path.join(directory, tool)
-            with open(wrapper, "w") as script:
-                script.write(f"#!{bash}\nexec -a {tool} {shlex.quote(real)} {quoted} \"$@\"\n")
-            os.chmod(wrapper, 0o700)
-
-
 def _end_with_stdin(root: str) -> None:
     """Stop the job when the bastion closes the stream (a stop, its deadline, the bastion killed) or falls silent
     (a partition: sshd may never notice)."""
@@ -138,10 +126,3 @@ def _end_with_stdin(root: str) -> None:
     kill_all()
     shutil.rmtree(root, ignore_errors=True)
     os._exit(1)
-
-
-def _sweep(base: str) -> None:
-    for name in os.listdir(base):
-        pid = name[len(PREFIX):].split("-")[0] if name.startswith(PREFIX) else ""
-        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-            shutil.rmtree(os.path.join(base, name), ignore_errors=True)

@@ -36,7 +36,7 @@ from controller.process import STOP_GRACE, reaped, run
 from controller.vocabulary import Reason
 
 # what the node is sent besides the worker: standard library only, like it
-SENT = ("controller.mounts", "controller.reaper", "controller.ansible.node_worker")
+SENT = ("controller.mounts", "controller.reaper", "controller.ansible.wrappers", "controller.ansible.node_worker")
 # runs on the node: installs the modules that arrive first on stdin, then hands stdin to the worker
 LOADER = """\
 import json, sys, types

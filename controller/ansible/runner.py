@@ -113,19 +113,19 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
         placed = {HERE: []}
     if cancel():  # a stop that came while another app's playbook ran (apps at once): this one never starts
         raise Interrupted(f"app {app.name}: interrupted before its {phase} started")
-    parts: dict[str, tuple[_Collector, str | None]] = {}
+    parts: dict[str, _Collector] = {}
+    ended = ""  # how ansible-runner ended here, for a run that never got to its recap
     broke: list[BaseException] = []
 
     def part(where: str, hosts: list[str]) -> None:
-        collected = collector(threaded=len(placed) > 1)
-        parts[where] = collected, None
+        nonlocal ended
+        collected = parts[where] = collector(threaded=len(placed) > 1)
         if where == HERE:
             # the limit names the hosts placed here, and the implicit localhost where the app's own limit did not
             # leave it out (a play of `hosts: localhost` is the bastion's)
             mine = ",".join([*hosts, *([] if settings["limit"] else ["localhost"])])
             local = {**settings, "limit": mine} if len(placed) > 1 else settings
-            parts[where] = collected, _run_here(local, project / app.inventory, project, private_dir, collected,
-                                                stop, cancel)
+            ended = _run_here(local, project / app.inventory, project, private_dir, collected, stop, cancel)
             return
         assert job.nodes is not None
         try:
@@ -137,7 +137,6 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
         if collected.stats is None and not stop.fired:  # the playbook never got to its recap there
             why = why or f"execution node {where}: {' '.join(collected.tail) or 'the playbook ended early'}"
             collected.cut_off(hosts, redactor.text(why))
-        parts[where] = collected, why
 
     def guarded(where: str, hosts: list[str]) -> None:
         try:
@@ -159,7 +158,7 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
                     callback(*args)
             if broke:
                 raise broke[0]
-    partial = _joined(check, [collected for collected, _ in parts.values()])
+    partial = _joined(check, list(parts.values()))
     if cancel():
         raise Stopped(f"app {app.name}: interrupted, the playbook was stopped", partial)
     if stop.newer is not None:
@@ -168,10 +167,10 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
     if stop.expired:
         raise OutOfTime(f"app {app.name}: the {phase} did not finish within "
                         f"ansible.run_timeout ({job.run_timeout:.0f}s) and was stopped", partial)
-    for where, (collected, said) in parts.items():
-        if where == HERE and collected.stats is None:
-            detail = " ".join(collected.tail) or f"ansible-runner ended {said}"
-            raise ControllerError(Reason.RUNNER_FAILED, f"app {app.name}: {detail}")
+    here = parts.get(HERE)
+    if here is not None and here.stats is None:
+        detail = " ".join(here.tail) or f"ansible-runner ended {ended}"
+        raise ControllerError(Reason.RUNNER_FAILED, f"app {app.name}: {detail}")
     return partial
 
 
@@ -350,7 +349,7 @@ class _Stop:
     def __call__(self) -> bool:
         self.expired = self.expired or time.monotonic() > self.deadline
         self.newer = self.newer or self.stale()
-        if self.cancel() or self.expired or self.newer:
+        if self.fired:
             # ansible-runner SIGKILLs the process group; the reaper must get to kill the rest first: every reaper
             # when the whole process stops, else only this run's (another app's playbook may run beside it)
             if self.cancel() or self.command is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.errors import ControllerError
-from controller.mounts import MEMORY_FILESYSTEMS, filesystem_type
+from controller.mounts import MEMORY_FILESYSTEMS, filesystem_type, orphaned
 from controller.process import guarded, stop_children
 from controller.vocabulary import Reason
 
@@ -67,24 +67,10 @@ def workspace(base: Path) -> Iterator[Workspace]:
 
 def sweep(base: Path) -> list[Path]:
     """Wipe workspaces whose controller process is gone (killed, crashed); return what was wiped."""
-    wiped = []
-    for root in sorted(base.glob(f"{PREFIX}*")) if base.is_dir() else []:
-        pid = root.name.removeprefix(PREFIX).split("-")[0]
-        if pid.isdigit() and _alive(int(pid)):
-            continue  # in use (or the PID was reused: wiped once that process is gone)
+    wiped = orphaned(base, PREFIX)
+    for root in wiped:
         _wipe(root)
-        wiped.append(root)
     return wiped
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _wipe(root: Path) -> None:
