@@ -61,7 +61,7 @@ def run(tmp: Path, sizes: list[int], reps: int, slow_reps: int, *, quick: bool,
                                "sizes": {}}
     long_loop = 100 if quick else 300
     for hosts in sizes:
-        with Lab(tmp / f"lab{hosts}", hosts, prefix=PREFIX) as lab:
+        with Lab(tmp / f"lab{hosts}", hosts, prefix=PREFIX, kex=None) as lab:
             fleet = BenchFleet(tmp / f"fleet{hosts}", lab, key)
             fleet.build()
             size: dict[str, Any] = results["sizes"].setdefault(str(hosts), {})

@@ -87,7 +87,7 @@ def measure(root: Path, sizes: list[int], reps: int) -> dict[str, Any]:
     results: dict[str, Any] = {"reps": reps, "load": load, "measured_at": time.strftime("%Y-%m-%d"), "sizes": {}}
     try:
         for hosts in sizes:
-            with Lab(root / f"lab{hosts}", hosts, prefix=PREFIX) as lab:
+            with Lab(root / f"lab{hosts}", hosts, prefix=PREFIX, kex=None) as lab:
                 fleet = BenchFleet(root / f"fleet{hosts}", lab, key)
                 fleet.build()
                 converged(fleet, "health")

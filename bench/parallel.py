@@ -42,7 +42,7 @@ def measure(root: Path, sizes: list[int], reps: int) -> dict[str, Any]:
     started, results = time.time(), run_record(reps)
     key = make_age_key(root / "age")
     for hosts in sizes:
-        with Lab(root / f"lab{hosts}", hosts, prefix=PREFIX) as lab:
+        with Lab(root / f"lab{hosts}", hosts, prefix=PREFIX, kex=None) as lab:
             fleet = BenchFleet(root / f"fleet{hosts}", lab, key)
             fleet.build()
             two_apps(fleet)

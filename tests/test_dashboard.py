@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.wait import WebDriverWait
@@ -64,9 +64,19 @@ def screenshot(driver: webdriver.Chrome, name: str) -> None:
 
 
 def until(driver: webdriver.Chrome, seconds: float, predicate: Callable[[webdriver.Chrome], object]) -> None:
-    """Wait for what the page shows, asking again when a live update swapped the element being read."""
+    """Wait for what the page shows, asking again when a live update swapped the element being read, or a form's
+    redirect replaced the document between finding an element and reading it (Chromium then says its node "does
+    not belong to the document", a plain WebDriverException)."""
+    def asked(d: webdriver.Chrome) -> object:
+        try:
+            return predicate(d)
+        except WebDriverException as error:
+            if "does not belong to the document" not in str(error.msg):
+                raise
+            return False
+
     WebDriverWait(driver, seconds, poll_frequency=0.25, ignored_exceptions=(StaleElementReferenceException,)).until(
-        predicate)
+        asked)
 
 
 def click(driver: webdriver.Chrome, element_id: str) -> None:
