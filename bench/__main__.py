@@ -20,7 +20,7 @@ from typing import Any
 from bench import bigrepo, dashboard, latency, report, scale
 from bench.fleet import BenchFleet
 from bench.ways import Timing, ansible_playbook, controller, raw_runner, verify_look
-from lab import Lab
+from lab import REAL, Lab
 from lab.repository import make_age_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def run(tmp: Path, sizes: list[int], reps: int, slow_reps: int, *, quick: bool,
                                "sizes": {}}
     long_loop = 100 if quick else 300
     for hosts in sizes:
-        with Lab(tmp / f"lab{hosts}", hosts, prefix=PREFIX, kex=None) as lab:
+        with Lab(tmp / f"lab{hosts}", hosts, prefix=PREFIX, costs=REAL) as lab:
             fleet = BenchFleet(tmp / f"fleet{hosts}", lab, key)
             fleet.build()
             size: dict[str, Any] = results["sizes"].setdefault(str(hosts), {})

@@ -27,7 +27,7 @@ from controller.source.apps import HealthCheck
 from controller.state.store import Store
 from controller.verify.verdict import check_health, verify_hosts
 from controller.vocabulary import Health
-from lab import Lab
+from lab import REAL, Lab
 from lab.repository import make_age_key
 
 PREFIX = "127.0.5"  # the bench's addresses, apart from the tests'
@@ -87,7 +87,7 @@ def measure(root: Path, sizes: list[int], reps: int) -> dict[str, Any]:
     results: dict[str, Any] = {"reps": reps, "load": load, "measured_at": time.strftime("%Y-%m-%d"), "sizes": {}}
     try:
         for hosts in sizes:
-            with Lab(root / f"lab{hosts}", hosts, prefix=PREFIX, kex=None) as lab:
+            with Lab(root / f"lab{hosts}", hosts, prefix=PREFIX, costs=REAL) as lab:
                 fleet = BenchFleet(root / f"fleet{hosts}", lab, key)
                 fleet.build()
                 converged(fleet, "health")

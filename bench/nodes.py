@@ -20,7 +20,7 @@ import yaml
 from bench.fleet import BenchFleet
 from bench.scale import measured
 from bench.ways import base_env, compared, converged, run_record, sizes_command, timed
-from lab import Lab
+from lab import REAL, Lab
 from lab.repository import make_age_key
 
 PREFIX = "127.0.5"  # the bench's addresses, apart from the tests'
@@ -32,7 +32,7 @@ def measure(root: Path, sizes: list[int], reps: int) -> dict[str, Any]:
     started, results = time.time(), run_record(reps)
     key = make_age_key(root / "age")
     for hosts in sizes:
-        with Lab(root / f"lab{hosts}", hosts + 1, prefix=PREFIX, shared=(Path(sys.prefix),), kex=None) as lab:
+        with Lab(root / f"lab{hosts}", hosts + 1, prefix=PREFIX, shared=(Path(sys.prefix),), costs=REAL) as lab:
             node = lab.hosts[-1]
             own_key = node.path("/root/.ssh/id_ed25519")  # the node's own key, authorised on the hosts
             own_key.parent.mkdir(mode=0o700, exist_ok=True)

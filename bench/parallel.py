@@ -20,7 +20,7 @@ import yaml
 
 from bench.fleet import BenchFleet
 from bench.ways import base_env, compared, converged, run_record, sizes_command, timed
-from lab import Lab
+from lab import REAL, Lab
 from lab.repository import make_age_key
 
 PREFIX = "127.0.5"  # the bench's addresses, apart from the tests'
@@ -42,7 +42,7 @@ def measure(root: Path, sizes: list[int], reps: int) -> dict[str, Any]:
     started, results = time.time(), run_record(reps)
     key = make_age_key(root / "age")
     for hosts in sizes:
-        with Lab(root / f"lab{hosts}", hosts, prefix=PREFIX, kex=None) as lab:
+        with Lab(root / f"lab{hosts}", hosts, prefix=PREFIX, costs=REAL) as lab:
             fleet = BenchFleet(root / f"fleet{hosts}", lab, key)
             fleet.build()
             two_apps(fleet)

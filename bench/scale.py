@@ -26,7 +26,7 @@ import yaml
 
 from bench.fleet import BenchFleet
 from bench.ways import Timing, ansible_playbook, controller, interleaved, sizes_command
-from lab import Lab
+from lab import REAL, Lab
 from lab.repository import make_age_key
 
 PREFIX = "127.0.5"  # the bench's addresses, apart from the tests'
@@ -68,7 +68,7 @@ def measure(tmp: Path, sizes: list[int], reps: int) -> dict[str, Any]:
     results: dict[str, Any] = {"sizes": {}, "reps": reps, "cores": os.cpu_count(),
                                "measured_at": time.strftime("%Y-%m-%d"), "load": round(os.getloadavg()[0], 1)}
     for hosts in sizes:
-        with Lab(tmp / f"lab{hosts}", hosts, prefix=PREFIX, kex=None) as lab:
+        with Lab(tmp / f"lab{hosts}", hosts, prefix=PREFIX, costs=REAL) as lab:
             fleet = BenchFleet(tmp / f"fleet{hosts}", lab, key)
             fleet.build()
             config = yaml.safe_load(fleet.config.read_text())

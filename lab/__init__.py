@@ -3,7 +3,8 @@
 Each host is a whole machine: one ``sshd`` on its own loopback address, PID 1 of its own
 PID, mount and UTS namespaces, chrooted into a copy-on-write overlay whose lower layer is
 this machine's root file system and whose upper layer is the host's own directory. Roles
-can install packages, add users and edit ``/etc`` there; this machine never sees it. The
+can install packages (local .debs: unless ``Costs.apt_lists``, a host has no package lists),
+add users and edit ``/etc`` there; this machine never sees it. The
 host has its own hostname, ``/proc``, ``/tmp`` and ``/run``, a per-host directory over the
 managed path (``/srv``), an empty root ``~/.bashrc`` (bash sources it for every ssh command,
 and this machine's once hung on a stale pyenv rehash lock), and a user ``deploy`` with
@@ -36,6 +37,7 @@ DEFAULT_PORT = 2222
 DEPLOY_USER = "deploy"
 # the lab's sshd files inside each host; a role managing /etc/ssh/sshd_config does not touch them
 LAB_ETC = "/etc/ssh/lab"
+APT_LISTS = "/var/lib/lab/apt-lists"  # an empty list of packages to install from (Costs.apt_lists)
 
 SSHD_CONFIG = f"""\
 HostKey {LAB_ETC}/ssh_host_ed25519_key
@@ -52,11 +54,24 @@ Subsystem sftp internal-sftp
 Match User root
     AuthorizedKeysFile {LAB_ETC}/authorized_keys
 """
-# What a lab's sshd offers for the key exchange unless told otherwise. OpenSSH 9.2's default,
-# sntrup761x25519, costs the client about 130 ms of CPU per connection (15 ms with curve25519),
-# and the test suite opens thousands. Labs that stand in for real servers when something is
-# timed (the benchmarks) pass kex=None: OpenSSH's own default.
-FAST_KEX = "curve25519-sha256,curve25519-sha256@libssh.org"
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What a lab's hosts cost beyond a real server's behaviour: the test suite trims both (LEAN), the benchmarks,
+    whose hosts stand in for real servers when something is timed, keep them (REAL)."""
+
+    # the key exchanges sshd offers (None: OpenSSH's default); 9.2's default, sntrup761x25519, costs the client
+    # about 130 ms of CPU per connection (15 ms with curve25519), and the test suite opens thousands
+    kex: str | None
+    # whether the hosts see this machine's apt package lists: with them (and this image's apt config, which keeps
+    # no pkgcache.bin), every apt cache open parses them all, ~1 s of CPU; without, a host is a machine that
+    # never ran `apt-get update`: installed packages and local .debs only, opened in under 0.1 s
+    apt_lists: bool
+
+
+LEAN = Costs(kex="curve25519-sha256,curve25519-sha256@libssh.org", apt_lists=False)
+REAL = Costs(kex=None, apt_lists=True)
 
 
 class LabError(Exception):
@@ -112,14 +127,14 @@ class Lab:
 
     def __init__(self, directory: Path, count: int, prefix: str = "127.0.2",
                  port: int = DEFAULT_PORT, die_with_parent: bool = True, shared: tuple[Path, ...] = (),
-                 kex: str | None = FAST_KEX) -> None:
+                 costs: Costs = LEAN) -> None:
         if not 1 <= count <= MAX_HOSTS:
             raise LabError(f"a lab holds 1 to {MAX_HOSTS} hosts, not {count}")
         self.directory = Path(directory).resolve()
         self.port = port
         self.die_with_parent = die_with_parent
         self.shared = shared  # this machine's directories every host sees, read-only (a venv an execution node runs)
-        self.kex = kex  # the key exchanges its sshd offers (None: OpenSSH's default)
+        self.costs = costs
         self.hosts = [
             Host(f"h{i}", address(prefix, i), port, self.directory / "hosts" / f"h{i}")
             for i in range(1, count + 1)
@@ -248,8 +263,11 @@ class Lab:
         layer = self.directory / "layer"
         shutil.rmtree(layer, ignore_errors=True)
         public_key = Path(f"{self.private_key}.pub").read_text()
-        kex = f"KexAlgorithms {self.kex}\n" if self.kex else ""
+        kex = f"KexAlgorithms {self.costs.kex}\n" if self.costs.kex else ""
         _put(layer, f"{LAB_ETC}/sshd_config", kex + SSHD_CONFIG, 0o644)
+        if not self.costs.apt_lists:
+            _put(layer, f"{APT_LISTS}/partial/.keep", "", 0o644)
+            _put(layer, "/etc/apt/apt.conf.d/99lab-lists", f'Dir::State::Lists "{APT_LISTS}/";\n', 0o644)
         _put(layer, f"{LAB_ETC}/ssh_host_ed25519_key", host_key.read_text(), 0o600)
         _put(layer, f"{LAB_ETC}/authorized_keys", public_key, 0o644)
         root_home = pwd.getpwnam("root").pw_dir

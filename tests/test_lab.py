@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import Lab, LabError
+from lab import LEAN, REAL, Costs, Lab, LabError
 from tests.conftest import own_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +37,33 @@ def namespaces(directory: Path) -> list[int]:
     """The long-lived unshare parent of each host (sshd forks short-lived children per connection)."""
     return [pid for pid in lab_processes(directory)
             if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"unshare")]
+
+
+APT_OPEN = ("/usr/bin/python3 -c 'import apt; cache = apt.Cache(); "
+            "print(len(cache), cache[\"openssh-server\"].is_installed)'")
+
+
+@pytest.mark.parametrize("costs", [LEAN, REAL], ids=["lean", "real"])
+def test_a_lean_host_trims_the_key_exchange_and_package_lists_and_a_real_one_keeps_them(tmp_path: Path,
+                                                                                          costs: Costs) -> None:
+    with Lab(tmp_path / "lab", 1, prefix=PREFIX, costs=costs) as lab:
+        host = lab.hosts[0]
+        said = subprocess.run(["ssh", "-v", *lab.ssh_args(), "-p", str(host.port), f"root@{host.address}", "true"],
+                              capture_output=True, text=True, timeout=30, check=False)
+        assert said.returncode == 0, said.stderr
+        [kex] = [line for line in said.stderr.splitlines() if "kex: algorithm:" in line]
+        assert kex.endswith("curve25519-sha256" if costs.kex else "sntrup761x25519-sha512"), kex
+        # what a role's apt module opens: this machine's packages and lists on a real host; on a lean one, what
+        # this machine's apt sees with no lists (installed packages), whether or not this machine has any
+        opened = lab.ssh(host, APT_OPEN)
+        assert opened.returncode == 0, opened.stderr
+        env = dict(os.environ)
+        if not costs.apt_lists:
+            (tmp_path / "lists/partial").mkdir(parents=True)
+            (tmp_path / "apt.conf").write_text(f'Dir::State::Lists "{tmp_path / "lists"}/";\n')
+            env["APT_CONFIG"] = str(tmp_path / "apt.conf")
+        here = subprocess.run(["sh", "-c", APT_OPEN], capture_output=True, text=True, timeout=60, check=True, env=env)
+        assert opened.stdout == here.stdout and opened.stdout.endswith(" True\n"), (opened.stdout, here.stdout)
 
 
 def test_ten_hosts_come_up_fast_each_with_its_own_srv(tmp_path: Path) -> None:
