@@ -149,6 +149,7 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
             [(where, hosts)] = placed.items()
             part(where, hosts)
         else:
+            import_runner()
             threads = [threading.Thread(target=guarded, args=(where, hosts)) for where, hosts in placed.items()]
             for thread in threads:
                 thread.start()
@@ -174,11 +175,20 @@ def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check:
     return partial
 
 
+def import_runner() -> None:
+    """Import ansible-runner in this thread, before threads that run playbooks start: Python 3.11 can fail with
+    KeyError when two threads import a package's modules for the first time at once (bpo-38884)."""
+    # imported on first use: ansible-runner brings pexpect and part of Ansible with it, which status, history,
+    # show and a sync that finds nothing to do never need
+    import ansible_runner.config.runner
+    import ansible_runner.runner
+    import ansible_runner.streaming  # noqa: F401  (the execution nodes' Processor)
+
+
 def _run_here(settings: dict[str, Any], inventory: Path, project: Path, private_dir: Path, collected: _Collector,
               stop: _Stop, cancel: Cancel) -> str:
     """The playbook for the hosts this bastion reaches itself; how ansible-runner ended."""
-    # imported here: ansible-runner brings pexpect and part of Ansible with it, which status, history, show
-    # and a sync that finds nothing to do never need
+    import_runner()
     from ansible_runner.config.runner import RunnerConfig
     from ansible_runner.runner import Runner
 

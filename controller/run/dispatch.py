@@ -6,6 +6,7 @@ from __future__ import annotations
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
+from controller.ansible.runner import import_runner
 from controller.config import Config
 from controller.errors import ControllerError, Failure
 from controller.interrupt import Cancel
@@ -67,6 +68,7 @@ class Dispatch:
             with Store.of(self.config) as store:
                 return self.one(app, store, lanes)
 
+        import_runner()
         with ThreadPoolExecutor(lanes, thread_name_prefix="app") as pool:
             try:
                 while pending or running:
