@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import yaml
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 
 from controller.vocabulary import ExitCode
 from tests.conftest import APP_YML, USER, VERSION, Fleet, bump_version, write_config
-from tests.support.browser import chromium
+from tests.support.browser import chromium, mid_navigation
 from tests.support.daemon import daemon, free_port, version_is, wait_for, watch_config
 from tests.support.receiver import Receiver
 
@@ -84,7 +84,9 @@ def test_a_new_revision_waits_for_an_approval_that_names_it(converged: Fleet, tm
                 body = browser.find_element(By.TAG_NAME, "body").text
                 return "Approved: the next sync applies this revision." in body and not browser.find_elements(
                     By.ID, "approval")
-            except StaleElementReferenceException:
+            except WebDriverException as error:
+                if not mid_navigation(error):
+                    raise
                 return False
         wait_for("the app's page saying it is approved", approved_page, timeout=30)
         wait_for("the approved revision applied", version_is(fleet, "2.1"), timeout=60)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.wait import WebDriverWait
@@ -35,7 +35,7 @@ from controller.web.listener import Listener, Routes
 from lab import Lab
 from lab.repository import AgeKey
 from tests.conftest import APP_YML, BIN, VERSION, Fleet, build_fleet, bump_version, write_config
-from tests.support.browser import chromium, request, served
+from tests.support.browser import chromium, mid_navigation, request, served
 from tests.support.daemon import daemon, free_port, wait_for, watch_config
 from tests.support.metrics import promtool
 from tests.support.processes import running, workspaces
@@ -64,19 +64,17 @@ def screenshot(driver: webdriver.Chrome, name: str) -> None:
 
 
 def until(driver: webdriver.Chrome, seconds: float, predicate: Callable[[webdriver.Chrome], object]) -> None:
-    """Wait for what the page shows, asking again when a live update swapped the element being read, or a form's
-    redirect replaced the document between finding an element and reading it (Chromium then says its node "does
-    not belong to the document", a plain WebDriverException)."""
+    """Wait for what the page shows, asking again when a live update or a form's redirect replaced what was being
+    read (mid_navigation)."""
     def asked(d: webdriver.Chrome) -> object:
         try:
             return predicate(d)
         except WebDriverException as error:
-            if "does not belong to the document" not in str(error.msg):
+            if not mid_navigation(error):
                 raise
             return False
 
-    WebDriverWait(driver, seconds, poll_frequency=0.25, ignored_exceptions=(StaleElementReferenceException,)).until(
-        asked)
+    WebDriverWait(driver, seconds, poll_frequency=0.25).until(asked)
 
 
 def click(driver: webdriver.Chrome, element_id: str) -> None:

@@ -13,12 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 
 from tests.conftest import BIN
 from tests.support.daemon import wait_for
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def mid_navigation(error: WebDriverException) -> bool:
+    """Whether reading the page failed only because a navigation (a form's redirect, a live update) replaced the
+    document under the read: an element gone stale, no body yet, or Chromium saying the node "does not belong to
+    the document" (a plain WebDriverException)."""
+    return (isinstance(error, (StaleElementReferenceException, NoSuchElementException))
+            or "does not belong to the document" in str(error.msg))
 
 
 @contextmanager
