@@ -188,8 +188,7 @@ def import_runner() -> None:
 def _run_here(settings: dict[str, Any], inventory: Path, project: Path, private_dir: Path, collected: _Collector,
               stop: _Stop, cancel: Cancel) -> str:
     """The playbook for the hosts this bastion reaches itself; how ansible-runner ended."""
-    import_runner()
-    from ansible_runner.config.runner import RunnerConfig
+    from ansible_runner.config.runner import RunnerConfig  # on first use (import_runner)
     from ansible_runner.runner import Runner
 
     config = RunnerConfig(private_data_dir=str(private_dir), project_dir=str(project),
