@@ -35,6 +35,7 @@ def test_defaults_apply_where_the_repository_is_silent(tmp_path: Path) -> None:
     assert env["ANSIBLE_PRIVATE_KEY_FILE"] == "/keys/id"
     assert env["ANSIBLE_STRATEGY"] == "controller_linear"  # mitogen, a dependency, with CPU placement unpinned
     assert Path(env["ANSIBLE_STRATEGY_PLUGINS"], "controller_linear.py").exists()
+    assert env["CONTROLLER_SOURCE_CACHE"] == str(tmp_path / "state" / "cache")  # what it keeps between runs
     assert env["ANSIBLE_LOCAL_TEMP"] == str(tmp_path / "job" / "tmp")
     assert env["ANSIBLE_SSH_CONTROL_PATH_DIR"] == str(tmp_path / "job" / "cp")  # private, per run
     assert env["ANSIBLE_TASK_TIMEOUT"] == "42"
@@ -106,6 +107,7 @@ def test_linear_fallback_and_no_secret_from_the_environment(tmp_path: Path, monk
     job = private(tmp_path)
     env = job_settings(config(tmp_path, strategy="linear"), tmp_path, job).env
     assert env["ANSIBLE_STRATEGY"] == "linear" and "ANSIBLE_STRATEGY_PLUGINS" not in env
+    assert "CONTROLLER_SOURCE_CACHE" not in env
     assert "SOPS_AGE_KEY" not in env and "SLACK_WEBHOOK_URL" not in env
     # the ssh wrappers (a jump host's ssh finds them), then this Python's tools
     assert env["PATH"].split(":")[:2] == [str(job / "bin"), str(Path(sys.executable).parent)]
@@ -116,3 +118,4 @@ def test_cpu_pinning_means_mitogens_own_strategy(tmp_path: Path) -> None:
     env = job_settings(config(tmp_path, pinning=True), tmp_path, private(tmp_path)).env
     assert env["ANSIBLE_STRATEGY"] == "mitogen_linear"
     assert Path(env["ANSIBLE_STRATEGY_PLUGINS"], "mitogen_linear.py").exists()
+    assert "CONTROLLER_SOURCE_CACHE" not in env  # mitogen's own strategy keeps nothing between runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -381,9 +382,17 @@ def test_state_is_private_whatever_the_umask(fleet: Fleet) -> None:
             assert path.stat().st_mode & 0o077 == 0, path
 
 
-def test_when_mitogen_cannot_load_the_linear_fallback_converges_the_same_fleet(fleet: Fleet) -> None:
+def test_mitogen_keeps_its_source_work_between_runs_and_when_it_cannot_load_the_linear_fallback_converges(
+        fleet: Fleet) -> None:
     assert fleet.controller("check").returncode == 2  # mitogen loads here, and the state dir remembers it
     assert len(list((fleet.state / "cache" / "mitogen-loads").iterdir())) == 1
+    # what the multiplexer compiled and minified, by a hash of the source; an entry whose data no longer matches the
+    # hash it was written with (a disk's fault or a hand's) is a miss, written again: never sent to a host
+    [kept] = (fleet.state / "cache").glob("mitogen-sources-*")
+    entries = {entry.name for entry in kept.iterdir()}
+    assert len(entries) > 20, entries
+    for entry in kept.iterdir():
+        entry.write_bytes(entry.read_bytes()[:32] + b"raise ImportError('damaged')\n")
     # a mitogen that refuses to load, as it does on an ansible-core it does not support: a real import failure
     shadow = fleet.root / "shadow" / "ansible_mitogen"
     shadow.mkdir(parents=True)
@@ -397,7 +406,11 @@ def test_when_mitogen_cannot_load_the_linear_fallback_converges_the_same_fleet(f
     for host in ("h1", "h2"):
         assert fleet.host_file(host, VERSION).read_text() == "1.0.0\n"
     assert fleet.controller("check").returncode == 0  # and the default strategy agrees: nothing to change
-
+    # the second mitogen run met the same sources under the same names, and wrote each of them whole again
+    assert {entry.name for entry in kept.iterdir()} == entries
+    for entry in kept.iterdir():
+        data = entry.read_bytes()
+        assert hashlib.sha256(data[32:]).digest() == data[:32], entry
 
 
 def test_limit_reconciles_only_the_hosts_named_and_the_store_keeps_the_others(converged: Fleet) -> None:

@@ -96,6 +96,8 @@ def job_settings(config: Config, project: Path, private: Path) -> Job:
         env["ANSIBLE_STRATEGY"] = strategy
         if plugins:
             env.setdefault("ANSIBLE_STRATEGY_PLUGINS", plugins)
+        if strategy == "controller_linear":  # which keeps mitogen's work on unchanged sources between runs here
+            env["CONTROLLER_SOURCE_CACHE"] = str(config.state_path / "cache")
     # a host that stops answering must not hold the run (and the lock) for ever
     env["ANSIBLE_TASK_TIMEOUT"] = str(max(1, round(settings.task_timeout)))
 

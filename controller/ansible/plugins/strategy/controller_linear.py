@@ -1,22 +1,143 @@
-"""Ansible strategy: mitogen's linear strategy, with the CPU placement left to the kernel.
+"""Ansible strategy: mitogen's linear strategy, with the CPU placement left to the kernel and the
+work it does on unchanged sources remembered between runs.
 
 On a machine with 2 or 3 cores mitogen pins the strategy process, every worker and the ssh
 clients to one core; unpinned, the same check ran faster here (docs/benchmarks.md). The
 controller uses this strategy by default and mitogen's own ``mitogen_linear`` with
 ``ansible.cpu_pinning: true``.
+
+In every run mitogen's multiplexer compiles each module it scans for imports and minifies its
+own modules before sending them to the hosts: the same sources each time, about half a second
+of the bastion's CPU per run (docs/benchmarks.md). Where CONTROLLER_SOURCE_CACHE names a
+directory (the controller sets it to one in its state dir), both results are kept there under a
+hash of the source and read back in later runs. The cache only saves work: an entry that cannot
+be read, or whose data no longer matches the hash it was written with, is a miss.
 """
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import hashlib
+import importlib.util
+import marshal
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
 import ansible_mitogen.affinity
 import ansible_mitogen.loaders
+import ansible_mitogen.module_finder
 import ansible_mitogen.strategy
+import mitogen
+import mitogen.master
+import mitogen.minify
 
 # a plain Policy assigns nothing: every process may run on every core
 ansible_mitogen.affinity.policy = ansible_mitogen.affinity.Policy()
 
 Base = ansible_mitogen.loaders.strategy_loader.get("linear", class_only=True)
 
+KEEP = 2048  # entries; beyond that the least recently used go (one set of sources is about 130)
+
 
 class StrategyModule(ansible_mitogen.strategy.StrategyMixin, Base):  # type: ignore[misc,valid-type]
     """mitogen_linear without CPU pinning."""
+
+
+class SourceCache:
+    """Compiled code and minified source, by a hash of the source, in one directory."""
+
+    def __init__(self, directory: str) -> None:
+        # bytecode and minified text are only valid for this Python's bytecode and this mitogen's minifier
+        version = f"{importlib.util.MAGIC_NUMBER.hex()}-{'.'.join(map(str, mitogen.__version__))}"
+        self.directory = os.path.join(directory, f"mitogen-sources-{version}")
+
+    def compile(self, source: Any, filename: Any, mode: str, flags: int = 0, dont_inherit: bool = False,
+                optimize: int = -1) -> Any:
+        """``compile``, from the cache when the same source was compiled under the same name before."""
+        if not isinstance(source, (bytes, str)) or flags or dont_inherit or optimize != -1:
+            return builtins.compile(source, filename, mode, flags, dont_inherit, optimize)
+        key = self._key(b"code", source, str(filename).encode(), mode.encode())
+        kept = self._read(key)
+        if kept is not None:
+            try:
+                return marshal.loads(kept)
+            except (EOFError, ValueError, TypeError):  # a torn or foreign file: compile afresh
+                pass
+        code = builtins.compile(source, filename, mode)
+        self._write(key, marshal.dumps(code))
+        return code
+
+    def minifier(self, minimize: Callable[[Any], str]) -> Callable[[Any], str]:
+        """``minimize`` (mitogen's minimize_source), from the cache for a source minified before."""
+        def minimize_source(source: Any) -> str:
+            key = self._key(b"minified", source)
+            kept = self._read(key)
+            if kept is not None:
+                return kept.decode("utf-8")
+            minified = minimize(source)
+            self._write(key, minified.encode("utf-8"))
+            return minified
+        return minimize_source
+
+    @staticmethod
+    def _key(*parts: Any) -> str:
+        digest = hashlib.sha256()
+        for part in parts:
+            data = part.encode("utf-8") if isinstance(part, str) else part
+            digest.update(len(data).to_bytes(8, "big") + data)
+        return digest.hexdigest()
+
+    def _read(self, key: str) -> bytes | None:
+        path = os.path.join(self.directory, key)
+        try:
+            with open(path, "rb") as kept:
+                stored = kept.read()
+            os.utime(path)  # recently used: kept longest
+        except OSError:
+            return None
+        digest, data = stored[:32], stored[32:]
+        return data if hashlib.sha256(data).digest() == digest else None  # damaged: a miss, written again
+
+    def _write(self, key: str, data: bytes) -> None:
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".new-")
+        except OSError:  # no room, or no right to write: this run goes without
+            return
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(hashlib.sha256(data).digest() + data)
+            os.replace(temporary, os.path.join(self.directory, key))  # whole or not at all, for a run at once
+            self._prune()
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+
+    def _prune(self) -> None:
+        entries = list(os.scandir(self.directory))
+        if len(entries) <= KEEP:
+            return
+        def used(entry: os.DirEntry[str]) -> int:
+            try:
+                return entry.stat().st_mtime_ns
+            except OSError:
+                return 0
+        for old in sorted(entries, key=used)[:len(entries) - KEEP]:
+            with contextlib.suppress(OSError):  # another run pruned it first
+                os.unlink(old.path)
+
+
+def _remember_between_runs(directory: str | None) -> None:
+    if not directory:
+        return
+    cache = SourceCache(directory)
+    # a module's own name shadows the builtin: these two compile only to read a module's imports
+    mitogen.master.compile = cache.compile
+    ansible_mitogen.module_finder.compile = cache.compile
+    mitogen.minify.minimize_source = cache.minifier(mitogen.minify.minimize_source)
+
+
+_remember_between_runs(os.environ.get("CONTROLLER_SOURCE_CACHE"))
