@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import marshal
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from controller.ansible.job import job_settings
+from controller.ansible.job import PLUGINS, job_settings
 from controller.config import AnsibleConfig, Config, SourceConfig, SshConfig
 
 
@@ -119,3 +122,33 @@ def test_cpu_pinning_means_mitogens_own_strategy(tmp_path: Path) -> None:
     assert env["ANSIBLE_STRATEGY"] == "mitogen_linear"
     assert Path(env["ANSIBLE_STRATEGY_PLUGINS"], "mitogen_linear.py").exists()
     assert "CONTROLLER_SOURCE_CACHE" not in env  # mitogen's own strategy keeps nothing between runs
+
+
+def test_the_source_cache_compiles_as_mitogen_would_and_takes_only_whole_entries_of_its_own(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("controller_linear", PLUGINS / "strategy" / "controller_linear.py")
+    assert spec is not None and spec.loader is not None
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)  # with CONTROLLER_SOURCE_CACHE unset it changes nothing in mitogen
+    cache = plugin.SourceCache(str(tmp_path))
+    # valid Python that this module's own `from __future__ import annotations` would refuse
+    source = b"def f(x: (y := 1)): pass\nimport json\n"
+    fresh = compile(source, "m.py", "exec", 0, True)
+    for _ in range(2):  # written, then read back
+        code = cache.compile(source, "m.py", "exec")
+        assert (code.co_flags, code.co_code, code.co_names) == (fresh.co_flags, fresh.co_code, fresh.co_names)
+    [entry] = Path(cache.directory).iterdir()
+    # the same text as str is another entry (a coding cookie reads bytes and str differently)
+    cache.compile(source.decode(), "m.py", "exec")
+    assert len(list(Path(cache.directory).iterdir())) == 2
+    # an entry whose hash holds but which is not code (another tool's, or a hand's) is a miss, written again
+    foreign = marshal.dumps({"not": "code"})
+    entry.write_bytes(hashlib.sha256(foreign).digest() + foreign)
+    assert cache.compile(source, "m.py", "exec").co_code == fresh.co_code
+    assert marshal.loads(entry.read_bytes()[32:]).co_code == fresh.co_code
+    # minified text: read back while whole; not UTF-8 any more, a miss that minifies afresh
+    calls: list[str] = []
+    minify = cache.minifier(lambda text: calls.append(text) or "x = 1\n")
+    assert [minify("x = 1  # one\n") for _ in range(2)] == ["x = 1\n"] * 2 and len(calls) == 1
+    [text] = [p for p in Path(cache.directory).iterdir() if p.read_bytes()[32:] == b"x = 1\n"]
+    text.write_bytes(hashlib.sha256(b"\xff").digest() + b"\xff")
+    assert minify("x = 1  # one\n") == "x = 1\n" and len(calls) == 2

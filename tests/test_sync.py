@@ -387,7 +387,7 @@ def test_mitogen_keeps_its_source_work_between_runs_and_when_it_cannot_load_the_
     assert fleet.controller("check").returncode == 2  # mitogen loads here, and the state dir remembers it
     assert len(list((fleet.state / "cache" / "mitogen-loads").iterdir())) == 1
     # what the multiplexer compiled and minified, by a hash of the source; an entry whose data no longer matches the
-    # hash it was written with (a disk's fault or a hand's) is a miss, written again: never sent to a host
+    # hash it was written with (a disk's fault) is a miss, written again: what reaches the hosts is made afresh
     [kept] = (fleet.state / "cache").glob("mitogen-sources-*")
     entries = {entry.name for entry in kept.iterdir()}
     assert len(entries) > 20, entries

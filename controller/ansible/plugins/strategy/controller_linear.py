@@ -22,7 +22,10 @@ import hashlib
 import importlib.util
 import marshal
 import os
+import shutil
+import sys
 import tempfile
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +42,7 @@ ansible_mitogen.affinity.policy = ansible_mitogen.affinity.Policy()
 
 Base = ansible_mitogen.loaders.strategy_loader.get("linear", class_only=True)
 
+PREFIX = "mitogen-sources-"
 KEEP = 2048  # entries; beyond that the least recently used go (one set of sources is about 130)
 
 
@@ -52,31 +56,36 @@ class SourceCache:
     def __init__(self, directory: str) -> None:
         # bytecode and minified text are only valid for this Python's bytecode and this mitogen's minifier
         version = f"{importlib.util.MAGIC_NUMBER.hex()}-{'.'.join(map(str, mitogen.__version__))}"
-        self.directory = os.path.join(directory, f"mitogen-sources-{version}")
+        self.directory = os.path.join(directory, f"{PREFIX}{version}")
 
     def compile(self, source: Any, filename: Any, mode: str, flags: int = 0, dont_inherit: bool = False,
                 optimize: int = -1) -> Any:
-        """``compile``, from the cache when the same source was compiled under the same name before."""
-        if not isinstance(source, (bytes, str)) or flags or dont_inherit or optimize != -1:
-            return builtins.compile(source, filename, mode, flags, dont_inherit, optimize)
-        key = self._key(b"code", source, str(filename).encode(), mode.encode())
+        """``compile`` as the callers' modules call it (no future flags of this one), from the cache when the
+        same source was compiled under the same name before."""
+        if not isinstance(source, (bytes, str)) or flags or optimize != -1:
+            return builtins.compile(source, filename, mode, flags, True, optimize)
+        key = self._key(b"code", type(source).__name__, source, os.fsencode(filename), mode,
+                        str(sys.flags.optimize))
         kept = self._read(key)
         if kept is not None:
             try:
-                return marshal.loads(kept)
-            except (EOFError, ValueError, TypeError):  # a torn or foreign file: compile afresh
-                pass
-        code = builtins.compile(source, filename, mode)
+                code = marshal.loads(kept)
+            except Exception:  # data from another Python, or written by hand: compile afresh
+                code = None
+            if isinstance(code, types.CodeType):
+                return code
+        code = builtins.compile(source, filename, mode, 0, True)
         self._write(key, marshal.dumps(code))
         return code
 
     def minifier(self, minimize: Callable[[Any], str]) -> Callable[[Any], str]:
         """``minimize`` (mitogen's minimize_source), from the cache for a source minified before."""
         def minimize_source(source: Any) -> str:
-            key = self._key(b"minified", source)
+            key = self._key(b"minified", type(source).__name__, source)
             kept = self._read(key)
             if kept is not None:
-                return kept.decode("utf-8")
+                with contextlib.suppress(UnicodeDecodeError):
+                    return kept.decode("utf-8")
             minified = minimize(source)
             self._write(key, minified.encode("utf-8"))
             return minified
@@ -95,15 +104,18 @@ class SourceCache:
         try:
             with open(path, "rb") as kept:
                 stored = kept.read()
-            os.utime(path)  # recently used: kept longest
         except OSError:
             return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: kept longest
         digest, data = stored[:32], stored[32:]
         return data if hashlib.sha256(data).digest() == digest else None  # damaged: a miss, written again
 
     def _write(self, key: str, data: bytes) -> None:
         try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            if not os.path.isdir(self.directory):
+                self._forget_other_versions()
+                os.makedirs(self.directory, mode=0o700, exist_ok=True)
             handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".new-")
         except OSError:  # no room, or no right to write: this run goes without
             return
@@ -115,6 +127,13 @@ class SourceCache:
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+
+    def _forget_other_versions(self) -> None:
+        """A new Python or mitogen: the entries of the one before are of no more use."""
+        parent, own = os.path.split(self.directory)
+        for entry in os.scandir(parent) if os.path.isdir(parent) else ():
+            if entry.name.startswith(PREFIX) and entry.name != own:
+                shutil.rmtree(entry.path, ignore_errors=True)
 
     def _prune(self) -> None:
         entries = list(os.scandir(self.directory))
