@@ -61,6 +61,12 @@ VERSION = "/srv/opt/shop/VERSION"
 PLAINTEXTS: list[str] = []
 
 
+# mitogen's compiled and minified sources (plugins/strategy/controller_linear.py) as the first run of this test
+# process left them in its state dir: a new fleet starts with a copy, as a bastion's second run would (the
+# entries are named by a hash of their source, so a copy is as good as the run's own). Set for the session.
+WARM_SOURCES: list[Path] = []
+
+
 def secret(label: str) -> str:
     """A unique plaintext secret value, remembered for the leak search."""
     value = f"{label}-{uuid.uuid4().hex[:12]}-plaintext"
@@ -188,8 +194,10 @@ class Fleet:
                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run the real ``controller`` command against this fleet (``env``: variables to add)."""
         env = {**os.environ, "CONTROLLER_CONFIG": str(self.config), **(env or {})}
-        return subprocess.run([str(BIN / "controller"), *args], env=env, capture_output=True,
+        done = subprocess.run([str(BIN / "controller"), *args], env=env, capture_output=True,
                               text=True, timeout=timeout, check=False)
+        keep_warm_sources(self.state)
+        return done
 
     def controller_json(self, *args: str) -> tuple[int, dict[str, Any]]:
         done = self.controller(*args, "--json")
@@ -225,6 +233,33 @@ class Fleet:
 PLACEMENT = {"staging": {"web1.staging": "h1", "web2.staging": "h2"}, "production": {"web1.prod": "h3"}}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def warm_sources(tmp_path_factory: pytest.TempPathFactory) -> None:
+    WARM_SOURCES[:] = [tmp_path_factory.getbasetemp() / "warm-sources"]
+
+
+def keep_warm_sources(state: Path) -> None:
+    """The first run of this test process that left mitogen's sources in a state dir: kept for the fleets after."""
+    if not WARM_SOURCES or WARM_SOURCES[0].exists():
+        return
+    kept = list((state / "cache").glob("mitogen-sources-*"))
+    if kept:
+        ready = WARM_SOURCES[0].with_name(".warm-sources")
+        shutil.rmtree(ready, ignore_errors=True)
+        shutil.copytree(kept[0], ready / kept[0].name)
+        ready.rename(WARM_SOURCES[0])
+
+
+def seed_warm_sources(state: Path) -> None:
+    """A new state dir (0700, as the controller makes it) with the warm sources, once there are some."""
+    if not WARM_SOURCES or not WARM_SOURCES[0].exists():
+        return
+    (state / "cache").mkdir(mode=0o700, parents=True)
+    state.chmod(0o700)
+    for kept in WARM_SOURCES[0].iterdir():
+        shutil.copytree(kept, state / "cache" / kept.name)
+
+
 def build_fleet(root: Path, lab: Lab, key: AgeKey, apps: tuple[str, ...] = ("staging",),
                 placement: dict[str, dict[str, str]] = PLACEMENT) -> Fleet:
     """The example repository on the test lab: by default staging on h1, h2; production on h3."""
@@ -252,6 +287,7 @@ def build_fleet(root: Path, lab: Lab, key: AgeKey, apps: tuple[str, ...] = ("sta
     git(fleet.work, "remote", "add", "origin", str(fleet.remote))
     fleet.push("Example fleet")
     write_config(fleet)
+    seed_warm_sources(fleet.state)
     return fleet
 
 

@@ -103,7 +103,7 @@ def run_as_cron(fleet: Fleet, command: str) -> subprocess.Popen[str]:
 def test_every_documented_cron_line_runs_under_crons_environment_and_none_refuses_another(fleet: Fleet) -> None:
     jobs = cron_jobs()
     assert len(jobs) == 3 and all(j.startswith(f"out=$({VENV}/bin/controller ") for j in jobs), jobs
-    fleet.state.mkdir(mode=0o700)
+    fleet.state.mkdir(mode=0o700, exist_ok=True)  # as the install makes it
     first = run_as_cron(fleet, jobs[0])  # the sync line: a fleet never synced converges
     assert first.communicate(timeout=300) == ("", "") and first.returncode == 0
     assert json.loads((fleet.state / "sync.json").read_text())["apps"][0]["outcome"] == "converged"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -372,6 +373,7 @@ def test_only_if_changed_returns_at_once_until_the_branch_moves_or_a_check_is_du
 
 
 def test_state_is_private_whatever_the_umask(fleet: Fleet) -> None:
+    shutil.rmtree(fleet.state, ignore_errors=True)  # the controller makes it (the fixture copied warm sources in)
     env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config)}
     done = subprocess.run(["sh", "-c", f"umask 000 && exec {BIN / 'controller'} sync"], env=env,
                           capture_output=True, text=True, timeout=300, check=False)
@@ -384,6 +386,7 @@ def test_state_is_private_whatever_the_umask(fleet: Fleet) -> None:
 
 def test_mitogen_keeps_its_source_work_between_runs_and_when_it_cannot_load_the_linear_fallback_converges(
         fleet: Fleet) -> None:
+    shutil.rmtree(fleet.state / "cache", ignore_errors=True)  # cold: no sources of another fleet's run
     assert fleet.controller("check").returncode == 2  # mitogen loads here, and the state dir remembers it
     assert len(list((fleet.state / "cache" / "mitogen-loads").iterdir())) == 1
     # what the multiplexer compiled and minified, by a hash of the source; an entry whose data no longer matches the
