@@ -7,8 +7,8 @@ controller uses this strategy by default and mitogen's own ``mitogen_linear`` wi
 ``ansible.cpu_pinning: true``.
 
 In every run mitogen's multiplexer compiles each module it scans for imports and minifies its
-own modules before sending them to the hosts: the same sources each time, about half a second
-of the bastion's CPU per run (docs/benchmarks.md). Where CONTROLLER_SOURCE_CACHE names a
+own modules before sending them to the hosts: the same sources each time, about a sixth of the
+bastion's CPU in a no-change check (docs/benchmarks.md). Where CONTROLLER_SOURCE_CACHE names a
 directory (the controller sets it to one in its state dir), both results are kept there under a
 hash of the source and read back in later runs. The cache only saves work: an entry that cannot
 be read, or whose data no longer matches the hash it was written with, is a miss.
