@@ -315,6 +315,7 @@ class Converged:
     place: Path  # where every converged test's fleet lives: the state and the caches name absolute paths
     original: Path
     secrets: dict[str, str]
+    first: subprocess.CompletedProcess[str]  # what that first sync printed, for the tests of a first sync
 
 
 @pytest.fixture(scope="session")
@@ -326,7 +327,7 @@ def converged_original(tmp_path_factory: pytest.TempPathFactory, age_key: AgeKey
         assert first.returncode == 0, first.stdout + first.stderr
     original = tmp_path_factory.mktemp("converged-original") / "converged"
     subprocess.run(["cp", "-a", str(place), str(original)], check=True)
-    return Converged(place, original, dict(built.secrets))
+    return Converged(place, original, dict(built.secrets), first)
 
 
 @pytest.fixture

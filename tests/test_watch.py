@@ -276,14 +276,16 @@ def test_scheduled_drift_check_corrects_apply_and_reports_detect_once(tmp_path: 
     assert all(value not in everything for value in fleet.secrets.values())
 
 
-def test_failing_cycle_is_retried_then_recovers_and_sigterm_mid_run_exits_cleanly(fleet: Fleet) -> None:
+def test_failing_cycle_is_retried_then_recovers_and_sigterm_mid_run_exits_cleanly(converged: Fleet) -> None:
+    fleet = converged
     receiver = Receiver()
     port = free_port()
     watch_config(fleet, watch_local=True, listen=f"127.0.0.1:{port}", backoff=1, backoff_max=2,
                  notify=[{"url": receiver.url, "events": ["run-failed", "recovered"]}])
     try:
         with daemon(fleet, port) as watch:
-            wait_for("the first sync", version_is(fleet, "1.0.0"))
+            wait_for("the first cycle", lambda: watch.health()["cycles"] >= 1 and watch.settled())
+            assert version_is(fleet, "1.0.0")()
             playbook = fleet.work / "playbooks/site.yml"
             good = playbook.read_text()
             playbook.write_text(good + "\n  - this is: [not, a play\n")
