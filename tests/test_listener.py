@@ -247,13 +247,14 @@ def timed_request(url: str, body: bytes | None = None, headers: dict[str, str] |
 
 
 def test_signed_push_goes_through_a_flood_of_forgeries_and_trickling_clients(
-        fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+        converged: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = converged
     fleet.root.joinpath("webhook.secret").write_bytes(SECRET + b"\n")
     port = free_port()
     watch_config(fleet, listen=f"127.0.0.1:{port}", webhook_secret_file="webhook.secret")
     with daemon(fleet, port) as watch:
-        wait_for("the first sync", version_is(fleet, "1.0.0"))
-        wait_for("the first cycle to finish", watch.settled)
+        wait_for("the first cycle", watch.cycled)
+        assert version_is(fleet, "1.0.0")()
         before = procstatus_of(watch.proc.pid)
         count = len(runs(fleet))
         sha = bump_version(fleet, "2.0.0")

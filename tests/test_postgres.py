@@ -203,7 +203,7 @@ def test_two_watches_on_one_postgresql_store_one_leads_and_the_other_takes_over_
     ports = free_port(), free_port()
     first, second = (bastion(converged, f"bastion-{n}", url, port) for n, port in zip("ab", ports, strict=True))
     with daemon(first, ports[0]) as leader:
-        wait_for("the first cycle", lambda: leader.health()["cycles"] >= 1 and leader.settled())
+        wait_for("the first cycle", leader.cycled)
         with daemon(second, ports[1]) as standby:
             wait_for("the second watch to stand by, naming the leader", lambda: standby.health()["leader"])
             assert standby.health()["role"] == "standby"

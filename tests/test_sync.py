@@ -307,7 +307,8 @@ def test_any_reasonable_repository_works(tmp_path: Path, lab: Lab, age_key: obje
     assert lab.host("h1").path("/srv/migrated").exists()
 
 
-def test_a_secret_with_template_syntax_is_deployed_literally(fleet: Fleet) -> None:
+def test_a_secret_with_template_syntax_is_deployed_literally(converged: Fleet) -> None:
+    fleet = converged
     tricky = secret("{{ lookup('env', 'HOME') }}")
     fleet.encrypt("inventories/staging/group_vars/all/secrets.sops.yml",
                   {"app_db_password": tricky, "app_api_token": secret("token")})

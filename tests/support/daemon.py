@@ -83,6 +83,11 @@ class Daemon:
         """No cycle running, as /healthz says."""
         return self.health()["running"] is None
 
+    def cycled(self) -> bool:
+        """Its first cycle has run (on a fleet already at the head, one that may change nothing) and none runs."""
+        health = self.health()
+        return health["cycles"] >= 1 and health["running"] is None
+
     def metrics(self) -> str:
         status, body = self.request("GET", "/metrics")
         assert status == 200, body
