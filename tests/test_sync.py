@@ -421,6 +421,41 @@ def test_mitogen_keeps_its_source_work_between_runs_and_when_it_cannot_load_the_
         assert hashlib.sha256(data[32:]).digest() == data[:32], entry
 
 
+def test_a_task_as_the_login_user_runs_between_tasks_that_become_root(tmp_path: Path, lab: Lab,
+                                                                      age_key: object) -> None:
+    """mitogen reaches root through the login user's interpreter, which the strategy leaves unprepared for modules
+    until a ``become: false`` task asks for it (controller_linear.Relays)."""
+    repo = tmp_path / "relayed"
+    repo.mkdir()
+    (repo / "site.yml").write_text(
+        "- hosts: all\n  gather_facts: false\n  become: true\n  tasks:\n"
+        "    - {name: As root, ansible.builtin.copy: {content: \"root\\n\", dest: /srv/as-root}}\n"
+        "    - {name: As the login user, become: false,\n"
+        "       ansible.builtin.copy: {content: \"login\\n\", dest: /home/deploy/as-login}}\n"
+        "    - {name: As root again, ansible.builtin.copy: {content: \"root\\n\", dest: /srv/as-root-again}}\n")
+    (repo / "hosts").write_text(f"box ansible_host={lab.host('h1').address} ansible_port={lab.port} "
+                                "ansible_user=deploy ansible_python_interpreter=/usr/bin/python3\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "Root, then the login user, then root")
+    fleet = Fleet(tmp_path, lab, age_key)  # type: ignore[arg-type]
+    write_config(fleet, source={"url": str(repo), "branch": "main"}, sops={})
+    code, result = fleet.controller_json("check")
+    assert code == 2, result
+    [app] = result["apps"]
+    assert {t["task"]: t["status"] for t in app["check"]["tasks"]} == {
+        "As root": "changed", "As the login user": "changed", "As root again": "changed"}
+    done = fleet.controller("sync")
+    assert done.returncode == 0, done.stdout + done.stderr
+    host = lab.host("h1")
+    owners = {path: host.path(path).stat().st_uid for path in ("/srv/as-root", "/home/deploy/as-login",
+                                                                "/srv/as-root-again")}
+    deploy = host.path("/home/deploy").stat().st_uid
+    assert owners == {"/srv/as-root": 0, "/home/deploy/as-login": deploy, "/srv/as-root-again": 0}, owners
+    assert deploy != 0
+    assert fleet.controller("check").returncode == 0
+
+
 def test_limit_reconciles_only_the_hosts_named_and_the_store_keeps_the_others(converged: Fleet) -> None:
     for host in ("h1", "h2"):
         config = converged.host_file(host, APP_YML)

@@ -12,12 +12,16 @@ bastion's CPU in a no-change check (docs/benchmarks.md). Where CONTROLLER_SOURCE
 directory (the controller sets it to one in its state dir), both results are kept there under a
 hash of the source and read back in later runs. The cache only saves work: an entry that cannot
 be read, or whose data no longer matches the hash it was written with, is a miss.
+
+On a host reached as one user and become another, the login user's interpreter only relays the
+root one's traffic: it is not prepared to run modules until a task asks to run there (Relays).
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import marshal
@@ -25,6 +29,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import types
 from collections.abc import Callable
 from typing import Any
@@ -32,8 +37,11 @@ from typing import Any
 import ansible_mitogen.affinity
 import ansible_mitogen.loaders
 import ansible_mitogen.module_finder
+import ansible_mitogen.services
 import ansible_mitogen.strategy
+import ansible_mitogen.target
 import mitogen
+import mitogen.core
 import mitogen.master
 import mitogen.minify
 
@@ -160,3 +168,56 @@ def _remember_between_runs(directory: str | None) -> None:
 
 
 _remember_between_runs(os.environ.get("CONTROLLER_SOURCE_CACHE"))
+
+
+class Relays:
+    """A context that only relays (the login user's interpreter under ``become``) is not prepared to run modules.
+
+    mitogen runs ``init_child`` in every context of a connection's stack: it imports its target code there and
+    forks a spare interpreter for isolated modules. A relay runs no module, and that preparation was about 0.15 s
+    of each host's CPU in every run (docs/benchmarks.md). A relay asked for later as a task's own context (a
+    ``become: false`` task) is prepared then, once.
+    """
+
+    final = threading.local()  # the stack element ContextService.get is connecting to, in the thread doing it
+    late = threading.Lock()
+
+    @classmethod
+    def install(cls) -> None:
+        service = ansible_mitogen.services.ContextService
+        connect, get = service._connect, service.get
+
+        def _connect(self: Any, key: Any, spec: Any, via: Any = None) -> Any:
+            if spec is getattr(cls.final, "spec", spec):
+                return connect(self, key, spec, via)
+            # mitogen's _connect without its last steps: forwarding the modules a target needs, and init_child
+            context = getattr(self.router, spec["method"])(via=via, unidirectional=True, **spec["kwargs"])
+            if via and spec.get("enable_lru"):
+                self._update_lru(context, spec, via)
+            mitogen.core.listen(context, "disconnect", lambda: self._on_context_disconnect(context))
+            self._key_by_context[context] = key
+            self._refs_by_context[context] = 0
+            return {"context": context, "via": via, "init_child_result": None, "msg": None}
+
+        @functools.wraps(get)
+        def get_prepared(self: Any, stack: list[Any]) -> Any:
+            cls.final.spec = stack[-1] if stack else None
+            try:
+                result = get(self, stack)
+            finally:
+                del cls.final.spec  # any other caller of _connect in this thread connects as mitogen does
+            if isinstance(result, dict) and result["context"] is not None and result["init_child_result"] is None:
+                with cls.late:  # the response is shared by every task on that context: prepared once
+                    if result["init_child_result"] is None:
+                        self._send_module_forwards(result["context"])
+                        result["init_child_result"] = result["context"].call(
+                            ansible_mitogen.target.init_child,
+                            log_level=ansible_mitogen.services.LOG.getEffectiveLevel(),
+                            candidate_temp_dirs=self._get_candidate_temp_dirs())
+            return result
+
+        service._connect = _connect
+        service.get = get_prepared
+
+
+Relays.install()
