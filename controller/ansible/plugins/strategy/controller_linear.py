@@ -32,7 +32,7 @@ import tempfile
 import threading
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import ansible_mitogen.affinity
 import ansible_mitogen.loaders
@@ -180,7 +180,8 @@ class Relays:
     """
 
     final = threading.local()  # the stack element ContextService.get is connecting to, in the thread doing it
-    late = threading.Lock()
+    guard = threading.Lock()
+    preparing: ClassVar[dict[int, threading.Lock]] = {}  # by context: hosts prepare side by side
 
     @classmethod
     def install(cls) -> None:
@@ -207,17 +208,31 @@ class Relays:
             finally:
                 del cls.final.spec  # any other caller of _connect in this thread connects as mitogen does
             if isinstance(result, dict) and result["context"] is not None and result["init_child_result"] is None:
-                with cls.late:  # the response is shared by every task on that context: prepared once
-                    if result["init_child_result"] is None:
-                        self._send_module_forwards(result["context"])
-                        result["init_child_result"] = result["context"].call(
-                            ansible_mitogen.target.init_child,
-                            log_level=ansible_mitogen.services.LOG.getEffectiveLevel(),
-                            candidate_temp_dirs=self._get_candidate_temp_dirs())
+                return cls.prepare(self, result, stack[-1])
             return result
 
         service._connect = _connect
         service.get = get_prepared
+
+    @classmethod
+    def prepare(cls, service: Any, result: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+        """What mitogen's _connect does last, for a relay now asked for as a task's own context; answered as
+        ContextService.get answers a connection lost meanwhile."""
+        context = result["context"]
+        with cls.guard:
+            lock = cls.preparing.setdefault(context.context_id, threading.Lock())
+        with lock:  # the response is shared by every task on that context: prepared once
+            if result["init_child_result"] is None:
+                try:
+                    service._send_module_forwards(context)
+                    result["init_child_result"] = context.call(
+                        ansible_mitogen.target.init_child,
+                        log_level=ansible_mitogen.services.LOG.getEffectiveLevel(),
+                        candidate_temp_dirs=service._get_candidate_temp_dirs())
+                except mitogen.core.ChannelError:
+                    return {"context": None, "init_child_result": None, "method_name": spec["method"],
+                            "msg": service.disconnect_msg}
+        return result
 
 
 Relays.install()
