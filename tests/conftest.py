@@ -303,6 +303,17 @@ def write_config(fleet: Fleet, **overrides: Any) -> None:
     fleet.config.write_text(yaml.safe_dump(config))
 
 
+def fleet_on(repo: Path, root: Path, lab: Lab, key: AgeKey, message: str, **config: Any) -> Fleet:
+    """``repo``'s files committed on ``main`` as ``message``, and a fleet at ``root`` whose bastion config fetches
+    that repository itself (no remote, no SOPS; ``config``: more settings)."""
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    fleet = Fleet(root, lab, key)
+    write_config(fleet, source={"url": str(repo), "branch": "main"}, sops={}, **config)
+    return fleet
+
+
 @pytest.fixture
 def fleet(tmp_path: Path, lab: Lab, age_key: AgeKey) -> Fleet:
     return build_fleet(tmp_path / "fleet", lab, age_key)

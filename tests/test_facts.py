@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lab import Lab
-from lab.repository import AgeKey, git
-from tests.conftest import Fleet, write_config
+from lab.repository import AgeKey
+from tests.conftest import fleet_on
 
 
 def test_facts_are_used_cached_in_memory_only_and_never_drift(tmp_path: Path, lab: Lab, age_key: AgeKey) -> None:
@@ -25,11 +25,7 @@ def test_facts_are_used_cached_in_memory_only_and_never_drift(tmp_path: Path, la
     hosts = "".join(f"{h.name} ansible_host={h.address} ansible_port={lab.port} ansible_user=root\n"
                     for h in lab.hosts[:2])
     (repo / "hosts").write_text(hosts)
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "Facts")
-    fleet = Fleet(tmp_path, lab, age_key)
-    write_config(fleet, source={"url": str(repo), "branch": "main"}, sops={})
+    fleet = fleet_on(repo, tmp_path, lab, age_key, "Facts")
 
     synced = fleet.controller("sync")
     assert synced.returncode == 0, synced.stdout + synced.stderr

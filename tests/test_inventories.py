@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lab import Lab
 from lab.repository import AgeKey
-from tests.conftest import BIN, Fleet, git, write_config
+from tests.conftest import BIN, fleet_on
 
 SCRIPT = """#!/usr/bin/env python3
 # An executable inventory: run by Ansible inside the workspace, with the job's environment only.
@@ -38,11 +38,7 @@ def test_script_ini_and_constructed_sources_make_one_inventory(tmp_path: Path, l
     (repo / "site.yml").write_text("- hosts: tier_front\n  gather_facts: false\n  tasks:\n"
                                    "    - ansible.builtin.copy: {content: \"{{ inventory_hostname }}\\n\", "
                                    "dest: /srv/who}\n")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "Mixed inventory")
-    fleet = Fleet(tmp_path, lab, age_key)
-    write_config(fleet, source={"url": str(repo), "branch": "main"}, sops={})
+    fleet = fleet_on(repo, tmp_path, lab, age_key, "Mixed inventory")
     env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config), "SOPS_AGE_KEY": "AGE-SECRET-KEY-1CANARY",
            "CONTROLLER_CANARY": "1"}
     done = subprocess.run([str(BIN / "controller"), "sync"], env=env, capture_output=True, text=True,

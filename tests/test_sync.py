@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from lab import Lab
-from tests.conftest import APP_YML, BIN, VERSION, Converged, Fleet, bump_version, git, secret, write_config
+from lab.repository import AgeKey
+from tests.conftest import APP_YML, BIN, VERSION, Converged, Fleet, bump_version, fleet_on, git, secret, write_config
 from tests.support.processes import workspaces
 from tests.support.refusals import assert_refused
 
@@ -276,7 +277,7 @@ def test_the_lock_keeps_two_runs_apart(converged: Fleet) -> None:
     assert version.read_text() == "1.0.0\n"
 
 
-def test_any_reasonable_repository_works(tmp_path: Path, lab: Lab, age_key: object) -> None:
+def test_any_reasonable_repository_works(tmp_path: Path, lab: Lab, age_key: AgeKey) -> None:
     """No gitops.yml, playbook and inventory at the root, a command task check mode cannot verify."""
     repo = tmp_path / "plain"
     repo.mkdir()
@@ -289,12 +290,8 @@ def test_any_reasonable_repository_works(tmp_path: Path, lab: Lab, age_key: obje
     (repo / "group_vars").mkdir()
     (repo / "group_vars/all.yml").write_text(f"motto: !unsafe '{motto}'\nansible_user: root\n"
                                              "ansible_python_interpreter: /usr/bin/python3\n")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "Plain repository")
-    fleet = Fleet(tmp_path, lab, age_key)  # type: ignore[arg-type]
     # and without mitogen: the linear strategy with pipelining and ControlPersist is the fallback
-    write_config(fleet, source={"url": str(repo), "branch": "main"}, sops={}, ansible={"strategy": "linear"})
+    fleet = fleet_on(repo, tmp_path, lab, age_key, "Plain repository", ansible={"strategy": "linear"})
     code, result = fleet.controller_json("check")
     assert code == 2
     [app] = result["apps"]
@@ -422,7 +419,7 @@ def test_mitogen_keeps_its_source_work_between_runs_and_when_it_cannot_load_the_
 
 
 def test_a_task_as_the_login_user_runs_between_tasks_that_become_root(tmp_path: Path, lab: Lab,
-                                                                      age_key: object) -> None:
+                                                                      age_key: AgeKey) -> None:
     """mitogen reaches root through the login user's interpreter, which the strategy leaves unprepared for modules
     until a ``become: false`` task asks for it (controller_linear.Relays)."""
     repo = tmp_path / "relayed"
@@ -435,11 +432,7 @@ def test_a_task_as_the_login_user_runs_between_tasks_that_become_root(tmp_path: 
         "    - {name: As root again, ansible.builtin.copy: {content: \"root\\n\", dest: /srv/as-root-again}}\n")
     (repo / "hosts").write_text(f"box ansible_host={lab.host('h1').address} ansible_port={lab.port} "
                                 "ansible_user=deploy ansible_python_interpreter=/usr/bin/python3\n")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "Root, then the login user, then root")
-    fleet = Fleet(tmp_path, lab, age_key)  # type: ignore[arg-type]
-    write_config(fleet, source={"url": str(repo), "branch": "main"}, sops={})
+    fleet = fleet_on(repo, tmp_path, lab, age_key, "Root, then the login user, then root")
     code, result = fleet.controller_json("check")
     assert code == 2, result
     [app] = result["apps"]
