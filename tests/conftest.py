@@ -261,8 +261,11 @@ def seed_warm_sources(state: Path) -> None:
 
 
 def build_fleet(root: Path, lab: Lab, key: AgeKey, apps: tuple[str, ...] = ("staging",),
-                placement: dict[str, dict[str, str]] = PLACEMENT) -> Fleet:
-    """The example repository on the test lab: by default staging on h1, h2; production on h3."""
+                placement: dict[str, dict[str, str]] = PLACEMENT, app_only: bool = False) -> Fleet:
+    """The example repository on the test lab: by default staging on h1, h2; production on h3. ``app_only``:
+    site.yml plays the app role alone (VERSION, app.yml, the secrets), for the tests of how the controller rolls
+    a revision out, which need no more of a host: half the tasks, and each task costs every run a worker and a
+    module call per host."""
     fleet = Fleet(root, lab, key)
     root.mkdir(parents=True, exist_ok=True)
     git(root, "init", "-q", "--bare", "-b", "main", str(fleet.remote))
@@ -276,6 +279,9 @@ def build_fleet(root: Path, lab: Lab, key: AgeKey, apps: tuple[str, ...] = ("sta
     gitops["apps"] = [{**a, "depends_on": [d for d in a.get("depends_on", []) if d in apps]}
                       for a in gitops["apps"] if a["name"] in apps]
     fleet.write("gitops.yml", yaml.safe_dump(gitops))
+    if app_only:
+        plays = yaml.safe_load((fleet.work / "playbooks/site.yml").read_text())
+        fleet.write("playbooks/site.yml", yaml.safe_dump([p for p in plays if p["roles"] == ["app"]], sort_keys=False))
     for env, hosts in placement.items():
         inventory = {"all": {"children": {"web": {"hosts": {
             name: {"ansible_host": lab.host(h).address} for name, h in hosts.items()}}}}}
@@ -329,26 +335,46 @@ class Converged:
     first: subprocess.CompletedProcess[str]  # what that first sync printed, for the tests of a first sync
 
 
-@pytest.fixture(scope="session")
-def converged_original(tmp_path_factory: pytest.TempPathFactory, age_key: AgeKey) -> Converged:
-    place = tmp_path_factory.getbasetemp() / "converged"
+def converge_once(factory: pytest.TempPathFactory, key: AgeKey, name: str, **build: Any) -> Converged:
+    """The example fleet (``build``: build_fleet's options) synced once in ``basetemp/name``, kept (hosts stopped)."""
+    place = factory.getbasetemp() / name
     with Lab(place / "lab", 3, prefix=TEST_PREFIX) as running:
-        built = build_fleet(place / "fleet", running, age_key)
+        built = build_fleet(place / "fleet", running, key, **build)
         first = built.controller("sync")
         assert first.returncode == 0, first.stdout + first.stderr
-    original = tmp_path_factory.mktemp("converged-original") / "converged"
+    original = factory.mktemp(f"{name}-original") / name
     subprocess.run(["cp", "-a", str(place), str(original)], check=True)
     return Converged(place, original, dict(built.secrets), first)
+
+
+def copied_back(converged: Converged, key: AgeKey) -> Iterator[Fleet]:
+    """A converged fleet copied back to where it was converged, its hosts started for one test."""
+    shutil.rmtree(converged.place, ignore_errors=True)
+    subprocess.run(["cp", "-a", str(converged.original), str(converged.place)], check=True)
+    with Lab(converged.place / "lab", 3, prefix=TEST_PREFIX) as running:
+        yield Fleet(converged.place / "fleet", running, key, dict(converged.secrets))
+
+
+@pytest.fixture(scope="session")
+def converged_original(tmp_path_factory: pytest.TempPathFactory, age_key: AgeKey) -> Converged:
+    return converge_once(tmp_path_factory, age_key, "converged")
 
 
 @pytest.fixture
 def converged(converged_original: Converged, age_key: AgeKey) -> Iterator[Fleet]:
     """The example fleet after one successful ``sync`` (staging on h1, h2), copied, not converged again."""
-    place = converged_original.place
-    shutil.rmtree(place, ignore_errors=True)
-    subprocess.run(["cp", "-a", str(converged_original.original), str(place)], check=True)
-    with Lab(place / "lab", 3, prefix=TEST_PREFIX) as running:
-        yield Fleet(place / "fleet", running, age_key, dict(converged_original.secrets))
+    yield from copied_back(converged_original, age_key)
+
+
+@pytest.fixture(scope="session")
+def converged_app_original(tmp_path_factory: pytest.TempPathFactory, age_key: AgeKey) -> Converged:
+    return converge_once(tmp_path_factory, age_key, "converged-app", app_only=True)
+
+
+@pytest.fixture
+def converged_app(converged_app_original: Converged, age_key: AgeKey) -> Iterator[Fleet]:
+    """The same with site.yml playing the app role alone (build_fleet's ``app_only``), for the rollout tests."""
+    yield from copied_back(converged_app_original, age_key)
 
 
 def bump_version(fleet: Fleet, version: str, *, ref: str = "main", force: bool = False) -> str:

@@ -18,8 +18,8 @@ from tests.support.daemon import daemon, free_port, version_is, wait_for, watch_
 from tests.support.receiver import Receiver
 
 
-def test_a_new_revision_waits_for_an_approval_that_names_it(converged: Fleet, tmp_path: Path) -> None:
-    fleet = converged
+def test_a_new_revision_waits_for_an_approval_that_names_it(converged_app: Fleet, tmp_path: Path) -> None:
+    fleet = converged_app
     receiver = Receiver()
     write_config(fleet, notify=[{"url": receiver.url}])
     before = {h: fleet.deployed(h) for h in ("h1", "h2")}

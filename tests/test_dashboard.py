@@ -118,7 +118,7 @@ def no_canary(fleet: Fleet, *sources: str) -> None:
 
 def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path, lab: Lab, age_key: AgeKey,
                                                                   browser: webdriver.Chrome) -> None:
-    fleet = build_fleet(tmp_path / "fleet", lab, age_key, apps=("staging", "production"))
+    fleet = build_fleet(tmp_path / "fleet", lab, age_key, apps=("staging", "production"), app_only=True)
     gitops = yaml.safe_load((fleet.work / "gitops.yml").read_text())
     gitops["apps"][1]["policy"] = "detect"  # production: only report, until someone applies it on purpose
     fleet.write("gitops.yml", yaml.safe_dump(gitops))

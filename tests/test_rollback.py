@@ -19,8 +19,8 @@ HOSTS = ("h1", "h2")
 
 
 def test_a_rollback_puts_every_host_back_pins_the_app_and_lets_go_when_the_branch_moves(
-        converged: Fleet, tmp_path: Path) -> None:
-    fleet = converged
+        converged_app: Fleet, tmp_path: Path) -> None:
+    fleet = converged_app
     first = git(fleet.work, "rev-parse", "HEAD")  # A: the example, converged on h1 and h2
     at_first = {h: (fleet.host_file(h, VERSION).read_text(), fleet.host_file(h, APP_YML).read_text()) for h in HOSTS}
     second = bump_version(fleet, "2.1")          # B

@@ -27,8 +27,8 @@ HOLD = "/srv/opt/shop/HOLD"  # while on a host, its health check waits (so the t
 
 
 def test_a_commit_that_fails_its_canary_s_health_is_rolled_back_there_and_reaches_no_other_host(
-        converged: Fleet, tmp_path: Path) -> None:
-    fleet = converged
+        converged_app: Fleet, tmp_path: Path) -> None:
+    fleet = converged_app
     receiver = Receiver()
     write_config(fleet, notify=[{"url": receiver.url}])
     gitops = yaml.safe_load((fleet.work / "gitops.yml").read_text())
@@ -129,8 +129,8 @@ def test_a_commit_that_fails_its_canary_s_health_is_rolled_back_there_and_reache
 
 
 def test_watch_shows_a_rollout_batch_by_batch_halts_it_once_and_heals_the_untouched_at_the_last_good_revision(
-        converged: Fleet, tmp_path: Path) -> None:
-    fleet = converged
+        converged_app: Fleet, tmp_path: Path) -> None:
+    fleet = converged_app
     receiver, port = Receiver(), free_port()
     gitops = yaml.safe_load((fleet.work / "gitops.yml").read_text())
     gitops["apps"][0].update(

@@ -39,40 +39,41 @@ def with_notifications(fleet: Fleet) -> Receiver:
     return receiver
 
 
-def test_previews_never_become_state_and_a_dry_run_does_not_count_as_applied(converged: Fleet) -> None:
-    receiver = with_notifications(converged)
-    before = status(converged)
+def test_previews_never_become_state_and_a_dry_run_does_not_count_as_applied(converged_app: Fleet) -> None:
+    fleet = converged_app
+    receiver = with_notifications(fleet)
+    before = status(fleet)
     events = list(receiver.bodies)
 
     # a pull request that is never merged: a preview of it, as a check and as a dry run
-    git(converged.work, "checkout", "-q", "-b", "pr-9")
-    pr = bump_version(converged, "9.0.0", ref="pr-9")
-    git(converged.work, "checkout", "-q", "main")
-    assert converged.controller("check", "--revision", pr).returncode == 2
-    assert converged.controller("sync", "--dry-run", "--revision", pr).returncode == 2
-    assert status(converged) == before
+    git(fleet.work, "checkout", "-q", "-b", "pr-9")
+    pr = bump_version(fleet, "9.0.0", ref="pr-9")
+    git(fleet.work, "checkout", "-q", "main")
+    assert fleet.controller("check", "--revision", pr).returncode == 2
+    assert fleet.controller("sync", "--dry-run", "--revision", pr).returncode == 2
+    assert status(fleet) == before
     assert receiver.bodies == events
-    assert {r["mode"] for r in converged.runs()[:2]} == {"preview"}
+    assert {r["mode"] for r in fleet.runs()[:2]} == {"preview"}
 
     # a new commit whose only change check mode cannot see: a dry run must not mark it applied
-    tasks = converged.work / "roles/app/tasks/main.yml"
+    tasks = fleet.work / "roles/app/tasks/main.yml"
     tasks.write_text(tasks.read_text() + "\n- name: Record the release by a command\n"
                      "  ansible.builtin.command: touch /srv/opt/shop/released-by-command\n")
-    converged.push("A command task")
-    dry = converged.controller("sync", "--dry-run", "--json")
+    fleet.push("A command task")
+    dry = fleet.controller("sync", "--dry-run", "--json")
     assert dry.returncode == 3, dry.stdout + dry.stderr  # unverified: not in sync, not drift
     [app] = json.loads(dry.stdout)["apps"]
     assert app["outcome"] == "unverified"
     assert [t["status"] for t in app["check"]["tasks"]] == ["unverified", "unverified"]
-    assert status(converged) == before
-    assert converged.controller("sync", "--dry-run", "--accept-unverified").returncode == 0
+    assert status(fleet) == before
+    assert fleet.controller("sync", "--dry-run", "--accept-unverified").returncode == 0
 
-    done = converged.controller("sync")
+    done = fleet.controller("sync")
     assert done.returncode == 0, done.stdout + done.stderr
     for host in ("h1", "h2"):
-        assert converged.host_file(host, "/srv/opt/shop/released-by-command").exists()
-    revision = git(converged.work, "rev-parse", "HEAD")
-    [row] = status(converged)
+        assert fleet.host_file(host, "/srv/opt/shop/released-by-command").exists()
+    revision = git(fleet.work, "rev-parse", "HEAD")
+    [row] = status(fleet)
     assert row["applied_revision"] == revision and row["hosts_at_revision"] == 2
     assert [b["event"] for b in receiver.bodies[len(events):]] == ["revision-applied"]
     receiver.server.shutdown()

@@ -120,8 +120,8 @@ def test_signed_webhook_applies_the_push_and_forgeries_trigger_nothing(converged
     assert "refused (401)" in log and secret.decode() not in log
 
 
-def test_local_push_burst_and_suspend(converged: Fleet) -> None:
-    fleet = converged
+def test_local_push_burst_and_suspend(converged_app: Fleet) -> None:
+    fleet = converged_app
     watch_config(fleet, watch_local=True, debounce=0.5)
     with daemon(fleet) as watch:
         wait_for("the first cycle: the fleet is converged already", lambda: "nothing to do" in watch.log())
@@ -212,7 +212,7 @@ def test_a_push_during_a_cycle_stops_its_stale_check_but_never_an_apply(converge
 
 def test_scheduled_drift_check_corrects_apply_and_reports_detect_once(tmp_path: Path, lab: Any,
                                                                       age_key: Any) -> None:
-    fleet = build_fleet(tmp_path / "fleet", lab, age_key, apps=("staging", "production"))
+    fleet = build_fleet(tmp_path / "fleet", lab, age_key, apps=("staging", "production"), app_only=True)
     assert fleet.controller("sync").returncode == 0  # both apps applied once under policy apply
     gitops = yaml.safe_load((fleet.work / "gitops.yml").read_text())
     for app in gitops["apps"]:

@@ -82,8 +82,8 @@ def test_a_window_written_wrong_is_one_line_naming_its_key(tmp_path: Path, windo
     assert len(raised.value.message.splitlines()) == 1 and problem in raised.value.message, raised.value.message
 
 
-def test_a_deny_window_holds_the_apply_until_it_ends_or_is_overridden(converged: Fleet) -> None:
-    fleet = converged
+def test_a_deny_window_holds_the_apply_until_it_ends_or_is_overridden(converged_app: Fleet) -> None:
+    fleet = converged_app
     before = {h: fleet.deployed(h) for h in ("h1", "h2")}
     start = datetime.now(UTC).replace(second=0, microsecond=0)  # a window that opened this minute, for an hour
     cron = f"{start.minute} {start.hour} * * *"
