@@ -79,33 +79,34 @@ def test_previews_never_become_state_and_a_dry_run_does_not_count_as_applied(con
     receiver.server.shutdown()
 
 
-def test_a_host_that_missed_a_rollout_is_caught_up_alone(converged: Fleet) -> None:
-    receiver = with_notifications(converged)
-    first = git(converged.work, "rev-parse", "HEAD")
-    converged.lab.stop_host("h2")
-    second = bump_version(converged, "2.0.0")
-    assert converged.controller("sync").returncode == 2
-    assert converged.controller("sync").returncode == 2  # retried while h2 is still down
+def test_a_host_that_missed_a_rollout_is_caught_up_alone(converged_app: Fleet) -> None:
+    fleet = converged_app
+    receiver = with_notifications(fleet)
+    first = git(fleet.work, "rev-parse", "HEAD")
+    fleet.lab.stop_host("h2")
+    second = bump_version(fleet, "2.0.0")
+    assert fleet.controller("sync").returncode == 2
+    assert fleet.controller("sync").returncode == 2  # retried while h2 is still down
     # the partial rollout is announced once, not once per retry
     assert [b["event"] for b in receiver.bodies] == ["revision-applied", "run-failed"]
     receiver.server.shutdown()
-    [row] = status(converged)
+    [row] = status(fleet)
     assert row["applied_revision"] == second and (row["hosts_at_revision"], row["hosts_total"]) == (1, 2)
     hosts = {h["host"]: h for h in row["hosts"]}  # type: ignore[attr-defined]
     assert hosts["web2.staging"]["revision"] == first and hosts["web2.staging"]["state"] == "unreachable"
-    text = converged.controller("status").stdout
+    text = fleet.controller("status").stdout
     assert f"web2.staging at {first[:12]}: unreachable since" in text and "1/2" in text
-    assert "web2.staging" in converged.controller("status", "--hosts").stdout
+    assert "web2.staging" in fleet.controller("status", "--hosts").stdout
 
-    converged.lab.start_host("h2")
-    untouched = converged.host_file("h1", VERSION).stat().st_mtime_ns
-    code, result = converged.controller_json("sync")  # the branch has not moved
+    fleet.lab.start_host("h2")
+    untouched = fleet.host_file("h1", VERSION).stat().st_mtime_ns
+    code, result = fleet.controller_json("sync")  # the branch has not moved
     assert code == 0, result
     [app] = result["apps"]
     assert app["applied_to"] == {"web2.staging": "new revision"}
-    assert converged.host_file("h2", VERSION).read_text() == "2.0.0\n"
-    assert converged.host_file("h1", VERSION).stat().st_mtime_ns == untouched
-    assert status(converged)[0]["hosts_at_revision"] == 2
+    assert fleet.host_file("h2", VERSION).read_text() == "2.0.0\n"
+    assert fleet.host_file("h1", VERSION).stat().st_mtime_ns == untouched
+    assert status(fleet)[0]["hosts_at_revision"] == 2
 
 
 def test_a_change_plus_a_check_mode_failure_converges_in_one_sync(converged: Fleet) -> None:

@@ -235,8 +235,8 @@ def test_preview_a_revision_dry_run_and_detect_policy_change_nothing(converged: 
     assert unknown.returncode == 1 and "no app 'nope'" in unknown.stderr
 
 
-def test_status_history_show_and_json_tell_the_same_story(converged: Fleet) -> None:
-    fleet = converged
+def test_status_history_show_and_json_tell_the_same_story(converged_app: Fleet) -> None:
+    fleet = converged_app
     bump_version(fleet, "2.0.0")  # a sync that applies to every host
     code, result = fleet.controller_json("sync")
     assert code == 0 and result["exit_code"] == 0
@@ -304,8 +304,8 @@ def test_any_reasonable_repository_works(tmp_path: Path, lab: Lab, age_key: AgeK
     assert lab.host("h1").path("/srv/migrated").exists()
 
 
-def test_a_secret_with_template_syntax_is_deployed_literally(converged: Fleet) -> None:
-    fleet = converged
+def test_a_secret_with_template_syntax_is_deployed_literally(converged_app: Fleet) -> None:
+    fleet = converged_app
     tricky = secret("{{ lookup('env', 'HOME') }}")
     fleet.encrypt("inventories/staging/group_vars/all/secrets.sops.yml",
                   {"app_db_password": tricky, "app_api_token": secret("token")})
@@ -323,8 +323,9 @@ def test_secrets_are_only_decrypted_onto_tmpfs(fleet: Fleet) -> None:
     assert not fleet.host_file("h1", VERSION).exists()
 
 
-def test_workspaces_are_wiped_after_every_run(converged: Fleet) -> None:
-    env = {**os.environ, "CONTROLLER_CONFIG": str(converged.config)}
+def test_workspaces_are_wiped_after_every_run(converged_app: Fleet) -> None:
+    fleet = converged_app
+    env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config)}
 
     def run() -> subprocess.Popen[bytes]:
         return subprocess.Popen([str(BIN / "controller"), "sync"], env=env, stdout=subprocess.DEVNULL,
@@ -333,8 +334,8 @@ def test_workspaces_are_wiped_after_every_run(converged: Fleet) -> None:
     ok = run()
     assert ok.wait(timeout=300) == 0
     assert workspaces(ok.pid) == set()
-    converged.write("playbooks/site.yml", "- hosts: [\n")
-    converged.push("Broken")
+    fleet.write("playbooks/site.yml", "- hosts: [\n")
+    fleet.push("Broken")
     broken = run()
     assert broken.wait(timeout=300) == 1
     assert workspaces(broken.pid) == set()
@@ -449,19 +450,20 @@ def test_a_task_as_the_login_user_runs_between_tasks_that_become_root(tmp_path: 
     assert fleet.controller("check").returncode == 0
 
 
-def test_limit_reconciles_only_the_hosts_named_and_the_store_keeps_the_others(converged: Fleet) -> None:
+def test_limit_reconciles_only_the_hosts_named_and_the_store_keeps_the_others(converged_app: Fleet) -> None:
+    fleet = converged_app
     for host in ("h1", "h2"):
-        config = converged.host_file(host, APP_YML)
+        config = fleet.host_file(host, APP_YML)
         config.write_text(config.read_text().replace("workers: 2", "workers: 64"))
-    code, result = converged.controller_json("sync", "--limit", "web1.staging")
+    code, result = fleet.controller_json("sync", "--limit", "web1.staging")
     [app] = result["apps"]
     assert code == 0 and app["applied_to"] == {"web1.staging": "drifted"}, app
     assert [h["host"] for h in app["check"]["hosts"]] == ["web1.staging"]
-    assert "workers: 2" in converged.host_file("h1", APP_YML).read_text()
-    assert "workers: 64" in converged.host_file("h2", APP_YML).read_text()  # not touched, not even checked
-    [status] = json.loads(converged.controller("status", "--json").stdout)
+    assert "workers: 2" in fleet.host_file("h1", APP_YML).read_text()
+    assert "workers: 64" in fleet.host_file("h2", APP_YML).read_text()  # not touched, not even checked
+    [status] = json.loads(fleet.controller("status", "--json").stdout)
     assert sorted(h["host"] for h in status["hosts"]) == ["web1.staging", "web2.staging"]  # none forgotten
-    code, result = converged.controller_json("check", "--limit", "web*:!web1.staging")
+    code, result = fleet.controller_json("check", "--limit", "web*:!web1.staging")
     assert code == 2 and [h["host"] for h in result["apps"][0]["check"]["hosts"]] == ["web2.staging"]
-    refused = converged.controller("sync", "--limit", "web1.staging", "--verify-first")
+    refused = fleet.controller("sync", "--limit", "web1.staging", "--verify-first")
     assert refused.returncode == 64 and "--limit" in refused.stderr

@@ -144,39 +144,40 @@ def test_each_kind_of_hand_change_is_caught_and_reported_with_the_full_checks_di
         assert code == 0 and verdicts(result)["web1.staging"]["verified"], result
 
 
-def test_changed_inputs_make_verify_fully_check_every_host(converged: Fleet) -> None:
+def test_changed_inputs_make_verify_fully_check_every_host(converged_app: Fleet) -> None:
+    fleet = converged_app
 
     def falls_back(expected_code: int) -> dict[str, Any]:
-        code, result = verify(converged)
+        code, result = verify(fleet)
         assert code == expected_code, result
         found = verdicts(result)
         assert all(not v["verified"] and "inputs changed" in v["why"] for v in found.values()), found
         [app] = result["apps"]
         assert {h["host"] for h in app["check"]["hosts"]} == {"web1.staging", "web2.staging"}
-        assert converged.controller("sync").returncode == 0
-        assert verify(converged)[0] == 0
+        assert fleet.controller("sync").returncode == 0
+        assert verify(fleet)[0] == 0
         return result
 
     # a changed group var: a new revision, the template it feeds has drifted on every host
-    group_vars = converged.work / "inventories/staging/group_vars/all/main.yml"
+    group_vars = fleet.work / "inventories/staging/group_vars/all/main.yml"
     group_vars.write_text(group_vars.read_text() + "\napp_log_level: debug\n")
-    converged.push("A group var")
+    fleet.push("A group var")
     falls_back(2)
     # a changed secret
-    converged.encrypt("inventories/staging/group_vars/all/secrets.sops.yml",
+    fleet.encrypt("inventories/staging/group_vars/all/secrets.sops.yml",
                   {"app_db_password": secret("rotated-db"), "app_api_token": secret("rotated-token")})
-    converged.push("Rotate the secrets")
+    fleet.push("Rotate the secrets")
     rotated = json.dumps(falls_back(2))
     # the hosts still held the old secret: the diff's "before" side masks it too
-    assert "[redacted]" in rotated and converged.secrets["staging"] not in rotated
+    assert "[redacted]" in rotated and fleet.secrets["staging"] not in rotated
     # a bastion change that reaches no host (notifications, the listener, the daemon's intervals): still verified
-    write_config(converged, notify=[{"url": "http://127.0.0.1:9/hook", "events": ["run-failed"]}],
+    write_config(fleet, notify=[{"url": "http://127.0.0.1:9/hook", "events": ["run-failed"]}],
                  watch={"poll_interval": "5m", "drift_check_interval": "2h", "listen": "127.0.0.1:0"})
-    code, result = verify(converged)
+    code, result = verify(fleet)
     assert code == 0 and all(v["verified"] for v in verdicts(result).values()), result
-    assert converged.runs()[0]["summary"]["rechecked"] == [], result  # no host needed a full check
+    assert fleet.runs()[0]["summary"]["rechecked"] == [], result  # no host needed a full check
     # a changed bastion config that reaches the hosts, and no new commit at all
-    write_config(converged, ansible={"timeout": "11s"})
+    write_config(fleet, ansible={"timeout": "11s"})
     falls_back(0)
 
 

@@ -28,8 +28,8 @@ from tests.support.receiver import EXTERNAL, TOKEN, Forge, Receiver, forge_targe
 from tests.support.webhooks import SECRETS, SENDERS, delivery
 
 
-def test_signed_webhook_applies_the_push_and_forgeries_trigger_nothing(converged: Fleet) -> None:
-    fleet = converged  # synced once (one run in the store): the daemon's first cycle finds nothing to do
+def test_signed_webhook_applies_the_push_and_forgeries_trigger_nothing(converged_app: Fleet) -> None:
+    fleet = converged_app  # synced once (one run in the store): the daemon's first cycle finds nothing to do
     hooks = []
     for provider, secret in SECRETS.items():  # a secret of its own for every provider
         fleet.root.joinpath(f"{provider}.secret").write_bytes(secret + b"\n")
@@ -179,8 +179,8 @@ def slow_on_web2(fleet: Fleet, original: str, command: str | None, when: str) ->
     tasks.write_text("---\n" + (yaml.safe_dump(slow) if slow else "") + original.removeprefix("---\n"))
 
 
-def test_a_push_during_a_cycle_stops_its_stale_check_but_never_an_apply(converged: Fleet) -> None:
-    fleet = converged
+def test_a_push_during_a_cycle_stops_its_stale_check_but_never_an_apply(converged_app: Fleet) -> None:
+    fleet = converged_app
     watch_config(fleet, watch_local=True)
     original = (fleet.work / "roles/app/tasks/main.yml").read_text()
     with daemon(fleet) as watch:
