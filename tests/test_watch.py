@@ -38,7 +38,7 @@ def test_signed_webhook_applies_the_push_and_forgeries_trigger_nothing(converged
     port = free_port()
     watch_config(fleet, listen=f"127.0.0.1:{port}", webhooks=hooks, max_body_bytes=4096)
     with daemon(fleet, port) as watch:
-        wait_for("the first cycle", watch.cycled)
+        wait_for("the first cycle", lambda: watch.cycled() and "nothing to do: main is still at" in watch.log())
         idle = watch.log().count("nothing to do: main is still at")  # that first cycle's
         sha = bump_version(fleet, "2.0.0")
         body = json.dumps(github_push(sha)).encode()
@@ -72,13 +72,16 @@ def test_signed_webhook_applies_the_push_and_forgeries_trigger_nothing(converged
         assert status == 200 and "already received" in json.loads(answer)["ignored"]
         # every other Git host, as it sends and signs a push: each wakes the daemon for one cycle, which finds
         # the branch where it is
-        for sender in SENDERS:
+        for woken, sender in enumerate(SENDERS, start=1):
             cycles = watch.health()["cycles"]
             path, payload, headers = delivery(sender, sha, SECRETS[Provider(sender.replace("forgejo", "gitea"))],
                                               f"{sender}-d1")
             status, answer = watch.request("POST", path, payload, headers)
             assert status == 202, (sender, answer)
-            wait_for(f"the cycle {sender} woke", lambda n=cycles + 1: watch.health()["cycles"] == n and watch.settled())
+            # its line, not only the count of cycles: a cycle still fetching has started and is not yet running
+            wait_for(f"the cycle {sender} woke", lambda n=cycles + 1, said=idle + woken: (
+                watch.health()["cycles"] == n and watch.settled()
+                and watch.log().count("nothing to do: main is still at") == said))
         assert watch.log().count("nothing to do: main is still at") == idle + len(SENDERS)
         assert SECRETS[Provider.BITBUCKET_CLOUD].decode() not in watch.log()
 
