@@ -301,15 +301,17 @@ class Watch:
         if request.fetch:  # it gets whatever was pushed before; one from the cache stays stale for it
             self.cancel.renew()
         try:
-            result = run_cycle(self.config, request, LogProgress(), self.cancel, wait=LOCK_WAIT)
-        except ControllerError as error:
-            # outside the pipeline (the state store, the lock): not recorded as a run, but retried all the same
-            log.error("cycle failed: %s", error.message)
-            result = Result(request, None, (AppResult(NO_APP, None, None, failure(error.reason), error.reason,
-                                                      error.message),))
+            try:
+                result = run_cycle(self.config, request, LogProgress(), self.cancel, wait=LOCK_WAIT)
+            except ControllerError as error:
+                # outside the pipeline (the state store, the lock): not recorded as a run, but retried all the same
+                log.error("cycle failed: %s", error.message)
+                result = Result(request, None, (AppResult(NO_APP, None, None, failure(error.reason), error.reason,
+                                                          error.message),))
+            self._settle(result)
         finally:
+            # only now: /healthz says idle once the cycle's result is logged and its success or failure recorded
             self.health.running = None
-        self._settle(result)
 
     def _settle(self, result: Result) -> None:
         """Log the result, and schedule a retry with backoff when the cycle failed."""
