@@ -373,7 +373,8 @@ def converged_app_original(tmp_path_factory: pytest.TempPathFactory, age_key: Ag
 
 @pytest.fixture
 def converged_app(converged_app_original: Converged, age_key: AgeKey) -> Iterator[Fleet]:
-    """The same with site.yml playing the app role alone (build_fleet's ``app_only``), for the rollout tests."""
+    """The same with site.yml playing the app role alone (build_fleet's ``app_only``), for the tests that touch
+    only what the app role writes."""
     yield from copied_back(converged_app_original, age_key)
 
 
