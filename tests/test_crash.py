@@ -86,23 +86,23 @@ def test_sigterm_at_every_stage_ends_within_10s_and_leaves_nothing(fleet: Fleet)
         assert "interrupted" in proc.stdout.read() + proc.stderr.read()
 
 
-def test_a_look_stopped_before_it_found_anything_to_do_is_no_run(converged: Fleet, tmp_path: Path) -> None:
+def test_a_look_stopped_before_it_found_anything_to_do_is_no_run(converged_app: Fleet, tmp_path: Path) -> None:
     # what watch's polls and cron's --only-if-changed do: stopped while fetching, nothing was under way
     slow = tmp_path / "slow-git"
     slow.mkdir()
     real = shutil.which("git")
     (slow / "git").write_text(f'#!/bin/sh\ncase " $* " in *" fetch "*) sleep 3;; esac\nexec {real} "$@"\n')
     (slow / "git").chmod(0o755)
-    runs = converged.runs()
-    env = {**os.environ, "CONTROLLER_CONFIG": str(converged.config), "PATH": f"{slow}:{os.environ['PATH']}"}
+    runs = converged_app.runs()
+    env = {**os.environ, "CONTROLLER_CONFIG": str(converged_app.config), "PATH": f"{slow}:{os.environ['PATH']}"}
     proc = subprocess.Popen([str(BIN / "controller"), "sync", "--only-if-changed", "--progress"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_stage(proc, "fetching")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 1
     assert proc.stderr is not None and "interrupted by SIGTERM" in proc.stderr.read()
-    assert converged.runs() == runs  # no interrupted run, no "branch not found": the status keeps what it said
-    assert lock_is_free(converged) and leftovers(converged, proc.pid) == []
+    assert converged_app.runs() == runs  # no interrupted run, no "branch not found": the status keeps what it said
+    assert lock_is_free(converged_app) and leftovers(converged_app, proc.pid) == []
 
 
 def test_random_sigkills_leave_no_process_workspace_or_running_run(fleet: Fleet) -> None:

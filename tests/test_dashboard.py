@@ -360,8 +360,8 @@ def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, bro
     assert workspaces(serve.pid) == set()
 
 
-def test_a_running_sync_is_followed_task_by_task(converged: Fleet, browser: webdriver.Chrome) -> None:
-    fleet = converged
+def test_a_running_sync_is_followed_task_by_task(converged_app: Fleet, browser: webdriver.Chrome) -> None:
+    fleet = converged_app
     slow = "sleep 12.345"  # the last task of the apply, on web2 alone: the run is caught under way
     tasks = fleet.work / "roles/app/tasks/main.yml"
     tasks.write_text(tasks.read_text() + yaml.safe_dump([{

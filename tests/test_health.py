@@ -76,10 +76,10 @@ class Listener:
 
 
 @pytest.fixture
-def probes(converged: Fleet) -> Iterator[tuple[dict[str, Listener], str]]:
+def probes(converged_app: Fleet) -> Iterator[tuple[dict[str, Listener], str]]:
     """A port listening on h1 and h2, and an HTTP health endpoint that answers 204 (on h1's address)."""
-    port = free_port(converged.lab.host("h1").address)
-    listeners = {h: Listener(converged.lab.host(h).address, port) for h in ("h1", "h2")}
+    port = free_port(converged_app.lab.host("h1").address)
+    listeners = {h: Listener(converged_app.lab.host(h).address, port) for h in ("h1", "h2")}
 
     class NoContent(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -89,10 +89,10 @@ def probes(converged: Fleet) -> Iterator[tuple[dict[str, Listener], str]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer((converged.lab.host("h1").address, 0), NoContent)
+    server = ThreadingHTTPServer((converged_app.lab.host("h1").address, 0), NoContent)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield listeners, f"http://{converged.lab.host('h1').address}:{server.server_address[1]}/healthz"
+        yield listeners, f"http://{converged_app.lab.host('h1').address}:{server.server_address[1]}/healthz"
     finally:
         server.shutdown()
         for listener in listeners.values():
@@ -106,8 +106,8 @@ def free_port(address: str) -> int:
 
 
 def test_health_is_checked_in_the_verify_look_reported_per_host_and_announced_on_transitions_only(
-        converged: Fleet, probes: tuple[dict[str, Listener], str]) -> None:
-    fleet = converged
+        converged_app: Fleet, probes: tuple[dict[str, Listener], str]) -> None:
+    fleet = converged_app
     listeners, url = probes
     receiver = Receiver()
     write_config(fleet, notify=[{"url": receiver.url}])

@@ -19,14 +19,14 @@ def test_the_sweep_finds_a_plaintext_left_in_tmp_or_dev_shm() -> None:
         assert files_containing([needle.encode()], (top,)) == []
 
 
-def test_a_hand_edited_secret_is_masked_in_the_check_and_the_store(converged: Fleet) -> None:
-    env_file = converged.host_file("h1", "/srv/opt/shop/conf/app.env")
+def test_a_hand_edited_secret_is_masked_in_the_check_and_the_store(converged_app: Fleet) -> None:
+    env_file = converged_app.host_file("h1", "/srv/opt/shop/conf/app.env")
     env_file.write_text("APP_API_TOKEN=changed-by-hand\n")
-    drift = converged.controller("check")
+    drift = converged_app.controller("check")
     assert drift.returncode == 2
     assert "+APP_API_TOKEN=[redacted]" in drift.stdout  # the diff held the secret, masked
 
-    with sqlite3.connect(converged.state / "state.db") as db:
+    with sqlite3.connect(converged_app.state / "state.db") as db:
         diffs = [row[0] for row in db.execute("SELECT diff FROM task_results")]
     assert any("[redacted]" in diff for diff in diffs)
-    assert not any(plaintext in diff for diff in diffs for plaintext in converged.secrets.values())
+    assert not any(plaintext in diff for diff in diffs for plaintext in converged_app.secrets.values())

@@ -247,8 +247,8 @@ def timed_request(url: str, body: bytes | None = None, headers: dict[str, str] |
 
 
 def test_signed_push_goes_through_a_flood_of_forgeries_and_trickling_clients(
-        converged: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
-    fleet = converged
+        converged_app: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = converged_app
     fleet.root.joinpath("webhook.secret").write_bytes(SECRET + b"\n")
     port = free_port()
     watch_config(fleet, listen=f"127.0.0.1:{port}", webhook_secret_file="webhook.secret")

@@ -29,19 +29,19 @@ def tmux(socket: str, *args: str) -> str:
 
 
 def test_a_terminal_sees_a_heartbeat_while_facts_are_gathered_and_colour_the_pipe_does_not(
-        converged: Fleet, tmp_path: Path) -> None:
-    site = converged.work / "playbooks/site.yml"
+        converged_app: Fleet, tmp_path: Path) -> None:
+    site = converged_app.work / "playbooks/site.yml"
     site.write_text(site.read_text().replace("gather_facts: false", "gather_facts: true", 1))
-    converged.push("Gather facts for the base play")
-    slow = converged.lab.host("h1").path("/etc/ansible/facts.d/slow.fact")
+    converged_app.push("Gather facts for the application's play")
+    slow = converged_app.lab.host("h1").path("/etc/ansible/facts.d/slow.fact")
     slow.parent.mkdir(parents=True, exist_ok=True)
     slow.write_text(SLOW_FACT)
     slow.chmod(0o755)
-    config = converged.host_file("h2", APP_YML)
+    config = converged_app.host_file("h2", APP_YML)
     config.write_text(config.read_text().replace("workers: 2", "workers: 64"))  # drift: a diff in the report
 
     socket = f"progress-{os.getpid()}"
-    command = f"env CONTROLLER_CONFIG={shlex.quote(str(converged.config))} TERM=xterm-256color " \
+    command = f"env CONTROLLER_CONFIG={shlex.quote(str(converged_app.config))} TERM=xterm-256color " \
               f"{BIN / 'controller'} check; echo EXIT=$?; sleep 60"
     tmux(socket, "new-session", "-d", "-x", "220", "-y", "60", "-s", "progress", command)
     try:
@@ -70,7 +70,7 @@ def test_a_terminal_sees_a_heartbeat_while_facts_are_gathered_and_colour_the_pip
     assert final.count("app : Render the application configuration") == 1, final
 
     # through a pipe: no colour, no status line, whatever TERM says
-    env = {**os.environ, "CONTROLLER_CONFIG": str(converged.config), "TERM": "xterm-256color"}
+    env = {**os.environ, "CONTROLLER_CONFIG": str(converged_app.config), "TERM": "xterm-256color"}
     piped = subprocess.run(["bash", "-c", f"{BIN / 'controller'} check --progress 2>&1 | cat"], env=env,
                            capture_output=True, text=True, timeout=300, check=False)
     assert "==> staging: check" in piped.stdout and "drifted" in piped.stdout, piped.stdout

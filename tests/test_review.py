@@ -25,18 +25,18 @@ def ask_for_preview(fleet: Fleet, ref: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(PREVIEW)], env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
-def test_a_branch_that_changes_a_template_on_two_hosts_is_previewed_for_review(converged: Fleet) -> None:
-    status = converged.controller("status", "--json").stdout
-    git(converged.work, "checkout", "-q", "-b", "pr-12")
-    template = converged.work / "roles/app/templates/app.yml.j2"
+def test_a_branch_that_changes_a_template_on_two_hosts_is_previewed_for_review(converged_app: Fleet) -> None:
+    status = converged_app.controller("status", "--json").stdout
+    git(converged_app.work, "checkout", "-q", "-b", "pr-12")
+    template = converged_app.work / "roles/app/templates/app.yml.j2"
     template.write_text(template.read_text().replace("database:\n", "database:\n  pool: 8\n"))
-    tasks = converged.work / "roles/app/tasks/main.yml"
+    tasks = converged_app.work / "roles/app/tasks/main.yml"
     tasks.write_text(tasks.read_text() + "\n- name: Warm the cache\n  ansible.builtin.command: /bin/true\n")
-    pr = converged.push("Pool the database connections", ref="pr-12")
-    git(converged.work, "checkout", "-q", "main")
-    converged.host_file("h2", VERSION).write_text("0.9.9-hotfix\n")  # by hand, before the pull request
+    pr = converged_app.push("Pool the database connections", ref="pr-12")
+    git(converged_app.work, "checkout", "-q", "main")
+    converged_app.host_file("h2", VERSION).write_text("0.9.9-hotfix\n")  # by hand, before the pull request
 
-    done = ask_for_preview(converged, pr)
+    done = ask_for_preview(converged_app, pr)
     assert done.returncode == 2, done.stderr
     comment = done.stdout
     assert comment.startswith(f"### GitOps preview of `{pr[:12]}` Pool the database connections")
@@ -56,12 +56,12 @@ def test_a_branch_that_changes_a_template_on_two_hosts_is_previewed_for_review(c
     assert "-0.9.9-hotfix" in comment and "atime" not in comment and "mtime" not in comment
     assert "+  pool: 8" in comment
     assert '   password: "[redacted]"' in comment  # the diff's context, masked
-    assert converged.secrets["staging"] not in comment
+    assert converged_app.secrets["staging"] not in comment
     assert "- `app : Warm the cache`" in comment
-    assert converged.controller("status", "--json").stdout == status  # a preview is never the app's state
+    assert converged_app.controller("status", "--json").stdout == status  # a preview is never the app's state
 
-    out = converged.root / "preview.md"
-    written = converged.controller("check", "--revision", "pr-12", "--format", "markdown", "--output", str(out),
+    out = converged_app.root / "preview.md"
+    written = converged_app.controller("check", "--revision", "pr-12", "--format", "markdown", "--output", str(out),
                                    "--ignore-drift")
     assert written.returncode == 2 and written.stdout == ""
     kept = out.read_text()
@@ -69,10 +69,10 @@ def test_a_branch_that_changes_a_template_on_two_hosts_is_previewed_for_review(c
         "| already drifted, not by this change | web2.staging |\n", "")
     assert "already drifted" not in kept and "0.9.9-hotfix" not in kept
 
-    refused = ask_for_preview(converged, "main; rm -rf /")
+    refused = ask_for_preview(converged_app, "main; rm -rf /")
     assert refused.returncode == 64 and "give one commit SHA or branch name" in refused.stderr
-    assert ask_for_preview(converged, "--help").returncode == 64
-    assert json.loads(converged.controller("status", "--json").stdout) == json.loads(status)
+    assert ask_for_preview(converged_app, "--help").returncode == 64
+    assert json.loads(converged_app.controller("status", "--json").stdout) == json.loads(status)
 
 
 def test_a_large_preview_is_cut_with_a_line_saying_what_was_left_out() -> None:
@@ -107,36 +107,36 @@ def test_the_verdict_counts_machines_not_app_host_pairs() -> None:
     assert comment.count("> **Note:** a note") == 1
 
 
-def test_a_saved_plan_is_applied_only_while_the_fleet_still_matches_it(converged: Fleet) -> None:
-    sha = bump_version(converged, "3.0.0")
-    plan = converged.root / "plan.json"
-    saved = converged.controller("check", "--save-plan", str(plan))
+def test_a_saved_plan_is_applied_only_while_the_fleet_still_matches_it(converged_app: Fleet) -> None:
+    sha = bump_version(converged_app, "3.0.0")
+    plan = converged_app.root / "plan.json"
+    saved = converged_app.controller("check", "--save-plan", str(plan))
     assert saved.returncode == 2 and f"saved to {plan}" in saved.stderr, saved.stderr
     assert json.loads(plan.read_text())["revision"] == sha
     assert "3.0.0" not in plan.read_text()  # digests of the diffs, never their text
 
     # a hand edit after the review: the check differs from the plan, so nothing is applied
-    config = converged.host_file("h1", APP_YML)
+    config = converged_app.host_file("h1", APP_YML)
     reviewed = config.read_text()
     config.write_text(reviewed.replace("workers: 2", "workers: 64"))
-    code, stale = converged.controller_json("sync", "--plan", str(plan))
+    code, stale = converged_app.controller_json("sync", "--plan", str(plan))
     [app] = stale["apps"]
     assert code == 1 and app["reason"] == "PlanStale", app
     assert "web1.staging would now change 'app : Render the application configuration'" in app["message"]
-    assert converged.host_file("h2", VERSION).read_text() == "1.0.0\n"  # not applied anywhere
+    assert converged_app.host_file("h2", VERSION).read_text() == "1.0.0\n"  # not applied anywhere
 
     # put back as reviewed: the plan holds again, and is applied
     config.write_text(reviewed)
-    applied = converged.controller("sync", "--plan", str(plan))
+    applied = converged_app.controller("sync", "--plan", str(plan))
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    assert converged.host_file("h2", VERSION).read_text() == "3.0.0\n"
+    assert converged_app.host_file("h2", VERSION).read_text() == "3.0.0\n"
 
     # the branch moved on: the plan is of another revision
-    bump_version(converged, "3.0.1")
-    moved = converged.controller("sync", "--plan", str(plan))
+    bump_version(converged_app, "3.0.1")
+    moved = converged_app.controller("sync", "--plan", str(plan))
     assert moved.returncode == 1 and f"the plan is for {sha[:12]}" in moved.stderr, moved.stderr
-    assert converged.host_file("h2", VERSION).read_text() == "3.0.0\n"
+    assert converged_app.host_file("h2", VERSION).read_text() == "3.0.0\n"
     plan.write_text("{not json")
-    broken = converged.controller("sync", "--plan", str(plan))
+    broken = converged_app.controller("sync", "--plan", str(plan))
     assert broken.returncode == 1 and broken.stderr.count("\n") == 1 and "not a plan" in broken.stderr
-    assert converged.controller("sync", "--plan", str(plan), "--force").returncode == 64  # a usage error
+    assert converged_app.controller("sync", "--plan", str(plan), "--force").returncode == 64  # a usage error

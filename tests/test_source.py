@@ -19,21 +19,21 @@ from tests.support.refusals import assert_refused
 TOKEN = "glpat-canary-0f3c9a7e55d1"
 
 
-def test_a_chain_of_links_that_leaves_the_checkout_is_refused(converged: Fleet) -> None:
-    os.symlink(".", converged.work / "here")                       # inside: the checkout itself
-    os.symlink("here/..", converged.work / "up")                   # reads as inside, resolves to its parent
-    converged.push("Links that only leave together")
-    assert_refused(converged, ("sync",), "SnapshotFailed", "link out of the checkout")
+def test_a_chain_of_links_that_leaves_the_checkout_is_refused(converged_app: Fleet) -> None:
+    os.symlink(".", converged_app.work / "here")                   # inside: the checkout itself
+    os.symlink("here/..", converged_app.work / "up")               # reads as inside, resolves to its parent
+    converged_app.push("Links that only leave together")
+    assert_refused(converged_app, ("sync",), "SnapshotFailed", "link out of the checkout")
 
 
-def test_a_link_out_followed_by_a_large_file_is_refused_at_once(converged: Fleet) -> None:
-    os.symlink("/etc/passwd", converged.work / "aaa-leak")          # archived first
-    (converged.work / "zzz-large.bin").write_bytes(os.urandom(4 << 20))  # then far more than a pipe holds
-    converged.push("Link out, then a large file")
+def test_a_link_out_followed_by_a_large_file_is_refused_at_once(converged_app: Fleet) -> None:
+    os.symlink("/etc/passwd", converged_app.work / "aaa-leak")      # archived first
+    (converged_app.work / "zzz-large.bin").write_bytes(os.urandom(4 << 20))  # then far more than a pipe holds
+    converged_app.push("Link out, then a large file")
     started = time.monotonic()
-    assert_refused(converged, ("sync",), "SnapshotFailed", "aaa-leak")
+    assert_refused(converged_app, ("sync",), "SnapshotFailed", "aaa-leak")
     assert time.monotonic() - started < 30  # git archive is stopped, not waited for
-    probe = subprocess.run(["flock", "--nonblock", str(converged.state / "controller.lock"), "true"], check=False)
+    probe = subprocess.run(["flock", "--nonblock", str(converged_app.state / "controller.lock"), "true"], check=False)
     assert probe.returncode == 0
 
 

@@ -109,24 +109,24 @@ def test_a_host_that_missed_a_rollout_is_caught_up_alone(converged_app: Fleet) -
     assert status(fleet)[0]["hosts_at_revision"] == 2
 
 
-def test_a_change_plus_a_check_mode_failure_converges_in_one_sync(converged: Fleet) -> None:
-    tasks = converged.work / "roles/app/tasks/main.yml"
+def test_a_change_plus_a_check_mode_failure_converges_in_one_sync(converged_app: Fleet) -> None:
+    tasks = converged_app.work / "roles/app/tasks/main.yml"
     tasks.write_text(tasks.read_text() + "\n- name: Write the feature flags\n  ansible.builtin.copy:\n"
                      "    content: \"# flags\\n\"\n    dest: /srv/opt/shop/flags.conf\n    mode: '0644'\n"
                      "    force: false\n"
                      "- name: Turn the cache on\n  ansible.builtin.lineinfile:\n"
                      "    path: /srv/opt/shop/flags.conf\n    line: cache=on\n")
-    converged.push("Feature flags")
-    assert converged.controller("sync").returncode == 0
-    flags = converged.host_file("h1", "/srv/opt/shop/flags.conf")
+    converged_app.push("Feature flags")
+    assert converged_app.controller("sync").returncode == 0
+    flags = converged_app.host_file("h1", "/srv/opt/shop/flags.conf")
     flags.unlink()  # by hand: the check now shows a change, and a failure that only follows from it
     # check mode: the copy would recreate the file, so the lineinfile after it fails; reported as such
-    code, result = converged.controller_json("check")
+    code, result = converged_app.controller_json("check")
     assert code == 2 and result["apps"][0]["outcome"] == "drifted", result
     [failed] = [t for t in result["apps"][0]["check"]["tasks"] if t["status"] == "failed"]
     assert failed["task"] == "app : Turn the cache on" and failed["may_depend"], failed
     assert failed["message"].startswith("may depend on a change not yet applied: "), failed
-    code, result = converged.controller_json("sync")
+    code, result = converged_app.controller_json("sync")
     assert code == 0, result
     [app] = result["apps"]
     assert {(h["host"], h["status"]) for h in app["check"]["hosts"]} == {
@@ -134,13 +134,13 @@ def test_a_change_plus_a_check_mode_failure_converges_in_one_sync(converged: Fle
     assert app["applied_to"] == {"web1.staging": "drifted"}
     assert app["outcome"] == "converged"
     assert flags.read_text() == "# flags\ncache=on\n"
-    run = converged.controller("show", str(app["run_id"])).stdout
+    run = converged_app.controller("show", str(app["run_id"])).stdout
     assert "web1.staging  failed  app : Turn the cache on (ansible.builtin.lineinfile): may depend on a change " \
            "not yet applied: " in run, run
 
 
-def test_sync_force_applies_everywhere(converged: Fleet) -> None:
-    code, result = converged.controller_json("sync", "--force")
+def test_sync_force_applies_everywhere(converged_app: Fleet) -> None:
+    code, result = converged_app.controller_json("sync", "--force")
     assert code == 0
     assert result["apps"][0]["applied_to"] == {"web1.staging": "forced", "web2.staging": "forced"}
 
@@ -284,15 +284,15 @@ def test_the_readme_exit_codes_are_the_declared_ones() -> None:
     assert exit_codes_markdown() in readme
 
 
-def test_status_says_when_the_newest_revision_failed_beside_the_last_good_state(converged: Fleet) -> None:
-    good = git(converged.work, "rev-parse", "HEAD")
-    converged.write("playbooks/site.yml", (converged.work / "playbooks/site.yml").read_text() + "- hosts: [\n")
-    broken = converged.push("Broken playbook")
-    assert converged.controller("sync").returncode == 1
-    [row] = status(converged)
+def test_status_says_when_the_newest_revision_failed_beside_the_last_good_state(converged_app: Fleet) -> None:
+    good = git(converged_app.work, "rev-parse", "HEAD")
+    converged_app.write("playbooks/site.yml", (converged_app.work / "playbooks/site.yml").read_text() + "- hosts: [\n")
+    broken = converged_app.push("Broken playbook")
+    assert converged_app.controller("sync").returncode == 1
+    [row] = status(converged_app)
     assert (row["state"], row["applied_revision"]) == ("converged", good)
     assert row["failure"]["revision"] == broken and row["failure"]["reason"] == "SyntaxCheckFailed"  # type: ignore[index]
-    line = converged.controller("status").stdout.splitlines()[1]
+    line = converged_app.controller("status").stdout.splitlines()[1]
     assert "converged" in line and f"{broken[:12]} failed: app staging: playbooks/site.yml failed the syntax" in line
 
 

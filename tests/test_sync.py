@@ -17,10 +17,10 @@ from tests.support.processes import workspaces
 from tests.support.refusals import assert_refused
 
 
-def test_sync_applies_a_pushed_commit_then_has_nothing_to_do(converged_original: Converged,
-                                                              converged: Fleet) -> None:
-    fleet = converged  # its first sync, on fresh hosts, is the one every converged test starts from
-    first = converged_original.first
+def test_sync_applies_a_pushed_commit_then_has_nothing_to_do(converged_app_original: Converged,
+                                                              converged_app: Fleet) -> None:
+    fleet = converged_app  # its first sync, on fresh hosts, is the one every converged_app test starts from
+    first = converged_app_original.first
     assert first.returncode == 0, first.stderr
     for host in ("h1", "h2"):
         assert fleet.host_file(host, VERSION).read_text() == "1.0.0\n"
@@ -51,12 +51,12 @@ def test_sync_applies_a_pushed_commit_then_has_nothing_to_do(converged_original:
         ["web1.staging", "web2.staging"], [])
 
 
-def test_check_reports_a_manual_change_and_sync_puts_it_back(converged: Fleet) -> None:
-    app_yml = converged.host_file("h2", APP_YML)
+def test_check_reports_a_manual_change_and_sync_puts_it_back(converged_app: Fleet) -> None:
+    app_yml = converged_app.host_file("h2", APP_YML)
     app_yml.write_text(app_yml.read_text().replace("workers: 2", "workers: 64"))
     before = app_yml.read_text()
 
-    code, report = converged.controller_json("check")
+    code, report = converged_app.controller_json("check")
     assert code == 2
     [app] = report["apps"]
     assert app["outcome"] == "drifted"
@@ -67,20 +67,20 @@ def test_check_reports_a_manual_change_and_sync_puts_it_back(converged: Fleet) -
     assert "-workers: 64" in diff and "+workers: 2" in diff
     assert app_yml.read_text() == before  # check changed nothing
 
-    text = converged.controller("check")
+    text = converged_app.controller("check")
     assert text.returncode == 2
     assert "web2.staging" in text.stdout and "-workers: 64" in text.stdout
     assert "staging drift:" in text.stdout and "rollout" not in text.stdout  # the revision is not new: drift
 
-    fixed = converged.controller("sync")
+    fixed = converged_app.controller("sync")
     assert fixed.returncode == 0, fixed.stderr
     assert "workers: 2" in app_yml.read_text()
     assert "corrected drift on web2.staging" in fixed.stdout and "rolled out" not in fixed.stdout, fixed.stdout
-    assert converged.runs()[0]["summary"]["corrected"] == ["web2.staging"]
-    assert converged.runs()[0]["summary"]["rolled_out"] == []
-    assert converged.controller("check").returncode == 0
+    assert converged_app.runs()[0]["summary"]["corrected"] == ["web2.staging"]
+    assert converged_app.runs()[0]["summary"]["rolled_out"] == []
+    assert converged_app.controller("check").returncode == 0
 
-    shown = converged.controller("show", str(report["apps"][0]["run_id"]))
+    shown = converged_app.controller("show", str(report["apps"][0]["run_id"]))
     assert shown.returncode == 0 and "-workers: 64" in shown.stdout and "drifted" in shown.stdout
 
 
@@ -107,74 +107,74 @@ def test_one_host_down_the_others_converge_and_the_run_is_partial(fleet: Fleet) 
     assert fleet.host_file("h2", VERSION).read_text() == "1.0.0\n"
 
 
-def test_bad_commits_are_refused_before_anything_is_applied(converged: Fleet) -> None:
-    good = git(converged.work, "rev-parse", "HEAD")
-    again = converged.controller("check", "--progress")  # the same inputs passed their syntax check a moment ago
+def test_bad_commits_are_refused_before_anything_is_applied(converged_app: Fleet) -> None:
+    good = git(converged_app.work, "rev-parse", "HEAD")
+    again = converged_app.controller("check", "--progress")  # the same inputs passed their syntax check a moment ago
     assert again.returncode == 0 and "syntax check of staging: passed before at the same inputs" in again.stderr
 
     # a syntax error, with the new version in the same commit: nothing of it may land
-    converged.write("playbooks/site.yml", (converged.work / "playbooks/site.yml").read_text() + "- hosts: [\n")
-    bump_version(converged, "9.9.9")
-    assert_refused(converged, ("sync",), "SyntaxCheckFailed", "playbooks/site.yml", "syntax check")
-    assert_refused(converged, ("sync",), "SyntaxCheckFailed", "playbooks/site.yml", "syntax check")  # never remembered
-    git(converged.work, "revert", "--no-edit", "HEAD")
+    converged_app.write("playbooks/site.yml", (converged_app.work / "playbooks/site.yml").read_text() + "- hosts: [\n")
+    bump_version(converged_app, "9.9.9")
+    for _ in range(2):  # a failed syntax check is never remembered
+        assert_refused(converged_app, ("sync",), "SyntaxCheckFailed", "playbooks/site.yml", "syntax check")
+    git(converged_app.work, "revert", "--no-edit", "HEAD")
 
     # a gitops.yml an editor saved as Latin-1: a run had started, so it is recorded, failed, naming gitops.yml
-    recorded = len(converged.runs())
-    gitops = converged.work / "gitops.yml"
+    recorded = len(converged_app.runs())
+    gitops = converged_app.work / "gitops.yml"
     gitops.write_bytes(gitops.read_bytes() + b"# caf\xe9\n")
-    converged.push("Latin-1")
-    assert_refused(converged, ("sync",), "ConfigInvalid", "controller: gitops.yml: list of apps is not UTF-8 text")
-    assert len(converged.runs()) == recorded + 1
-    git(converged.work, "revert", "--no-edit", "HEAD")
+    converged_app.push("Latin-1")
+    assert_refused(converged_app, ("sync",), "ConfigInvalid", "controller: gitops.yml: list of apps is not UTF-8 text")
+    assert len(converged_app.runs()) == recorded + 1
+    git(converged_app.work, "revert", "--no-edit", "HEAD")
 
     # a tampered SOPS file: one encrypted value replaced by another file's ciphertext
     path = "inventories/staging/group_vars/all/secrets.sops.yml"
-    text = (converged.work / path).read_text().splitlines()
+    text = (converged_app.work / path).read_text().splitlines()
     token = next(i for i, line in enumerate(text) if line.startswith("app_api_token:"))
     password = next(i for i, line in enumerate(text) if line.startswith("app_db_password:"))
     text[token] = "app_api_token:" + text[password].split(":", 1)[1]
-    converged.write(path, "\n".join(text) + "\n")
-    converged.push("Tamper")
-    assert_refused(converged, ("sync",), "DecryptionFailed", path)
+    converged_app.write(path, "\n".join(text) + "\n")
+    converged_app.push("Tamper")
+    assert_refused(converged_app, ("sync",), "DecryptionFailed", path)
 
     # a SOPS file encrypted for a key the bastion does not have
     from tests.conftest import make_age_key
 
-    stranger = make_age_key(converged.root / "stranger")
-    sops_yaml = converged.work / ".sops.yaml"
-    sops_yaml.write_text(sops_yaml.read_text().replace(converged.key.recipient, stranger.recipient))
-    converged.encrypt(path, {"app_db_password": secret("stranger"), "app_api_token": secret("stranger")})
-    converged.push("Re-encrypt for someone else")
-    assert_refused(converged, ("sync",), "DecryptionFailed", path, "cannot decrypt")
+    stranger = make_age_key(converged_app.root / "stranger")
+    sops_yaml = converged_app.work / ".sops.yaml"
+    sops_yaml.write_text(sops_yaml.read_text().replace(converged_app.key.recipient, stranger.recipient))
+    converged_app.encrypt(path, {"app_db_password": secret("stranger"), "app_api_token": secret("stranger")})
+    converged_app.push("Re-encrypt for someone else")
+    assert_refused(converged_app, ("sync",), "DecryptionFailed", path, "cannot decrypt")
 
     # a plaintext file where .sops.yaml says secrets live
-    converged.write(path, f"app_db_password: {secret('plain')}\n")
-    converged.push("Oops, plaintext")
-    assert_refused(converged, ("sync",), "DecryptionFailed", path, "not encrypted")
+    converged_app.write(path, f"app_db_password: {secret('plain')}\n")
+    converged_app.push("Oops, plaintext")
+    assert_refused(converged_app, ("sync",), "DecryptionFailed", path, "not encrypted")
 
     # a symlink that leaves the repository
-    git(converged.work, "reset", "-q", "--hard", good)
-    os.symlink("/etc/shadow", converged.work / "roles/app/templates/leak.j2")
-    converged.push("Link out", force=True)
-    assert_refused(converged, ("sync", "--allow-rewrite"), "SnapshotFailed", "leak.j2")
-    git(converged.work, "reset", "-q", "--hard", good)
-    git(converged.work, "push", "-q", "--force", "origin", "HEAD:main")
+    git(converged_app.work, "reset", "-q", "--hard", good)
+    os.symlink("/etc/shadow", converged_app.work / "roles/app/templates/leak.j2")
+    converged_app.push("Link out", force=True)
+    assert_refused(converged_app, ("sync", "--allow-rewrite"), "SnapshotFailed", "leak.j2")
+    git(converged_app.work, "reset", "-q", "--hard", good)
+    git(converged_app.work, "push", "-q", "--force", "origin", "HEAD:main")
 
     # the watched branch is missing, the remote is unreachable, the key file is gone
-    write_config(converged, source={"url": str(converged.remote), "branch": "nope"})
-    assert_refused(converged, ("sync",), "RevisionNotFound", "'nope'")
-    write_config(converged, source={"url": str(converged.root / "gone.git"), "branch": "main"})
-    assert_refused(converged, ("sync",), "FetchFailed", "cannot fetch", "gone.git")
-    write_config(converged, sops={"age_key_file": str(converged.root / "missing.key")})
-    assert_refused(converged, ("sync",), "DecryptionFailed", "missing.key")
+    write_config(converged_app, source={"url": str(converged_app.remote), "branch": "nope"})
+    assert_refused(converged_app, ("sync",), "RevisionNotFound", "'nope'")
+    write_config(converged_app, source={"url": str(converged_app.root / "gone.git"), "branch": "main"})
+    assert_refused(converged_app, ("sync",), "FetchFailed", "cannot fetch", "gone.git")
+    write_config(converged_app, sops={"age_key_file": str(converged_app.root / "missing.key")})
+    assert_refused(converged_app, ("sync",), "DecryptionFailed", "missing.key")
 
-    assert converged.host_file("h1", VERSION).read_text() == "1.0.0\n"
-    assert all(r["revision"] == good or r["outcome"] == "failed" for r in converged.runs())
+    assert converged_app.host_file("h1", VERSION).read_text() == "1.0.0\n"
+    assert all(r["revision"] == good or r["outcome"] == "failed" for r in converged_app.runs())
 
 
-def test_durations_as_people_type_them_and_config_before_the_command(converged: Fleet) -> None:
-    fleet = converged
+def test_durations_as_people_type_them_and_config_before_the_command(converged_app: Fleet) -> None:
+    fleet = converged_app
     write_config(fleet, watch={"poll_interval": "5m", "drift_check_interval": "1h30m", "debounce": "0.5s"},
                  ansible={"task_timeout": "2m", "timeout": 10},
                  source={"url": str(fleet.remote), "fetch_timeout": "90s"})
@@ -195,43 +195,43 @@ def test_durations_as_people_type_them_and_config_before_the_command(converged: 
     assert (config.ansible.task_timeout, config.source.fetch_timeout) == (120, 90)
 
 
-def test_a_rewritten_history_is_refused_unless_allowed(converged: Fleet) -> None:
-    applied = git(converged.work, "rev-parse", "HEAD")
-    git(converged.work, "commit", "-q", "--amend", "-m", "Rewritten")
-    bump_version(converged, "3.0.0", force=True)
-    refused = converged.controller("sync")
+def test_a_rewritten_history_is_refused_unless_allowed(converged_app: Fleet) -> None:
+    applied = git(converged_app.work, "rev-parse", "HEAD")
+    git(converged_app.work, "commit", "-q", "--amend", "-m", "Rewritten")
+    bump_version(converged_app, "3.0.0", force=True)
+    refused = converged_app.controller("sync")
     assert refused.returncode == 1
     assert "does not descend from the last applied" in refused.stderr and applied[:12] in refused.stderr
-    assert converged.host_file("h1", VERSION).read_text() == "1.0.0\n"
-    assert converged.controller("check").returncode == 2  # a check is still allowed: it changes nothing
-    allowed = converged.controller("sync", "--allow-rewrite")
+    assert converged_app.host_file("h1", VERSION).read_text() == "1.0.0\n"
+    assert converged_app.controller("check").returncode == 2  # a check is still allowed: it changes nothing
+    allowed = converged_app.controller("sync", "--allow-rewrite")
     assert allowed.returncode == 0, allowed.stderr
-    assert converged.host_file("h1", VERSION).read_text() == "3.0.0\n"
+    assert converged_app.host_file("h1", VERSION).read_text() == "3.0.0\n"
 
 
-def test_preview_a_revision_dry_run_and_detect_policy_change_nothing(converged: Fleet) -> None:
-    git(converged.work, "checkout", "-q", "-b", "pr-7")
-    pr = bump_version(converged, "7.0.0", ref="pr-7")
-    git(converged.work, "checkout", "-q", "main")
+def test_preview_a_revision_dry_run_and_detect_policy_change_nothing(converged_app: Fleet) -> None:
+    git(converged_app.work, "checkout", "-q", "-b", "pr-7")
+    pr = bump_version(converged_app, "7.0.0", ref="pr-7")
+    git(converged_app.work, "checkout", "-q", "main")
 
-    code, preview = converged.controller_json("check", "--revision", pr)
+    code, preview = converged_app.controller_json("check", "--revision", pr)
     assert code == 2 and preview["revision"]["sha"] == pr
     assert any("+7.0.0" in t["diff"] for t in preview["apps"][0]["check"]["tasks"])
-    dry = converged.controller("sync", "--dry-run", "--revision", pr)
+    dry = converged_app.controller("sync", "--dry-run", "--revision", pr)
     assert dry.returncode == 2 and "not applied (preview)" in dry.stdout
-    assert converged.host_file("h1", VERSION).read_text() == "1.0.0\n"
+    assert converged_app.host_file("h1", VERSION).read_text() == "1.0.0\n"
 
-    gitops = converged.work / "gitops.yml"
+    gitops = converged_app.work / "gitops.yml"
     gitops.write_text(gitops.read_text().replace("policy: apply", "policy: detect"))
-    bump_version(converged, "8.0.0")
-    code, detect = converged.controller_json("sync")
+    bump_version(converged_app, "8.0.0")
+    code, detect = converged_app.controller_json("sync")
     assert code == 2 and detect["apps"][0]["outcome"] == "drifted"
     assert "policy detect" in detect["apps"][0]["message"]
-    assert converged.host_file("h1", VERSION).read_text() == "1.0.0\n"
+    assert converged_app.host_file("h1", VERSION).read_text() == "1.0.0\n"
 
-    missing = converged.controller("check", "--revision", "0" * 40)
+    missing = converged_app.controller("check", "--revision", "0" * 40)
     assert missing.returncode == 1 and "not found" in missing.stderr
-    unknown = converged.controller("check", "--app", "nope")
+    unknown = converged_app.controller("check", "--app", "nope")
     assert unknown.returncode == 1 and "no app 'nope'" in unknown.stderr
 
 
@@ -259,21 +259,21 @@ def test_status_history_show_and_json_tell_the_same_story(converged_app: Fleet) 
     assert fleet.controller("show", "999").returncode == 1
 
 
-def test_the_lock_keeps_two_runs_apart(converged: Fleet) -> None:
+def test_the_lock_keeps_two_runs_apart(converged_app: Fleet) -> None:
     from controller.lock import hold
 
-    before = converged.runs()
-    version = converged.host_file("h1", VERSION)
+    before = converged_app.runs()
+    version = converged_app.host_file("h1", VERSION)
     version.write_text("by hand\n")
-    with hold(converged.state / "controller.lock"):
+    with hold(converged_app.state / "controller.lock"):
         started = time.monotonic()
-        busy = converged.controller("sync", "--wait", "1")
+        busy = converged_app.controller("sync", "--wait", "1")
         assert time.monotonic() - started >= 1
     assert busy.returncode == 75
     assert "another run holds" in busy.stderr and busy.stderr.count("\n") == 1
-    assert converged.runs() == before  # the refused run left no record and touched no host
+    assert converged_app.runs() == before  # the refused run left no record and touched no host
     assert version.read_text() == "by hand\n"
-    assert converged.controller("sync").returncode == 0  # the lock is free again: the next run puts it back
+    assert converged_app.controller("sync").returncode == 0  # the lock is free again: the next run puts it back
     assert version.read_text() == "1.0.0\n"
 
 
@@ -341,23 +341,23 @@ def test_workspaces_are_wiped_after_every_run(converged_app: Fleet) -> None:
     assert workspaces(broken.pid) == set()
 
 
-def test_only_if_changed_returns_at_once_until_the_branch_moves_or_a_check_is_due(converged: Fleet) -> None:
-    idle = converged.controller("sync", "--only-if-changed")
+def test_only_if_changed_returns_at_once_until_the_branch_moves_or_a_check_is_due(converged_app: Fleet) -> None:
+    idle = converged_app.controller("sync", "--only-if-changed")
     assert idle.returncode == 0, idle.stderr
     assert "nothing to do: main is still at" in idle.stdout
-    assert len(converged.runs()) == 1
-    code, document = converged.controller_json("sync", "--only-if-changed")
+    assert len(converged_app.runs()) == 1
+    code, document = converged_app.controller_json("sync", "--only-if-changed")
     assert code == 0 and document["apps"] == [] and "no drift check is due" in document["idle"]
 
-    sha = bump_version(converged, "2.0.0")
-    moved = converged.controller("sync", "--only-if-changed")
-    assert moved.returncode == 0 and converged.runs()[0]["revision"] == sha
-    assert converged.host_file("h1", VERSION).read_text() == "2.0.0\n"
+    sha = bump_version(converged_app, "2.0.0")
+    moved = converged_app.controller("sync", "--only-if-changed")
+    assert moved.returncode == 0 and converged_app.runs()[0]["revision"] == sha
+    assert converged_app.host_file("h1", VERSION).read_text() == "2.0.0\n"
 
     # a check is not a sync: the fast path does not count it. Run as cron and CI wrappers do, its output
     # through a pipe it did not make: stopping its own children must leave the caller's tee alone
-    log = converged.root / "check.log"
-    env = {**os.environ, "CONTROLLER_CONFIG": str(converged.config)}
+    log = converged_app.root / "check.log"
+    env = {**os.environ, "CONTROLLER_CONFIG": str(converged_app.config)}
     teed = subprocess.run(["bash", "-c", f"{BIN / 'controller'} check > >(tee -a {log})"], env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     assert teed.returncode == 0, teed.stderr
@@ -365,13 +365,13 @@ def test_only_if_changed_returns_at_once_until_the_branch_moves_or_a_check_is_du
     while teed.stdout not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "in-sync" in teed.stdout and log.read_text() == teed.stdout
-    assert converged.controller("sync", "--only-if-changed").stdout.count("nothing to do") == 0
-    write_config(converged, watch={"drift_check_interval": 1})
+    assert converged_app.controller("sync", "--only-if-changed").stdout.count("nothing to do") == 0
+    write_config(converged_app, watch={"drift_check_interval": 1})
     time.sleep(1.2)
-    due = converged.controller("sync", "--only-if-changed")
+    due = converged_app.controller("sync", "--only-if-changed")
     assert due.returncode == 0 and "in-sync" in due.stdout
     # it ran, found what the sync before it found, and took its place (retention): one row for the two
-    runs = converged.runs()
+    runs = converged_app.runs()
     assert [(r["mode"], r["folded"]) for r in runs] == [("sync", 2), ("check", 1), ("sync", 1), ("sync", 1)], runs
 
 

@@ -201,16 +201,16 @@ def test_tasks_the_manifest_cannot_cover_are_listed_with_the_last_full_check(fle
     assert "covered only by that full check: app : Read the kernel release" in text
 
 
-def test_verifies_do_not_move_the_full_check_schedule(converged: Fleet) -> None:
-    write_config(converged, watch={"drift_check_interval": "3s"})
-    assert converged.controller("sync").returncode == 0
+def test_verifies_do_not_move_the_full_check_schedule(converged_app: Fleet) -> None:
+    write_config(converged_app, watch={"drift_check_interval": "3s"})
+    assert converged_app.controller("sync").returncode == 0
     time.sleep(3.5)  # the full check is now due
-    done = converged.controller("sync", "--verify-first", "--json")
+    done = converged_app.controller("sync", "--verify-first", "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["apps"][0]["verify"], done.stdout
     # a sync whose hosts were only verified is no full check: the one due still is
-    idle = converged.controller("sync", "--only-if-changed", "--json")
+    idle = converged_app.controller("sync", "--only-if-changed", "--json")
     assert idle.returncode == 0 and json.loads(idle.stdout)["idle"] is None, idle.stdout
-    assert converged.runs()[0]["verified"] == 0  # that sync checked every host
+    assert converged_app.runs()[0]["verified"] == 0  # that sync checked every host
 
 
 def test_verify_config_and_watch_interval_are_read(fleet: Fleet) -> None:
@@ -221,8 +221,8 @@ def test_verify_config_and_watch_interval_are_read(fleet: Fleet) -> None:
     assert done.returncode == 1 and "watch.verify_interval" in done.stderr
 
 
-def test_watch_verifies_on_its_interval_and_corrects_a_hand_edit(converged: Fleet) -> None:
-    fleet = converged
+def test_watch_verifies_on_its_interval_and_corrects_a_hand_edit(converged_app: Fleet) -> None:
+    fleet = converged_app
     watch_config(fleet, verify_interval="1s", drift_check_interval="1h")
     version = fleet.host_file("h1", VERSION)
     with daemon(fleet) as watch:
