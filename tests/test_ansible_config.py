@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import marshal
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from controller.ansible.job import PLUGINS, job_settings
+from controller.ansible.playbook import CACHE as PARSED_CACHE
+from controller.ansible.playbook import command as playbook_command
 from controller.config import AnsibleConfig, Config, SourceConfig, SshConfig
 
 
@@ -152,3 +156,42 @@ def test_the_source_cache_compiles_as_mitogen_would_and_takes_only_whole_entries
     [text] = [p for p in Path(cache.directory).iterdir() if p.read_bytes()[32:] == b"x = 1\n"]
     text.write_bytes(hashlib.sha256(b"\xff").digest() + b"\xff")
     assert minify("x = 1  # one\n") == "x = 1\n" and len(calls) == 2
+
+
+def test_ansible_playbook_keeps_what_it_parses_at_start_and_imports_nothing_from_the_repository(
+        tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "site.yml").write_text("- hosts: all\n  gather_facts: false\n  tasks: [{ansible.builtin.ping: {}}]\n")
+    (project / "hosts.yml").write_text("all: {hosts: {web1: {}}}\n")
+    # a repository may hold files named as the modules ansible-playbook imports: never imported in their place
+    (project / "yaml.py").write_text("raise SystemExit('the repository was imported')\n")
+    (project / "ansible").mkdir()
+    (project / "ansible" / "__init__.py").write_text("raise SystemExit('the repository was imported')\n")
+    cache = tmp_path / "state" / "cache"
+    env = job_settings(config(tmp_path), project, private(tmp_path)).env
+    assert env[PARSED_CACHE] == str(cache)
+
+    def syntax_check() -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([*playbook_command(), "--syntax-check", "-i", "hosts.yml", "site.yml"], cwd=project,
+                              env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0 and "playbook: site.yml" in done.stdout, done.stdout + done.stderr
+        return done
+
+    syntax_check()
+    # ansible-core's configuration definitions and its plugin routing, parsed once, each whole
+    [kept] = cache.glob("ansible-parsed-*")
+    entries = sorted(kept.iterdir())
+    assert len(entries) == 2, entries
+    for entry in entries:
+        data = entry.read_bytes()
+        assert hashlib.sha256(data[32:]).digest() == data[:32] and isinstance(marshal.loads(data[32:]), dict)
+    for entry in entries:  # read back, not parsed again: the same entries, each marked as recently used
+        os.utime(entry, ns=(0, 0))
+    syntax_check()
+    assert sorted(kept.iterdir()) == entries and all(entry.stat().st_mtime_ns > 0 for entry in entries)
+    # an entry whose data no longer matches its hash (a disk's fault) is a miss, parsed and written again
+    written = entries[0].read_bytes()
+    entries[0].write_bytes(written[:32] + marshal.dumps({"routing": "damaged"}))
+    syntax_check()
+    assert entries[0].read_bytes() == written

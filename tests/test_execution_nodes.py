@@ -140,9 +140,11 @@ def test_the_node_checks_and_applies_its_group_s_hosts_and_keeps_nothing(fleet: 
     checked = fleet.controller("check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert node_leftovers(fleet) == []
-    # the bastion's cache of mitogen's work is the bastion's: the node's playbook is not told of it
+    # the bastion's caches of mitogen's and Ansible's work are the bastion's: the node's playbook is not told of them
     node = fleet.lab.host(NODE)  # what it wrote: its copy-on-write layer and its tmpfs (its / shows this machine's)
-    assert [*(node.machine / "upper").rglob("mitogen-sources-*"), *node.path("/tmp").rglob("mitogen-sources-*")] == []
+    assert [path for kind in ("mitogen-sources-*", "ansible-parsed-*")
+            for path in (*(node.machine / "upper").rglob(kind), *node.path("/tmp").rglob(kind))] == []
+    assert list((fleet.state / "cache").glob("ansible-parsed-*"))  # while the bastion's own playbook keeps its own
 
 
 def test_drift_on_a_node_s_host_is_masked_recorded_and_converged(fleet: Fleet) -> None:

@@ -144,7 +144,7 @@ def test_every_format_is_deployed_literally_braces_included(deployed: Deployed) 
 def test_no_secret_in_any_process_argv_or_environment_during_a_sync(deployed: Deployed) -> None:
     watch = deployed.watch
     assert watch.samples >= 20, watch.samples
-    assert {"ansible-playbook", "ssh"} <= watch.programs, sorted(watch.programs)  # it saw the children
+    assert {"controller-ansible-playbook", "ssh"} <= watch.programs, sorted(watch.programs)  # it saw the children
     assert watch.found == set()
 
 

@@ -45,7 +45,8 @@ def test_vaulted_values_are_deployed_and_masked_and_a_wrong_password_is_refused(
     watch.done.set()
     watch.join()
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "ansible-playbook" in watch.programs and watch.found == set()  # no password or value in argv or env
+    # no password or value in any argv or environment
+    assert "controller-ansible-playbook" in watch.programs and watch.found == set()
     for host in ("h1", "h2"):
         assert fleet.host_file(host, DEPLOYED).read_text() == f"{token}\n{note}\n"
         assert fleet.host_file(host, KEY).read_text() == f"{key}\n"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from controller import memo
 from controller.ansible.nodes import NodeAccess, node_access
+from controller.ansible.playbook import CACHE as PARSED_CACHE
 from controller.ansible.wrappers import TOOLS, option_args, write_wrappers
 from controller.config import Config
 from controller.errors import ControllerError
@@ -79,6 +80,8 @@ def job_settings(config: Config, project: Path, private: Path) -> Job:
         # the template module renders files (secrets included) in the local temp dir
         "ANSIBLE_LOCAL_TEMP": str(scratch),
         "ANSIBLE_NOCOLOR": "1",
+        # what every ansible-playbook parses as it starts, kept between runs (playbook.py)
+        PARSED_CACHE: str(config.state_path / "cache"),
     })
 
     def default(section: str, key: str, var: str, value: str | None) -> None:

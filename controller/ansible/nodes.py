@@ -54,7 +54,8 @@ with open(sys.argv[2]) as told:
     Transmitter(_output=sys.stdout.buffer, private_data_dir=sys.argv[1], **json.load(told)).run()
 """
 # variables of this bastion's session that would be wrong on the node: it has its own (and no state dir to cache in)
-NODE_OWN = ("HOME", "USER", "LOGNAME", "SSH_AUTH_SOCK", "PATH", "ANSIBLE_PRIVATE_KEY_FILE", "CONTROLLER_SOURCE_CACHE")
+NODE_OWN = ("HOME", "USER", "LOGNAME", "SSH_AUTH_SOCK", "PATH", "ANSIBLE_PRIVATE_KEY_FILE", "CONTROLLER_SOURCE_CACHE",
+            "CONTROLLER_PARSED_CACHE")
 SERVER_ALIVE = ("-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3")  # a node gone is noticed in ~15 s
 POLL_SECONDS = 0.5
 

@@ -18,6 +18,7 @@ from typing import Any
 from controller.ansible.job import Job
 from controller.ansible.nodes import run_on_node
 from controller.ansible.placement import HERE, place
+from controller.ansible.playbook import command as playbook_command
 from controller.ansible.results import Connection, HostSummary, PlayRun, TaskResult, Touched
 from controller.ansible.targets import targets_of
 from controller.errors import ControllerError, Interrupted
@@ -63,7 +64,7 @@ class OutOfTime(ControllerError):
 def syntax_check(app: App, project: Path, job: Job, redactor: Redactor) -> None:
     """``ansible-playbook --syntax-check`` of the app's playbook; raise SyntaxCheckFailed with the cause."""
     try:
-        run(["ansible-playbook", "--syntax-check", *job.args, "-i", app.inventory, app.playbook],
+        run([*playbook_command(), "--syntax-check", *job.args, "-i", app.inventory, app.playbook],
             reason=Reason.SYNTAX_CHECK_FAILED, what=f"app {app.name}: {app.playbook} failed the syntax check",
             env=job.env, cwd=project, redact=lambda text: _relative(redactor.text(text), project),
             timeout=300)
@@ -199,8 +200,11 @@ def _run_here(settings: dict[str, Any], inventory: Path, project: Path, private_
     config.suppress_output_file = True
     # ansible-runner seeds the job env from os.environ and stores it in the "command" artifact
     config.env = {k: v for k, v in config.env.items() if k not in os.environ or k in settings["envvars"]}
-    # the playbook and all it starts (workers, mitogen, ssh masters) die with us, SIGKILL included
-    config.command = stop.command = reaped(config.command)
+    # ours in place of the ansible-playbook script (playbook.py); the playbook and all it starts (workers,
+    # mitogen, ssh masters) die with us, SIGKILL included
+    program, *arguments = config.command
+    assert program == "ansible-playbook", config.command
+    config.command = stop.command = reaped([*playbook_command(), *arguments])
     config.pexpect_timeout = POLL_SECONDS
     runner = Runner(config, event_handler=collected.handle, cancel_callback=stop)
     if not cancel():

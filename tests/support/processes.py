@@ -65,7 +65,8 @@ class PlaybookWatch(threading.Thread):
                     environ = Path("/proc", pid, "environ").read_bytes().split(b"\0")
                 except OSError:
                     continue
-                if not any(a.endswith("/ansible-playbook") for a in argv) or not _descends(int(pid), os.getpid()):
+                playbook = any(a.endswith("/controller-ansible-playbook") for a in argv)  # not its reaper
+                if not playbook or not _descends(int(pid), os.getpid()):
                     continue  # another test's (other workers play their own fleets at the same moment)
                 artifacts = {value.decode() for key, _, value in (e.partition(b"=") for e in environ)
                              if key == b"AWX_ISOLATED_DATA_DIR"}

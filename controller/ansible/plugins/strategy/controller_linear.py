@@ -22,13 +22,10 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
-import hashlib
 import importlib.util
 import marshal
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import types
 from collections.abc import Callable
@@ -50,8 +47,7 @@ ansible_mitogen.affinity.policy = ansible_mitogen.affinity.Policy()
 
 Base = ansible_mitogen.loaders.strategy_loader.get("linear", class_only=True)
 
-PREFIX = "mitogen-sources-"
-KEEP = 2048  # entries; beyond that the least recently used go (one set of sources is about 130)
+PREFIX = "mitogen-sources-"  # one set of sources is about 130 entries
 
 
 class StrategyModule(ansible_mitogen.strategy.StrategyMixin, Base):  # type: ignore[misc,valid-type]
@@ -64,7 +60,11 @@ class SourceCache:
     def __init__(self, directory: str) -> None:
         # bytecode and minified text are only valid for this Python's bytecode and this mitogen's minifier
         version = f"{importlib.util.MAGIC_NUMBER.hex()}-{'.'.join(map(str, mitogen.__version__))}"
-        self.directory = os.path.join(directory, f"{PREFIX}{version}")
+        # here, not at the top: an execution node runs this plugin without the controller (and without a cache)
+        from controller.ansible.plugins.kept import Kept
+
+        self.kept = Kept(directory, PREFIX, version)
+        self.directory = self.kept.directory
 
     def compile(self, source: Any, filename: Any, mode: str, flags: int = 0, dont_inherit: bool = False,
                 optimize: int = -1) -> Any:
@@ -72,9 +72,9 @@ class SourceCache:
         same source was compiled under the same name before."""
         if not isinstance(source, (bytes, str)) or flags or optimize != -1:
             return builtins.compile(source, filename, mode, flags, True, optimize)
-        key = self._key(b"code", type(source).__name__, source, os.fsencode(filename), mode,
-                        str(sys.flags.optimize))
-        kept = self._read(key)
+        key = self.kept.key(b"code", type(source).__name__, source, os.fsencode(filename), mode,
+                            str(sys.flags.optimize))
+        kept = self.kept.read(key)
         if kept is not None:
             try:
                 code = marshal.loads(kept)
@@ -83,78 +83,21 @@ class SourceCache:
             if isinstance(code, types.CodeType):
                 return code
         code = builtins.compile(source, filename, mode, 0, True)
-        self._write(key, marshal.dumps(code))
+        self.kept.write(key, marshal.dumps(code))
         return code
 
     def minifier(self, minimize: Callable[[Any], str]) -> Callable[[Any], str]:
         """``minimize`` (mitogen's minimize_source), from the cache for a source minified before."""
         def minimize_source(source: Any) -> str:
-            key = self._key(b"minified", type(source).__name__, source)
-            kept = self._read(key)
+            key = self.kept.key(b"minified", type(source).__name__, source)
+            kept = self.kept.read(key)
             if kept is not None:
                 with contextlib.suppress(UnicodeDecodeError):
                     return kept.decode("utf-8")
             minified = minimize(source)
-            self._write(key, minified.encode("utf-8"))
+            self.kept.write(key, minified.encode("utf-8"))
             return minified
         return minimize_source
-
-    @staticmethod
-    def _key(*parts: Any) -> str:
-        digest = hashlib.sha256()
-        for part in parts:
-            data = part.encode("utf-8") if isinstance(part, str) else part
-            digest.update(len(data).to_bytes(8, "big") + data)
-        return digest.hexdigest()
-
-    def _read(self, key: str) -> bytes | None:
-        path = os.path.join(self.directory, key)
-        try:
-            with open(path, "rb") as kept:
-                stored = kept.read()
-        except OSError:
-            return None
-        with contextlib.suppress(OSError):
-            os.utime(path)  # recently used: kept longest
-        digest, data = stored[:32], stored[32:]
-        return data if hashlib.sha256(data).digest() == digest else None  # damaged: a miss, written again
-
-    def _write(self, key: str, data: bytes) -> None:
-        try:
-            if not os.path.isdir(self.directory):
-                self._forget_other_versions()
-                os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".new-")
-        except OSError:  # no room, or no right to write: this run goes without
-            return
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(hashlib.sha256(data).digest() + data)
-            os.replace(temporary, os.path.join(self.directory, key))  # whole or not at all, for a run at once
-            self._prune()
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-
-    def _forget_other_versions(self) -> None:
-        """A new Python or mitogen: the entries of the one before are of no more use."""
-        parent, own = os.path.split(self.directory)
-        for entry in os.scandir(parent) if os.path.isdir(parent) else ():
-            if entry.name.startswith(PREFIX) and entry.name != own:
-                shutil.rmtree(entry.path, ignore_errors=True)
-
-    def _prune(self) -> None:
-        entries = list(os.scandir(self.directory))
-        if len(entries) <= KEEP:
-            return
-        def used(entry: os.DirEntry[str]) -> int:
-            try:
-                return entry.stat().st_mtime_ns
-            except OSError:
-                return 0
-        for old in sorted(entries, key=used)[:len(entries) - KEEP]:
-            with contextlib.suppress(OSError):  # another run pruned it first
-                os.unlink(old.path)
 
 
 def _remember_between_runs(directory: str | None) -> None:
