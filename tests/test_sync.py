@@ -467,3 +467,22 @@ def test_limit_reconciles_only_the_hosts_named_and_the_store_keeps_the_others(co
     assert code == 2 and [h["host"] for h in result["apps"][0]["check"]["hosts"]] == ["web2.staging"]
     refused = fleet.controller("sync", "--limit", "web1.staging", "--verify-first")
     assert refused.returncode == 64 and "--limit" in refused.stderr
+
+
+def test_a_copy_or_template_asks_the_host_for_no_mime_type_or_file_attributes(converged_app: Fleet) -> None:
+    fleet = converged_app
+    host = fleet.lab.host("h1")
+    for tool in ("file", "lsattr"):  # each call of either, logged on the host itself, then made as asked
+        fleet.host_file("h1", f"/srv/{tool}").write_text(
+            f'#!/bin/sh\necho "{tool} $*" >> /srv/stat-tools.log\nexec /usr/bin/{tool} "$@"\n')
+        done = fleet.lab.ssh(host, f"install -m 755 /srv/{tool} /usr/local/bin/{tool}")
+        assert done.returncode == 0, done.stderr
+    log = fleet.host_file("h1", "/srv/stat-tools.log")
+    # the copy and template tasks stat their destination first: with the controller's strategy, checksum only
+    assert fleet.controller("check").returncode == 0
+    assert not log.exists() or log.read_text() == ""
+    # Ansible's own linear strategy asks the stat for the MIME type (file) and the attributes (lsattr) each time
+    write_config(fleet, ansible={"strategy": "linear"})
+    assert fleet.controller("check").returncode == 0
+    called = log.read_text().splitlines()
+    assert any(c.startswith("file ") for c in called) and any(c.startswith("lsattr ") for c in called), called

@@ -15,6 +15,10 @@ be read, or whose data no longer matches the hash it was written with, is a miss
 
 On a host reached as one user and become another, the login user's interpreter only relays the
 root one's traffic: it is not prepared to run modules until a task asks to run there (Relays).
+
+Before a copy or a template acts, Ansible stats the destination with the MIME type and the file
+attributes that no builtin action reads; here it asks for neither, which spares the host a ``file`` and
+an ``lsattr`` per task (_stat_for_actions).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import mitogen
 import mitogen.core
 import mitogen.master
 import mitogen.minify
+from ansible.plugins.action import ActionBase
 
 # a plain Policy assigns nothing: every process may run on every core
 ansible_mitogen.affinity.policy = ansible_mitogen.affinity.Policy()
@@ -178,4 +183,27 @@ class Relays:
         return result
 
 
+def _stat_for_actions() -> None:
+    """The stat that copy, template, fetch, assemble and unarchive ask for before they act, without the MIME type
+    and file attributes: none of them reads either, and each costs the host a ``file`` or ``lsattr`` process (and
+    a fork of its interpreter) per task and host. A ``stat`` task of the playbook's own is not touched."""
+    stat = ActionBase._execute_remote_stat
+
+    @functools.wraps(stat)
+    def _execute_remote_stat(self: Any, *args: Any, **kwargs: Any) -> Any:
+        execute = self._execute_module
+
+        def lean(*given: Any, **named: Any) -> Any:
+            if isinstance(named.get("module_args"), dict):
+                named["module_args"] = {**named["module_args"], "get_mime": False, "get_attributes": False}
+            return execute(*given, **named)
+        self._execute_module = lean  # for this call only: the plugin's own modules run as it asks
+        try:
+            return stat(self, *args, **kwargs)
+        finally:
+            del self._execute_module
+    ActionBase._execute_remote_stat = _execute_remote_stat
+
+
 Relays.install()
+_stat_for_actions()
