@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -486,3 +488,40 @@ def test_a_copy_or_template_asks_the_host_for_no_mime_type_or_file_attributes(co
     assert fleet.controller("check").returncode == 0
     called = log.read_text().splitlines()
     assert any(c.startswith("file ") for c in called) and any(c.startswith("lsattr ") for c in called), called
+
+
+def test_ssh_compresses_only_where_the_inventory_asks(converged_app: Fleet) -> None:
+    fleet = converged_app
+    address = fleet.lab.host("h1").address
+
+    def ssh_to_h1_compressed_during(*args: str) -> set[bool]:
+        """Whether each ssh to h1 that Ansible's playbook started during ``controller ARGS`` was asked to compress,
+        read from /proc (not the controller's own look at the hosts after a check, which never compresses)."""
+        seen: set[bool] = set()
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.02):
+                for pid in filter(str.isdigit, os.listdir("/proc")):
+                    with contextlib.suppress(OSError, IndexError, ValueError):
+                        argv = Path("/proc", pid, "cmdline").read_bytes().split(b"\0")
+                        parent = Path("/proc", pid, "stat").read_text().rpartition(")")[2].split()[1]
+                        if Path(argv[0].decode()).name == "ssh" and address.encode() in argv and \
+                                b"controller-ansible-playbook" in Path("/proc", parent, "cmdline").read_bytes():
+                            seen.add(b"Compression yes" in argv)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            done = fleet.controller(*args)
+            assert done.returncode == 0, done.stdout + done.stderr
+        finally:
+            stop.set()
+            sampler.join()
+        return seen
+
+    # what mitogen sends is compressed already: by default ssh does not compress it again
+    assert ssh_to_h1_compressed_during("check") == {False}
+    # an inventory that wants it (a slow link) has it, as mitogen's own default would
+    fleet.write("inventories/staging/group_vars/all/ssh.yml", "mitogen_ssh_compression: true\n")
+    fleet.push("Compress ssh on this slow link")
+    assert ssh_to_h1_compressed_during("check") == {True}

@@ -18,7 +18,8 @@ root one's traffic: it is not prepared to run modules until a task asks to run t
 
 Before a copy or a template acts, Ansible stats the destination with the MIME type and the file
 attributes that no builtin action reads; here it asks for neither, which spares the host a ``file`` and
-an ``lsattr`` per task (_stat_for_actions).
+an ``lsattr`` per task (_stat_for_actions). And ssh does not compress what mitogen has compressed already,
+unless the inventory says ``mitogen_ssh_compression: true`` (_ssh_uncompressed).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import ansible_mitogen.affinity
+import ansible_mitogen.connection
 import ansible_mitogen.loaders
 import ansible_mitogen.module_finder
 import ansible_mitogen.services
@@ -205,5 +207,22 @@ def _stat_for_actions() -> None:
     ActionBase._execute_remote_stat = _execute_remote_stat
 
 
+def _ssh_uncompressed() -> None:
+    """ssh without compression unless the inventory asks for it (``mitogen_ssh_compression``, which mitogen turns
+    on when unset): what mitogen sends is compressed already, and on a LAN the other compression costs both
+    ends CPU for nothing."""
+    connect = ansible_mitogen.connection._connect_ssh
+
+    @functools.wraps(connect)
+    def _connect_ssh(spec: Any) -> dict[str, Any]:
+        options: dict[str, Any] = connect(spec)
+        if spec.mitogen_ssh_compression() is None:
+            options["kwargs"]["compression"] = False
+        return options
+    for method in ("ssh", "smart"):
+        ansible_mitogen.connection.CONNECTION_METHOD[method] = _connect_ssh
+
+
 Relays.install()
 _stat_for_actions()
+_ssh_uncompressed()
