@@ -140,10 +140,10 @@ def test_the_source_cache_compiles_as_mitogen_would_and_takes_only_whole_entries
     for _ in range(2):  # written, then read back
         code = cache.compile(source, "m.py", "exec")
         assert (code.co_flags, code.co_code, code.co_names) == (fresh.co_flags, fresh.co_code, fresh.co_names)
-    [entry] = Path(cache.directory).iterdir()
+    [entry] = Path(cache.kept.directory).iterdir()
     # the same text as str is another entry (a coding cookie reads bytes and str differently)
     cache.compile(source.decode(), "m.py", "exec")
-    assert len(list(Path(cache.directory).iterdir())) == 2
+    assert len(list(Path(cache.kept.directory).iterdir())) == 2
     # an entry whose hash holds but which is not code (another tool's, or a hand's) is a miss, written again
     foreign = marshal.dumps({"not": "code"})
     entry.write_bytes(hashlib.sha256(foreign).digest() + foreign)
@@ -153,7 +153,7 @@ def test_the_source_cache_compiles_as_mitogen_would_and_takes_only_whole_entries
     calls: list[str] = []
     minify = cache.minifier(lambda text: calls.append(text) or "x = 1\n")
     assert [minify("x = 1  # one\n") for _ in range(2)] == ["x = 1\n"] * 2 and len(calls) == 1
-    [text] = [p for p in Path(cache.directory).iterdir() if p.read_bytes()[32:] == b"x = 1\n"]
+    [text] = [p for p in Path(cache.kept.directory).iterdir() if p.read_bytes()[32:] == b"x = 1\n"]
     text.write_bytes(hashlib.sha256(b"\xff").digest() + b"\xff")
     assert minify("x = 1  # one\n") == "x = 1\n" and len(calls) == 2
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.ansible.node_worker import HEARTBEAT, HERE, KNOWN_HOSTS_EVENT, MITOGEN
+from controller.ansible.playbook import CACHE as PARSED_CACHE
 from controller.ansible.results import Connection
 from controller.config import Config, ExecutionNode
 from controller.process import STOP_GRACE, reaped, run
@@ -55,7 +56,7 @@ with open(sys.argv[2]) as told:
 """
 # variables of this bastion's session that would be wrong on the node: it has its own (and no state dir to cache in)
 NODE_OWN = ("HOME", "USER", "LOGNAME", "SSH_AUTH_SOCK", "PATH", "ANSIBLE_PRIVATE_KEY_FILE", "CONTROLLER_SOURCE_CACHE",
-            "CONTROLLER_PARSED_CACHE")
+            PARSED_CACHE)
 SERVER_ALIVE = ("-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3")  # a node gone is noticed in ~15 s
 POLL_SECONDS = 0.5
 

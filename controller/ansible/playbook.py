@@ -12,7 +12,6 @@ Python looks for modules where it is installed, never in the working directory (
 
 from __future__ import annotations
 
-import contextlib
 import marshal
 import os
 import sys
@@ -44,17 +43,9 @@ def keep_parses(directory: str) -> None:
     def keeping(kind: str, parse: Callable[..., Any]) -> Callable[..., Any]:
         def parsed(text: Any, *args: Any) -> Any:
             raw = text.read() if hasattr(text, "read") else text  # base.yml comes as an open file
-            key = kept.key(kind, type(raw).__name__, raw)
-            data = kept.read(key)
-            if data is not None:
-                try:
-                    return marshal.loads(data)
-                except Exception:  # written by another Python, or by hand: parsed afresh
-                    pass
-            value = parse(raw, *args)
-            with contextlib.suppress(ValueError):  # more than plain data (a date, a tagged value): parsed each time
-                kept.write(key, marshal.dumps(value))
-            return value
+            # more than plain data (a date, a tagged value) marshal refuses: not kept, parsed each time
+            return kept.through(kept.key(kind, type(raw).__name__, raw), lambda: parse(raw, *args), marshal.dumps,
+                                marshal.loads)
         return parsed
 
     manager.yaml_load = keeping("config definitions", manager.yaml_load)

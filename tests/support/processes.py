@@ -80,13 +80,21 @@ class PlaybookWatch(threading.Thread):
                 self.together.add(frozenset(inventories))
 
 
+def parent(pid: int) -> int | None:
+    """The parent of process ``pid``, read from /proc; None once it is gone."""
+    try:
+        return int(Path("/proc", str(pid), "stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _descends(pid: int, ancestor: int) -> bool:
     """Whether process ``pid`` was started, at any depth, by process ``ancestor``."""
     for _ in range(12):
-        try:
-            pid = int(Path("/proc", str(pid), "stat").read_text().rpartition(")")[2].split()[1])
-        except (OSError, IndexError, ValueError):
+        found = parent(pid)
+        if found is None:
             return False
+        pid = found
         if pid == ancestor:
             return True
         if pid <= 1:

@@ -14,6 +14,10 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 KEEP = 2048  # entries; beyond that the least recently used go
 
@@ -46,6 +50,21 @@ class Kept:
             os.utime(path)  # recently used: kept longest
         digest, data = stored[:32], stored[32:]
         return data if hashlib.sha256(data).digest() == digest else None  # damaged: a miss, written again
+
+    def through(self, key: str, make: Callable[[], T], dump: Callable[[T], bytes], load: Callable[[bytes], T]) -> T:
+        """What ``make`` would make, read back (``load``) from the entry under ``key`` when there is one it can
+        load, else made and kept (``dump``). An entry ``load`` refuses is a miss; a value ``dump`` refuses with
+        ValueError is not kept."""
+        kept = self.read(key)
+        if kept is not None:
+            try:
+                return load(kept)
+            except Exception:  # written by another Python or tool, or by hand: made afresh
+                pass
+        value = make()
+        with contextlib.suppress(ValueError):
+            self.write(key, dump(value))
+        return value
 
     def write(self, key: str, data: bytes) -> None:
         """Keep ``data`` under ``key``, whole or not at all (runs at once may write the same entry)."""

@@ -25,7 +25,6 @@ unless the inventory says ``mitogen_ssh_compression: true`` (_ssh_uncompressed).
 from __future__ import annotations
 
 import builtins
-import contextlib
 import functools
 import importlib.util
 import marshal
@@ -71,7 +70,6 @@ class SourceCache:
         from controller.ansible.plugins.kept import Kept
 
         self.kept = Kept(directory, PREFIX, version)
-        self.directory = self.kept.directory
 
     def compile(self, source: Any, filename: Any, mode: str, flags: int = 0, dont_inherit: bool = False,
                 optimize: int = -1) -> Any:
@@ -81,30 +79,23 @@ class SourceCache:
             return builtins.compile(source, filename, mode, flags, True, optimize)
         key = self.kept.key(b"code", type(source).__name__, source, os.fsencode(filename), mode,
                             str(sys.flags.optimize))
-        kept = self.kept.read(key)
-        if kept is not None:
-            try:
-                code = marshal.loads(kept)
-            except Exception:  # data from another Python, or written by hand: compile afresh
-                code = None
-            if isinstance(code, types.CodeType):
-                return code
-        code = builtins.compile(source, filename, mode, 0, True)
-        self.kept.write(key, marshal.dumps(code))
-        return code
+        return self.kept.through(key, lambda: builtins.compile(source, filename, mode, 0, True), marshal.dumps,
+                                 _code)
 
     def minifier(self, minimize: Callable[[Any], str]) -> Callable[[Any], str]:
         """``minimize`` (mitogen's minimize_source), from the cache for a source minified before."""
         def minimize_source(source: Any) -> str:
             key = self.kept.key(b"minified", type(source).__name__, source)
-            kept = self.kept.read(key)
-            if kept is not None:
-                with contextlib.suppress(UnicodeDecodeError):
-                    return kept.decode("utf-8")
-            minified = minimize(source)
-            self.kept.write(key, minified.encode("utf-8"))
-            return minified
+            return self.kept.through(key, lambda: minimize(source), str.encode, bytes.decode)  # UTF-8
         return minimize_source
+
+
+def _code(data: bytes) -> types.CodeType:
+    """Code read back from the cache: anything else (another tool's entry, a hand's) is refused, so a miss."""
+    code = marshal.loads(data)
+    if not isinstance(code, types.CodeType):
+        raise TypeError(f"not code: {type(code).__name__}")
+    return code
 
 
 def _remember_between_runs(directory: str | None) -> None:
