@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshal
 import os
 import subprocess
 import sys
@@ -64,6 +65,57 @@ def test_a_lean_host_trims_the_key_exchange_and_package_lists_and_a_real_one_kee
             env["APT_CONFIG"] = str(tmp_path / "apt.conf")
         here = subprocess.run(["sh", "-c", APT_OPEN], capture_output=True, text=True, timeout=60, check=True, env=env)
         assert opened.stdout == here.stdout and opened.stdout.endswith(" True\n"), (opened.stdout, here.stdout)
+
+
+# what a host's interpreter does with a module mitogen sends: compile it as mitogen.core's importer does, run it
+MITOGEN_IMPORT = ("/usr/bin/python3 -c 'import builtins; code = compile(\"value = 1\", \"master:/m.py\", \"exec\", "
+                  "flags=0, dont_inherit=True); space = {}; exec(code, space); "
+                  "print(space[\"value\"], type(builtins.compile).__name__)'")
+# a caller with a future import, compiling without dont_inherit: the builtin would apply the caller's future
+INHERITED = ("/usr/bin/python3 -c 'from __future__ import annotations\n"
+             "space = {}; exec(compile(\"def f(a: int): pass\", \"x.py\", \"exec\"), space); "
+             "print(space[\"f\"].__annotations__)'")
+
+
+@pytest.mark.parametrize("costs", [LEAN, REAL], ids=["lean", "real"])
+def test_a_lean_host_keeps_what_its_python_compiles_for_the_user_alone_and_a_real_one_compiles_each_time(
+        tmp_path: Path, costs: Costs) -> None:
+    import builtins
+
+    import lab.compiled  # the lab reads its directory from it; importing it here changes nothing
+    assert type(builtins.compile).__name__ == "builtin_function_or_method"
+    with Lab(tmp_path / "lab", 1, prefix=PREFIX, costs=costs) as running:
+        host = running.hosts[0]
+        directory = host.path(lab.compiled.DIRECTORY)
+
+        def run(command: str, user: str = "root") -> str:
+            said = running.ssh(host, command, user)
+            assert said.returncode == 0, said.stderr
+            return said.stdout
+
+        assert run(INHERITED) == "{'a': 'int'}\n"  # whoever compiles, the caller's future import holds
+        if not costs.compiled:
+            assert run(MITOGEN_IMPORT) == "1 builtin_function_or_method\n"
+            assert not directory.exists()
+            return
+        [deploy] = [kept for kept in directory.iterdir() if kept.name != "0"]
+        assert run(MITOGEN_IMPORT) == "1 function\n"
+        [entry] = (directory / "0").iterdir()
+        assert list(deploy.iterdir()) == []  # root's compile is root's alone
+        # read back: a different program under the same key is what runs
+        entry.write_bytes(marshal.dumps(compile("value = 2", "other", "exec")))
+        assert run(MITOGEN_IMPORT) == "2 function\n"
+        entry.write_bytes(b"damaged")
+        assert run(MITOGEN_IMPORT) == "1 function\n"  # compiled again, and kept again
+        assert marshal.loads(entry.read_bytes()).co_filename == "master:/m.py"
+        # deploy's interpreter (the relay to root's, through sudo) keeps its own, in a directory of its own
+        assert (deploy.stat().st_mode & 0o777, deploy.stat().st_uid) == (0o700, int(deploy.name))
+        assert run(MITOGEN_IMPORT, "deploy") == "1 function\n" and len(list(deploy.iterdir())) == 1
+        # a directory that others may write to could hold code planted for its user: not used, not written
+        deploy.chmod(0o777)
+        for child in deploy.iterdir():
+            child.unlink()
+        assert run(MITOGEN_IMPORT, "deploy") == "1 function\n" and list(deploy.iterdir()) == []
 
 
 def test_ten_hosts_come_up_fast_each_with_its_own_srv(tmp_path: Path) -> None:

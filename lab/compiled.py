@@ -1,0 +1,74 @@
+"""Installed into a lean lab host's own layer (``Costs.compiled``): the host's Python keeps the code it compiles.
+
+mitogen sends its own and Ansible's modules to a host as source, and the host's interpreter compiles them in every
+run: about a third of its CPU (docs/benchmarks.md). A real host spends that on its own cores; a lab host spends it
+on the bastion's, which the test suite shares. Here ``compile`` as mitogen calls it (``flags=0, dont_inherit=True``)
+keeps each result under a hash of what was compiled, in a directory of the user's own that the lab made for it;
+every other call, and every miss, is Python's own compile. This file runs on the host, without the lab package.
+"""
+
+import __future__
+
+import builtins
+import os
+import sys
+from typing import Any
+
+DIRECTORY = "/var/cache/lab-compiled"  # one directory per uid below, made by the lab: the user's own, 0700
+_compile = builtins.compile
+# no future import here: a caller's, which the builtin would take from its caller's frame, is taken from the frame
+# that called this compile (its flags are the same bits as the code's)
+_FUTURES = 0
+for _name in __future__.all_feature_names:
+    _FUTURES |= getattr(__future__, _name).compiler_flag
+
+
+def _own_directory() -> str | None:
+    path = os.path.join(DIRECTORY, str(os.getuid()))
+    try:
+        meta = os.stat(path)
+    except OSError:
+        return None
+    # one that another user owns or may write to could hold code planted for this one: not used
+    if meta.st_uid != os.getuid() or meta.st_mode & 0o077:
+        return None
+    return path
+
+
+def compile(source: Any, filename: Any, mode: str, flags: int = 0, dont_inherit: bool = False,
+            optimize: int = -1, **more: Any) -> Any:
+    """Python's ``compile``, read back from the user's directory when the same source was compiled before."""
+    if not dont_inherit:  # what the caller's future imports add, as the builtin would take them from its caller
+        flags |= sys._getframe(1).f_code.co_flags & _FUTURES
+    directory = None if flags or more or optimize != -1 or not isinstance(source, (str, bytes)) else _own_directory()
+    if directory is None:
+        return _compile(source, filename, mode, flags, True, optimize, **more)
+    import hashlib
+    import importlib.util
+    import marshal
+    import types
+
+    text = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
+    key = hashlib.sha256(b"\0".join((importlib.util.MAGIC_NUMBER, os.fsencode(str(filename)), mode.encode(),
+                                     type(source).__name__.encode(), text))).hexdigest()
+    path = os.path.join(directory, key)
+    try:
+        with open(path, "rb") as kept:
+            code = marshal.loads(kept.read())
+        if isinstance(code, types.CodeType):
+            return code
+    except (OSError, ValueError, EOFError, TypeError):
+        pass  # not there yet, or damaged: compiled and written again
+    code = _compile(source, filename, mode, 0, True)
+    partial = f"{path}.{os.getpid()}"
+    try:
+        with open(partial, "wb") as kept:
+            kept.write(marshal.dumps(code))
+        os.replace(partial, path)  # whole or not at all, for the host's other interpreters
+    except OSError:
+        pass
+    return code
+
+
+if __name__ == "_lab_compiled":  # as the host's .pth imports it; the lab itself only reads DIRECTORY
+    builtins.compile = compile
