@@ -325,6 +325,13 @@ def fleet(tmp_path: Path, lab: Lab, age_key: AgeKey) -> Fleet:
     return build_fleet(tmp_path / "fleet", lab, age_key)
 
 
+@pytest.fixture
+def fleet_app(tmp_path: Path, lab: Lab, age_key: AgeKey) -> Fleet:
+    """The example fleet, never synced, with site.yml playing the app role alone (build_fleet's ``app_only``): for
+    the tests of a run's own life (interruption, locks, keys, signatures) that read nothing the base role writes."""
+    return build_fleet(tmp_path / "fleet", lab, age_key, app_only=True)
+
+
 @dataclass(frozen=True)
 class Converged:
     """The example fleet synced once per session, kept (hosts stopped) to be copied back before each test."""

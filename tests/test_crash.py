@@ -68,7 +68,8 @@ def lock_is_free(fleet: Fleet) -> bool:
     return probe.returncode == 0
 
 
-def test_sigterm_at_every_stage_ends_within_10s_and_leaves_nothing(fleet: Fleet) -> None:
+def test_sigterm_at_every_stage_ends_within_10s_and_leaves_nothing(fleet_app: Fleet) -> None:
+    fleet = fleet_app
     for stage in STAGES:
         proc = start_sync(fleet)
         wait_for_stage(proc, stage)
@@ -105,7 +106,8 @@ def test_a_look_stopped_before_it_found_anything_to_do_is_no_run(converged_app: 
     assert lock_is_free(converged_app) and leftovers(converged_app, proc.pid) == []
 
 
-def test_random_sigkills_leave_no_process_workspace_or_running_run(fleet: Fleet) -> None:
+def test_random_sigkills_leave_no_process_workspace_or_running_run(fleet_app: Fleet) -> None:
+    fleet = fleet_app
     seed = int(os.environ.get("CONTROLLER_TEST_SEED", time.time()))
     print(f"seed {seed}")
     rng = random.Random(seed)
@@ -172,7 +174,8 @@ def test_a_killed_controller_s_guard_wipes_its_workspace_and_only_that() -> None
         time.sleep(0.05)
 
 
-def test_a_host_that_freezes_mid_check_costs_a_bounded_time(fleet: Fleet) -> None:
+def test_a_host_that_freezes_mid_check_costs_a_bounded_time(fleet_app: Fleet) -> None:
+    fleet = fleet_app
     write_config(fleet, ssh={"private_key_file": str(fleet.lab.private_key),
                              "known_hosts_file": str(fleet.lab.known_hosts)},
                  ansible={"task_timeout": 10, "timeout": 10})  # h1's tasks finish well inside, even on a busy machine

@@ -261,7 +261,8 @@ def test_drift_shown_and_synced_from_the_page_of_a_running_watch(tmp_path: Path,
 
 
 
-def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet: Fleet, browser: webdriver.Chrome) -> None:
+def test_serve_asks_for_the_token_and_a_busy_lock_is_an_answer(fleet_app: Fleet, browser: webdriver.Chrome) -> None:
+    fleet = fleet_app
     fleet.root.joinpath("ui.token").write_text(TOKEN + "\n")
     # named tokens beside it: what alice does is recorded as hers; the viewer's token reads and acts on nothing
     fleet.root.joinpath("alice.token").write_text(ALICE + "\n")

@@ -30,7 +30,8 @@ def trust_wrong_key_for(fleet: Fleet, host: str) -> Path:
 
 @pytest.mark.parametrize("strategy", ["mitogen", "linear"])
 def test_a_host_with_the_wrong_key_receives_nothing_even_if_the_repository_says_not_to_check(
-        fleet: Fleet, strategy: str) -> None:
+        fleet_app: Fleet, strategy: str) -> None:
+    fleet = fleet_app
     cfg = fleet.work / "ansible.cfg"
     cfg.write_text(cfg.read_text().replace("[defaults]", "[defaults]\nhost_key_checking = False", 1))
     fleet.push("Turn host key checking off, as some repositories do")
@@ -51,7 +52,8 @@ def test_a_host_with_the_wrong_key_receives_nothing_even_if_the_repository_says_
     assert "web2.staging  unreachable" in shown.stdout and "host key mismatch" in shown.stdout
 
 
-def test_accept_new_records_a_first_key_and_refuses_a_changed_one(fleet: Fleet) -> None:
+def test_accept_new_records_a_first_key_and_refuses_a_changed_one(fleet_app: Fleet) -> None:
+    fleet = fleet_app
     known = fleet.root / "fresh_known_hosts"  # nothing known yet: the default policy records what it meets
     write_config(fleet, ssh={"private_key_file": str(fleet.lab.private_key), "known_hosts_file": str(known)})
     assert fleet.controller("sync").returncode == 0

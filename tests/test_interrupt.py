@@ -13,7 +13,8 @@ from tests.conftest import BIN, Fleet
 from tests.support.processes import workspaces
 
 
-def test_sigterm_mid_run_stops_cleanly(fleet: Fleet) -> None:
+def test_sigterm_mid_run_stops_cleanly(fleet_app: Fleet) -> None:
+    fleet = fleet_app
     env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config)}
     proc = subprocess.Popen([str(BIN / "controller"), "sync"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

@@ -198,7 +198,8 @@ def refused(fleet: Fleet, space: Path, args: tuple[str, ...], sha: str, *needles
 
 
 def test_head_mode_applies_ssh_signed_commits_and_refuses_unsigned_unknown_and_tampered_ones(
-        fleet: Fleet, keys: Keys, space: Path) -> None:
+        fleet_app: Fleet, keys: Keys, space: Path) -> None:
+    fleet = fleet_app
     dev, dev_line = keys.ssh("dev")
     stranger, _ = keys.ssh("stranger")
     allowed = keys.root / "allowed_signers"
@@ -244,7 +245,8 @@ def test_head_mode_applies_ssh_signed_commits_and_refuses_unsigned_unknown_and_t
     assert fleet.runs()[0]["revision"] == top
 
 
-def test_all_mode_checks_every_new_commit_with_ssh_and_openpgp_keys(fleet: Fleet, keys: Keys, space: Path) -> None:
+def test_all_mode_checks_every_new_commit_with_ssh_and_openpgp_keys(fleet_app: Fleet, keys: Keys, space: Path) -> None:
+    fleet = fleet_app
     keyring = keys.root / "trusted.gpg"
     maintainer = keys.gpg("maintainer", keyring)
     outsider = keys.gpg("outsider")
@@ -282,7 +284,8 @@ def test_all_mode_checks_every_new_commit_with_ssh_and_openpgp_keys(fleet: Fleet
 
 
 def test_watch_keeps_the_last_good_revision_and_does_not_retry_a_refused_one(
-        fleet: Fleet, keys: Keys, space: Path) -> None:
+        fleet_app: Fleet, keys: Keys, space: Path) -> None:
+    fleet = fleet_app
     keyring = keys.root / "trusted.asc"
     maintainer = keys.gpg("maintainer", keyring, armor=True)
     receiver = Receiver()

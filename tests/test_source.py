@@ -91,7 +91,8 @@ def git_http_server(repository: Path) -> Iterator[str]:
         server.server_close()
 
 
-def test_credentials_in_the_source_url_reach_git_only_through_askpass(fleet: Fleet) -> None:
+def test_credentials_in_the_source_url_reach_git_only_through_askpass(fleet_app: Fleet) -> None:
+    fleet = fleet_app
     seen: list[str] = []
     stop = threading.Event()
 

@@ -377,7 +377,8 @@ def test_only_if_changed_returns_at_once_until_the_branch_moves_or_a_check_is_du
     assert [(r["mode"], r["folded"]) for r in runs] == [("sync", 2), ("check", 1), ("sync", 1), ("sync", 1)], runs
 
 
-def test_state_is_private_whatever_the_umask(fleet: Fleet) -> None:
+def test_state_is_private_whatever_the_umask(fleet_app: Fleet) -> None:
+    fleet = fleet_app
     shutil.rmtree(fleet.state, ignore_errors=True)  # the controller makes it (the fixture copied warm sources in)
     env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config)}
     done = subprocess.run(["sh", "-c", f"umask 000 && exec {BIN / 'controller'} sync"], env=env,
@@ -390,7 +391,8 @@ def test_state_is_private_whatever_the_umask(fleet: Fleet) -> None:
 
 
 def test_mitogen_keeps_its_source_work_between_runs_and_when_it_cannot_load_the_linear_fallback_converges(
-        fleet: Fleet) -> None:
+        fleet_app: Fleet) -> None:
+    fleet = fleet_app
     shutil.rmtree(fleet.state / "cache", ignore_errors=True)  # cold: no sources of another fleet's run
     assert fleet.controller("check").returncode == 2  # mitogen loads here, and the state dir remembers it
     assert len(list((fleet.state / "cache" / "mitogen-loads").iterdir())) == 1

@@ -20,7 +20,8 @@ def vault(fleet: Fleet, plaintext: str, *args: str) -> str:
                           input=plaintext, cwd=fleet.work, capture_output=True, text=True, check=True).stdout
 
 
-def test_vaulted_values_are_deployed_and_masked_and_a_wrong_password_is_refused(fleet: Fleet) -> None:
+def test_vaulted_values_are_deployed_and_masked_and_a_wrong_password_is_refused(fleet_app: Fleet) -> None:
+    fleet = fleet_app
     # the password lives in a file on the bastion, like the age key: not one of the sweep's plaintexts
     password = f"vault-password-{uuid.uuid4().hex}"
     token, note, key = secret("vault-inline"), secret("vault-file"), secret("vault-copy-source")

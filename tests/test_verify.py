@@ -65,7 +65,8 @@ def test_an_unchanged_fleet_verifies_with_one_ssh_connection_per_host_and_no_pla
     assert "in-sync, 2 times since" in converged.controller("history").stdout
 
 
-def test_a_host_unreachable_at_the_last_full_check_is_fully_checked_alone(fleet: Fleet) -> None:
+def test_a_host_unreachable_at_the_last_full_check_is_fully_checked_alone(fleet_app: Fleet) -> None:
+    fleet = fleet_app
     fleet.lab.stop_host("h2")
     assert fleet.controller("sync").returncode == 2  # partial: web2 unreachable, so it has no manifest
     fleet.lab.start_host("h2")
@@ -181,7 +182,8 @@ def test_changed_inputs_make_verify_fully_check_every_host(converged_app: Fleet)
     falls_back(0)
 
 
-def test_tasks_the_manifest_cannot_cover_are_listed_with_the_last_full_check(fleet: Fleet) -> None:
+def test_tasks_the_manifest_cannot_cover_are_listed_with_the_last_full_check(fleet_app: Fleet) -> None:
+    fleet = fleet_app
     tasks = fleet.work / "roles/app/tasks/main.yml"
     tasks.write_text(tasks.read_text() + COMMAND_TASK)
     fleet.push("A command task")
