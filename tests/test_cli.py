@@ -113,7 +113,7 @@ def test_version_names_every_component_a_run_depends_on() -> None:
     assert found["python"].startswith("3.11.") and str(BIN) in found["python"]  # Debian's, in the venv
     text = subprocess.run([str(BIN / "controller"), "version"], capture_output=True, text=True, timeout=60)
     assert text.returncode == 0 and text.stdout.splitlines()[2] == f"ansible-core    {found['ansible-core']}"
-    # the tools are looked for on PATH (sops beside the interpreter first): one missing is said, not fatal
+    # the tools are looked for on PATH (sops in its package first): one missing is said, not fatal
     bare = subprocess.run([str(BIN / "controller"), "version", "--json"], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "PATH": "/nonexistent"})
     assert bare.returncode == 0 and json.loads(bare.stdout)["git"] == "not installed"

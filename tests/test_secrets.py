@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from controller.errors import ControllerError
-from controller.secrets.sops import decrypt_in_place, literal, sops_format
+from controller.secrets.sops import decrypt_in_place, literal, sops_binary, sops_format
 from lab import Lab
 from lab.repository import AgeKey, git, make_age_key, sops_encrypt
 from tests.conftest import PLAINTEXTS, TEST_PREFIX, VERSION, Fleet, build_fleet, bump_version, secret
@@ -247,6 +247,14 @@ def test_values_of_every_format_are_masked_and_marked_unsafe() -> None:
     assert literal("tls.pem", b"-----BEGIN KEY-----\nabc\n") == (["-----BEGIN KEY-----\nabc\n"], None)
     assert [sops_format(n) for n in ("a.yml", "a.yaml", "a.json", ".env", "a.ini", "a.YAML", "a.txt")] == [
         "yaml", "yaml", "json", "env", "ini", "binary", "binary"]
+
+
+def test_sops_runs_as_its_own_binary_with_no_python_started_before_it() -> None:
+    binary = Path(sops_binary())
+    assert binary.read_bytes()[:4] == b"\x7fELF", binary  # not the package's console script, a Python that execs it
+    done = subprocess.run([str(binary), "--version", "--disable-version-check"], capture_output=True, text=True,
+                          timeout=30, check=True)
+    assert done.stdout.startswith("sops 3."), done.stdout
 
 
 def test_a_wrong_age_key_names_both_sides_to_compare(tmp_path: Path, age_key: AgeKey) -> None:

