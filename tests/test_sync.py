@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import threading
 import time
+import zlib
 from pathlib import Path
 
 from lab import Lab
@@ -401,6 +402,9 @@ def test_mitogen_keeps_its_source_work_between_runs_and_when_it_cannot_load_the_
     [kept] = (fleet.state / "cache").glob("mitogen-sources-*")
     entries = {entry.name for entry in kept.iterdir()}
     assert len(entries) > 20, entries
+    # each module as it was compressed for the hosts too (zlib at level 9), target code included
+    sent = [zlib.decompress(data[32:]) for data in map(Path.read_bytes, kept.iterdir()) if data[32:34] == b"\x78\xda"]
+    assert any(b"def init_child(" in source for source in sent), len(sent)
     for entry in kept.iterdir():
         entry.write_bytes(entry.read_bytes()[:32] + b"raise ImportError('damaged')\n")
     # a mitogen that refuses to load, as it does on an ansible-core it does not support: a real import failure

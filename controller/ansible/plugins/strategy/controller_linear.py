@@ -6,11 +6,11 @@ clients to one core; unpinned, the same check ran faster here (docs/benchmarks.m
 controller uses this strategy by default and mitogen's own ``mitogen_linear`` with
 ``ansible.cpu_pinning: true``.
 
-In every run mitogen's multiplexer compiles each module it scans for imports and minifies its
-own modules before sending them to the hosts: the same sources each time, about a sixth of the
-bastion's CPU in a no-change check (docs/benchmarks.md). Where CONTROLLER_SOURCE_CACHE names a
-directory (the controller sets it to one in its state dir), both results are kept there under a
-hash of the source and read back in later runs. The cache only saves work: an entry that cannot
+In every run mitogen's multiplexer compiles each module it scans for imports, minifies its own
+modules and compresses each before sending them to the hosts: the same sources each time, about a
+sixth of the bastion's CPU in a no-change check (docs/benchmarks.md). Where CONTROLLER_SOURCE_CACHE
+names a directory (the controller sets it to one in its state dir), the results are kept there under
+a hash of the source and read back in later runs. The cache only saves work: an entry that cannot
 be read, or whose data no longer matches the hash it was written with, is a miss.
 
 On a host reached as one user and become another, the login user's interpreter only relays the
@@ -32,6 +32,7 @@ import os
 import sys
 import threading
 import types
+import zlib
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -82,6 +83,14 @@ class SourceCache:
         return self.kept.through(key, lambda: builtins.compile(source, filename, mode, 0, True), marshal.dumps,
                                  _code)
 
+    def compressor(self, compress: Callable[[bytes, int], bytes]) -> types.SimpleNamespace:
+        """The ``zlib`` mitogen's responder compresses each module with (level 9, about 1 MB of sources a run), its
+        ``compress`` from the cache for a source compressed before."""
+        def compressed(data: bytes, level: int = -1) -> bytes:
+            key = self.kept.key(b"compressed", str(level), data)
+            return self.kept.through(key, lambda: compress(data, level), bytes, bytes)
+        return types.SimpleNamespace(compress=compressed)
+
     def minifier(self, minimize: Callable[[Any], str]) -> Callable[[Any], str]:
         """``minimize`` (mitogen's minimize_source), from the cache for a source minified before."""
         def minimize_source(source: Any) -> str:
@@ -106,6 +115,7 @@ def _remember_between_runs(directory: str | None) -> None:
     mitogen.master.compile = cache.compile
     ansible_mitogen.module_finder.compile = cache.compile
     mitogen.minify.minimize_source = cache.minifier(mitogen.minify.minimize_source)
+    mitogen.master.zlib = cache.compressor(zlib.compress)  # its one use of zlib
 
 
 _remember_between_runs(os.environ.get("CONTROLLER_SOURCE_CACHE"))
