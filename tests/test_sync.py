@@ -496,6 +496,36 @@ def test_a_copy_or_template_asks_the_host_for_no_mime_type_or_file_attributes(co
     assert any(c.startswith("file ") for c in called) and any(c.startswith("lsattr ") for c in called), called
 
 
+# a repository's own action plugin, run in each worker Ansible forks: it fails where the objects the worker shares
+# with the playbook's process are still the cyclic collector's to walk (and so to copy, page by page)
+HEAP_FROZEN = """\
+import gc
+
+from ansible.plugins.action import ActionBase
+
+
+class ActionModule(ActionBase):
+    def run(self, tmp=None, task_vars=None):
+        if not gc.get_freeze_count():
+            return {"failed": True, "msg": "nothing frozen: this worker's collector walks the heap it shares"}
+        return {"changed": False}
+"""
+
+
+def test_the_strategy_freezes_the_playbook_s_heap_before_it_forks_workers(converged_app: Fleet) -> None:
+    fleet = converged_app
+    fleet.write("playbooks/action_plugins/heap_frozen.py", HEAP_FROZEN)
+    tasks = fleet.work / "roles/app/tasks/main.yml"
+    tasks.write_text(tasks.read_text() + "\n- name: Look at the worker's heap\n  heap_frozen:\n")
+    fleet.push("A task that looks at the heap its worker inherited")
+    done = fleet.controller("check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Ansible's own linear strategy forks each worker from a heap the collector still walks
+    write_config(fleet, ansible={"strategy": "linear"})
+    done = fleet.controller("check")
+    assert done.returncode == 2 and "nothing frozen" in done.stdout, done.stdout + done.stderr  # failed tasks: partial
+
+
 def test_ssh_compresses_only_where_the_inventory_asks(converged_app: Fleet) -> None:
     fleet = converged_app
     address = fleet.lab.host("h1").address
