@@ -280,8 +280,7 @@ class Lab:
         _put(layer, f"{root_home}/.bashrc", "", 0o644)
         deploy = _add_user(layer, DEPLOY_USER, public_key)
         if self.costs.compiled:
-            _put(layer, f"{SITE_PACKAGES}/_lab_compiled.py", (Path(__file__).parent / "compiled.py").read_text(),
-                 0o644)
+            _put(layer, f"{SITE_PACKAGES}/_lab_compiled.py", Path(compiled.__file__).read_text(), 0o644)
             _put(layer, f"{SITE_PACKAGES}/_lab_compiled.pth", "import _lab_compiled\n", 0o644)
             for uid, gid in ((0, 0), deploy):  # root's interpreter and deploy's, which relays to it
                 _put(layer, f"{compiled.DIRECTORY}/{uid}", None, 0o700, (uid, gid))

