@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import marshal
 import os
 import shutil
@@ -16,6 +17,7 @@ import pytest
 from controller.ansible.job import PLUGINS, job_settings
 from controller.ansible.playbook import CACHE as PARSED_CACHE
 from controller.ansible.playbook import command as playbook_command
+from controller.ansible.playbook import walk_stack_without_source
 from controller.config import AnsibleConfig, Config, SourceConfig, SshConfig
 
 
@@ -195,3 +197,23 @@ def test_ansible_playbook_keeps_what_it_parses_at_start_and_imports_nothing_from
     entries[0].write_bytes(written[:32] + marshal.dumps({"routing": "damaged"}))
     syntax_check()
     assert entries[0].read_bytes() == written
+
+
+def test_ansible_s_stack_walk_names_the_same_caller_without_reading_any_source(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import ansible.module_utils._internal._stack as stack
+
+    monkeypatch.setattr(stack, "iter_stack", stack.iter_stack)  # put back after the test
+
+    def deprecating() -> inspect.FrameInfo | None:  # as Ansible's deprecation names its issuer
+        _skip_stackwalk = True  # a frame Ansible's walk skips
+        return stack.caller_frame()
+
+    read = deprecating()
+    walk_stack_without_source()
+    walked = deprecating()
+    assert read is not None and walked is not None
+    # the test's own frame either way: the same caller named, its lines of source read only by inspect.stack()
+    name = "test_ansible_s_stack_walk_names_the_same_caller_without_reading_any_source"
+    assert (walked.filename, walked.function) == (read.filename, read.function) == (__file__, name)
+    assert read.code_context and walked.code_context is None

@@ -526,6 +526,57 @@ def test_the_strategy_freezes_the_playbook_s_heap_before_it_forks_workers(conver
     assert done.returncode == 2 and "nothing frozen" in done.stdout, done.stdout + done.stderr  # failed tasks: partial
 
 
+# a repository's own action plugin, run in a worker: it fails unless the galaxy CLI was imported as ``expected``
+GALAXY_IMPORTED = """\
+import sys
+
+from ansible.plugins.action import ActionBase
+
+
+class ActionModule(ActionBase):
+    def run(self, tmp=None, task_vars=None):
+        imported = "ansible.cli.galaxy" in sys.modules
+        if imported != self._task.args["expected"]:
+            return {"failed": True, "msg": f"the galaxy CLI imported: {imported}"}
+        return {"changed": False}
+"""
+
+# a module from a collection vendored beside the playbooks, as public collections ship theirs
+COLLECTION_MODULE = """\
+from ansible.module_utils.basic import AnsibleModule
+
+
+def main():
+    module = AnsibleModule(argument_spec={}, supports_check_mode=True)
+    module.exit_json(changed=False, greeting="hello from acme.probe")
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_the_galaxy_cli_is_imported_only_for_a_module_from_a_collection_and_then_once(converged_app: Fleet) -> None:
+    fleet = converged_app
+    fleet.write("playbooks/action_plugins/galaxy_imported.py", GALAXY_IMPORTED)
+    fleet.write("playbooks/collections/ansible_collections/acme/probe/plugins/modules/hello.py", COLLECTION_MODULE)
+    tasks = fleet.work / "roles/app/tasks/main.yml"
+    tasks.write_text(tasks.read_text() + """
+- name: No module from a collection ran yet
+  galaxy_imported: {expected: false}
+- name: A module from a collection
+  acme.probe.hello:
+  register: probe
+- name: It ran on the host
+  ansible.builtin.assert: {that: probe.greeting == "hello from acme.probe"}
+- name: The playbook's process imported the galaxy CLI before it forked that module's worker, for every later one
+  galaxy_imported: {expected: true}
+""")
+    fleet.push("A module from a vendored collection, between two looks at what the workers imported")
+    done = fleet.controller("check")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_ssh_compresses_only_where_the_inventory_asks(converged_app: Fleet) -> None:
     fleet = converged_app
     address = fleet.lab.host("h1").address

@@ -8,14 +8,25 @@ apply, with the same result each time (docs/benchmarks.md). Where CONTROLLER_PAR
 was parsed from, and read back instead. Only plain data is kept, what marshal writes: anything else is parsed
 every time. Installed as ``controller-ansible-playbook``, beside ``controller``: as for Ansible's own script,
 Python looks for modules where it is installed, never in the working directory (the repository).
+
+Two more start-up costs are deferred or trimmed (docs/benchmarks.md). Mitogen's planner imports
+``ansible.collections.list``, and with it the galaxy CLI (cryptography's x509, packaging, the dependency
+resolver), only to list the collection directories when a task runs a module from a collection: here the module
+loads when first used, and the strategy loads it in this process before it forks the worker of the first such
+task, so that later workers inherit it (controller_linear). And Ansible walks the stack to name who issued a
+deprecation (every run issues one, for a strategy that is not ansible.builtin's): ``inspect.stack()`` reads the
+source of every frame for context lines that nothing reads, so the walk here asks for none.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import marshal
 import os
 import sys
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
 from typing import Any
 
 CACHE = "CONTROLLER_PARSED_CACHE"
@@ -52,11 +63,49 @@ def keep_parses(directory: str) -> None:
     finder._meta_yml_to_dict = keeping("collection routing", finder._meta_yml_to_dict)
 
 
+class Deferred(types.ModuleType):
+    """A module whose code runs when one of its own names is first read. (``importlib.util.LazyLoader``'s runs as
+    soon as anything reads ``__spec__``, which every later ``import`` of the module does.)"""
+
+    def __getattr__(self, name: str) -> Any:  # only for a name the module does not hold yet
+        spec = self.__spec__
+        assert spec is not None and spec.loader is not None, self.__name__
+        self.__class__ = types.ModuleType  # type: ignore[assignment]  # a plain module from now on
+        spec.loader.exec_module(self)
+        return getattr(self, name)
+
+
+def defer(name: str) -> None:
+    """Module ``name``, not imported yet, imported now and run when first used."""
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.loader is not None, name
+    module = importlib.util.module_from_spec(spec)
+    module.__class__ = Deferred
+    sys.modules[name] = module
+    parent, _, child = name.rpartition(".")
+    setattr(sys.modules[parent], child, module)  # as an import of the submodule would
+
+
+def walk_stack_without_source() -> None:
+    """Ansible's stack walk, each frame without its lines of source (``inspect.stack(0)``)."""
+    import ansible.module_utils._internal._stack as stack
+
+    def iter_stack() -> Iterator[inspect.FrameInfo]:
+        _skip_stackwalk = True
+        for frame in inspect.stack(0):
+            if "_skip_stackwalk" not in frame.frame.f_locals:
+                yield frame
+
+    stack.iter_stack = iter_stack
+
+
 def main() -> None:
     """``ansible-playbook ARG...``."""
     directory = os.environ.get(CACHE)
     if directory:
         keep_parses(directory)
+    defer("ansible.collections.list")
+    walk_stack_without_source()
     from ansible.cli.playbook import main as playbook
 
     sys.argv[0] = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")  # as its own script has it

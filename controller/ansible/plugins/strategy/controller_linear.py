@@ -27,6 +27,11 @@ parent's objects its young generations still hold, and in the parent, after each
 play the strategy moves every object there is to the collector's permanent generation (``gc.freeze``, as Python's
 documentation advises before a fork without exec): a no-change check then costs the machine about 5% less CPU
 (docs/benchmarks.md). What is frozen is never collected; a playbook process ends with its run.
+
+Mitogen lists the collection directories in the worker of each task whose module comes from a collection, with
+``ansible.collections.list``, which imports the galaxy CLI. The controller's ansible-playbook defers that import
+to first use (controller.ansible.playbook); before it forks the worker of the first task from a collection, the
+strategy loads it here, once, for every later worker to inherit.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import ansible.collections.list
 import ansible_mitogen.affinity
 import ansible_mitogen.connection
 import ansible_mitogen.loaders
@@ -72,6 +78,12 @@ class StrategyModule(ansible_mitogen.strategy.StrategyMixin, Base):  # type: ign
         """The play, its workers forked from a heap the cyclic collector no longer walks (above)."""
         gc.freeze()
         return super().run(iterator, play_context)
+
+    def _queue_task(self, host: Any, task: Any, task_vars: Any, play_context: Any) -> Any:
+        action = task.resolved_action or ""  # a collection's plugin by its FQCN, a repository's own by its name
+        if action.count(".") >= 2 and not action.startswith(("ansible.builtin.", "ansible.legacy.")):
+            ansible.collections.list.list_collection_dirs  # noqa: B018 (the first use loads a deferred module)
+        return super()._queue_task(host, task, task_vars, play_context)
 
 
 class SourceCache:
