@@ -217,3 +217,80 @@ def test_ansible_s_stack_walk_names_the_same_caller_without_reading_any_source(
     name = "test_ansible_s_stack_walk_names_the_same_caller_without_reading_any_source"
     assert (walked.filename, walked.function) == (read.filename, read.function) == (__file__, name)
     assert read.code_context and walked.code_context is None
+
+
+# a repository's own connection plugin that leaves a mark where it is imported
+MARKING_CONNECTION = """\
+from pathlib import Path
+
+with open(Path(__file__).parent.parent / "imported", "a") as mark:
+    mark.write("connection plugin imported\\n")
+"""
+
+
+def test_a_syntax_check_imports_no_connection_shell_or_become_plugin(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "connection_plugins").mkdir(parents=True)
+    (project / "connection_plugins" / "marking.py").write_text(MARKING_CONNECTION)
+    (project / "site.yml").write_text("- hosts: all\n  gather_facts: false\n  tasks: [{ansible.builtin.ping: {}}]\n")
+    (project / "hosts.yml").write_text("all: {hosts: {web1: {}}}\n")
+    env = job_settings(config(tmp_path), project, private(tmp_path)).env
+
+    def playbook(*args: str) -> str:
+        done = subprocess.run([*playbook_command(), *args, "-i", "hosts.yml", "site.yml"], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    assert "playbook: site.yml" in playbook("--syntax-check")
+    assert not (project / "imported").exists()
+    # before any run that may connect, every connection plugin is imported (its settings read): this one too
+    assert "web1" in playbook("--list-hosts")
+    assert (project / "imported").read_text() == "connection plugin imported\n"
+
+
+# a repository's own connection plugin, imported before any run that may connect: at the end of the process, a
+# thread of its own finishes its write, then an exit handler of its own writes after it
+LEAVING_CONNECTION = """\
+import atexit
+import threading
+import time
+from pathlib import Path
+
+MARK = Path(__file__).parent.parent / "left"
+
+
+def late():
+    time.sleep(0.3)
+    with open(MARK, "a") as mark:
+        mark.write("thread done\\n")
+
+
+def handler():
+    with open(MARK, "a") as mark:
+        mark.write("exit handler\\n")
+
+
+threading.Thread(target=late).start()
+atexit.register(handler)
+"""
+
+
+def test_ansible_playbook_ends_with_its_own_code_after_its_threads_and_exit_handlers(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "connection_plugins").mkdir(parents=True)
+    (project / "connection_plugins" / "leaving.py").write_text(LEAVING_CONNECTION)
+    (project / "site.yml").write_text("- hosts: all\n  gather_facts: false\n  tasks: [{ansible.builtin.ping: {}}]\n")
+    (project / "broken.yml").write_text("- hosts: all\n  tasks: [{ansible.builtin.ping: {}}\n")
+    (project / "hosts.yml").write_text("all: {hosts: {web1: {}}}\n")
+    env = job_settings(config(tmp_path), project, private(tmp_path)).env
+
+    def playbook(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*playbook_command(), *args, "-i", "hosts.yml"], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    listed = playbook("--list-hosts", "site.yml")
+    assert listed.returncode == 0 and "web1" in listed.stdout, listed.stdout + listed.stderr
+    assert (project / "left").read_text() == "thread done\nexit handler\n"
+    refused = playbook("--syntax-check", "broken.yml")  # Ansible's own code for a file it cannot parse
+    assert refused.returncode == 4 and "broken.yml" in refused.stderr, refused.stdout + refused.stderr

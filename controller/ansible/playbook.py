@@ -9,25 +9,32 @@ was parsed from, and read back instead. Only plain data is kept, what marshal wr
 every time. Installed as ``controller-ansible-playbook``, beside ``controller``: as for Ansible's own script,
 Python looks for modules where it is installed, never in the working directory (the repository).
 
-Two more start-up costs are deferred or trimmed (docs/benchmarks.md). Mitogen's planner imports
+Three more start-up costs are deferred or trimmed (docs/benchmarks.md). Mitogen's planner imports
 ``ansible.collections.list``, and with it the galaxy CLI (cryptography's x509, packaging, the dependency
 resolver), only to list the collection directories when a task runs a module from a collection: here the module
 loads when first used, and the strategy loads it in this process before it forks the worker of the first such
 task, so that later workers inherit it (controller_linear). And Ansible walks the stack to name who issued a
 deprecation (every run issues one, for a strategy that is not ansible.builtin's): ``inspect.stack()`` reads the
-source of every frame for context lines that nothing reads, so the walk here asks for none.
+source of every frame for context lines that nothing reads, so the walk here asks for none. A syntax check,
+which connects to no host, does not import and read the documentation of every connection, shell and become
+plugin there is, as the playbook executor does before a run (about 0.13 s). And the process ends as soon as
+its exit handlers have run, without the interpreter's teardown of every object the run made.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import importlib.util
 import inspect
 import marshal
 import os
 import sys
+import threading
 import types
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from importlib.machinery import ModuleSpec, PathFinder
+from typing import Any, NoReturn
 
 CACHE = "CONTROLLER_PARSED_CACHE"
 PREFIX = "ansible-parsed-"
@@ -91,12 +98,41 @@ def walk_stack_without_source() -> None:
     import ansible.module_utils._internal._stack as stack
 
     def iter_stack() -> Iterator[inspect.FrameInfo]:
-        _skip_stackwalk = True
+        _skip_stackwalk = True  # the walk skips the frames that hold this name, this one included
         for frame in inspect.stack(0):
             if "_skip_stackwalk" not in frame.frame.f_locals:
                 yield frame
 
     stack.iter_stack = iter_stack
+
+
+class AfterImport:
+    """On ``sys.meta_path``: ``patch(module)`` once module ``name`` has run, wherever it is first imported."""
+
+    def __init__(self, name: str, patch: Callable[[types.ModuleType], None]) -> None:
+        self.name, self.patch = name, patch
+
+    def find_spec(self, name: str, path: Sequence[str] | None, target: Any = None) -> ModuleSpec | None:
+        if name != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            run = spec.loader.exec_module
+
+            def exec_module(module: types.ModuleType) -> None:
+                run(module)
+                self.patch(module)
+            setattr(spec.loader, "exec_module", exec_module)  # noqa: B010 (this module's loader only)
+        return spec
+
+
+def connect_nowhere(executor: types.ModuleType) -> None:
+    """The playbook executor without its preload of every connection, shell and become plugin (each one imported
+    and its documentation parsed for its settings): a syntax check connects to no host."""
+    nothing = types.SimpleNamespace(all=lambda *args, **kwargs: iter(()))
+    for loader in ("connection_loader", "shell_loader", "become_loader"):
+        setattr(executor, loader, nothing)
 
 
 def main() -> None:
@@ -106,10 +142,32 @@ def main() -> None:
         keep_parses(directory)
     defer("ansible.collections.list")
     walk_stack_without_source()
+    if "--syntax-check" in sys.argv[1:]:
+        sys.meta_path.insert(0, AfterImport("ansible.executor.playbook_executor", connect_nowhere))
     from ansible.cli.playbook import main as playbook
 
     sys.argv[0] = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")  # as its own script has it
-    playbook()
+    try:
+        playbook()
+    except SystemExit as done:
+        leave(done.code)
+    leave(0)
+
+
+def leave(code: object) -> NoReturn:
+    """Exit as Python does (other threads joined, exit handlers run, output flushed), without freeing one by one
+    the objects a run made: the playbook's process ends at once, and nothing else reads its memory."""
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe: nothing more can reach it
+            stream.flush()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":
