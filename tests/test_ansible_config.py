@@ -10,6 +10,8 @@ import os
 import shutil
 import subprocess
 import sys
+import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -181,13 +183,25 @@ def test_ansible_playbook_keeps_what_it_parses_at_start_and_imports_nothing_from
         return done
 
     syntax_check()
-    # ansible-core's configuration definitions and its plugin routing, parsed once, each whole
+    # ansible-core's configuration definitions and its plugin routing, parsed once, each whole; and the code of
+    # the methods dataclasses made, each under a hash of its source
     [kept] = cache.glob("ansible-parsed-*")
     entries = sorted(kept.iterdir())
-    assert len(entries) == 2, entries
+    assert len(entries) == 3, entries
     for entry in entries:
         data = entry.read_bytes()
         assert hashlib.sha256(data[32:]).digest() == data[:32] and isinstance(marshal.loads(data[32:]), dict)
+    [methods] = [marshal.loads(entry.read_bytes()[32:]) for entry in entries
+                 if all(isinstance(key, bytes) for key in marshal.loads(entry.read_bytes()[32:]))]
+    assert len(methods) > 100 and all(isinstance(marshal.loads(code), types.CodeType) for code in methods.values())
+
+    def functions(code: types.CodeType) -> Iterator[str]:
+        for inner in code.co_consts:
+            if isinstance(inner, types.CodeType):
+                yield inner.co_name
+                yield from functions(inner)
+    made = {name for code in methods.values() for name in functions(marshal.loads(code))}
+    assert {"__init__", "__eq__", "__repr__"} <= made, made
     for entry in entries:  # read back, not parsed again: the same entries, each marked as recently used
         os.utime(entry, ns=(0, 0))
     syntax_check()
