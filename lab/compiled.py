@@ -5,15 +5,22 @@ run: about a third of its CPU (docs/benchmarks.md). A real host spends that on i
 on the bastion's, which the test suite shares. Here ``compile`` as mitogen calls it (``flags=0, dont_inherit=True``)
 keeps each result under a hash of what was compiled, in a directory of the user's own that the lab made for it;
 every other call, and every miss, is Python's own compile. This file runs on the host, without the lab or the
-controller package: it keeps its entries itself, as the controller's Kept does on the bastion.
+controller package: it keeps its entries itself, as the controller's Kept does on the bastion. It imports only
+what every interpreter has loaded already or builds in (not typing, hashlib or importlib.util): a login user's
+interpreter that only relays root's would load them for this file alone.
 """
 
 import __future__
 
+import _frozen_importlib_external
 import builtins
+import marshal
 import os
 import sys
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DIRECTORY = "/var/cache/lab-compiled"  # one directory per uid below, made by the lab: the user's own, 0700
 _compile = builtins.compile
@@ -36,27 +43,27 @@ def _own_directory() -> str | None:
     return path
 
 
-def compile(source: Any, filename: Any, mode: str, flags: int = 0, dont_inherit: bool = False,
-            optimize: int = -1, **more: Any) -> Any:
+def compile(source: "Any", filename: "Any", mode: str, flags: int = 0, dont_inherit: bool = False,
+            optimize: int = -1, **more: "Any") -> "Any":
     """Python's ``compile``, read back from the user's directory when the same source was compiled before."""
     if not dont_inherit:  # what the caller's future imports add, as the builtin would take them from its caller
         flags |= sys._getframe(1).f_code.co_flags & _FUTURES
     directory = None if flags or more or optimize != -1 or not isinstance(source, (str, bytes)) else _own_directory()
     if directory is None:
         return _compile(source, filename, mode, flags, True, optimize, **more)
-    import hashlib
-    import importlib.util
-    import marshal
-    import types
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]  # 3.11: hashlib would load OpenSSL
+    except ImportError:
+        from hashlib import sha256
 
     text = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
-    key = hashlib.sha256(b"\0".join((importlib.util.MAGIC_NUMBER, os.fsencode(str(filename)), mode.encode(),
-                                     type(source).__name__.encode(), text))).hexdigest()
+    key = sha256(b"\0".join((_frozen_importlib_external.MAGIC_NUMBER, os.fsencode(str(filename)), mode.encode(),
+                             type(source).__name__.encode(), text))).hexdigest()
     path = os.path.join(directory, key)
     try:
         with open(path, "rb") as kept:
             code = marshal.loads(kept.read())
-        if isinstance(code, types.CodeType):
+        if isinstance(code, type(_own_directory.__code__)):  # types.CodeType, without importing types
             return code
     except (OSError, ValueError, EOFError, TypeError):
         pass  # not there yet, or damaged: compiled and written again

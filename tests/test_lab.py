@@ -71,6 +71,10 @@ def test_a_lean_host_trims_the_key_exchange_and_package_lists_and_a_real_one_kee
 MITOGEN_IMPORT = ("/usr/bin/python3 -c 'import builtins; code = compile(\"value = 1\", \"master:/m.py\", \"exec\", "
                   "flags=0, dont_inherit=True); space = {}; exec(code, space); "
                   "print(space[\"value\"], type(builtins.compile).__name__)'")
+# what the interpreter loaded once the cache compiled for it: nothing it would not load for itself
+LOADED = ("/usr/bin/python3 -c 'import sys; compile(\"value = 1\", \"master:/n.py\", \"exec\", flags=0, "
+          "dont_inherit=True); print(sorted(m for m in (\"hashlib\", \"typing\", \"importlib.util\") "
+          "if m in sys.modules))'")
 # a caller with a future import, compiling without dont_inherit: the builtin would apply the caller's future
 INHERITED = ("/usr/bin/python3 -c 'from __future__ import annotations\n"
              "space = {}; exec(compile(\"def f(a: int): pass\", \"x.py\", \"exec\"), space); "
@@ -111,6 +115,7 @@ def test_a_lean_host_keeps_what_its_python_compiles_for_the_user_alone_and_a_rea
         # deploy's interpreter (the relay to root's, through sudo) keeps its own, in a directory of its own
         assert (deploy.stat().st_mode & 0o777, deploy.stat().st_uid) == (0o700, int(deploy.name))
         assert run(MITOGEN_IMPORT, "deploy") == "1 function\n" and len(list(deploy.iterdir())) == 1
+        assert run(LOADED, "deploy") == "[]\n" and len(list(deploy.iterdir())) == 2
         # a directory that others may write to could hold code planted for its user: not used, not written
         deploy.chmod(0o777)
         for child in deploy.iterdir():
