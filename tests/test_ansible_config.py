@@ -242,13 +242,18 @@ with open(Path(__file__).parent.parent / "imported", "a") as mark:
 """
 
 
-def test_a_syntax_check_imports_no_connection_shell_or_become_plugin(tmp_path: Path) -> None:
+def with_connection_plugin(tmp_path: Path, source: str) -> tuple[Path, dict[str, str]]:
+    """A project of one play on one host, with ``source`` as a connection plugin of its own; the job's env."""
     project = tmp_path / "project"
     (project / "connection_plugins").mkdir(parents=True)
-    (project / "connection_plugins" / "marking.py").write_text(MARKING_CONNECTION)
+    (project / "connection_plugins" / "own.py").write_text(source)
     (project / "site.yml").write_text("- hosts: all\n  gather_facts: false\n  tasks: [{ansible.builtin.ping: {}}]\n")
     (project / "hosts.yml").write_text("all: {hosts: {web1: {}}}\n")
-    env = job_settings(config(tmp_path), project, private(tmp_path)).env
+    return project, job_settings(config(tmp_path), project, private(tmp_path)).env
+
+
+def test_a_syntax_check_imports_no_connection_shell_or_become_plugin(tmp_path: Path) -> None:
+    project, env = with_connection_plugin(tmp_path, MARKING_CONNECTION)
 
     def playbook(*args: str) -> str:
         done = subprocess.run([*playbook_command(), *args, "-i", "hosts.yml", "site.yml"], cwd=project, env=env,
@@ -291,13 +296,8 @@ atexit.register(handler)
 
 
 def test_ansible_playbook_ends_with_its_own_code_after_its_threads_and_exit_handlers(tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    (project / "connection_plugins").mkdir(parents=True)
-    (project / "connection_plugins" / "leaving.py").write_text(LEAVING_CONNECTION)
-    (project / "site.yml").write_text("- hosts: all\n  gather_facts: false\n  tasks: [{ansible.builtin.ping: {}}]\n")
+    project, env = with_connection_plugin(tmp_path, LEAVING_CONNECTION)
     (project / "broken.yml").write_text("- hosts: all\n  tasks: [{ansible.builtin.ping: {}}\n")
-    (project / "hosts.yml").write_text("all: {hosts: {web1: {}}}\n")
-    env = job_settings(config(tmp_path), project, private(tmp_path)).env
 
     def playbook(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*playbook_command(), *args, "-i", "hosts.yml"], cwd=project, env=env,
