@@ -100,8 +100,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 LONGEST = ("test_sync", "test_watch", "test_state_model", "test_rollout", "test_real_repositories",
            "test_execution_nodes", "test_verify",
            "test_ops_repository", "test_dashboard", "test_windows", "test_crash", "test_approvals", "test_molecule",
-           "test_signatures", "test_requirements", "test_rollback", "test_host_keys", "test_example_repository",
-           "test_review", "test_secrets", "test_listener", "test_health", "test_progress", "test_vault", "test_deploy")
+           "test_signatures", "test_requirements", "test_rollback", "test_postgres", "test_host_keys",
+           "test_example_repository", "test_review", "test_lab", "test_secrets", "test_source", "test_listener",
+           "test_health", "test_progress", "test_vault", "test_deploy", "test_leak_sweep", "test_cli")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -7,6 +7,7 @@ import importlib.util
 import inspect
 import marshal
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ansible.module_utils._internal._datatag import AnsibleTagHelper
 
 from controller.ansible.job import PLUGINS, job_settings
 from controller.ansible.playbook import CACHE as PARSED_CACHE
@@ -183,14 +185,22 @@ def test_ansible_playbook_keeps_what_it_parses_at_start_and_imports_nothing_from
         return done
 
     syntax_check()
+    [kept] = cache.glob("ansible-parsed-*")
+    every = sorted(kept.iterdir())
+    assert all(hashlib.sha256(entry.read_bytes()[32:]).digest() == entry.read_bytes()[:32] for entry in every)
+    # the documentation of each plugin the syntax check loaded (its inventory plugins...), pickled with the tags
+    # Ansible's parse gave every value: where it was read from, and that it is trusted
+    pickled = [entry for entry in every if entry.read_bytes()[32:33] == pickle.PROTO]
+    documented = [pickle.loads(entry.read_bytes()[32:]) for entry in pickled]
+    [yaml_inventory] = [doc for doc in documented if doc.get("name") == "yaml"]
+    origin, trusted = sorted(AnsibleTagHelper.tags(yaml_inventory["short_description"]), key=repr)
+    assert (type(origin).__name__, origin.path.endswith("/ansible/plugins/inventory/yaml.py")) == ("Origin", True)
+    assert type(trusted).__name__ == "TrustedAsTemplate"
     # ansible-core's configuration definitions and its plugin routing, parsed once, each whole; and the code of
     # the methods dataclasses made, each under a hash of its source
-    [kept] = cache.glob("ansible-parsed-*")
-    entries = sorted(kept.iterdir())
+    entries = [entry for entry in every if entry not in pickled]
     assert len(entries) == 3, entries
-    for entry in entries:
-        data = entry.read_bytes()
-        assert hashlib.sha256(data[32:]).digest() == data[:32] and isinstance(marshal.loads(data[32:]), dict)
+    assert all(isinstance(marshal.loads(entry.read_bytes()[32:]), dict) for entry in entries)
     [methods] = [marshal.loads(entry.read_bytes()[32:]) for entry in entries
                  if all(isinstance(key, bytes) for key in marshal.loads(entry.read_bytes()[32:]))]
     assert len(methods) > 100 and all(isinstance(marshal.loads(code), types.CodeType) for code in methods.values())
@@ -202,10 +212,10 @@ def test_ansible_playbook_keeps_what_it_parses_at_start_and_imports_nothing_from
                 yield from functions(inner)
     made = {name for code in methods.values() for name in functions(marshal.loads(code))}
     assert {"__init__", "__eq__", "__repr__"} <= made, made
-    for entry in entries:  # read back, not parsed again: the same entries, each marked as recently used
+    for entry in every:  # read back, not parsed again: the same entries, each marked as recently used
         os.utime(entry, ns=(0, 0))
     syntax_check()
-    assert sorted(kept.iterdir()) == entries and all(entry.stat().st_mtime_ns > 0 for entry in entries)
+    assert sorted(kept.iterdir()) == every and all(entry.stat().st_mtime_ns > 0 for entry in every)
     # an entry whose data no longer matches its hash (a disk's fault) is a miss, parsed and written again
     written = entries[0].read_bytes()
     entries[0].write_bytes(written[:32] + marshal.dumps({"routing": "damaged"}))

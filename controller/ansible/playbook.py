@@ -5,11 +5,12 @@ Before it reads a playbook, every ansible-playbook process parses ansible-core's
 meta/runtime.yml when it first loads from that collection: about 0.1 s of CPU in every syntax check, check and
 apply, with the same result each time (docs/benchmarks.md). Where CONTROLLER_PARSED_CACHE names a directory
 (the controller sets it to one in its state dir) each result is kept there (Kept) under a hash of the text it
-was parsed from, and read back instead. Only plain data is kept, what marshal writes: anything else is parsed
-every time. So is the code of the methods ``dataclasses`` makes from source as Ansible's modules are imported
-(about 470, 0.05 s of compiling), all in one entry (MadeMethods). Installed as ``controller-ansible-playbook``,
-beside ``controller``: as for Ansible's own script, Python looks for modules where it is installed, never in the
-working directory (the repository).
+was parsed from, and read back instead: as plain data, what marshal writes (anything else is parsed every time).
+So are the code of the methods ``dataclasses`` makes from source as Ansible's modules are imported (about 470,
+0.05 s of compiling; all in one entry, MadeMethods) and the documentation of each plugin Ansible reads for the
+plugin's settings (pickled, with the tags Ansible gives its values; KeptDocumentation). Installed as
+``controller-ansible-playbook``, beside ``controller``: as for Ansible's own script, Python looks for modules
+where it is installed, never in the working directory (the repository).
 
 Three more start-up costs are deferred or trimmed (docs/benchmarks.md). Mitogen's planner imports
 ``ansible.collections.list``, and with it the galaxy CLI (cryptography's x509, packaging, the dependency
@@ -33,6 +34,7 @@ import importlib.util
 import inspect
 import marshal
 import os
+import pickle
 import sys
 import threading
 import types
@@ -63,6 +65,9 @@ def keep_parses(directory: str) -> None:
     # the module's own name shadows the builtin: its one use makes each method a dataclass adds from source
     setattr(dataclasses, "exec", methods.run)  # noqa: B010
     atexit.register(methods.keep)
+    documentation = KeptDocumentation(kept)
+    for reader in ("ansible.plugins.loader", "ansible.utils.plugin_docs"):  # a plugin's, a doc fragment's
+        sys.meta_path.insert(0, AfterImport(reader, documentation.install))
 
     import ansible.config.manager as manager
     import ansible.utils.collection_loader._collection_finder as finder
@@ -77,6 +82,37 @@ def keep_parses(directory: str) -> None:
 
     manager.yaml_load = keeping("config definitions", manager.yaml_load)
     finder._meta_yml_to_dict = keeping("collection routing", finder._meta_yml_to_dict)
+
+
+class KeptDocumentation:
+    """PyYAML as Ansible's plugin loader reads each plugin's documentation for its settings (about 20 plugins and
+    fragments before a run, 0.06 s of parsing): each parse kept under a hash of the text and of its tags (where it
+    comes from, whether it is trusted), pickled, as the parsed values carry those tags. Any other load is PyYAML's."""
+
+    def __init__(self, kept: Kept) -> None:
+        self.kept = kept
+
+    def install(self, reader: types.ModuleType) -> None:
+        """``reader``'s ``yaml`` is this one from now on."""
+        reader.yaml = self  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        import yaml
+
+        return getattr(yaml, name)
+
+    def load(self, stream: Any, Loader: Any) -> Any:
+        """``yaml.load(stream, Loader=Loader)``, read back for documentation parsed before."""
+        import yaml
+        from ansible.module_utils._internal._datatag import AnsibleTagHelper
+        from ansible.parsing.yaml.loader import AnsibleLoader
+
+        if Loader is not AnsibleLoader or not isinstance(stream, str):
+            return yaml.load(stream, Loader=Loader)
+        tags = sorted(map(repr, AnsibleTagHelper.tags(stream)))
+        key = self.kept.key("plugin documentation", *tags, str.__str__(stream))
+        return self.kept.through(key, lambda: yaml.load(stream, Loader=Loader), pickle.dumps,
+                                 pickle.loads)
 
 
 class MadeMethods:
