@@ -12,8 +12,9 @@ import shutil
 import subprocess
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 from ansible.module_utils._internal._datatag import AnsibleTagHelper
@@ -217,10 +218,11 @@ def test_ansible_playbook_keeps_what_it_parses_at_start_and_imports_nothing_from
     syntax_check()
     assert sorted(kept.iterdir()) == every and all(entry.stat().st_mtime_ns > 0 for entry in every)
     # an entry whose data no longer matches its hash (a disk's fault) is a miss, parsed and written again
-    written = entries[0].read_bytes()
-    entries[0].write_bytes(written[:32] + marshal.dumps({"routing": "damaged"}))
+    [routing] = [entry for entry in entries if "plugin_routing" in marshal.loads(entry.read_bytes()[32:])]
+    written = routing.read_bytes()
+    routing.write_bytes(written[:32] + marshal.dumps({"plugin_routing": "damaged"}))
     syntax_check()
-    assert entries[0].read_bytes() == written
+    assert routing.read_bytes() == written
 
 
 def test_ansible_s_stack_walk_names_the_same_caller_without_reading_any_source(
@@ -252,38 +254,41 @@ with open(Path(__file__).parent.parent / "imported", "a") as mark:
 """
 
 
-def with_connection_plugin(tmp_path: Path, source: str) -> tuple[Path, dict[str, str]]:
-    """A project of one play on one host, with ``source`` as a connection plugin of its own; the job's env."""
+def with_connection_plugin(tmp_path: Path, source: str) -> tuple[Path, Callable[..., CompletedProcess[str]]]:
+    """A project of one play on one host, with ``source`` as a connection plugin of its own; and a way to run
+    ``controller-ansible-playbook ARG...`` in it, as a job would."""
     project = tmp_path / "project"
     (project / "connection_plugins").mkdir(parents=True)
     (project / "connection_plugins" / "own.py").write_text(source)
     (project / "site.yml").write_text("- hosts: all\n  gather_facts: false\n  tasks: [{ansible.builtin.ping: {}}]\n")
     (project / "hosts.yml").write_text("all: {hosts: {web1: {}}}\n")
-    return project, job_settings(config(tmp_path), project, private(tmp_path)).env
+    env = job_settings(config(tmp_path), project, private(tmp_path)).env
+
+    def playbook(*args: str) -> CompletedProcess[str]:
+        return subprocess.run([*playbook_command(), *args, "-i", "hosts.yml"], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+    return project, playbook
 
 
 def test_a_syntax_check_imports_no_connection_shell_or_become_plugin(tmp_path: Path) -> None:
-    project, env = with_connection_plugin(tmp_path, MARKING_CONNECTION)
-
-    def playbook(*args: str) -> str:
-        done = subprocess.run([*playbook_command(), *args, "-i", "hosts.yml", "site.yml"], cwd=project, env=env,
-                              capture_output=True, text=True, timeout=120, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
-
-    assert "playbook: site.yml" in playbook("--syntax-check")
+    project, playbook = with_connection_plugin(tmp_path, MARKING_CONNECTION)
+    checked = playbook("--syntax-check", "site.yml")
+    assert checked.returncode == 0 and "playbook: site.yml" in checked.stdout, checked.stdout + checked.stderr
     assert not (project / "imported").exists()
     # before any run that may connect, every connection plugin is imported (its settings read): this one too
-    assert "web1" in playbook("--list-hosts")
+    listed = playbook("--list-hosts", "site.yml")
+    assert listed.returncode == 0 and "web1" in listed.stdout, listed.stdout + listed.stderr
     assert (project / "imported").read_text() == "connection plugin imported\n"
 
 
 # a repository's own connection plugin, imported before any run that may connect: at the end of the process, a
-# thread of its own finishes its write, then an exit handler of its own writes after it
+# thread of its own finishes its write, then an exit handler of its own writes after it; the idle worker of its
+# thread pool is let go, as the interpreter's own exit does
 LEAVING_CONNECTION = """\
 import atexit
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 MARK = Path(__file__).parent.parent / "left"
@@ -302,16 +307,14 @@ def handler():
 
 threading.Thread(target=late).start()
 atexit.register(handler)
+POOL = ThreadPoolExecutor(1)
+POOL.submit(time.sleep, 0)
 """
 
 
 def test_ansible_playbook_ends_with_its_own_code_after_its_threads_and_exit_handlers(tmp_path: Path) -> None:
-    project, env = with_connection_plugin(tmp_path, LEAVING_CONNECTION)
+    project, playbook = with_connection_plugin(tmp_path, LEAVING_CONNECTION)
     (project / "broken.yml").write_text("- hosts: all\n  tasks: [{ansible.builtin.ping: {}}\n")
-
-    def playbook(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*playbook_command(), *args, "-i", "hosts.yml"], cwd=project, env=env,
-                              capture_output=True, text=True, timeout=120, check=False)
 
     listed = playbook("--list-hosts", "site.yml")
     assert listed.returncode == 0 and "web1" in listed.stdout, listed.stdout + listed.stderr

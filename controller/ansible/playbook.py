@@ -27,7 +27,6 @@ its exit handlers have run, without the interpreter's teardown of every object t
 from __future__ import annotations
 
 import atexit
-import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -46,6 +45,7 @@ from controller.ansible.plugins.kept import Kept
 
 CACHE = "CONTROLLER_PARSED_CACHE"
 PREFIX = "ansible-parsed-"
+KEEP_METHODS = 4096  # dataclass methods in the one entry: ansible-core's and mitogen's are about 600
 
 
 def command() -> list[str]:
@@ -67,7 +67,7 @@ def keep_parses(directory: str) -> None:
     atexit.register(methods.keep)
     documentation = KeptDocumentation(kept)
     for reader in ("ansible.plugins.loader", "ansible.utils.plugin_docs"):  # a plugin's, a doc fragment's
-        sys.meta_path.insert(0, AfterImport(reader, documentation.install))
+        after_import(reader, documentation.install)
 
     import ansible.config.manager as manager
     import ansible.utils.collection_loader._collection_finder as finder
@@ -111,8 +111,15 @@ class KeptDocumentation:
             return yaml.load(stream, Loader=Loader)
         tags = sorted(map(repr, AnsibleTagHelper.tags(stream)))
         key = self.kept.key("plugin documentation", *tags, str.__str__(stream))
-        return self.kept.through(key, lambda: yaml.load(stream, Loader=Loader), pickle.dumps,
-                                 pickle.loads)
+        return self.kept.through(key, lambda: yaml.load(stream, Loader=Loader), _pickled, pickle.loads)
+
+
+def _pickled(value: Any) -> bytes:
+    """``pickle.dumps(value)``; a value pickle refuses, however it says so, is refused as Kept expects (not kept)."""
+    try:
+        return pickle.dumps(value)
+    except Exception as refused:
+        raise ValueError(f"not kept: {refused}") from refused
 
 
 class MadeMethods:
@@ -147,9 +154,11 @@ class MadeMethods:
         exec(code, globals, local)
 
     def keep(self) -> None:
-        """Write the entry back with what this run made (and what other runs kept meanwhile)."""
+        """Write the entry back with what this run made (and what other runs kept meanwhile); past KEEP_METHODS,
+        with this run's alone (a repository's own plugins may bring dataclasses of their own)."""
         if self.made:
-            self.kept.write(self.key, marshal.dumps({**self._read(), **self.codes}))
+            codes = {**self._read(), **self.codes}
+            self.kept.write(self.key, marshal.dumps(codes if len(codes) <= KEEP_METHODS else self.codes))
 
 
 class Deferred(types.ModuleType):
@@ -160,12 +169,18 @@ class Deferred(types.ModuleType):
         spec = self.__spec__
         assert spec is not None and spec.loader is not None, self.__name__
         self.__class__ = types.ModuleType  # type: ignore[assignment]  # a plain module from now on
-        spec.loader.exec_module(self)
+        try:
+            spec.loader.exec_module(self)
+        except BaseException:
+            self.__class__ = Deferred  # a failed import fails again, as itself, at the next use
+            raise
         return getattr(self, name)
 
 
 def defer(name: str) -> None:
-    """Module ``name``, not imported yet, imported now and run when first used."""
+    """Module ``name``, unless it is imported already, imported now and run when first used."""
+    if name in sys.modules:
+        return
     spec = importlib.util.find_spec(name)
     assert spec is not None and spec.loader is not None, name
     module = importlib.util.module_from_spec(spec)
@@ -188,8 +203,16 @@ def walk_stack_without_source() -> None:
     stack.iter_stack = iter_stack
 
 
+def after_import(name: str, patch: Callable[[types.ModuleType], None]) -> None:
+    """``patch(module)`` once module ``name`` has run, wherever it is first imported (now, if it was already)."""
+    if name in sys.modules:
+        patch(sys.modules[name])
+    else:
+        sys.meta_path.insert(0, AfterImport(name, patch))
+
+
 class AfterImport:
-    """On ``sys.meta_path``: ``patch(module)`` once module ``name`` has run, wherever it is first imported."""
+    """On ``sys.meta_path`` (after_import): finds module ``name`` as the path finder does, and patches it once run."""
 
     def __init__(self, name: str, patch: Callable[[types.ModuleType], None]) -> None:
         self.name, self.patch = name, patch
@@ -204,8 +227,9 @@ class AfterImport:
 
             def exec_module(module: types.ModuleType) -> None:
                 run(module)
-                self.patch(module)
-            setattr(spec.loader, "exec_module", exec_module)  # noqa: B010 (this module's loader only)
+                if module.__name__ == self.name:  # a loader that other modules share runs them as before
+                    self.patch(module)
+            setattr(spec.loader, "exec_module", exec_module)  # noqa: B010
         return spec
 
 
@@ -225,7 +249,7 @@ def main() -> None:
     defer("ansible.collections.list")
     walk_stack_without_source()
     if "--syntax-check" in sys.argv[1:]:
-        sys.meta_path.insert(0, AfterImport("ansible.executor.playbook_executor", connect_nowhere))
+        after_import("ansible.executor.playbook_executor", connect_nowhere)
     from ansible.cli.playbook import main as playbook
 
     sys.argv[0] = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")  # as its own script has it
@@ -237,20 +261,17 @@ def main() -> None:
 
 
 def leave(code: object) -> NoReturn:
-    """Exit as Python does (other threads joined, exit handlers run, output flushed), without freeing one by one
-    the objects a run made: the playbook's process ends at once, and nothing else reads its memory."""
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    """Exit as Python does (other threads stopped or joined, exit handlers run, output flushed), without freeing one
+    by one the objects a run made: the playbook's process ends at once, and nothing else reads its memory."""
+    getattr(threading, "_shutdown")()  # noqa: B009 (what the interpreter's own exit calls first: private to it)
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a closed pipe: nothing more can reach it
-            stream.flush()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:  # as the interpreter's own exit when its output cannot be flushed
+            code = 120
     os._exit(code or 0)
-
-
-if __name__ == "__main__":
-    main()

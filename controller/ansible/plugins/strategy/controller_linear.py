@@ -80,7 +80,9 @@ class StrategyModule(ansible_mitogen.strategy.StrategyMixin, Base):  # type: ign
         return super().run(iterator, play_context)
 
     def _queue_task(self, host: Any, task: Any, task_vars: Any, play_context: Any) -> Any:
-        action = task.resolved_action or ""  # a collection's plugin by its FQCN, a repository's own by its name
+        # as resolved when the task was read (the property would resolve an unresolved one again, and may warn):
+        # a collection's plugin by its FQCN; Ansible's and a repository's own by a short or ansible.* name
+        action = task._resolved_action or ""
         if action.count(".") >= 2 and not action.startswith(("ansible.builtin.", "ansible.legacy.")):
             ansible.collections.list.list_collection_dirs  # noqa: B018 (the first use loads a deferred module)
         return super()._queue_task(host, task, task_vars, play_context)
