@@ -37,11 +37,10 @@ import pickle
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterator, Sequence
-from importlib.machinery import ModuleSpec, PathFinder
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
-from controller.ansible.plugins.kept import Kept
+from controller.ansible.plugins.kept import Kept, loaded_code
 
 CACHE = "CONTROLLER_PARSED_CACHE"
 PREFIX = "ansible-parsed-"
@@ -54,8 +53,9 @@ def command() -> list[str]:
     return ["controller-ansible-playbook"]
 
 
-def keep_parses(directory: str) -> None:
-    """Ansible's start-up parses, kept in ``directory``; called before ``ansible.constants`` parses base.yml."""
+def keep_parses(directory: str) -> Kept:
+    """Ansible's start-up parses, kept in ``directory``; called before ``ansible.constants`` parses base.yml (and
+    Ansible's modules define their dataclasses)."""
     import ansible
     import yaml
 
@@ -65,9 +65,6 @@ def keep_parses(directory: str) -> None:
     # the module's own name shadows the builtin: its one use makes each method a dataclass adds from source
     setattr(dataclasses, "exec", methods.run)  # noqa: B010
     atexit.register(methods.keep)
-    documentation = KeptDocumentation(kept)
-    for reader in ("ansible.plugins.loader", "ansible.utils.plugin_docs"):  # a plugin's, a doc fragment's
-        after_import(reader, documentation.install)
 
     import ansible.config.manager as manager
     import ansible.utils.collection_loader._collection_finder as finder
@@ -82,6 +79,7 @@ def keep_parses(directory: str) -> None:
 
     manager.yaml_load = keeping("config definitions", manager.yaml_load)
     finder._meta_yml_to_dict = keeping("collection routing", finder._meta_yml_to_dict)
+    return kept
 
 
 class KeptDocumentation:
@@ -144,14 +142,12 @@ class MadeMethods:
         """``exec(source, globals, local)``, its code read back when the same source was compiled before."""
         digest = hashlib.sha256(source.encode()).digest()
         try:
-            code = marshal.loads(self.codes[digest])
+            made = loaded_code(self.codes[digest])
         except (KeyError, ValueError, EOFError, TypeError):
-            code = None
-        if not isinstance(code, types.CodeType):
-            code = compile(source, "<string>", "exec", dont_inherit=True)
-            self.codes[digest] = marshal.dumps(code)
+            made = compile(source, "<string>", "exec", dont_inherit=True)
+            self.codes[digest] = marshal.dumps(made)
             self.made = True
-        exec(code, globals, local)
+        exec(made, globals, local)
 
     def keep(self) -> None:
         """Write the entry back with what this run made (and what other runs kept meanwhile); past KEEP_METHODS,
@@ -203,36 +199,6 @@ def walk_stack_without_source() -> None:
     stack.iter_stack = iter_stack
 
 
-def after_import(name: str, patch: Callable[[types.ModuleType], None]) -> None:
-    """``patch(module)`` once module ``name`` has run, wherever it is first imported (now, if it was already)."""
-    if name in sys.modules:
-        patch(sys.modules[name])
-    else:
-        sys.meta_path.insert(0, AfterImport(name, patch))
-
-
-class AfterImport:
-    """On ``sys.meta_path`` (after_import): finds module ``name`` as the path finder does, and patches it once run."""
-
-    def __init__(self, name: str, patch: Callable[[types.ModuleType], None]) -> None:
-        self.name, self.patch = name, patch
-
-    def find_spec(self, name: str, path: Sequence[str] | None, target: Any = None) -> ModuleSpec | None:
-        if name != self.name:
-            return None
-        sys.meta_path.remove(self)
-        spec = PathFinder.find_spec(name, path)
-        if spec is not None and spec.loader is not None:
-            run = spec.loader.exec_module
-
-            def exec_module(module: types.ModuleType) -> None:
-                run(module)
-                if module.__name__ == self.name:  # a loader that other modules share runs them as before
-                    self.patch(module)
-            setattr(spec.loader, "exec_module", exec_module)  # noqa: B010
-        return spec
-
-
 def connect_nowhere(executor: types.ModuleType) -> None:
     """The playbook executor without its preload of every connection, shell and become plugin (each one imported
     and its documentation parsed for its settings): a syntax check connects to no host."""
@@ -244,13 +210,24 @@ def connect_nowhere(executor: types.ModuleType) -> None:
 def main() -> None:
     """``ansible-playbook ARG...``."""
     directory = os.environ.get(CACHE)
-    if directory:
-        keep_parses(directory)
+    kept = keep_parses(directory) if directory else None
     defer("ansible.collections.list")
+    # the rest once Ansible's command line is imported, as it imports them: after the checks it makes first (the
+    # locale, a configuration that cannot be read) and before it loads any plugin
+    from ansible.cli.playbook import main as playbook
+
+    if kept is not None:
+        import ansible.plugins.loader as plugins
+        import ansible.utils.plugin_docs as fragments
+
+        documentation = KeptDocumentation(kept)
+        for reader in (plugins, fragments):  # a plugin's documentation, a doc fragment's
+            documentation.install(reader)
     walk_stack_without_source()
     if "--syntax-check" in sys.argv[1:]:
-        after_import("ansible.executor.playbook_executor", connect_nowhere)
-    from ansible.cli.playbook import main as playbook
+        import ansible.executor.playbook_executor as executor
+
+        connect_nowhere(executor)
 
     sys.argv[0] = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")  # as its own script has it
     try:

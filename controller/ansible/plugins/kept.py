@@ -11,15 +11,25 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import marshal
 import os
 import shutil
 import tempfile
+import types
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
 
 KEEP = 2048  # entries; beyond that the least recently used go
+
+
+def loaded_code(data: bytes) -> types.CodeType:
+    """Compiled code read back (marshal): anything else (another tool's entry, a hand's) is refused, so a miss."""
+    loaded = marshal.loads(data)
+    if not isinstance(loaded, types.CodeType):
+        raise TypeError(f"not code: {type(loaded).__name__}")
+    return loaded
 
 
 class Kept:

@@ -95,9 +95,10 @@ class SourceCache:
         # bytecode and minified text are only valid for this Python's bytecode and this mitogen's minifier
         version = f"{importlib.util.MAGIC_NUMBER.hex()}-{'.'.join(map(str, mitogen.__version__))}"
         # here, not at the top: an execution node runs this plugin without the controller (and without a cache)
-        from controller.ansible.plugins.kept import Kept
+        from controller.ansible.plugins.kept import Kept, loaded_code
 
         self.kept = Kept(directory, PREFIX, version)
+        self.loaded_code = loaded_code
 
     def compile(self, source: Any, filename: Any, mode: str, flags: int = 0, dont_inherit: bool = False,
                 optimize: int = -1) -> Any:
@@ -108,7 +109,7 @@ class SourceCache:
         key = self.kept.key(b"code", type(source).__name__, source, os.fsencode(filename), mode,
                             str(sys.flags.optimize))
         return self.kept.through(key, lambda: builtins.compile(source, filename, mode, 0, True), marshal.dumps,
-                                 _code)
+                                 self.loaded_code)
 
     def compressor(self, compress: Callable[[bytes, int], bytes]) -> types.SimpleNamespace:
         """The ``zlib`` mitogen's responder compresses each module with (level 9, about 1 MB of sources a run), its
@@ -124,14 +125,6 @@ class SourceCache:
             key = self.kept.key(b"minified", type(source).__name__, source)
             return self.kept.through(key, lambda: minimize(source), str.encode, bytes.decode)  # UTF-8
         return minimize_source
-
-
-def _code(data: bytes) -> types.CodeType:
-    """Code read back from the cache: anything else (another tool's entry, a hand's) is refused, so a miss."""
-    code = marshal.loads(data)
-    if not isinstance(code, types.CodeType):
-        raise TypeError(f"not code: {type(code).__name__}")
-    return code
 
 
 def _remember_between_runs(directory: str | None) -> None:
