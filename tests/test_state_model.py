@@ -147,7 +147,7 @@ def test_sync_force_applies_everywhere(converged_app: Fleet) -> None:
 
 def test_apps_come_and_go_with_git_and_a_commit_reaches_only_the_apps_it_changes(tmp_path: Path, lab: Lab,
                                                                                   age_key: AgeKey) -> None:
-    fleet = build_fleet(tmp_path / "fleet", lab, age_key, apps=("staging", "production"))
+    fleet = build_fleet(tmp_path / "fleet", lab, age_key, apps=("staging", "production"), app_only=True)
     assert fleet.controller("sync").returncode == 0
 
     # a commit inside production's inventory and a role neither app's playbook names: staging's hosts are at

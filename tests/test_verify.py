@@ -94,7 +94,9 @@ def test_each_kind_of_hand_change_is_caught_and_reported_with_the_full_checks_di
     # verify): one round of verify, sync and verify instead of a round per pair of kinds
     names = {f"h{i}": f"web{i}.staging" for i in range(1, 7)}
     with Lab(tmp_path / "lab", len(names), prefix=TEST_PREFIX) as lab:
-        fleet = build_fleet(tmp_path / "fleet", lab, age_key, placement={"staging": {n: h for h, n in names.items()}})
+        # the app role alone: every change below is to a file it writes
+        fleet = build_fleet(tmp_path / "fleet", lab, age_key, placement={"staging": {n: h for h, n in names.items()}},
+                            app_only=True)
         tasks = fleet.work / "roles/app/tasks/main.yml"
         tasks.write_text(tasks.read_text().replace('dest: "{{ app_root }}/VERSION"\n',
                                                    'dest: "{{ app_root }}/VERSION"\n    owner: root\n'))
