@@ -196,7 +196,8 @@ def bastion(fleet: Fleet, name: str, url: str, port: int) -> Fleet:
 
 
 def test_two_watches_on_one_postgresql_store_one_leads_and_the_other_takes_over_when_it_is_killed(
-        converged: Fleet, postgres: Postgres) -> None:
+        converged_app: Fleet, postgres: Postgres) -> None:
+    converged = converged_app
     url = postgres.url("pair")
     (converged.state / "state.db").unlink()
     watch_config(converged, watch_local=True)

@@ -194,8 +194,8 @@ def test_watch_shows_a_rollout_batch_by_batch_halts_it_once_and_heals_the_untouc
     receiver.server.shutdown()
 
 
-def test_independent_apps_run_at_once_sharing_the_forks_and_a_dependent_one_after(converged: Fleet) -> None:
-    fleet = converged
+def test_independent_apps_run_at_once_sharing_the_forks_and_a_dependent_one_after(converged_app: Fleet) -> None:
+    fleet = converged_app
     write_config(fleet, ansible={"parallel_apps": 2, "forks": 4})
     gitops = yaml.safe_load((fleet.work / "gitops.yml").read_text())
     gitops["apps"].append({"name": "production", "playbook": "playbooks/site.yml",

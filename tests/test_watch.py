@@ -172,6 +172,7 @@ def test_local_push_burst_and_suspend(converged_app: Fleet) -> None:
 
 SLOW_CHECK = "sleep 60.4321"  # odd lengths: their processes are told apart from anything else on the machine
 SLOW_APPLY = "sleep 6.4321"
+SLOW_STOPPED = "sleep 60.5432"  # a check the watch is stopped in the middle of
 
 
 def slow_on_web2(fleet: Fleet, original: str, command: str | None, when: str) -> None:
@@ -280,8 +281,8 @@ def test_scheduled_drift_check_corrects_apply_and_reports_detect_once(tmp_path: 
     assert all(value not in everything for value in fleet.secrets.values())
 
 
-def test_failing_cycle_is_retried_then_recovers_and_sigterm_mid_run_exits_cleanly(converged: Fleet) -> None:
-    fleet = converged
+def test_failing_cycle_is_retried_then_recovers_and_sigterm_mid_run_exits_cleanly(converged_app: Fleet) -> None:
+    fleet = converged_app
     receiver = Receiver()
     port = free_port()
     watch_config(fleet, watch_local=True, listen=f"127.0.0.1:{port}", backoff=1, backoff_max=2,
@@ -309,9 +310,11 @@ def test_failing_cycle_is_retried_then_recovers_and_sigterm_mid_run_exits_cleanl
             wait_for("the recovery notice", lambda: receiver.events("staging")[-1:] == ["recovered"])
             assert receiver.events("staging") == ["run-failed", "recovered"]
 
+            # a commit whose check takes a while on web2: the SIGTERM comes while it runs
+            slow_on_web2(fleet, (fleet.work / "roles/app/tasks/main.yml").read_text(), SLOW_STOPPED,
+                         "ansible_check_mode")
             bump_version(fleet, "4.0.0")
-            wait_for("a playbook to be running", lambda: any(
-                (p / "runner").is_dir() and any((p / "runner").iterdir()) for p in workspaces(watch.proc.pid)))
+            wait_for("the slow check on web2", lambda: running(SLOW_STOPPED))
             started = time.monotonic()
             assert watch.stop() == 0
             assert time.monotonic() - started < 30
