@@ -352,14 +352,16 @@ class Lab:
 
 def counting_ssh(directory: Path) -> tuple[dict[str, str], Path]:
     """An ``ssh`` first on PATH that logs each connection's destination (the argument after ``--``, as
-    verify's look gives it) to the returned file, and the key exchange it asks for to ``FILE.kex``.
+    verify's look gives it) to the returned file, the key exchange it asks for to ``FILE.kex``, and a line for
+    every ssh started, however it names its destination (Ansible's, mitogen's), to ``FILE.all``.
 
     It starts the real ssh as plain ``ssh``, as ssh itself would be: a ProxyJump's ssh is found on PATH again.
     """
     bin_dir, log = directory / "counting-bin", directory / "ssh-calls"
     bin_dir.mkdir(parents=True, exist_ok=True)
     wrapper = bin_dir / "ssh"
-    wrapper.write_text(f'#!/bin/bash\nprev=\nfor arg in "$@"; do [ "$prev" = -- ] && echo "$arg" >> {log}; '
+    wrapper.write_text(f'#!/bin/bash\necho started >> {log}.all\n'
+                       f'prev=\nfor arg in "$@"; do [ "$prev" = -- ] && echo "$arg" >> {log}; '
                        f'case "$arg" in KexAlgorithms=*) echo "$arg" >> {log}.kex;; esac; '
                        f'prev="$arg"; done\nexec -a ssh {shutil.which("ssh")} "$@"\n')
     wrapper.chmod(0o755)

@@ -113,6 +113,9 @@ def test_random_sigkills_leave_no_process_workspace_or_running_run(fleet_app: Fl
     rng = random.Random(seed)
     # every stage once, then six drawn at random; each killed at a random moment inside it
     for attempt, stage in enumerate([*STAGES, *(rng.choice(STAGES) for _ in range(6))]):
+        # an apply can end within the wait before the kill: a file gone by hand gives every sync one to reach
+        for host in ("h1", "h2"):
+            fleet.host_file(host, VERSION).unlink(missing_ok=True)
         proc = start_sync(fleet)
         wait_for_stage(proc, stage)
         time.sleep(rng.uniform(0, 1.5))

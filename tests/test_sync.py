@@ -13,7 +13,7 @@ import time
 import zlib
 from pathlib import Path
 
-from lab import Lab
+from lab import Lab, counting_ssh
 from lab.repository import AgeKey
 from tests.conftest import APP_YML, BIN, VERSION, Converged, Fleet, bump_version, fleet_on, git, secret, write_config
 from tests.support.processes import parent, workspaces
@@ -54,7 +54,7 @@ def test_sync_applies_a_pushed_commit_then_has_nothing_to_do(converged_app_origi
         ["web1.staging", "web2.staging"], [])
 
 
-def test_check_reports_a_manual_change_and_sync_puts_it_back(converged_app: Fleet) -> None:
+def test_check_reports_a_manual_change_and_sync_puts_it_back(converged_app: Fleet, tmp_path: Path) -> None:
     app_yml = converged_app.host_file("h2", APP_YML)
     app_yml.write_text(app_yml.read_text().replace("workers: 2", "workers: 64"))
     before = app_yml.read_text()
@@ -75,9 +75,15 @@ def test_check_reports_a_manual_change_and_sync_puts_it_back(converged_app: Flee
     assert "web2.staging" in text.stdout and "-workers: 64" in text.stdout
     assert "staging drift:" in text.stdout and "rollout" not in text.stdout  # the revision is not new: drift
 
-    fixed = converged_app.controller("sync")
+    env, calls = counting_ssh(tmp_path)
+    fixed = converged_app.controller("sync", env=env)
     assert fixed.returncode == 0, fixed.stderr
     assert "workers: 2" in app_yml.read_text()
+    # the apply runs in the check's ansible-playbook, through the connections the check made: one per host (and
+    # the look that takes the changed host's manifest after it)
+    looks = calls.read_text().splitlines()
+    assert looks == [converged_app.lab.host("h2").address]
+    assert len(Path(f"{calls}.all").read_text().splitlines()) == 2 + len(looks)
     assert "corrected drift on web2.staging" in fixed.stdout and "rolled out" not in fixed.stdout, fixed.stdout
     assert converged_app.runs()[0]["summary"]["corrected"] == ["web2.staging"]
     assert converged_app.runs()[0]["summary"]["rolled_out"] == []

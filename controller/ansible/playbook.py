@@ -31,18 +31,24 @@ import dataclasses
 import hashlib
 import importlib.util
 import inspect
+import json
 import marshal
 import os
 import pickle
 import sys
 import threading
 import types
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from controller.ansible.plugins.kept import Kept, loaded_code
 
 CACHE = "CONTROLLER_PARSED_CACHE"
+# a FIFO the controller names for a run of more than one pass: a check, then the applies it decides on, in one
+# process that keeps its start-up and the hosts' interpreters; each later pass's arguments come through it
+PASSES = "CONTROLLER_PASSES"
+PASS_MARKER = "CONTROLLER-PASS-END"
 PREFIX = "ansible-parsed-"
 KEEP_METHODS = 4096  # dataclass methods in the one entry: ansible-core's and mitogen's are about 600
 
@@ -230,11 +236,43 @@ def main() -> None:
         connect_nowhere(executor)
 
     sys.argv[0] = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")  # as its own script has it
+    code = one_pass(playbook)
+    passes = os.environ.get(PASSES)
+    while passes:
+        # each pass told apart in the output, then the next one read from the controller. ansible-runner reads
+        # plain lines after an event only once more output comes, which here it would not: an empty event token
+        # (as its display callback ends each event with) after the line has it read at once
+        print(f"{PASS_MARKER}\t{code}\n\x1b[Ke30=\x1b[4D\x1b[K", end="", flush=True)
+        with open(passes, encoding="utf-8") as told:
+            line = told.read()
+        if not line:  # the controller closed it without a word: no more passes
+            break
+        sys.argv[1:] = json.loads(line)
+        # Ansible's command line state is made once per process: each pass starts it afresh
+        from ansible.utils.context_objects import GlobalCLIArgs
+
+        setattr(GlobalCLIArgs, "_Singleton__instance", None)  # noqa: B010 (the Singleton metaclass's own)
+        import ansible.utils.vars as variables
+        from ansible.parsing.vault import VaultSecretsContext
+
+        VaultSecretsContext._current = None  # each pass reads the vault secrets again, as its own process would
+        # and its extra vars and the variables the command line makes (ansible_check_mode, ansible_limit...),
+        # which Ansible keeps on the functions that first made them
+        for made, name in ((variables.load_extra_vars, "extra_vars"), (variables.load_options_vars, "options_vars")):
+            if hasattr(made, name):
+                delattr(made, name)
+        warnings.filterwarnings("ignore", "AnsibleCollectionFinder has already been configured")
+        code = one_pass(playbook)
+    leave(code)
+
+
+def one_pass(playbook: Callable[[], object]) -> object:
+    """Ansible's ``ansible-playbook`` main once, with the arguments in ``sys.argv``; its exit code."""
     try:
         playbook()
     except SystemExit as done:
-        leave(done.code)
-    leave(0)
+        return done.code
+    return 0
 
 
 def leave(code: object) -> NoReturn:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import difflib
+import errno
 import json
+import math
 import os
 import queue
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 from controller.ansible.job import Job
 from controller.ansible.nodes import run_on_node
 from controller.ansible.placement import HERE, place
+from controller.ansible.playbook import PASS_MARKER, PASSES
 from controller.ansible.playbook import command as playbook_command
 from controller.ansible.results import Connection, HostSummary, PlayRun, TaskResult, Touched
 from controller.ansible.targets import targets_of
@@ -74,106 +76,270 @@ def syntax_check(app: App, project: Path, job: Job, redactor: Redactor) -> None:
 
 def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check: bool, redactor: Redactor,
                  on_task: Callable[[TaskResult], None], on_start: Callable[[str, str], None], cancel: Cancel,
-                 limit: str | None = None, stale: Callable[[], str | None] = lambda: None) -> PlayRun:
-    """Run the app's playbook in check+diff or apply mode, streaming each task result to ``on_task`` and each
-    task's start on a host to ``on_start`` (task, host).
+                 limit: str | None = None) -> PlayRun:
+    """One pass of the app's playbook in a process of its own (Playbook.play says how)."""
+    with Playbook(app, project, private_dir, job, redactor=redactor, cancel=cancel, passes=False) as playbook:
+        return playbook.play(check=check, on_task=on_task, on_start=on_start, limit=limit)
 
-    ``limit`` replaces the app's own limit: the hosts that need an apply, found by a check under that limit.
-    ``stale`` names a newer revision once one arrives: a check then stops at once (it changes nothing), an
-    apply never (a stop between two tasks would lose the handlers a change notified).
-    """
-    # parts on execution nodes run beside the local one, in threads; what they tell is told in this one (the
-    # store's connection is this thread's)
-    told: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.SimpleQueue()
 
-    def later(callback: Callable[..., None]) -> Callable[..., None]:
-        return lambda *args: told.put((callback, args))
+class Playbook:
+    """The app's playbook at one checkout, run pass by pass: a check, then the applies decided on after it (a
+    rollout's batches). Where every host is this bastion's own, each pass after the first runs in the first one's
+    ansible-playbook process, which keeps its start-up and the hosts' interpreters; where some run on execution
+    nodes, or ``passes`` is false, each pass is a run of its own. Leaving it ends the process."""
 
-    def collector(threaded: bool) -> _Collector:
-        return _Collector(check=check, redactor=redactor, project=project,
+    def __init__(self, app: App, project: Path, private_dir: Path, job: Job, *, redactor: Redactor, cancel: Cancel,
+                 passes: bool = True) -> None:
+        self.app, self.project, self.private_dir, self.job = app, project, private_dir, job
+        self.redactor, self.cancel, self.passes = redactor, cancel, passes
+        # what runs in other threads (parts on execution nodes, a process that runs passes) is told in this one:
+        # the store's connection is this thread's
+        self.told: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.SimpleQueue()
+        self.resident: _Resident | None = None
+
+    def __enter__(self) -> Playbook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def play(self, *, check: bool, on_task: Callable[[TaskResult], None], on_start: Callable[[str, str], None],
+             limit: str | None = None, stale: Callable[[], str | None] = lambda: None) -> PlayRun:
+        """One pass in check+diff or apply mode, streaming each task result to ``on_task`` and each task's start
+        on a host to ``on_start`` (task, host).
+
+        ``limit`` replaces the app's own limit: the hosts that need an apply, found by a check under that limit.
+        ``stale`` names a newer revision once one arrives: a check then stops at once (it changes nothing), an
+        apply never (a stop between two tasks would lose the handlers a change notified).
+        """
+        phase = Phase.CHECK if check else Phase.APPLY
+        if self.cancel():  # a stop that came while another app's playbook ran (apps at once): this one never starts
+            raise Interrupted(f"app {self.app.name}: interrupted before its {phase} started")
+        settings = self._settings(check, limit)
+        job = self.job
+        placed = {HERE: []} if job.nodes is None else place(self.app.inventory, settings["limit"], job.nodes.served(),
+                                                             project=self.project, env=job.env, args=job.args)
+        if set(placed) <= {HERE}:  # nothing for a node (or no host at all): the playbook as it always ran
+            placed = {HERE: []}
+        stale = stale if check else lambda: None
+        if not self.passes or set(placed) != {HERE}:
+            return self._apart(phase, settings, placed, _Stop(self.cancel, job.run_timeout, stale), on_task, on_start)
+        collected = self._collector(check, on_task, on_start, threaded=True)
+        with self.cancel.deferred():
+            resident = self.resident
+            if resident is not None and resident.thread.is_alive():
+                resident.next_pass(_pass_arguments(resident.arguments, check, settings["limit"]), collected,
+                                   job.run_timeout, stale)
+            else:
+                resident = self.resident = _Resident(self.private_dir, _Stop(self.cancel, job.run_timeout, stale),
+                                                     collected, self.told)
+                resident.start(settings, self.project / self.app.inventory, self.project, self.cancel)
+            self._wait(resident.thread, until=resident.pass_ended)
+        return self._ended(phase, {HERE: collected}, resident.stop, resident.ended, resident.broke)
+
+    def close(self) -> None:
+        """End the process that runs the passes, if one does."""
+        resident, self.resident = self.resident, None
+        if resident is not None:
+            with self.cancel.deferred():  # a signal now is a stop after the run: what it did is told whole
+                resident.end()
+
+    def _settings(self, check: bool, limit: str | None) -> dict[str, Any]:
+        job = self.job
+        phase = Phase.CHECK if check else Phase.APPLY
+        return {
+            "playbook": self.app.playbook,
+            "limit": limit or self.app.limit,  # a plan's hosts come from a check that already honoured app.limit
+            "cmdline": " ".join(("--check --diff" if check else "--diff", job.cmdline)),
+            "envvars": dict(job.env),
+            "ident": str(phase),
+            "quiet": True,
+            "suppress_ansible_output": True,
+            "fact_cache_type": "memory",  # facts stay in the run (ansible-runner would set a jsonfile cache)
+        }
+
+    def _collector(self, check: bool, on_task: Callable[[TaskResult], None], on_start: Callable[[str, str], None],
+                   *, threaded: bool) -> _Collector:
+        def later(callback: Callable[..., None]) -> Callable[..., None]:
+            return lambda *args: self.told.put((callback, args))
+
+        job = self.job
+        return _Collector(check=check, redactor=self.redactor, project=self.project,
                           on_task=later(on_task) if threaded else on_task,
                           on_start=later(on_start) if threaded else on_start,
                           task_timeout=job.env.get("ANSIBLE_TASK_TIMEOUT", "?"),
                           connect_timeout=job.env.get("ANSIBLE_TIMEOUT"))  # None: the repository's ansible.cfg says
 
-    stop = _Stop(cancel, job.run_timeout, stale if check else lambda: None)
-    phase = Phase.CHECK if check else Phase.APPLY
-    settings: dict[str, Any] = {
-        "playbook": app.playbook,
-        "limit": limit or app.limit,  # a plan's hosts come from a check that already honoured app.limit
-        "cmdline": " ".join(("--check --diff" if check else "--diff", job.cmdline)),
-        "envvars": dict(job.env),
-        "ident": str(phase),
-        "quiet": True,
-        "suppress_ansible_output": True,
-        "fact_cache_type": "memory",  # facts stay in the run (ansible-runner would set a jsonfile cache)
-    }
-    placed = {HERE: []} if job.nodes is None else place(app.inventory, settings["limit"], job.nodes.served(),
-                                                          project=project, env=job.env, args=job.args)
-    if set(placed) <= {HERE}:  # nothing for a node (or no host at all): the playbook as it always ran
-        placed = {HERE: []}
-    if cancel():  # a stop that came while another app's playbook ran (apps at once): this one never starts
-        raise Interrupted(f"app {app.name}: interrupted before its {phase} started")
-    parts: dict[str, _Collector] = {}
-    ended = ""  # how ansible-runner ended here, for a run that never got to its recap
-    broke: list[BaseException] = []
+    def _wait(self, *threads: threading.Thread, until: Callable[[], bool] = lambda: False) -> None:
+        """Tell here what the threads told, until ``until`` or until they have all ended and told everything."""
+        while not until():
+            try:
+                callback, args = self.told.get(timeout=0.1)
+            except queue.Empty:
+                if not any(thread.is_alive() for thread in threads) and self.told.empty():
+                    return
+                continue
+            callback(*args)
 
-    def part(where: str, hosts: list[str]) -> None:
-        nonlocal ended
-        collected = parts[where] = collector(threaded=len(placed) > 1)
-        if where == HERE:
-            # the limit names the hosts placed here, and the implicit localhost where the app's own limit did not
-            # leave it out (a play of `hosts: localhost` is the bastion's)
-            mine = ",".join([*hosts, *([] if settings["limit"] else ["localhost"])])
-            local = {**settings, "limit": mine} if len(placed) > 1 else settings
-            ended = _run_here(local, project / app.inventory, project, private_dir, collected, stop, cancel)
+    def _apart(self, phase: Phase, settings: dict[str, Any], placed: dict[str, list[str]], stop: _Stop,
+               on_task: Callable[[TaskResult], None], on_start: Callable[[str, str], None]) -> PlayRun:
+        """The pass as a run of its own here, and beside it on each execution node that has hosts of it."""
+        app, job, check = self.app, self.job, phase is Phase.CHECK
+        parts: dict[str, _Collector] = {}
+        ended = ""  # how ansible-runner ended here, for a run that never got to its recap
+        broke: list[BaseException] = []
+
+        def part(where: str, hosts: list[str]) -> None:
+            nonlocal ended
+            collected = parts[where] = self._collector(check, on_task, on_start, threaded=len(placed) > 1)
+            if where == HERE:
+                # the limit names the hosts placed here, and the implicit localhost where the app's own limit did
+                # not leave it out (a play of `hosts: localhost` is the bastion's)
+                mine = ",".join([*hosts, *([] if settings["limit"] else ["localhost"])])
+                local = {**settings, "limit": mine} if len(placed) > 1 else settings
+                ended = _run_here(local, self.project / app.inventory, self.project, self.private_dir,
+                                  collected.handle, stop, self.cancel)
+                return
+            assert job.nodes is not None
+            try:
+                why = run_on_node(job.nodes, where, self.private_dir.with_name(f"{self.private_dir.name}@{where}"),
+                                  {**settings, "inventory": f"project/{app.inventory}", "limit": ",".join(hosts)},
+                                  collected.handle, stop, lambda: collected.connections)
+            except ControllerError as error:
+                why = f"execution node {where}: {error.message}"
+            if collected.stats is None and not stop.fired:  # the playbook never got to its recap there
+                why = why or f"execution node {where}: {' '.join(collected.tail) or 'the playbook ended early'}"
+                collected.cut_off(hosts, self.redactor.text(why))
+
+        def guarded(where: str, hosts: list[str]) -> None:
+            try:
+                part(where, hosts)
+            except BaseException as error:  # raised again in the calling thread, once every part has ended
+                broke.append(error)
+
+        with self.cancel.deferred():
+            if len(placed) == 1:
+                [(where, hosts)] = placed.items()
+                part(where, hosts)
+            else:
+                import_runner()
+                threads = [threading.Thread(target=guarded, args=(where, hosts)) for where, hosts in placed.items()]
+                for thread in threads:
+                    thread.start()
+                self._wait(*threads)
+        return self._ended(phase, parts, stop, ended, broke)
+
+    def _ended(self, phase: Phase, parts: dict[str, _Collector], stop: _Stop, ended: str,
+               broke: list[BaseException]) -> PlayRun:
+        """What the pass did, or why it did not end as a pass does."""
+        if broke:
+            raise broke[0]
+        name = self.app.name
+        partial = _joined(phase is Phase.CHECK, list(parts.values()))
+        if self.cancel():
+            raise Stopped(f"app {name}: interrupted, the playbook was stopped", partial)
+        if stop.newer is not None:
+            raise Stopped(f"app {name}: the check was stopped: superseded by {stop.newer}, which is reconciled "
+                          "next; nothing applied", partial, Reason.SUPERSEDED)
+        if stop.expired:
+            raise OutOfTime(f"app {name}: the {phase} did not finish within "
+                            f"ansible.run_timeout ({self.job.run_timeout:.0f}s) and was stopped", partial)
+        here = parts.get(HERE)
+        if here is not None and here.stats is None:
+            detail = " ".join(here.tail) or f"ansible-runner ended {ended or 'before the pass ended'}"
+            raise ControllerError(Reason.RUNNER_FAILED, f"app {name}: {detail}")
+        return partial
+
+
+class _Resident:
+    """The ansible-playbook process that runs a Playbook's passes here, its ansible-runner in a thread: the first
+    pass from its command line, each later one told through a FIFO once the one before it has ended."""
+
+    def __init__(self, private_dir: Path, stop: _Stop, collected: _Collector,
+                 told: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]]) -> None:
+        private_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.fifo = private_dir / "passes"
+        self.fifo.unlink(missing_ok=True)  # a process before this one's, gone
+        os.mkfifo(self.fifo, 0o600)
+        self.private_dir, self.stop, self.collected, self.told = private_dir, stop, collected, told
+        self.over = False   # the current pass has ended (set in the calling thread, in order with what it told)
+        self.ended = ""     # how ansible-runner ended, once it has
+        self.broke: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self._start: tuple[Any, ...] = ()
+
+    @property
+    def arguments(self) -> list[str]:
+        """The first pass's arguments to ``controller-ansible-playbook``, as ansible-runner made them."""
+        assert self.stop.command is not None
+        return self.stop.command[len(reaped(playbook_command())):]
+
+    def start(self, settings: dict[str, Any], inventory: Path, project: Path, cancel: Cancel) -> None:
+        settings = {**settings, "envvars": {**settings["envvars"], PASSES: str(self.fifo)}}
+        self._start = (settings, inventory, project, cancel)
+        self.thread.start()
+
+    def next_pass(self, arguments: list[str], collected: _Collector, seconds: float,
+                  stale: Callable[[], str | None]) -> None:
+        self.collected, self.over = collected, False
+        self.stop.arm(seconds, stale)
+        self._tell(json.dumps(arguments))
+
+    def end(self) -> None:
+        """No more passes: the process ends (at once, if a pass was cut short by an error here)."""
+        if self.over:
+            self._tell("")
+        elif self.stop.command is not None:
+            stop_children(self.stop.command)
+        self.thread.join()
+
+    def _run(self) -> None:
+        settings, inventory, project, cancel = self._start
+        try:
+            self.ended = _run_here(settings, inventory, project, self.private_dir, self._handle, self.stop, cancel)
+        except BaseException as error:  # raised again in the calling thread
+            self.broke.append(error)
+
+    def _handle(self, event: dict[str, Any]) -> bool:
+        if event.get("event") == "verbose" and event.get("stdout", "").startswith(PASS_MARKER):
+            self.told.put((self._pass_over, ()))
+            return False
+        return self.collected.handle(event)
+
+    def pass_ended(self) -> bool:
+        """The current pass has ended (as the calling thread was told, after all it told of the pass)."""
+        return self.over
+
+    def _pass_over(self) -> None:
+        self.over = True
+        self.stop.arm(math.inf, lambda: None)  # waiting for the next pass: only a signal stops it
+
+    def _tell(self, line: str) -> None:
+        # the process opens the FIFO once a pass has ended; one that has gone never will
+        while self.thread.is_alive():
+            try:
+                fifo = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as error:
+                if error.errno != errno.ENXIO:
+                    raise
+                time.sleep(0.005)
+                continue
+            try:
+                os.write(fifo, line.encode())
+            finally:
+                os.close(fifo)
             return
-        assert job.nodes is not None
-        try:
-            why = run_on_node(job.nodes, where, private_dir.with_name(f"{private_dir.name}@{where}"),
-                              {**settings, "inventory": f"project/{app.inventory}", "limit": ",".join(hosts)},
-                              collected.handle, stop, lambda: collected.connections)
-        except ControllerError as error:
-            why = f"execution node {where}: {error.message}"
-        if collected.stats is None and not stop.fired:  # the playbook never got to its recap there
-            why = why or f"execution node {where}: {' '.join(collected.tail) or 'the playbook ended early'}"
-            collected.cut_off(hosts, redactor.text(why))
 
-    def guarded(where: str, hosts: list[str]) -> None:
-        try:
-            part(where, hosts)
-        except BaseException as error:  # raised again in the calling thread, once every part has ended
-            broke.append(error)
 
-    with cancel.deferred():
-        if len(placed) == 1:
-            [(where, hosts)] = placed.items()
-            part(where, hosts)
-        else:
-            import_runner()
-            threads = [threading.Thread(target=guarded, args=(where, hosts)) for where, hosts in placed.items()]
-            for thread in threads:
-                thread.start()
-            while any(thread.is_alive() for thread in threads) or not told.empty():
-                with contextlib.suppress(queue.Empty):
-                    callback, args = told.get(timeout=0.1)
-                    callback(*args)
-            if broke:
-                raise broke[0]
-    partial = _joined(check, list(parts.values()))
-    if cancel():
-        raise Stopped(f"app {app.name}: interrupted, the playbook was stopped", partial)
-    if stop.newer is not None:
-        raise Stopped(f"app {app.name}: the check was stopped: superseded by {stop.newer}, which is reconciled "
-                      "next; nothing applied", partial, Reason.SUPERSEDED)
-    if stop.expired:
-        raise OutOfTime(f"app {app.name}: the {phase} did not finish within "
-                        f"ansible.run_timeout ({job.run_timeout:.0f}s) and was stopped", partial)
-    here = parts.get(HERE)
-    if here is not None and here.stats is None:
-        detail = " ".join(here.tail) or f"ansible-runner ended {ended}"
-        raise ControllerError(Reason.RUNNER_FAILED, f"app {app.name}: {detail}")
-    return partial
+def _pass_arguments(first: list[str], check: bool, limit: str | None) -> list[str]:
+    """A later pass's arguments: the first pass's (ansible-runner's) with this pass's mode and limit."""
+    arguments = list(first)
+    if "--check" in arguments:
+        arguments.remove("--check")
+    if "--limit" in arguments:
+        at = arguments.index("--limit")
+        del arguments[at:at + 2]
+    return [*(["--check"] if check else []), *(["--limit", limit] if limit else []), *arguments]
 
 
 def import_runner() -> None:
@@ -186,8 +352,8 @@ def import_runner() -> None:
     import ansible_runner.streaming  # noqa: F401  (the execution nodes' Processor)
 
 
-def _run_here(settings: dict[str, Any], inventory: Path, project: Path, private_dir: Path, collected: _Collector,
-              stop: _Stop, cancel: Cancel) -> str:
+def _run_here(settings: dict[str, Any], inventory: Path, project: Path, private_dir: Path,
+              handle: Callable[[dict[str, Any]], bool], stop: _Stop, cancel: Cancel) -> str:
     """The playbook for the hosts this bastion reaches itself; how ansible-runner ended."""
     from ansible_runner.config.runner import RunnerConfig  # on first use (import_runner)
     from ansible_runner.runner import Runner
@@ -206,7 +372,7 @@ def _run_here(settings: dict[str, Any], inventory: Path, project: Path, private_
     assert program == "ansible-playbook", config.command
     config.command = stop.command = reaped([*playbook_command(), *arguments])
     config.pexpect_timeout = POLL_SECONDS
-    runner = Runner(config, event_handler=collected.handle, cancel_callback=stop)
+    runner = Runner(config, event_handler=handle, cancel_callback=stop)
     if not cancel():
         runner.run()
     return f"{runner.status} (rc {runner.rc})"
@@ -353,6 +519,10 @@ class _Stop:
         self.stale = stale
         self.newer: str | None = None
         self.command: list[str] | None = None  # the reaped command this run started
+
+    def arm(self, seconds: float, stale: Callable[[], str | None]) -> None:
+        """From now on, a pass that may take ``seconds`` and stops once ``stale`` names a newer revision."""
+        self.deadline, self.stale, self.expired, self.newer = time.monotonic() + seconds, stale, False, None
 
     @property
     def fired(self) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from controller.ansible.job import Job
 from controller.ansible.results import Connection, PlayRun, TaskResult
-from controller.ansible.runner import OutOfTime, Stopped, run_playbook
+from controller.ansible.runner import OutOfTime, Playbook, Stopped, run_playbook
 from controller.config import Config
 from controller.errors import ControllerError, Interrupted, Superseded
 from controller.interrupt import Cancel
@@ -79,6 +79,8 @@ class AppRun:
     rolled_back_from: str | None = None
     # how many apps may run at once beside it (ansible.parallel_apps): each playbook gets that share of the forks
     lanes: int = 1
+    # the playbook at this revision, its check and applies run as passes of one process (ended with the run)
+    playbook: Playbook | None = None
 
     @property
     def at_revision(self) -> set[str]:
@@ -89,6 +91,13 @@ class AppRun:
 
     def reconcile(self, source: Source, prepared: Preparation) -> AppResult:
         """Check, then (a sync under policy apply) apply where the plan says; failures become the result."""
+        try:
+            return self._reconcile(source, prepared)
+        finally:
+            if self.playbook is not None:
+                self.playbook.close()
+
+    def _reconcile(self, source: Source, prepared: Preparation) -> AppResult:
         if self.request.limit:  # both plays run within it; Ansible's ":&" keeps the app's own limit too
             own = self.app.limit
             self.app = replace(self.app, limit=f"{own}:&{self.request.limit}" if own else self.request.limit)
@@ -532,10 +541,12 @@ class AppRun:
             live.flush()  # the task before it has ended on every host it ran on (linear: in lockstep)
             self.progress.started(app.name, phase, name, host)
 
+        if self.playbook is None:
+            self.playbook = Playbook(app, space.project, self._private(space.runner) / phase, job, redactor=redactor,
+                                     cancel=self.cancel)
         try:
-            played = run_playbook(app, space.project, self._private(space.runner) / phase, job, check=check,
-                                  redactor=redactor, cancel=self.cancel, limit=limit, on_task=task, on_start=started,
-                                  stale=lambda: self.cancel.superseded(self.revision.sha))
+            played = self.playbook.play(check=check, limit=limit, on_task=task, on_start=started,
+                                        stale=lambda: self.cancel.superseded(self.revision.sha))
         except (Stopped, OutOfTime) as stopped:
             # what an interrupted apply had already changed is worth keeping
             self.store.add_report(run_id, phase, report(stopped.partial))
