@@ -117,6 +117,8 @@ class TerminalProgress:
     def _heartbeat(self) -> None:
         while not self.done.wait(TICK):
             with self.lock:
+                if self.done.is_set():  # closed while this waited for the lock: the stream may be gone
+                    return
                 now = time.monotonic()
                 if now - self.quiet_since < (TTY_QUIET if self.tty else PIPE_QUIET):
                     continue
