@@ -248,22 +248,26 @@ def main() -> None:
         if not line:  # the controller closed it without a word: no more passes
             break
         sys.argv[1:] = json.loads(line)
-        # Ansible's command line state is made once per process: each pass starts it afresh
-        from ansible.utils.context_objects import GlobalCLIArgs
-
-        setattr(GlobalCLIArgs, "_Singleton__instance", None)  # noqa: B010 (the Singleton metaclass's own)
-        import ansible.utils.vars as variables
-        from ansible.parsing.vault import VaultSecretsContext
-
-        VaultSecretsContext._current = None  # each pass reads the vault secrets again, as its own process would
-        # and its extra vars and the variables the command line makes (ansible_check_mode, ansible_limit...),
-        # which Ansible keeps on the functions that first made them
-        for made, name in ((variables.load_extra_vars, "extra_vars"), (variables.load_options_vars, "options_vars")):
-            if hasattr(made, name):
-                delattr(made, name)
-        warnings.filterwarnings("ignore", "AnsibleCollectionFinder has already been configured")
+        command_line_afresh()
         code = one_pass(playbook)
     leave(code)
+
+
+def command_line_afresh() -> None:
+    """Forget what Ansible made of the last pass's command line, which it makes once per process."""
+    import ansible.utils.vars as variables
+    from ansible.parsing.vault import VaultSecretsContext
+    from ansible.utils.context_objects import GlobalCLIArgs
+
+    setattr(GlobalCLIArgs, "_Singleton__instance", None)  # noqa: B010 (the Singleton metaclass's own)
+    VaultSecretsContext._current = None  # each pass reads the vault secrets again, as its own process would
+    # and its extra vars and the variables the command line makes (ansible_check_mode, ansible_limit...), which
+    # Ansible keeps on the functions that first made them
+    for made, name in ((variables.load_extra_vars, "extra_vars"), (variables.load_options_vars, "options_vars")):
+        if hasattr(made, name):
+            delattr(made, name)
+    # the collection loader stays as the first pass configured it (the same paths), and says so each time
+    warnings.filterwarnings("ignore", "AnsibleCollectionFinder has already been configured")
 
 
 def one_pass(playbook: Callable[[], object]) -> object:

@@ -131,9 +131,9 @@ class Playbook:
                 resident.next_pass(_pass_arguments(resident.arguments, check, settings["limit"]), collected,
                                    job.run_timeout, stale)
             else:
-                resident = self.resident = _Resident(self.private_dir, _Stop(self.cancel, job.run_timeout, stale),
-                                                     collected, self.told)
-                resident.start(settings, self.project / self.app.inventory, self.project, self.cancel)
+                resident = self.resident = _Resident(settings, self.project / self.app.inventory, self.project,
+                                                     self.private_dir, _Stop(self.cancel, job.run_timeout, stale),
+                                                     collected, self.told, self.cancel)
             self._wait(resident.thread, until=resident.pass_ended)
         return self._ended(phase, {HERE: collected}, resident.stop, resident.ended, resident.broke)
 
@@ -255,29 +255,28 @@ class _Resident:
     """The ansible-playbook process that runs a Playbook's passes here, its ansible-runner in a thread: the first
     pass from its command line, each later one told through a FIFO once the one before it has ended."""
 
-    def __init__(self, private_dir: Path, stop: _Stop, collected: _Collector,
-                 told: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]]) -> None:
+    def __init__(self, settings: dict[str, Any], inventory: Path, project: Path, private_dir: Path, stop: _Stop,
+                 collected: _Collector, told: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]],
+                 cancel: Cancel) -> None:
+        """Start the process on its first pass (``settings``, as ansible-runner takes them)."""
         private_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.fifo = private_dir / "passes"
         self.fifo.unlink(missing_ok=True)  # a process before this one's, gone
         os.mkfifo(self.fifo, 0o600)
-        self.private_dir, self.stop, self.collected, self.told = private_dir, stop, collected, told
+        self.stop, self.collected, self.told = stop, collected, told
         self.over = False   # the current pass has ended (set in the calling thread, in order with what it told)
         self.ended = ""     # how ansible-runner ended, once it has
         self.broke: list[BaseException] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self._start: tuple[Any, ...] = ()
+        settings = {**settings, "envvars": {**settings["envvars"], PASSES: str(self.fifo)}}
+        self.thread = threading.Thread(target=self._run, args=(settings, inventory, project, private_dir, cancel),
+                                       daemon=True)
+        self.thread.start()
 
     @property
     def arguments(self) -> list[str]:
         """The first pass's arguments to ``controller-ansible-playbook``, as ansible-runner made them."""
         assert self.stop.command is not None
         return self.stop.command[len(reaped(playbook_command())):]
-
-    def start(self, settings: dict[str, Any], inventory: Path, project: Path, cancel: Cancel) -> None:
-        settings = {**settings, "envvars": {**settings["envvars"], PASSES: str(self.fifo)}}
-        self._start = (settings, inventory, project, cancel)
-        self.thread.start()
 
     def next_pass(self, arguments: list[str], collected: _Collector, seconds: float,
                   stale: Callable[[], str | None]) -> None:
@@ -293,10 +292,10 @@ class _Resident:
             stop_children(self.stop.command)
         self.thread.join()
 
-    def _run(self) -> None:
-        settings, inventory, project, cancel = self._start
+    def _run(self, settings: dict[str, Any], inventory: Path, project: Path, private_dir: Path,
+             cancel: Cancel) -> None:
         try:
-            self.ended = _run_here(settings, inventory, project, self.private_dir, self._handle, self.stop, cancel)
+            self.ended = _run_here(settings, inventory, project, private_dir, self._handle, self.stop, cancel)
         except BaseException as error:  # raised again in the calling thread
             self.broke.append(error)
 
