@@ -204,13 +204,8 @@ def test_independent_apps_run_at_once_sharing_the_forks_and_a_dependent_one_afte
     bump_version(fleet, "2.0")
 
     def synced() -> tuple[PlaybookWatch, str]:
-        watch = PlaybookWatch()
-        watch.start()
-        try:
+        with PlaybookWatch() as watch:
             done = fleet.controller("sync", "--progress")
-        finally:
-            watch.done.set()
-            watch.join()
         assert done.returncode == 0, done.stdout + done.stderr
         assert [fleet.host_file(h, VERSION).read_text() for h in ("h1", "h2", "h3")] == [f"{version}\n"] * 3
         return watch, done.stderr + done.stdout

@@ -118,13 +118,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, age_key: AgeKey) -> Itera
         pins, expected = add_secrets_role(fleet)
         fleet.push("Secrets of every format")
         needles = [*PLAINTEXTS[before:], *pins]
-        watch = ProcWatch(needles)
-        watch.start()
-        try:
+        with ProcWatch(needles) as watch:
             first = fleet.controller("sync")
-        finally:
-            watch.done.set()
-            watch.join()
         deployed = Deployed(fleet, needles, expected, first, watch)
         deployed.outputs.append(first.stdout + first.stderr)
         yield deployed

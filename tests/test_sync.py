@@ -16,7 +16,7 @@ from pathlib import Path
 from lab import Lab, counting_ssh
 from lab.repository import AgeKey
 from tests.conftest import APP_YML, BIN, VERSION, Converged, Fleet, bump_version, fleet_on, git, secret, write_config
-from tests.support.processes import parent, workspaces
+from tests.support.processes import PlaybookWatch, parent, workspaces
 from tests.support.refusals import assert_refused
 
 
@@ -34,8 +34,11 @@ def test_sync_applies_a_pushed_commit_then_has_nothing_to_do(converged_app_origi
     assert not fleet.host_file("h3", VERSION).exists()  # h3 is production, not in this repository's apps
 
     sha = bump_version(fleet, "2.0.0")
-    second = fleet.controller("sync")
+    with PlaybookWatch() as watch:
+        second = fleet.controller("sync")
     assert second.returncode == 0, second.stderr
+    # the new revision's syntax check, its check and its apply: passes of one ansible-playbook process
+    assert list(watch.modes.values()) == [{"--syntax-check", "--check"}], watch.modes
     assert sha[:12] in second.stdout
     assert fleet.host_file("h1", VERSION).read_text() == "2.0.0\n"
     # a new commit is a rollout, named so: not drift, and nothing "corrected"

@@ -40,11 +40,8 @@ def test_vaulted_values_are_deployed_and_masked_and_a_wrong_password_is_refused(
     fleet.push("Vaulted values")
     write_config(fleet, ansible={"vault_password_file": str(fleet.root / "vault.pass")})
 
-    watch = ProcWatch([password, token, note, key])
-    watch.start()
-    done = fleet.controller("sync")
-    watch.done.set()
-    watch.join()
+    with ProcWatch([password, token, note, key]) as watch:
+        done = fleet.controller("sync")
     assert done.returncode == 0, done.stdout + done.stderr
     # no password or value in any argv or environment
     assert "controller-ansible-playbook" in watch.programs and watch.found == set()

@@ -45,8 +45,8 @@ from typing import Any, NoReturn
 from controller.ansible.plugins.kept import Kept, loaded_code
 
 CACHE = "CONTROLLER_PARSED_CACHE"
-# a FIFO the controller names for a run of more than one pass: a check, then the applies it decides on, in one
-# process that keeps its start-up and the hosts' interpreters; each later pass's arguments come through it
+# a FIFO the controller names for a run of more than one pass: a syntax check, a check, then the applies it decides
+# on, in one process that keeps its start-up and the hosts' interpreters; each later pass's arguments come through it
 PASSES = "CONTROLLER_PASSES"
 PASS_MARKER = "CONTROLLER-PASS-END"
 PREFIX = "ansible-parsed-"
@@ -230,14 +230,14 @@ def main() -> None:
         for reader in (plugins, fragments):  # a plugin's documentation, a doc fragment's
             documentation.install(reader)
     walk_stack_without_source()
-    if "--syntax-check" in sys.argv[1:]:
+    passes = os.environ.get(PASSES)
+    if "--syntax-check" in sys.argv[1:] and not passes:  # a syntax check that is a first pass: a check follows
         import ansible.executor.playbook_executor as executor
 
         connect_nowhere(executor)
 
     sys.argv[0] = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")  # as its own script has it
     code = one_pass(playbook)
-    passes = os.environ.get(PASSES)
     while passes:
         # each pass told apart in the output, then the next one read from the controller. ansible-runner reads
         # plain lines after an event only once more output comes, which here it would not: an empty event token

@@ -25,7 +25,7 @@ from controller.ansible.results import Connection, HostSummary, PlayRun, TaskRes
 from controller.ansible.targets import targets_of
 from controller.errors import ControllerError, Interrupted
 from controller.interrupt import Cancel
-from controller.process import reaped, run, stop_children
+from controller.process import first_line, reaped, run, stop_children
 from controller.secrets.redact import Redactor
 from controller.source.apps import App
 from controller.vocabulary import Phase, Reason, TaskStatus
@@ -43,6 +43,7 @@ TASK_TIMED_OUT = ("failed to execute in the expected time frame", "timed out aft
 CONNECT_TIMED_OUT = ("connection timed out", "timed out during banner exchange", "operation timed out")
 # said beside a check-mode failure on a host where an earlier task of the same play would change something
 MAY_DEPEND = "may depend on a change not yet applied"
+SYNTAX_CHECK_SECONDS = 300
 
 
 class Stopped(Interrupted):
@@ -64,14 +65,18 @@ class OutOfTime(ControllerError):
 
 
 def syntax_check(app: App, project: Path, job: Job, redactor: Redactor) -> None:
-    """``ansible-playbook --syntax-check`` of the app's playbook; raise SyntaxCheckFailed with the cause."""
+    """``ansible-playbook --syntax-check`` of the app's playbook in a process of its own; raise SyntaxCheckFailed
+    with the cause (Playbook.syntax_check runs it as the first pass of the process that then checks)."""
     try:
         run([*playbook_command(), "--syntax-check", *job.args, "-i", app.inventory, app.playbook],
-            reason=Reason.SYNTAX_CHECK_FAILED, what=f"app {app.name}: {app.playbook} failed the syntax check",
-            env=job.env, cwd=project, redact=lambda text: _relative(redactor.text(text), project),
-            timeout=300)
+            reason=Reason.SYNTAX_CHECK_FAILED, what=_syntax_failed(app), env=job.env, cwd=project,
+            redact=lambda text: _relative(redactor.text(text), project), timeout=SYNTAX_CHECK_SECONDS)
     except ControllerError as exc:
         raise ControllerError(exc.reason, exc.message) from None
+
+
+def _syntax_failed(app: App) -> str:
+    return f"app {app.name}: {app.playbook} failed the syntax check"
 
 
 def run_playbook(app: App, project: Path, private_dir: Path, job: Job, *, check: bool, redactor: Redactor,
@@ -136,6 +141,32 @@ class Playbook:
                                                      collected, self.told, self.cancel)
             self._wait(resident.thread, until=resident.pass_ended)
         return self._ended(phase, {HERE: collected}, resident.stop, resident.ended, resident.broke)
+
+    def syntax_check(self) -> None:
+        """``--syntax-check`` of the app's playbook as the first pass of the process that then runs the check and
+        the applies (one start-up of Ansible fewer); raise as syntax_check() does, the process ended."""
+        settings = self._settings(True, None)
+        settings["cmdline"] = f"--syntax-check {settings['cmdline']}"
+        said = _Said(self.redactor, self.project)
+        with self.cancel.deferred():
+            resident = self.resident = _Resident(settings, self.project / self.app.inventory, self.project,
+                                                 self.private_dir, _Stop(self.cancel, SYNTAX_CHECK_SECONDS,
+                                                                         lambda: None),
+                                                 said, self.told, self.cancel)
+            self._wait(resident.thread, until=resident.pass_ended)
+        if resident.broke:
+            self.close()
+            raise resident.broke[0]
+        if resident.over and resident.code == "0":
+            return
+        self.close()
+        if self.cancel():
+            raise Interrupted(f"app {self.app.name}: interrupted during its syntax check")
+        if resident.stop.expired:
+            detail = f"{playbook_command()[0]} did not finish within {SYNTAX_CHECK_SECONDS}s"
+        else:
+            detail = first_line("\n".join(said.lines)) or f"exit status {resident.code or resident.ended}"
+        raise ControllerError(Reason.SYNTAX_CHECK_FAILED, f"{_syntax_failed(self.app)}: {detail}")
 
     def close(self) -> None:
         """End the process that runs the passes, if one does."""
@@ -256,8 +287,8 @@ class _Resident:
     pass from its command line, each later one told through a FIFO once the one before it has ended."""
 
     def __init__(self, settings: dict[str, Any], inventory: Path, project: Path, private_dir: Path, stop: _Stop,
-                 collected: _Collector, told: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]],
-                 cancel: Cancel) -> None:
+                 collected: _Collector | _Said,
+                 told: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]], cancel: Cancel) -> None:
         """Start the process on its first pass (``settings``, as ansible-runner takes them)."""
         private_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.fifo = private_dir / "passes"
@@ -265,6 +296,7 @@ class _Resident:
         os.mkfifo(self.fifo, 0o600)
         self.stop, self.collected, self.told = stop, collected, told
         self.over = False   # the current pass has ended (set in the calling thread, in order with what it told)
+        self.code = ""      # the exit code of the pass that ended last, as the process said it
         self.ended = ""     # how ansible-runner ended, once it has
         self.broke: list[BaseException] = []
         settings = {**settings, "envvars": {**settings["envvars"], PASSES: str(self.fifo)}}
@@ -301,7 +333,7 @@ class _Resident:
 
     def _handle(self, event: dict[str, Any]) -> bool:
         if event.get("event") == "verbose" and event.get("stdout", "").startswith(PASS_MARKER):
-            self.told.put((self._pass_over, ()))
+            self.told.put((self._pass_over, (event["stdout"].split("\t")[1].strip(),)))
             return False
         return self.collected.handle(event)
 
@@ -309,8 +341,8 @@ class _Resident:
         """The current pass has ended (as the calling thread was told, after all it told of the pass)."""
         return self.over
 
-    def _pass_over(self) -> None:
-        self.over = True
+    def _pass_over(self, code: str) -> None:
+        self.over, self.code = True, code
         self.stop.arm(math.inf, lambda: None)  # waiting for the next pass: only a signal stops it
 
     def _tell(self, line: str) -> None:
@@ -333,8 +365,9 @@ class _Resident:
 def _pass_arguments(first: list[str], check: bool, limit: str | None) -> list[str]:
     """A later pass's arguments: the first pass's (ansible-runner's) with this pass's mode and limit."""
     arguments = list(first)
-    if "--check" in arguments:
-        arguments.remove("--check")
+    for mode in ("--syntax-check", "--check"):
+        if mode in arguments:
+            arguments.remove(mode)
     if "--limit" in arguments:
         at = arguments.index("--limit")
         del arguments[at:at + 2]
@@ -384,6 +417,19 @@ def _joined(check: bool, collected: list[_Collector]) -> PlayRun:
                    hosts=tuple(sorted((h for c in collected for h in c.stats or ()), key=lambda h: h.host)),
                    touched=tuple(touch for c in collected for touch in c.touched),
                    connections={host: how for c in collected for host, how in c.connections.items()})
+
+
+class _Said:
+    """What a pass that plays no task (a syntax check) printed: its lines, masked, the workspace's paths relative."""
+
+    def __init__(self, redactor: Redactor, project: Path) -> None:
+        self.redactor, self.project = redactor, project
+        self.lines: list[str] = []
+
+    def handle(self, event: dict[str, Any]) -> bool:
+        if event.get("event") == "verbose":
+            self.lines.append(_relative(self.redactor.text(event.get("stdout", "")), self.project))
+        return False
 
 
 class _Collector:

@@ -3,7 +3,9 @@
 A verify that finds every host as its manifest says runs no playbook, so it never decrypts a
 secret or starts Ansible; everything else prepares before its first check, as always: SOPS files
 decrypted in place, Ansible Vault values learnt for masking, the job settings, the requirements
-(roles, collections) installed, and each app's syntax check once (not again at inputs that passed).
+(roles, collections) installed, and each app's syntax check once (not again at inputs that passed). In a run
+of one app, the syntax check is the first pass of the ansible-playbook process that then checks and applies it,
+kept waiting here until the app's run takes it.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from dataclasses import dataclass, field
 from controller import memo
 from controller.ansible.job import Job, job_settings
 from controller.ansible.requirements import install_requirements
-from controller.ansible.runner import syntax_check
+from controller.ansible.runner import Playbook, syntax_check
 from controller.config import Config
 from controller.errors import ControllerError
+from controller.interrupt import Cancel
 from controller.run.results import Progress
 from controller.secrets.redact import Redactor
 from controller.secrets.sops import decrypt_in_place, find_encrypted
@@ -27,6 +30,7 @@ from controller.secrets.workspace import Workspace
 from controller.source.apps import App, load_apps
 from controller.source.git import Source
 from controller.verify.manifest import inputs_digest
+from controller.vocabulary import Phase
 
 
 @dataclass
@@ -40,6 +44,9 @@ class Preparation:
     digests: Mapping[str, str]  # each app's inputs digest (manifest.inputs_digest)
     # revisions the hosts still run: their secrets are on the hosts and in a check's "before" side
     previous: frozenset[str] = frozenset()
+    # a run of one app: its syntax check runs as the first pass of its playbook's process (stopped by this)
+    parking: Cancel | None = None
+    _parked: dict[str, Playbook] = field(default_factory=dict)
     _redactor: Redactor | None = None
     _job: Job | None = None
     _gated: set[str] = field(default_factory=set)
@@ -90,10 +97,29 @@ class Preparation:
                     self.progress.step(f"syntax check of {app.name}: passed before at the same inputs")
                 else:
                     self.progress.step(f"syntax check of {app.name}: {app.playbook}")
-                    syntax_check(app, self.space.project, job, redactor)
+                    if self.parking is not None and job.nodes is None:
+                        # where the app's run would start it (AppRun._play, alone in its run)
+                        playbook = Playbook(app, self.space.project, self.space.runner / Phase.CHECK, job,
+                                            redactor=redactor, cancel=self.parking)
+                        playbook.syntax_check()
+                        self._parked[app.name] = playbook
+                    else:
+                        syntax_check(app, self.space.project, job, redactor)
                     memo.remember(self.config, "syntax-checked", digest)
                 self._gated.add(app.name)
             return job, redactor
+
+    def parked(self, app: str) -> Playbook | None:
+        """The process ``app``'s syntax check ran in, waiting for its check; taken once."""
+        with self._making:
+            return self._parked.pop(app, None)
+
+    def close(self) -> None:
+        """End the processes that no run took (the app ran at another revision, or did not run)."""
+        with self._making:
+            parked, self._parked = list(self._parked.values()), {}
+        for playbook in parked:
+            playbook.close()
 
     def _earlier_secrets(self) -> Redactor:
         """The SOPS values of the revisions the hosts still run, masked too: after a secret is rotated, the

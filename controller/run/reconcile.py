@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
         store.record_revision(revision)
         # before anything is extracted
         verify_revision(config, source, revision, store.applied_revisions(request.app), progress.step)
-        with workspace(Path(config.workspace_dir)) as space:
+        with workspace(Path(config.workspace_dir)) as space, ExitStack() as leaving:
             progress.step(f"revision {revision.short} {revision.subject!r}")
             source.extract(revision.sha, space.project)
             every = load_apps(space.project)
@@ -80,7 +81,9 @@ def reconcile(config: Config, request: Request, store: Store, progress: Progress
             digests = {app.name: inputs_digest(config, unreached[app.name], app, space.project)
                        if app.name in unreached else here[app.name] for app in apps}
             running = {h.revision for app in apps for h in store.hosts(app.name) if h.revision} - {revision.sha}
-            prepared = Preparation(config, space, progress, source, digests, frozenset(running))
+            prepared = Preparation(config, space, progress, source, digests, frozenset(running),
+                                   parking=cancel if len(apps) == 1 else None)
+            leaving.callback(prepared.close)  # before the workspace is wiped: a process parked in it
             # a sync looks first (one look per host) at an app the revision cannot affect, as a verify does:
             # it prepares, checks and applies only where a host differs from its manifest; never in place of
             # the full check the drift schedule asks for

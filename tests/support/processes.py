@@ -7,6 +7,7 @@ import subprocess
 import threading
 from itertools import pairwise
 from pathlib import Path
+from typing import Self
 
 
 def running(command: str) -> bool:
@@ -19,16 +20,31 @@ def workspaces(pid: int | None = None) -> set[Path]:
     return set(Path("/dev/shm").glob(f"controller-{pid}-*" if pid else "controller-*"))
 
 
-class ProcWatch(threading.Thread):
+class _Sampler(threading.Thread):
+    """A thread that samples /proc until the ``with`` block it is entered by ends."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.done = threading.Event()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.join()
+
+
+class ProcWatch(_Sampler):
     """Samples every process's argv and environment every ~50 ms, remembering any needle it sees."""
 
     def __init__(self, needles: list[str]) -> None:
-        super().__init__(daemon=True)
+        super().__init__()
         self.needles = [n.encode() for n in needles]
         self.found: set[str] = set()
         self.programs: set[str] = set()
         self.samples = 0
-        self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(0.05):
@@ -45,16 +61,17 @@ class ProcWatch(threading.Thread):
                     self.found.update(f"{name} of {pid}: {n.decode()}" for n in self.needles if n in data)
 
 
-class PlaybookWatch(threading.Thread):
+class PlaybookWatch(_Sampler):
     """Samples the ansible-playbook processes every ~20 ms: which inventories were played at the same moment, every
-    ``--forks`` they were given, and the artifact directories of ansible-runner each inventory's playbooks wrote to."""
+    ``--forks`` they were given, the artifact directories of ansible-runner each inventory's playbooks wrote to, and
+    each process's parent and modes as its command line started it (``--syntax-check``, ``--check``), by pid."""
 
     def __init__(self) -> None:
-        super().__init__(daemon=True)
+        super().__init__()
         self.together: set[frozenset[str]] = set()  # the inventories of the playbooks alive at one moment
         self.forks: set[str] = set()
         self.artifacts: dict[str, set[str]] = {}
-        self.done = threading.Event()
+        self.seen: dict[int, tuple[int | None, frozenset[str]]] = {}
 
     def run(self) -> None:
         while not self.done.wait(0.02):
@@ -70,6 +87,7 @@ class PlaybookWatch(threading.Thread):
                     continue  # another test's (other workers play their own fleets at the same moment)
                 artifacts = {value.decode() for key, _, value in (e.partition(b"=") for e in environ)
                              if key == b"AWX_ISOLATED_DATA_DIR"}
+                self.seen[int(pid)] = (parent(int(pid)), frozenset(argv) & {"--syntax-check", "--check"})
                 for flag, value in pairwise(argv):
                     if flag in ("-i", "--inventory"):
                         inventories.add(Path(value).name)
@@ -78,6 +96,12 @@ class PlaybookWatch(threading.Thread):
                         self.forks.add(value)
             if inventories:
                 self.together.add(frozenset(inventories))
+
+
+    @property
+    def modes(self) -> dict[int, frozenset[str]]:
+        """The modes of each ansible-playbook process started, by pid (not of the workers it forked)."""
+        return {pid: modes for pid, (ppid, modes) in self.seen.items() if ppid not in self.seen}
 
 
 def parent(pid: int) -> int | None:
