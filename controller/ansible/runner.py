@@ -157,11 +157,12 @@ class Playbook:
         if resident.broke:
             self.close()
             raise resident.broke[0]
+        if self.cancel():  # a signal while it ran only set the flag: the run stops here, whatever the pass said
+            self.close()
+            raise Interrupted(f"app {self.app.name}: interrupted during its syntax check")
         if resident.over and resident.code == "0":
             return
         self.close()
-        if self.cancel():
-            raise Interrupted(f"app {self.app.name}: interrupted during its syntax check")
         if resident.stop.expired:
             detail = f"{playbook_command()[0]} did not finish within {SYNTAX_CHECK_SECONDS}s"
         else:
