@@ -15,6 +15,8 @@ from tests.support.processes import workspaces
 
 def test_sigterm_mid_run_stops_cleanly(fleet_app: Fleet) -> None:
     fleet = fleet_app
+    # a check first (it changes nothing): the sync's syntax check passed before, so its process starts with the check
+    assert fleet.controller("check").returncode == 2
     env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config)}
     proc = subprocess.Popen([str(BIN / "controller"), "sync"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -37,7 +39,7 @@ def test_sigterm_mid_run_stops_cleanly(fleet_app: Fleet) -> None:
     assert workspaces(proc.pid) == set()
     leftovers = subprocess.run(["pgrep", "-af", str(next(iter(running)))], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
-    [run] = json.loads(fleet.controller("history", "--json").stdout)
+    [run, _] = json.loads(fleet.controller("history", "--json").stdout)  # the newest first, then the check
     assert (run["outcome"], run["reason"]) == ("interrupted", "Interrupted")
 
 
@@ -56,14 +58,19 @@ def test_sigterm_during_the_syntax_check_stops_the_run_before_any_check(fleet_ap
     env = {**os.environ, "CONTROLLER_CONFIG": str(fleet.config)}
     proc = subprocess.Popen([str(BIN / "controller"), "sync"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not started.exists():
-        time.sleep(0.05)
-    assert started.exists(), "the syntax check never started"
-    [space] = workspaces(proc.pid)
-    proc.send_signal(signal.SIGTERM)
-    sent.touch()
-    stdout, stderr = proc.communicate(timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not started.exists():
+            time.sleep(0.05)
+        assert started.exists(), "the syntax check never started"
+        [space] = workspaces(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        sent.touch()
+    try:
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
     assert proc.returncode == 1, stdout + stderr
     assert "interrupted" in stdout + stderr
     assert workspaces(proc.pid) == set()

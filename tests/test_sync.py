@@ -484,6 +484,11 @@ def test_limit_reconciles_only_the_hosts_named_and_the_store_keeps_the_others(co
     assert code == 2 and [h["host"] for h in result["apps"][0]["check"]["hosts"]] == ["web2.staging"]
     refused = fleet.controller("sync", "--limit", "web1.staging", "--verify-first")
     assert refused.returncode == 64 and "--limit" in refused.stderr
+    # a new revision (its syntax check the first pass of the process that checks and applies it): the same
+    bump_version(fleet, "2.0.0")
+    code, result = fleet.controller_json("sync", "--limit", "web1.staging")
+    assert code == 0 and result["apps"][0]["applied_to"] == {"web1.staging": "new revision"}, result
+    assert [fleet.host_file(h, VERSION).read_text() for h in ("h1", "h2")] == ["2.0.0\n", "1.0.0\n"]
 
 
 def test_a_copy_or_template_asks_the_host_for_no_mime_type_or_file_attributes(converged_app: Fleet) -> None:

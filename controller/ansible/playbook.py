@@ -231,7 +231,7 @@ def main() -> None:
             documentation.install(reader)
     walk_stack_without_source()
     passes = os.environ.get(PASSES)
-    if "--syntax-check" in sys.argv[1:] and not passes:  # a syntax check that is a first pass: a check follows
+    if "--syntax-check" in sys.argv[1:] and not passes:  # alone (as a first pass, a check follows it)
         import ansible.executor.playbook_executor as executor
 
         connect_nowhere(executor)

@@ -145,7 +145,8 @@ class Playbook:
     def syntax_check(self) -> None:
         """``--syntax-check`` of the app's playbook as the first pass of the process that then runs the check and
         the applies (one start-up of Ansible fewer); raise as syntax_check() does, the process ended."""
-        settings = self._settings(True, None)
+        # no limit, as a syntax check of its own has none: each later pass is given its own
+        settings = {**self._settings(True, None), "limit": None}
         settings["cmdline"] = f"--syntax-check {settings['cmdline']}"
         said = _Said(self.redactor, self.project)
         with self.cancel.deferred():
@@ -154,12 +155,12 @@ class Playbook:
                                                                          lambda: None),
                                                  said, self.told, self.cancel)
             self._wait(resident.thread, until=resident.pass_ended)
-        if resident.broke:
-            self.close()
-            raise resident.broke[0]
         if self.cancel():  # a signal while it ran only set the flag: the run stops here, whatever the pass said
             self.close()
             raise Interrupted(f"app {self.app.name}: interrupted during its syntax check")
+        if resident.broke:
+            self.close()
+            raise resident.broke[0]
         if resident.over and resident.code == "0":
             return
         self.close()
@@ -334,7 +335,7 @@ class _Resident:
 
     def _handle(self, event: dict[str, Any]) -> bool:
         if event.get("event") == "verbose" and event.get("stdout", "").startswith(PASS_MARKER):
-            self.told.put((self._pass_over, (event["stdout"].split("\t")[1].strip(),)))
+            self.told.put((self._pass_over, (event["stdout"].partition("\t")[2].strip(),)))
             return False
         return self.collected.handle(event)
 

@@ -545,6 +545,7 @@ class AppRun:
             self.playbook = prepared.parked(app.name) or Playbook(app, space.project,
                                                                   self._private(space.runner) / phase, job,
                                                                   redactor=redactor, cancel=self.cancel)
+            self.playbook.app = app  # this run's: within --limit
         try:
             played = self.playbook.play(check=check, limit=limit, on_task=task, on_start=started,
                                         stale=lambda: self.cancel.superseded(self.revision.sha))

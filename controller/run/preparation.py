@@ -98,11 +98,12 @@ class Preparation:
                 else:
                     self.progress.step(f"syntax check of {app.name}: {app.playbook}")
                     if self.parking is not None and job.nodes is None:
-                        # where the app's run would start it (AppRun._play, alone in its run)
-                        playbook = Playbook(app, self.space.project, self.space.runner / Phase.CHECK, job,
-                                            redactor=redactor, cancel=self.parking)
+                        # where the app's run would start it (AppRun._play, alone in its run); parked first, so
+                        # that close() ends it whatever cuts the syntax check short
+                        playbook = self._parked[app.name] = Playbook(app, self.space.project,
+                                                                     self.space.runner / Phase.CHECK, job,
+                                                                     redactor=redactor, cancel=self.parking)
                         playbook.syntax_check()
-                        self._parked[app.name] = playbook
                     else:
                         syntax_check(app, self.space.project, job, redactor)
                     memo.remember(self.config, "syntax-checked", digest)
