@@ -136,9 +136,7 @@ class Playbook:
                 resident.next_pass(_pass_arguments(resident.arguments, check, settings["limit"]), collected,
                                    job.run_timeout, stale)
             else:
-                resident = self.resident = _Resident(settings, self.project / self.app.inventory, self.project,
-                                                     self.private_dir, _Stop(self.cancel, job.run_timeout, stale),
-                                                     collected, self.told, self.cancel)
+                resident = self._start(settings, _Stop(self.cancel, job.run_timeout, stale), collected)
             self._wait(resident.thread, until=resident.pass_ended)
         return self._ended(phase, {HERE: collected}, resident.stop, resident.ended, resident.broke)
 
@@ -150,10 +148,7 @@ class Playbook:
         settings["cmdline"] = f"--syntax-check {settings['cmdline']}"
         said = _Said(self.redactor, self.project)
         with self.cancel.deferred():
-            resident = self.resident = _Resident(settings, self.project / self.app.inventory, self.project,
-                                                 self.private_dir, _Stop(self.cancel, SYNTAX_CHECK_SECONDS,
-                                                                         lambda: None),
-                                                 said, self.told, self.cancel)
+            resident = self._start(settings, _Stop(self.cancel, SYNTAX_CHECK_SECONDS, lambda: None), said)
             self._wait(resident.thread, until=resident.pass_ended)
         if self.cancel():  # a signal while it ran only set the flag: the run stops here, whatever the pass said
             self.close()
@@ -169,6 +164,12 @@ class Playbook:
         else:
             detail = first_line("\n".join(said.lines)) or f"exit status {resident.code or resident.ended}"
         raise ControllerError(Reason.SYNTAX_CHECK_FAILED, f"{_syntax_failed(self.app)}: {detail}")
+
+    def _start(self, settings: dict[str, Any], stop: _Stop, collected: _Collector | _Said) -> _Resident:
+        """The process that runs the passes, started on the pass ``settings`` say (signals deferred by the caller)."""
+        self.resident = _Resident(settings, self.project / self.app.inventory, self.project, self.private_dir, stop,
+                                  collected, self.told, self.cancel)
+        return self.resident
 
     def close(self) -> None:
         """End the process that runs the passes, if one does."""

@@ -542,10 +542,8 @@ class AppRun:
             self.progress.started(app.name, phase, name, host)
 
         if self.playbook is None:
-            self.playbook = prepared.parked(app.name) or Playbook(app, space.project,
-                                                                  self._private(space.runner) / phase, job,
-                                                                  redactor=redactor, cancel=self.cancel)
-            self.playbook.app = app  # this run's: within --limit
+            self.playbook = prepared.parked(app) or Playbook(app, space.project, self._private(space.runner) / phase,
+                                                             job, redactor=redactor, cancel=self.cancel)
         try:
             played = self.playbook.play(check=check, limit=limit, on_task=task, on_start=started,
                                         stale=lambda: self.cancel.superseded(self.revision.sha))

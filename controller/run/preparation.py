@@ -110,10 +110,14 @@ class Preparation:
                 self._gated.add(app.name)
             return job, redactor
 
-    def parked(self, app: str) -> Playbook | None:
-        """The process ``app``'s syntax check ran in, waiting for its check; taken once."""
+    def parked(self, app: App) -> Playbook | None:
+        """The process ``app``'s syntax check ran in, waiting for its check; taken once, to play ``app`` as the run
+        has it (within --limit, which the gate's does not know)."""
         with self._making:
-            return self._parked.pop(app, None)
+            playbook = self._parked.pop(app.name, None)
+        if playbook is not None:
+            playbook.app = app
+        return playbook
 
     def close(self) -> None:
         """End the processes that no run took (the app ran at another revision, or did not run)."""
