@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from tests.conftest import BIN, VERSION, Fleet, write_config
 
 STAGES = ("fetching", "revision", "decrypting", "syntax check", "staging: check", "staging: apply")
@@ -182,10 +184,22 @@ def test_a_host_that_freezes_mid_check_costs_a_bounded_time(fleet_app: Fleet) ->
     write_config(fleet, ssh={"private_key_file": str(fleet.lab.private_key),
                              "known_hosts_file": str(fleet.lab.known_hosts)},
                  ansible={"task_timeout": 10, "timeout": 10})  # h1's tasks finish well inside, even on a busy machine
+    # web2's check runs a task that says so and lasts 3 s: frozen inside it, whatever the machine's speed, the host
+    # is connected and mid-task; left alone, it would end well inside task_timeout
+    held = "/tmp/held-in-check"
+    [play] = yaml.safe_load((fleet.work / "playbooks/site.yml").read_text())
+    play["pre_tasks"] = [{"name": "Hold web2 mid-check", "ansible.builtin.shell": f"touch {held} && sleep 3",
+                          "check_mode": False, "changed_when": False,
+                          "when": "inventory_hostname == 'web2.staging'"}]
+    fleet.write("playbooks/site.yml", yaml.safe_dump([play], sort_keys=False))
+    fleet.push("web2 holds mid-check")
     proc = start_sync(fleet)
     try:
         wait_for_stage(proc, "staging: check")
-        time.sleep(1.5)  # connected, tasks running
+        deadline = time.monotonic() + 60
+        while not fleet.host_file("h2", held).exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "web2's check never started its task"
+            time.sleep(0.01)
         frozen = fleet.lab.freeze_host("h2")
         assert frozen
         started = time.monotonic()

@@ -1,0 +1,49 @@
+"""`make demo`'s script against the CLI and the example, without running it: every `controller` line it runs
+parses, names an app the example declares and expects a documented exit code. CI does not run the demo (its
+runs cost a minute of a saturated machine, and the suite makes them with assertions); this keeps its script
+from drifting away from the commands between the runs made by hand before a change lands."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import click
+import pytest
+import yaml
+
+from controller.cli import cli
+from controller.vocabulary import ExitCode
+from tests.conftest import ROOT
+
+EXPECT = re.compile(r"^expect (\d+) controller (.+)$")
+
+
+def demo_commands() -> list[tuple[int, list[str]]]:
+    """Each ``expect CODE controller ARGS...`` line of demo/run.sh: the code and the arguments."""
+    lines = (ROOT / "demo/run.sh").read_text().splitlines()
+    return [(int(m[1]), shlex.split(m[2])) for m in map(EXPECT.match, lines) if m]
+
+
+def test_every_controller_line_of_the_demo_parses_names_a_declared_app_and_expects_a_documented_code() -> None:
+    commands = demo_commands()
+    assert len(commands) >= 20, commands  # the script's shape: a line per step
+    apps = {app["name"] for app in yaml.safe_load((ROOT / "gitops.yml").read_text())["apps"]}
+    used: set[str] = set()
+    for code, args in commands:
+        assert code in {c.value for c in ExitCode}, (code, args)
+        with click.Context(cli) as group:
+            name, command, rest = cli.resolve_command(group, list(args))
+            assert command is not None and name is not None, args
+            parsed = command.make_context(name, rest, parent=group)  # a usage error raises here
+        app = parsed.params.get("app")
+        assert app is None or app in apps, (args, apps)
+        used.add(app or "")
+    assert {"staging", "staging-system", "production"} <= used  # the apps the demo's story is about
+
+
+def test_a_line_the_cli_would_refuse_is_caught() -> None:
+    with click.Context(cli) as group, pytest.raises(click.UsageError):
+        name, command, rest = cli.resolve_command(group, ["sync", "--no-such-flag"])
+        assert command is not None and name is not None
+        command.make_context(name, rest, parent=group)
