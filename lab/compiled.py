@@ -4,10 +4,14 @@ mitogen sends its own and Ansible's modules to a host as source, and the host's 
 run: about a third of its CPU (docs/benchmarks.md). A real host spends that on its own cores; a lab host spends it
 on the bastion's, which the test suite shares. Here ``compile`` as mitogen calls it (``flags=0, dont_inherit=True``)
 keeps each result under a hash of what was compiled, in a directory of the user's own that the lab made for it;
-every other call, and every miss, is Python's own compile. This file runs on the host, without the lab or the
-controller package: it keeps its entries itself, as the controller's Kept does on the bastion. It imports only
-what every interpreter has loaded already or builds in (not typing, hashlib or importlib.util): a login user's
-interpreter that only relays root's would load them for this file alone.
+every other call, and every miss, is Python's own compile. The hash leaves out the file's name, which is set on the
+code read back: plain Ansible's modules (molecule, a run without the controller) import Ansible's module_utils
+from a zip in a new temporary directory each time, so a name in the hash would miss in every task.
+
+This file runs on the host, without the lab or the controller package: it keeps its entries itself, as the
+controller's Kept does on the bastion. It imports only what every interpreter has loaded already or builds in (not
+typing, hashlib or importlib.util): a login user's interpreter that only relays root's would load them for this
+file alone.
 """
 
 import __future__
@@ -43,6 +47,15 @@ def _own_directory() -> str | None:
     return path
 
 
+_CODE = type(_own_directory.__code__)  # types.CodeType, without importing types
+
+
+def _named(code: "Any", filename: str) -> "Any":
+    """``code`` and every function and class body in it, as compiled from ``filename``."""
+    consts = tuple(_named(const, filename) if isinstance(const, _CODE) else const for const in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
 def compile(source: "Any", filename: "Any", mode: str, flags: int = 0, dont_inherit: bool = False,
             optimize: int = -1, **more: "Any") -> "Any":
     """Python's ``compile``, read back from the user's directory when the same source was compiled before."""
@@ -57,14 +70,15 @@ def compile(source: "Any", filename: "Any", mode: str, flags: int = 0, dont_inhe
         from hashlib import sha256
 
     text = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
-    key = sha256(b"\0".join((_frozen_importlib_external.MAGIC_NUMBER, os.fsencode(str(filename)), mode.encode(),
-                             type(source).__name__.encode(), text))).hexdigest()
+    key = sha256(b"\0".join((_frozen_importlib_external.MAGIC_NUMBER, mode.encode(), type(source).__name__.encode(),
+                             text))).hexdigest()
     path = os.path.join(directory, key)
     try:
         with open(path, "rb") as kept:
             code = marshal.loads(kept.read())
-        if isinstance(code, type(_own_directory.__code__)):  # types.CodeType, without importing types
-            return code
+        if isinstance(code, _CODE):
+            name = os.fsdecode(filename)
+            return code if code.co_filename == name else _named(code, name)
     except (OSError, ValueError, EOFError, TypeError):
         pass  # not there yet, or damaged: compiled and written again
     code = _compile(source, filename, mode, 0, True)
