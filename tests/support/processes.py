@@ -85,9 +85,14 @@ class PlaybookWatch(_Sampler):
                 playbook = any(a.endswith("/controller-ansible-playbook") for a in argv)  # not its reaper
                 if not playbook or not _descends(int(pid), os.getpid()):
                     continue  # another test's (other workers play their own fleets at the same moment)
+                started_by = parent(int(pid))
+                if started_by is None:
+                    continue  # gone since (a worker's fork ends in milliseconds): not taken for a process of its own
                 artifacts = {value.decode() for key, _, value in (e.partition(b"=") for e in environ)
                              if key == b"AWX_ISOLATED_DATA_DIR"}
-                self.seen[int(pid)] = (parent(int(pid)), frozenset(argv) & {"--syntax-check", "--check"})
+                # as first seen: a fork that outlives its playbook's process (mitogen's multiplexer, while it ends)
+                # is handed to the reaper, and must not then count as a playbook of its own
+                self.seen.setdefault(int(pid), (started_by, frozenset(argv) & {"--syntax-check", "--check"}))
                 for flag, value in pairwise(argv):
                     if flag in ("-i", "--inventory"):
                         inventories.add(Path(value).name)
