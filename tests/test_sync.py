@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import zlib
@@ -328,8 +329,12 @@ def test_a_secret_with_template_syntax_is_deployed_literally(converged_app: Flee
 
 
 def test_secrets_are_only_decrypted_onto_tmpfs(fleet: Fleet) -> None:
-    write_config(fleet, workspace_dir=str(fleet.root))
-    refused = fleet.controller("sync", "--progress")
+    disk = Path(tempfile.mkdtemp(prefix="controller-test-disk-", dir="/var/tmp"))  # tmp_path is on tmpfs (conftest)
+    write_config(fleet, workspace_dir=str(disk))
+    try:
+        refused = fleet.controller("sync", "--progress")
+    finally:
+        disk.rmdir()  # nothing was decrypted into it
     assert refused.returncode == 1 and "not tmpfs" in refused.stderr
     assert "==> fetching main" in refused.stderr  # live progress, on stderr
     assert not fleet.host_file("h1", VERSION).exists()
