@@ -15,6 +15,7 @@ ControlMaster can reuse a dead host's processes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -203,15 +204,18 @@ class Lab:
 
     def freeze_host(self, name: str) -> list[int]:
         """Stop every process of a host (SIGSTOP), as a hung disk or a stalled VM would; return them."""
-        pids = descendants(self._procs[name].pid)
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        return pids
+        stopped = []
+        for pid in descendants(self._procs[name].pid):
+            with contextlib.suppress(ProcessLookupError):  # ended since it was listed: nothing left to stop
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+        return stopped
 
     def thaw_host(self, name: str) -> None:
         """Let a frozen host run again."""
         for pid in descendants(self._procs[name].pid):
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def host(self, name: str) -> Host:
         """The host called ``name`` (h1, h2, ...)."""

@@ -76,11 +76,11 @@ def compile(source: "Any", filename: "Any", mode: str, flags: int = 0, dont_inhe
     try:
         with open(path, "rb") as kept:
             code = marshal.loads(kept.read())
-        if isinstance(code, _CODE):
-            name = os.fsdecode(filename)
-            return code if code.co_filename == name else _named(code, name)
     except (OSError, ValueError, EOFError, TypeError):
-        pass  # not there yet, or damaged: compiled and written again
+        code = None  # not there yet, or damaged: compiled and written again
+    if isinstance(code, _CODE):
+        name = os.fsdecode(filename)
+        return code if code.co_filename == name else _named(code, name)
     code = _compile(source, filename, mode, 0, True)
     partial = f"{path}.{os.getpid()}"
     try:

@@ -41,11 +41,14 @@ def worker_prefix(base: str, worker: str) -> str:
     return f"{first}.{second}.{moved}"
 
 
-# The tests' own directories (tmp_path: fleets, Git remotes, state stores, the lab hosts' layers) on tmpfs: a test
-# makes and removes thousands of small files, and on this machine's ext4 each costs 0.2-0.4 ms of system CPU, a
-# dozen times tmpfs's (bench/notes.md). The controller's own choices are untouched: a test that needs a persistent
-# disk names one. PYTEST_DEBUG_TEMPROOT is pytest's own setting for where tmp_path's directories go.
-os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", "/dev/shm")
+# The tests' own directories (tmp_path: fleets, Git remotes, state stores, the lab hosts' layers) on tmpfs where it
+# has room (a whole session peaks near 0.5 GB): a test makes and removes thousands of small files, and on this
+# machine's ext4 each costs 0.2-0.4 ms of system CPU, a dozen times tmpfs's (bench/notes.md). The controller's own
+# choices are untouched: a test that needs a persistent disk names one. pytest reads PYTEST_DEBUG_TEMPROOT for the
+# directory that holds its pytest-of-USER.
+SHM = os.statvfs("/dev/shm")
+if SHM.f_bavail * SHM.f_frsize >= 2 << 30:
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", "/dev/shm")
 
 # tests of one run share this /24, each xdist worker its own; a second run beside it (another checkout) picks
 # another with CONTROLLER_TEST_PREFIX

@@ -188,7 +188,8 @@ def test_a_host_that_freezes_mid_check_costs_a_bounded_time(fleet_app: Fleet) ->
     # is connected and mid-task; left alone, it would end well inside task_timeout
     held = "/tmp/held-in-check"
     [play] = yaml.safe_load((fleet.work / "playbooks/site.yml").read_text())
-    play["pre_tasks"] = [{"name": "Hold web2 mid-check", "ansible.builtin.shell": f"touch {held} && sleep 3",
+    # (the shell makes the marker itself and becomes the sleep: no process starts or ends as the host is frozen)
+    play["pre_tasks"] = [{"name": "Hold web2 mid-check", "ansible.builtin.shell": f": > {held} && exec sleep 3",
                           "check_mode": False, "changed_when": False,
                           "when": "inventory_hostname == 'web2.staging'"}]
     fleet.write("playbooks/site.yml", yaml.safe_dump([play], sort_keys=False))
@@ -207,6 +208,7 @@ def test_a_host_that_freezes_mid_check_costs_a_bounded_time(fleet_app: Fleet) ->
         took = time.monotonic() - started
     finally:
         fleet.lab.thaw_host("h2")
+        proc.kill()  # only if the test failed before it ended
     print(f"frozen host cost {took:.1f}s")
     assert proc.returncode == 2, stdout + stderr
     assert took < 60

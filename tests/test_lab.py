@@ -74,7 +74,7 @@ MITOGEN_IMPORT = ("/usr/bin/python3 -c 'import builtins; code = compile(\"value 
 # what plain Ansible's module does with its module_utils: imported from a zip in a new temporary directory each run
 PAYLOAD = ("/usr/bin/python3 -c 'import sys; code = compile(\"def f():\\n    return 1\\n\", sys.argv[1], \"exec\", "
            "dont_inherit=True); space = {{}}; exec(code, space); "
-           "print(code.co_filename, space[\"f\"].__code__.co_filename)' {}")
+           "print(code.co_filename, space[\"f\"].__code__.co_filename, space[\"f\"]())' {}")
 # what the interpreter loaded once the cache compiled for it: nothing it would not load for itself
 LOADED = ("/usr/bin/python3 -c 'import sys; compile(\"loaded = 1\", \"master:/n.py\", \"exec\", flags=0, "
           "dont_inherit=True); print(sorted(m for m in (\"hashlib\", \"typing\", \"importlib.util\") "
@@ -118,8 +118,10 @@ def test_a_lean_host_keeps_what_its_python_compiles_for_the_user_alone_and_a_rea
         assert marshal.loads(entry.read_bytes()).co_filename == "master:/m.py"
         # the same source under a name of its own each time: read back (no second entry), under the name asked for
         for payload in ("/tmp/ansible_x_payload_a/x.zip/m.py", "/tmp/ansible_x_payload_b/x.zip/m.py"):
-            assert run(PAYLOAD.format(payload)) == f"{payload} {payload}\n"
-        assert len(list((directory / "0").iterdir())) == 2
+            assert run(PAYLOAD.format(payload)) == f"{payload} {payload} 1\n"
+        [payload_entry] = [kept for kept in (directory / "0").iterdir() if kept != entry]
+        payload_entry.write_bytes(marshal.dumps(compile("def f():\n    return 2\n", "elsewhere", "exec")))
+        assert run(PAYLOAD.format("/tmp/c/m.py")) == "/tmp/c/m.py /tmp/c/m.py 2\n"  # what was kept ran, renamed
         # deploy's interpreter (the relay to root's, through sudo) keeps its own, in a directory of its own
         assert (deploy.stat().st_mode & 0o777, deploy.stat().st_uid) == (0o700, int(deploy.name))
         assert run(MITOGEN_IMPORT, "deploy") == "1 function\n" and len(list(deploy.iterdir())) == 1

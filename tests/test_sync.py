@@ -14,6 +14,7 @@ import time
 import zlib
 from pathlib import Path
 
+from controller.mounts import MEMORY_FILESYSTEMS, filesystem_type
 from lab import Lab, counting_ssh
 from lab.repository import AgeKey
 from tests.conftest import APP_YML, BIN, VERSION, Converged, Fleet, bump_version, fleet_on, git, secret, write_config
@@ -330,11 +331,13 @@ def test_a_secret_with_template_syntax_is_deployed_literally(converged_app: Flee
 
 def test_secrets_are_only_decrypted_onto_tmpfs(fleet: Fleet) -> None:
     disk = Path(tempfile.mkdtemp(prefix="controller-test-disk-", dir="/var/tmp"))  # tmp_path is on tmpfs (conftest)
+    assert filesystem_type(disk) not in MEMORY_FILESYSTEMS, "this test needs /var/tmp on a persistent disk"
     write_config(fleet, workspace_dir=str(disk))
     try:
         refused = fleet.controller("sync", "--progress")
+        assert list(disk.iterdir()) == []  # nothing was decrypted into it
     finally:
-        disk.rmdir()  # nothing was decrypted into it
+        shutil.rmtree(disk)
     assert refused.returncode == 1 and "not tmpfs" in refused.stderr
     assert "==> fetching main" in refused.stderr  # live progress, on stderr
     assert not fleet.host_file("h1", VERSION).exists()
